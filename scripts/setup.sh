@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs what Capsule needs on a fresh Debian machine, then builds it.
+# Safe to run again: every step checks before it acts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages: the OCI runtimes, busybox for the tiny template, debootstrap
+# for the debian template, the default seccomp profile, and a static C
+# toolchain for the in-sandbox agent.
+need=()
+command -v crun >/dev/null || need+=(crun)
+command -v runc >/dev/null || need+=(runc)
+command -v bwrap >/dev/null || need+=(bubblewrap)
+dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+[ -f /usr/share/containers/seccomp.json ] || need+=(golang-github-containers-common)
+command -v ip >/dev/null || need+=(iproute2)
+command -v musl-gcc >/dev/null || need+=(musl-tools)
+command -v mount >/dev/null || need+=(mount)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "capsule setup: missing Debian packages: ${need[*]}; run as root or: sudo apt-get install -y ${need[*]}" >&2
+    exit 1
+  fi
+  echo "capsule setup: installing ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# npm packages (better-sqlite3 compiles its native addon here when no prebuilt fits).
+if [ ! -d node_modules/better-sqlite3/build ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm install --no-audit --no-fund --loglevel=error
+fi
+
+npm run --silent build
+
+# Host preflight: fixes what it safely can (e.g. the cgroup v2 hugetlb conflict with crun).
+if [ "$(id -u)" -eq 0 ]; then
+  node bin/capsule.js doctor --fix >&2 || { echo "capsule setup: host preflight failed (see above)" >&2; exit 1; }
+fi

@@ -1,0 +1,85 @@
+/**
+ * What the daemon can ask of a sandbox's agent. The agent runs as the
+ * sandbox's init, already inside its namespaces, cgroup and seccomp filter,
+ * so it forks commands and touches files with the sandbox's own view of the
+ * world. Everything it sends back is untrusted: the client bounds and checks it.
+ */
+import type { Readable } from 'node:stream';
+
+export interface ExecRequest {
+  /** argv[0] is looked up in PATH (from env, else a default PATH) when it has no slash. */
+  argv: string[];
+  /** The complete environment of the new process. */
+  env: Record<string, string>;
+  /** Working directory inside the sandbox (default "/"). */
+  cwd?: string;
+  /** User name (looked up in the sandbox's /etc/passwd) or numeric uid; default root. */
+  user?: string;
+  /** When false, stdin is /dev/null; when true, stdin is a pipe fed by writeStdin. */
+  stdin: boolean;
+}
+
+export interface ExitStatus {
+  /** Exit code, or 128+signal when killed by a signal (shell convention). */
+  exitCode: number;
+  /** Signal name when killed by a signal, e.g. "SIGKILL". */
+  signal?: string;
+}
+
+export interface AgentProcess {
+  /** Pid inside the sandbox's pid namespace. */
+  readonly pid: number;
+  /** Output chunks, in order per stream. Listeners attached after data arrived miss it. */
+  on(event: 'stdout' | 'stderr', listener: (chunk: Buffer) => void): this;
+  /** Resolves once the process exited and all its output was delivered. */
+  readonly exited: Promise<ExitStatus>;
+  writeStdin(data: Buffer): Promise<void>;
+  closeStdin(): Promise<void>;
+  /** Signal the process group of the command. */
+  signal(signal: NodeJS.Signals | number): Promise<void>;
+}
+
+export type FileType = 'file' | 'dir' | 'symlink' | 'fifo' | 'socket' | 'char' | 'block' | 'unknown';
+
+export interface FileEntry {
+  /** Raw name bytes decoded as UTF-8 with replacement; `nameBase64` carries the exact bytes. */
+  name: string;
+  nameBase64?: string;
+  path: string;
+  type: FileType;
+  size: number;
+  /** Permission bits and file type bits as in st_mode. */
+  mode: number;
+  /** Modification time, ms since epoch. */
+  mtimeMs: number;
+  /** Target of a symlink (bounded), when type is symlink. */
+  symlinkTarget?: string;
+}
+
+export interface AgentConnection {
+  /** Round trip to the agent; also tells the agent's version. */
+  ping(): Promise<{ version: string }>;
+  exec(req: ExecRequest): Promise<AgentProcess>;
+  /**
+   * Running processes the agent started (survives daemon restarts). With
+   * includeExited, also finished ones whose exit nobody collected yet
+   * (marked exited, with exitCode); attach() to those delivers their kept output and exit.
+   */
+  listProcesses(opts?: { includeExited?: boolean }): Promise<Array<{ pid: number; argv: string[]; exited?: boolean; exitCode?: number }>>;
+  /** Re-attach to a process started over an earlier connection. */
+  attach(pid: number): Promise<AgentProcess>;
+
+  /** Stream a regular file's bytes (refuses FIFOs, devices, directories). */
+  readFile(path: string, opts?: { maxBytes?: number }): Promise<{ size: number; stream: Readable }>;
+  /** Write a file from a stream; creates parent directories; replaces atomically-ish (write then rename). */
+  writeFile(path: string, data: Readable | Buffer, opts?: { mode?: number }): Promise<{ size: number }>;
+  list(path: string, opts?: { limit?: number }): Promise<{ entries: FileEntry[]; truncated: boolean }>;
+  stat(path: string): Promise<FileEntry>;
+  mkdir(path: string): Promise<void>;
+  remove(path: string, opts?: { recursive?: boolean }): Promise<void>;
+  rename(from: string, to: string): Promise<void>;
+
+  close(): void;
+  /** Fires once when the connection is lost (agent died, sandbox killed). */
+  onClose(listener: (err?: Error) => void): void;
+}

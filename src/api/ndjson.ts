@@ -1,0 +1,45 @@
+/**
+ * Newline-delimited JSON responses: one JSON value per line, flushed as it is
+ * produced. Used for streamed command output and template build progress.
+ */
+import type { FastifyReply } from 'fastify';
+
+export interface NdjsonWriter {
+  write(value: unknown): void;
+  end(): void;
+  /** True once the client went away; producers should stop. */
+  readonly closed: boolean;
+  onClose(listener: () => void): void;
+}
+
+export function startNdjson(reply: FastifyReply): NdjsonWriter {
+  reply.hijack();
+  const res = reply.raw;
+  res.writeHead(200, { 'content-type': 'application/x-ndjson; charset=utf-8', 'cache-control': 'no-store', 'x-content-type-options': 'nosniff' });
+  let closed = false;
+  let ended = false;
+  const listeners: Array<() => void> = [];
+  res.on('close', () => {
+    if (!closed) {
+      closed = true;
+      if (!ended) for (const l of listeners) l();
+    }
+  });
+  return {
+    write(value) {
+      if (closed || ended) return;
+      res.write(`${JSON.stringify(value)}\n`);
+    },
+    end() {
+      if (ended) return;
+      ended = true;
+      if (!closed) res.end();
+    },
+    get closed() {
+      return closed;
+    },
+    onClose(l) {
+      listeners.push(l);
+    },
+  };
+}

@@ -1,0 +1,129 @@
+import type { Readable } from 'node:stream';
+import type { RouteTable } from '../route.js';
+import type { Services } from '../services.js';
+import {
+  FileEntry,
+  ListFilesQuery,
+  ListFilesResponse,
+  MakeDirRequest,
+  PathQuery,
+  ReadFileQuery,
+  RemoveFileQuery,
+  RenameRequest,
+  SandboxParams,
+  WriteFileQuery,
+  WriteFileResponse,
+} from '../../schemas/index.js';
+import { InvalidArgumentError } from '../../errors/index.js';
+
+export function fileRoutes(t: RouteTable, s: Services): void {
+  t.add({
+    method: 'GET',
+    url: '/v1/sandboxes/:id/files',
+    summary: 'Download a regular file (streamed)',
+    tag: 'files',
+    params: SandboxParams,
+    query: ReadFileQuery,
+    responses: { 200: { description: 'File bytes', contentType: 'application/octet-stream' } },
+    handler: async ({ params, query, reply }) => {
+      const { size, stream } = await s.files.read(params.id, query.path);
+      reply.header('content-type', 'application/octet-stream');
+      reply.header('content-length', String(size));
+      return reply.send(stream);
+    },
+  });
+
+  t.add({
+    method: 'PUT',
+    url: '/v1/sandboxes/:id/files',
+    summary: 'Upload a file (streamed raw body); creates parent directories',
+    tag: 'files',
+    params: SandboxParams,
+    query: WriteFileQuery,
+    body: 'binary',
+    responses: { 200: { description: 'Written', schema: WriteFileResponse } },
+    handler: async ({ params, query, req, reply }) => {
+      const body = req.body as Readable | Buffer | string | undefined;
+      const data =
+        body === undefined || body === null
+          ? Buffer.alloc(0)
+          : typeof body === 'string'
+            ? Buffer.from(body, 'utf8')
+            : Buffer.isBuffer(body) || typeof (body as Readable).pipe === 'function'
+              ? (body as Readable | Buffer)
+              : null;
+      if (data === null) throw new InvalidArgumentError('send the file as the raw request body (Content-Type: application/octet-stream)');
+      try {
+        return await s.files.write(params.id, query.path, data, query.mode ? parseInt(query.mode, 8) : undefined);
+      } catch (err) {
+        // The upload may still be arriving: answer, then close rather than read the rest.
+        if (!Buffer.isBuffer(data) && !data.readableEnded) {
+          reply.header('connection', 'close');
+          data.resume();
+        }
+        throw err;
+      }
+    },
+  });
+
+  t.add({
+    method: 'DELETE',
+    url: '/v1/sandboxes/:id/files',
+    summary: 'Remove a file or (with recursive=true) a directory tree; symlinks are removed, never followed',
+    tag: 'files',
+    params: SandboxParams,
+    query: RemoveFileQuery,
+    responses: { 204: { description: 'Removed' } },
+    handler: async ({ params, query }) => {
+      await s.files.remove(params.id, query.path, query.recursive === 'true');
+    },
+  });
+
+  t.add({
+    method: 'GET',
+    url: '/v1/sandboxes/:id/files/list',
+    summary: 'List a directory (name, type, size, mode, mtime)',
+    tag: 'files',
+    params: SandboxParams,
+    query: ListFilesQuery,
+    responses: { 200: { description: 'Entries', schema: ListFilesResponse } },
+    handler: async ({ params, query }) => s.files.list(params.id, query.path, query.limit),
+  });
+
+  t.add({
+    method: 'GET',
+    url: '/v1/sandboxes/:id/files/stat',
+    summary: 'Stat a path (symlinks are reported, not followed)',
+    tag: 'files',
+    params: SandboxParams,
+    query: PathQuery,
+    responses: { 200: { description: 'Entry', schema: FileEntry } },
+    handler: async ({ params, query }) => s.files.stat(params.id, query.path),
+  });
+
+  t.add({
+    method: 'POST',
+    url: '/v1/sandboxes/:id/files/mkdir',
+    summary: 'Create a directory and its parents',
+    tag: 'files',
+    params: SandboxParams,
+    body: MakeDirRequest,
+    responses: { 204: { description: 'Created (or already there)' } },
+    handler: async ({ params, body }) => {
+      await s.files.mkdir(params.id, body.path);
+    },
+  });
+
+  t.add({
+    method: 'POST',
+    url: '/v1/sandboxes/:id/files/rename',
+    summary: 'Rename or move a path',
+    tag: 'files',
+    params: SandboxParams,
+    body: RenameRequest,
+    responses: { 204: { description: 'Renamed' } },
+    handler: async ({ params, body }) => {
+      await s.files.rename(params.id, body.from, body.to);
+    },
+  });
+}

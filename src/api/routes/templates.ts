@@ -1,0 +1,58 @@
+import type { RouteTable } from '../route.js';
+import type { Services } from '../services.js';
+import { startNdjson } from '../ndjson.js';
+import { ListTemplatesResponse, TemplateParams } from '../../schemas/index.js';
+import type { TemplateInfo } from '../../templates/types.js';
+import { isCapsuleError } from '../../errors/index.js';
+import { z } from 'zod';
+
+export function toApiTemplate(t: TemplateInfo) {
+  return {
+    name: t.name,
+    description: t.description,
+    status: t.status,
+    ...(t.sizeBytes !== undefined ? { sizeBytes: t.sizeBytes } : {}),
+    ...(t.builtAt !== undefined ? { builtAt: new Date(t.builtAt).toISOString() } : {}),
+    ...(t.error !== undefined ? { error: t.error } : {}),
+  };
+}
+
+export function templateRoutes(t: RouteTable, s: Services): void {
+  t.add({
+    method: 'GET',
+    url: '/v1/templates',
+    summary: 'List templates and whether they are built',
+    tag: 'templates',
+    responses: { 200: { description: 'Templates', schema: ListTemplatesResponse } },
+    handler: async () => ({ templates: s.templates.list().map(toApiTemplate) }),
+  });
+
+  t.add({
+    method: 'POST',
+    url: '/v1/templates/:name/build',
+    summary: 'Build (or rebuild with force=true) a template; streams NDJSON progress, then done or error',
+    tag: 'templates',
+    params: TemplateParams,
+    query: z.object({ force: z.enum(['true', 'false']).optional() }),
+    responses: { 200: { description: 'progress / done / error events', contentType: 'application/x-ndjson' } },
+    handler: async ({ params, query, reply, req }) => {
+      s.templates.get(params.name); // unknown name → 404 before the stream starts
+      const out = startNdjson(reply);
+      try {
+        await s.templates.build(params.name, {
+          force: query.force === 'true',
+          onProgress: (p) => out.write({ type: 'progress', ...p }),
+        });
+        out.write({ type: 'done', template: toApiTemplate(s.templates.get(params.name)) });
+      } catch (err) {
+        req.log.error({ err }, 'template build failed');
+        out.write({
+          type: 'error',
+          error: isCapsuleError(err) ? { code: err.code, message: err.message } : { code: 'internal', message: String(err) },
+        });
+      }
+      out.end();
+      return reply;
+    },
+  });
+}

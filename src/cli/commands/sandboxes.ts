@@ -1,0 +1,102 @@
+/** Sandbox lifecycle: create, list, info, kill, timeout. */
+import type { Command } from 'commander';
+import { Sandbox, type SandboxInfo } from '../../sdk/index.js';
+import { collect, connection, parseNumber, parsePairs, printJson, printTable, relativeTime, secondsToMs, shortTime, UsageError } from '../util.js';
+
+export function registerSandboxCommands(program: Command): void {
+  program
+    .command('create')
+    .description('start a sandbox and print its id')
+    .option('-t, --template <name>', 'template to start from (see `capsule template list`)')
+    .option('--timeout <seconds>', 'lifetime before the sandbox is killed (default 300)')
+    .option('-e, --env <KEY=VALUE>', 'environment variable for every command (repeatable)', collect)
+    .option('-m, --metadata <KEY=VALUE>', 'metadata label (repeatable)', collect)
+    .option('--cpus <n>', 'CPU limit in cores')
+    .option('--memory <MiB>', 'memory limit in MiB')
+    .option('--json', 'print the sandbox as JSON')
+    .action(async (opts: { template?: string; timeout?: string; env?: string[]; metadata?: string[]; cpus?: string; memory?: string; json?: boolean }, cmd: Command) => {
+      const resources: { cpus?: number; memoryMb?: number } = {};
+      const cpus = parseNumber(opts.cpus, '--cpus');
+      const memoryMb = parseNumber(opts.memory, '--memory');
+      if (cpus !== undefined) resources.cpus = cpus;
+      if (memoryMb !== undefined) resources.memoryMb = memoryMb;
+      const sbx = await Sandbox.create({
+        ...connection(cmd),
+        template: opts.template,
+        timeoutMs: secondsToMs(opts.timeout, '--timeout'),
+        envs: parsePairs(opts.env, '--env'),
+        metadata: parsePairs(opts.metadata, '--metadata'),
+        resources: Object.keys(resources).length ? resources : undefined,
+      });
+      if (opts.json) printJson(await sbx.getInfo());
+      else process.stdout.write(`${sbx.id}\n`);
+    });
+
+  program
+    .command('list')
+    .alias('ls')
+    .description('list sandboxes (running ones unless --state says otherwise)')
+    .option('-s, --state <state>', 'creating, running, killed, expired, failed or all')
+    .option('-m, --metadata <KEY=VALUE>', 'only sandboxes with this metadata (repeatable)', collect)
+    .option('--json', 'print a JSON array')
+    .action(async (opts: { state?: string; metadata?: string[]; json?: boolean }, cmd: Command) => {
+      const states = ['creating', 'running', 'killed', 'expired', 'failed', 'all'];
+      if (opts.state !== undefined && !states.includes(opts.state)) throw new UsageError(`--state must be one of ${states.join(', ')}`);
+      const list = await Sandbox.list({
+        ...connection(cmd),
+        state: opts.state as SandboxInfo['state'] | 'all' | undefined,
+        metadata: parsePairs(opts.metadata, '--metadata'),
+      });
+      if (opts.json) return printJson(list);
+      printTable(
+        ['id', 'template', 'state', 'created', 'expires'],
+        list.map((s) => [s.id, s.template, s.state, shortTime(s.createdAt), s.state === 'running' || s.state === 'creating' ? relativeTime(s.expiresAt) : '-']),
+      );
+    });
+
+  program
+    .command('info')
+    .description('show one sandbox')
+    .argument('<id>', 'sandbox id')
+    .option('--json', 'print JSON')
+    .action(async (id: string, opts: { json?: boolean }, cmd: Command) => {
+      const info = await (await Sandbox.connect(id, connection(cmd))).getInfo();
+      if (opts.json) return printJson(info);
+      const rows: Array<[string, string]> = [
+        ['id', info.id],
+        ['template', info.template],
+        ['state', info.state],
+        ['created', shortTime(info.createdAt)],
+        ['expires', `${shortTime(info.expiresAt)} (${relativeTime(info.expiresAt)})`],
+        ['resources', `${info.resources.cpus} cpus, ${info.resources.memoryMb} MiB, ${info.resources.pids} pids`],
+        ['metadata', Object.entries(info.metadata).map(([k, v]) => `${k}=${v}`).join(' ') || '-'],
+      ];
+      if (info.endedAt) rows.push(['ended', `${shortTime(info.endedAt)}${info.endReason ? ` (${info.endReason})` : ''}`]);
+      for (const [k, v] of rows) process.stdout.write(`${k.padEnd(10)} ${v}\n`);
+    });
+
+  program
+    .command('kill')
+    .description('kill a sandbox and everything in it')
+    .argument('<id>', 'sandbox id')
+    .option('--json', 'print the sandbox as JSON')
+    .action(async (id: string, opts: { json?: boolean }, cmd: Command) => {
+      const info = await Sandbox.kill(id, connection(cmd));
+      if (opts.json) printJson(info);
+      else process.stdout.write(`${info.id} ${info.state}\n`);
+    });
+
+  program
+    .command('timeout')
+    .description("set a sandbox's remaining lifetime, counted from now")
+    .argument('<id>', 'sandbox id')
+    .argument('<seconds>', 'new lifetime in seconds')
+    .option('--json', 'print the sandbox as JSON')
+    .action(async (id: string, seconds: string, opts: { json?: boolean }, cmd: Command) => {
+      const ms = secondsToMs(seconds, '<seconds>')!;
+      const sbx = await Sandbox.connect(id, connection(cmd));
+      const info = await sbx.setTimeout(ms);
+      if (opts.json) printJson(info);
+      else process.stdout.write(`${info.id} expires ${shortTime(info.expiresAt)} (${relativeTime(info.expiresAt)})\n`);
+    });
+}

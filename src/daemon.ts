@@ -1,0 +1,142 @@
+/**
+ * Composition root: builds every service from a DaemonConfig, recovers state
+ * left by an earlier run, and serves the HTTP API. Nothing here is global, so
+ * tests can run several daemons in one process.
+ */
+import fs from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+import pino, { type Logger } from 'pino';
+import { dataPaths, type DaemonConfig } from './config/index.js';
+import { openDb } from './store/db.js';
+import { ensureHostReady } from './runtime/doctor.js';
+import { OciRuntimeDriver } from './runtime/driver.js';
+import { TemplateService } from './templates/service.js';
+import { connectAgent } from './agent/client.js';
+import { SandboxStore } from './sandboxes/store.js';
+import { SandboxManager } from './sandboxes/manager.js';
+import { CommandService } from './sandboxes/commands.js';
+import { FileService } from './sandboxes/files.js';
+import { buildServer } from './api/server.js';
+import type { Services } from './api/services.js';
+import { ConflictError, RuntimeError } from './errors/index.js';
+
+export interface Daemon {
+  url: string;
+  services: Services;
+  close(): Promise<void>;
+}
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+/** Built by scripts/build-agent.mjs next to the compiled sources (dist/agent). */
+export const AGENT_BUILD_PATH = path.resolve(here, '..', 'agent', 'capsule-agent');
+
+export function packageVersion(): string {
+  try {
+    const pkg = JSON.parse(fs.readFileSync(path.resolve(here, '..', '..', 'package.json'), 'utf8')) as { version?: string };
+    return pkg.version ?? '0.0.0';
+  } catch {
+    return '0.0.0';
+  }
+}
+
+export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger } = {}): Promise<Daemon> {
+  const log = opts.logger ?? pino({ level: config.logLevel, base: undefined }, pino.destination(2));
+  const paths = dataPaths(config.dataDir);
+  for (const dir of [config.dataDir, paths.templates, paths.sandboxes, paths.bin]) fs.mkdirSync(dir, { recursive: true });
+  // The runtime sets up each sandbox's mounts as its mapped root (an unprivileged host uid), which must be
+  // able to traverse the data directory to reach the agent and the template; it can list nothing (o+x only).
+  for (const dir of [config.dataDir, paths.bin]) {
+    const mode = fs.statSync(dir).mode & 0o777;
+    if ((mode & 0o001) === 0) fs.chmodSync(dir, mode | 0o001);
+  }
+  const releaseLock = takeLock(path.join(config.dataDir, 'daemon.pid'));
+  try {
+    await ensureHostReady(config.runtime);
+    const agentBinary = installAgent(paths.bin);
+    const db = openDb(paths.db);
+    const templates = new TemplateService({ db, paths, idMapBase: config.idMapBase, logger: log });
+    await templates.recover();
+    const runtime = new OciRuntimeDriver({
+      runtime: config.runtime,
+      paths,
+      idMapBase: config.idMapBase,
+      idMapSize: config.idMapSize,
+      agentBinary,
+      logger: log,
+    });
+    const store = new SandboxStore(db);
+    const sandboxes = new SandboxManager(config, store, runtime, templates, connectAgent, log);
+    const commands = new CommandService(sandboxes, store);
+    const files = new FileService(sandboxes);
+    const services: Services = { version: packageVersion(), sandboxes, commands, files, templates };
+
+    const recovered = await sandboxes.recover();
+    if (recovered.adopted.length || recovered.ended.length || recovered.cleaned.length) log.info(recovered, 'recovered state from the last run');
+    sandboxes.startReaper();
+
+    const app = buildServer(services, log);
+    await app.listen({ host: config.host, port: config.port });
+    const addr = app.server.address();
+    const port = typeof addr === 'object' && addr ? addr.port : config.port;
+    const host = config.host.includes(':') ? `[${config.host}]` : config.host;
+    return {
+      url: `http://${host}:${port}`,
+      services,
+      close: async () => {
+        await app.close();
+        await sandboxes.close();
+        db.close();
+        releaseLock();
+      },
+    };
+  } catch (err) {
+    releaseLock();
+    throw err;
+  }
+}
+
+/** Copies the agent into the data directory so a rebuild of the repo never changes a running sandbox's view. */
+function installAgent(binDir: string): string {
+  if (!fs.existsSync(AGENT_BUILD_PATH)) {
+    throw new RuntimeError(`agent binary missing at ${AGENT_BUILD_PATH}: run \`npm run build\` (needs musl-tools or gcc)`);
+  }
+  const target = path.join(binDir, 'capsule-agent');
+  const src = fs.readFileSync(AGENT_BUILD_PATH);
+  const same = fs.existsSync(target) && fs.readFileSync(target).equals(src);
+  if (!same) {
+    const tmp = `${target}.tmp-${process.pid}`;
+    fs.writeFileSync(tmp, src, { mode: 0o755 });
+    fs.renameSync(tmp, target);
+  }
+  return target;
+}
+
+/** One daemon per data directory: two would fight over the same containers. */
+function takeLock(file: string): () => void {
+  try {
+    const pid = Number(fs.readFileSync(file, 'utf8').trim());
+    if (pid > 0 && pid !== process.pid && isAlive(pid)) {
+      throw new ConflictError(`another capsule daemon (pid ${pid}) uses ${path.dirname(file)}; stop it or pass another --data-dir`);
+    }
+  } catch (err) {
+    if (err instanceof ConflictError) throw err;
+  }
+  fs.writeFileSync(file, String(process.pid));
+  return () => {
+    try {
+      if (fs.readFileSync(file, 'utf8').trim() === String(process.pid)) fs.unlinkSync(file);
+    } catch {
+      /* already gone */
+    }
+  };
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}

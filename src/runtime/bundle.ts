@@ -1,0 +1,199 @@
+/**
+ * The OCI bundle config (runtime-spec 1.0.x) for one sandbox. Pure: every
+ * host fact comes in through `BundleInput`, so the whole policy is unit-tested.
+ */
+import path from 'node:path';
+import type { ResourceLimits } from '../config/index.js';
+import type { OciSeccomp } from './seccomp.js';
+
+/** Where the agent's host directory appears inside every sandbox. */
+export const AGENT_MOUNT_DIR = '/.capsule';
+/** The fd the agent's listening socket has inside the container (passed with --preserve-fds 1). */
+export const AGENT_LISTEN_FD = 3;
+export const CPU_PERIOD_US = 100_000;
+
+/** What an unprivileged container gets from podman by default. */
+export const SANDBOX_CAPABILITIES: readonly string[] = [
+  'CAP_CHOWN',
+  'CAP_DAC_OVERRIDE',
+  'CAP_FOWNER',
+  'CAP_FSETID',
+  'CAP_KILL',
+  'CAP_NET_BIND_SERVICE',
+  'CAP_SETFCAP',
+  'CAP_SETGID',
+  'CAP_SETPCAP',
+  'CAP_SETUID',
+  'CAP_SYS_CHROOT',
+];
+
+export const MASKED_PATHS: readonly string[] = [
+  '/proc/acpi',
+  '/proc/asound',
+  '/proc/kcore',
+  '/proc/keys',
+  '/proc/latency_stats',
+  '/proc/timer_list',
+  '/proc/timer_stats',
+  '/proc/sched_debug',
+  '/proc/scsi',
+  '/sys/firmware',
+  '/sys/fs/selinux',
+  '/sys/dev/block',
+  '/sys/devices/virtual/powercap',
+];
+
+export const READONLY_PATHS: readonly string[] = [
+  '/proc/bus',
+  '/proc/fs',
+  '/proc/irq',
+  '/proc/sys',
+  '/proc/sysrq-trigger',
+];
+
+export interface BundleInput {
+  id: string;
+  /** Absolute host path of the overlay's merged dir. */
+  rootfs: string;
+  /** Absolute host path of the agent binary; its directory is bind-mounted at /.capsule. */
+  agentBinary: string;
+  resources: ResourceLimits;
+  idMapBase: number;
+  idMapSize: number;
+  /** linux.seccomp; omitted when null (tests, or a runtime that brings its own). */
+  seccomp: OciSeccomp | null;
+  /** Set memory.memsw (memory+swap) equal to memory so no swap is added; false when the host lacks swap accounting. */
+  swapAccounting?: boolean;
+  /**
+   * Mount a fresh sysfs (needs the netns owned by the sandbox's userns, which
+   * is the case here); when false, bind the host /sys read-only instead.
+   */
+  freshSysfs?: boolean;
+  /** Extra environment for the agent. */
+  env?: Record<string, string>;
+}
+
+/** The subset of runtime-spec we write; kept loose where the spec is. */
+export interface OciSpec {
+  ociVersion: string;
+  process: Record<string, unknown>;
+  root: { path: string; readonly: boolean };
+  hostname: string;
+  mounts: { destination: string; type: string; source: string; options?: string[] }[];
+  linux: Record<string, unknown>;
+  annotations?: Record<string, string>;
+}
+
+/** Path of the agent inside the sandbox. */
+export function agentPathInSandbox(agentBinary: string): string {
+  return path.posix.join(AGENT_MOUNT_DIR, path.basename(agentBinary));
+}
+
+export function cgroupsPathFor(id: string): string {
+  return `/capsule/${id}`;
+}
+
+function allowDev(type: 'c', major: number, minor: number | null) {
+  return minor === null
+    ? { allow: true, type, major, access: 'rwm' }
+    : { allow: true, type, major, minor, access: 'rwm' };
+}
+
+export function buildOciSpec(input: BundleInput): OciSpec {
+  if (!path.isAbsolute(input.rootfs)) throw new Error(`rootfs must be absolute: ${input.rootfs}`);
+  if (!path.isAbsolute(input.agentBinary)) throw new Error(`agentBinary must be absolute: ${input.agentBinary}`);
+  const { resources } = input;
+  const memBytes = Math.floor(resources.memoryMb * 1024 * 1024);
+  const caps = [...SANDBOX_CAPABILITIES];
+  const env = {
+    PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+    HOME: '/root',
+    TERM: 'xterm',
+    LANG: 'C.UTF-8',
+    ...(input.env ?? {}),
+  };
+
+  const sysMount =
+    input.freshSysfs === false
+      ? { destination: '/sys', type: 'bind', source: '/sys', options: ['rbind', 'nosuid', 'noexec', 'nodev', 'ro'] }
+      : { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', 'ro'] };
+
+  const memory: Record<string, number> = { limit: memBytes };
+  if (input.swapAccounting !== false) memory.swap = memBytes;
+
+  const linux: Record<string, unknown> = {
+    uidMappings: [{ containerID: 0, hostID: input.idMapBase, size: input.idMapSize }],
+    gidMappings: [{ containerID: 0, hostID: input.idMapBase, size: input.idMapSize }],
+    namespaces: [
+      { type: 'pid' },
+      { type: 'network' },
+      { type: 'ipc' },
+      { type: 'uts' },
+      { type: 'mount' },
+      { type: 'user' },
+      { type: 'cgroup' },
+    ],
+    cgroupsPath: cgroupsPathFor(input.id),
+    resources: {
+      devices: [
+        { allow: false, access: 'rwm' },
+        allowDev('c', 1, 3), // null
+        allowDev('c', 1, 5), // zero
+        allowDev('c', 1, 7), // full
+        allowDev('c', 1, 8), // random
+        allowDev('c', 1, 9), // urandom
+        allowDev('c', 5, 0), // tty
+        allowDev('c', 5, 2), // ptmx
+        allowDev('c', 136, null), // /dev/pts/*
+      ],
+      memory,
+      cpu: { quota: Math.max(1000, Math.round(resources.cpus * CPU_PERIOD_US)), period: CPU_PERIOD_US },
+      pids: { limit: resources.pids },
+    },
+    maskedPaths: [...MASKED_PATHS],
+    readonlyPaths: [...READONLY_PATHS],
+  };
+  if (input.seccomp) linux.seccomp = input.seccomp;
+
+  return {
+    ociVersion: '1.0.2',
+    process: {
+      terminal: false,
+      user: { uid: 0, gid: 0 },
+      args: [agentPathInSandbox(input.agentBinary), '--listen-fd', String(AGENT_LISTEN_FD)],
+      env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
+      cwd: '/',
+      capabilities: {
+        bounding: caps,
+        effective: caps,
+        permitted: caps,
+        inheritable: [],
+        ambient: [],
+      },
+      rlimits: [{ type: 'RLIMIT_NOFILE', soft: 1024, hard: 4096 }],
+      noNewPrivileges: true,
+    },
+    root: { path: input.rootfs, readonly: false },
+    hostname: input.id,
+    mounts: [
+      { destination: '/proc', type: 'proc', source: 'proc', options: ['nosuid', 'noexec', 'nodev'] },
+      { destination: '/dev', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] },
+      {
+        destination: '/dev/pts',
+        type: 'devpts',
+        source: 'devpts',
+        options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620', 'gid=5'],
+      },
+      { destination: '/dev/shm', type: 'tmpfs', source: 'shm', options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'] },
+      { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
+      sysMount,
+      {
+        destination: AGENT_MOUNT_DIR,
+        type: 'bind',
+        source: path.dirname(input.agentBinary),
+        options: ['bind', 'ro', 'nosuid', 'nodev'],
+      },
+    ],
+    linux,
+  };
+}

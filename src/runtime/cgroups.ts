@@ -1,0 +1,165 @@
+/**
+ * Host cgroup facts: where the hierarchies are mounted, whether the host is in
+ * the "hybrid" layout crun refuses, and removing a sandbox's leftover cgroup
+ * directories after the runtime deleted the container.
+ */
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { unescapeMountPath } from './overlay.js';
+
+export interface CgroupMount {
+  /** Mount point, e.g. /sys/fs/cgroup/memory. */
+  mountPoint: string;
+  version: 1 | 2;
+  /** v1 controllers (and name=... for named hierarchies); empty for v2. */
+  controllers: string[];
+}
+
+/** Parse /proc/self/mountinfo text for cgroup and cgroup2 mounts. Pure. */
+export function parseCgroupMounts(mountinfo: string): CgroupMount[] {
+  const out: CgroupMount[] = [];
+  for (const line of mountinfo.split('\n')) {
+    const sep = line.indexOf(' - ');
+    if (sep < 0) continue;
+    const left = line.slice(0, sep).split(' ');
+    const right = line.slice(sep + 3).split(' ');
+    const fstype = right[0];
+    const mountPoint = left[4];
+    if (!mountPoint) continue;
+    if (fstype === 'cgroup2') {
+      out.push({ mountPoint: unescapeMountPath(mountPoint), version: 2, controllers: [] });
+    } else if (fstype === 'cgroup') {
+      const superOpts = (right[2] ?? '').split(',');
+      const controllers = superOpts.filter((o) => o !== 'rw' && o !== 'ro' && !o.startsWith('release_agent=') && o !== 'clone_children' && o !== 'noprefix' && o !== 'xattr');
+      out.push({ mountPoint: unescapeMountPath(mountPoint), version: 1, controllers });
+    }
+  }
+  return out;
+}
+
+export async function cgroupMounts(): Promise<CgroupMount[]> {
+  return parseCgroupMounts(await fsp.readFile('/proc/self/mountinfo', 'utf8'));
+}
+
+/** Controllers enabled on a cgroup2 mount that also has v1 hierarchies (crun's "hybrid mode" refusal). */
+export async function hybridControllers(mounts?: CgroupMount[]): Promise<{ mountPoint: string; controllers: string[] } | null> {
+  const ms = mounts ?? (await cgroupMounts());
+  const v2 = ms.find((m) => m.version === 2);
+  if (!v2 || !ms.some((m) => m.version === 1)) return null;
+  let text = '';
+  try {
+    text = await fsp.readFile(path.join(v2.mountPoint, 'cgroup.controllers'), 'utf8');
+  } catch {
+    return null;
+  }
+  const controllers = text.split(/\s+/).filter(Boolean);
+  return controllers.length > 0 ? { mountPoint: v2.mountPoint, controllers } : null;
+}
+
+/** Every directory a sandbox's cgroupsPath may have left, in every hierarchy. */
+export async function sandboxCgroupDirs(cgroupsPath: string): Promise<string[]> {
+  const rel = cgroupsPath.replace(/^\/+/, '');
+  const dirs = new Set<string>();
+  for (const m of await cgroupMounts()) dirs.add(path.join(m.mountPoint, rel));
+  return [...dirs];
+}
+
+async function readProcs(dir: string): Promise<number[]> {
+  const pids: number[] = [];
+  let entries;
+  try {
+    entries = await fsp.readdir(dir, { withFileTypes: true });
+  } catch {
+    return pids;
+  }
+  try {
+    for (const l of (await fsp.readFile(path.join(dir, 'cgroup.procs'), 'utf8')).split('\n')) {
+      const n = Number(l);
+      if (l !== '' && Number.isInteger(n) && n > 0) pids.push(n);
+    }
+  } catch {
+    // gone meanwhile
+  }
+  for (const e of entries) if (e.isDirectory()) pids.push(...(await readProcs(path.join(dir, e.name))));
+  return pids;
+}
+
+async function writeIfExists(file: string, value: string): Promise<boolean> {
+  try {
+    await fsp.writeFile(file, value);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * SIGKILL every process still in the sandbox's cgroups — what is left when
+ * the runtime lost track of a container (killed mid-create, daemon crash).
+ * Freezes first where a freezer hierarchy exists so nothing forks meanwhile.
+ * Resolves once the cgroups are empty or `timeoutMs` passed; returns the pids
+ * still there.
+ */
+export async function killCgroupProcs(cgroupsPath: string, timeoutMs = 2000): Promise<number[]> {
+  const dirs = await sandboxCgroupDirs(cgroupsPath);
+  const all = async () => [...new Set((await Promise.all(dirs.map(readProcs))).flat())];
+  let pids = await all();
+  if (pids.length === 0) return [];
+  const freezer = dirs.find((d) => d.includes('/freezer/'));
+  const frozen = freezer ? await writeIfExists(path.join(freezer, 'freezer.state'), 'FROZEN') : false;
+  const deadline = Date.now() + timeoutMs;
+  try {
+    while (pids.length > 0) {
+      for (const pid of pids) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          // already gone
+        }
+      }
+      if (frozen && freezer) await writeIfExists(path.join(freezer, 'freezer.state'), 'THAWED');
+      await new Promise((r) => setTimeout(r, 5));
+      pids = await all();
+      if (Date.now() > deadline) break;
+    }
+  } finally {
+    if (frozen && freezer) await writeIfExists(path.join(freezer, 'freezer.state'), 'THAWED');
+  }
+  return pids;
+}
+
+/**
+ * rmdir the sandbox's cgroup directories (children first). A cgroup with no
+ * tasks can still be EBUSY for a moment after its last process died: retry.
+ * Returns the ones that could not be removed.
+ */
+export async function removeCgroupDirs(cgroupsPath: string, attempts = 8): Promise<string[]> {
+  const left: string[] = [];
+  for (const dir of await sandboxCgroupDirs(cgroupsPath)) {
+    if (!(await removeTree(dir, attempts))) left.push(dir);
+  }
+  return left;
+}
+
+async function removeTree(dir: string, attempts: number): Promise<boolean> {
+  let entries;
+  try {
+    entries = await fsp.readdir(dir, { withFileTypes: true });
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'ENOENT';
+  }
+  let ok = true;
+  for (const e of entries) if (e.isDirectory()) ok = (await removeTree(path.join(dir, e.name), attempts)) && ok;
+  for (let i = 0; i < attempts; i++) {
+    try {
+      await fsp.rmdir(dir);
+      return ok;
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') return ok;
+      if (code !== 'EBUSY' && code !== 'ENOTEMPTY') return false;
+      await new Promise((r) => setTimeout(r, 10 * (i + 1)));
+    }
+  }
+  return false;
+}

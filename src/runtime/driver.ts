@@ -1,0 +1,307 @@
+/**
+ * RuntimeDriver on top of an OCI runtime CLI (crun by default; runc works;
+ * runsc is untested). One sandbox = one overlay + one bundle + one container
+ * whose init is the agent, listening on a socket the daemon created.
+ */
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import type { DataPaths } from '../config/index.js';
+import { ConflictError, InvalidArgumentError, isCapsuleError, RuntimeError } from '../errors/index.js';
+import { openAgentSocket, ensurePrivateDir, type PendingAgentSocket } from './agent-socket.js';
+import { buildOciSpec, cgroupsPathFor, SANDBOX_CAPABILITIES } from './bundle.js';
+import { cgroupMounts, killCgroupProcs, removeCgroupDirs } from './cgroups.js';
+import { OciCli, summarizeStderr, type OciResult } from './oci-cli.js';
+import { mountOverlay, readMountPoints, removeSandboxDir, sandboxLayout, unmountOverlay } from './overlay.js';
+import { loadDefaultSeccomp, type OciSeccomp } from './seccomp.js';
+import type { ContainerInfo, ContainerSpec, ContainerStatus, RuntimeDriver } from './types.js';
+
+export interface RuntimeLogger {
+  info(obj: unknown, msg?: string): void;
+  warn(obj: unknown, msg?: string): void;
+  error(obj: unknown, msg?: string): void;
+}
+
+export interface OciRuntimeDriverOptions {
+  /** `crun`, `runc`, `runsc` or an absolute path. */
+  runtime: string;
+  paths: DataPaths;
+  /** Host uid/gid of container root. */
+  idMapBase: number;
+  idMapSize: number;
+  /** Host path of the agent binary; its directory is bind-mounted read-only at /.capsule. */
+  agentBinary: string;
+  logger?: RuntimeLogger;
+  /** Seccomp policy: default = the tightened containers-common profile; null = none (debugging only). */
+  seccomp?: OciSeccomp | null;
+  /** Timeout for `run -d` (ms). */
+  createTimeoutMs?: number;
+}
+
+/** Sandbox ids become paths, hostnames, cgroup and container names: keep them boring. */
+export const SANDBOX_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
+
+function checkId(id: string): void {
+  if (!SANDBOX_ID_RE.test(id) || id.includes('..')) {
+    throw new InvalidArgumentError(`invalid sandbox id ${JSON.stringify(id)}: use 1-63 of [A-Za-z0-9_.-], starting with a letter or digit`);
+  }
+}
+
+const NOT_FOUND_RE = /does not exist|not exist|no such file|not found/i;
+
+const noopLogger: RuntimeLogger = { info() {}, warn() {}, error() {} };
+
+export class OciRuntimeDriver implements RuntimeDriver {
+  private readonly opts: OciRuntimeDriverOptions;
+  private readonly cli: OciCli;
+  private readonly log: RuntimeLogger;
+  private readonly inFlight = new Set<string>();
+  private version: string | null = null;
+  private swapAccounting: boolean | null = null;
+
+  constructor(opts: OciRuntimeDriverOptions) {
+    if (!path.isAbsolute(opts.agentBinary)) {
+      throw new InvalidArgumentError(`agentBinary must be an absolute path, got ${opts.agentBinary}`);
+    }
+    this.opts = opts;
+    this.cli = new OciCli(opts.runtime, opts.paths.runtimeState);
+    this.log = opts.logger ?? noopLogger;
+  }
+
+  get name(): string {
+    return this.version ?? this.cli.flavor;
+  }
+
+  /** Ask the runtime for its version (sets `name`, e.g. "crun 1.8.1"). */
+  async probe(): Promise<string> {
+    const r = await this.cli.runCaptured(['--version'], { timeoutMs: 10_000 });
+    if (r.code !== 0) throw new RuntimeError(`${this.cli.bin} --version failed: ${summarizeStderr(r.stderr)}`);
+    const m = r.stdout.match(/^(\S+) version (\S+)/m);
+    this.version = m ? `${path.basename(m[1] ?? this.cli.flavor)} ${m[2]}` : r.stdout.split('\n')[0]?.trim() || this.cli.flavor;
+    return this.version;
+  }
+
+  agentSocketPath(id: string): string {
+    return this.opts.paths.agentSocket(id);
+  }
+
+  private cgroupsPath(id: string): string {
+    return cgroupsPathFor(id);
+  }
+
+  private async hasSwapAccounting(): Promise<boolean> {
+    if (this.swapAccounting !== null) return this.swapAccounting;
+    const mem = (await cgroupMounts()).find((m) => m.version === 1 && m.controllers.includes('memory'));
+    this.swapAccounting = mem ? fs.existsSync(path.join(mem.mountPoint, 'memory.memsw.limit_in_bytes')) : true;
+    return this.swapAccounting;
+  }
+
+  async create(spec: ContainerSpec, signal?: AbortSignal): Promise<ContainerInfo> {
+    const { id } = spec;
+    checkId(id);
+    if (this.inFlight.has(id)) throw new ConflictError(`sandbox ${id} is already being created or destroyed`);
+    this.inFlight.add(id);
+    const started = performance.now();
+    const paths = this.opts.paths;
+    const layout = sandboxLayout(paths.sandboxDir(id));
+    let made = false;
+    let sock: PendingAgentSocket | null = null;
+    try {
+      signal?.throwIfAborted();
+      if (fs.existsSync(layout.dir) || fs.existsSync(paths.agentSocket(id))) {
+        throw new ConflictError(`sandbox ${id} already has leftovers in ${layout.dir}: destroy it first`);
+      }
+      const seccomp = this.opts.seccomp === undefined ? loadDefaultSeccomp(SANDBOX_CAPABILITIES) : this.opts.seccomp;
+      await fsp.mkdir(paths.sandboxes, { recursive: true, mode: 0o711 });
+      await ensurePrivateDir(paths.runtimeState);
+      made = true;
+      await mountOverlay(layout, spec.templateRootfs, this.opts.idMapBase);
+      signal?.throwIfAborted();
+
+      const config = buildOciSpec({
+        id,
+        rootfs: layout.rootfs,
+        agentBinary: this.opts.agentBinary,
+        resources: spec.resources,
+        idMapBase: this.opts.idMapBase,
+        idMapSize: this.opts.idMapSize,
+        seccomp,
+        swapAccounting: await this.hasSwapAccounting(),
+      });
+      await fsp.mkdir(layout.bundle, { mode: 0o700 });
+      await fsp.writeFile(path.join(layout.bundle, 'config.json'), JSON.stringify(config), { mode: 0o600 });
+
+      sock = await openAgentSocket(paths.agentSocket(id));
+      const s = sock;
+      const r = await this.cli.runDetached(['run', '--detach', '--preserve-fds', '1', '--bundle', layout.bundle, id], {
+        extraFds: [s.fd],
+        onSpawned: () => s.handOff(),
+        timeoutMs: this.opts.createTimeoutMs ?? 60_000,
+        ...(signal ? { signal } : {}),
+      });
+      if (r.code !== 0) throw this.createError(id, r);
+      signal?.throwIfAborted(); // the container runs: the catch below deletes it
+
+      const info = await this.inspect(id);
+      if (info.status !== 'running') {
+        throw new RuntimeError(
+          `sandbox ${id} did not stay up (${info.status}): the agent ${this.opts.agentBinary} exited at once; run it by hand to see why`,
+          { id, status: info.status },
+        );
+      }
+      this.log.info({ id, ms: Math.round(performance.now() - started), pid: info.pid }, 'sandbox container created');
+      return info;
+    } catch (e) {
+      sock?.discard();
+      if (made) {
+        try {
+          await this.destroyUnlocked(id);
+        } catch (cleanupErr) {
+          this.log.error({ id, err: String(cleanupErr) }, 'cleanup after failed create failed');
+        }
+      }
+      if (signal?.aborted && !isCapsuleError(e)) {
+        const why = signal.reason instanceof Error ? signal.reason.message : String(signal.reason);
+        throw new RuntimeError(`creating sandbox ${id} was aborted (${why}); nothing was left behind`, { id }, { cause: e });
+      }
+      throw e;
+    } finally {
+      this.inFlight.delete(id);
+    }
+  }
+
+  private createError(id: string, r: OciResult): RuntimeError {
+    const msg = summarizeStderr(r.stderr) || `exit ${r.code ?? r.signal}`;
+    let hint = '';
+    if (/hybrid mode/i.test(msg)) hint = ': run `capsule doctor --fix` (mounts the cgroup2 controllers as v1 hierarchies)';
+    else if (/cgroup/i.test(msg)) hint = ': check `capsule doctor` (cgroups) and that the daemon runs as root';
+    else if (/newuidmap|uid_map|user namespace|userns/i.test(msg)) hint = ': check that user namespaces are enabled (sysctl user.max_user_namespaces)';
+    else if (/seccomp/i.test(msg)) hint = ': the seccomp profile was rejected; reinstall golang-github-containers-common';
+    return new RuntimeError(`${this.cli.flavor} could not start sandbox ${id}: ${msg}${hint}`, { id, exitCode: r.code });
+  }
+
+  async destroy(id: string): Promise<void> {
+    checkId(id);
+    if (this.inFlight.has(id)) throw new ConflictError(`sandbox ${id} is being created or destroyed`);
+    this.inFlight.add(id);
+    try {
+      await this.destroyUnlocked(id);
+    } finally {
+      this.inFlight.delete(id);
+    }
+  }
+
+  private async destroyUnlocked(id: string): Promise<void> {
+    const started = performance.now();
+    const paths = this.opts.paths;
+    const layout = sandboxLayout(paths.sandboxDir(id));
+    const problems: string[] = [];
+
+    try {
+      await this.deleteContainer(id, problems);
+    } catch (e) {
+      problems.push((e as Error).message); // runtime unusable: still clean up the rest
+    }
+    // Processes the runtime no longer knows about (killed mid-create, lost state) still count.
+    const stray = await killCgroupProcs(this.cgroupsPath(id));
+    if (stray.length > 0) problems.push(`processes ${stray.join(', ')} survive SIGKILL in cgroup ${this.cgroupsPath(id)}`);
+    try {
+      await unmountOverlay(layout.rootfs);
+    } catch (e) {
+      problems.push((e as Error).message);
+    }
+    try {
+      await removeSandboxDir(layout.dir);
+    } catch (e) {
+      problems.push((e as Error).message);
+    }
+    await fsp.rm(paths.agentSocket(id), { force: true });
+    const leftCgroups = await removeCgroupDirs(this.cgroupsPath(id));
+    if (leftCgroups.length > 0) problems.push(`cgroup dirs still busy: ${leftCgroups.join(', ')}`);
+
+    if (problems.length > 0) {
+      throw new RuntimeError(`destroying sandbox ${id} left things behind: ${problems.join('; ')}`, { id });
+    }
+    this.log.info({ id, ms: Math.round(performance.now() - started) }, 'sandbox container destroyed');
+  }
+
+  /** Kill and delete the container; "does not exist" is success. */
+  private async deleteContainer(id: string, problems: string[]): Promise<void> {
+    const gone = (r: OciResult) => r.code === 0 || NOT_FOUND_RE.test(r.stderr);
+    if (this.cli.flavor === 'runc') {
+      // runc's `delete -f` polls every 100 ms; kill first, then a plain delete.
+      const k = await this.cli.runCaptured(['kill', id, 'KILL'], { timeoutMs: 10_000 });
+      if (k.code !== 0 && NOT_FOUND_RE.test(k.stderr)) return;
+      for (let i = 0; i < 50; i++) {
+        const d = await this.cli.runCaptured(['delete', id], { timeoutMs: 10_000 });
+        if (gone(d)) return;
+        await new Promise((r) => setTimeout(r, 5 + i * 2));
+      }
+    }
+    let last: OciResult | null = null;
+    for (let i = 0; i < 3; i++) {
+      last = await this.cli.runCaptured(['delete', '--force', id], { timeoutMs: 15_000 });
+      if (gone(last)) return;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    if ((await this.inspect(id)).status === 'missing') return;
+    problems.push(`${this.cli.flavor} delete --force ${id} failed: ${summarizeStderr(last?.stderr ?? '')}`);
+  }
+
+  async inspect(id: string): Promise<ContainerInfo> {
+    checkId(id);
+    const r = await this.cli.runCaptured(['state', id], { timeoutMs: 10_000 });
+    if (r.code !== 0) {
+      if (NOT_FOUND_RE.test(r.stderr) || r.stderr.trim() === '') return { id, status: 'missing' };
+      throw new RuntimeError(`${this.cli.flavor} state ${id} failed: ${summarizeStderr(r.stderr)}`, { id });
+    }
+    let st: { status?: string; pid?: number };
+    try {
+      st = JSON.parse(r.stdout) as { status?: string; pid?: number };
+    } catch (e) {
+      throw new RuntimeError(`${this.cli.flavor} state ${id} printed something that is not JSON`, { id }, { cause: e });
+    }
+    const status: ContainerStatus =
+      st.status === 'running' ? 'running' : st.status === 'paused' ? 'paused' : 'stopped';
+    const info: ContainerInfo = { id, status };
+    if (status !== 'stopped' && typeof st.pid === 'number' && st.pid > 0) info.pid = st.pid;
+    return info;
+  }
+
+  async list(): Promise<string[]> {
+    if (!fs.existsSync(this.opts.paths.runtimeState)) return [];
+    const r = await this.cli.runCaptured(['list', '--quiet'], { timeoutMs: 15_000 });
+    if (r.code !== 0) throw new RuntimeError(`${this.cli.flavor} list failed: ${summarizeStderr(r.stderr)}`);
+    return r.stdout
+      .split('\n')
+      .map((l) => l.trim())
+      .filter((l) => l !== '' && SANDBOX_ID_RE.test(l))
+      .sort();
+  }
+
+  async listLeftovers(): Promise<string[]> {
+    const paths = this.opts.paths;
+    const ids = new Set<string>();
+    try {
+      for (const e of await fsp.readdir(paths.sandboxes)) if (SANDBOX_ID_RE.test(e)) ids.add(e);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+    const prefix = paths.sandboxes.endsWith('/') ? paths.sandboxes : `${paths.sandboxes}/`;
+    for (const m of await readMountPoints()) {
+      if (!m.startsWith(prefix)) continue;
+      const first = m.slice(prefix.length).split('/')[0];
+      if (first && SANDBOX_ID_RE.test(first)) ids.add(first);
+    }
+    try {
+      for (const e of await fsp.readdir(paths.run)) {
+        if (!e.endsWith('.sock') || e.startsWith('.')) continue;
+        const id = e.slice(0, -'.sock'.length);
+        if (SANDBOX_ID_RE.test(id)) ids.add(id);
+      }
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+    return [...ids].sort();
+  }
+}

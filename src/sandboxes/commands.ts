@@ -1,0 +1,305 @@
+/**
+ * Commands inside sandboxes: foreground runs (buffered or streamed), background
+ * processes with bounded output, stdin, signals, waiting, and re-attaching to
+ * processes that were started before a daemon restart.
+ */
+import type { AgentConnection, AgentProcess, ExitStatus } from '../agent/types.js';
+import type { CommandEvent, CommandResult, ProcessInfo, RunCommandRequest } from '../schemas/commands.js';
+import { LIMITS } from '../schemas/common.js';
+import { CapsuleError, InvalidArgumentError, NotFoundError, TimeoutError } from '../errors/index.js';
+import { BoundedOutput } from './output-buffer.js';
+import type { SandboxManager, SandboxEvents } from './manager.js';
+import type { SandboxStore } from './store.js';
+import { buildEnv, resolveSandboxPath } from './paths.js';
+
+export type EventSink = (ev: CommandEvent) => void;
+
+interface Tracked {
+  sandboxId: string;
+  pid: number;
+  argv: string[];
+  cwd: string | undefined;
+  startedAt: number;
+  stdout: BoundedOutput;
+  stderr: BoundedOutput;
+  proc: AgentProcess | undefined;
+  timedOut: boolean;
+  exit: ExitStatus | undefined;
+  done: Promise<ExitStatus>;
+  finish: (s: ExitStatus) => void;
+  followers: Set<EventSink>;
+  timer: NodeJS.Timeout | undefined;
+}
+
+/** Finished processes remembered per sandbox for list/wait; older ones are forgotten. */
+const MAX_FINISHED_PER_SANDBOX = 256;
+const MAX_LIVE_PER_SANDBOX = 1024;
+
+export class CommandService implements SandboxEvents {
+  private readonly bySandbox = new Map<string, Map<number, Tracked>>();
+
+  constructor(
+    private readonly sandboxes: SandboxManager,
+    private readonly store: SandboxStore,
+  ) {
+    sandboxes.setEvents(this);
+  }
+
+  /**
+   * Start a command. Foreground: resolves with the result when it exits.
+   * Background: resolves with the pid at once. `sink` receives every event as
+   * it happens (used for streamed responses).
+   */
+  async run(
+    sandboxId: string,
+    req: RunCommandRequest,
+    opts: { owner?: string | null; sink?: EventSink; signal?: AbortSignal } = {},
+  ): Promise<CommandResult | { pid: number }> {
+    const sb = this.sandboxes.getRunning(sandboxId, opts.owner);
+    const table = this.table(sandboxId);
+    if ([...table.values()].filter((t) => !t.exit).length >= MAX_LIVE_PER_SANDBOX) {
+      throw new CapsuleError('rate_limited', `sandbox ${sandboxId} already runs ${MAX_LIVE_PER_SANDBOX} commands`);
+    }
+    const argv = typeof req.cmd === 'string' ? ['/bin/sh', '-c', req.cmd] : req.cmd;
+    const cwd = req.cwd === undefined ? undefined : resolveSandboxPath(req.cwd);
+    const conn = await this.sandboxes.connection(sandboxId);
+    const proc = await conn.exec({
+      argv,
+      env: buildEnv(sb.envs, req.envs, req.user),
+      ...(cwd !== undefined ? { cwd } : {}),
+      ...(req.user !== undefined ? { user: req.user } : {}),
+      stdin: req.background === true || req.stdin !== undefined,
+    });
+    const limit = req.maxOutputBytes ?? LIMITS.defaultOutputBytes;
+    const t = this.track(sandboxId, proc.pid, argv, cwd, limit);
+    if (opts.sink) t.followers.add(opts.sink);
+    opts.sink?.({ type: 'start', pid: proc.pid });
+    this.bind(t, proc);
+
+    const timeoutMs = req.timeoutMs ?? (req.background ? 0 : LIMITS.defaultCommandTimeoutMs);
+    if (timeoutMs > 0) {
+      t.timer = setTimeout(() => {
+        t.timedOut = true;
+        void proc.signal('SIGKILL').catch(() => undefined);
+      }, timeoutMs);
+    }
+    if (req.stdin !== undefined && !req.background) {
+      await proc.writeStdin(Buffer.from(req.stdin, 'utf8'));
+      await proc.closeStdin();
+    } else if (req.stdin !== undefined) {
+      await proc.writeStdin(Buffer.from(req.stdin, 'utf8'));
+    }
+    if (req.background) return { pid: proc.pid };
+
+    const onAbort = () => void proc.signal('SIGKILL').catch(() => undefined);
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      await t.done;
+    } finally {
+      opts.signal?.removeEventListener('abort', onAbort);
+      if (opts.sink) t.followers.delete(opts.sink);
+    }
+    return this.result(t);
+  }
+
+  list(sandboxId: string, owner?: string | null): ProcessInfo[] {
+    this.sandboxes.get(sandboxId, owner);
+    return [...this.table(sandboxId).values()].map((t) => ({
+      pid: t.pid,
+      cmd: t.argv,
+      ...(t.cwd !== undefined ? { cwd: t.cwd } : {}),
+      startedAt: new Date(t.startedAt).toISOString(),
+      running: !t.exit,
+      ...(t.exit ? { exitCode: t.exit.exitCode } : {}),
+    }));
+  }
+
+  async sendStdin(sandboxId: string, pid: number, data: Buffer, eof: boolean, owner?: string | null): Promise<void> {
+    const t = this.live(sandboxId, pid, owner);
+    if (!t.proc) throw new NotFoundError(`process ${pid} has no stdin`);
+    if (data.length > 0) await t.proc.writeStdin(data);
+    if (eof) await t.proc.closeStdin();
+  }
+
+  async signal(sandboxId: string, pid: number, signal: NodeJS.Signals, owner?: string | null): Promise<void> {
+    const t = this.live(sandboxId, pid, owner);
+    await t.proc?.signal(signal);
+  }
+
+  /** Waits for exit; `timeoutMs` bounds the wait, not the process. */
+  async wait(sandboxId: string, pid: number, timeoutMs: number | undefined, owner?: string | null): Promise<CommandResult> {
+    const t = this.find(sandboxId, pid, owner);
+    if (!t.exit) {
+      let timer: NodeJS.Timeout | undefined;
+      const limit = timeoutMs ?? 0;
+      const timedOut =
+        limit > 0
+          ? new Promise<'timeout'>((resolve) => {
+              timer = setTimeout(() => resolve('timeout'), limit);
+            })
+          : undefined;
+      const r = await (timedOut ? Promise.race([t.done, timedOut]) : t.done);
+      if (timer) clearTimeout(timer);
+      if (r === 'timeout') throw new TimeoutError(`process ${pid} still running after ${limit} ms`, { pid });
+    }
+    return this.result(t);
+  }
+
+  /** Replays what was kept, then follows live output until exit. Returns an unsubscribe function. */
+  follow(sandboxId: string, pid: number, sink: EventSink, owner?: string | null): { done: Promise<void>; stop: () => void } {
+    const t = this.find(sandboxId, pid, owner);
+    sink({ type: 'start', pid });
+    const out = t.stdout.text();
+    const err = t.stderr.text();
+    if (out) sink({ type: 'stdout', data: out });
+    if (err) sink({ type: 'stderr', data: err });
+    if (t.exit) {
+      sink(exitEvent(t));
+      return { done: Promise.resolve(), stop: () => undefined };
+    }
+    t.followers.add(sink);
+    return {
+      done: t.done.then(() => undefined),
+      stop: () => t.followers.delete(sink),
+    };
+  }
+
+  // --- SandboxEvents -------------------------------------------------------
+
+  onEnded(id: string): void {
+    const table = this.bySandbox.get(id);
+    if (!table) return;
+    for (const t of table.values()) {
+      if (!t.exit) t.finish({ exitCode: 137, signal: 'SIGKILL' });
+    }
+    this.bySandbox.delete(id);
+    this.store.deleteProcesses(id);
+  }
+
+  async onAdopted(id: string, conn: AgentConnection): Promise<void> {
+    const running = await conn.listProcesses();
+    for (const p of running) {
+      if (this.table(id).has(p.pid)) continue;
+      try {
+        const proc = await conn.attach(p.pid);
+        const rec = this.store.getProcess(id, p.pid);
+        const t = this.track(id, p.pid, rec?.argv ?? p.argv, rec?.cwd ?? undefined, LIMITS.defaultOutputBytes, rec?.startedAt);
+        this.bind(t, proc);
+      } catch {
+        // It exited between list and attach; nothing to adopt.
+      }
+    }
+  }
+
+  // --- internals -----------------------------------------------------------
+
+  private table(sandboxId: string): Map<number, Tracked> {
+    let m = this.bySandbox.get(sandboxId);
+    if (!m) {
+      m = new Map();
+      this.bySandbox.set(sandboxId, m);
+    }
+    return m;
+  }
+
+  private track(sandboxId: string, pid: number, argv: string[], cwd: string | undefined, limit: number, startedAt = Date.now()): Tracked {
+    let finish!: (s: ExitStatus) => void;
+    const done = new Promise<ExitStatus>((resolve) => {
+      finish = resolve;
+    });
+    const t: Tracked = {
+      sandboxId,
+      pid,
+      argv,
+      cwd,
+      startedAt,
+      stdout: new BoundedOutput(limit),
+      stderr: new BoundedOutput(limit),
+      proc: undefined,
+      timedOut: false,
+      exit: undefined,
+      done,
+      finish: (s) => {
+        if (t.exit) return;
+        t.exit = s;
+        if (t.timer) clearTimeout(t.timer);
+        for (const f of t.followers) f(exitEvent(t));
+        t.followers.clear();
+        finish(s);
+        this.store.endProcess(sandboxId, pid, s.exitCode, Date.now());
+        this.forgetOldFinished(sandboxId);
+      },
+      followers: new Set(),
+      timer: undefined,
+    };
+    this.table(sandboxId).set(pid, t);
+    this.store.insertProcess({ sandboxId, pid, argv, cwd: cwd ?? null, startedAt, endedAt: null, exitCode: null });
+    return t;
+  }
+
+  private bind(t: Tracked, proc: AgentProcess): void {
+    t.proc = proc;
+    proc.on('stdout', (chunk) => {
+      t.stdout.push(chunk);
+      if (t.followers.size) {
+        const data = chunk.toString('utf8');
+        for (const f of t.followers) f({ type: 'stdout', data });
+      }
+    });
+    proc.on('stderr', (chunk) => {
+      t.stderr.push(chunk);
+      if (t.followers.size) {
+        const data = chunk.toString('utf8');
+        for (const f of t.followers) f({ type: 'stderr', data });
+      }
+    });
+    proc.exited.then(
+      (s) => t.finish(s),
+      // The connection died under a running process: the sandbox is most likely gone.
+      () => t.finish({ exitCode: 137, signal: 'SIGKILL' }),
+    );
+  }
+
+  private result(t: Tracked): CommandResult {
+    const exit = t.exit ?? { exitCode: -1 };
+    return {
+      pid: t.pid,
+      exitCode: exit.exitCode,
+      ...(exit.signal ? { signal: exit.signal } : {}),
+      stdout: t.stdout.text(),
+      stderr: t.stderr.text(),
+      ...(t.stdout.truncated ? { stdoutTruncated: true } : {}),
+      ...(t.stderr.truncated ? { stderrTruncated: true } : {}),
+      ...(t.timedOut ? { timedOut: true } : {}),
+    };
+  }
+
+  private find(sandboxId: string, pid: number, owner?: string | null): Tracked {
+    this.sandboxes.get(sandboxId, owner);
+    const t = this.bySandbox.get(sandboxId)?.get(pid);
+    if (!t) throw new NotFoundError(`no process ${pid} in sandbox ${sandboxId}`, { pid });
+    return t;
+  }
+
+  private live(sandboxId: string, pid: number, owner?: string | null): Tracked {
+    const t = this.find(sandboxId, pid, owner);
+    if (t.exit) throw new InvalidArgumentError(`process ${pid} has already exited (code ${t.exit.exitCode})`, { pid });
+    return t;
+  }
+
+  private forgetOldFinished(sandboxId: string): void {
+    const table = this.bySandbox.get(sandboxId);
+    if (!table) return;
+    const finished = [...table.values()].filter((x) => x.exit);
+    for (let i = 0; i < finished.length - MAX_FINISHED_PER_SANDBOX; i++) table.delete(finished[i]!.pid);
+  }
+}
+
+function exitEvent(t: Tracked): CommandEvent {
+  return {
+    type: 'exit',
+    exitCode: t.exit?.exitCode ?? -1,
+    ...(t.exit?.signal ? { signal: t.exit.signal } : {}),
+    ...(t.timedOut ? { timedOut: true } : {}),
+  };
+}

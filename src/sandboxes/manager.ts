@@ -1,0 +1,264 @@
+/**
+ * The sandbox service: lifecycle of sandboxes (create, find, extend, kill,
+ * expire) and re-adoption after a daemon restart. Transports call this; it
+ * calls the runtime driver and the agent; it never knows about HTTP.
+ */
+import type { DaemonConfig, ResourceLimits } from '../config/index.js';
+import type { RuntimeDriver } from '../runtime/types.js';
+import type { AgentConnection } from '../agent/types.js';
+import type { BuildProgress } from '../templates/types.js';
+import { ConflictError, InvalidArgumentError, NotFoundError, SandboxError, isCapsuleError } from '../errors/index.js';
+import type { SandboxRecord, SandboxStore, SandboxStateName } from './store.js';
+import { newSandboxId } from './ids.js';
+
+export interface Logger {
+  info(obj: unknown, msg?: string): void;
+  warn(obj: unknown, msg?: string): void;
+  error(obj: unknown, msg?: string): void;
+}
+
+/** What the manager needs from the template service. */
+export interface TemplateProvider {
+  ensure(name: string, onProgress?: (p: BuildProgress) => void, signal?: AbortSignal): Promise<string>;
+}
+
+export type AgentConnector = (socketPath: string, opts?: { timeoutMs?: number; signal?: AbortSignal }) => Promise<AgentConnection>;
+
+export interface CreateOptions {
+  template: string;
+  timeoutMs?: number | undefined;
+  envs?: Record<string, string> | undefined;
+  metadata?: Record<string, string> | undefined;
+  resources?: Partial<ResourceLimits> | undefined;
+  owner?: string | null;
+  signal?: AbortSignal;
+}
+
+export interface ListFilter {
+  state?: SandboxStateName | 'all';
+  metadata?: Record<string, string>;
+  owner?: string | null;
+}
+
+/** Listeners the command service registers to learn about sandbox ends and new connections. */
+export interface SandboxEvents {
+  onEnded(id: string): void;
+  onAdopted(id: string, conn: AgentConnection): Promise<void>;
+}
+
+const LIVE_STATES: readonly SandboxStateName[] = ['creating', 'running'];
+
+export class SandboxManager {
+  private readonly connections = new Map<string, Promise<AgentConnection>>();
+  private readonly ending = new Map<string, Promise<void>>();
+  private reaper: NodeJS.Timeout | undefined;
+  private events: SandboxEvents | undefined;
+
+  constructor(
+    private readonly config: DaemonConfig,
+    private readonly store: SandboxStore,
+    private readonly runtime: RuntimeDriver,
+    private readonly templates: TemplateProvider,
+    private readonly connectAgent: AgentConnector,
+    private readonly log: Logger,
+  ) {}
+
+  setEvents(events: SandboxEvents): void {
+    this.events = events;
+  }
+
+  async create(opts: CreateOptions): Promise<SandboxRecord> {
+    const timeoutMs = this.checkTimeout(opts.timeoutMs ?? this.config.defaultTimeoutMs);
+    const resources: ResourceLimits = { ...this.config.defaultResources, ...stripUndefined(opts.resources ?? {}) };
+    const rootfs = await this.templates.ensure(opts.template, undefined, opts.signal);
+    const now = Date.now();
+    const rec: SandboxRecord = {
+      id: newSandboxId(),
+      template: opts.template,
+      state: 'creating',
+      owner: opts.owner ?? null,
+      createdAt: now,
+      expiresAt: now + timeoutMs,
+      envs: opts.envs ?? {},
+      metadata: opts.metadata ?? {},
+      resources,
+      endedAt: null,
+      endReason: null,
+    };
+    this.store.insert(rec);
+    try {
+      await this.runtime.create({ id: rec.id, templateRootfs: rootfs, resources }, opts.signal);
+      await this.connection(rec.id);
+    } catch (err) {
+      const reason = err instanceof Error ? err.message : String(err);
+      this.store.end(rec.id, 'failed', `create failed: ${reason}`.slice(0, 2000), Date.now());
+      await this.runtime.destroy(rec.id).catch((e: unknown) => this.log.error({ err: e, id: rec.id }, 'cleanup after failed create'));
+      throw err;
+    }
+    // The clock starts when the sandbox is usable, not when the request came in.
+    rec.expiresAt = Date.now() + timeoutMs;
+    this.store.setExpiry(rec.id, rec.expiresAt);
+    this.store.setState(rec.id, 'running');
+    rec.state = 'running';
+    return rec;
+  }
+
+  /** Any sandbox this caller may see, live or ended. */
+  get(id: string, owner?: string | null): SandboxRecord {
+    const rec = this.store.get(id);
+    if (!rec || (owner !== undefined && owner !== null && rec.owner !== owner)) {
+      throw new NotFoundError(`sandbox ${id} not found`, { id });
+    }
+    return rec;
+  }
+
+  /** A sandbox that must be running for the operation to make sense. */
+  getRunning(id: string, owner?: string | null): SandboxRecord {
+    const rec = this.get(id, owner);
+    if (rec.state !== 'running') {
+      throw new ConflictError(`sandbox ${id} is ${rec.state}${rec.endReason ? ` (${rec.endReason})` : ''}`, { id, state: rec.state });
+    }
+    return rec;
+  }
+
+  list(filter: ListFilter = {}): SandboxRecord[] {
+    const recs =
+      filter.state === 'all' ? this.store.listAll() : this.store.listByStates(filter.state ? [filter.state] : LIVE_STATES);
+    return recs.filter((r) => {
+      if (filter.owner !== undefined && filter.owner !== null && r.owner !== filter.owner) return false;
+      for (const [k, v] of Object.entries(filter.metadata ?? {})) if (r.metadata[k] !== v) return false;
+      return true;
+    });
+  }
+
+  setTimeout(id: string, timeoutMs: number, owner?: string | null): SandboxRecord {
+    const rec = this.getRunning(id, owner);
+    rec.expiresAt = Date.now() + this.checkTimeout(timeoutMs);
+    this.store.setExpiry(id, rec.expiresAt);
+    return rec;
+  }
+
+  async kill(id: string, owner?: string | null): Promise<SandboxRecord> {
+    const rec = this.get(id, owner);
+    if (rec.state === 'running' || rec.state === 'creating') await this.end(id, 'killed', 'killed by request');
+    return this.get(id, owner);
+  }
+
+  /** The live agent connection of a running sandbox, reconnecting when it was lost. */
+  connection(id: string): Promise<AgentConnection> {
+    let p = this.connections.get(id);
+    if (!p) {
+      p = this.connectAgent(this.runtime.agentSocketPath(id), { timeoutMs: 5000 }).then(
+        (conn) => {
+          conn.onClose(() => {
+            if (this.connections.get(id) === p) this.connections.delete(id);
+          });
+          return conn;
+        },
+        (err: unknown) => {
+          this.connections.delete(id);
+          throw isCapsuleError(err)
+            ? err
+            : new SandboxError(`sandbox ${id}: agent not reachable: ${err instanceof Error ? err.message : String(err)}`, { id });
+        },
+      );
+      this.connections.set(id, p);
+    }
+    return p;
+  }
+
+  /** Ends a sandbox once, whatever the reason; concurrent callers share the work. */
+  end(id: string, state: 'killed' | 'expired' | 'failed', reason: string): Promise<void> {
+    const running = this.ending.get(id);
+    if (running) return running;
+    const work = (async () => {
+      this.store.end(id, state, reason, Date.now());
+      const conn = this.connections.get(id);
+      this.connections.delete(id);
+      conn?.then((c) => c.close(), () => undefined);
+      this.events?.onEnded(id);
+      try {
+        await this.runtime.destroy(id);
+      } catch (err) {
+        // Leftovers are retried at the next start (recover); the sandbox is ended either way.
+        this.log.error({ err, id }, 'destroying sandbox failed');
+      }
+      this.log.info({ id, state, reason }, 'sandbox ended');
+    })().finally(() => this.ending.delete(id));
+    this.ending.set(id, work);
+    return work;
+  }
+
+  startReaper(): void {
+    if (this.reaper) return;
+    this.reaper = setInterval(() => void this.reapExpired(), this.config.reapIntervalMs);
+    this.reaper.unref();
+  }
+
+  async reapExpired(now = Date.now()): Promise<void> {
+    for (const id of this.store.expiredRunning(now)) {
+      await this.end(id, 'expired', 'timeout passed');
+    }
+  }
+
+  /**
+   * After a (re)start: adopt sandboxes whose containers still run, end the ones
+   * that died or were half-made, and remove runtime leftovers nobody owns.
+   */
+  async recover(): Promise<{ adopted: string[]; ended: string[]; cleaned: string[] }> {
+    const adopted: string[] = [];
+    const ended: string[] = [];
+    for (const rec of this.store.listByStates(LIVE_STATES)) {
+      if (rec.state === 'creating') {
+        await this.end(rec.id, 'failed', 'daemon restarted while the sandbox was being created');
+        ended.push(rec.id);
+        continue;
+      }
+      const info = await this.runtime.inspect(rec.id).catch(() => ({ status: 'missing' as const }));
+      if (info.status !== 'running') {
+        await this.end(rec.id, 'failed', `container was ${info.status} when the daemon started`);
+        ended.push(rec.id);
+        continue;
+      }
+      try {
+        const conn = await this.connection(rec.id);
+        await this.events?.onAdopted(rec.id, conn);
+        adopted.push(rec.id);
+      } catch (err) {
+        this.log.warn({ err, id: rec.id }, 'could not reach the agent of a running sandbox');
+        await this.end(rec.id, 'failed', 'agent unreachable after daemon restart');
+        ended.push(rec.id);
+      }
+    }
+    const live = new Set(adopted);
+    const cleaned: string[] = [];
+    const known = new Set([...(await this.runtime.list()), ...(await this.runtime.listLeftovers())]);
+    for (const id of known) {
+      if (live.has(id)) continue;
+      await this.runtime.destroy(id).catch((err: unknown) => this.log.error({ err, id }, 'cleanup of leftover failed'));
+      cleaned.push(id);
+    }
+    return { adopted, ended, cleaned };
+  }
+
+  /** Stop timers and connections; sandboxes keep running (they are re-adopted at next start). */
+  async close(): Promise<void> {
+    if (this.reaper) clearInterval(this.reaper);
+    this.reaper = undefined;
+    await Promise.allSettled([...this.ending.values()]);
+    for (const p of this.connections.values()) p.then((c) => c.close(), () => undefined);
+    this.connections.clear();
+  }
+
+  private checkTimeout(ms: number): number {
+    if (!Number.isInteger(ms) || ms < 1000) throw new InvalidArgumentError('timeoutMs must be an integer of at least 1000');
+    if (ms > this.config.maxTimeoutMs) {
+      throw new InvalidArgumentError(`timeoutMs must be at most ${this.config.maxTimeoutMs}`, { max: this.config.maxTimeoutMs });
+    }
+    return ms;
+  }
+}
+
+function stripUndefined<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}

@@ -1,0 +1,81 @@
+import { z } from 'zod';
+import { EnvVars, LIMITS, SandboxPath, Timestamp } from './common.js';
+
+const Arg = z.string().max(LIMITS.maxArg).refine((s) => !s.includes('\0'), 'must not contain NUL');
+
+export const RunCommandRequest = z
+  .object({
+    cmd: z
+      .union([Arg.min(1), z.array(Arg).min(1).max(LIMITS.maxArgs)])
+      .describe('A shell command string (run with /bin/sh -c) or an argv array run directly'),
+    envs: EnvVars.optional().describe('Extra environment variables for this command (over the sandbox envs)'),
+    cwd: SandboxPath.optional().describe('Working directory; default /'),
+    user: z.string().min(1).max(64).regex(/^[A-Za-z0-9_.-]+$/).optional().describe('User name or numeric uid inside the sandbox; default root'),
+    stdin: z.string().max(LIMITS.maxStdinBytes).optional().describe('Data written to stdin, which is then closed (foreground only)'),
+    timeoutMs: z.number().int().min(0).max(24 * 3600_000).optional().describe('Kill the command after this many ms (0: no limit); default 60000 for foreground commands, none for background'),
+    background: z.boolean().optional().describe('Return at once with the pid; read output with /wait or /stream'),
+    stream: z.boolean().optional().describe('Stream output as NDJSON events (start, stdout, stderr, exit) instead of one JSON result'),
+    maxOutputBytes: z.number().int().min(0).max(LIMITS.maxOutputBytes).optional().describe('Keep at most this many bytes of each of stdout and stderr in buffered results; default 1 MiB'),
+  })
+  .strict();
+export type RunCommandRequest = z.infer<typeof RunCommandRequest>;
+
+export const CommandResult = z.object({
+  pid: z.number().int(),
+  exitCode: z.number().int().describe('Exit code; 128+N when killed by signal N'),
+  signal: z.string().optional().describe('Signal that killed the process, e.g. SIGKILL'),
+  stdout: z.string().describe('Standard output decoded as UTF-8 (invalid bytes replaced)'),
+  stderr: z.string(),
+  stdoutTruncated: z.boolean().optional().describe('True when stdout exceeded maxOutputBytes and was cut'),
+  stderrTruncated: z.boolean().optional(),
+  timedOut: z.boolean().optional().describe('True when the command was killed because its timeout passed'),
+});
+export type CommandResult = z.infer<typeof CommandResult>;
+
+/** One line of an NDJSON command stream. */
+export const CommandEvent = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('start'), pid: z.number().int() }),
+  z.object({ type: z.literal('stdout'), data: z.string() }),
+  z.object({ type: z.literal('stderr'), data: z.string() }),
+  z.object({
+    type: z.literal('exit'),
+    exitCode: z.number().int(),
+    signal: z.string().optional(),
+    timedOut: z.boolean().optional(),
+  }),
+  z.object({ type: z.literal('error'), error: z.object({ code: z.string(), message: z.string() }) }),
+]);
+export type CommandEvent = z.infer<typeof CommandEvent>;
+
+export const BackgroundStarted = z.object({ pid: z.number().int() });
+
+export const ProcessInfo = z.object({
+  pid: z.number().int(),
+  cmd: z.array(z.string()).describe('argv of the process'),
+  cwd: z.string().optional(),
+  startedAt: Timestamp,
+  running: z.boolean(),
+  exitCode: z.number().int().optional(),
+});
+export type ProcessInfo = z.infer<typeof ProcessInfo>;
+export const ListProcessesResponse = z.object({ processes: z.array(ProcessInfo) });
+
+export const ProcessParams = z.object({
+  id: z.string(),
+  pid: z.coerce.number().int().min(1).max(2 ** 31 - 1),
+});
+
+export const SendStdinRequest = z
+  .object({
+    data: z.string().max(LIMITS.maxStdinBytes).optional().describe('Data to write to stdin'),
+    encoding: z.enum(['utf8', 'base64']).optional().describe('How data is encoded; default utf8'),
+    eof: z.boolean().optional().describe('Close stdin after writing'),
+  })
+  .strict();
+
+export const SIGNALS = ['SIGTERM', 'SIGKILL', 'SIGINT', 'SIGHUP', 'SIGQUIT', 'SIGUSR1', 'SIGUSR2', 'SIGSTOP', 'SIGCONT'] as const;
+export const SignalRequest = z.object({ signal: z.enum(SIGNALS).describe('Signal sent to the process group') }).strict();
+
+export const WaitQuery = z.object({
+  timeoutMs: z.coerce.number().int().min(0).max(3600_000).optional().describe('Give up waiting after this many ms (408-free: returns the running state)'),
+});

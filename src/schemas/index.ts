@@ -1,0 +1,5 @@
+export * from './common.js';
+export * from './sandboxes.js';
+export * from './commands.js';
+export * from './files.js';
+export * from './templates.js';

@@ -1,0 +1,52 @@
+import { z } from 'zod';
+import { EnvVars, Metadata, SandboxId, Timestamp } from './common.js';
+
+export const SANDBOX_STATES = ['creating', 'running', 'killed', 'expired', 'failed'] as const;
+export const SandboxState = z.enum(SANDBOX_STATES).describe('Lifecycle state; killed, expired and failed are final');
+
+export const Resources = z
+  .object({
+    cpus: z.number().min(0.05).max(64).optional().describe('CPU limit in cores (fractions allowed)'),
+    memoryMb: z.number().int().min(16).max(1024 * 1024).optional().describe('Memory limit in MiB; the sandbox is OOM-killed inside its own cgroup above it'),
+    pids: z.number().int().min(8).max(65536).optional().describe('Maximum number of processes and threads'),
+  })
+  .strict();
+
+export const CreateSandboxRequest = z
+  .object({
+    template: z.string().min(1).max(64).regex(/^[a-z0-9][a-z0-9._-]*$/).default('debian').describe('Template to start from (see GET /v1/templates)'),
+    timeoutMs: z.number().int().min(1000).optional().describe('Lifetime in ms before the sandbox is killed; default 5 minutes, extendable'),
+    envs: EnvVars.optional().describe('Environment variables every command in this sandbox gets'),
+    metadata: Metadata.optional(),
+    resources: Resources.optional(),
+  })
+  .strict();
+export type CreateSandboxRequest = z.infer<typeof CreateSandboxRequest>;
+
+export const Sandbox = z.object({
+  id: SandboxId,
+  template: z.string(),
+  state: SandboxState,
+  createdAt: Timestamp,
+  expiresAt: Timestamp.describe('When the sandbox will be killed unless its timeout is extended'),
+  metadata: z.record(z.string(), z.string()),
+  resources: z.object({ cpus: z.number(), memoryMb: z.number(), pids: z.number() }),
+  endedAt: Timestamp.optional(),
+  endReason: z.string().optional().describe('Why a sandbox ended: killed, expired, or an error'),
+});
+export type Sandbox = z.infer<typeof Sandbox>;
+
+export const ListSandboxesQuery = z
+  .object({
+    state: z.union([SandboxState, z.literal('all')]).optional().describe('Only sandboxes in this state; default: creating and running'),
+  })
+  .catchall(z.string().max(1024))
+  .describe('Filter by metadata with metadata.<key>=<value> query parameters');
+
+export const ListSandboxesResponse = z.object({ sandboxes: z.array(Sandbox) });
+
+export const SetTimeoutRequest = z
+  .object({ timeoutMs: z.number().int().min(1000).describe('New lifetime from now, in ms') })
+  .strict();
+
+export const SandboxParams = z.object({ id: SandboxId });

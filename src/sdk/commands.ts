@@ -1,0 +1,371 @@
+/**
+ * Running commands in a sandbox: `sandbox.commands`.
+ *
+ * A command that exits non-zero, or is killed by its timeout, is not an
+ * error: the promise resolves with a CommandResult carrying the exit code
+ * (agents need the output either way). Errors are for real failures: the
+ * sandbox is gone, the request is invalid, the daemon is unreachable.
+ */
+import { CapsuleError, NotFoundError, TimeoutError, errorFromWire } from '../errors/index.js';
+import {
+  BackgroundStarted,
+  CommandEvent,
+  CommandResult,
+  LIMITS,
+  ListProcessesResponse,
+  type ProcessInfo,
+  type SIGNALS,
+} from '../schemas/index.js';
+import { abortError, isAbortError, type HttpClient, type StreamedBody } from './http.js';
+import { readNdjson } from './ndjson.js';
+
+export type Signal = (typeof SIGNALS)[number];
+
+/** Called with each piece of output as it arrives (decoded as UTF-8). */
+export type OutputCallback = (data: string) => void | Promise<void>;
+
+export interface RunOptions {
+  /** Extra environment variables for this command, over the sandbox's own. */
+  envs?: Record<string, string>;
+  /** Working directory inside the sandbox; default `/`. */
+  cwd?: string;
+  /** User name or numeric uid inside the sandbox; default root. */
+  user?: string;
+  /**
+   * Kill the command after this many ms; 0 means no limit. Default: 60 s for
+   * foreground commands, no limit for background ones (the daemon's defaults).
+   */
+  timeoutMs?: number;
+  /** Written to the command's stdin, which is then closed. */
+  stdin?: string;
+  /** Called with stdout as it arrives (switches a foreground run to streaming). */
+  onStdout?: OutputCallback;
+  /** Called with stderr as it arrives (switches a foreground run to streaming). */
+  onStderr?: OutputCallback;
+  /** Return a CommandHandle at once instead of waiting for the exit. */
+  background?: boolean;
+  /** Keep at most this many bytes of each of stdout and stderr in the result; default 1 MiB. Callbacks still see everything. */
+  maxOutputBytes?: number;
+  /**
+   * Aborting it kills the command (SIGKILL) and rejects with an AbortError.
+   * For background commands it only cancels starting it.
+   */
+  signal?: AbortSignal;
+}
+
+export interface WaitOptions {
+  /** Give up after this many ms with a TimeoutError (the command keeps running). Default: wait as long as it takes. */
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+export interface ConnectOptions {
+  onStdout?: OutputCallback;
+  onStderr?: OutputCallback;
+}
+
+/** Appends output up to a byte limit, as the daemon does for buffered results. */
+export class BoundedOutput {
+  private parts: string[] = [];
+  private bytes = 0;
+  truncated = false;
+  constructor(private readonly maxBytes: number) {}
+
+  append(data: string): void {
+    if (this.truncated) return;
+    const size = Buffer.byteLength(data);
+    if (this.bytes + size <= this.maxBytes) {
+      this.parts.push(data);
+      this.bytes += size;
+      return;
+    }
+    const room = this.maxBytes - this.bytes;
+    const buf = Buffer.from(data);
+    // Back up to the start of a character so the kept text stays valid UTF-8.
+    let end = room;
+    while (end > 0 && ((buf[end] ?? 0) & 0xc0) === 0x80) end--;
+    if (end > 0) this.parts.push(buf.subarray(0, end).toString('utf8'));
+    this.bytes += end;
+    this.truncated = true;
+  }
+
+  toString(): string {
+    return this.parts.join('');
+  }
+}
+
+/** Timeout for an HTTP request that lasts as long as a command: the command's limit plus slack. */
+function commandRequestTimeout(http: HttpClient, commandTimeoutMs: number | undefined): number {
+  const cmd = commandTimeoutMs ?? LIMITS.defaultCommandTimeoutMs;
+  if (cmd === 0 || http.conn.requestTimeoutMs === 0) return 0;
+  return cmd + http.conn.requestTimeoutMs;
+}
+
+/** Longest single /wait request; longer waits are made of several. */
+const WAIT_SLICE_MS = 5 * 60_000;
+
+/**
+ * Follow `.../commands/:pid/stream` (or a POST with stream:true), calling the
+ * callbacks in order, and assemble the result from the events.
+ */
+async function consumeEvents(
+  body: ReadableStream<Uint8Array>,
+  what: string,
+  fail: (e: unknown) => Error,
+  cb: ConnectOptions & { maxOutputBytes?: number | undefined; onStart?: (pid: number) => void },
+  knownPid?: number,
+): Promise<CommandResult> {
+  const max = cb.maxOutputBytes ?? LIMITS.defaultOutputBytes;
+  const stdout = new BoundedOutput(max);
+  const stderr = new BoundedOutput(max);
+  let pid = knownPid;
+  for await (const ev of readNdjson(body, CommandEvent, { what, onReadError: fail })) {
+    switch (ev.type) {
+      case 'start':
+        pid = ev.pid;
+        cb.onStart?.(ev.pid);
+        break;
+      case 'stdout':
+        stdout.append(ev.data);
+        if (cb.onStdout) await cb.onStdout(ev.data);
+        break;
+      case 'stderr':
+        stderr.append(ev.data);
+        if (cb.onStderr) await cb.onStderr(ev.data);
+        break;
+      case 'error':
+        throw errorFromWire(ev.error.code, ev.error.message);
+      case 'exit': {
+        const result: CommandResult = { pid: pid ?? 0, exitCode: ev.exitCode, stdout: stdout.toString(), stderr: stderr.toString() };
+        if (ev.signal !== undefined) result.signal = ev.signal;
+        if (stdout.truncated) result.stdoutTruncated = true;
+        if (stderr.truncated) result.stderrTruncated = true;
+        if (ev.timedOut) result.timedOut = true;
+        return result;
+      }
+    }
+  }
+  throw new CapsuleError('unavailable', `${what}: the output stream ended before the command's exit was reported`);
+}
+
+/**
+ * A command running in the background. Get one from
+ * `commands.run(cmd, { background: true })` or `commands.connect(pid)`.
+ */
+export class CommandHandle {
+  private follow: Promise<CommandResult> | undefined;
+  private followAbort: AbortController | undefined;
+
+  /** @internal */
+  constructor(
+    private readonly http: HttpClient,
+    private readonly base: string,
+    /** Process id inside the sandbox. */
+    readonly pid: number,
+    follow?: { stream: StreamedBody; abort: AbortController; callbacks: ConnectOptions },
+  ) {
+    if (follow) {
+      this.followAbort = follow.abort;
+      const what = `GET ${this.base}/${this.pid}/stream`;
+      this.follow = consumeEvents(follow.stream.body, what, follow.stream.fail, follow.callbacks, this.pid);
+      // wait() reports a failure of the follower; never leave it unhandled meanwhile.
+      this.follow.catch(() => {});
+    }
+  }
+
+  /**
+   * Wait for the command to exit and return its result (output as buffered by
+   * the daemon). When the handle follows output with callbacks, it resolves
+   * only after every callback has been called.
+   */
+  async wait(opts: WaitOptions = {}): Promise<CommandResult> {
+    const deadline = opts.timeoutMs !== undefined ? Date.now() + opts.timeoutMs : undefined;
+    const path = `${this.base}/${this.pid}/wait`;
+    let result: CommandResult;
+    for (;;) {
+      const left = deadline === undefined ? WAIT_SLICE_MS : Math.max(0, deadline - Date.now());
+      const slice = Math.min(left, WAIT_SLICE_MS);
+      try {
+        result = await this.http.json('GET', path, CommandResult, {
+          query: { timeoutMs: slice },
+          signal: opts.signal,
+          timeoutMs: this.http.conn.requestTimeoutMs === 0 ? 0 : slice + this.http.conn.requestTimeoutMs,
+        });
+        break;
+      } catch (e) {
+        const more = deadline === undefined || deadline - Date.now() > 0;
+        const fromDaemon = e instanceof TimeoutError && e.details?.clientTimeoutMs === undefined;
+        if (fromDaemon && more) continue;
+        throw e;
+      }
+    }
+    if (this.follow) {
+      await this.follow.catch((e: unknown) => {
+        // disconnect() stops the follower on purpose; that is not a failure.
+        if (!this.followAbort?.signal.aborted) throw e;
+      });
+    }
+    return result;
+  }
+
+  /** Kill the command (SIGKILL to its process group). */
+  async kill(): Promise<void> {
+    await this.http.empty('DELETE', `${this.base}/${this.pid}`);
+  }
+
+  /** Send a signal to the command's process group. */
+  async signal(signal: Signal): Promise<void> {
+    await this.http.empty('POST', `${this.base}/${this.pid}/signal`, { json: { signal } });
+  }
+
+  /** Write to the command's stdin; `eof: true` closes it afterwards. */
+  async sendStdin(data: string | Uint8Array, opts: { eof?: boolean } = {}): Promise<void> {
+    await sendStdin(this.http, this.base, this.pid, data, opts);
+  }
+
+  /** Stop following output (callbacks are no longer called); the command keeps running. */
+  disconnect(): void {
+    this.followAbort?.abort();
+  }
+}
+
+async function sendStdin(http: HttpClient, base: string, pid: number, data: string | Uint8Array, opts: { eof?: boolean }): Promise<void> {
+  const body: { data?: string; encoding?: 'utf8' | 'base64'; eof?: boolean } = {};
+  if (typeof data === 'string') {
+    if (data !== '') body.data = data;
+  } else if (data.byteLength > 0) {
+    body.data = Buffer.from(data.buffer, data.byteOffset, data.byteLength).toString('base64');
+    body.encoding = 'base64';
+  }
+  if (opts.eof) body.eof = true;
+  await http.empty('POST', `${base}/${pid}/stdin`, { json: body });
+}
+
+export class Commands {
+  private readonly base: string;
+
+  /** @internal */
+  constructor(
+    private readonly http: HttpClient,
+    sandboxId: string,
+  ) {
+    this.base = `/sandboxes/${encodeURIComponent(sandboxId)}/commands`;
+  }
+
+  /**
+   * Run a command. A string runs with `/bin/sh -c`; an array is an argv run
+   * directly (no shell, one element per argument).
+   *
+   * - foreground (default): resolves with the CommandResult once it exits;
+   * - with onStdout/onStderr (or a signal): output streams to the callbacks in order;
+   * - `background: true`: resolves at once with a CommandHandle.
+   */
+  run(cmd: string | string[], opts: RunOptions & { background: true }): Promise<CommandHandle>;
+  run(cmd: string | string[], opts?: RunOptions & { background?: false | undefined }): Promise<CommandResult>;
+  run(cmd: string | string[], opts?: RunOptions): Promise<CommandResult | CommandHandle>;
+  async run(cmd: string | string[], opts: RunOptions = {}): Promise<CommandResult | CommandHandle> {
+    const request = {
+      cmd,
+      envs: opts.envs,
+      cwd: opts.cwd,
+      user: opts.user,
+      timeoutMs: opts.timeoutMs,
+      maxOutputBytes: opts.maxOutputBytes,
+    };
+    if (opts.background) {
+      const started = await this.http.json('POST', this.base, BackgroundStarted, {
+        json: { ...request, background: true },
+        signal: opts.signal,
+      });
+      const handle = await this.attach(started.pid, opts);
+      if (opts.stdin !== undefined) await handle.sendStdin(opts.stdin, { eof: true });
+      return handle;
+    }
+    const body = { ...request, stdin: opts.stdin };
+    if (!opts.onStdout && !opts.onStderr && !opts.signal) {
+      return this.http.json('POST', this.base, CommandResult, {
+        json: body,
+        timeoutMs: commandRequestTimeout(this.http, opts.timeoutMs),
+      });
+    }
+    return this.runStreaming(body, opts);
+  }
+
+  private async runStreaming(body: Record<string, unknown>, opts: RunOptions): Promise<CommandResult> {
+    const signal = opts.signal;
+    if (signal?.aborted) throw abortError(signal);
+    // Our own controller lets a failing callback stop the stream too.
+    const local = new AbortController();
+    const onAbort = () => local.abort(signal?.reason);
+    signal?.addEventListener('abort', onAbort, { once: true });
+    let pid: number | undefined;
+    let exited = false;
+    const what = `POST ${this.base}`;
+    try {
+      const { body: stream, fail } = await this.http.stream('POST', this.base, {
+        json: { ...body, stream: true },
+        signal: local.signal,
+      });
+      const result = await consumeEvents(stream, what, fail, {
+        onStdout: opts.onStdout,
+        onStderr: opts.onStderr,
+        maxOutputBytes: opts.maxOutputBytes,
+        onStart: (p) => {
+          pid = p;
+        },
+      });
+      exited = true;
+      return result;
+    } catch (e) {
+      if (!exited && pid !== undefined) {
+        // The caller gave up (abort, or a callback threw): do not leave the command running.
+        const p = pid;
+        await this.http.empty('DELETE', `${this.base}/${p}`, { timeoutMs: 5000 }).catch(() => {});
+      }
+      if (signal?.aborted && (isAbortError(e) || local.signal.aborted)) throw abortError(signal);
+      throw e;
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+    }
+  }
+
+  /** Processes started in this sandbox (running, and recently exited). */
+  async list(): Promise<ProcessInfo[]> {
+    const res = await this.http.json('GET', this.base, ListProcessesResponse);
+    return res.processes;
+  }
+
+  /** Kill a process (SIGKILL to its process group). */
+  async kill(pid: number): Promise<void> {
+    await this.http.empty('DELETE', `${this.base}/${pid}`);
+  }
+
+  /** Write to a background process's stdin; `eof: true` closes it afterwards. */
+  async sendStdin(pid: number, data: string | Uint8Array, opts: { eof?: boolean } = {}): Promise<void> {
+    await sendStdin(this.http, this.base, pid, data, opts);
+  }
+
+  /**
+   * Attach to a running (or recently exited) process. With callbacks, the
+   * output so far is replayed to them, then live output follows.
+   */
+  async connect(pid: number, opts: ConnectOptions = {}): Promise<CommandHandle> {
+    if (!opts.onStdout && !opts.onStderr) {
+      const known = await this.list();
+      if (!known.some((p) => p.pid === pid)) throw new NotFoundError(`no process ${pid} in this sandbox (see commands.list())`, { pid });
+    }
+    return this.attach(pid, opts);
+  }
+
+  /** Make a handle; with callbacks, open the output stream first so a bad pid fails here. */
+  private async attach(pid: number, callbacks: ConnectOptions): Promise<CommandHandle> {
+    if (!callbacks.onStdout && !callbacks.onStderr) return new CommandHandle(this.http, this.base, pid);
+    const abort = new AbortController();
+    const stream = await this.http.stream('GET', `${this.base}/${pid}/stream`, { signal: abort.signal });
+    return new CommandHandle(this.http, this.base, pid, {
+      stream,
+      abort,
+      callbacks: { onStdout: callbacks.onStdout, onStderr: callbacks.onStderr },
+    });
+  }
+}

@@ -1,0 +1,154 @@
+/**
+ * The sandbox's filesystem: `sandbox.files`. Reads and writes stream: a
+ * `format: 'stream'` read and a stream upload never hold the whole file in
+ * memory on either side.
+ */
+import { Readable } from 'node:stream';
+import { NotFoundError } from '../errors/index.js';
+import { FileEntry, ListFilesResponse, WriteFileResponse } from '../schemas/index.js';
+import type { HttpClient } from './http.js';
+
+/** Anything `files.write` accepts as content. */
+export type WriteData = string | Uint8Array | ArrayBuffer | Blob | ReadableStream<Uint8Array> | NodeJS.ReadableStream;
+
+export interface ReadOptions {
+  /** `text` (default): a string decoded as UTF-8; `bytes`: a Uint8Array; `stream`: a web ReadableStream of bytes. */
+  format?: 'text' | 'bytes' | 'stream';
+  signal?: AbortSignal;
+}
+
+export interface WriteOptions {
+  /** Permission bits: a number (0o755) or an octal string ('755'); default 644. */
+  mode?: number | string;
+  signal?: AbortSignal;
+  /**
+   * Limit for the upload in ms (0: none). Default: the connection's
+   * requestTimeoutMs for in-memory data, no limit for streams (which may be
+   * arbitrarily long; use `signal` to stop them).
+   */
+  timeoutMs?: number;
+}
+
+export interface ListOptions {
+  /** At most this many entries; default 10,000 (the daemon's default). */
+  limit?: number;
+}
+
+/** A directory listing, and whether `limit` cut it short. */
+export interface DirectoryListing {
+  entries: FileEntry[];
+  /** True when the directory has more entries than were returned. */
+  truncated: boolean;
+}
+
+function isWebStream(d: unknown): d is ReadableStream<Uint8Array> {
+  return d instanceof ReadableStream;
+}
+
+function isNodeStream(d: unknown): d is NodeJS.ReadableStream {
+  return typeof d === 'object' && d !== null && typeof (d as { pipe?: unknown }).pipe === 'function' && typeof (d as { on?: unknown }).on === 'function';
+}
+
+function modeString(mode: number | string | undefined): string | undefined {
+  if (mode === undefined) return undefined;
+  return typeof mode === 'number' ? mode.toString(8) : mode;
+}
+
+export class Files {
+  private readonly base: string;
+
+  /** @internal */
+  constructor(
+    private readonly http: HttpClient,
+    sandboxId: string,
+  ) {
+    this.base = `/sandboxes/${encodeURIComponent(sandboxId)}/files`;
+  }
+
+  /** Read a file: text by default, or bytes, or a stream (nothing held whole in memory). */
+  read(path: string, opts?: { format?: 'text'; signal?: AbortSignal }): Promise<string>;
+  read(path: string, opts: { format: 'bytes'; signal?: AbortSignal }): Promise<Uint8Array>;
+  read(path: string, opts: { format: 'stream'; signal?: AbortSignal }): Promise<ReadableStream<Uint8Array>>;
+  read(path: string, opts?: ReadOptions): Promise<string | Uint8Array | ReadableStream<Uint8Array>>;
+  async read(path: string, opts: ReadOptions = {}): Promise<string | Uint8Array | ReadableStream<Uint8Array>> {
+    const req = { query: { path }, signal: opts.signal };
+    switch (opts.format ?? 'text') {
+      case 'stream':
+        return (await this.http.stream('GET', this.base, req)).body;
+      case 'bytes':
+        return this.http.bytes('GET', this.base, req);
+      default:
+        return new TextDecoder('utf-8').decode(await this.http.bytes('GET', this.base, req));
+    }
+  }
+
+  /**
+   * Write a file, creating parent directories. Streams (web or Node) are
+   * uploaded as they are read, never buffered whole. Returns the path and
+   * the size written.
+   */
+  async write(path: string, data: WriteData, opts: WriteOptions = {}): Promise<{ path: string; size: number }> {
+    let body: BodyInit;
+    let streamed = false;
+    if (typeof data === 'string' || data instanceof Uint8Array || data instanceof ArrayBuffer || data instanceof Blob) {
+      body = data as BodyInit;
+    } else if (isWebStream(data)) {
+      body = data;
+      streamed = true;
+    } else if (isNodeStream(data)) {
+      const readable = data instanceof Readable ? data : new Readable().wrap(data);
+      body = Readable.toWeb(readable) as unknown as ReadableStream<Uint8Array>;
+      streamed = true;
+    } else {
+      throw new TypeError('files.write: data must be a string, Uint8Array, ArrayBuffer, Blob or a readable stream');
+    }
+    const timeoutMs = opts.timeoutMs ?? (streamed ? 0 : undefined);
+    return this.http.json('PUT', this.base, WriteFileResponse, {
+      query: { path, mode: modeString(opts.mode) },
+      body,
+      signal: opts.signal,
+      ...(timeoutMs !== undefined ? { timeoutMs } : {}),
+    });
+  }
+
+  /** Entries of a directory (see listDetailed for whether the limit cut it short). */
+  async list(path: string, opts: ListOptions = {}): Promise<FileEntry[]> {
+    return (await this.listDetailed(path, opts)).entries;
+  }
+
+  /** Entries of a directory plus `truncated`, true when there were more than `limit`. */
+  async listDetailed(path: string, opts: ListOptions = {}): Promise<DirectoryListing> {
+    return this.http.json('GET', `${this.base}/list`, ListFilesResponse, { query: { path, limit: opts.limit } });
+  }
+
+  /** Type, size, mode and times of one path (symlinks are not followed). NotFoundError if missing. */
+  async stat(path: string): Promise<FileEntry> {
+    return this.http.json('GET', `${this.base}/stat`, FileEntry, { query: { path } });
+  }
+
+  /** True when the path exists. */
+  async exists(path: string): Promise<boolean> {
+    try {
+      await this.stat(path);
+      return true;
+    } catch (e) {
+      if (e instanceof NotFoundError) return false;
+      throw e;
+    }
+  }
+
+  /** Create a directory and its parents; fine if it already exists. */
+  async makeDir(path: string): Promise<void> {
+    await this.http.empty('POST', `${this.base}/mkdir`, { json: { path } });
+  }
+
+  /** Remove a file, or a directory with `recursive: true`. */
+  async remove(path: string, opts: { recursive?: boolean } = {}): Promise<void> {
+    await this.http.empty('DELETE', this.base, { query: { path, recursive: opts.recursive ? 'true' : undefined } });
+  }
+
+  /** Move or rename a path. */
+  async rename(from: string, to: string): Promise<void> {
+    await this.http.empty('POST', `${this.base}/rename`, { json: { from, to } });
+  }
+}

@@ -1,0 +1,49 @@
+/**
+ * @capsule/sdk — the public entry point. Everything users need is exported
+ * here; the other modules in src/sdk are internal.
+ *
+ *   import { Sandbox } from '@capsule/sdk';
+ *   const sbx = await Sandbox.create({ template: 'debian' });
+ *   const r = await sbx.commands.run('echo hi');
+ *   await sbx.kill();
+ */
+export { Sandbox } from './sandbox.js';
+export type { CreateOptions, ListOptions as ListSandboxesOptions } from './sandbox.js';
+export { CommandHandle, Commands } from './commands.js';
+export type { ConnectOptions, OutputCallback, RunOptions, Signal, WaitOptions } from './commands.js';
+export { Files } from './files.js';
+export type { DirectoryListing, ListOptions as ListFilesOptions, ReadOptions, WriteData, WriteOptions } from './files.js';
+export { Template } from './templates.js';
+export type { BuildOptions, BuildProgress, TemplateInfo } from './templates.js';
+export { DEFAULT_API_URL, DEFAULT_REQUEST_TIMEOUT_MS } from './options.js';
+export type { ConnectionOptions } from './options.js';
+
+export {
+  CapsuleError,
+  ConflictError,
+  ERROR_CODES,
+  InvalidArgumentError,
+  NotFoundError,
+  PayloadTooLargeError,
+  RuntimeError,
+  SandboxError,
+  TimeoutError,
+  UnauthenticatedError,
+  UnavailableError,
+  isCapsuleError,
+} from '../errors/index.js';
+export type { ErrorCode } from '../errors/index.js';
+
+export type {
+  CommandEvent,
+  CommandResult,
+  CreateSandboxRequest,
+  FileEntry,
+  ProcessInfo,
+  RunCommandRequest,
+  Sandbox as SandboxInfo,
+} from '../schemas/index.js';
+export type SandboxState = import('../schemas/index.js').Sandbox['state'];
+
+/** The zod schemas behind every type above, for validating data yourself. */
+export * as schemas from '../schemas/index.js';

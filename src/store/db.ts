@@ -1,0 +1,66 @@
+/**
+ * The embedded state store: one SQLite file (WAL) in the data directory.
+ * Migrations are numbered SQL steps applied in order inside a transaction.
+ */
+import Database from 'better-sqlite3';
+import fs from 'node:fs';
+import path from 'node:path';
+
+export type Db = Database.Database;
+
+const MIGRATIONS: string[] = [
+  `CREATE TABLE sandboxes (
+     id TEXT PRIMARY KEY,
+     template TEXT NOT NULL,
+     state TEXT NOT NULL,
+     owner TEXT,
+     created_at INTEGER NOT NULL,
+     expires_at INTEGER NOT NULL,
+     envs TEXT NOT NULL,
+     metadata TEXT NOT NULL,
+     resources TEXT NOT NULL,
+     ended_at INTEGER,
+     end_reason TEXT
+   );
+   CREATE INDEX sandboxes_state ON sandboxes(state);
+   CREATE TABLE templates (
+     name TEXT PRIMARY KEY,
+     status TEXT NOT NULL,
+     rootfs TEXT NOT NULL,
+     size_bytes INTEGER,
+     built_at INTEGER,
+     error TEXT
+   );
+   CREATE TABLE processes (
+     sandbox_id TEXT NOT NULL,
+     pid INTEGER NOT NULL,
+     argv TEXT NOT NULL,
+     cwd TEXT,
+     tag TEXT,
+     started_at INTEGER NOT NULL,
+     ended_at INTEGER,
+     exit_code INTEGER,
+     PRIMARY KEY (sandbox_id, pid)
+   );`,
+];
+
+export function openDb(file: string): Db {
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  const db = new Database(file);
+  db.pragma('journal_mode = WAL');
+  db.pragma('synchronous = NORMAL');
+  db.pragma('busy_timeout = 5000');
+  db.pragma('foreign_keys = ON');
+  migrate(db);
+  return db;
+}
+
+function migrate(db: Db): void {
+  const current = db.pragma('user_version', { simple: true }) as number;
+  for (let v = current; v < MIGRATIONS.length; v++) {
+    db.transaction(() => {
+      db.exec(MIGRATIONS[v]!);
+      db.pragma(`user_version = ${v + 1}`);
+    })();
+  }
+}

@@ -1,0 +1,30 @@
+/**
+ * Templates are root filesystems that sandboxes start from. A template's rootfs
+ * is built once into the data directory, shifted to the mapped id range, and
+ * then only ever read (it is the overlay's lower layer).
+ */
+export type TemplateStatus = 'missing' | 'building' | 'ready' | 'failed';
+
+export interface TemplateInfo {
+  name: string;
+  description: string;
+  status: TemplateStatus;
+  sizeBytes?: number;
+  builtAt?: number;
+  error?: string;
+}
+
+/** Progress of a build: a phase name, and a fraction when it is known. */
+export interface BuildProgress {
+  phase: string;
+  /** 0..1 when known. */
+  fraction?: number;
+  message?: string;
+}
+
+export interface TemplateDefinition {
+  name: string;
+  description: string;
+  /** Fill `rootfsDir` (empty, exists) with a root filesystem owned by host root. */
+  build(rootfsDir: string, onProgress: (p: BuildProgress) => void, signal?: AbortSignal): Promise<void>;
+}

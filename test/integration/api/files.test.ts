@@ -1,0 +1,166 @@
+/** The files API: round trips, big files, listing, and that paths never leave the sandbox. */
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import { Readable } from 'node:stream';
+import { api, startTestDaemon, type TestDaemon } from '../../helpers/daemon.js';
+
+let d: TestDaemon;
+let id: string;
+const enc = encodeURIComponent;
+
+async function sh(cmd: string) {
+  const r = await api(d.url, 'POST', `/v1/sandboxes/${id}/commands`, { cmd });
+  assert.equal(r.status, 200, r.text);
+  return r.json;
+}
+async function put(path: string, body: Uint8Array | string) {
+  return api(d.url, 'PUT', `/v1/sandboxes/${id}/files?path=${enc(path)}`, body, { 'content-type': 'application/octet-stream' });
+}
+async function get(path: string) {
+  const r = await fetch(`${d.url}/v1/sandboxes/${id}/files?path=${enc(path)}`);
+  return { status: r.status, bytes: Buffer.from(await r.arrayBuffer()) };
+}
+
+describe('files', () => {
+  before(async () => {
+    d = await startTestDaemon();
+    const r = await api(d.url, 'POST', '/v1/sandboxes', { template: 'busybox' });
+    assert.equal(r.status, 201, r.text);
+    id = r.json.id;
+  });
+  after(async () => {
+    await d?.stop();
+  });
+
+  it('writes and reads text and binary, creating parents', async () => {
+    const w = await put('/work/deep/dir/hello.txt', 'hello\n');
+    assert.equal(w.status, 200, w.text);
+    assert.deepEqual(w.json, { path: '/work/deep/dir/hello.txt', size: 6 });
+    assert.equal((await sh('cat /work/deep/dir/hello.txt')).stdout, 'hello\n');
+    const bin = crypto.randomBytes(70_000);
+    bin[0] = 0;
+    bin[1] = 0xff;
+    await put('/tmp/blob.bin', bin);
+    const r = await get('/tmp/blob.bin');
+    assert.ok(r.bytes.equals(bin));
+    const owner = await sh('stat -c %u:%g /tmp/blob.bin');
+    assert.equal(owner.stdout, '0:0\n', 'written as root inside the sandbox');
+  });
+
+  it('streams a 100 MB file both ways', async () => {
+    const size = 100 * 1024 * 1024;
+    const chunk = crypto.randomBytes(1024 * 1024);
+    const hash = crypto.createHash('sha256');
+    let sent = 0;
+    const body = new Readable({
+      read() {
+        if (sent >= size) return this.push(null);
+        hash.update(chunk);
+        sent += chunk.length;
+        this.push(chunk);
+      },
+    });
+    const t0 = Date.now();
+    const r = await fetch(`${d.url}/v1/sandboxes/${id}/files?path=/tmp/big.bin`, {
+      method: 'PUT',
+      headers: { 'content-type': 'application/octet-stream' },
+      body: Readable.toWeb(body) as ReadableStream,
+      duplex: 'half',
+    } as RequestInit);
+    assert.equal(r.status, 200, await r.clone().text());
+    assert.equal(((await r.json()) as { size: number }).size, size);
+    const up = Date.now() - t0;
+    const expected = hash.digest('hex');
+    const inside = await sh('sha256sum /tmp/big.bin');
+    assert.equal(inside.stdout.split(' ')[0], expected);
+
+    const t1 = Date.now();
+    const res = await fetch(`${d.url}/v1/sandboxes/${id}/files?path=/tmp/big.bin`);
+    assert.equal(res.headers.get('content-length'), String(size));
+    const h2 = crypto.createHash('sha256');
+    let got = 0;
+    for await (const c of res.body as unknown as AsyncIterable<Uint8Array>) {
+      h2.update(c);
+      got += c.length;
+    }
+    const down = Date.now() - t1;
+    assert.equal(got, size);
+    assert.equal(h2.digest('hex'), expected);
+    console.log(`100 MiB upload ${(100 / (up / 1000)).toFixed(0)} MiB/s, download ${(100 / (down / 1000)).toFixed(0)} MiB/s`);
+    await sh('rm /tmp/big.bin');
+  });
+
+  it('lists, stats, makes dirs, renames and removes', async () => {
+    assert.equal((await api(d.url, 'POST', `/v1/sandboxes/${id}/files/mkdir`, { path: '/data/a/b' })).status, 204);
+    await put('/data/a/one.txt', '1');
+    await sh("ln -s /etc/passwd /data/a/link; printf x > \"/data/a/$(printf 'new\\nline')\"; printf y > \"/data/a/$(printf 'bad\\377name')\"");
+    const l = await api(d.url, 'GET', `/v1/sandboxes/${id}/files/list?path=/data/a`);
+    assert.equal(l.status, 200, l.text);
+    const byName = Object.fromEntries(l.json.entries.map((e: any) => [e.name, e]));
+    assert.equal(byName.b.type, 'dir');
+    assert.equal(byName['one.txt'].type, 'file');
+    assert.equal(byName['one.txt'].size, 1);
+    assert.equal(byName.link.type, 'symlink');
+    assert.equal(byName.link.symlinkTarget, '/etc/passwd');
+    assert.ok(byName['new\nline'], 'names with newlines survive');
+    const bad = l.json.entries.find((e: any) => e.nameBase64);
+    assert.ok(bad, 'invalid UTF-8 names carry their exact bytes');
+    assert.deepEqual(Buffer.from(bad.nameBase64, 'base64'), Buffer.from('bad\xffname', 'latin1'));
+    assert.equal(l.json.truncated, false);
+    const lim = await api(d.url, 'GET', `/v1/sandboxes/${id}/files/list?path=/data/a&limit=2`);
+    assert.equal(lim.json.entries.length, 2);
+    assert.equal(lim.json.truncated, true);
+
+    const st = await api(d.url, 'GET', `/v1/sandboxes/${id}/files/stat?path=/data/a/one.txt`);
+    assert.equal(st.json.type, 'file');
+    assert.ok(Date.parse(st.json.mtime) > 0);
+    assert.equal((await api(d.url, 'POST', `/v1/sandboxes/${id}/files/rename`, { from: '/data/a/one.txt', to: '/data/two.txt' })).status, 204);
+    assert.equal((await get('/data/two.txt')).bytes.toString(), '1');
+    const missing = await api(d.url, 'GET', `/v1/sandboxes/${id}/files/stat?path=/data/a/one.txt`);
+    assert.equal(missing.status, 404);
+    assert.equal(missing.json.error.code, 'not_found');
+    const nonRec = await api(d.url, 'DELETE', `/v1/sandboxes/${id}/files?path=/data`);
+    assert.ok(nonRec.status >= 400 && nonRec.status < 500, 'a non-empty dir needs recursive');
+    assert.equal((await api(d.url, 'DELETE', `/v1/sandboxes/${id}/files?path=/data&recursive=true`)).status, 204);
+    assert.equal((await sh('test -e /data && echo yes || echo no')).stdout, 'no\n');
+  });
+
+  it('never reaches host files through symlinks, .. or absolute paths', async () => {
+    const marker = `/tmp/capsule-host-marker-${process.pid}`;
+    fs.writeFileSync(marker, 'HOST SECRET');
+    try {
+      await sh(`ln -s /etc/shadow /tmp/shadow-link; ln -s ../../../../../../.. /tmp/up; ln -s ${marker} /tmp/marker-link`);
+      const hostShadow = fs.existsSync('/etc/shadow') ? fs.readFileSync('/etc/shadow') : Buffer.alloc(0);
+      for (const p of ['/tmp/shadow-link', '/tmp/up/etc/shadow', '/../../../../etc/shadow', '../../etc/shadow', '/tmp/marker-link', marker, `/tmp/up${marker}`]) {
+        const r = await get(p);
+        if (r.status === 200) {
+          assert.ok(!r.bytes.equals(hostShadow) || hostShadow.length === 0, `${p} returned the host's /etc/shadow`);
+          assert.ok(!r.bytes.toString().includes('HOST SECRET'), `${p} reached a host file`);
+        } else {
+          assert.ok(r.status >= 400 && r.status < 500, `${p}: ${r.status}`);
+        }
+      }
+      // Writing through a symlink lands inside the sandbox, never on the host.
+      await sh(`ln -sf ${marker} /tmp/write-link`);
+      await put('/tmp/write-link', 'overwritten');
+      assert.equal(fs.readFileSync(marker, 'utf8'), 'HOST SECRET');
+      const up = await put('/tmp/up/tmp/escape-attempt', 'x');
+      assert.ok(up.status < 500);
+      assert.ok(!fs.existsSync('/tmp/escape-attempt'));
+    } finally {
+      fs.rmSync(marker, { force: true });
+    }
+  });
+
+  it('refuses FIFOs and directories for reads without hanging', async () => {
+    await sh('mkfifo /tmp/fifo');
+    const f = await get('/tmp/fifo');
+    assert.ok(f.status >= 400 && f.status < 500, String(f.status));
+    const dir = await get('/tmp');
+    assert.ok(dir.status >= 400 && dir.status < 500);
+    const dev = await get('/dev/zero');
+    assert.ok(dev.status >= 400 && dev.status < 500);
+  });
+});
