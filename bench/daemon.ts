@@ -1,0 +1,83 @@
+/**
+ * The daemon under test: `capsule serve` in a child process on a free
+ * 127.0.0.1 port with a temporary data directory of its own.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+/** dist/bench -> repo root. */
+export const REPO_ROOT = path.resolve(here, '..', '..');
+const CLI = path.join(REPO_ROOT, 'bin', 'capsule.js');
+
+export interface BenchDaemon {
+  url: string;
+  dataDir: string;
+  pid: number;
+  /** Kill every live sandbox (best effort), then SIGTERM and wait (SIGKILL after 10 s). */
+  stop(): Promise<void>;
+  /** The last part of the daemon's stderr (its log). */
+  log(): string;
+}
+
+export async function startDaemon(dataDir: string): Promise<BenchDaemon> {
+  const child: ChildProcess = spawn(process.execPath, [CLI, 'serve', '--host', '127.0.0.1', '--port', '0', '--data-dir', dataDir], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: {
+      ...process.env,
+      CAPSULE_LOG_LEVEL: process.env.CAPSULE_LOG_LEVEL ?? 'warn',
+      CAPSULE_TEMPLATE_CACHE: process.env.CAPSULE_TEMPLATE_CACHE ?? '/var/cache/capsule-test',
+    },
+  });
+  let stderr = '';
+  child.stderr!.setEncoding('utf8');
+  child.stderr!.on('data', (d: string) => {
+    stderr = (stderr + d).slice(-100_000);
+  });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const url = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    const timer = setTimeout(() => reject(new Error(`daemon did not start within 60 s:\n${stderr}`)), 60_000);
+    child.stdout!.setEncoding('utf8');
+    child.stdout!.on('data', (d: string) => {
+      out += d;
+      const m = /capsule: listening on (\S+)/.exec(out);
+      if (m) {
+        clearTimeout(timer);
+        resolve(m[1]!);
+      }
+    });
+    void exited.then(() => {
+      clearTimeout(timer);
+      reject(new Error(`daemon exited before listening:\n${stderr}`));
+    });
+  });
+  let stopped = false;
+  return {
+    url,
+    dataDir,
+    pid: child.pid ?? -1,
+    log: () => stderr,
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      await killAllSandboxes(url).catch(() => undefined);
+      child.kill('SIGTERM');
+      const t = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      await exited;
+      clearTimeout(t);
+    },
+  };
+}
+
+export async function killAllSandboxes(url: string): Promise<void> {
+  const r = await fetch(`${url}/v1/sandboxes`);
+  const body = (await r.json()) as { sandboxes: Array<{ id: string }> };
+  // A few at a time: the daemon serialises on two CPUs anyway.
+  const ids = body.sandboxes.map((s) => s.id);
+  for (let i = 0; i < ids.length; i += 8) {
+    await Promise.all(ids.slice(i, i + 8).map((id) => fetch(`${url}/v1/sandboxes/${id}`, { method: 'DELETE' }).then((x) => x.arrayBuffer())));
+  }
+}
