@@ -153,6 +153,9 @@ class AgentProcessImpl extends EventEmitter implements AgentProcess {
   private opened = false;
   /** Frames that arrived right after the reply, replayed once the caller had a turn to add listeners. */
   private held: Frame[] | null = null;
+  /** Credit withheld while paused, per stream, given back on resume. */
+  private readonly owed = [0, 0, 0];
+  private paused = false;
 
   constructor(
     private readonly conn: Connection,
@@ -208,11 +211,9 @@ class AgentProcessImpl extends EventEmitter implements AgentProcess {
         if (left < 0) throw new ProtocolError('process output beyond the granted credit');
         this.recvLeft[f.stream] = left;
         this.safeEmit(f.stream === STREAM_OUT ? 'stdout' : 'stderr', f.payload);
-        // Consumed (listeners ran synchronously): give the credit back.
-        if (!this.finished) {
-          this.recvLeft[f.stream] = left + f.payload.length;
-          this.conn.send(this.channel, FT.WINDOW, f.stream, new PayloadWriter().u32(f.payload.length).finish());
-        }
+        // Consumed (listeners ran synchronously): give the credit back, unless the consumer asked to pause.
+        if (this.paused) this.owed[f.stream]! += f.payload.length;
+        else if (!this.finished) this.grant(f.stream, f.payload.length);
         return;
       }
       case FT.WINDOW:
@@ -240,6 +241,25 @@ class AgentProcessImpl extends EventEmitter implements AgentProcess {
       }
       default:
         return; // unknown frame types on a channel are ignored (forward compatible)
+    }
+  }
+
+  private grant(stream: number, n: number): void {
+    this.recvLeft[stream] = this.recvLeft[stream]! + n;
+    this.conn.send(this.channel, FT.WINDOW, stream, new PayloadWriter().u32(n).finish());
+  }
+
+  pause(): void {
+    this.paused = true;
+  }
+
+  resume(): void {
+    if (!this.paused) return;
+    this.paused = false;
+    for (const stream of [STREAM_OUT, STREAM_ERR]) {
+      const n = this.owed[stream]!;
+      this.owed[stream] = 0;
+      if (n > 0 && !this.finished) this.conn.guard(() => this.grant(stream, n));
     }
   }
 

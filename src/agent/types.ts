@@ -37,6 +37,12 @@ export interface AgentProcess {
   closeStdin(): Promise<void>;
   /** Signal the process group of the command. */
   signal(signal: NodeJS.Signals | number): Promise<void>;
+  /**
+   * Back-pressure: while paused, output already in flight is still delivered, but no
+   * new credit goes back to the agent, so the command blocks on a full pipe.
+   */
+  pause(): void;
+  resume(): void;
 }
 
 export type FileType = 'file' | 'dir' | 'symlink' | 'fifo' | 'socket' | 'char' | 'block' | 'unknown';

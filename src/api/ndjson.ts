@@ -5,7 +5,10 @@
 import type { FastifyReply } from 'fastify';
 
 export interface NdjsonWriter {
-  write(value: unknown): void;
+  /** False when the socket's buffer is full: wait for drained() before producing more. */
+  write(value: unknown): boolean;
+  /** Resolves when the client has caught up, or went away. */
+  drained(): Promise<void>;
   end(): void;
   /** True once the client went away; producers should stop. */
   readonly closed: boolean;
@@ -27,8 +30,20 @@ export function startNdjson(reply: FastifyReply): NdjsonWriter {
   });
   return {
     write(value) {
-      if (closed || ended) return;
-      res.write(`${JSON.stringify(value)}\n`);
+      if (closed || ended) return true;
+      return res.write(`${JSON.stringify(value)}\n`);
+    },
+    drained() {
+      if (closed || ended || !res.writableNeedDrain) return Promise.resolve();
+      return new Promise<void>((resolve) => {
+        const done = () => {
+          res.off('drain', done);
+          res.off('close', done);
+          resolve();
+        };
+        res.on('drain', done);
+        res.on('close', done);
+      });
     },
     end() {
       if (ended) return;

@@ -12,7 +12,14 @@ import type { SandboxManager, SandboxEvents } from './manager.js';
 import type { SandboxStore } from './store.js';
 import { buildEnv, resolveSandboxPath } from './paths.js';
 
-export type EventSink = (ev: CommandEvent) => void;
+/**
+ * Where streamed events go. `write` returns false when the consumer is full
+ * (e.g. a slow HTTP client); the process is then paused until `drained()`.
+ */
+export interface EventSink {
+  write(ev: CommandEvent): boolean;
+  drained(): Promise<void>;
+}
 
 interface Tracked {
   sandboxId: string;
@@ -28,6 +35,8 @@ interface Tracked {
   done: Promise<ExitStatus>;
   finish: (s: ExitStatus) => void;
   followers: Set<EventSink>;
+  /** Followers that asked to slow down; the process is paused while any is full. */
+  throttledBy: Set<EventSink>;
   timer: NodeJS.Timeout | undefined;
 }
 
@@ -73,7 +82,7 @@ export class CommandService implements SandboxEvents {
     const limit = req.maxOutputBytes ?? LIMITS.defaultOutputBytes;
     const t = this.track(sandboxId, proc.pid, argv, cwd, limit);
     if (opts.sink) t.followers.add(opts.sink);
-    opts.sink?.({ type: 'start', pid: proc.pid });
+    opts.sink?.write({ type: 'start', pid: proc.pid });
     this.bind(t, proc);
 
     const timeoutMs = req.timeoutMs ?? (req.background ? 0 : LIMITS.defaultCommandTimeoutMs);
@@ -97,7 +106,7 @@ export class CommandService implements SandboxEvents {
       await t.done;
     } finally {
       opts.signal?.removeEventListener('abort', onAbort);
-      if (opts.sink) t.followers.delete(opts.sink);
+      if (opts.sink) this.unfollow(t, opts.sink);
     }
     return this.result(t);
   }
@@ -148,19 +157,19 @@ export class CommandService implements SandboxEvents {
   /** Replays what was kept, then follows live output until exit. Returns an unsubscribe function. */
   follow(sandboxId: string, pid: number, sink: EventSink, owner?: string | null): { done: Promise<void>; stop: () => void } {
     const t = this.find(sandboxId, pid, owner);
-    sink({ type: 'start', pid });
+    sink.write({ type: 'start', pid });
     const out = t.stdout.text();
     const err = t.stderr.text();
-    if (out) sink({ type: 'stdout', data: out });
-    if (err) sink({ type: 'stderr', data: err });
+    if (out) sink.write({ type: 'stdout', data: out });
+    if (err) sink.write({ type: 'stderr', data: err });
     if (t.exit) {
-      sink(exitEvent(t));
+      sink.write(exitEvent(t));
       return { done: Promise.resolve(), stop: () => undefined };
     }
     t.followers.add(sink);
     return {
       done: t.done.then(() => undefined),
-      stop: () => t.followers.delete(sink),
+      stop: () => this.unfollow(t, sink),
     };
   }
 
@@ -223,13 +232,15 @@ export class CommandService implements SandboxEvents {
         if (t.exit) return;
         t.exit = s;
         if (t.timer) clearTimeout(t.timer);
-        for (const f of t.followers) f(exitEvent(t));
+        for (const f of t.followers) f.write(exitEvent(t));
         t.followers.clear();
+        t.throttledBy.clear();
         finish(s);
         this.store.endProcess(sandboxId, pid, s.exitCode, Date.now());
         this.forgetOldFinished(sandboxId);
       },
       followers: new Set(),
+      throttledBy: new Set(),
       timer: undefined,
     };
     this.table(sandboxId).set(pid, t);
@@ -239,25 +250,37 @@ export class CommandService implements SandboxEvents {
 
   private bind(t: Tracked, proc: AgentProcess): void {
     t.proc = proc;
-    proc.on('stdout', (chunk) => {
-      t.stdout.push(chunk);
-      if (t.followers.size) {
-        const data = chunk.toString('utf8');
-        for (const f of t.followers) f({ type: 'stdout', data });
-      }
-    });
-    proc.on('stderr', (chunk) => {
-      t.stderr.push(chunk);
-      if (t.followers.size) {
-        const data = chunk.toString('utf8');
-        for (const f of t.followers) f({ type: 'stderr', data });
-      }
-    });
+    const deliver = (type: 'stdout' | 'stderr', chunk: Buffer) => {
+      t[type].push(chunk);
+      if (!t.followers.size) return;
+      const ev: CommandEvent = { type, data: chunk.toString('utf8') };
+      for (const f of t.followers) if (!f.write(ev)) this.throttle(t, f);
+    };
+    proc.on('stdout', (chunk) => deliver('stdout', chunk));
+    proc.on('stderr', (chunk) => deliver('stderr', chunk));
     proc.exited.then(
       (s) => t.finish(s),
       // The connection died under a running process: the sandbox is most likely gone.
       () => t.finish({ exitCode: 137, signal: 'SIGKILL' }),
     );
+  }
+
+  /** A follower is full: hold the process's output in the agent (its pipe fills, it blocks) until it drains. */
+  private throttle(t: Tracked, f: EventSink): void {
+    if (t.throttledBy.has(f)) return;
+    t.throttledBy.add(f);
+    t.proc?.pause();
+    void f.drained().then(() => this.unthrottle(t, f));
+  }
+
+  private unthrottle(t: Tracked, f: EventSink): void {
+    if (!t.throttledBy.delete(f)) return;
+    if (t.throttledBy.size === 0) t.proc?.resume();
+  }
+
+  private unfollow(t: Tracked, f: EventSink): void {
+    t.followers.delete(f);
+    this.unthrottle(t, f);
   }
 
   private result(t: Tracked): CommandResult {

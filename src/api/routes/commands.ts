@@ -1,6 +1,6 @@
 import type { RouteTable } from '../route.js';
 import type { Services } from '../services.js';
-import { startNdjson } from '../ndjson.js';
+import { startNdjson, type NdjsonWriter } from '../ndjson.js';
 import {
   BackgroundStarted,
   CommandEvent,
@@ -46,13 +46,16 @@ export function commandRoutes(t: RouteTable, s: Services): void {
       }
       // Streamed: errors before the command starts are ordinary JSON errors;
       // after the first line they travel as an `error` event.
-      let out: ReturnType<typeof startNdjson> | undefined;
-      const sink = (ev: CommandEvent) => {
-        if (!out) {
-          out = startNdjson(reply);
-          out.onClose(() => ac.abort());
-        }
-        out.write(ev);
+      let out: NdjsonWriter | undefined;
+      const sink = {
+        write: (ev: CommandEvent) => {
+          if (!out) {
+            out = startNdjson(reply);
+            out.onClose(() => ac.abort());
+          }
+          return out.write(ev);
+        },
+        drained: () => out?.drained() ?? Promise.resolve(),
       };
       try {
         await s.commands.run(params.id, body, { sink, signal: ac.signal });
@@ -134,13 +137,14 @@ export function commandRoutes(t: RouteTable, s: Services): void {
     params: ProcParams,
     responses: { 200: { description: 'CommandEvent per line', contentType: 'application/x-ndjson', schema: z.array(CommandEvent) } },
     handler: async ({ params, reply }) => {
-      // Look the process up before hijacking so a bad pid is a plain 404.
-      s.commands.list(params.id);
-      let out: ReturnType<typeof startNdjson> | undefined;
-      const buffered: CommandEvent[] = [];
-      const f = s.commands.follow(params.id, params.pid, (ev) => (out ? out.write(ev) : buffered.push(ev)));
-      out = startNdjson(reply);
-      for (const ev of buffered) out.write(ev);
+      // follow() looks the process up before it writes anything, so a bad pid is a plain 404 (the stream starts lazily).
+      let out: NdjsonWriter | undefined;
+      const sink = {
+        write: (ev: CommandEvent) => (out ??= startNdjson(reply)).write(ev),
+        drained: () => out?.drained() ?? Promise.resolve(),
+      };
+      const f = s.commands.follow(params.id, params.pid, sink);
+      out ??= startNdjson(reply);
       out.onClose(() => f.stop());
       await f.done;
       out.end();

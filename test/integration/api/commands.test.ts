@@ -1,6 +1,7 @@
 /** Commands through the REST API against a real daemon and real crun sandboxes. */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import { api, startTestDaemon, type TestDaemon } from '../../helpers/daemon.js';
 
 let d: TestDaemon;
@@ -146,6 +147,35 @@ describe('commands', () => {
     const events = (await r.text()).trim().split('\n').map((l) => JSON.parse(l));
     assert.equal(events.filter((e) => e.type === 'stdout').map((e) => e.data).join(''), 'early\nlate\n');
     assert.equal(events.at(-1).type, 'exit');
+  });
+
+  it('applies back-pressure: an endless stream to a client that stops reading does not grow the daemon', async () => {
+    const rss = () => Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${d.child.pid}/status`, 'utf8'))![1]) * 1024;
+    const before = rss();
+    const ac = new AbortController();
+    const r = await fetch(`${d.url}/v1/sandboxes/${id}/commands`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ cmd: 'cat /dev/zero | tr "\\0" x', stream: true, timeoutMs: 0 }),
+      signal: ac.signal,
+    });
+    assert.equal(r.status, 200);
+    const reader = r.body!.getReader();
+    await reader.read(); // the stream is live; now stop reading for a while
+    await new Promise((res) => setTimeout(res, 2000));
+    const grown = rss() - before;
+    // Other commands in the same sandbox still answer while the flood is held back.
+    const t0 = Date.now();
+    assert.equal((await run({ cmd: 'echo still-here' })).stdout, 'still-here\n');
+    const otherMs = Date.now() - t0;
+    const list = await api(d.url, 'GET', `/v1/sandboxes/${id}/commands`);
+    const flood = list.json.processes.find((p: any) => p.running && p.cmd.join(' ').includes('/dev/zero'));
+    assert.ok(flood, 'the flooding command is running (blocked on its pipe)');
+    ac.abort();
+    const w = await api(d.url, 'GET', `/v1/sandboxes/${id}/commands/${flood.pid}/wait?timeoutMs=10000`);
+    assert.equal(w.json.exitCode, 137, 'a client that hangs up kills its foreground command');
+    console.log(`flood held back: daemon RSS grew ${(grown / 1048576).toFixed(1)} MiB in 2 s; another command took ${otherMs} ms`);
+    assert.ok(grown < 128 * 1024 * 1024, `daemon grew by ${grown} bytes`);
   });
 
   it('runs many commands concurrently', async () => {
