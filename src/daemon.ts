@@ -20,6 +20,8 @@ import { FileService } from './sandboxes/files.js';
 import { buildServer } from './api/server.js';
 import type { Services } from './api/services.js';
 import { ConflictError, RuntimeError } from './errors/index.js';
+import { KeyStore } from './auth/keys.js';
+import { RateLimiter } from './auth/rate-limit.js';
 
 export interface Daemon {
   url: string;
@@ -69,7 +71,10 @@ export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger 
     const sandboxes = new SandboxManager(config, store, runtime, templates, connectAgent, log);
     const commands = new CommandService(sandboxes, store);
     const files = new FileService(sandboxes);
-    const services: Services = { version: packageVersion(), sandboxes, commands, files, templates };
+    const keys = config.auth ? new KeyStore(db) : null;
+    if (keys) bootstrapAdminKey(keys, paths.adminKey, log);
+    else log.warn('authentication is OFF (--no-auth): anyone who can reach the port controls every sandbox');
+    const services: Services = { version: packageVersion(), sandboxes, commands, files, templates, keys, limiter: new RateLimiter() };
 
     const recovered = await sandboxes.recover();
     if (recovered.adopted.length || recovered.ended.length || recovered.cleaned.length) log.info(recovered, 'recovered state from the last run');
@@ -94,6 +99,19 @@ export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger 
     releaseLock();
     throw err;
   }
+}
+
+/**
+ * A fresh install has no keys: make one admin key and leave it where only root
+ * can read it, so `capsule` on this machine works at once (the CLI reads it
+ * when CAPSULE_API_KEY is unset) and remote callers need a key from the start.
+ */
+function bootstrapAdminKey(keys: KeyStore, file: string, log: Logger): void {
+  if (keys.hasAdmin() && fs.existsSync(file)) return;
+  if (keys.hasAdmin()) return; // the operator removed the file on purpose; keys exist
+  const { secret } = keys.create({ name: 'admin', owner: 'admin', admin: true });
+  fs.writeFileSync(file, `${secret}\n`, { mode: 0o600 });
+  log.info({ file }, 'created the first admin API key');
 }
 
 /** Copies the agent into the data directory so a rebuild of the repo never changes a running sandbox's view. */

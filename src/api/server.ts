@@ -12,6 +12,9 @@ import { sandboxRoutes, HealthResponse } from './routes/sandboxes.js';
 import { commandRoutes } from './routes/commands.js';
 import { fileRoutes } from './routes/files.js';
 import { templateRoutes } from './routes/templates.js';
+import { keyRoutes } from './routes/keys.js';
+import { installAuth } from './auth.js';
+import { registerMcpRoutes } from '../mcp/http.js';
 
 /** JSON bodies are small (stdin for a command at most 8 MiB); files are streamed and not counted here. */
 const JSON_BODY_LIMIT = 16 * 1024 * 1024;
@@ -30,6 +33,8 @@ export function buildServer(services: Services, logger: Logger | boolean = false
   app.addContentTypeParser('application/octet-stream', { bodyLimit: Number.MAX_SAFE_INTEGER }, (_req, payload, done) => done(null, payload));
   app.addContentTypeParser('*', { bodyLimit: Number.MAX_SAFE_INTEGER }, (_req, payload, done) => done(null, payload));
 
+  installAuth(app, { keys: services.keys, limiter: services.limiter });
+
   const table = new RouteTable();
   table.add({
     method: 'GET',
@@ -43,6 +48,7 @@ export function buildServer(services: Services, logger: Logger | boolean = false
   commandRoutes(table, services);
   fileRoutes(table, services);
   templateRoutes(table, services);
+  keyRoutes(table, services);
   let openapi: Record<string, unknown> | undefined;
   table.add({
     method: 'GET',
@@ -53,6 +59,7 @@ export function buildServer(services: Services, logger: Logger | boolean = false
     handler: async () => (openapi ??= buildOpenApi(table, services.version)),
   });
   table.register(app);
+  registerMcpRoutes(app, services);
 
   app.setNotFoundHandler((req, reply) => {
     void reply.code(404).send(new CapsuleError('not_found', `no route for ${req.method} ${req.url.split('?')[0]}`).toJSON());

@@ -3,6 +3,8 @@ import type { SandboxManager } from '../sandboxes/manager.js';
 import type { CommandService } from '../sandboxes/commands.js';
 import type { FileService } from '../sandboxes/files.js';
 import type { BuildProgress, TemplateInfo } from '../templates/types.js';
+import type { KeyStore } from '../auth/keys.js';
+import type { RateLimiter } from '../auth/rate-limit.js';
 
 export interface TemplateCatalog {
   list(): TemplateInfo[];
@@ -16,4 +18,7 @@ export interface Services {
   commands: CommandService;
   files: FileService;
   templates: TemplateCatalog;
+  /** null when authentication is off (`--no-auth`). */
+  keys: KeyStore | null;
+  limiter: RateLimiter;
 }

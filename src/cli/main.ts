@@ -12,8 +12,10 @@ import { isCapsuleError } from '../sdk/index.js';
 import { registerDaemonCommands } from './commands/daemon.js';
 import { registerExecCommand } from './commands/exec.js';
 import { registerFileCommands } from './commands/files.js';
+import { registerMcpCommand } from './commands/mcp.js';
 import { registerSandboxCommands } from './commands/sandboxes.js';
 import { registerTemplateCommands } from './commands/templates.js';
+import { registerKeyCommands } from './commands/keys.js';
 import { UsageError } from './util.js';
 
 /** The version in the repository's package.json (dist/src/cli/main.js → ../../../package.json). */
@@ -39,6 +41,8 @@ export function buildProgram(): Command {
   registerExecCommand(program);
   registerFileCommands(program);
   registerTemplateCommands(program);
+  registerMcpCommand(program);
+  registerKeyCommands(program);
   // Subcommands inherit exitOverride only when added after it is set on each; set it everywhere.
   const all = (c: Command): Command[] => [c, ...c.commands.flatMap(all)];
   for (const c of all(program)) c.exitOverride();

@@ -4,6 +4,8 @@
  * of repeated K=V options and durations.
  */
 import { once } from 'node:events';
+import fs from 'node:fs';
+import { dataPaths, loadConfig } from '../config/index.js';
 import type { Command } from 'commander';
 import type { ConnectionOptions } from '../sdk/index.js';
 
@@ -15,13 +17,33 @@ export class UsageError extends Error {
   }
 }
 
-/** Connection options from the global --url / --api-key (the SDK falls back to CAPSULE_URL / CAPSULE_API_KEY). */
+/**
+ * Connection options from the global --url / --api-key (the SDK falls back to
+ * CAPSULE_URL / CAPSULE_API_KEY). For a daemon on this machine with neither
+ * set, the admin key the daemon left in its data directory is used when this
+ * user can read it (root, as the daemon runs).
+ */
 export function connection(cmd: Command): ConnectionOptions {
   const g = cmd.optsWithGlobals<{ url?: string; apiKey?: string }>();
   const conn: ConnectionOptions = {};
   if (g.url) conn.apiUrl = g.url;
   if (g.apiKey) conn.apiKey = g.apiKey;
+  else if (!process.env.CAPSULE_API_KEY) {
+    const local = localAdminKey(g.url ?? process.env.CAPSULE_URL);
+    if (local) conn.apiKey = local;
+  }
   return conn;
+}
+
+function localAdminKey(url: string | undefined): string | undefined {
+  try {
+    const host = new URL(url ?? 'http://127.0.0.1:7878').hostname;
+    if (!['127.0.0.1', 'localhost', '[::1]', '::1'].includes(host)) return undefined;
+    const key = fs.readFileSync(dataPaths(loadConfig().dataDir).adminKey, 'utf8').trim();
+    return key || undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Commander collector for repeatable `--env K=V` style options. */

@@ -30,6 +30,11 @@ export interface DaemonConfig {
   /** How often expired sandboxes are looked for. */
   reapIntervalMs: number;
   logLevel: string;
+  /**
+   * Require API keys (default). Off only with an explicit `--no-auth`: then
+   * every caller is an admin, which is only sane on a loopback-only daemon.
+   */
+  auth: boolean;
 }
 
 export function defaultDataDir(): string {
@@ -57,6 +62,7 @@ export function loadConfig(overrides: Partial<DaemonConfig> = {}): DaemonConfig 
     idMapSize: 65536,
     reapIntervalMs: 1000,
     logLevel: process.env.CAPSULE_LOG_LEVEL ?? 'info',
+    auth: process.env.CAPSULE_NO_AUTH !== '1',
     ...overrides,
   };
 }
@@ -76,6 +82,8 @@ export function dataPaths(dataDir: string) {
     runtimeState: path.join(dataDir, 'runtime'),
     /** The agent binary copied here at start and bind-mounted read-only into each sandbox. */
     bin: path.join(dataDir, 'bin'),
+    /** The first admin key, written once (mode 0600) so the local CLI works without setup. */
+    adminKey: path.join(dataDir, 'admin.key'),
   };
 }
 export type DataPaths = ReturnType<typeof dataPaths>;

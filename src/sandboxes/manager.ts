@@ -7,7 +7,7 @@ import type { DaemonConfig, ResourceLimits } from '../config/index.js';
 import type { RuntimeDriver } from '../runtime/types.js';
 import type { AgentConnection } from '../agent/types.js';
 import type { BuildProgress } from '../templates/types.js';
-import { ConflictError, InvalidArgumentError, NotFoundError, SandboxError, isCapsuleError } from '../errors/index.js';
+import { CapsuleError, ConflictError, InvalidArgumentError, NotFoundError, SandboxError, isCapsuleError } from '../errors/index.js';
 import type { SandboxRecord, SandboxStore, SandboxStateName } from './store.js';
 import { newSandboxId } from './ids.js';
 
@@ -31,6 +31,8 @@ export interface CreateOptions {
   metadata?: Record<string, string> | undefined;
   resources?: Partial<ResourceLimits> | undefined;
   owner?: string | null;
+  /** Quotas of the caller's key, checked against its owner's live sandboxes. */
+  limits?: { maxSandboxes: number | null; maxMemoryMb: number | null } | undefined;
   signal?: AbortSignal;
 }
 
@@ -71,6 +73,8 @@ export class SandboxManager {
     const timeoutMs = this.checkTimeout(opts.timeoutMs ?? this.config.defaultTimeoutMs);
     const resources: ResourceLimits = { ...this.config.defaultResources, ...stripUndefined(opts.resources ?? {}) };
     const rootfs = await this.templates.ensure(opts.template, undefined, opts.signal);
+    // Checked and recorded without an await in between, so concurrent creates cannot both slip under a quota.
+    if (opts.limits) this.checkQuota(opts.owner ?? null, resources.memoryMb, opts.limits);
     const now = Date.now();
     const rec: SandboxRecord = {
       id: newSandboxId(),
@@ -248,6 +252,21 @@ export class SandboxManager {
     await Promise.allSettled([...this.ending.values()]);
     for (const p of this.connections.values()) p.then((c) => c.close(), () => undefined);
     this.connections.clear();
+  }
+
+  private checkQuota(owner: string | null, memoryMb: number, limits: NonNullable<CreateOptions['limits']>): void {
+    const live = this.list({ owner });
+    if (limits.maxSandboxes !== null && live.length >= limits.maxSandboxes) {
+      throw new CapsuleError('rate_limited', `quota reached: ${live.length} of ${limits.maxSandboxes} live sandboxes; kill one first`, {
+        maxSandboxes: limits.maxSandboxes,
+      });
+    }
+    const used = live.reduce((sum, r) => sum + r.resources.memoryMb, 0);
+    if (limits.maxMemoryMb !== null && used + memoryMb > limits.maxMemoryMb) {
+      throw new CapsuleError('rate_limited', `quota reached: ${used} MiB of ${limits.maxMemoryMb} MiB in use, ${memoryMb} MiB more asked`, {
+        maxMemoryMb: limits.maxMemoryMb,
+      });
+    }
   }
 
   private checkTimeout(ms: number): number {

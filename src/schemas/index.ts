@@ -3,3 +3,4 @@ export * from './sandboxes.js';
 export * from './commands.js';
 export * from './files.js';
 export * from './templates.js';
+export * from './keys.js';

@@ -14,6 +14,8 @@ export type { ConnectOptions, OutputCallback, RunOptions, Signal, WaitOptions } 
 export { Files } from './files.js';
 export type { DirectoryListing, ListOptions as ListFilesOptions, ReadOptions, WriteData, WriteOptions } from './files.js';
 export { Template } from './templates.js';
+export { ApiKeys } from './keys.js';
+export type { ApiKeyInfo, CreateKeyOptions } from './keys.js';
 export type { BuildOptions, BuildProgress, TemplateInfo } from './templates.js';
 export { DEFAULT_API_URL, DEFAULT_REQUEST_TIMEOUT_MS } from './options.js';
 export type { ConnectionOptions } from './options.js';

@@ -42,6 +42,19 @@ const MIGRATIONS: string[] = [
      exit_code INTEGER,
      PRIMARY KEY (sandbox_id, pid)
    );`,
+  `CREATE TABLE api_keys (
+     id TEXT PRIMARY KEY,
+     name TEXT NOT NULL,
+     owner TEXT NOT NULL,
+     hash TEXT NOT NULL UNIQUE,
+     admin INTEGER NOT NULL,
+     max_sandboxes INTEGER,
+     max_memory_mb INTEGER,
+     rate_per_minute INTEGER,
+     created_at INTEGER NOT NULL,
+     revoked_at INTEGER
+   );
+   CREATE INDEX sandboxes_owner ON sandboxes(owner);`,
 ];
 
 export function openDb(file: string): Db {

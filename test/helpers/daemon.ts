@@ -15,6 +15,8 @@ export const CLI = path.join(REPO_ROOT, 'bin', 'capsule.js');
 export interface TestDaemon {
   url: string;
   dataDir: string;
+  /** The admin key the daemon made at first start (absent with --no-auth). */
+  adminKey: string | undefined;
   child: ChildProcess;
   /** Kill every live sandbox, then SIGTERM the daemon and wait for it. */
   stop(opts?: { keepSandboxes?: boolean; removeDataDir?: boolean }): Promise<void>;
@@ -63,9 +65,17 @@ export async function startTestDaemon(opts: { dataDir?: string; env?: Record<str
     });
   });
 
+  const keyFile = path.join(dataDir, 'admin.key');
+  const adminKey = fs.existsSync(keyFile) ? fs.readFileSync(keyFile, 'utf8').trim() : undefined;
+  if (adminKey) {
+    KEYS.set(url, adminKey);
+    // The SDK and CLI child processes started by tests find it here, as users' programs would.
+    process.env.CAPSULE_API_KEY = adminKey;
+  }
   const d: TestDaemon = {
     url,
     dataDir,
+    adminKey,
     child,
     log: () => stderr,
     async stop(o = {}) {
@@ -86,10 +96,18 @@ export async function startTestDaemon(opts: { dataDir?: string; env?: Record<str
   return d;
 }
 
+/** Admin key of each running test daemon, by URL: api() and authHeaders() use it unless told otherwise. */
+const KEYS = new Map<string, string>();
+
+export function authHeaders(url: string): Record<string, string> {
+  const key = KEYS.get(url);
+  return key ? { authorization: `Bearer ${key}` } : {};
+}
+
 export async function killAllSandboxes(url: string): Promise<void> {
-  const r = await fetch(`${url}/v1/sandboxes`);
+  const r = await fetch(`${url}/v1/sandboxes`, { headers: authHeaders(url) });
   const body = (await r.json()) as { sandboxes: Array<{ id: string }> };
-  await Promise.all(body.sandboxes.map((s) => fetch(`${url}/v1/sandboxes/${s.id}`, { method: 'DELETE' })));
+  await Promise.all(body.sandboxes.map((s) => fetch(`${url}/v1/sandboxes/${s.id}`, { method: 'DELETE', headers: authHeaders(url) })));
 }
 
 /** Templates are owned by shifted uids and may hold read-only dirs; rm -rf as root copes. */
@@ -105,7 +123,7 @@ export async function api(
   body?: unknown,
   headers: Record<string, string> = {},
 ): Promise<{ status: number; json: any; text: string; headers: Headers }> {
-  const init: RequestInit = { method, headers: { ...headers } };
+  const init: RequestInit = { method, headers: { ...authHeaders(url), ...headers } };
   if (body !== undefined) {
     if (typeof body === 'string' || body instanceof Uint8Array) {
       init.body = body as BodyInit;

@@ -31,9 +31,10 @@ export function commandRoutes(t: RouteTable, s: Services): void {
       200: { description: 'Result of a foreground command (or an NDJSON stream of CommandEvent when stream is true)', schema: CommandResult },
       202: { description: 'A background command started', schema: BackgroundStarted },
     },
-    handler: async ({ params, body, req, reply }) => {
+    handler: async ({ params, body, req, reply, principal }) => {
+      const owner = principal.owner;
       if (body.background) {
-        const r = await s.commands.run(params.id, body);
+        const r = await s.commands.run(params.id, body, { owner });
         return reply.code(202).send(r);
       }
       const ac = new AbortController();
@@ -42,7 +43,7 @@ export function commandRoutes(t: RouteTable, s: Services): void {
         reply.raw.once('close', () => {
           if (!reply.raw.writableFinished) ac.abort();
         });
-        return s.commands.run(params.id, body, { signal: ac.signal });
+        return s.commands.run(params.id, body, { owner, signal: ac.signal });
       }
       // Streamed: errors before the command starts are ordinary JSON errors;
       // after the first line they travel as an `error` event.
@@ -58,7 +59,7 @@ export function commandRoutes(t: RouteTable, s: Services): void {
         drained: () => out?.drained() ?? Promise.resolve(),
       };
       try {
-        await s.commands.run(params.id, body, { sink, signal: ac.signal });
+        await s.commands.run(params.id, body, { owner, sink, signal: ac.signal });
       } catch (err) {
         if (!out) throw err;
         out.write({ type: 'error', error: isCapsuleError(err) ? { code: err.code, message: err.message } : { code: 'internal', message: 'internal error' } });
@@ -76,7 +77,7 @@ export function commandRoutes(t: RouteTable, s: Services): void {
     tag: 'commands',
     params: SandboxParams,
     responses: { 200: { description: 'Processes', schema: ListProcessesResponse } },
-    handler: async ({ params }) => ({ processes: s.commands.list(params.id) }),
+    handler: async ({ params, principal }) => ({ processes: s.commands.list(params.id, principal.owner) }),
   });
 
   t.add({
@@ -87,9 +88,9 @@ export function commandRoutes(t: RouteTable, s: Services): void {
     params: ProcParams,
     body: SendStdinRequest,
     responses: { 204: { description: 'Written' } },
-    handler: async ({ params, body }) => {
+    handler: async ({ params, body, principal }) => {
       const data = Buffer.from(body.data ?? '', body.encoding === 'base64' ? 'base64' : 'utf8');
-      await s.commands.sendStdin(params.id, params.pid, data, body.eof === true);
+      await s.commands.sendStdin(params.id, params.pid, data, body.eof === true, principal.owner);
     },
   });
 
@@ -101,8 +102,8 @@ export function commandRoutes(t: RouteTable, s: Services): void {
     params: ProcParams,
     body: SignalRequest,
     responses: { 204: { description: 'Sent' } },
-    handler: async ({ params, body }) => {
-      await s.commands.signal(params.id, params.pid, body.signal);
+    handler: async ({ params, body, principal }) => {
+      await s.commands.signal(params.id, params.pid, body.signal, principal.owner);
     },
   });
 
@@ -113,8 +114,8 @@ export function commandRoutes(t: RouteTable, s: Services): void {
     tag: 'commands',
     params: ProcParams,
     responses: { 204: { description: 'Killed' } },
-    handler: async ({ params }) => {
-      await s.commands.signal(params.id, params.pid, 'SIGKILL');
+    handler: async ({ params, principal }) => {
+      await s.commands.signal(params.id, params.pid, 'SIGKILL', principal.owner);
     },
   });
 
@@ -126,7 +127,7 @@ export function commandRoutes(t: RouteTable, s: Services): void {
     params: ProcParams,
     query: WaitQuery,
     responses: { 200: { description: 'The result', schema: CommandResult } },
-    handler: async ({ params, query }) => s.commands.wait(params.id, params.pid, query.timeoutMs),
+    handler: async ({ params, query, principal }) => s.commands.wait(params.id, params.pid, query.timeoutMs, principal.owner),
   });
 
   t.add({
@@ -136,14 +137,14 @@ export function commandRoutes(t: RouteTable, s: Services): void {
     tag: 'commands',
     params: ProcParams,
     responses: { 200: { description: 'CommandEvent per line', contentType: 'application/x-ndjson', schema: z.array(CommandEvent) } },
-    handler: async ({ params, reply }) => {
+    handler: async ({ params, reply, principal }) => {
       // follow() looks the process up before it writes anything, so a bad pid is a plain 404 (the stream starts lazily).
       let out: NdjsonWriter | undefined;
       const sink = {
         write: (ev: CommandEvent) => (out ??= startNdjson(reply)).write(ev),
         drained: () => out?.drained() ?? Promise.resolve(),
       };
-      const f = s.commands.follow(params.id, params.pid, sink);
+      const f = s.commands.follow(params.id, params.pid, sink, principal.owner);
       out ??= startNdjson(reply);
       out.onClose(() => f.stop());
       await f.done;

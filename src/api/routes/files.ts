@@ -25,8 +25,8 @@ export function fileRoutes(t: RouteTable, s: Services): void {
     params: SandboxParams,
     query: ReadFileQuery,
     responses: { 200: { description: 'File bytes', contentType: 'application/octet-stream' } },
-    handler: async ({ params, query, reply }) => {
-      const { size, stream } = await s.files.read(params.id, query.path);
+    handler: async ({ params, query, reply, principal }) => {
+      const { size, stream } = await s.files.read(params.id, query.path, principal.owner);
       reply.header('content-type', 'application/octet-stream');
       reply.header('content-length', String(size));
       return reply.send(stream);
@@ -42,7 +42,7 @@ export function fileRoutes(t: RouteTable, s: Services): void {
     query: WriteFileQuery,
     body: 'binary',
     responses: { 200: { description: 'Written', schema: WriteFileResponse } },
-    handler: async ({ params, query, req, reply }) => {
+    handler: async ({ params, query, req, reply, principal }) => {
       const body = req.body as Readable | Buffer | string | undefined;
       const data =
         body === undefined || body === null
@@ -54,7 +54,7 @@ export function fileRoutes(t: RouteTable, s: Services): void {
               : null;
       if (data === null) throw new InvalidArgumentError('send the file as the raw request body (Content-Type: application/octet-stream)');
       try {
-        return await s.files.write(params.id, query.path, data, query.mode ? parseInt(query.mode, 8) : undefined);
+        return await s.files.write(params.id, query.path, data, query.mode ? parseInt(query.mode, 8) : undefined, principal.owner);
       } catch (err) {
         // The upload may still be arriving: answer, then close rather than read the rest.
         if (!Buffer.isBuffer(data) && !data.readableEnded) {
@@ -74,8 +74,8 @@ export function fileRoutes(t: RouteTable, s: Services): void {
     params: SandboxParams,
     query: RemoveFileQuery,
     responses: { 204: { description: 'Removed' } },
-    handler: async ({ params, query }) => {
-      await s.files.remove(params.id, query.path, query.recursive === 'true');
+    handler: async ({ params, query, principal }) => {
+      await s.files.remove(params.id, query.path, query.recursive === 'true', principal.owner);
     },
   });
 
@@ -87,7 +87,7 @@ export function fileRoutes(t: RouteTable, s: Services): void {
     params: SandboxParams,
     query: ListFilesQuery,
     responses: { 200: { description: 'Entries', schema: ListFilesResponse } },
-    handler: async ({ params, query }) => s.files.list(params.id, query.path, query.limit),
+    handler: async ({ params, query, principal }) => s.files.list(params.id, query.path, query.limit, principal.owner),
   });
 
   t.add({
@@ -98,7 +98,7 @@ export function fileRoutes(t: RouteTable, s: Services): void {
     params: SandboxParams,
     query: PathQuery,
     responses: { 200: { description: 'Entry', schema: FileEntry } },
-    handler: async ({ params, query }) => s.files.stat(params.id, query.path),
+    handler: async ({ params, query, principal }) => s.files.stat(params.id, query.path, principal.owner),
   });
 
   t.add({
@@ -109,8 +109,8 @@ export function fileRoutes(t: RouteTable, s: Services): void {
     params: SandboxParams,
     body: MakeDirRequest,
     responses: { 204: { description: 'Created (or already there)' } },
-    handler: async ({ params, body }) => {
-      await s.files.mkdir(params.id, body.path);
+    handler: async ({ params, body, principal }) => {
+      await s.files.mkdir(params.id, body.path, principal.owner);
     },
   });
 
@@ -122,8 +122,8 @@ export function fileRoutes(t: RouteTable, s: Services): void {
     params: SandboxParams,
     body: RenameRequest,
     responses: { 204: { description: 'Renamed' } },
-    handler: async ({ params, body }) => {
-      await s.files.rename(params.id, body.from, body.to);
+    handler: async ({ params, body, principal }) => {
+      await s.files.rename(params.id, body.from, body.to, principal.owner);
     },
   });
 }

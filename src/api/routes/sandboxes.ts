@@ -34,13 +34,15 @@ export function sandboxRoutes(t: RouteTable, s: Services): void {
     tag: 'sandboxes',
     body: CreateSandboxRequest,
     responses: { 201: { description: 'The running sandbox', schema: Sandbox } },
-    handler: async ({ body, req }) => {
+    handler: async ({ body, req, principal }) => {
       const ac = new AbortController();
       // A client that gives up on a create should not leave a half-made sandbox behind.
       req.raw.once('close', () => {
         if (!req.raw.complete) ac.abort();
       });
-      return toApiSandbox(await s.sandboxes.create({ ...body, signal: ac.signal }));
+      return toApiSandbox(
+        await s.sandboxes.create({ ...body, owner: principal.createAs, limits: principal.admin ? undefined : principal.limits, signal: ac.signal }),
+      );
     },
   });
 
@@ -51,7 +53,7 @@ export function sandboxRoutes(t: RouteTable, s: Services): void {
     tag: 'sandboxes',
     query: ListSandboxesQuery,
     responses: { 200: { description: 'Matching sandboxes', schema: ListSandboxesResponse } },
-    handler: async ({ query }) => {
+    handler: async ({ query, principal }) => {
       const metadata: Record<string, string> = {};
       for (const [k, v] of Object.entries(query)) {
         if (k === 'state') continue;
@@ -60,7 +62,7 @@ export function sandboxRoutes(t: RouteTable, s: Services): void {
         metadata[k.slice('metadata.'.length)] = v;
       }
       const state = query.state as Sandbox['state'] | 'all' | undefined;
-      return { sandboxes: s.sandboxes.list({ ...(state ? { state } : {}), metadata }).map(toApiSandbox) };
+      return { sandboxes: s.sandboxes.list({ ...(state ? { state } : {}), metadata, owner: principal.owner }).map(toApiSandbox) };
     },
   });
 
@@ -71,7 +73,7 @@ export function sandboxRoutes(t: RouteTable, s: Services): void {
     tag: 'sandboxes',
     params: SandboxParams,
     responses: { 200: { description: 'The sandbox', schema: Sandbox } },
-    handler: async ({ params }) => toApiSandbox(s.sandboxes.get(params.id)),
+    handler: async ({ params, principal }) => toApiSandbox(s.sandboxes.get(params.id, principal.owner)),
   });
 
   t.add({
@@ -81,7 +83,7 @@ export function sandboxRoutes(t: RouteTable, s: Services): void {
     tag: 'sandboxes',
     params: SandboxParams,
     responses: { 200: { description: 'The ended sandbox', schema: Sandbox } },
-    handler: async ({ params }) => toApiSandbox(await s.sandboxes.kill(params.id)),
+    handler: async ({ params, principal }) => toApiSandbox(await s.sandboxes.kill(params.id, principal.owner)),
   });
 
   t.add({
@@ -92,7 +94,7 @@ export function sandboxRoutes(t: RouteTable, s: Services): void {
     params: SandboxParams,
     body: SetTimeoutRequest,
     responses: { 200: { description: 'The sandbox with its new expiry', schema: Sandbox } },
-    handler: async ({ params, body }) => toApiSandbox(s.sandboxes.setTimeout(params.id, body.timeoutMs)),
+    handler: async ({ params, body, principal }) => toApiSandbox(s.sandboxes.setTimeout(params.id, body.timeoutMs, principal.owner)),
   });
 }
 

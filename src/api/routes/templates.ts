@@ -3,7 +3,7 @@ import type { Services } from '../services.js';
 import { startNdjson } from '../ndjson.js';
 import { ListTemplatesResponse, TemplateParams } from '../../schemas/index.js';
 import type { TemplateInfo } from '../../templates/types.js';
-import { isCapsuleError } from '../../errors/index.js';
+import { CapsuleError, isCapsuleError } from '../../errors/index.js';
 import { z } from 'zod';
 
 export function toApiTemplate(t: TemplateInfo) {
@@ -35,8 +35,9 @@ export function templateRoutes(t: RouteTable, s: Services): void {
     params: TemplateParams,
     query: z.object({ force: z.enum(['true', 'false']).optional() }),
     responses: { 200: { description: 'progress / done / error events', contentType: 'application/x-ndjson' } },
-    handler: async ({ params, query, reply, req }) => {
+    handler: async ({ params, query, reply, req, principal }) => {
       s.templates.get(params.name); // unknown name → 404 before the stream starts
+      if (query.force === 'true' && !principal.admin) throw new CapsuleError('permission_denied', 'a forced rebuild needs an admin key');
       const out = startNdjson(reply);
       try {
         await s.templates.build(params.name, {

@@ -16,7 +16,8 @@ export function registerDaemonCommands(program: Command): void {
     .option('--data-dir <dir>', 'where sandboxes, templates and state live (env CAPSULE_DATA_DIR)')
     .option('--runtime <runtime>', 'OCI runtime: crun, runc, runsc or a path (env CAPSULE_RUNTIME, default crun)')
     .option('--log-level <level>', 'trace, debug, info, warn, error (env CAPSULE_LOG_LEVEL, default info)')
-    .action(async (opts: { host?: string; port?: string; dataDir?: string; runtime?: string; logLevel?: string }) => {
+    .option('--no-auth', 'accept requests without an API key (every caller is an admin; loopback only)')
+    .action(async (opts: { host?: string; port?: string; dataDir?: string; runtime?: string; logLevel?: string; auth: boolean }) => {
       const overrides: Partial<DaemonConfig> = {};
       if (opts.host !== undefined) overrides.host = opts.host;
       if (opts.port !== undefined) {
@@ -27,6 +28,10 @@ export function registerDaemonCommands(program: Command): void {
       if (opts.dataDir !== undefined) overrides.dataDir = opts.dataDir;
       if (opts.runtime !== undefined) overrides.runtime = opts.runtime;
       if (opts.logLevel !== undefined) overrides.logLevel = opts.logLevel;
+      if (!opts.auth) {
+        overrides.auth = false;
+        process.stderr.write('capsule: WARNING: --no-auth: no API key is needed; anyone who reaches the port controls every sandbox\n');
+      }
       const { loadConfig } = await import('../../config/index.js');
       const { startDaemon } = await import('../../daemon.js');
       const daemon = await startDaemon(loadConfig(overrides));

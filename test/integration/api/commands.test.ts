@@ -2,7 +2,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import { api, startTestDaemon, type TestDaemon } from '../../helpers/daemon.js';
+import { api, authHeaders, startTestDaemon, type TestDaemon } from '../../helpers/daemon.js';
 
 let d: TestDaemon;
 let id: string;
@@ -16,7 +16,7 @@ async function run(body: Record<string, unknown>) {
 async function stream(body: Record<string, unknown>): Promise<any[]> {
   const r = await fetch(`${d.url}/v1/sandboxes/${id}/commands`, {
     method: 'POST',
-    headers: { 'content-type': 'application/json' },
+    headers: { ...authHeaders(d.url), 'content-type': 'application/json' },
     body: JSON.stringify({ ...body, stream: true }),
   });
   assert.equal(r.status, 200);
@@ -143,7 +143,7 @@ describe('commands', () => {
   it('streams a background process: kept output, then live, then exit', async () => {
     const { pid } = await run({ cmd: 'echo early; sleep 0.3; echo late', background: true });
     await new Promise((r) => setTimeout(r, 100));
-    const r = await fetch(`${d.url}/v1/sandboxes/${id}/commands/${pid}/stream`);
+    const r = await fetch(`${d.url}/v1/sandboxes/${id}/commands/${pid}/stream`, { headers: authHeaders(d.url) });
     const events = (await r.text()).trim().split('\n').map((l) => JSON.parse(l));
     assert.equal(events.filter((e) => e.type === 'stdout').map((e) => e.data).join(''), 'early\nlate\n');
     assert.equal(events.at(-1).type, 'exit');
@@ -155,7 +155,7 @@ describe('commands', () => {
     const ac = new AbortController();
     const r = await fetch(`${d.url}/v1/sandboxes/${id}/commands`, {
       method: 'POST',
-      headers: { 'content-type': 'application/json' },
+      headers: { ...authHeaders(d.url), 'content-type': 'application/json' },
       body: JSON.stringify({ cmd: 'cat /dev/zero | tr "\\0" x', stream: true, timeoutMs: 0 }),
       signal: ac.signal,
     });

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import { Readable } from 'node:stream';
-import { api, startTestDaemon, type TestDaemon } from '../../helpers/daemon.js';
+import { api, authHeaders, startTestDaemon, type TestDaemon } from '../../helpers/daemon.js';
 
 let d: TestDaemon;
 let id: string;
@@ -19,7 +19,7 @@ async function put(path: string, body: Uint8Array | string) {
   return api(d.url, 'PUT', `/v1/sandboxes/${id}/files?path=${enc(path)}`, body, { 'content-type': 'application/octet-stream' });
 }
 async function get(path: string) {
-  const r = await fetch(`${d.url}/v1/sandboxes/${id}/files?path=${enc(path)}`);
+  const r = await fetch(`${d.url}/v1/sandboxes/${id}/files?path=${enc(path)}`, { headers: authHeaders(d.url) });
   return { status: r.status, bytes: Buffer.from(await r.arrayBuffer()) };
 }
 
@@ -65,7 +65,7 @@ describe('files', () => {
     const t0 = Date.now();
     const r = await fetch(`${d.url}/v1/sandboxes/${id}/files?path=/tmp/big.bin`, {
       method: 'PUT',
-      headers: { 'content-type': 'application/octet-stream' },
+      headers: { ...authHeaders(d.url), 'content-type': 'application/octet-stream' },
       body: Readable.toWeb(body) as ReadableStream,
       duplex: 'half',
     } as RequestInit);
@@ -77,7 +77,7 @@ describe('files', () => {
     assert.equal(inside.stdout.split(' ')[0], expected);
 
     const t1 = Date.now();
-    const res = await fetch(`${d.url}/v1/sandboxes/${id}/files?path=/tmp/big.bin`);
+    const res = await fetch(`${d.url}/v1/sandboxes/${id}/files?path=/tmp/big.bin`, { headers: authHeaders(d.url) });
     assert.equal(res.headers.get('content-length'), String(size));
     const h2 = crypto.createHash('sha256');
     let got = 0;

@@ -1,0 +1,49 @@
+/**
+ * Authentication at the HTTP edge: every request except the public ones must
+ * carry `Authorization: Bearer <key>`; the key resolves to a Principal that
+ * routes pass to the services as the owner to scope by. Revocation is checked
+ * on every request (one indexed SQLite lookup), so a revoked key stops at once.
+ */
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { KeyStore } from '../auth/keys.js';
+import { ANONYMOUS_ADMIN, type Principal } from '../auth/principal.js';
+import type { RateLimiter } from '../auth/rate-limit.js';
+import { CapsuleError, UnauthenticatedError } from '../errors/index.js';
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    principal: Principal;
+  }
+}
+
+/** Reachable without a key: liveness and the API description. */
+export const PUBLIC_PATHS = new Set(['/v1/health', '/v1/openapi.json']);
+
+export interface AuthOptions {
+  /** null: authentication is off (`--no-auth`), every caller is an admin. */
+  keys: KeyStore | null;
+  limiter: RateLimiter;
+}
+
+export function installAuth(app: FastifyInstance, opts: AuthOptions): void {
+  app.decorateRequest('principal', null as unknown as Principal);
+  app.addHook('onRequest', async (req) => {
+    req.principal = authenticate(req, opts);
+  });
+}
+
+function authenticate(req: FastifyRequest, opts: AuthOptions): Principal {
+  if (!opts.keys) return ANONYMOUS_ADMIN;
+  const path = req.url.split('?', 1)[0]!;
+  if (PUBLIC_PATHS.has(path)) return { ...ANONYMOUS_ADMIN, admin: false };
+  const header = req.headers.authorization;
+  const m = typeof header === 'string' ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null;
+  if (!m) throw new UnauthenticatedError();
+  const key = opts.keys.verify(m[1]!);
+  if (!key) throw new UnauthenticatedError('invalid or revoked API key');
+  const rate = key.limits.ratePerMinute;
+  if (rate !== null && !opts.limiter.take(key.id, rate)) {
+    throw new CapsuleError('rate_limited', `key ${key.name} is over its limit of ${rate} requests per minute; retry in a few seconds`, { ratePerMinute: rate });
+  }
+  return { keyId: key.id, owner: key.admin ? null : key.owner, createAs: key.owner, admin: key.admin, limits: key.limits };
+}
