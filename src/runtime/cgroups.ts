@@ -163,3 +163,23 @@ async function removeTree(dir: string, attempts: number): Promise<boolean> {
   }
   return false;
 }
+
+let memoryMount: Promise<string | null> | undefined;
+
+/**
+ * How many times the kernel's OOM killer fired inside a sandbox's memory cgroup
+ * (cgroup v1 `memory.oom_control`, field oom_kill); 0 when unknown.
+ */
+export async function readOomKills(cgroupsPath: string): Promise<number> {
+  // Read on every command: the mount table is looked up once, not per call.
+  memoryMount ??= cgroupMounts().then((ms) => ms.find((m) => m.controllers.includes('memory'))?.mountPoint ?? null);
+  const mountPoint = await memoryMount;
+  if (!mountPoint) return 0;
+  try {
+    const text = await fsp.readFile(path.join(mountPoint, cgroupsPath.replace(/^\/+/, ''), 'memory.oom_control'), 'utf8');
+    const m = /^oom_kill (\d+)$/m.exec(text);
+    return m ? Number(m[1]) : 0;
+  } catch {
+    return 0;
+  }
+}

@@ -10,7 +10,7 @@ import type { DataPaths } from '../config/index.js';
 import { ConflictError, InvalidArgumentError, isCapsuleError, RuntimeError } from '../errors/index.js';
 import { openAgentSocket, ensurePrivateDir, type PendingAgentSocket } from './agent-socket.js';
 import { buildOciSpec, cgroupsPathFor, SANDBOX_CAPABILITIES } from './bundle.js';
-import { cgroupMounts, killCgroupProcs, removeCgroupDirs } from './cgroups.js';
+import { cgroupMounts, killCgroupProcs, readOomKills, removeCgroupDirs } from './cgroups.js';
 import { OciCli, summarizeStderr, type OciResult } from './oci-cli.js';
 import { mountOverlay, readMountPoints, removeSandboxDir, sandboxLayout, unmountOverlay } from './overlay.js';
 import { loadDefaultSeccomp, type OciSeccomp } from './seccomp.js';
@@ -83,6 +83,10 @@ export class OciRuntimeDriver implements RuntimeDriver {
 
   agentSocketPath(id: string): string {
     return this.opts.paths.agentSocket(id);
+  }
+
+  oomKills(id: string): Promise<number> {
+    return readOomKills(this.cgroupsPath(id));
   }
 
   private cgroupsPath(id: string): string {

@@ -40,6 +40,8 @@ export interface RuntimeDriver {
   list(): Promise<string[]>;
   /** Ids that have leftovers on disk (sandbox dirs, mounts) — used by restart cleanup. */
   listLeftovers(): Promise<string[]>;
+  /** OOM kills so far inside the sandbox's memory cgroup (0 when the runtime cannot tell). */
+  oomKills(id: string): Promise<number>;
   /** Unix socket the sandbox's agent listens on. Host-root-owned; never inside the sandbox. */
   agentSocketPath(id: string): string;
 }

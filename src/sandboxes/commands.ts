@@ -31,6 +31,9 @@ interface Tracked {
   stderr: BoundedOutput;
   proc: AgentProcess | undefined;
   timedOut: boolean;
+  /** OOM kills in the sandbox's cgroup when the command started; more at a SIGKILL exit means it was OOM-killed. */
+  oomBefore: number;
+  oomKilled: boolean;
   exit: ExitStatus | undefined;
   done: Promise<ExitStatus>;
   finish: (s: ExitStatus) => void;
@@ -72,6 +75,7 @@ export class CommandService implements SandboxEvents {
     const argv = typeof req.cmd === 'string' ? ['/bin/sh', '-c', req.cmd] : req.cmd;
     const cwd = req.cwd === undefined ? undefined : resolveSandboxPath(req.cwd);
     const conn = await this.sandboxes.connection(sandboxId);
+    const oomBefore = await this.sandboxes.oomKills(sandboxId);
     const proc = await conn.exec({
       argv,
       env: buildEnv(sb.envs, req.envs, req.user),
@@ -81,6 +85,7 @@ export class CommandService implements SandboxEvents {
     });
     const limit = req.maxOutputBytes ?? LIMITS.defaultOutputBytes;
     const t = this.track(sandboxId, proc.pid, argv, cwd, limit);
+    t.oomBefore = oomBefore;
     if (opts.sink) t.followers.add(opts.sink);
     opts.sink?.write({ type: 'start', pid: proc.pid });
     this.bind(t, proc);
@@ -186,16 +191,21 @@ export class CommandService implements SandboxEvents {
   }
 
   async onAdopted(id: string, conn: AgentConnection): Promise<void> {
-    const running = await conn.listProcesses();
-    for (const p of running) {
+    // Finished-but-uncollected processes too: one may have exited while the daemon was down.
+    const known = await conn.listProcesses({ includeExited: true });
+    for (const p of known) {
       if (this.table(id).has(p.pid)) continue;
+      const rec = this.store.getProcess(id, p.pid);
       try {
+        // Attaching replays the output the agent kept (its last 64 KiB), then the exit.
         const proc = await conn.attach(p.pid);
-        const rec = this.store.getProcess(id, p.pid);
         const t = this.track(id, p.pid, rec?.argv ?? p.argv, rec?.cwd ?? undefined, LIMITS.defaultOutputBytes, rec?.startedAt);
         this.bind(t, proc);
       } catch {
-        // It exited between list and attach; nothing to adopt.
+        if (p.exited) {
+          const t = this.track(id, p.pid, rec?.argv ?? p.argv, rec?.cwd ?? undefined, LIMITS.defaultOutputBytes, rec?.startedAt);
+          t.finish({ exitCode: p.exitCode ?? -1 });
+        }
       }
     }
   }
@@ -226,6 +236,8 @@ export class CommandService implements SandboxEvents {
       stderr: new BoundedOutput(limit),
       proc: undefined,
       timedOut: false,
+      oomBefore: 0,
+      oomKilled: false,
       exit: undefined,
       done,
       finish: (s) => {
@@ -259,7 +271,10 @@ export class CommandService implements SandboxEvents {
     proc.on('stdout', (chunk) => deliver('stdout', chunk));
     proc.on('stderr', (chunk) => deliver('stderr', chunk));
     proc.exited.then(
-      (s) => t.finish(s),
+      async (s) => {
+        if ((s.signal === 'SIGKILL' || s.exitCode === 137) && !t.timedOut) t.oomKilled = (await this.sandboxes.oomKills(t.sandboxId)) > t.oomBefore;
+        t.finish(s);
+      },
       // The connection died under a running process: the sandbox is most likely gone.
       () => t.finish({ exitCode: 137, signal: 'SIGKILL' }),
     );
@@ -294,6 +309,7 @@ export class CommandService implements SandboxEvents {
       ...(t.stdout.truncated ? { stdoutTruncated: true } : {}),
       ...(t.stderr.truncated ? { stderrTruncated: true } : {}),
       ...(t.timedOut ? { timedOut: true } : {}),
+      ...(t.oomKilled ? { oomKilled: true } : {}),
     };
   }
 
@@ -324,5 +340,6 @@ function exitEvent(t: Tracked): CommandEvent {
     exitCode: t.exit?.exitCode ?? -1,
     ...(t.exit?.signal ? { signal: t.exit.signal } : {}),
     ...(t.timedOut ? { timedOut: true } : {}),
+    ...(t.oomKilled ? { oomKilled: true } : {}),
   };
 }

@@ -171,6 +171,11 @@ export class SandboxManager {
     return p;
   }
 
+  /** OOM kills so far in the sandbox's memory cgroup, to tell an OOM death from other SIGKILLs. */
+  oomKills(id: string): Promise<number> {
+    return this.runtime.oomKills(id).catch(() => 0);
+  }
+
   /** Ends a sandbox once, whatever the reason; concurrent callers share the work. */
   end(id: string, state: 'killed' | 'expired' | 'failed', reason: string): Promise<void> {
     const running = this.ending.get(id);

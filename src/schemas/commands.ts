@@ -29,6 +29,7 @@ export const CommandResult = z.object({
   stdoutTruncated: z.boolean().optional().describe('True when stdout exceeded maxOutputBytes and was cut'),
   stderrTruncated: z.boolean().optional(),
   timedOut: z.boolean().optional().describe('True when the command was killed because its timeout passed'),
+  oomKilled: z.boolean().optional().describe("True when the kernel's OOM killer ended it: the sandbox's memory limit was reached"),
 });
 export type CommandResult = z.infer<typeof CommandResult>;
 
@@ -42,6 +43,7 @@ export const CommandEvent = z.discriminatedUnion('type', [
     exitCode: z.number().int(),
     signal: z.string().optional(),
     timedOut: z.boolean().optional(),
+    oomKilled: z.boolean().optional(),
   }),
   z.object({ type: z.literal('error'), error: z.object({ code: z.string(), message: z.string() }) }),
 ]);

@@ -78,6 +78,18 @@ describe('sandboxes', () => {
     await api(d.url, 'DELETE', `/v1/sandboxes/${sb.id}`);
   });
 
+  it('reports an OOM kill inside the sandbox cgroup, and the sandbox stays usable', async () => {
+    const sb = await create({ resources: { memoryMb: 64 } });
+    const r = await sh(sb.id, 'head -c 300000000 /dev/zero | tail -c 250000000 > /dev/null');
+    assert.equal(r.exitCode, 137, JSON.stringify(r));
+    assert.equal(r.oomKilled, true);
+    const plainKill = await sh(sb.id, 'kill -9 $$');
+    assert.equal(plainKill.exitCode, 137);
+    assert.equal(plainKill.oomKilled, undefined, 'a SIGKILL that is not the OOM killer is not reported as one');
+    assert.equal((await sh(sb.id, 'echo ok')).stdout, 'ok\n');
+    await api(d.url, 'DELETE', `/v1/sandboxes/${sb.id}`);
+  });
+
   it('reaps a sandbox when its timeout passes, leaving nothing behind', async () => {
     const sb = await create({ timeoutMs: 1500 });
     await sh(sb.id, 'sleep 1000 >/dev/null 2>&1 & echo started');

@@ -1,0 +1,81 @@
+/**
+ * `capsule mcp`: an MCP server on stdio.
+ *
+ *  - default: the tools talk to a running daemon through the SDK
+ *    (--url / CAPSULE_URL, --api-key / CAPSULE_API_KEY);
+ *  - `--embedded`: starts a daemon in this process (on a free loopback port)
+ *    and calls its services directly; sandboxes this session created are
+ *    killed when the client disconnects.
+ *
+ * stdout carries the protocol; logs go to stderr only.
+ */
+import type { Command } from 'commander';
+import type { DaemonConfig } from '../../config/index.js';
+import { connection } from '../util.js';
+
+interface McpOptions {
+  embedded?: boolean;
+  template?: string;
+  dataDir?: string;
+  runtime?: string;
+  logLevel?: string;
+}
+
+export function registerMcpCommand(program: Command): void {
+  program
+    .command('mcp')
+    .description('serve the Model Context Protocol on stdio (for Claude Desktop, IDEs and other MCP clients)')
+    .option('--embedded', 'start a daemon inside this process instead of connecting to one')
+    .option('--template <name>', 'template for sandboxes created when a tool gets no sandbox_id (env CAPSULE_MCP_TEMPLATE, default debian)')
+    .option('--data-dir <dir>', 'with --embedded: where sandboxes, templates and state live (env CAPSULE_DATA_DIR)')
+    .option('--runtime <runtime>', 'with --embedded: OCI runtime (env CAPSULE_RUNTIME, default crun)')
+    .option('--log-level <level>', 'with --embedded: daemon log level on stderr (default warn)')
+    .action(async (opts: McpOptions, cmd: Command) => {
+      const { StdioServerTransport } = await import('@modelcontextprotocol/sdk/server/stdio.js');
+      const { createMcpServer, defaultMcpTemplate } = await import('../../mcp/server.js');
+      const { sdkBackend, servicesBackend } = await import('../../mcp/backend.js');
+      const { newSessionState } = await import('../../mcp/tools.js');
+      const { packageVersion } = await import('../../daemon.js');
+
+      const session = newSessionState();
+      let backend;
+      let shutdown: () => Promise<void> = async () => {};
+      if (opts.embedded) {
+        const { loadConfig } = await import('../../config/index.js');
+        const { startDaemon } = await import('../../daemon.js');
+        const overrides: Partial<DaemonConfig> = { host: '127.0.0.1', port: 0, logLevel: opts.logLevel ?? process.env.CAPSULE_LOG_LEVEL ?? 'warn' };
+        if (opts.dataDir !== undefined) overrides.dataDir = opts.dataDir;
+        if (opts.runtime !== undefined) overrides.runtime = opts.runtime;
+        const daemon = await startDaemon(loadConfig(overrides));
+        process.stderr.write(`capsule mcp: embedded daemon on ${daemon.url}\n`);
+        const b = servicesBackend(daemon.services);
+        backend = b;
+        shutdown = async () => {
+          await Promise.allSettled([...session.created].map((id) => b.killSandbox(id)));
+          await daemon.close();
+        };
+      } else {
+        backend = sdkBackend(connection(cmd));
+      }
+
+      const server = createMcpServer({
+        backend,
+        defaultTemplate: defaultMcpTemplate(opts.template),
+        version: packageVersion(),
+        session,
+        onUnexpectedError: (err, where) => process.stderr.write(`capsule mcp: ${where}: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`),
+      });
+      const transport = new StdioServerTransport();
+      let closing = false;
+      const stop = () => {
+        if (closing) return;
+        closing = true;
+        void shutdown().finally(() => process.exit(0));
+      };
+      transport.onclose = stop;
+      process.stdin.once('end', stop);
+      process.once('SIGINT', stop);
+      process.once('SIGTERM', stop);
+      await server.connect(transport);
+    });
+}

@@ -1,0 +1,227 @@
+/**
+ * What the MCP tools need from Capsule, behind one small interface with two
+ * implementations:
+ *
+ *  - `servicesBackend`: the daemon's own services, in process (the `/mcp`
+ *    route of the daemon, and `capsule mcp --embedded`);
+ *  - `sdkBackend`: a running daemon reached through the TypeScript SDK
+ *    (`capsule mcp` against CAPSULE_URL / CAPSULE_API_KEY).
+ *
+ * The tool handlers only ever see this interface, so they neither know which
+ * side they run on nor depend on the MCP SDK.
+ */
+import { Readable } from 'node:stream';
+import type { Services } from '../api/services.js';
+import type { EventSink } from '../sandboxes/commands.js';
+import { toApiSandbox } from '../api/routes/sandboxes.js';
+import { PayloadTooLargeError } from '../errors/index.js';
+import type { CommandResult, FileEntry, Sandbox as SandboxInfo } from '../schemas/index.js';
+import { Sandbox, type ConnectionOptions } from '../sdk/index.js';
+
+export type SandboxState = SandboxInfo['state'];
+
+export interface CreateSandboxInput {
+  template: string;
+  timeoutMs?: number | undefined;
+  envs?: Record<string, string> | undefined;
+  metadata?: Record<string, string> | undefined;
+}
+
+export interface CommandInput {
+  /** A shell string (run with /bin/sh -c) or an argv array. */
+  cmd: string | string[];
+  cwd?: string | undefined;
+  envs?: Record<string, string> | undefined;
+  timeoutMs?: number | undefined;
+  stdin?: string | undefined;
+}
+
+export interface RunHooks {
+  /** Output as it arrives, in order. */
+  onOutput?: (stream: 'stdout' | 'stderr', data: string) => void;
+  /** Aborting kills the command. */
+  signal?: AbortSignal;
+}
+
+export interface McpBackend {
+  createSandbox(input: CreateSandboxInput, signal?: AbortSignal): Promise<SandboxInfo>;
+  getSandbox(id: string): Promise<SandboxInfo>;
+  listSandboxes(filter: { state?: SandboxState | 'all' | undefined; metadata?: Record<string, string> | undefined }): Promise<SandboxInfo[]>;
+  killSandbox(id: string): Promise<SandboxInfo>;
+  setSandboxTimeout(id: string, timeoutMs: number): Promise<SandboxInfo>;
+  runCommand(id: string, input: CommandInput, hooks?: RunHooks): Promise<CommandResult>;
+  startCommand(id: string, input: CommandInput): Promise<{ pid: number }>;
+  /** The whole file; PayloadTooLargeError when it is larger than maxBytes. */
+  readFile(id: string, path: string, maxBytes: number): Promise<Buffer>;
+  writeFile(id: string, path: string, data: Buffer, mode?: number): Promise<{ path: string; size: number }>;
+  listFiles(id: string, path: string, limit?: number): Promise<{ entries: FileEntry[]; truncated: boolean }>;
+  statFile(id: string, path: string): Promise<FileEntry>;
+  removeFile(id: string, path: string, recursive: boolean): Promise<void>;
+  makeDir(id: string, path: string): Promise<void>;
+}
+
+function tooLarge(path: string, size: number, maxBytes: number): PayloadTooLargeError {
+  return new PayloadTooLargeError(`${path} is ${size} bytes, more than the limit of ${maxBytes}; read a part with run_command (head -c, tail -c)`, {
+    size,
+    maxBytes,
+  });
+}
+
+/**
+ * The daemon's services in process. `owner` is whoever the transport
+ * authenticated (null until API keys exist: every sandbox is visible).
+ */
+export function servicesBackend(services: Services, owner: string | null = null): McpBackend {
+  return {
+    async createSandbox(input, signal) {
+      const rec = await services.sandboxes.create({ ...input, owner, ...(signal ? { signal } : {}) });
+      return toApiSandbox(rec);
+    },
+    async getSandbox(id) {
+      return toApiSandbox(services.sandboxes.get(id, owner));
+    },
+    async listSandboxes(filter) {
+      return services.sandboxes
+        .list({ ...(filter.state ? { state: filter.state } : {}), ...(filter.metadata ? { metadata: filter.metadata } : {}), owner })
+        .map(toApiSandbox);
+    },
+    async killSandbox(id) {
+      return toApiSandbox(await services.sandboxes.kill(id, owner));
+    },
+    async setSandboxTimeout(id, timeoutMs) {
+      return toApiSandbox(services.sandboxes.setTimeout(id, timeoutMs, owner));
+    },
+    async runCommand(id, input, hooks = {}) {
+      const onOutput = hooks.onOutput;
+      // Progress notifications are small and few per chunk: this sink never asks the process to wait.
+      const sink: EventSink | undefined = onOutput
+        ? {
+            write: (ev) => {
+              if (ev.type === 'stdout' || ev.type === 'stderr') onOutput(ev.type, ev.data);
+              return true;
+            },
+            drained: () => Promise.resolve(),
+          }
+        : undefined;
+      const r = await services.commands.run(id, { ...input, background: false }, {
+        owner,
+        ...(hooks.signal ? { signal: hooks.signal } : {}),
+        ...(sink ? { sink } : {}),
+      });
+      return r as CommandResult;
+    },
+    async startCommand(id, input) {
+      return (await services.commands.run(id, { ...input, background: true }, { owner })) as { pid: number };
+    },
+    async readFile(id, path, maxBytes) {
+      const { size, stream } = await services.files.read(id, path, owner);
+      if (size > maxBytes) {
+        stream.destroy();
+        throw tooLarge(path, size, maxBytes);
+      }
+      const parts: Buffer[] = [];
+      let total = 0;
+      for await (const chunk of stream as AsyncIterable<Buffer>) {
+        total += chunk.length;
+        // The file may grow while it is read.
+        if (total > maxBytes) {
+          stream.destroy();
+          throw tooLarge(path, total, maxBytes);
+        }
+        parts.push(chunk);
+      }
+      return Buffer.concat(parts);
+    },
+    async writeFile(id, path, data, mode) {
+      return services.files.write(id, path, Readable.from([data]), mode, owner);
+    },
+    async listFiles(id, path, limit) {
+      return services.files.list(id, path, limit, owner);
+    },
+    async statFile(id, path) {
+      return services.files.stat(id, path, owner);
+    },
+    async removeFile(id, path, recursive) {
+      await services.files.remove(id, path, recursive, owner);
+    },
+    async makeDir(id, path) {
+      await services.files.mkdir(id, path, owner);
+    },
+  };
+}
+
+/** A running daemon through the SDK. Connected Sandbox objects are kept per id. */
+export function sdkBackend(conn: ConnectionOptions = {}): McpBackend {
+  const handles = new Map<string, Promise<Sandbox>>();
+  const MAX_HANDLES = 256;
+  const sandbox = (id: string): Promise<Sandbox> => {
+    let h = handles.get(id);
+    if (!h) {
+      h = Sandbox.connect(id, conn);
+      h.catch(() => handles.delete(id));
+      if (handles.size >= MAX_HANDLES) handles.delete(handles.keys().next().value as string);
+      handles.set(id, h);
+    }
+    return h;
+  };
+  return {
+    async createSandbox(input, signal) {
+      const s = await Sandbox.create({ ...conn, ...input, ...(signal ? { signal } : {}) });
+      handles.set(s.id, Promise.resolve(s));
+      return s.getInfo();
+    },
+    async getSandbox(id) {
+      return (await sandbox(id)).getInfo();
+    },
+    async listSandboxes(filter) {
+      return Sandbox.list({ ...conn, ...(filter.state ? { state: filter.state } : {}), ...(filter.metadata ? { metadata: filter.metadata } : {}) });
+    },
+    async killSandbox(id) {
+      handles.delete(id);
+      return Sandbox.kill(id, conn);
+    },
+    async setSandboxTimeout(id, timeoutMs) {
+      return (await sandbox(id)).setTimeout(timeoutMs);
+    },
+    async runCommand(id, input, hooks = {}) {
+      const s = await sandbox(id);
+      const onOutput = hooks.onOutput;
+      return s.commands.run(input.cmd, {
+        cwd: input.cwd,
+        envs: input.envs,
+        timeoutMs: input.timeoutMs,
+        stdin: input.stdin,
+        ...(hooks.signal ? { signal: hooks.signal } : {}),
+        ...(onOutput ? { onStdout: (d: string) => onOutput('stdout', d), onStderr: (d: string) => onOutput('stderr', d) } : {}),
+      });
+    },
+    async startCommand(id, input) {
+      const s = await sandbox(id);
+      const h = await s.commands.run(input.cmd, { cwd: input.cwd, envs: input.envs, timeoutMs: input.timeoutMs, stdin: input.stdin, background: true });
+      return { pid: h.pid };
+    },
+    async readFile(id, path, maxBytes) {
+      const s = await sandbox(id);
+      const st = await s.files.stat(path);
+      if (st.type === 'file' && st.size > maxBytes) throw tooLarge(path, st.size, maxBytes);
+      const bytes = await s.files.read(path, { format: 'bytes' });
+      if (bytes.byteLength > maxBytes) throw tooLarge(path, bytes.byteLength, maxBytes);
+      return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    },
+    async writeFile(id, path, data, mode) {
+      return (await sandbox(id)).files.write(path, data, mode !== undefined ? { mode } : {});
+    },
+    async listFiles(id, path, limit) {
+      return (await sandbox(id)).files.listDetailed(path, limit !== undefined ? { limit } : {});
+    },
+    async statFile(id, path) {
+      return (await sandbox(id)).files.stat(path);
+    },
+    async removeFile(id, path, recursive) {
+      await (await sandbox(id)).files.remove(path, { recursive });
+    },
+    async makeDir(id, path) {
+      await (await sandbox(id)).files.makeDir(path);
+    },
+  };
+}
