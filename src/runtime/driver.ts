@@ -85,6 +85,17 @@ export class OciRuntimeDriver implements RuntimeDriver {
     return this.opts.paths.agentSocket(id);
   }
 
+  private async initFromPidFile(id: string, pidFile: string): Promise<ContainerInfo> {
+    const pid = Number((await fsp.readFile(pidFile, 'utf8').catch(() => '')).trim());
+    if (!Number.isInteger(pid) || pid <= 0) return this.inspect(id);
+    try {
+      process.kill(pid, 0);
+      return { id, status: 'running', pid };
+    } catch {
+      return { id, status: 'stopped' };
+    }
+  }
+
   oomKills(id: string): Promise<number> {
     return readOomKills(this.cgroupsPath(id));
   }
@@ -137,7 +148,8 @@ export class OciRuntimeDriver implements RuntimeDriver {
 
       sock = await openAgentSocket(paths.agentSocket(id));
       const s = sock;
-      const r = await this.cli.runDetached(['run', '--detach', '--preserve-fds', '1', '--bundle', layout.bundle, id], {
+      const pidFile = path.join(layout.bundle, 'init.pid');
+      const r = await this.cli.runDetached(['run', '--detach', '--preserve-fds', '1', '--pid-file', pidFile, '--bundle', layout.bundle, id], {
         extraFds: [s.fd],
         onSpawned: () => s.handOff(),
         timeoutMs: this.opts.createTimeoutMs ?? 60_000,
@@ -146,7 +158,8 @@ export class OciRuntimeDriver implements RuntimeDriver {
       if (r.code !== 0) throw this.createError(id, r);
       signal?.throwIfAborted(); // the container runs: the catch below deletes it
 
-      const info = await this.inspect(id);
+      // The pid file instead of `<runtime> state`: one file read instead of a ~7 ms runtime call.
+      const info = await this.initFromPidFile(id, pidFile);
       if (info.status !== 'running') {
         throw new RuntimeError(
           `sandbox ${id} did not stay up (${info.status}): the agent ${this.opts.agentBinary} exited at once; run it by hand to see why`,
