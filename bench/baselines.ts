@@ -41,6 +41,7 @@ export class CrunBaseline {
   private readonly bundles = new Map<number, string>();
   private readonly live = new Set<string>();
   private seq = 0;
+  private seccomp: ReturnType<typeof loadDefaultSeccomp> | null | undefined;
   private readonly tag = `b${process.pid}`;
 
   constructor(private readonly opts: CrunBaselineOptions) {
@@ -73,7 +74,7 @@ export class CrunBaseline {
       resources: { cpus: 1, memoryMb: 512, pids: 256 },
       idMapBase: this.opts.idMapBase ?? 100000,
       idMapSize: this.opts.idMapSize ?? 65536,
-      seccomp: this.opts.noSeccomp ? null : loadDefaultSeccomp(SANDBOX_CAPABILITIES),
+      seccomp: (this.seccomp ??= this.opts.noSeccomp ? null : loadDefaultSeccomp(SANDBOX_CAPABILITIES)),
       swapAccounting: fs.existsSync(path.join(CGROUP_ROOT, 'memory', 'memory.memsw.limit_in_bytes')),
     });
     spec.process.args = ['/bin/sleep', '1000000'];
@@ -100,11 +101,25 @@ export class CrunBaseline {
     return id;
   }
 
-  /** `crun exec <id> argv...`; with capture, stdout comes back. */
+  /** Times `crun exec` failed in setns right after `run -d` and was retried (a crun race, not a Capsule failure). */
+  execRetries = 0;
+
+  /**
+   * `crun exec <id> argv...`; with capture, stdout comes back. crun 1.8 sometimes fails
+   * `setns(...): Operation not permitted` ("fail startup") for an exec issued right after
+   * `run -d` returns; that is retried (up to twice, and counted in execRetries).
+   */
   async exec(id: string, argv: string[], opts: { capture?: boolean; stdin?: Uint8Array; stdoutBytes?: Buffer[] } = {}): Promise<string> {
-    const r = await run('crun', this.crun(['exec', id, ...argv]), opts);
-    if (r.code !== 0) throw new Error(`crun exec ${id} ${argv.join(' ')} exited ${r.code ?? r.signal}: ${r.stderr.trim().slice(0, 400)}`);
-    return r.stdout;
+    for (let attempt = 0; ; attempt++) {
+      const r = await run('crun', this.crun(['exec', id, ...argv]), { capture: true, ...opts });
+      if (r.code === 0) return r.stdout;
+      if (attempt < 2 && /fail startup|setns/.test(r.stderr)) {
+        this.execRetries++;
+        if (opts.stdoutBytes) opts.stdoutBytes.length = 0;
+        continue;
+      }
+      throw new Error(`crun exec ${id} ${argv.join(' ')} exited ${r.code ?? r.signal}: ${r.stderr.trim().slice(0, 400)}`);
+    }
   }
 
   async delete(id: string): Promise<void> {

@@ -3,6 +3,7 @@
  * 127.0.0.1 port with a temporary data directory of its own.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -15,6 +16,8 @@ export interface BenchDaemon {
   url: string;
   dataDir: string;
   pid: number;
+  /** The bootstrap admin key (`<data>/admin.key`) when the daemon requires keys; undefined otherwise. */
+  apiKey: string | undefined;
   /** Kill every live sandbox (best effort), then SIGTERM and wait (SIGKILL after 10 s). */
   stop(): Promise<void>;
   /** The last part of the daemon's stderr (its log). */
@@ -54,16 +57,19 @@ export async function startDaemon(dataDir: string): Promise<BenchDaemon> {
     });
   });
   let stopped = false;
+  const keyFile = path.join(dataDir, 'admin.key');
+  const apiKey = fs.existsSync(keyFile) ? fs.readFileSync(keyFile, 'utf8').trim() || undefined : undefined;
   return {
     url,
     dataDir,
+    apiKey,
     pid: child.pid ?? -1,
     log: () => stderr,
     async stop() {
       if (stopped) return;
       stopped = true;
       if (child.exitCode !== null || child.signalCode !== null) return;
-      await killAllSandboxes(url).catch(() => undefined);
+      await killAllSandboxes(url, apiKey).catch(() => undefined);
       child.kill('SIGTERM');
       const t = setTimeout(() => child.kill('SIGKILL'), 10_000);
       await exited;
@@ -72,12 +78,13 @@ export async function startDaemon(dataDir: string): Promise<BenchDaemon> {
   };
 }
 
-export async function killAllSandboxes(url: string): Promise<void> {
-  const r = await fetch(`${url}/v1/sandboxes`);
+export async function killAllSandboxes(url: string, apiKey?: string): Promise<void> {
+  const headers: Record<string, string> = apiKey ? { authorization: `Bearer ${apiKey}` } : {};
+  const r = await fetch(`${url}/v1/sandboxes`, { headers });
   const body = (await r.json()) as { sandboxes: Array<{ id: string }> };
   // A few at a time: the daemon serialises on two CPUs anyway.
   const ids = body.sandboxes.map((s) => s.id);
   for (let i = 0; i < ids.length; i += 8) {
-    await Promise.all(ids.slice(i, i + 8).map((id) => fetch(`${url}/v1/sandboxes/${id}`, { method: 'DELETE' }).then((x) => x.arrayBuffer())));
+    await Promise.all(ids.slice(i, i + 8).map((id) => fetch(`${url}/v1/sandboxes/${id}`, { method: 'DELETE', headers }).then((x) => x.arrayBuffer())));
   }
 }

@@ -90,7 +90,6 @@ export const sustained: Scenario = async (ctx) => {
       row(capName, 'capsule', 'ms', cap.lat, {
         throughput: cap.ops / (cap.wallMs / 1000),
         vs: rawName,
-        ...(c === 16 || c === 4 ? {} : {}),
         target: { value: 60, better: 'higher', label: '≥ 60 creates/s', on: 'throughput' },
       }),
       row(rawName, 'baseline', 'ms', raw.lat, { throughput: raw.ops / (raw.wallMs / 1000) }),

@@ -12,6 +12,7 @@
  */
 import { Readable } from 'node:stream';
 import type { Services } from '../api/services.js';
+import { ANONYMOUS_ADMIN, type Principal } from '../auth/principal.js';
 import type { EventSink } from '../sandboxes/commands.js';
 import { toApiSandbox } from '../api/routes/sandboxes.js';
 import { PayloadTooLargeError } from '../errors/index.js';
@@ -68,13 +69,20 @@ function tooLarge(path: string, size: number, maxBytes: number): PayloadTooLarge
 }
 
 /**
- * The daemon's services in process. `owner` is whoever the transport
- * authenticated (null until API keys exist: every sandbox is visible).
+ * The daemon's services in process, acting for `principal` (whom the
+ * transport authenticated): it sees its owner's sandboxes only, unless it is
+ * an admin, and its key's quotas apply to what it creates.
  */
-export function servicesBackend(services: Services, owner: string | null = null): McpBackend {
+export function servicesBackend(services: Services, principal: Principal = ANONYMOUS_ADMIN): McpBackend {
+  const owner = principal.owner;
   return {
     async createSandbox(input, signal) {
-      const rec = await services.sandboxes.create({ ...input, owner, ...(signal ? { signal } : {}) });
+      const rec = await services.sandboxes.create({
+        ...input,
+        owner: principal.createAs,
+        limits: principal.admin ? undefined : principal.limits,
+        ...(signal ? { signal } : {}),
+      });
       return toApiSandbox(rec);
     },
     async getSandbox(id) {

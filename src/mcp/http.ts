@@ -37,22 +37,22 @@ import {
 } from '@modelcontextprotocol/sdk/types.js';
 import type { Services } from '../api/services.js';
 import { servicesBackend } from './backend.js';
+import { ANONYMOUS_ADMIN, type Principal } from '../auth/principal.js';
 import { createMcpServer, defaultMcpTemplate } from './server.js';
 import { newSessionState } from './tools.js';
 
 export const MCP_PATH = '/mcp';
 
 /**
- * The auth hook: who is calling, as the owner their sandboxes are filed
- * under. API keys are not wired into MCP yet, so everyone is the anonymous
- * owner (null) and sees every sandbox. When they are, this reads the
- * authenticated principal from the request (and may throw to refuse it).
+ * The auth hook: who is calling. The daemon's auth layer (api/auth.ts) has
+ * already checked the API key for /mcp like any other route and put the
+ * caller on the request; MCP scopes sandboxes by it exactly as REST does.
  */
-export type OwnerResolver = (req: FastifyRequest) => string | null;
-export const resolveOwner: OwnerResolver = () => null;
+export type PrincipalResolver = (req: FastifyRequest) => Principal;
+export const resolvePrincipal: PrincipalResolver = (req) => req.principal ?? ANONYMOUS_ADMIN;
 
 export interface McpHttpOptions {
-  resolveOwner?: OwnerResolver;
+  resolvePrincipal?: PrincipalResolver;
   /** Template for sandboxes created on demand; default CAPSULE_MCP_TEMPLATE, then debian. */
   defaultTemplate?: string;
   /** A session with no request or stream open for this long is closed; default 30 minutes. */
@@ -331,6 +331,7 @@ export class SessionTransport implements Transport {
 
 interface Session {
   id: string;
+  /** The API key (or 'anonymous' without auth) the session belongs to: no other key may use it. */
   owner: string | null;
   server: McpServer;
   transport: SessionTransport;
@@ -339,7 +340,13 @@ interface Session {
 
 /** Serve MCP at /mcp on the daemon's fastify app. */
 export function registerMcpRoutes(app: FastifyInstance, services: Services, opts: McpHttpOptions = {}): void {
-  const ownerOf = opts.resolveOwner ?? resolveOwner;
+  const principalOf = opts.resolvePrincipal ?? resolvePrincipal;
+  const principals = new WeakMap<FastifyRequest, Principal>();
+  const ownerOf = (req: FastifyRequest): string => {
+    const p = principalOf(req);
+    principals.set(req, p);
+    return p.keyId ?? 'anonymous';
+  };
   const defaultTemplate = defaultMcpTemplate(opts.defaultTemplate);
   const idleMs = opts.sessionIdleMs ?? 30 * 60_000;
   const maxSessions = opts.maxSessions ?? 1000;
@@ -356,10 +363,10 @@ export function registerMcpRoutes(app: FastifyInstance, services: Services, opts
   }, Math.min(idleMs, 60_000));
   sweeper.unref();
 
-  const newSession = async (owner: string | null, log: FastifyRequest['log']): Promise<Session> => {
+  const newSession = async (owner: string | null, log: FastifyRequest['log'], principal: Principal): Promise<Session> => {
     const id = randomUUID();
     const server = createMcpServer({
-      backend: servicesBackend(services, owner),
+      backend: servicesBackend(services, principal),
       defaultTemplate,
       version: services.version,
       session: newSessionState(),
@@ -461,7 +468,7 @@ export function registerMcpRoutes(app: FastifyInstance, services: Services, opts
       if (req.headers['mcp-session-id']) return jsonRpcError(raw, 400, -32600, 'Invalid Request: this session is already initialized');
       if (messages.length > 1) return jsonRpcError(raw, 400, -32600, 'Invalid Request: initialize must be sent alone');
       if (sessions.size >= maxSessions) return jsonRpcError(raw, 503, -32000, `Service Unavailable: too many MCP sessions (${maxSessions}); close some with DELETE`);
-      s = await newSession(owner, req.log);
+      s = await newSession(owner, req.log, principals.get(req) ?? principalOf(req));
     } else {
       s = findSession(req, raw, owner);
       if (!s) return;

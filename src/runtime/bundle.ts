@@ -93,6 +93,25 @@ export function cgroupsPathFor(id: string): string {
   return `/capsule/${id}`;
 }
 
+/**
+ * tmpfs mounts inside the sandbox (/dev, /dev/shm) are charged to the sandbox's
+ * memory cgroup, and their pages and inodes stay charged when processes die: a
+ * sandbox that fills them up to the memory limit leaves the OOM killer nothing
+ * to free but the agent (pid 1). So both are sized well below the memory limit
+ * and their inode counts are capped (empty files cost ~1 KiB of kernel memory
+ * each and are not limited by `size`).
+ */
+export function tmpfsLimits(memoryMb: number): { devKb: number; devInodes: number; shmKb: number; shmInodes: number } {
+  const memKb = Math.max(1024, Math.floor(memoryMb * 1024));
+  const clamp = (v: number, lo: number, hi: number) => Math.max(lo, Math.min(hi, Math.floor(v)));
+  return {
+    devKb: clamp(memKb / 16, 1024, 65536),
+    devInodes: clamp(memKb / 64, 256, 4096),
+    shmKb: clamp(memKb / 4, 1024, 65536),
+    shmInodes: clamp(memKb / 16, 1024, 65536),
+  };
+}
+
 function allowDev(type: 'c', major: number, minor: number | null) {
   return minor === null
     ? { allow: true, type, major, access: 'rwm' }
@@ -104,6 +123,7 @@ export function buildOciSpec(input: BundleInput): OciSpec {
   if (!path.isAbsolute(input.agentBinary)) throw new Error(`agentBinary must be absolute: ${input.agentBinary}`);
   const { resources } = input;
   const memBytes = Math.floor(resources.memoryMb * 1024 * 1024);
+  const tmpfs = tmpfsLimits(resources.memoryMb);
   const caps = [...SANDBOX_CAPABILITIES];
   const env = {
     PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
@@ -177,14 +197,24 @@ export function buildOciSpec(input: BundleInput): OciSpec {
     hostname: input.id,
     mounts: [
       { destination: '/proc', type: 'proc', source: 'proc', options: ['nosuid', 'noexec', 'nodev'] },
-      { destination: '/dev', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] },
+      {
+        destination: '/dev',
+        type: 'tmpfs',
+        source: 'tmpfs',
+        options: ['nosuid', 'strictatime', 'mode=755', `size=${tmpfs.devKb}k`, `nr_inodes=${tmpfs.devInodes}`],
+      },
       {
         destination: '/dev/pts',
         type: 'devpts',
         source: 'devpts',
         options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620', 'gid=5'],
       },
-      { destination: '/dev/shm', type: 'tmpfs', source: 'shm', options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'] },
+      {
+        destination: '/dev/shm',
+        type: 'tmpfs',
+        source: 'shm',
+        options: ['nosuid', 'noexec', 'nodev', 'mode=1777', `size=${tmpfs.shmKb}k`, `nr_inodes=${tmpfs.shmInodes}`],
+      },
       { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
       sysMount,
       {

@@ -154,13 +154,16 @@ export class SandboxManager {
     if (!p) {
       p = this.connectAgent(this.runtime.agentSocketPath(id), { timeoutMs: 5000 }).then(
         (conn) => {
-          conn.onClose(() => {
+          conn.onClose((err) => {
             if (this.connections.get(id) === p) this.connections.delete(id);
+            // Lost, not closed by us: the agent (the sandbox's init) may have died, e.g. OOM-killed.
+            if (err) void this.checkAlive(id);
           });
           return conn;
         },
         (err: unknown) => {
           this.connections.delete(id);
+          void this.checkAlive(id);
           throw isCapsuleError(err)
             ? err
             : new SandboxError(`sandbox ${id}: agent not reachable: ${err instanceof Error ? err.message : String(err)}`, { id });
@@ -169,6 +172,14 @@ export class SandboxManager {
       this.connections.set(id, p);
     }
     return p;
+  }
+
+  /** Ends a running sandbox whose container is gone, so it is not reported as running while unusable. */
+  private async checkAlive(id: string): Promise<void> {
+    const rec = this.store.get(id);
+    if (!rec || rec.state !== 'running' || this.ending.has(id)) return;
+    const info = await this.runtime.inspect(id).catch(() => ({ status: 'missing' as const }));
+    if (info.status !== 'running') await this.end(id, 'failed', `the sandbox's init process died (container ${info.status})`);
   }
 
   /** OOM kills so far in the sandbox's memory cgroup, to tell an OOM death from other SIGKILLs. */

@@ -90,6 +90,27 @@ describe('sandboxes', () => {
     await api(d.url, 'DELETE', `/v1/sandboxes/${sb.id}`);
   });
 
+  it('marks a sandbox failed when its init (the agent) dies, instead of reporting it running', async () => {
+    const sb = await create();
+    const pid = Number(fs.readFileSync(`${d.dataDir}/sandboxes/${sb.id}/bundle/init.pid`, 'utf8'));
+    assert.ok(pid > 1);
+    process.kill(pid, 'SIGKILL');
+    let state = 'running';
+    for (let i = 0; i < 50 && state === 'running'; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      state = (await api(d.url, 'GET', `/v1/sandboxes/${sb.id}`)).json.state;
+    }
+    assert.equal(state, 'failed');
+    const r = await api(d.url, 'POST', `/v1/sandboxes/${sb.id}/commands`, { cmd: 'true' });
+    assert.equal(r.status, 409);
+    let left = leftovers(sb.id, d.dataDir);
+    for (let i = 0; i < 20 && left.length; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      left = leftovers(sb.id, d.dataDir);
+    }
+    assert.deepEqual(left, []);
+  });
+
   it('reaps a sandbox when its timeout passes, leaving nothing behind', async () => {
     const sb = await create({ timeoutMs: 1500 });
     await sh(sb.id, 'sleep 1000 >/dev/null 2>&1 & echo started');

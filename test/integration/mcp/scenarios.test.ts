@@ -1,0 +1,250 @@
+/**
+ * The MCP server end to end: the same scenarios over stdio (`capsule mcp`
+ * against a test daemon) and over Streamable HTTP (`/mcp` of that daemon),
+ * driven by the MCP SDK's own Client. Real daemon, real busybox sandboxes.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import { api, authHeaders, removeDataDir, type TestDaemon } from '../../helpers/daemon.js';
+import { INIT_BODY, TRANSPORTS, connectClient, rawPost, startMcpDaemon, type Connected } from './fixture.js';
+
+let d: TestDaemon;
+
+const EXPECTED_TOOLS = [
+  'list_files',
+  'make_dir',
+  'read_file',
+  'remove_file',
+  'run_code',
+  'run_command',
+  'sandbox_create',
+  'sandbox_kill',
+  'sandbox_list',
+  'sandbox_set_timeout',
+  'write_file',
+];
+
+function text(r: CallToolResult): string {
+  return r.content.map((c) => (c.type === 'text' ? c.text : '')).join('');
+}
+
+async function sleep(ms: number): Promise<void> {
+  await new Promise((r) => setTimeout(r, ms));
+}
+
+before(async () => {
+  d = await startMcpDaemon();
+});
+after(async () => {
+  await d?.stop();
+  if (d) await removeDataDir(d.dataDir);
+});
+
+for (const kind of TRANSPORTS) {
+  describe(`mcp over ${kind}`, () => {
+    let c: Connected;
+    let sandboxId: string;
+    const call = async (name: string, args: Record<string, unknown>) => (await c.client.callTool({ name, arguments: args })) as CallToolResult;
+
+    before(async () => {
+      c = await connectClient(kind, d);
+    });
+    after(async () => {
+      if (sandboxId) await api(d.url, 'DELETE', `/v1/sandboxes/${sandboxId}`).catch(() => undefined);
+      await c?.close();
+    });
+
+    it('lists the tools with schemas, output schemas and annotations', async () => {
+      const { tools } = await c.client.listTools();
+      assert.deepEqual(tools.map((t) => t.name).sort(), EXPECTED_TOOLS);
+      for (const t of tools) {
+        assert.equal(t.inputSchema.type, 'object', t.name);
+        assert.equal(t.outputSchema?.type, 'object', `${t.name} has an output schema`);
+        assert.equal(t.annotations?.openWorldHint, false, t.name);
+        assert.equal(typeof t.annotations?.readOnlyHint, 'boolean', t.name);
+        assert.ok(t.description && t.description.length > 20, t.name);
+      }
+      const run = tools.find((t) => t.name === 'run_command')!;
+      const props = run.inputSchema.properties as Record<string, { description?: string }>;
+      assert.match(props.command?.description ?? '', /sh -c/);
+      assert.deepEqual(run.inputSchema.required, ['command']);
+      assert.equal(tools.find((t) => t.name === 'sandbox_list')!.annotations?.readOnlyHint, true);
+      assert.equal(tools.find((t) => t.name === 'sandbox_kill')!.annotations?.destructiveHint, true);
+    });
+
+    it('creates a sandbox and runs a command; a non-zero exit is a result, not an error', async () => {
+      const created = await call('sandbox_create', { template: 'busybox', metadata: { suite: `mcp-${kind}` } });
+      assert.notEqual(created.isError, true, text(created));
+      sandboxId = (created.structuredContent as { sandbox_id: string }).sandbox_id;
+      assert.match(sandboxId, /^sbx-[a-z0-9]{12}$/);
+
+      const r = await call('run_command', { sandbox_id: sandboxId, command: 'echo $((6*7))' });
+      assert.notEqual(r.isError, true, text(r));
+      assert.equal((r.structuredContent as { exit_code: number }).exit_code, 0);
+      assert.equal((r.structuredContent as { stdout: string }).stdout, '42\n');
+
+      const bad = await call('run_command', { sandbox_id: sandboxId, command: 'echo oops >&2; exit 3' });
+      assert.notEqual(bad.isError, true);
+      assert.equal((bad.structuredContent as { exit_code: number }).exit_code, 3);
+      assert.equal((bad.structuredContent as { stderr: string }).stderr, 'oops\n');
+
+      const list = await call('sandbox_list', {});
+      const ids = (list.structuredContent as { sandboxes: Array<{ sandbox_id: string }> }).sandboxes.map((s) => s.sandbox_id);
+      assert.ok(ids.includes(sandboxId));
+    });
+
+    it('writes then reads a file, also as a resource', async () => {
+      const w = await call('write_file', { sandbox_id: sandboxId, path: '/tmp/mcp/hello.txt', content: `hi from ${kind}\n` });
+      assert.notEqual(w.isError, true, text(w));
+      assert.equal((w.structuredContent as { size: number }).size, `hi from ${kind}\n`.length);
+      const r = await call('read_file', { sandbox_id: sandboxId, path: '/tmp/mcp/hello.txt' });
+      assert.deepEqual(
+        { content: (r.structuredContent as { content: string }).content, encoding: (r.structuredContent as { encoding: string }).encoding },
+        { content: `hi from ${kind}\n`, encoding: 'utf8' },
+      );
+      const ls = await call('list_files', { sandbox_id: sandboxId, path: '/tmp/mcp' });
+      assert.deepEqual((ls.structuredContent as { entries: Array<{ name: string }> }).entries.map((e) => e.name), ['hello.txt']);
+
+      const res = await c.client.readResource({ uri: `capsule://sandboxes/${sandboxId}/files/tmp/mcp/hello.txt` });
+      assert.equal((res.contents[0] as { text?: string }).text, `hi from ${kind}\n`);
+      const templates = await c.client.listResourceTemplates();
+      assert.ok(templates.resourceTemplates.some((t) => t.uriTemplate === 'capsule://sandboxes/{id}/files/{+path}'));
+      const roots = await c.client.listResources();
+      assert.ok(roots.resources.some((x) => x.uri === `capsule://sandboxes/${sandboxId}/files/`));
+
+      const rm = await call('remove_file', { sandbox_id: sandboxId, path: '/tmp/mcp', recursive: true });
+      assert.notEqual(rm.isError, true, text(rm));
+      const gone = await call('read_file', { sandbox_id: sandboxId, path: '/tmp/mcp/hello.txt' });
+      assert.equal(gone.isError, true);
+      assert.match(text(gone), /not_found/);
+    });
+
+    it('reports real failures with isError: missing sandbox, missing interpreter', async () => {
+      const r = await call('run_command', { sandbox_id: 'sbx-000000000000', command: 'true' });
+      assert.equal(r.isError, true);
+      assert.match(text(r), /not_found: sandbox sbx-000000000000 not found/);
+      const py = await call('run_code', { sandbox_id: sandboxId, language: 'python', code: 'print(1)' });
+      assert.equal(py.isError, true);
+      assert.match(text(py), /python3 is not installed in sandbox .* \(template busybox\): use the debian template/);
+    });
+
+    it('creates a default sandbox when sandbox_id is omitted, and keeps using it', async () => {
+      // A fresh session has no default sandbox (this one's default is the sandbox created above).
+      const fresh = await connectClient(kind, d);
+      const call = async (name: string, args: Record<string, unknown>) => (await fresh.client.callTool({ name, arguments: args })) as CallToolResult;
+      const first = await call('run_command', { command: 'echo first > /tmp/mark' });
+      assert.notEqual(first.isError, true, text(first));
+      const s1 = first.structuredContent as { sandbox_id: string; sandbox_created?: boolean };
+      assert.equal(s1.sandbox_created, true);
+      assert.match(text(first), new RegExp(`Created sandbox ${s1.sandbox_id}`));
+      try {
+        const second = await call('read_file', { path: '/tmp/mark' });
+        const s2 = second.structuredContent as { sandbox_id: string; sandbox_created?: boolean; content: string };
+        assert.equal(s2.sandbox_id, s1.sandbox_id);
+        assert.equal(s2.sandbox_created, undefined);
+        assert.equal(s2.content, 'first\n');
+        const info = await api(d.url, 'GET', `/v1/sandboxes/${s1.sandbox_id}`);
+        assert.equal(info.json.template, 'busybox');
+      } finally {
+        const k = await call('sandbox_kill', { sandbox_id: s1.sandbox_id });
+        assert.equal((k.structuredContent as { state: string }).state, 'killed');
+        await fresh.close();
+      }
+    });
+
+    it('sends progress notifications while a command prints slowly', async () => {
+      const seen: Array<{ progress: number; message?: string | undefined; at: number }> = [];
+      const started = Date.now();
+      const r = (await c.client.callTool(
+        { name: 'run_command', arguments: { sandbox_id: sandboxId, command: 'for i in 1 2 3; do echo line$i; sleep 0.4; done' } },
+        undefined,
+        { onprogress: (p) => seen.push({ progress: p.progress, message: p.message, at: Date.now() - started }) },
+      )) as CallToolResult;
+      const took = Date.now() - started;
+      assert.notEqual(r.isError, true, text(r));
+      assert.equal((r.structuredContent as { stdout: string }).stdout, 'line1\nline2\nline3\n');
+      assert.ok(seen.length >= 3, `expected 3 progress notifications, got ${JSON.stringify(seen)}`);
+      assert.match(seen[0]!.message ?? '', /line1/);
+      // The first one came while the command was still running, not with the result.
+      assert.ok(seen[0]!.at < took - 500, `first progress at ${seen[0]!.at} ms, result at ${took} ms`);
+      assert.deepEqual(seen.map((s) => s.progress), [...seen.keys()].map((i) => i + 1));
+    });
+
+    it('cancelling the request kills the command', async () => {
+      const marker = `sleep-${kind}-${Date.now() % 100000}`;
+      const ac = new AbortController();
+      const pending = c.client.callTool(
+        { name: 'run_command', arguments: { sandbox_id: sandboxId, command: `sleep 30 # ${marker}`, timeout_ms: 60_000 } },
+        undefined,
+        { signal: ac.signal },
+      );
+      pending.catch(() => undefined);
+      type Proc = { pid: number; cmd: string[]; running: boolean };
+      const find = async (): Promise<Proc | undefined> =>
+        ((await api(d.url, 'GET', `/v1/sandboxes/${sandboxId}/commands`)).json.processes as Proc[]).find((p) => p.cmd.join(' ').includes(marker));
+      let proc: Proc | undefined;
+      for (let i = 0; i < 100 && !proc?.running; i++) {
+        proc = await find();
+        if (!proc?.running) await sleep(100);
+      }
+      assert.ok(proc?.running, 'the command started');
+      ac.abort();
+      await assert.rejects(pending);
+      let after: Proc | undefined = proc;
+      for (let i = 0; i < 50 && after?.running; i++) {
+        await sleep(100);
+        after = await find();
+      }
+      assert.equal(after?.running, false, `process ${proc.pid} was killed`);
+      // The session still works after a cancellation.
+      const r = await call('run_command', { sandbox_id: sandboxId, command: 'echo still here' });
+      assert.equal((r.structuredContent as { stdout: string }).stdout, 'still here\n');
+    });
+
+    it('runs bash code with run_code only where bash exists (busybox has none)', async () => {
+      const r = await call('run_code', { sandbox_id: sandboxId, language: 'bash', code: 'echo 42' });
+      assert.equal(r.isError, true);
+      assert.match(text(r), /bash is not installed/);
+    });
+  });
+}
+
+describe('mcp over http: guards', () => {
+  const headers = (extra: Record<string, string>) => ({
+    'content-type': 'application/json',
+    accept: 'application/json, text/event-stream',
+    ...authHeaders(d.url),
+    ...extra,
+  });
+
+  it('refuses a foreign Host (DNS rebinding) with 403', async () => {
+    const r = await rawPost(`${d.url}/mcp`, headers({ host: 'evil.example' }), INIT_BODY);
+    assert.equal(r.status, 403, r.body);
+    assert.match(JSON.parse(r.body).error.message, /Host header "evil.example" is not allowed/);
+  });
+
+  it('refuses a foreign Origin with 403', async () => {
+    const port = new URL(d.url).port;
+    const r = await rawPost(`${d.url}/mcp`, headers({ host: `localhost:${port}`, origin: 'http://evil.example' }), INIT_BODY);
+    assert.equal(r.status, 403, r.body);
+    assert.match(JSON.parse(r.body).error.message, /Origin "http:\/\/evil.example" is not allowed/);
+  });
+
+  it('accepts loopback Host and Origin', async () => {
+    const port = new URL(d.url).port;
+    for (const host of [`localhost:${port}`, `127.0.0.1:${port}`]) {
+      const r = await rawPost(`${d.url}/mcp`, headers({ host, origin: `http://localhost:${port}` }), INIT_BODY);
+      assert.equal(r.status, 200, `${host}: ${r.body}`);
+      assert.match(r.body, /"protocolVersion":"2025-11-25"/);
+    }
+  });
+
+  it('answers bad JSON and unknown sessions with JSON-RPC errors', async () => {
+    const bad = await rawPost(`${d.url}/mcp`, headers({}), '{not json');
+    assert.equal(bad.status, 400);
+    assert.match(bad.body, /-32700/);
+    const gone = await rawPost(`${d.url}/mcp`, headers({ 'mcp-session-id': 'nope' }), JSON.stringify({ jsonrpc: '2.0', id: 2, method: 'ping' }));
+    assert.equal(gone.status, 404);
+  });
+});

@@ -1,0 +1,57 @@
+/** MCP uses the same API keys as REST: a client without the sandbox owner's key cannot use it. */
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import { api, type TestDaemon } from '../../helpers/daemon.js';
+import { TRANSPORTS, connectClient, rawPost, startMcpDaemon } from './fixture.js';
+
+let d: TestDaemon;
+let alice: string;
+let bob: string;
+
+describe('mcp: API keys and owners', () => {
+  before(async () => {
+    d = await startMcpDaemon();
+    alice = (await api(d.url, 'POST', '/v1/keys', { name: 'alice' })).json.key;
+    bob = (await api(d.url, 'POST', '/v1/keys', { name: 'bob' })).json.key;
+  });
+  after(async () => {
+    await d?.stop();
+  });
+
+  it('refuses /mcp without a key', async () => {
+    const port = new URL(d.url).port;
+    const r = await rawPost(
+      `${d.url}/mcp`,
+      { 'content-type': 'application/json', accept: 'application/json, text/event-stream', host: `127.0.0.1:${port}` },
+      JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'initialize', params: { protocolVersion: '2025-11-25', capabilities: {}, clientInfo: { name: 't', version: '1' } } }),
+    );
+    assert.equal(r.status, 401);
+  });
+
+  for (const kind of TRANSPORTS) {
+    it(`over ${kind}: bob cannot see or use alice's sandbox`, async () => {
+      const a = await connectClient(kind, d, alice);
+      const b = await connectClient(kind, d, bob);
+      try {
+        const made = (await a.client.callTool({ name: 'sandbox_create', arguments: { template: 'busybox' } })) as CallToolResult;
+        assert.ok(!made.isError, JSON.stringify(made));
+        const id = (made.structuredContent as { sandbox_id?: string; id?: string }).sandbox_id ?? (made.structuredContent as { id: string }).id;
+        assert.match(id, /^sbx-/);
+        const own = (await a.client.callTool({ name: 'run_command', arguments: { sandbox_id: id, command: 'echo mine' } })) as CallToolResult;
+        assert.equal((own.structuredContent as { stdout: string }).stdout, 'mine\n');
+        const theirs = (await b.client.callTool({ name: 'run_command', arguments: { sandbox_id: id, command: 'echo stolen' } })) as CallToolResult;
+        assert.equal(theirs.isError, true);
+        assert.doesNotMatch(JSON.stringify(theirs), /stolen/);
+        const list = (await b.client.callTool({ name: 'sandbox_list', arguments: {} })) as CallToolResult;
+        assert.doesNotMatch(JSON.stringify(list.structuredContent), new RegExp(id));
+        const read = (await b.client.callTool({ name: 'read_file', arguments: { sandbox_id: id, path: '/etc/hostname' } })) as CallToolResult;
+        assert.equal(read.isError, true);
+        await a.client.callTool({ name: 'sandbox_kill', arguments: { sandbox_id: id } });
+      } finally {
+        await a.close();
+        await b.close();
+      }
+    });
+  }
+});

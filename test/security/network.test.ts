@@ -1,0 +1,107 @@
+/**
+ * Escape battery, network: a sandbox has a private network namespace with
+ * loopback only. The daemon's API on the host's 127.0.0.1, the host's other
+ * addresses, the slirp-style gateway 10.0.2.2 and the internet are unreachable;
+ * raw and packet sockets are refused; ports opened inside are not on the host.
+ */
+import { after, before, describe } from 'node:test';
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import os from 'node:os';
+import { attack, assertDaemonAnswers, createSandbox, probe1, sh, sleepMs, startBattery, stopBattery, type Battery } from './helpers.js';
+
+let b: Battery;
+let id: string;
+const B = () => b;
+
+function hostAddresses(): string[] {
+  const out: string[] = [];
+  for (const list of Object.values(os.networkInterfaces())) {
+    for (const a of list ?? []) if (!a.internal && a.family === 'IPv4') out.push(a.address);
+  }
+  return out;
+}
+
+function hostConnect(port: number): Promise<string> {
+  return new Promise((resolve) => {
+    const s = net.connect({ host: '127.0.0.1', port });
+    s.setTimeout(2000);
+    s.once('connect', () => {
+      s.destroy();
+      resolve('OK');
+    });
+    s.once('timeout', () => {
+      s.destroy();
+      resolve('ETIMEDOUT');
+    });
+    s.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
+  });
+}
+
+describe('security: network', () => {
+  before(async () => {
+    b = await startBattery();
+    id = await createSandbox(b, { probes: ['net'] });
+  });
+  after(async () => {
+    await stopBattery(b);
+  });
+
+  attack(B, 'interfaces: only loopback exists inside', async () => {
+    const r = await sh(b, id, 'tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d " "');
+    assert.deepEqual(r.stdout.split('\n').filter(Boolean), ['lo']);
+    const routes = await sh(b, id, 'tail -n +2 /proc/net/route | wc -l');
+    assert.equal(routes.stdout.trim(), '0', 'no IPv4 routes besides loopback');
+  });
+
+  attack(B, 'raw sockets (AF_INET, AF_INET6) and packet sockets are refused (no CAP_NET_RAW)', async () => {
+    assert.equal(await probe1(b, id, 'net', ['raw-socket']), 'EPERM');
+    assert.equal(await probe1(b, id, 'net', ['raw6-socket']), 'EPERM');
+    assert.equal(await probe1(b, id, 'net', ['packet-socket']), 'EPERM');
+    const ping = await sh(b, id, 'ping -c 1 -W 1 127.0.0.1 >/dev/null 2>&1; echo rc=$?');
+    assert.doesNotMatch(ping.stdout, /rc=0/, 'busybox ping needs a raw socket it does not get');
+  });
+
+  attack(B, "the daemon's API port on the host's 127.0.0.1 and ::1 is unreachable from inside", async () => {
+    assert.equal(await probe1(b, id, 'net', ['connect', '127.0.0.1', String(b.port)]), 'ECONNREFUSED', "127.0.0.1 is the sandbox's own loopback");
+    assert.equal(await probe1(b, id, 'net', ['connect', '::1', String(b.port)]), 'ECONNREFUSED');
+    const nc = await sh(b, id, `echo -e "GET /v1/sandboxes HTTP/1.0\\r\\n\\r\\n" | nc -w 2 127.0.0.1 ${b.port}; echo rc=$?`);
+    assert.doesNotMatch(nc.stdout, /HTTP\/1/, 'got an HTTP answer from the daemon');
+    assert.doesNotMatch(nc.stdout, /rc=0/);
+    await assertDaemonAnswers(b);
+  });
+
+  attack(B, 'the host gateway (10.0.2.2), the host addresses and the internet are unreachable', async () => {
+    const targets = ['10.0.2.2', '10.0.2.3', '172.17.0.1', '169.254.169.254', '1.1.1.1', '8.8.8.8', ...hostAddresses()];
+    for (const ip of targets) {
+      const r = await probe1(b, id, 'net', ['connect', ip, String(b.port), '1000']);
+      assert.ok(['ENETUNREACH', 'EHOSTUNREACH', 'ETIMEDOUT', 'ECONNREFUSED'].includes(r) && r !== 'OK', `${ip}: ${r}`);
+      assert.equal(r, 'ENETUNREACH', `${ip}: no route at all`);
+    }
+    const nc = await sh(b, id, `nc -w 2 10.0.2.2 ${b.port} </dev/null; echo rc=$?`);
+    assert.doesNotMatch(nc.stdout, /rc=0/);
+    const dns = await sh(b, id, 'nslookup example.com 1.1.1.1 >/dev/null 2>&1; echo rc=$?');
+    assert.doesNotMatch(dns.stdout, /rc=0/);
+  });
+
+  attack(B, 'network configuration changes are refused (no CAP_NET_ADMIN): addresses, routes, link state', async () => {
+    const r = await sh(b, id, 'ip addr add 10.9.9.9/24 dev lo; echo rc=$?; ip route add default dev lo; echo rc=$?; ip link set lo down; echo rc=$?; ip link add x type dummy; echo rc=$?');
+    assert.equal((r.stdout.match(/rc=0/g) ?? []).length, 0, r.stdout + r.stderr);
+    assert.match(r.stderr, /Operation not permitted/);
+    const up = await sh(b, id, 'cat /sys/class/net/lo/operstate; ip -4 addr show lo | grep -c 10.9.9.9');
+    assert.match(up.stdout, /^0$/m);
+  });
+
+  attack(B, 'a port opened inside the sandbox is not reachable from the host', async () => {
+    let port = 0;
+    for (let i = 0; i < 10 && port === 0; i++) {
+      const p = 20000 + Math.floor(Math.random() * 20000);
+      if ((await hostConnect(p)) === 'ECONNREFUSED') port = p;
+    }
+    assert.ok(port > 0, 'found a free host port');
+    await sh(b, id, ['/probes/net', 'tcp-listen', String(port), '5'], { background: true, timeoutMs: 10_000 });
+    await sleepMs(200);
+    assert.equal(await probe1(b, id, 'net', ['connect', '127.0.0.1', String(port)]), 'OK', 'the listener is up inside');
+    assert.equal(await hostConnect(port), 'ECONNREFUSED', 'the host does not see it');
+  });
+});

@@ -1,0 +1,145 @@
+/**
+ * Abuse battery, resources: fork bombs, memory hogs, open files, inodes and
+ * tmpfs space, CPU. Each must stop at the sandbox's own limits while the
+ * daemon keeps answering and, where the limit is recoverable, the sandbox
+ * stays usable afterwards.
+ */
+import { after, before, describe } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import { api } from '../helpers/daemon.js';
+import {
+  assertDaemonAnswers,
+  assertSandboxUsable,
+  attack,
+  createSandbox,
+  probe,
+  sandboxHostPids,
+  sh,
+  startBattery,
+  stopBattery,
+  type Battery,
+} from './helpers.js';
+
+let b: Battery;
+let id: string;
+const B = () => b;
+const PIDS = 64;
+const MEMORY_MB = 64;
+
+function cgroupValue(controller: string, id: string, file: string): string | null {
+  try {
+    return fs.readFileSync(`/sys/fs/cgroup/${controller}/capsule/${id}/${file}`, 'utf8').trim();
+  } catch {
+    return null;
+  }
+}
+
+describe('security: resource exhaustion', () => {
+  before(async () => {
+    b = await startBattery();
+    id = await createSandbox(b, { probes: ['res', 'procs'], resources: { pids: PIDS, memoryMb: MEMORY_MB, cpus: 0.5 } });
+  });
+  after(async () => {
+    await stopBattery(b);
+  });
+
+  attack(B, 'fork bomb (C): capped by pids.max with EAGAIN; daemon answers meanwhile; sandbox usable afterwards', async () => {
+    const during = api(b.url, 'GET', '/v1/sandboxes');
+    const lines = await probe(b, id, 'res', ['forkbomb']);
+    const m = /^forked=(\d+) err=(\w+)$/.exec(lines[0] ?? '');
+    assert.ok(m, lines.join('\n'));
+    assert.ok(Number(m[1]) < PIDS, `forked ${m[1]} processes with pids.max ${PIDS}`);
+    assert.ok(Number(m[1]) > PIDS / 2, 'the limit, not something else, stopped it');
+    assert.equal(m[2], 'EAGAIN');
+    assert.equal((await during).status, 200);
+    await assertSandboxUsable(b, id);
+    const max = cgroupValue('pids', id, 'pids.max');
+    if (max !== null) assert.equal(max, String(PIDS));
+  });
+
+  attack(B, 'fork bomb (shell): stops at the pids limit, is killed with its command, sandbox usable afterwards', async () => {
+    const r = await sh(b, id, 'bomb() { bomb | bomb & }; bomb 2>/dev/null; sleep 2', { timeoutMs: 4000 });
+    assert.ok(typeof r.exitCode === 'number');
+    await assertDaemonAnswers(b);
+    await assertSandboxUsable(b, id);
+    const left = sandboxHostPids(id).length;
+    assert.ok(left < 8, `${left} processes left in the sandbox after the bomb`);
+  });
+
+  attack(B, 'memory hog: OOM-killed inside its own cgroup (exit 137); daemon fine; sandbox usable', async () => {
+    const r = await sh(b, id, ['/probes/res', 'memhog', String(MEMORY_MB * 4)], { timeoutMs: 30_000 });
+    assert.equal(r.exitCode, 137, `${r.stdout.slice(-200)} ${r.stderr}`);
+    assert.equal(r.signal, 'SIGKILL');
+    assert.doesNotMatch(r.stdout, /without being stopped/);
+    const last = Number(r.stdout.trim().split('\n').pop());
+    assert.ok(last < MEMORY_MB * 1.5, `got to ${last} MiB with a ${MEMORY_MB} MiB limit`);
+    const peak = cgroupValue('memory', id, 'memory.max_usage_in_bytes');
+    if (peak !== null) assert.ok(Number(peak) >= MEMORY_MB * 1024 * 1024 * 0.9, `the memcg limit was reached (peak ${peak})`);
+    await assertDaemonAnswers(b);
+    await assertSandboxUsable(b, id);
+  });
+
+  attack(B, 'open files: RLIMIT_NOFILE holds (soft 1024, hard 4096, raising the hard limit EPERM); daemon answers', async () => {
+    const lines = await probe(b, id, 'res', ['nofile']);
+    assert.match(lines[0]!, /^soft=1024 hard=4096 opened=10\d\d err=EMFILE$/);
+    assert.match(lines[1]!, /^raised opened=40\d\d err=EMFILE$/);
+    assert.equal(lines[2], 'raise-hard=EPERM');
+    await assertDaemonAnswers(b);
+  });
+
+  attack(B, 'inodes: creating files in /dev/shm stops at the tmpfs inode limit; the sandbox (and its agent) survive', async () => {
+    // A fresh sandbox: before the fix this killed the agent, and later tests need a live one.
+    const id = await createSandbox(b, { probes: ['res'], resources: { pids: PIDS, memoryMb: MEMORY_MB } });
+    const r = await sh(b, id, '/probes/res fill-files /dev/shm 2000000', { timeoutMs: 60_000 });
+    assert.equal(r.exitCode, 0, `the filler was killed (${r.signal}): the tmpfs inodes pinned the memcg`);
+    const m = /^files=(\d+) err=(\w+)$/m.exec(r.stdout);
+    assert.ok(m, r.stdout);
+    assert.equal(m[2], 'ENOSPC', 'stopped by the tmpfs inode limit');
+    await assertDaemonAnswers(b);
+    await assertSandboxUsable(b, id);
+    const rm = await sh(b, id, 'rm -rf /dev/shm/*; ls /dev/shm | wc -l');
+    assert.equal(rm.stdout.trim(), '0');
+  });
+
+  attack(B, 'tmpfs space: /dev/shm and /dev fill up with ENOSPC below the memory limit; the sandbox survives', async () => {
+    const id = await createSandbox(b, { probes: ['res'], resources: { pids: PIDS, memoryMb: MEMORY_MB } });
+    for (const target of ['/dev/shm/fill', '/dev/fill']) {
+      const r = await sh(b, id, `/probes/res fill-bytes ${target} 1024`, { timeoutMs: 60_000 });
+      assert.equal(r.exitCode, 0, `${target}: the filler was killed (${r.signal}): tmpfs pages pinned the memcg`);
+      const m = /^mib=(\d+) err=(\w+)$/m.exec(r.stdout);
+      assert.ok(m, r.stdout);
+      assert.equal(m[2], 'ENOSPC', target);
+      assert.ok(Number(m[1]) < MEMORY_MB, `${target}: ${m[1]} MiB with a ${MEMORY_MB} MiB memory limit`);
+      await assertSandboxUsable(b, id);
+      await sh(b, id, `rm -f ${target}`);
+    }
+    await assertDaemonAnswers(b);
+  });
+
+  attack(B, 'CPU: two busy processes get about the 0.5-CPU quota, not the whole host', async () => {
+    const before = cgroupValue('cpuacct', id, 'cpuacct.usage') ?? cgroupValue('cpu,cpuacct', id, 'cpuacct.usage');
+    const t0 = performance.now();
+    const r = await sh(b, id, '/probes/res spin 2 1.5', { timeoutMs: 20_000 });
+    const wall = (performance.now() - t0) / 1000;
+    assert.equal(r.stdout, 'OK\n');
+    const after = cgroupValue('cpuacct', id, 'cpuacct.usage') ?? cgroupValue('cpu,cpuacct', id, 'cpuacct.usage');
+    if (before !== null && after !== null) {
+      const used = (Number(after) - Number(before)) / 1e9;
+      assert.ok(used < wall * 0.5 * 1.4 + 0.1, `used ${used.toFixed(2)} s CPU in ${wall.toFixed(2)} s wall with a 0.5 CPU quota`);
+    }
+    await assertDaemonAnswers(b);
+  });
+
+  attack(
+    B,
+    "disk: the sandbox's writable layer has a quota (a sandbox cannot fill the host's data-dir filesystem)",
+    async () => {
+      const r = await sh(b, id, '/probes/res fill-bytes /tmp/disk-fill 512; rm -f /tmp/disk-fill', { timeoutMs: 60_000 });
+      const m = /^mib=(\d+) err=(\w+)$/m.exec(r.stdout);
+      assert.ok(m, r.stdout);
+      assert.ok(['ENOSPC', 'EDQUOT'].includes(m[2]!), `wrote ${m[1]} MiB to /tmp without hitting any quota`);
+    },
+    { todo: 'no disk quota on the overlay upper dir: writes land on the host filesystem of the data dir, bounded only by its free space' },
+  );
+});
