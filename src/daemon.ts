@@ -107,8 +107,8 @@ export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger 
  * when CAPSULE_API_KEY is unset) and remote callers need a key from the start.
  */
 function bootstrapAdminKey(keys: KeyStore, file: string, log: Logger): void {
-  if (keys.hasAdmin() && fs.existsSync(file)) return;
-  if (keys.hasAdmin()) return; // the operator removed the file on purpose; keys exist
+  // Any live admin key means setup is done (an operator may have removed the file on purpose).
+  if (keys.hasAdmin()) return;
   const { secret } = keys.create({ name: 'admin', owner: 'admin', admin: true });
   fs.writeFileSync(file, `${secret}\n`, { mode: 0o600 });
   log.info({ file }, 'created the first admin API key');
