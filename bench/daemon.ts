@@ -2,15 +2,11 @@
  * The daemon under test: `capsule serve` in a child process on a free
  * 127.0.0.1 port with a temporary data directory of its own.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { REPO_ROOT, spawnServe } from '../test/helpers/serve.js';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-/** dist/bench -> repo root. */
-export const REPO_ROOT = path.resolve(here, '..', '..');
-const CLI = path.join(REPO_ROOT, 'bin', 'capsule.js');
+export { REPO_ROOT };
 
 export interface BenchDaemon {
   url: string;
@@ -25,36 +21,13 @@ export interface BenchDaemon {
 }
 
 export async function startDaemon(dataDir: string): Promise<BenchDaemon> {
-  const child: ChildProcess = spawn(process.execPath, [CLI, 'serve', '--host', '127.0.0.1', '--port', '0', '--data-dir', dataDir], {
-    stdio: ['ignore', 'pipe', 'pipe'],
+  const { child, url, exited, log } = await spawnServe(dataDir, {
     env: {
       ...process.env,
       CAPSULE_LOG_LEVEL: process.env.CAPSULE_LOG_LEVEL ?? 'warn',
       CAPSULE_TEMPLATE_CACHE: process.env.CAPSULE_TEMPLATE_CACHE ?? '/var/cache/capsule-test',
     },
-  });
-  let stderr = '';
-  child.stderr!.setEncoding('utf8');
-  child.stderr!.on('data', (d: string) => {
-    stderr = (stderr + d).slice(-100_000);
-  });
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  const url = await new Promise<string>((resolve, reject) => {
-    let out = '';
-    const timer = setTimeout(() => reject(new Error(`daemon did not start within 60 s:\n${stderr}`)), 60_000);
-    child.stdout!.setEncoding('utf8');
-    child.stdout!.on('data', (d: string) => {
-      out += d;
-      const m = /capsule: listening on (\S+)/.exec(out);
-      if (m) {
-        clearTimeout(timer);
-        resolve(m[1]!);
-      }
-    });
-    void exited.then(() => {
-      clearTimeout(timer);
-      reject(new Error(`daemon exited before listening:\n${stderr}`));
-    });
+    logBytes: 100_000,
   });
   let stopped = false;
   const keyFile = path.join(dataDir, 'admin.key');
@@ -64,7 +37,7 @@ export async function startDaemon(dataDir: string): Promise<BenchDaemon> {
     dataDir,
     apiKey,
     pid: child.pid ?? -1,
-    log: () => stderr,
+    log,
     async stop() {
       if (stopped) return;
       stopped = true;

@@ -2,15 +2,13 @@
  * Test fixture: a real daemon (`capsule serve`) in a child process on a free
  * 127.0.0.1 port with its own temporary data directory.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { spawnServe } from './serve.js';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-export const REPO_ROOT = path.resolve(here, '..', '..', '..');
-export const CLI = path.join(REPO_ROOT, 'bin', 'capsule.js');
+export { CLI, REPO_ROOT } from './serve.js';
 
 export interface TestDaemon {
   url: string;
@@ -32,8 +30,8 @@ export function tempDataDir(): string {
 
 export async function startTestDaemon(opts: { dataDir?: string; env?: Record<string, string>; args?: string[] } = {}): Promise<TestDaemon> {
   const dataDir = opts.dataDir ?? tempDataDir();
-  const child = spawn(process.execPath, [CLI, 'serve', '--host', '127.0.0.1', '--port', '0', '--data-dir', dataDir, ...(opts.args ?? [])], {
-    stdio: ['ignore', 'pipe', 'pipe'],
+  const { child, url, exited, log } = await spawnServe(dataDir, {
+    args: opts.args ?? [],
     env: {
       ...process.env,
       CAPSULE_TEMPLATE_CACHE: process.env.CAPSULE_TEMPLATE_CACHE ?? '/var/cache/capsule-test',
@@ -41,30 +39,6 @@ export async function startTestDaemon(opts: { dataDir?: string; env?: Record<str
       ...opts.env,
     },
   });
-  let stderr = '';
-  child.stderr!.setEncoding('utf8');
-  child.stderr!.on('data', (d: string) => {
-    stderr = (stderr + d).slice(-200_000);
-  });
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  const url = await new Promise<string>((resolve, reject) => {
-    let out = '';
-    const timer = setTimeout(() => reject(new Error(`daemon did not start in 60 s; log:\n${stderr}`)), 60_000);
-    child.stdout!.setEncoding('utf8');
-    child.stdout!.on('data', (d: string) => {
-      out += d;
-      const m = /capsule: listening on (\S+)/.exec(out);
-      if (m) {
-        clearTimeout(timer);
-        resolve(m[1]!);
-      }
-    });
-    void exited.then((code) => {
-      clearTimeout(timer);
-      reject(new Error(`daemon exited with ${code} before listening; log:\n${stderr}`));
-    });
-  });
-
   const keyFile = path.join(dataDir, 'admin.key');
   const adminKey = fs.existsSync(keyFile) ? fs.readFileSync(keyFile, 'utf8').trim() : undefined;
   if (adminKey) {
@@ -77,7 +51,7 @@ export async function startTestDaemon(opts: { dataDir?: string; env?: Record<str
     dataDir,
     adminKey,
     child,
-    log: () => stderr,
+    log,
     async stop(o = {}) {
       if (child.exitCode === null && child.signalCode === null) {
         if (!o.keepSandboxes) await killAllSandboxes(url).catch(() => undefined);
