@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 # Debian packages: the OCI runtimes, busybox for the tiny template, debootstrap
 # for the debian template, the default seccomp profile, and a static C
-# toolchain for the in-sandbox agent.
+# toolchain for the in-sandbox agent; e2fsprogs for per-sandbox disks and
+# libseccomp-dev to precompile the seccomp filter once instead of per sandbox.
 need=()
 command -v crun >/dev/null || need+=(crun)
 command -v runc >/dev/null || need+=(runc)
@@ -17,6 +18,9 @@ command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v ip >/dev/null || need+=(iproute2)
 command -v musl-gcc >/dev/null || need+=(musl-tools)
 command -v mount >/dev/null || need+=(mount)
+command -v mke2fs >/dev/null || need+=(e2fsprogs)
+[ -f /usr/include/seccomp.h ] || need+=(libseccomp-dev)
+command -v gcc >/dev/null || need+=(gcc)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "capsule setup: missing Debian packages: ${need[*]}; run as root or: sudo apt-get install -y ${need[*]}" >&2
