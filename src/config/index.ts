@@ -82,6 +82,8 @@ export function dataPaths(dataDir: string) {
     runtimeState: path.join(dataDir, 'runtime'),
     /** The agent binary copied here at start and bind-mounted read-only into each sandbox. */
     bin: path.join(dataDir, 'bin'),
+    /** Compiled seccomp filters (`<sha256>.bpf`), so crun need not compile the profile on every create. */
+    seccompCache: path.join(dataDir, 'cache', 'seccomp'),
     /** The first admin key, written once (mode 0600) so the local CLI works without setup. */
     adminKey: path.join(dataDir, 'admin.key'),
   };

@@ -4,7 +4,9 @@
  */
 import path from 'node:path';
 import type { ResourceLimits } from '../config/index.js';
+import type { RuntimeFlavor } from './oci-cli.js';
 import type { OciSeccomp } from './seccomp.js';
+import { SECCOMP_BPF_ANNOTATION } from './seccomp-bpf.js';
 
 /** Where the agent's host directory appears inside every sandbox. */
 export const AGENT_MOUNT_DIR = '/.capsule';
@@ -62,6 +64,13 @@ export interface BundleInput {
   idMapSize: number;
   /** linux.seccomp; omitted when null (tests, or a runtime that brings its own). */
   seccomp: OciSeccomp | null;
+  /**
+   * `seccomp` compiled to BPF (base64), for crun's `run.oci.seccomp_bpf_data`
+   * annotation; used only when `runtime` is crun (runc ignores the annotation).
+   */
+  seccompBpf?: string | null;
+  /** Which OCI runtime reads the bundle; decides whether the precompiled filter goes in. */
+  runtime?: RuntimeFlavor;
   /** Set memory.memsw (memory+swap) equal to memory so no swap is added; false when the host lacks swap accounting. */
   swapAccounting?: boolean;
   /**
@@ -174,6 +183,10 @@ export function buildOciSpec(input: BundleInput): OciSpec {
     readonlyPaths: [...READONLY_PATHS],
   };
   if (input.seccomp) linux.seccomp = input.seccomp;
+  // crun then loads this program instead of compiling linux.seccomp (its flags still apply). The
+  // object stays too: a crun that did not know the annotation would otherwise run with no filter at all.
+  const annotations: Record<string, string> = {};
+  if (input.seccomp && input.seccompBpf && input.runtime === 'crun') annotations[SECCOMP_BPF_ANNOTATION] = input.seccompBpf;
 
   return {
     ociVersion: '1.0.2',
@@ -225,5 +238,6 @@ export function buildOciSpec(input: BundleInput): OciSpec {
       },
     ],
     linux,
+    ...(Object.keys(annotations).length > 0 ? { annotations } : {}),
   };
 }

@@ -103,6 +103,19 @@ describe('buildOciSpec', () => {
     assert.ok(((s.process as AnyObj).env as string[]).includes('FOO=bar'));
     assert.doesNotThrow(() => JSON.stringify(s));
   });
+
+  test('the precompiled filter goes in as an annotation for crun only, next to linux.seccomp', () => {
+    const bpf = Buffer.alloc(16, 7).toString('base64');
+    const crun = buildOciSpec({ ...input, seccompBpf: bpf, runtime: 'crun' });
+    assert.deepEqual(crun.annotations, { 'run.oci.seccomp_bpf_data': bpf });
+    // Kept: crun still reads its flags, and a crun without the annotation would otherwise run unfiltered.
+    assert.equal((crun.linux as AnyObj).seccomp, input.seccomp);
+    for (const runtime of ['runc', 'runsc', 'other'] as const) {
+      assert.equal(buildOciSpec({ ...input, seccompBpf: bpf, runtime }).annotations, undefined, runtime);
+    }
+    assert.equal(buildOciSpec({ ...input, seccompBpf: null, runtime: 'crun' }).annotations, undefined);
+    assert.equal(buildOciSpec({ ...input, seccomp: null, seccompBpf: bpf, runtime: 'crun' }).annotations, undefined, 'a filter without its policy');
+  });
 });
 
 describe('helpers', () => {
