@@ -4,6 +4,7 @@
  */
 import os from 'node:os';
 import path from 'node:path';
+import { InvalidArgumentError } from '../errors/index.js';
 
 export interface ResourceLimits {
   /** CPU share in cores (cgroup cpu quota = cpus * period). */
@@ -90,6 +91,15 @@ function envInt(name: string, fallback: number): number {
   return Number.isFinite(n) ? n : fallback;
 }
 
+function poolsFromEnv(value: string | undefined): Record<string, number> {
+  if (value === undefined) return { ...DEFAULT_POOLS };
+  try {
+    return parsePools([value]);
+  } catch (e) {
+    throw new InvalidArgumentError(`CAPSULE_POOL: ${(e as Error).message}`);
+  }
+}
+
 export function loadConfig(overrides: Partial<DaemonConfig> = {}): DaemonConfig {
   return {
     host: process.env.CAPSULE_HOST ?? '127.0.0.1',
@@ -105,7 +115,7 @@ export function loadConfig(overrides: Partial<DaemonConfig> = {}): DaemonConfig 
     logLevel: process.env.CAPSULE_LOG_LEVEL ?? 'info',
     auth: process.env.CAPSULE_NO_AUTH !== '1',
     // Unset: the default pool; set (even empty): exactly the pools it lists.
-    pools: process.env.CAPSULE_POOL === undefined ? { ...DEFAULT_POOLS } : parsePools([process.env.CAPSULE_POOL]),
+    pools: poolsFromEnv(process.env.CAPSULE_POOL),
     buildPoolTemplates: process.env.CAPSULE_POOL !== undefined,
     ...overrides,
   };

@@ -87,6 +87,8 @@ export interface PoolStats {
 type Counters = Omit<PoolStats, 'template' | 'size' | 'ready' | 'starting'>;
 
 const MAX_BACKOFF_MS = 60_000;
+/** An idle agent answers a ping in well under a millisecond; this only bounds a hung one. */
+const CLAIM_PING_TIMEOUT_MS = 1000;
 
 export class WarmPool {
   private readonly sizes: Map<string, number>;
@@ -155,7 +157,12 @@ export class WarmPool {
     }
     list.shift();
     try {
-      if (Object.keys(fit.update).length > 0) await this.deps.runtime.update(e.id, fit.update);
+      // A ping proves the agent still answers: a container killed a moment ago may not have
+      // closed its connection yet, and handing it out would fail the caller's first command.
+      await Promise.all([
+        Object.keys(fit.update).length > 0 ? this.deps.runtime.update(e.id, fit.update) : undefined,
+        withTimeout(e.conn.ping(), CLAIM_PING_TIMEOUT_MS, 'its agent did not answer a ping'),
+      ]);
       if (e.lost) throw new Error('its agent connection dropped while it was pooled');
     } catch (err) {
       c.fallbacks++;
@@ -309,6 +316,14 @@ export class WarmPool {
       .finally(() => this.destroying.delete(t));
     this.destroying.add(t);
   }
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, message: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(message)), ms);
+  });
+  return Promise.race([p, late]).finally(() => clearTimeout(timer));
 }
 
 function errMessage(err: unknown): string {

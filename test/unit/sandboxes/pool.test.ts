@@ -93,6 +93,11 @@ class FakeRuntime implements Pick<RuntimeDriver, 'create' | 'destroy' | 'update'
 
 class FakeConn {
   closed = false;
+  dead = false;
+  async ping() {
+    if (this.dead) throw new Error('connection reset');
+    return { version: 'fake' };
+  }
   private listeners: Array<(err?: Error) => void> = [];
   onClose(l: (err?: Error) => void) {
     this.listeners.push(l);
@@ -203,6 +208,18 @@ describe('WarmPool', () => {
     assert.equal(await pool.claim('busybox', { ...BASE, cpus: 2 }), null);
     assert.equal(pool.stats()[0]!.fallbacks, 1);
     await until(() => runtime.destroyed.includes(id));
+    await pool.close();
+  });
+
+  test('a claim pings the agent: one that died unnoticed is not handed out', async () => {
+    const { pool, runtime, conns } = setup({ busybox: 1 });
+    pool.start();
+    await until(() => readyOf(pool) === 1);
+    const first = runtime.created[0]!;
+    conns.get(first)!.dead = true; // killed, but the close has not arrived yet
+    assert.equal(await pool.claim('busybox', BASE), null);
+    assert.equal(pool.stats()[0]!.fallbacks, 1);
+    await until(() => runtime.destroyed.includes(first));
     await pool.close();
   });
 
