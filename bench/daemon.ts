@@ -20,12 +20,16 @@ export interface BenchDaemon {
   log(): string;
 }
 
-export async function startDaemon(dataDir: string): Promise<BenchDaemon> {
+/** `args` are extra `capsule serve` flags, e.g. ['--pool', 'busybox=4'] for the warm-pool rows. */
+export async function startDaemon(dataDir: string, opts: { args?: string[] } = {}): Promise<BenchDaemon> {
   const { child, url, exited, log } = await spawnServe(dataDir, {
+    args: opts.args ?? [],
     env: {
       ...process.env,
       CAPSULE_LOG_LEVEL: process.env.CAPSULE_LOG_LEVEL ?? 'warn',
       CAPSULE_TEMPLATE_CACHE: process.env.CAPSULE_TEMPLATE_CACHE ?? '/var/cache/capsule-test',
+      // Cold rows must be cold: no pool unless `args` asks for one.
+      CAPSULE_POOL: '',
     },
     logBytes: 100_000,
   });

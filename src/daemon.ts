@@ -15,6 +15,7 @@ import { TemplateService } from './templates/service.js';
 import { connectAgent } from './agent/client.js';
 import { SandboxStore } from './sandboxes/store.js';
 import { SandboxManager } from './sandboxes/manager.js';
+import { WarmPool } from './sandboxes/pool.js';
 import { CommandService } from './sandboxes/commands.js';
 import { FileService } from './sandboxes/files.js';
 import { buildServer } from './api/server.js';
@@ -68,7 +69,17 @@ export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger 
       logger: log,
     });
     const store = new SandboxStore(db);
-    const sandboxes = new SandboxManager(config, store, runtime, templates, connectAgent, log);
+    // Unknown template names in the pool settings fail the start, with the list of known ones.
+    for (const [name, size] of Object.entries(config.pools)) if (size > 0) templates.get(name);
+    const pool = new WarmPool(config.pools, {
+      runtime,
+      templates,
+      connectAgent,
+      defaultResources: config.defaultResources,
+      buildTemplates: config.buildPoolTemplates,
+      log,
+    });
+    const sandboxes = new SandboxManager(config, store, runtime, templates, connectAgent, log, pool);
     const commands = new CommandService(sandboxes, store);
     const files = new FileService(sandboxes);
     const keys = config.auth ? new KeyStore(db) : null;
@@ -82,6 +93,8 @@ export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger 
 
     const app = buildServer(services, log);
     await app.listen({ host: config.host, port: config.port });
+    // After recover() (pooled containers of an earlier run are orphans it has just removed) and once listening.
+    pool.start();
     const addr = app.server.address();
     const port = typeof addr === 'object' && addr ? addr.port : config.port;
     const host = config.host.includes(':') ? `[${config.host}]` : config.host;
@@ -90,6 +103,8 @@ export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger 
       services,
       close: async () => {
         await app.close();
+        // Pooled sandboxes belong to no one: unlike claimed ones they do not outlive the daemon.
+        await pool.close();
         await sandboxes.close();
         db.close();
         releaseLock();

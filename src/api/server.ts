@@ -13,6 +13,7 @@ import { commandRoutes } from './routes/commands.js';
 import { fileRoutes } from './routes/files.js';
 import { templateRoutes } from './routes/templates.js';
 import { keyRoutes } from './routes/keys.js';
+import { infoRoutes } from './routes/info.js';
 import { installAuth } from './auth.js';
 import { registerMcpRoutes } from '../mcp/http.js';
 
@@ -44,6 +45,7 @@ export function buildServer(services: Services, logger: Logger | boolean = false
     responses: { 200: { description: 'The daemon answers', schema: HealthResponse } },
     handler: async () => ({ status: 'ok', version: services.version }),
   });
+  infoRoutes(table, services);
   sandboxRoutes(table, services);
   commandRoutes(table, services);
   fileRoutes(table, services);

@@ -4,6 +4,7 @@
  */
 import os from 'node:os';
 import path from 'node:path';
+import { InvalidArgumentError } from '../errors/index.js';
 
 export interface ResourceLimits {
   /** CPU share in cores (cgroup cpu quota = cpus * period). */
@@ -35,6 +36,47 @@ export interface DaemonConfig {
    * every caller is an admin, which is only sane on a loopback-only daemon.
    */
   auth: boolean;
+  /**
+   * Warm pool size per template: that many sandboxes are kept started and
+   * unclaimed, so a create from them skips the container start. 0 or absent
+   * = no pool for that template. See src/sandboxes/pool.ts.
+   */
+  pools: Record<string, number>;
+  /**
+   * Whether a pool builds its template when it is missing: true when pools
+   * were set by flag or env (the operator asked for them); false for the
+   * default pool, which waits until a first create has built debian.
+   */
+  buildPoolTemplates: boolean;
+}
+
+/**
+ * The default pool: two sandboxes of the template a create gets when it names
+ * none (`debian`). Two covers an agent's usual one-at-a-time creates while
+ * costing ~1 MiB of host memory. It does not build debian itself (~75 s of
+ * debootstrap nobody asked for): it fills once a first create has built it.
+ */
+export const DEFAULT_POOLS: Readonly<Record<string, number>> = { debian: 2 };
+export const MAX_POOL_SIZE = 256;
+
+/**
+ * Parse `name=size` pairs (`busybox=4,debian=2`; `--pool` takes one pair per
+ * flag). Later pairs win; size 0 turns a template's pool off. Throws a plain
+ * Error with the offending pair so the CLI can report it as a usage error.
+ */
+export function parsePools(pairs: readonly string[]): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const raw of pairs.flatMap((p) => p.split(','))) {
+    const pair = raw.trim();
+    if (pair === '') continue;
+    const m = /^([a-z0-9][a-z0-9._-]{0,63})=(\d{1,6})$/.exec(pair);
+    const size = m ? Number(m[2]) : NaN;
+    if (!m || size > MAX_POOL_SIZE) {
+      throw new Error(`pool "${pair}" must look like <template>=<size> with size 0..${MAX_POOL_SIZE}, e.g. busybox=4`);
+    }
+    out[m[1]!] = size;
+  }
+  return out;
 }
 
 export function defaultDataDir(): string {
@@ -47,6 +89,15 @@ function envInt(name: string, fallback: number): number {
   if (v === undefined || v === '') return fallback;
   const n = Number(v);
   return Number.isFinite(n) ? n : fallback;
+}
+
+function poolsFromEnv(value: string | undefined): Record<string, number> {
+  if (value === undefined) return { ...DEFAULT_POOLS };
+  try {
+    return parsePools([value]);
+  } catch (e) {
+    throw new InvalidArgumentError(`CAPSULE_POOL: ${(e as Error).message}`);
+  }
 }
 
 export function loadConfig(overrides: Partial<DaemonConfig> = {}): DaemonConfig {
@@ -63,6 +114,9 @@ export function loadConfig(overrides: Partial<DaemonConfig> = {}): DaemonConfig 
     reapIntervalMs: 1000,
     logLevel: process.env.CAPSULE_LOG_LEVEL ?? 'info',
     auth: process.env.CAPSULE_NO_AUTH !== '1',
+    // Unset: the default pool; set (even empty): exactly the pools it lists.
+    pools: poolsFromEnv(process.env.CAPSULE_POOL),
+    buildPoolTemplates: process.env.CAPSULE_POOL !== undefined,
     ...overrides,
   };
 }

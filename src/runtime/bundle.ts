@@ -98,6 +98,16 @@ export function agentPathInSandbox(agentBinary: string): string {
   return path.posix.join(AGENT_MOUNT_DIR, path.basename(agentBinary));
 }
 
+/** memory.limit_in_bytes for a limit in MiB: one formula for create and for update. */
+export function memoryBytes(memoryMb: number): number {
+  return Math.floor(memoryMb * 1024 * 1024);
+}
+
+/** CFS quota per CPU_PERIOD_US for a share in cores (the kernel refuses less than 1 ms). */
+export function cpuQuotaUs(cpus: number): number {
+  return Math.max(1000, Math.round(cpus * CPU_PERIOD_US));
+}
+
 export function cgroupsPathFor(id: string): string {
   return `/capsule/${id}`;
 }
@@ -131,7 +141,7 @@ export function buildOciSpec(input: BundleInput): OciSpec {
   if (!path.isAbsolute(input.rootfs)) throw new Error(`rootfs must be absolute: ${input.rootfs}`);
   if (!path.isAbsolute(input.agentBinary)) throw new Error(`agentBinary must be absolute: ${input.agentBinary}`);
   const { resources } = input;
-  const memBytes = Math.floor(resources.memoryMb * 1024 * 1024);
+  const memBytes = memoryBytes(resources.memoryMb);
   const tmpfs = tmpfsLimits(resources.memoryMb);
   const caps = [...SANDBOX_CAPABILITIES];
   const env = {
@@ -176,7 +186,7 @@ export function buildOciSpec(input: BundleInput): OciSpec {
         allowDev('c', 136, null), // /dev/pts/*
       ],
       memory,
-      cpu: { quota: Math.max(1000, Math.round(resources.cpus * CPU_PERIOD_US)), period: CPU_PERIOD_US },
+      cpu: { quota: cpuQuotaUs(resources.cpus), period: CPU_PERIOD_US },
       pids: { limit: resources.pids },
     },
     maskedPaths: [...MASKED_PATHS],

@@ -6,11 +6,11 @@
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import type { DataPaths } from '../config/index.js';
+import type { DataPaths, ResourceLimits } from '../config/index.js';
 import { ConflictError, InvalidArgumentError, isCapsuleError, RuntimeError } from '../errors/index.js';
 import { openAgentSocket, ensurePrivateDir, type PendingAgentSocket } from './agent-socket.js';
-import { buildOciSpec, cgroupsPathFor, SANDBOX_CAPABILITIES } from './bundle.js';
-import { cgroupMounts, killCgroupProcs, readOomKills, removeCgroupDirs } from './cgroups.js';
+import { buildOciSpec, cgroupsPathFor, cpuQuotaUs, memoryBytes, SANDBOX_CAPABILITIES } from './bundle.js';
+import { cgroupMounts, killCgroupProcs, readOomKills, removeCgroupDirs, writeCgroupV1Limits } from './cgroups.js';
 import { OciCli, summarizeStderr, type OciResult } from './oci-cli.js';
 import { mountOverlay, readMountPoints, removeSandboxDir, sandboxLayout, unmountOverlay } from './overlay.js';
 import { loadDefaultSeccomp, type OciSeccomp } from './seccomp.js';
@@ -111,6 +111,32 @@ export class OciRuntimeDriver implements RuntimeDriver {
 
   oomKills(id: string): Promise<number> {
     return readOomKills(this.cgroupsPath(id));
+  }
+
+  async update(id: string, resources: Partial<Pick<ResourceLimits, 'cpus' | 'memoryMb' | 'pids'>>): Promise<void> {
+    checkId(id);
+    const limits = {
+      ...(resources.memoryMb !== undefined ? { memoryBytes: memoryBytes(resources.memoryMb) } : {}),
+      ...(resources.cpus !== undefined ? { cpuQuotaUs: cpuQuotaUs(resources.cpus) } : {}),
+      ...(resources.pids !== undefined ? { pids: resources.pids } : {}),
+    };
+    if (Object.keys(limits).length === 0) return;
+    const swapAccounting = await this.hasSwapAccounting();
+    try {
+      if (await writeCgroupV1Limits(this.cgroupsPath(id), { ...limits, swapAccounting })) return;
+    } catch (e) {
+      throw new RuntimeError(`could not change the limits of sandbox ${id}: ${(e as Error).message}`, { id }, { cause: e });
+    }
+    // No v1 hierarchies (a cgroup v2 host): the runtime knows its layout.
+    const args = ['update'];
+    if (limits.memoryBytes !== undefined) {
+      args.push('--memory', String(limits.memoryBytes));
+      if (swapAccounting) args.push('--memory-swap', String(limits.memoryBytes));
+    }
+    if (limits.cpuQuotaUs !== undefined) args.push('--cpu-quota', String(limits.cpuQuotaUs));
+    if (limits.pids !== undefined) args.push('--pids-limit', String(limits.pids));
+    const r = await this.cli.runCaptured([...args, id], { timeoutMs: 10_000 });
+    if (r.code !== 0) throw new RuntimeError(`${this.cli.flavor} update ${id} failed: ${summarizeStderr(r.stderr)}`, { id });
   }
 
   private cgroupsPath(id: string): string {

@@ -40,6 +40,12 @@ export interface RuntimeDriver {
   list(): Promise<string[]>;
   /** Ids that have leftovers on disk (sandbox dirs, mounts) — used by restart cleanup. */
   listLeftovers(): Promise<string[]>;
+  /**
+   * Change the limits of a running container that cgroups can change in place
+   * (memory, cpus, pids); only the fields given. Used when a pooled sandbox is
+   * claimed with other limits than it was started with.
+   */
+  update(id: string, resources: Partial<Pick<ResourceLimits, 'cpus' | 'memoryMb' | 'pids'>>): Promise<void>;
   /** OOM kills so far inside the sandbox's memory cgroup (0 when the runtime cannot tell). */
   oomKills(id: string): Promise<number>;
   /** Unix socket the sandbox's agent listens on. Host-root-owned; never inside the sandbox. */

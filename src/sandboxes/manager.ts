@@ -10,6 +10,7 @@ import type { BuildProgress } from '../templates/types.js';
 import { CapsuleError, ConflictError, InvalidArgumentError, NotFoundError, SandboxError, isCapsuleError } from '../errors/index.js';
 import type { SandboxRecord, SandboxStore, SandboxStateName } from './store.js';
 import { newSandboxId } from './ids.js';
+import type { Claimed, PoolStats, WarmPool } from './pool.js';
 
 export interface Logger {
   info(obj: unknown, msg?: string): void;
@@ -63,6 +64,8 @@ export class SandboxManager {
     private readonly templates: TemplateProvider,
     private readonly connectAgent: AgentConnector,
     private readonly log: Logger,
+    /** Started sandboxes to claim instead of starting one per create; null = no pools. */
+    private readonly pool: WarmPool | null = null,
   ) {}
 
   setEvents(events: SandboxEvents): void {
@@ -72,7 +75,50 @@ export class SandboxManager {
   async create(opts: CreateOptions): Promise<SandboxRecord> {
     const timeoutMs = this.checkTimeout(opts.timeoutMs ?? this.config.defaultTimeoutMs);
     const resources: ResourceLimits = { ...this.config.defaultResources, ...stripUndefined(opts.resources ?? {}) };
-    const rootfs = await this.templates.ensure(opts.template, undefined, opts.signal);
+    this.pool?.userCreateStarted();
+    try {
+      const rootfs = await this.templates.ensure(opts.template, undefined, opts.signal);
+      // Refused before a pooled sandbox is spent on it; checked again below, next to the insert.
+      if (opts.limits) this.checkQuota(opts.owner ?? null, resources.memoryMb, opts.limits);
+      const claimed = this.pool ? await this.pool.claim(opts.template, resources) : null;
+      if (claimed) return this.recordClaimed(claimed, opts, resources, timeoutMs);
+      return await this.createCold(opts, rootfs, resources, timeoutMs);
+    } finally {
+      this.pool?.userCreateEnded();
+    }
+  }
+
+  /** A pooled sandbox becomes the caller's: its record is written now, with the caller's owner, envs, metadata and clock. */
+  private recordClaimed(claimed: Claimed, opts: CreateOptions, resources: ResourceLimits, timeoutMs: number): SandboxRecord {
+    try {
+      // Checked and recorded without an await in between, so concurrent creates cannot both slip under a quota.
+      if (opts.limits) this.checkQuota(opts.owner ?? null, resources.memoryMb, opts.limits);
+    } catch (err) {
+      claimed.conn.close();
+      void this.runtime.destroy(claimed.id).catch((e: unknown) => this.log.error({ err: e, id: claimed.id }, 'cleanup of a claimed sandbox failed'));
+      throw err;
+    }
+    const now = Date.now();
+    const rec: SandboxRecord = {
+      id: claimed.id,
+      template: opts.template,
+      state: 'running',
+      owner: opts.owner ?? null,
+      createdAt: now,
+      // The clock starts at the claim, not when the pool started the container.
+      expiresAt: now + timeoutMs,
+      envs: opts.envs ?? {},
+      metadata: opts.metadata ?? {},
+      resources,
+      endedAt: null,
+      endReason: null,
+    };
+    this.store.insert(rec);
+    this.adoptConnection(claimed.id, claimed.conn);
+    return rec;
+  }
+
+  private async createCold(opts: CreateOptions, rootfs: string, resources: ResourceLimits, timeoutMs: number): Promise<SandboxRecord> {
     // Checked and recorded without an await in between, so concurrent creates cannot both slip under a quota.
     if (opts.limits) this.checkQuota(opts.owner ?? null, resources.memoryMb, opts.limits);
     const now = Date.now();
@@ -105,6 +151,11 @@ export class SandboxManager {
     this.store.setState(rec.id, 'running');
     rec.state = 'running';
     return rec;
+  }
+
+  /** Warm pool state, per template (empty when no pool is configured). */
+  poolStats(): PoolStats[] {
+    return this.pool?.stats() ?? [];
   }
 
   /** Any sandbox this caller may see, live or ended. */
@@ -153,14 +204,7 @@ export class SandboxManager {
     let p = this.connections.get(id);
     if (!p) {
       p = this.connectAgent(this.runtime.agentSocketPath(id), { timeoutMs: 5000 }).then(
-        (conn) => {
-          conn.onClose((err) => {
-            if (this.connections.get(id) === p) this.connections.delete(id);
-            // Lost, not closed by us: the agent (the sandbox's init) may have died, e.g. OOM-killed.
-            if (err) void this.checkAlive(id);
-          });
-          return conn;
-        },
+        (conn) => this.watch(id, conn, p!),
         (err: unknown) => {
           this.connections.delete(id);
           void this.checkAlive(id);
@@ -172,6 +216,22 @@ export class SandboxManager {
       this.connections.set(id, p);
     }
     return p;
+  }
+
+  /** Take over a connection made by someone else (the warm pool) as the sandbox's live one. */
+  private adoptConnection(id: string, conn: AgentConnection): void {
+    const p = Promise.resolve(conn);
+    this.connections.set(id, p);
+    this.watch(id, conn, p);
+  }
+
+  private watch(id: string, conn: AgentConnection, p: Promise<AgentConnection>): AgentConnection {
+    conn.onClose((err) => {
+      if (this.connections.get(id) === p) this.connections.delete(id);
+      // Lost, not closed by us: the agent (the sandbox's init) may have died, e.g. OOM-killed.
+      if (err) void this.checkAlive(id);
+    });
+    return conn;
   }
 
   /** Ends a running sandbox whose container is gone, so it is not reported as running while unusable. */

@@ -4,3 +4,4 @@ export * from './commands.js';
 export * from './files.js';
 export * from './templates.js';
 export * from './keys.js';
+export * from './info.js';

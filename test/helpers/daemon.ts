@@ -36,6 +36,9 @@ export async function startTestDaemon(opts: { dataDir?: string; env?: Record<str
       ...process.env,
       CAPSULE_TEMPLATE_CACHE: process.env.CAPSULE_TEMPLATE_CACHE ?? '/var/cache/capsule-test',
       CAPSULE_LOG_LEVEL: process.env.CAPSULE_LOG_LEVEL ?? 'warn',
+      // No warm pool unless a test asks for one (args or env): background refills would
+      // skew other tests' timings and container counts. pool.test.ts covers pools.
+      CAPSULE_POOL: process.env.CAPSULE_POOL ?? '',
       ...opts.env,
     },
   });

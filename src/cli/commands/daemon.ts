@@ -5,7 +5,7 @@
  */
 import type { Command } from 'commander';
 import type { DaemonConfig } from '../../config/index.js';
-import { parseNumber, printJson, UsageError } from '../util.js';
+import { collect, parseNumber, printJson, UsageError } from '../util.js';
 
 export function registerDaemonCommands(program: Command): void {
   program
@@ -17,7 +17,12 @@ export function registerDaemonCommands(program: Command): void {
     .option('--runtime <runtime>', 'OCI runtime: crun, runc, runsc or a path (env CAPSULE_RUNTIME, default crun)')
     .option('--log-level <level>', 'trace, debug, info, warn, error (env CAPSULE_LOG_LEVEL, default info)')
     .option('--no-auth', 'accept requests without an API key (every caller is an admin; loopback only)')
-    .action(async (opts: { host?: string; port?: string; dataDir?: string; runtime?: string; logLevel?: string; auth: boolean }) => {
+    .option(
+      '--pool <template=size>',
+      'keep <size> started sandboxes of <template> ready to claim, e.g. busybox=4; 0 = off (repeatable; env CAPSULE_POOL=busybox=4,debian=2; default without either: debian=2)',
+      collect,
+    )
+    .action(async (opts: { host?: string; port?: string; dataDir?: string; runtime?: string; logLevel?: string; auth: boolean; pool?: string[] }) => {
       const overrides: Partial<DaemonConfig> = {};
       if (opts.host !== undefined) overrides.host = opts.host;
       if (opts.port !== undefined) {
@@ -32,9 +37,20 @@ export function registerDaemonCommands(program: Command): void {
         overrides.auth = false;
         process.stderr.write('capsule: WARNING: --no-auth: no API key is needed; anyone who reaches the port controls every sandbox\n');
       }
-      const { loadConfig } = await import('../../config/index.js');
+      const { loadConfig, parsePools } = await import('../../config/index.js');
+      const config = loadConfig(overrides);
+      if (opts.pool) {
+        try {
+          // Flags refine CAPSULE_POOL template by template; without it they replace the default pool.
+          const base = process.env.CAPSULE_POOL === undefined ? {} : config.pools;
+          config.pools = { ...base, ...parsePools(opts.pool) };
+          config.buildPoolTemplates = true;
+        } catch (e) {
+          throw new UsageError(`--pool: ${(e as Error).message}`);
+        }
+      }
       const { startDaemon } = await import('../../daemon.js');
-      const daemon = await startDaemon(loadConfig(overrides));
+      const daemon = await startDaemon(config);
       process.stdout.write(`capsule: listening on ${daemon.url}\n`);
 
       // Sandboxes keep running after we stop; a restarted daemon adopts them.

@@ -40,6 +40,8 @@ describe('bench --quick', () => {
       assert.deepEqual(s.errors, [], `scenario ${s.name} had errors`);
     }
     assert.ok(rep.scenarios.find((s) => s.name === 'ttfc')!.rows.some((r) => r.name === 'ttfc.cold'));
+    assert.ok(rep.scenarios.find((s) => s.name === 'ttfc')!.rows.some((r) => r.name === 'ttfc.warm-pool' && r.summary.n > 0));
+    assert.ok(rep.scenarios.find((s) => s.name === 'sustained')!.rows.some((r) => r.name.includes('from a warm pool') && r.summary.n > 0));
     assert.deepEqual(rep.failures, []);
     assert.deepEqual(rep.cleanupProblems, []);
     assert.ok(fs.existsSync(path.join(out, 'latest.md')), 'latest.md missing');

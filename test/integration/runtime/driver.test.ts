@@ -236,6 +236,31 @@ describe('OciRuntimeDriver (crun)', { skip: skip ?? false }, () => {
     await assertNoLeftovers(id);
   });
 
+  test('update changes memory, cpu and pids limits of a running container (warm pool claims)', async () => {
+    const id = 'sbx-update';
+    await create(id);
+    const cg = (ctrl: string, file: string) => fs.readFileSync(path.join('/sys/fs/cgroup', ctrl, 'capsule', id, file), 'utf8').trim();
+    const memsw = fs.existsSync(path.join('/sys/fs/cgroup/memory/capsule', id, 'memory.memsw.limit_in_bytes'));
+    // Up (memsw must be raised before the limit), then down (the limit lowered before memsw).
+    for (const memoryMb of [1024, 64]) {
+      await driver.update(id, { memoryMb, cpus: 1.5, pids: 100 });
+      assert.equal(cg('memory', 'memory.limit_in_bytes'), String(memoryMb * 1024 * 1024));
+      if (memsw) assert.equal(cg('memory', 'memory.memsw.limit_in_bytes'), String(memoryMb * 1024 * 1024));
+    }
+    assert.equal(cg('cpu', 'cpu.cfs_quota_us'), '150000');
+    assert.equal(cg('pids', 'pids.max'), '100');
+    await driver.update(id, { pids: 70 });
+    assert.equal(cg('pids', 'pids.max'), '70');
+    assert.equal(cg('memory', 'memory.limit_in_bytes'), String(64 * 1024 * 1024), 'fields not given stay');
+    // The new limit holds: a 100 MiB hog is OOM-killed at 64 MiB.
+    const hog = exec(id, ['sh', '-c', 'head -c 100000000 /dev/zero | tail -c 100000000 > /dev/null; echo survived']);
+    assert.match(cg('memory', 'memory.oom_control'), /oom_kill [1-9]/, `the hog was not OOM-killed: ${hog.stdout} ${hog.stderr}`);
+    assert.ok(Number(cg('memory', 'memory.max_usage_in_bytes')) <= 64 * 1024 * 1024);
+    await driver.destroy(id);
+    made.delete(id);
+    await assertNoLeftovers(id);
+  });
+
   test('destroy of an unknown id and inspect of a missing one are quiet', async () => {
     await driver.destroy('never-existed');
     assert.deepEqual(await driver.inspect('never-existed'), { id: 'never-existed', status: 'missing' });

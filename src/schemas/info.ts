@@ -1,0 +1,23 @@
+import { z } from 'zod';
+
+export const PoolInfo = z.object({
+  template: z.string().describe('Template whose sandboxes this pool keeps started'),
+  size: z.number().int().describe('Configured size (`capsule serve --pool <template>=<size>`, env CAPSULE_POOL)'),
+  ready: z.number().int().describe('Started sandboxes waiting to be claimed by a create'),
+  starting: z.boolean().describe('A pooled sandbox is being started now (refills run one at a time, never during a user create)'),
+  claims: z.number().int().describe('Creates served from the pool since the daemon started'),
+  misses: z.number().int().describe('Creates that found the pool empty, or asked for limits a started sandbox cannot take, and were started cold'),
+  fallbacks: z.number().int().describe('Claims that failed (the pooled sandbox had died or could not be resized) and were started cold instead'),
+  lost: z.number().int().describe('Pooled sandboxes that died while waiting and were replaced'),
+  started: z.number().int().describe('Sandboxes the pool has started'),
+  startFailures: z.number().int().describe('Pool starts that failed; the pool retries with a growing delay (at most 60 s)'),
+  lastError: z.string().optional().describe('Why the last pool start failed'),
+});
+
+export const InfoResponse = z
+  .object({
+    version: z.string().describe('Daemon version'),
+    pools: z.array(PoolInfo).describe('Warm pools, one per template with a size above 0; empty when pools are off'),
+  })
+  .describe('Daemon state that is not about one sandbox');
+export type InfoResponse = z.infer<typeof InfoResponse>;
