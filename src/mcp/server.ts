@@ -1,11 +1,12 @@
 /**
  * The adapter between our SDK-free tool definitions (tools.ts) and the MCP
- * TypeScript SDK 1.x: one McpServer per MCP session, with every tool, the
- * sandbox-files resource template and the logging capability. This is the
- * only module (with the transports) that imports the SDK's server API.
+ * TypeScript SDK v2 (`@modelcontextprotocol/server`): one McpServer per
+ * serving unit (a 2025-era session, a stdio connection, or one stateless
+ * 2026-07-28 request), with every tool, the sandbox-files resource template
+ * and the logging capability. This is the only module (with the transports)
+ * that imports the SDK's server API.
  */
-import { McpServer, ResourceTemplate } from '@modelcontextprotocol/sdk/server/mcp.js';
-import { McpError, type CallToolResult, type ReadResourceResult } from '@modelcontextprotocol/sdk/types.js';
+import { McpServer, ProtocolError, ResourceTemplate, type CallToolResult, type ReadResourceResult } from '@modelcontextprotocol/server';
 import { isCapsuleError } from '../errors/index.js';
 import type { McpBackend } from './backend.js';
 import { TOOLS, encodeContent, errorText, newSessionState, type SessionState, type ToolDef } from './tools.js';
@@ -75,20 +76,20 @@ function registerTool(server: McpServer, def: ToolDef, opts: McpServerOptions, s
       outputSchema: def.output,
       annotations: def.annotations,
     },
-    async (args: unknown, extra): Promise<CallToolResult> => {
-      const token = extra._meta?.progressToken;
+    async (args: unknown, ctx): Promise<CallToolResult> => {
+      const token = ctx.mcpReq._meta?.progressToken;
       let sent = 0;
       const progress =
         token === undefined
           ? undefined
           : (message: string) => {
               sent += 1;
-              extra
-                .sendNotification({ method: 'notifications/progress', params: { progressToken: token, progress: sent, message } })
+              ctx.mcpReq
+                .notify({ method: 'notifications/progress', params: { progressToken: token, progress: sent, message } })
                 .catch(() => undefined);
             };
       try {
-        const out = await def.handler(args as never, { backend: opts.backend, session, defaultTemplate: opts.defaultTemplate, signal: extra.signal, progress });
+        const out = await def.handler(args as never, { backend: opts.backend, session, defaultTemplate: opts.defaultTemplate, signal: ctx.mcpReq.signal, progress });
         return {
           content: [{ type: 'text', text: out.text }],
           structuredContent: out.structured as Record<string, unknown>,
@@ -152,7 +153,7 @@ function registerFiles(server: McpServer, opts: McpServerOptions): void {
       } catch (err) {
         const e = errorText(err);
         if (e.code === 'internal') opts.onUnexpectedError?.(err, 'resources/read');
-        throw new McpError(e.code === 'not_found' ? RESOURCE_NOT_FOUND : -32603, `${e.code}: ${e.message}`, { uri: uri.href });
+        throw new ProtocolError(e.code === 'not_found' ? RESOURCE_NOT_FOUND : -32603, `${e.code}: ${e.message}`, { uri: uri.href });
       }
     },
   );
