@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { api, type TestDaemon } from '../../helpers/daemon.js';
 import { TRANSPORTS, connectClient, rawPost, startMcpDaemon } from './fixture.js';
+import { modernRequest } from './wire.js';
 
 let d: TestDaemon;
 let alice: string;
@@ -47,6 +48,14 @@ describe('mcp: API keys and owners', () => {
         assert.doesNotMatch(JSON.stringify(list.structuredContent), new RegExp(id));
         const read = (await b.client.callTool({ name: 'read_file', arguments: { sandbox_id: id, path: '/etc/hostname' } })) as CallToolResult;
         assert.equal(read.isError, true);
+        // The same for a stateless (2026-07-28) request with bob's key: no session, same owner check.
+        const m = modernRequest(9, 'tools/call', { name: 'run_command', arguments: { sandbox_id: id, command: 'echo stolen' } });
+        const port = new URL(d.url).port;
+        const stateless = await rawPost(`${d.url}/mcp`, { 'content-type': 'application/json', accept: 'application/json, text/event-stream', host: `127.0.0.1:${port}`, authorization: `Bearer ${bob}`, ...m.headers }, m.body);
+        assert.equal(stateless.status, 200, stateless.body);
+        assert.equal(JSON.parse(stateless.body).result.isError, true);
+        assert.match(stateless.body, /not_found/);
+        assert.doesNotMatch(stateless.body, /"stdout":"stolen/);
         await a.client.callTool({ name: 'sandbox_kill', arguments: { sandbox_id: id } });
       } finally {
         await a.close();
