@@ -6,7 +6,7 @@
  * and the logging capability. This is the only module (with the transports)
  * that imports the SDK's server API.
  */
-import { McpServer, ProtocolError, ResourceTemplate, type CallToolResult, type ReadResourceResult } from '@modelcontextprotocol/server';
+import { McpServer, ProtocolError, ProtocolErrorCode, ResourceTemplate, type CallToolResult, type ReadResourceResult } from '@modelcontextprotocol/server';
 import { isCapsuleError } from '../errors/index.js';
 import type { McpBackend } from './backend.js';
 import { TOOLS, encodeContent, errorText, newSessionState, type SessionState, type ToolDef } from './tools.js';
@@ -31,13 +31,10 @@ export function defaultMcpTemplate(explicit?: string): string {
 export const RESOURCE_TEMPLATE = 'capsule://sandboxes/{id}/files/{+path}';
 
 const INSTRUCTIONS = `Capsule runs code in isolated Linux sandboxes.
-Create one with sandbox_create (or just call run_command / run_code / write_file without sandbox_id: a sandbox is created and becomes this session's default).
+Create one with sandbox_create (or just call run_command / run_code / write_file without sandbox_id: a sandbox is created and, when your client keeps an MCP session, becomes its default).
 Pass the returned sandbox_id to later calls to stay in the same sandbox. A command that exits non-zero is a normal result with its exit_code.
 Sandboxes die when their timeout passes (default 5 minutes); extend it with sandbox_set_timeout and kill them with sandbox_kill when done.
 Files are also resources: capsule://sandboxes/{id}/files/{path}.`;
-
-/** JSON-RPC code the spec gives "resource not found". */
-const RESOURCE_NOT_FOUND = -32002;
 
 const MIME_BY_EXT: Record<string, string> = {
   txt: 'text/plain', md: 'text/markdown', py: 'text/x-python', js: 'text/javascript', ts: 'text/x-typescript', json: 'application/json',
@@ -153,7 +150,7 @@ function registerFiles(server: McpServer, opts: McpServerOptions): void {
       } catch (err) {
         const e = errorText(err);
         if (e.code === 'internal') opts.onUnexpectedError?.(err, 'resources/read');
-        throw new ProtocolError(e.code === 'not_found' ? RESOURCE_NOT_FOUND : -32603, `${e.code}: ${e.message}`, { uri: uri.href });
+        throw new ProtocolError(e.code === 'not_found' ? ProtocolErrorCode.ResourceNotFound : ProtocolErrorCode.InternalError, `${e.code}: ${e.message}`, { uri: uri.href });
       }
     },
   );
