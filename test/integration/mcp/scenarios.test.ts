@@ -112,6 +112,14 @@ for (const kind of TRANSPORTS) {
       assert.ok(templates.resourceTemplates.some((t) => t.uriTemplate === 'capsule://sandboxes/{id}/files/{+path}'));
       const roots = await c.client.listResources();
       assert.ok(roots.resources.some((x) => x.uri === `capsule://sandboxes/${sandboxId}/files/`));
+      await assert.rejects(c.client.readResource({ uri: `capsule://sandboxes/${sandboxId}/files/no/such/file` }), (err: Error & { code?: number }) => {
+        assert.equal(err.code, -32602, err.message);
+        assert.match(err.message, /not_found/);
+        return true;
+      });
+      // The root URIs resources/list hands out are readable too.
+      const root = await c.client.readResource({ uri: `capsule://sandboxes/${sandboxId}/files/` });
+      assert.match((root.contents[0] as { text?: string }).text ?? '', /^tmp\/$/m);
 
       const rm = await call('remove_file', { sandbox_id: sandboxId, path: '/tmp/mcp', recursive: true });
       assert.notEqual(rm.isError, true, text(rm));
