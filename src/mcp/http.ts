@@ -295,7 +295,7 @@ export function registerMcpRoutes(app: FastifyInstance, services: Services, opts
       s = findSession(req, raw, owner);
       if (!s) return;
     }
-    await s.transport.handlePost(messages, batch, req.headers, accepts(req, 'text/event-stream'), raw);
+    await s.transport.handlePost(messages, batch, accepts(req, 'text/event-stream'), raw);
     s.lastSeen = Date.now();
   };
 

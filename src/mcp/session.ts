@@ -201,9 +201,10 @@ export class SessionTransport implements Transport {
   }
 
   /** Hand a POST's messages to the server; resolves once its HTTP response is complete or the client left. */
-  async handlePost(messages: JSONRPCMessage[], batch: boolean, headers: Record<string, string | string[] | undefined>, acceptsSse: boolean, raw: ServerResponse): Promise<void> {
+  async handlePost(messages: JSONRPCMessage[], batch: boolean, acceptsSse: boolean, raw: ServerResponse): Promise<void> {
     const requests = messages.filter(isJSONRPCRequest);
-    const extra: MessageExtraInfo = { requestInfo: { headers } } as MessageExtraInfo;
+    // The tools need nothing from the HTTP request: the caller was resolved when the session opened.
+    const extra: MessageExtraInfo = {};
     if (requests.length === 0) {
       for (const m of messages) this.dispatch(m, extra);
       raw.writeHead(202, { 'mcp-session-id': this.sessionId }).end();
