@@ -5,11 +5,13 @@
  * so that a client whose connection dropped can ask, with a GET carrying the
  * last id it saw, for what it missed on that stream (and only that stream).
  *
- * Memory is bounded three ways, because what flows here is output from inside
- * a sandbox and therefore hostile in size: events per stream, bytes per
- * stream (the oldest events go first; the newest, which holds the response,
- * stays), and finished streams kept per session (the oldest finished stream
- * goes first; a stream still waiting for its response is never dropped).
+ * Memory is bounded, because what flows here is output from inside a sandbox
+ * and therefore hostile in size: events and bytes per stream (the oldest
+ * events go first; the newest, which may hold the response, stays), finished
+ * streams kept per session (the oldest goes first), and bytes per session
+ * (finished streams go first, oldest first, then the oldest events of live
+ * streams, never a live stream's newest event). A stream still waiting for
+ * its response is never dropped whole.
  */
 
 export interface ReplayLimits {
@@ -19,9 +21,11 @@ export interface ReplayLimits {
   maxBytes: number;
   /** Finished streams kept per session for late resumption. */
   maxFinishedStreams: number;
+  /** Bytes kept per session, over all its streams. */
+  maxTotalBytes: number;
 }
 
-export const DEFAULT_REPLAY_LIMITS: ReplayLimits = { maxEvents: 512, maxBytes: 4 * 1024 * 1024, maxFinishedStreams: 16 };
+export const DEFAULT_REPLAY_LIMITS: ReplayLimits = { maxEvents: 512, maxBytes: 4 * 1024 * 1024, maxFinishedStreams: 16, maxTotalBytes: 16 * 1024 * 1024 };
 
 interface Held {
   seq: number;
@@ -47,6 +51,7 @@ const EVENT_ID = /^(s\d{1,9})_(\d{1,12})$/;
 export class EventLog {
   private readonly streams = new Map<string, Stream>();
   private counter = 0;
+  private total = 0;
 
   constructor(private readonly limits: ReplayLimits = DEFAULT_REPLAY_LIMITS) {}
 
@@ -67,11 +72,36 @@ export class EventLog {
     const bytes = Buffer.byteLength(frame);
     s.events.push({ seq: s.nextSeq++, frame, bytes });
     s.bytes += bytes;
+    this.total += bytes;
     // Keep the newest event even when it alone is over the byte limit: it may be the response.
-    while (s.events.length > 1 && (s.events.length > this.limits.maxEvents || s.bytes > this.limits.maxBytes)) {
-      s.bytes -= s.events.shift()!.bytes;
-    }
+    while (s.events.length > 1 && (s.events.length > this.limits.maxEvents || s.bytes > this.limits.maxBytes)) this.dropOldest(s);
+    this.enforceTotal();
     return frame;
+  }
+
+  private dropOldest(s: Stream): void {
+    const e = s.events.shift()!;
+    s.bytes -= e.bytes;
+    this.total -= e.bytes;
+  }
+
+  private drop(streamId: string): void {
+    const s = this.streams.get(streamId);
+    if (!s) return;
+    this.total -= s.bytes;
+    this.streams.delete(streamId);
+  }
+
+  /** The per-session byte bound: finished streams first (oldest first), then old events of live ones. */
+  private enforceTotal(): void {
+    for (const [id, s] of this.streams) {
+      if (this.total <= this.limits.maxTotalBytes) return;
+      if (s.finished) this.drop(id);
+    }
+    for (const s of this.streams.values()) {
+      while (this.total > this.limits.maxTotalBytes && s.events.length > 1) this.dropOldest(s);
+      if (this.total <= this.limits.maxTotalBytes) return;
+    }
   }
 
   /** The stream will get no more events (its responses were all sent). */
@@ -80,12 +110,8 @@ export class EventLog {
     if (!s || s.finished) return;
     s.finished = true;
     const finished = [...this.streams].filter(([, v]) => v.finished);
-    for (const [id] of finished.slice(0, Math.max(0, finished.length - this.limits.maxFinishedStreams))) this.streams.delete(id);
-  }
-
-  /** Drop a stream at once (an exchange whose events were never meant to be replayed). */
-  forget(streamId: string): void {
-    this.streams.delete(streamId);
+    for (const [id] of finished.slice(0, Math.max(0, finished.length - this.limits.maxFinishedStreams))) this.drop(id);
+    this.enforceTotal();
   }
 
   /**
@@ -102,9 +128,7 @@ export class EventLog {
 
   /** Bytes held now, over all streams (for tests and limits). */
   get heldBytes(): number {
-    let n = 0;
-    for (const s of this.streams.values()) n += s.bytes;
-    return n;
+    return this.total;
   }
 
   get streamCount(): number {

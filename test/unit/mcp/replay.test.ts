@@ -25,7 +25,7 @@ describe('EventLog', () => {
   });
 
   it('keeps at most maxEvents and maxBytes per stream, dropping the oldest but never the newest', () => {
-    const log = new EventLog({ maxEvents: 3, maxBytes: 1_000, maxFinishedStreams: 4 });
+    const log = new EventLog({ maxEvents: 3, maxBytes: 1_000, maxFinishedStreams: 4, maxTotalBytes: 100_000 });
     const { streamId } = log.open(1000);
     for (let i = 1; i <= 10; i++) log.record(streamId, `{"n":${i}}`);
     let r = log.after(`${streamId}_0`);
@@ -45,7 +45,7 @@ describe('EventLog', () => {
   });
 
   it('keeps only the newest finished streams, and every live one', () => {
-    const log = new EventLog({ maxEvents: 10, maxBytes: 10_000, maxFinishedStreams: 2 });
+    const log = new EventLog({ maxEvents: 10, maxBytes: 10_000, maxFinishedStreams: 2, maxTotalBytes: 100_000 });
     const live = log.open(1000).streamId;
     const done = [1, 2, 3, 4].map(() => log.open(1000).streamId);
     for (const s of done) {
@@ -54,5 +54,24 @@ describe('EventLog', () => {
     }
     assert.equal(log.streamCount, 3);
     assert.deepEqual([live, ...done].map((s) => log.after(`${s}_0`).kind), ['ok', 'unknown', 'unknown', 'ok', 'ok']);
+  });
+
+  it('keeps at most maxTotalBytes per session: finished streams go first, then old events of live ones', () => {
+    const log = new EventLog({ maxEvents: 100, maxBytes: 10_000, maxFinishedStreams: 10, maxTotalBytes: 3_000 });
+    const chunk = `"${'z'.repeat(900)}"`;
+    const done = log.open(1000).streamId;
+    log.record(done, chunk);
+    log.finish(done);
+    const live = log.open(1000).streamId;
+    log.record(live, chunk);
+    log.record(live, chunk);
+    assert.equal(log.after(`${done}_0`).kind, 'ok');
+    log.record(live, chunk); // over 3,000 bytes: the finished stream goes
+    assert.equal(log.after(`${done}_0`).kind, 'unknown');
+    for (let i = 0; i < 5; i++) log.record(live, chunk); // then the oldest events of the live one
+    assert.ok(log.heldBytes <= 3_000, String(log.heldBytes));
+    const r = log.after(`${live}_0`);
+    assert.deepEqual(r.kind === 'ok' && r.frames.map(idOf), ['s2_6', 's2_7', 's2_8']);
+    assert.equal(log.heldBytes, r.kind === 'ok' ? r.frames.reduce((n, f) => n + Buffer.byteLength(f), 0) : -1);
   });
 });
