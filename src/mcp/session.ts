@@ -134,6 +134,8 @@ class Exchange {
   }
 
   private attachSink(raw: ServerResponse): void {
+    // A second resumption of the same stream wins; the older connection is ended, not left hanging.
+    if (writable(this.sink) && this.sink !== raw) this.sink.end();
     this.sink = raw;
     raw.once('close', () => {
       if (this.sink === raw) this.sink = undefined;

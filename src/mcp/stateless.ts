@@ -83,6 +83,9 @@ export class StatelessMcp {
         }
       }
       raw.end();
+    } catch (err) {
+      // A client that hung up is not a server failure; anything else goes to the route's error log.
+      if (!abort.signal.aborted) throw err;
     } finally {
       raw.off('close', onClose);
     }

@@ -117,6 +117,14 @@ describe('mcp 2026-07-28 over http (no initialize, no session)', () => {
     assert.match(JSON.stringify(err.error.data), /2026-07-28/);
   });
 
+  it('answers an initialize that asks for 2026-07-28 with a 2025-11-25 session (that era has no handshake)', async () => {
+    const body = JSON.stringify({ jsonrpc: '2.0', id: 10, method: 'initialize', params: { protocolVersion: MODERN, capabilities: {}, clientInfo: { name: 't', version: '1' } } });
+    const s = await openSse(`${d.url}/mcp`, 'POST', { 'content-type': 'application/json', accept: 'application/json, text/event-stream', ...authHeaders(d.url) }, body);
+    assert.equal(s.status, 200);
+    assert.ok(s.headers['mcp-session-id'], 'a session was opened');
+    assert.equal((JSON.parse((await s.next())!.data) as { result: { protocolVersion: string } }).result.protocolVersion, '2025-11-25');
+  });
+
   it('still needs the API key', async () => {
     const r = modernRequest(7, 'tools/list');
     const port = new URL(d.url).port;
