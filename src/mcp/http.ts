@@ -1,44 +1,36 @@
 /**
- * MCP over Streamable HTTP at `/mcp` of the daemon's fastify server.
+ * MCP over Streamable HTTP at `/mcp` of the daemon's fastify server, both
+ * protocol eras on the one path:
  *
- * One McpServer (SDK 1.x) per MCP session, connected to SessionTransport, a
- * small implementation of the SDK's Transport interface that lives in our
- * fastify routes. We do not use the SDK's StreamableHTTPServerTransport
- * because it answers every POST the same way (all SSE or all JSON); here
- * each POST gets what suits it:
+ *  - 2025-era clients (2025-11-25 and older) open a session with
+ *    `initialize`; each session is one McpServer connected to a
+ *    SessionTransport (session.ts): JSON or SSE per POST, a GET stream,
+ *    resumption with `Last-Event-ID`, DELETE to end it.
+ *  - 2026-07-28 clients send self-contained POSTs carrying the per-request
+ *    envelope; StatelessMcp (stateless.ts) serves each with a fresh server.
  *
- *  - a tools/call that carries a progress token is answered with an SSE
- *    stream, so progress notifications reach the client while the command runs;
- *  - everything else is answered with one JSON body.
- *
- * Both are allowed by the spec (the client must accept either). GET opens the
- * session's stream for server-initiated messages; DELETE ends the session.
- * Resumption (Last-Event-ID) is not offered: events carry no ids.
- *
+ * The SDK's isLegacyRequest tells the two apart (a POST with the envelope is
+ * modern; everything else, including every GET and DELETE, is 2025-era).
  * Before anything else every request passes the DNS-rebinding guard
- * (checkHostAndOrigin) and the owner hook (resolveOwner).
+ * (checkHostAndOrigin) and the auth hook (resolvePrincipal).
  */
 import { randomUUID } from 'node:crypto';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { ServerResponse } from 'node:http';
-import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
-import type { Transport, TransportSendOptions } from '@modelcontextprotocol/sdk/shared/transport.js';
 import {
-  JSONRPCMessageSchema,
   SUPPORTED_PROTOCOL_VERSIONS,
   isInitializeRequest,
-  isJSONRPCErrorResponse,
-  isJSONRPCNotification,
-  isJSONRPCRequest,
-  isJSONRPCResultResponse,
+  parseJSONRPCMessage,
   type JSONRPCMessage,
-  type MessageExtraInfo,
-  type RequestId,
-} from '@modelcontextprotocol/sdk/types.js';
+  type McpServer,
+} from '@modelcontextprotocol/server';
 import type { Services } from '../api/services.js';
 import { servicesBackend } from './backend.js';
 import { ANONYMOUS_ADMIN, type Principal } from '../auth/principal.js';
+import type { ReplayLimits } from './replay.js';
 import { createMcpServer, defaultMcpTemplate } from './server.js';
+import { SessionTransport } from './session.js';
+import { StatelessMcp } from './stateless.js';
 import { newSessionState } from './tools.js';
 
 export const MCP_PATH = '/mcp';
@@ -58,10 +50,11 @@ export interface McpHttpOptions {
   /** A session with no request or stream open for this long is closed; default 30 minutes. */
   sessionIdleMs?: number;
   maxSessions?: number;
+  /** Bounds of each session's SSE replay buffer; defaults in replay.ts. */
+  replay?: ReplayLimits;
 }
 
 const MAX_BODY = 16 * 1024 * 1024;
-const KEEPALIVE_MS = 25_000;
 
 // --- DNS-rebinding guard -----------------------------------------------------------
 
@@ -118,26 +111,12 @@ export function checkHostAndOrigin(headers: { host?: string | undefined; origin?
   return undefined;
 }
 
-// --- SSE and JSON-RPC helpers ------------------------------------------------------------
+// --- JSON-RPC helpers ------------------------------------------------------------
 
 function jsonRpcError(raw: ServerResponse, status: number, code: number, message: string, extraHeaders: Record<string, string> = {}): void {
   const body = JSON.stringify({ jsonrpc: '2.0', error: { code, message }, id: null });
   raw.writeHead(status, { 'content-type': 'application/json', ...extraHeaders });
   raw.end(body);
-}
-
-function sseFrame(msg: JSONRPCMessage): string {
-  return `event: message\ndata: ${JSON.stringify(msg)}\n\n`;
-}
-
-function openSse(raw: ServerResponse, sessionId: string): void {
-  raw.writeHead(200, {
-    'content-type': 'text/event-stream',
-    'cache-control': 'no-cache, no-transform',
-    connection: 'keep-alive',
-    'mcp-session-id': sessionId,
-  });
-  raw.flushHeaders();
 }
 
 function accepts(req: FastifyRequest, type: string): boolean {
@@ -146,185 +125,6 @@ function accepts(req: FastifyRequest, type: string): boolean {
     const t = p.split(';')[0]!.trim().toLowerCase();
     return t === type || t === '*/*';
   });
-}
-
-function isResponse(m: JSONRPCMessage): m is JSONRPCMessage & { id: RequestId } {
-  return isJSONRPCResultResponse(m) || isJSONRPCErrorResponse(m);
-}
-
-// --- the transport ------------------------------------------------------------------
-
-/** The HTTP exchange (one POST) that waits for the responses to some requests. */
-class Exchange {
-  private readonly waiting: Set<RequestId>;
-  private readonly responses: JSONRPCMessage[] = [];
-  private finished = false;
-  readonly done: Promise<void>;
-  private resolveDone!: () => void;
-
-  constructor(
-    ids: RequestId[],
-    private readonly mode: 'json' | 'sse',
-    private readonly raw: ServerResponse,
-    private readonly sessionId: string,
-    private readonly batch: boolean,
-  ) {
-    this.waiting = new Set(ids);
-    this.done = new Promise((resolve) => {
-      this.resolveDone = resolve;
-    });
-    if (mode === 'sse') openSse(raw, sessionId);
-    raw.once('close', () => this.finish());
-  }
-
-  get ids(): RequestId[] {
-    return [...this.waiting];
-  }
-
-  deliver(id: RequestId, msg: JSONRPCMessage): void {
-    if (this.finished) return;
-    const response = isResponse(msg);
-    if (this.mode === 'sse') this.raw.write(sseFrame(msg));
-    else if (response) this.responses.push(msg);
-    // In JSON mode there is nowhere to put a notification about a request: it is dropped.
-    if (response) this.settle(id);
-  }
-
-  /** The request will get no response (it was cancelled). */
-  settle(id: RequestId): void {
-    this.waiting.delete(id);
-    if (this.waiting.size === 0) this.finish();
-  }
-
-  finish(): void {
-    if (this.finished) return;
-    this.finished = true;
-    if (!this.raw.writableEnded && !this.raw.destroyed) {
-      if (this.mode === 'sse') this.raw.end();
-      else if (this.responses.length === 0) {
-        this.raw.writeHead(202, { 'mcp-session-id': this.sessionId });
-        this.raw.end();
-      } else {
-        const body = JSON.stringify(this.batch ? this.responses : this.responses[0]);
-        this.raw.writeHead(200, { 'content-type': 'application/json', 'mcp-session-id': this.sessionId });
-        this.raw.end(body);
-      }
-    }
-    this.resolveDone();
-  }
-}
-
-export class SessionTransport implements Transport {
-  onclose?: (() => void) | undefined;
-  onerror?: ((error: Error) => void) | undefined;
-  onmessage?: ((message: JSONRPCMessage, extra?: MessageExtraInfo) => void) | undefined;
-  private readonly byRequest = new Map<RequestId, Exchange>();
-  private standalone: { raw: ServerResponse; timer: NodeJS.Timeout } | undefined;
-  private closed = false;
-  /** Requests and streams open now; an idle session may be swept. */
-  busy = 0;
-
-  constructor(readonly sessionId: string) {}
-
-  async start(): Promise<void> {}
-
-  async send(message: JSONRPCMessage, options?: TransportSendOptions): Promise<void> {
-    const id = isResponse(message) ? message.id : options?.relatedRequestId;
-    if (id === undefined) {
-      // Server-initiated: the GET stream if the client opened one, otherwise it is dropped.
-      const s = this.standalone;
-      if (s && !s.raw.writableEnded) s.raw.write(sseFrame(message));
-      return;
-    }
-    const ex = this.byRequest.get(id);
-    if (!ex) return; // the client went away or cancelled
-    if (isResponse(message)) this.byRequest.delete(id);
-    ex.deliver(id, message);
-  }
-
-  async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    const exchanges = new Set(this.byRequest.values());
-    this.byRequest.clear();
-    for (const ex of exchanges) ex.finish();
-    this.closeStandalone();
-    this.onclose?.();
-  }
-
-  get isClosed(): boolean {
-    return this.closed;
-  }
-
-  /** Hand a POST's messages to the server; resolves once its HTTP response is complete. */
-  async handlePost(messages: JSONRPCMessage[], batch: boolean, req: FastifyRequest, raw: ServerResponse): Promise<void> {
-    const requests = messages.filter(isJSONRPCRequest);
-    const extra: MessageExtraInfo = { requestInfo: { headers: req.headers as Record<string, string | string[] | undefined> } };
-    if (requests.length === 0) {
-      for (const m of messages) this.dispatch(m, extra);
-      raw.writeHead(202, { 'mcp-session-id': this.sessionId });
-      raw.end();
-      return;
-    }
-    const wantsProgress = requests.some((r) => r.method === 'tools/call' && (r.params as { _meta?: { progressToken?: unknown } } | undefined)?._meta?.progressToken !== undefined);
-    const mode = wantsProgress && accepts(req, 'text/event-stream') ? 'sse' : 'json';
-    const ex = new Exchange(
-      requests.map((r) => r.id),
-      mode,
-      raw,
-      this.sessionId,
-      batch,
-    );
-    for (const r of requests) this.byRequest.set(r.id, ex);
-    raw.once('close', () => {
-      // The client hung up: its responses have nowhere to go (the requests themselves go on).
-      for (const id of ex.ids) if (this.byRequest.get(id) === ex) this.byRequest.delete(id);
-    });
-    this.busy++;
-    try {
-      for (const m of messages) this.dispatch(m, extra);
-      await ex.done;
-    } finally {
-      this.busy--;
-    }
-  }
-
-  private dispatch(m: JSONRPCMessage, extra: MessageExtraInfo): void {
-    this.onmessage?.(m, extra);
-    // A cancelled request gets no response (the SDK sends none): release its HTTP exchange.
-    if (isJSONRPCNotification(m) && m.method === 'notifications/cancelled') {
-      const id = (m.params as { requestId?: RequestId } | undefined)?.requestId;
-      if (id !== undefined) {
-        const ex = this.byRequest.get(id);
-        this.byRequest.delete(id);
-        ex?.settle(id);
-      }
-    }
-  }
-
-  /** GET: the stream for messages the server sends on its own. Resolves when it closes. */
-  async openStandalone(raw: ServerResponse): Promise<boolean> {
-    if (this.standalone && !this.standalone.raw.writableEnded) return false;
-    openSse(raw, this.sessionId);
-    const timer = setInterval(() => raw.write(': keep-alive\n\n'), KEEPALIVE_MS);
-    timer.unref();
-    this.standalone = { raw, timer };
-    this.busy++;
-    await new Promise<void>((resolve) => raw.once('close', () => resolve()));
-    clearInterval(timer);
-    if (this.standalone?.raw === raw) this.standalone = undefined;
-    this.busy--;
-    return true;
-  }
-
-  private closeStandalone(): void {
-    const s = this.standalone;
-    this.standalone = undefined;
-    if (s) {
-      clearInterval(s.timer);
-      s.raw.end();
-    }
-  }
 }
 
 // --- routes ------------------------------------------------------------------------
@@ -351,6 +151,13 @@ export function registerMcpRoutes(app: FastifyInstance, services: Services, opts
   const idleMs = opts.sessionIdleMs ?? 30 * 60_000;
   const maxSessions = opts.maxSessions ?? 1000;
   const sessions = new Map<string, Session>();
+  const stateless = new StatelessMcp({
+    backendFor: (principal) => servicesBackend(services, principal),
+    defaultTemplate,
+    version: services.version,
+    onUnexpectedError: (err, where) => app.log.error({ err, where }, 'MCP call failed unexpectedly'),
+    onRejected: (err) => app.log.debug({ err: err.message }, 'MCP request rejected'),
+  });
 
   const endSession = async (s: Session) => {
     sessions.delete(s.id);
@@ -372,7 +179,7 @@ export function registerMcpRoutes(app: FastifyInstance, services: Services, opts
       session: newSessionState(),
       onUnexpectedError: (err, where) => log.error({ err, where, session: id }, 'MCP call failed unexpectedly'),
     });
-    const transport = new SessionTransport(id);
+    const transport = new SessionTransport(id, opts.replay);
     await server.connect(transport);
     const s: Session = { id, owner, server, transport, lastSeen: Date.now() };
     sessions.set(id, s);
@@ -420,6 +227,14 @@ export function registerMcpRoutes(app: FastifyInstance, services: Services, opts
         if (!accepts(req, 'text/event-stream')) return jsonRpcError(raw, 406, -32000, 'Not Acceptable: a GET must accept text/event-stream');
         const s = findSession(req, raw, owner);
         if (!s) return;
+        const last = req.headers['last-event-id'];
+        if (typeof last === 'string' && last !== '') {
+          if (!(await s.transport.resume(last, raw))) {
+            jsonRpcError(raw, 404, -32000, `Not Found: nothing to resume after event ${JSON.stringify(last.slice(0, 64))} (unknown id, or the stream ended)`);
+          }
+          s.lastSeen = Date.now();
+          return;
+        }
         if (!(await s.transport.openStandalone(raw))) {
           jsonRpcError(raw, 409, -32000, 'Conflict: this session already has a GET stream open');
         }
@@ -456,11 +271,18 @@ export function registerMcpRoutes(app: FastifyInstance, services: Services, opts
     const items = batch ? (parsed as unknown[]) : [parsed];
     const messages: JSONRPCMessage[] = [];
     for (const item of items) {
-      const r = JSONRPCMessageSchema.safeParse(item);
-      if (!r.success) return jsonRpcError(raw, 400, -32600, 'Invalid Request: not a JSON-RPC 2.0 message');
-      messages.push(r.data);
+      try {
+        messages.push(parseJSONRPCMessage(item));
+      } catch {
+        return jsonRpcError(raw, 400, -32600, 'Invalid Request: not a JSON-RPC 2.0 message');
+      }
     }
     if (messages.length === 0) return jsonRpcError(raw, 400, -32600, 'Invalid Request: empty batch');
+
+    const url = `http://${req.headers.host ?? 'localhost'}${req.url}`;
+    if (await StatelessMcp.isModern(url, req.headers, parsed)) {
+      return stateless.serve(url, req.headers, req.body, parsed, principals.get(req) ?? principalOf(req), raw);
+    }
 
     const init = messages.some(isInitializeRequest);
     let s: Session | undefined;
@@ -473,7 +295,7 @@ export function registerMcpRoutes(app: FastifyInstance, services: Services, opts
       s = findSession(req, raw, owner);
       if (!s) return;
     }
-    await s.transport.handlePost(messages, batch, req, raw);
+    await s.transport.handlePost(messages, batch, accepts(req, 'text/event-stream'), raw);
     s.lastSeen = Date.now();
   };
 
@@ -486,6 +308,7 @@ export function registerMcpRoutes(app: FastifyInstance, services: Services, opts
     scope.addHook('preClose', async () => {
       clearInterval(sweeper);
       await Promise.all([...sessions.values()].map(endSession));
+      await stateless.close();
     });
   });
 }

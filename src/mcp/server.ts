@@ -1,11 +1,12 @@
 /**
  * The adapter between our SDK-free tool definitions (tools.ts) and the MCP
- * TypeScript SDK 1.x: one McpServer per MCP session, with every tool, the
- * sandbox-files resource template and the logging capability. This is the
- * only module (with the transports) that imports the SDK's server API.
+ * TypeScript SDK v2 (`@modelcontextprotocol/server`): one McpServer per
+ * serving unit (a 2025-era session, a stdio connection, or one stateless
+ * 2026-07-28 request), with every tool, the sandbox-files resource template
+ * and the logging capability. This is the only module (with the transports)
+ * that imports the SDK's server API.
  */
-import { McpServer, ResourceTemplate } from '@modelcontextprotocol/sdk/server/mcp.js';
-import { McpError, type CallToolResult, type ReadResourceResult } from '@modelcontextprotocol/sdk/types.js';
+import { McpServer, ProtocolError, ProtocolErrorCode, ResourceNotFoundError, ResourceTemplate, type CallToolResult, type ReadResourceResult, type ReadResourceTemplateCallback } from '@modelcontextprotocol/server';
 import { isCapsuleError } from '../errors/index.js';
 import type { McpBackend } from './backend.js';
 import { TOOLS, encodeContent, errorText, newSessionState, type SessionState, type ToolDef } from './tools.js';
@@ -28,15 +29,13 @@ export function defaultMcpTemplate(explicit?: string): string {
 }
 
 export const RESOURCE_TEMPLATE = 'capsule://sandboxes/{id}/files/{+path}';
+export const ROOT_TEMPLATE = 'capsule://sandboxes/{id}/files/';
 
 const INSTRUCTIONS = `Capsule runs code in isolated Linux sandboxes.
-Create one with sandbox_create (or just call run_command / run_code / write_file without sandbox_id: a sandbox is created and becomes this session's default).
+Create one with sandbox_create (or just call run_command / run_code / write_file without sandbox_id: a sandbox is created and, when your client keeps an MCP session, becomes its default).
 Pass the returned sandbox_id to later calls to stay in the same sandbox. A command that exits non-zero is a normal result with its exit_code.
 Sandboxes die when their timeout passes (default 5 minutes); extend it with sandbox_set_timeout and kill them with sandbox_kill when done.
 Files are also resources: capsule://sandboxes/{id}/files/{path}.`;
-
-/** JSON-RPC code the spec gives "resource not found". */
-const RESOURCE_NOT_FOUND = -32002;
 
 const MIME_BY_EXT: Record<string, string> = {
   txt: 'text/plain', md: 'text/markdown', py: 'text/x-python', js: 'text/javascript', ts: 'text/x-typescript', json: 'application/json',
@@ -75,20 +74,20 @@ function registerTool(server: McpServer, def: ToolDef, opts: McpServerOptions, s
       outputSchema: def.output,
       annotations: def.annotations,
     },
-    async (args: unknown, extra): Promise<CallToolResult> => {
-      const token = extra._meta?.progressToken;
+    async (args: unknown, ctx): Promise<CallToolResult> => {
+      const token = ctx.mcpReq._meta?.progressToken;
       let sent = 0;
       const progress =
         token === undefined
           ? undefined
           : (message: string) => {
               sent += 1;
-              extra
-                .sendNotification({ method: 'notifications/progress', params: { progressToken: token, progress: sent, message } })
+              ctx.mcpReq
+                .notify({ method: 'notifications/progress', params: { progressToken: token, progress: sent, message } })
                 .catch(() => undefined);
             };
       try {
-        const out = await def.handler(args as never, { backend: opts.backend, session, defaultTemplate: opts.defaultTemplate, signal: extra.signal, progress });
+        const out = await def.handler(args as never, { backend: opts.backend, session, defaultTemplate: opts.defaultTemplate, signal: ctx.mcpReq.signal, progress });
         return {
           content: [{ type: 'text', text: out.text }],
           structuredContent: out.structured as Record<string, unknown>,
@@ -121,6 +120,7 @@ function registerFiles(server: McpServer, opts: McpServerOptions): void {
       };
     },
   });
+  const read = readFile(opts);
   server.registerResource(
     'sandbox-file',
     template,
@@ -128,32 +128,48 @@ function registerFiles(server: McpServer, opts: McpServerOptions): void {
       title: 'File in a sandbox',
       description: 'A file or directory inside a running sandbox. Directories read as a listing (one entry per line, / after directories).',
     },
-    async (uri, vars): Promise<ReadResourceResult> => {
-      const id = String(vars.id ?? '');
-      const raw = Array.isArray(vars.path) ? vars.path.join('/') : String(vars.path ?? '');
-      const path = `/${decodeURIComponent(raw)}`;
-      try {
-        const st = await opts.backend.statFile(id, path);
-        if (st.type === 'dir') {
-          const r = await opts.backend.listFiles(id, path, 10_000);
-          const lines = r.entries.map((e) => (e.type === 'dir' ? `${e.name}/` : e.name));
-          if (r.truncated) lines.push('(more entries not shown)');
-          return { contents: [{ uri: uri.href, mimeType: 'inode/directory', text: lines.join('\n') }] };
-        }
-        const data = await opts.backend.readFile(id, path, 16 * 1024 * 1024);
-        const enc = encodeContent(data);
-        return {
-          contents: [
-            enc.encoding === 'utf8'
-              ? { uri: uri.href, mimeType: mimeFor(path, false), text: enc.content }
-              : { uri: uri.href, mimeType: mimeFor(path, true), blob: enc.content },
-          ],
-        };
-      } catch (err) {
-        const e = errorText(err);
-        if (e.code === 'internal') opts.onUnexpectedError?.(err, 'resources/read');
-        throw new McpError(e.code === 'not_found' ? RESOURCE_NOT_FOUND : -32603, `${e.code}: ${e.message}`, { uri: uri.href });
-      }
-    },
+    read,
   );
+  // `{+path}` does not match an empty path, so the root URIs that resources/list
+  // hands out need a template of their own to be readable.
+  server.registerResource(
+    'sandbox-root',
+    new ResourceTemplate(ROOT_TEMPLATE, { list: undefined }),
+    { title: 'Root directory of a sandbox', description: 'The listing of / in a running sandbox (one entry per line, / after directories).', mimeType: 'inode/directory' },
+    read,
+  );
+}
+
+/** resources/read for both templates: a file's content, or a directory's listing. */
+function readFile(opts: McpServerOptions): ReadResourceTemplateCallback {
+  return async (uri, vars): Promise<ReadResourceResult> => {
+    const id = String(vars.id ?? '');
+    const raw = Array.isArray(vars.path) ? vars.path.join('/') : String(vars.path ?? '');
+    const path = `/${decodeURIComponent(raw)}`;
+    try {
+      const st = await opts.backend.statFile(id, path);
+      if (st.type === 'dir') {
+        const r = await opts.backend.listFiles(id, path, 10_000);
+        const lines = r.entries.map((e) => (e.type === 'dir' ? `${e.name}/` : e.name));
+        if (r.truncated) lines.push('(more entries not shown)');
+        return { contents: [{ uri: uri.href, mimeType: 'inode/directory', text: lines.join('\n') }] };
+      }
+      const data = await opts.backend.readFile(id, path, 16 * 1024 * 1024);
+      const enc = encodeContent(data);
+      return {
+        contents: [
+          enc.encoding === 'utf8'
+            ? { uri: uri.href, mimeType: mimeFor(path, false), text: enc.content }
+            : { uri: uri.href, mimeType: mimeFor(path, true), blob: enc.content },
+        ],
+      };
+    } catch (err) {
+      const e = errorText(err);
+      if (e.code === 'internal') opts.onUnexpectedError?.(err, 'resources/read');
+      // The SDK encodes a missing resource as -32602 with the URI in data (SEP-2164), in both eras.
+      if (e.code === 'not_found') throw new ResourceNotFoundError(uri.href, `${e.code}: ${e.message}`);
+      const code = e.code === 'invalid_argument' ? ProtocolErrorCode.InvalidParams : ProtocolErrorCode.InternalError;
+      throw new ProtocolError(code, `${e.code}: ${e.message}`, { uri: uri.href });
+    }
+  };
 }

@@ -73,7 +73,7 @@ function tool<I extends z.ZodObject, O extends z.ZodObject>(def: ToolDef<I, O>):
 // --- shared fields --------------------------------------------------------------
 
 const OptionalSandboxId = SandboxId.optional().describe(
-  'Sandbox to use (from sandbox_create or an earlier result). Omit it to use this session\'s default sandbox; one is created when there is none, and its id is returned',
+  'Sandbox to use (from sandbox_create or an earlier result). Omit it to use this session\'s default sandbox; one is created when there is none (always, for stateless clients), and its id is returned',
 );
 const SandboxRef = {
   sandbox_id: SandboxId.describe('The sandbox the call acted on'),
@@ -119,7 +119,7 @@ async function useSandbox(id: string | undefined, ctx: ToolContext): Promise<{ s
 
 function createdNote(ref: { sandbox_id: string; sandbox_created?: true }, template: string): string {
   return ref.sandbox_created
-    ? `Created sandbox ${ref.sandbox_id} (template ${template}) because no sandbox_id was given; it is now this session's default. Pass sandbox_id=${ref.sandbox_id} to keep using it.\n`
+    ? `Created sandbox ${ref.sandbox_id} (template ${template}) because no sandbox_id was given; it is now this session's default (stateless clients have none). Pass sandbox_id=${ref.sandbox_id} to keep using it.\n`
     : '';
 }
 

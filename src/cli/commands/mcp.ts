@@ -7,6 +7,11 @@
  *    and calls its services directly; sandboxes this session created are
  *    killed when the client disconnects.
  *
+ * Both protocol eras are served (SDK v2's serveStdio decides per connection
+ * from its first message): a 2025-era client opens with `initialize`, a
+ * 2026-07-28 client just sends requests carrying the version in `_meta`.
+ * One process serves one client, so the default sandbox is per process.
+ *
  * stdout carries the protocol; logs go to stderr only.
  */
 import type { Command } from 'commander';
@@ -31,7 +36,7 @@ export function registerMcpCommand(program: Command): void {
     .option('--runtime <runtime>', 'with --embedded: OCI runtime (env CAPSULE_RUNTIME, default crun)')
     .option('--log-level <level>', 'with --embedded: daemon log level on stderr (default warn)')
     .action(async (opts: McpOptions, cmd: Command) => {
-      const { StdioServerTransport } = await import('@modelcontextprotocol/sdk/server/stdio.js');
+      const { serveStdio } = await import('@modelcontextprotocol/server/stdio');
       const { createMcpServer, defaultMcpTemplate } = await import('../../mcp/server.js');
       const { sdkBackend, servicesBackend } = await import('../../mcp/backend.js');
       const { newSessionState } = await import('../../mcp/tools.js');
@@ -58,24 +63,22 @@ export function registerMcpCommand(program: Command): void {
         backend = sdkBackend(connection(cmd));
       }
 
-      const server = createMcpServer({
-        backend,
-        defaultTemplate: defaultMcpTemplate(opts.template),
-        version: packageVersion(),
-        session,
-        onUnexpectedError: (err, where) => process.stderr.write(`capsule mcp: ${where}: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`),
-      });
-      const transport = new StdioServerTransport();
+      const report = (err: unknown, where: string) => process.stderr.write(`capsule mcp: ${where}: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+      // Called once for the connection (and once more for a discovery probe the SDK may throw away).
+      const factory = () =>
+        createMcpServer({ backend, defaultTemplate: defaultMcpTemplate(opts.template), version: packageVersion(), session, onUnexpectedError: report });
       let closing = false;
       const stop = () => {
         if (closing) return;
         closing = true;
-        void shutdown().finally(() => process.exit(0));
+        void Promise.allSettled([handle.close()])
+          .then(() => shutdown())
+          .finally(() => process.exit(0));
       };
-      transport.onclose = stop;
+      const handle = serveStdio(factory, { onerror: (err) => report(err, 'stdio') });
+      // The SDK owns the transport; the end of stdin is our signal that the client went away.
       process.stdin.once('end', stop);
       process.once('SIGINT', stop);
       process.once('SIGTERM', stop);
-      await server.connect(transport);
     });
 }

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { api, authHeaders, removeDataDir, type TestDaemon } from '../../helpers/daemon.js';
-import { INIT_BODY, TRANSPORTS, connectClient, rawPost, startMcpDaemon, type Connected } from './fixture.js';
+import { INIT_BODY, TRANSPORTS, connectClient, isStateless, rawPost, startMcpDaemon, type Connected } from './fixture.js';
 
 let d: TestDaemon;
 
@@ -45,7 +45,7 @@ for (const kind of TRANSPORTS) {
   describe(`mcp over ${kind}`, () => {
     let c: Connected;
     let sandboxId: string;
-    const call = async (name: string, args: Record<string, unknown>) => (await c.client.callTool({ name, arguments: args })) as CallToolResult;
+    const call = (name: string, args: Record<string, unknown>) => c.client.callTool(name, args);
 
     before(async () => {
       c = await connectClient(kind, d);
@@ -106,12 +106,20 @@ for (const kind of TRANSPORTS) {
       const ls = await call('list_files', { sandbox_id: sandboxId, path: '/tmp/mcp' });
       assert.deepEqual((ls.structuredContent as { entries: Array<{ name: string }> }).entries.map((e) => e.name), ['hello.txt']);
 
-      const res = await c.client.readResource({ uri: `capsule://sandboxes/${sandboxId}/files/tmp/mcp/hello.txt` });
+      const res = await c.client.readResource(`capsule://sandboxes/${sandboxId}/files/tmp/mcp/hello.txt`);
       assert.equal((res.contents[0] as { text?: string }).text, `hi from ${kind}\n`);
       const templates = await c.client.listResourceTemplates();
       assert.ok(templates.resourceTemplates.some((t) => t.uriTemplate === 'capsule://sandboxes/{id}/files/{+path}'));
       const roots = await c.client.listResources();
       assert.ok(roots.resources.some((x) => x.uri === `capsule://sandboxes/${sandboxId}/files/`));
+      await assert.rejects(c.client.readResource(`capsule://sandboxes/${sandboxId}/files/no/such/file`), (err: Error & { code?: number }) => {
+        assert.equal(err.code, -32602, err.message);
+        assert.match(err.message, /not_found/);
+        return true;
+      });
+      // The root URIs resources/list hands out are readable too.
+      const root = await c.client.readResource(`capsule://sandboxes/${sandboxId}/files/`);
+      assert.match((root.contents[0] as { text?: string }).text ?? '', /^tmp\/$/m);
 
       const rm = await call('remove_file', { sandbox_id: sandboxId, path: '/tmp/mcp', recursive: true });
       assert.notEqual(rm.isError, true, text(rm));
@@ -129,26 +137,39 @@ for (const kind of TRANSPORTS) {
       assert.match(text(py), /python3 is not installed in sandbox .* \(template busybox\): use the debian template/);
     });
 
-    it('creates a default sandbox when sandbox_id is omitted, and keeps using it', async () => {
+    it('creates a sandbox when sandbox_id is omitted; with a session it becomes the default', async () => {
       // A fresh session has no default sandbox (this one's default is the sandbox created above).
       const fresh = await connectClient(kind, d);
-      const call = async (name: string, args: Record<string, unknown>) => (await fresh.client.callTool({ name, arguments: args })) as CallToolResult;
+      const call = (name: string, args: Record<string, unknown>) => fresh.client.callTool(name, args);
       const first = await call('run_command', { command: 'echo first > /tmp/mark' });
       assert.notEqual(first.isError, true, text(first));
       const s1 = first.structuredContent as { sandbox_id: string; sandbox_created?: boolean };
       assert.equal(s1.sandbox_created, true);
       assert.match(text(first), new RegExp(`Created sandbox ${s1.sandbox_id}`));
+      const made = [s1.sandbox_id];
       try {
-        const second = await call('read_file', { path: '/tmp/mark' });
-        const s2 = second.structuredContent as { sandbox_id: string; sandbox_created?: boolean; content: string };
-        assert.equal(s2.sandbox_id, s1.sandbox_id);
-        assert.equal(s2.sandbox_created, undefined);
-        assert.equal(s2.content, 'first\n');
+        if (isStateless(kind)) {
+          // No session, no default: the next call without sandbox_id gets a sandbox of its own.
+          const second = await call('run_command', { command: 'cat /tmp/mark 2>/dev/null || echo none' });
+          const s2 = second.structuredContent as { sandbox_id: string; sandbox_created?: boolean; stdout: string };
+          made.push(s2.sandbox_id);
+          assert.equal(s2.sandbox_created, true);
+          assert.notEqual(s2.sandbox_id, s1.sandbox_id);
+          assert.equal(s2.stdout, 'none\n');
+        } else {
+          const second = await call('read_file', { path: '/tmp/mark' });
+          const s2 = second.structuredContent as { sandbox_id: string; sandbox_created?: boolean; content: string };
+          assert.equal(s2.sandbox_id, s1.sandbox_id);
+          assert.equal(s2.sandbox_created, undefined);
+          assert.equal(s2.content, 'first\n');
+        }
         const info = await api(d.url, 'GET', `/v1/sandboxes/${s1.sandbox_id}`);
         assert.equal(info.json.template, 'busybox');
       } finally {
-        const k = await call('sandbox_kill', { sandbox_id: s1.sandbox_id });
-        assert.equal((k.structuredContent as { state: string }).state, 'killed');
+        for (const id of made) {
+          const k = await call('sandbox_kill', { sandbox_id: id });
+          assert.equal((k.structuredContent as { state: string }).state, 'killed');
+        }
         await fresh.close();
       }
     });
@@ -156,11 +177,11 @@ for (const kind of TRANSPORTS) {
     it('sends progress notifications while a command prints slowly', async () => {
       const seen: Array<{ progress: number; message?: string | undefined; at: number }> = [];
       const started = Date.now();
-      const r = (await c.client.callTool(
-        { name: 'run_command', arguments: { sandbox_id: sandboxId, command: 'for i in 1 2 3; do echo line$i; sleep 0.4; done' } },
-        undefined,
+      const r = await c.client.callTool(
+        'run_command',
+        { sandbox_id: sandboxId, command: 'for i in 1 2 3; do echo line$i; sleep 0.4; done' },
         { onprogress: (p) => seen.push({ progress: p.progress, message: p.message, at: Date.now() - started }) },
-      )) as CallToolResult;
+      );
       const took = Date.now() - started;
       assert.notEqual(r.isError, true, text(r));
       assert.equal((r.structuredContent as { stdout: string }).stdout, 'line1\nline2\nline3\n');
@@ -174,11 +195,7 @@ for (const kind of TRANSPORTS) {
     it('cancelling the request kills the command', async () => {
       const marker = `sleep-${kind}-${Date.now() % 100000}`;
       const ac = new AbortController();
-      const pending = c.client.callTool(
-        { name: 'run_command', arguments: { sandbox_id: sandboxId, command: `sleep 30 # ${marker}`, timeout_ms: 60_000 } },
-        undefined,
-        { signal: ac.signal },
-      );
+      const pending = c.client.callTool('run_command', { sandbox_id: sandboxId, command: `sleep 30 # ${marker}`, timeout_ms: 60_000 }, { signal: ac.signal });
       pending.catch(() => undefined);
       type Proc = { pid: number; cmd: string[]; running: boolean };
       const find = async (): Promise<Proc | undefined> =>

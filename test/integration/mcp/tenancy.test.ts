@@ -1,9 +1,9 @@
 /** MCP uses the same API keys as REST: a client without the sandbox owner's key cannot use it. */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { api, type TestDaemon } from '../../helpers/daemon.js';
 import { TRANSPORTS, connectClient, rawPost, startMcpDaemon } from './fixture.js';
+import { modernRequest } from './wire.js';
 
 let d: TestDaemon;
 let alice: string;
@@ -34,20 +34,28 @@ describe('mcp: API keys and owners', () => {
       const a = await connectClient(kind, d, alice);
       const b = await connectClient(kind, d, bob);
       try {
-        const made = (await a.client.callTool({ name: 'sandbox_create', arguments: { template: 'busybox' } })) as CallToolResult;
+        const made = await a.client.callTool('sandbox_create', { template: 'busybox' });
         assert.ok(!made.isError, JSON.stringify(made));
         const id = (made.structuredContent as { sandbox_id?: string; id?: string }).sandbox_id ?? (made.structuredContent as { id: string }).id;
         assert.match(id, /^sbx-/);
-        const own = (await a.client.callTool({ name: 'run_command', arguments: { sandbox_id: id, command: 'echo mine' } })) as CallToolResult;
+        const own = await a.client.callTool('run_command', { sandbox_id: id, command: 'echo mine' });
         assert.equal((own.structuredContent as { stdout: string }).stdout, 'mine\n');
-        const theirs = (await b.client.callTool({ name: 'run_command', arguments: { sandbox_id: id, command: 'echo stolen' } })) as CallToolResult;
+        const theirs = await b.client.callTool('run_command', { sandbox_id: id, command: 'echo stolen' });
         assert.equal(theirs.isError, true);
         assert.doesNotMatch(JSON.stringify(theirs), /stolen/);
-        const list = (await b.client.callTool({ name: 'sandbox_list', arguments: {} })) as CallToolResult;
+        const list = await b.client.callTool('sandbox_list', {});
         assert.doesNotMatch(JSON.stringify(list.structuredContent), new RegExp(id));
-        const read = (await b.client.callTool({ name: 'read_file', arguments: { sandbox_id: id, path: '/etc/hostname' } })) as CallToolResult;
+        const read = await b.client.callTool('read_file', { sandbox_id: id, path: '/etc/hostname' });
         assert.equal(read.isError, true);
-        await a.client.callTool({ name: 'sandbox_kill', arguments: { sandbox_id: id } });
+        // The same for a stateless (2026-07-28) request with bob's key: no session, same owner check.
+        const m = modernRequest(9, 'tools/call', { name: 'run_command', arguments: { sandbox_id: id, command: 'echo stolen' } });
+        const port = new URL(d.url).port;
+        const stateless = await rawPost(`${d.url}/mcp`, { 'content-type': 'application/json', accept: 'application/json, text/event-stream', host: `127.0.0.1:${port}`, authorization: `Bearer ${bob}`, ...m.headers }, m.body);
+        assert.equal(stateless.status, 200, stateless.body);
+        assert.equal(JSON.parse(stateless.body).result.isError, true);
+        assert.match(stateless.body, /not_found/);
+        assert.doesNotMatch(stateless.body, /"stdout":"stolen/);
+        await a.client.callTool('sandbox_kill', { sandbox_id: id });
       } finally {
         await a.close();
         await b.close();
