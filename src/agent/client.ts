@@ -652,6 +652,16 @@ class Connection implements AgentConnection {
   }
 }
 
+/**
+ * File reads keep up to this much in flight (the protocol's initial 256 KiB
+ * plus one grant at the start). With only 256 KiB the agent stalled for a
+ * WINDOW round trip every few frames; this is also the most a READ channel
+ * holds in daemon memory besides the stream's own buffer, whatever the consumer does.
+ */
+export const READ_WINDOW = 1024 * 1024;
+/** Credit goes back in batches of this size, not per 64 KiB frame: a WINDOW is a write to the agent and a wakeup for it. */
+export const READ_GRANT_BATCH = READ_WINDOW / 4;
+
 class ReadChannel implements ChannelHandler {
   private stream: Readable | undefined;
   private recvLeft = INIT_WINDOW;
@@ -691,6 +701,8 @@ class ReadChannel implements ChannelHandler {
           cb(err);
         },
       });
+      this.recvLeft += READ_WINDOW - INIT_WINDOW;
+      this.conn.send(this.id, FT.WINDOW, STREAM_OUT, new PayloadWriter().u32(READ_WINDOW - INIT_WINDOW).finish());
       this.resolve({ size: this.size, stream: this.stream });
       return;
     }
@@ -721,8 +733,13 @@ class ReadChannel implements ChannelHandler {
     }
   }
 
+  /**
+   * Return consumed credit to the agent. Batching cannot stall the agent:
+   * recvLeft + heldGrant is always READ_WINDOW, so when the agent is out of
+   * credit the held amount is the whole window, well past the batch size.
+   */
   private release(): void {
-    if (this.done || this.heldGrant === 0) return;
+    if (this.done || this.heldGrant < READ_GRANT_BATCH) return;
     const n = this.heldGrant;
     this.heldGrant = 0;
     this.recvLeft += n;
