@@ -213,7 +213,8 @@ export class HttpClient {
     const { res, done, fail } = await this.send(method, path, opts, true);
     let value: unknown;
     try {
-      const text = Buffer.from(await readAll(res)).toString('utf8');
+      const bytes = await readAll(res);
+      const text = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8');
       value = text === '' ? undefined : JSON.parse(text);
     } catch (e) {
       if (e instanceof SyntaxError) throw new CapsuleError('internal', `${what}: the daemon sent a body that is not JSON`);
