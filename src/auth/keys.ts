@@ -6,6 +6,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import type { Db } from '../store/db.js';
+import { statementCache, type Statements } from '../store/statements.js';
 import { NotFoundError } from '../errors/index.js';
 
 export interface KeyLimits {
@@ -61,7 +62,11 @@ function fromRow(r: KeyRow): ApiKey {
 }
 
 export class KeyStore {
-  constructor(private readonly db: Db) {}
+  private readonly sql: Statements;
+
+  constructor(db: Db) {
+    this.sql = statementCache(db);
+  }
 
   /** Makes a key; the returned `secret` is never stored and cannot be shown again. */
   create(opts: { name: string; owner?: string; admin?: boolean; limits?: Partial<KeyLimits> }): { key: ApiKey; secret: string } {
@@ -78,8 +83,8 @@ export class KeyStore {
       createdAt: Date.now(),
       revokedAt: null,
     };
-    this.db
-      .prepare(
+    this
+      .sql(
         `INSERT INTO api_keys (id, name, owner, hash, admin, max_sandboxes, max_memory_mb, rate_per_minute, created_at)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       )
@@ -90,22 +95,22 @@ export class KeyStore {
   /** The live key for a presented secret; revoked and unknown keys are the same: undefined. */
   verify(secret: string): ApiKey | undefined {
     if (!secret.startsWith(KEY_PREFIX) || secret.length > 200) return undefined;
-    const row = this.db.prepare('SELECT * FROM api_keys WHERE hash = ? AND revoked_at IS NULL').get(hashKey(secret)) as KeyRow | undefined;
+    const row = this.sql('SELECT * FROM api_keys WHERE hash = ? AND revoked_at IS NULL').get(hashKey(secret)) as KeyRow | undefined;
     return row ? fromRow(row) : undefined;
   }
 
   list(): ApiKey[] {
-    return (this.db.prepare('SELECT * FROM api_keys ORDER BY created_at').all() as KeyRow[]).map(fromRow);
+    return (this.sql('SELECT * FROM api_keys ORDER BY created_at').all() as KeyRow[]).map(fromRow);
   }
 
   revoke(id: string): ApiKey {
-    this.db.prepare('UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL').run(Date.now(), id);
-    const row = this.db.prepare('SELECT * FROM api_keys WHERE id = ?').get(id) as KeyRow | undefined;
+    this.sql('UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL').run(Date.now(), id);
+    const row = this.sql('SELECT * FROM api_keys WHERE id = ?').get(id) as KeyRow | undefined;
     if (!row) throw new NotFoundError(`key ${id} not found`, { id });
     return fromRow(row);
   }
 
   hasAdmin(): boolean {
-    return this.db.prepare('SELECT 1 FROM api_keys WHERE admin = 1 AND revoked_at IS NULL LIMIT 1').get() !== undefined;
+    return this.sql('SELECT 1 FROM api_keys WHERE admin = 1 AND revoked_at IS NULL LIMIT 1').get() !== undefined;
   }
 }

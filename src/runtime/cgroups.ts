@@ -3,6 +3,7 @@
  * the "hybrid" layout crun refuses, and removing a sandbox's leftover cgroup
  * directories after the runtime deleted the container.
  */
+import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { unescapeMountPath } from './overlay.js';
@@ -176,7 +177,9 @@ export async function readOomKills(cgroupsPath: string): Promise<number> {
   const mountPoint = await memoryMount;
   if (!mountPoint) return 0;
   try {
-    const text = await fsp.readFile(path.join(mountPoint, cgroupsPath.replace(/^\/+/, ''), 'memory.oom_control'), 'utf8');
+    // Synchronous on purpose: a cgroupfs file is generated in memory and never blocks (about 10 µs), while
+    // fs/promises' readFile costs four thread-pool round trips (about 0.25 ms), which was a tenth of every exec.
+    const text = fs.readFileSync(path.join(mountPoint, cgroupsPath.replace(/^\/+/, ''), 'memory.oom_control'), 'utf8');
     const m = /^oom_kill (\d+)$/m.exec(text);
     return m ? Number(m[1]) : 0;
   } catch {

@@ -3,6 +3,7 @@
  * file only maps rows to objects and back.
  */
 import type { Db } from '../store/db.js';
+import { statementCache, type Statements } from '../store/statements.js';
 import type { ResourceLimits } from '../config/index.js';
 
 export type SandboxStateName = 'creating' | 'running' | 'killed' | 'expired' | 'failed';
@@ -62,11 +63,15 @@ function fromRow(r: SandboxRow): SandboxRecord {
 }
 
 export class SandboxStore {
-  constructor(private readonly db: Db) {}
+  private readonly sql: Statements;
+
+  constructor(db: Db) {
+    this.sql = statementCache(db);
+  }
 
   insert(s: SandboxRecord): void {
-    this.db
-      .prepare(
+    this
+      .sql(
         `INSERT INTO sandboxes (id, template, state, owner, created_at, expires_at, envs, metadata, resources)
          VALUES (@id, @template, @state, @owner, @createdAt, @expiresAt, @envs, @metadata, @resources)`,
       )
@@ -79,31 +84,31 @@ export class SandboxStore {
   }
 
   get(id: string): SandboxRecord | undefined {
-    const row = this.db.prepare('SELECT * FROM sandboxes WHERE id = ?').get(id) as SandboxRow | undefined;
+    const row = this.sql('SELECT * FROM sandboxes WHERE id = ?').get(id) as SandboxRow | undefined;
     return row ? fromRow(row) : undefined;
   }
 
   listByStates(states: readonly SandboxStateName[]): SandboxRecord[] {
     const marks = states.map(() => '?').join(',');
-    const rows = this.db
-      .prepare(`SELECT * FROM sandboxes WHERE state IN (${marks}) ORDER BY created_at`)
+    const rows = this
+      .sql(`SELECT * FROM sandboxes WHERE state IN (${marks}) ORDER BY created_at`)
       .all(...states) as SandboxRow[];
     return rows.map(fromRow);
   }
 
   listAll(limit = 1000): SandboxRecord[] {
-    const rows = this.db.prepare('SELECT * FROM sandboxes ORDER BY created_at DESC LIMIT ?').all(limit) as SandboxRow[];
+    const rows = this.sql('SELECT * FROM sandboxes ORDER BY created_at DESC LIMIT ?').all(limit) as SandboxRow[];
     return rows.map(fromRow);
   }
 
   setState(id: string, state: SandboxStateName): void {
-    this.db.prepare('UPDATE sandboxes SET state = ? WHERE id = ?').run(state, id);
+    this.sql('UPDATE sandboxes SET state = ? WHERE id = ?').run(state, id);
   }
 
   /** Final states only; returns false when the sandbox had already ended. */
   end(id: string, state: 'killed' | 'expired' | 'failed', reason: string, at: number): boolean {
-    const r = this.db
-      .prepare(
+    const r = this
+      .sql(
         `UPDATE sandboxes SET state = ?, end_reason = ?, ended_at = ?
          WHERE id = ? AND state IN ('creating', 'running')`,
       )
@@ -112,19 +117,19 @@ export class SandboxStore {
   }
 
   setExpiry(id: string, expiresAt: number): void {
-    this.db.prepare('UPDATE sandboxes SET expires_at = ? WHERE id = ?').run(expiresAt, id);
+    this.sql('UPDATE sandboxes SET expires_at = ? WHERE id = ?').run(expiresAt, id);
   }
 
   expiredRunning(now: number): string[] {
-    const rows = this.db
-      .prepare(`SELECT id FROM sandboxes WHERE state = 'running' AND expires_at <= ?`)
+    const rows = this
+      .sql(`SELECT id FROM sandboxes WHERE state = 'running' AND expires_at <= ?`)
       .all(now) as Array<{ id: string }>;
     return rows.map((r) => r.id);
   }
 
   insertProcess(p: ProcessRecord): void {
-    this.db
-      .prepare(
+    this
+      .sql(
         `INSERT OR REPLACE INTO processes (sandbox_id, pid, argv, cwd, started_at, ended_at, exit_code)
          VALUES (?, ?, ?, ?, ?, ?, ?)`,
       )
@@ -132,13 +137,13 @@ export class SandboxStore {
   }
 
   endProcess(sandboxId: string, pid: number, exitCode: number, at: number): void {
-    this.db
-      .prepare('UPDATE processes SET exit_code = ?, ended_at = ? WHERE sandbox_id = ? AND pid = ? AND ended_at IS NULL')
+    this
+      .sql('UPDATE processes SET exit_code = ?, ended_at = ? WHERE sandbox_id = ? AND pid = ? AND ended_at IS NULL')
       .run(exitCode, at, sandboxId, pid);
   }
 
   getProcess(sandboxId: string, pid: number): ProcessRecord | undefined {
-    const r = this.db.prepare('SELECT * FROM processes WHERE sandbox_id = ? AND pid = ?').get(sandboxId, pid) as
+    const r = this.sql('SELECT * FROM processes WHERE sandbox_id = ? AND pid = ?').get(sandboxId, pid) as
       | { sandbox_id: string; pid: number; argv: string; cwd: string | null; started_at: number; ended_at: number | null; exit_code: number | null }
       | undefined;
     if (!r) return undefined;
@@ -154,6 +159,6 @@ export class SandboxStore {
   }
 
   deleteProcesses(sandboxId: string): void {
-    this.db.prepare('DELETE FROM processes WHERE sandbox_id = ?').run(sandboxId);
+    this.sql('DELETE FROM processes WHERE sandbox_id = ?').run(sandboxId);
   }
 }

@@ -7,6 +7,7 @@ import { Readable } from 'node:stream';
 import { NotFoundError } from '../errors/index.js';
 import { FileEntry, ListFilesResponse, WriteFileResponse } from '../schemas/index.js';
 import type { HttpClient } from './http.js';
+import type { RequestBody } from './transport.js';
 
 /** Anything `files.write` accepts as content. */
 export type WriteData = string | Uint8Array | ArrayBuffer | Blob | ReadableStream<Uint8Array> | NodeJS.ReadableStream;
@@ -88,10 +89,10 @@ export class Files {
    * the size written.
    */
   async write(path: string, data: WriteData, opts: WriteOptions = {}): Promise<{ path: string; size: number }> {
-    let body: BodyInit;
+    let body: RequestBody;
     let streamed = false;
     if (typeof data === 'string' || data instanceof Uint8Array || data instanceof ArrayBuffer || data instanceof Blob) {
-      body = data as BodyInit;
+      body = data;
     } else if (isWebStream(data)) {
       body = data;
       streamed = true;

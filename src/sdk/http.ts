@@ -17,6 +17,7 @@ import { CapsuleError, TimeoutError, UnavailableError, errorFromWire } from '../
 import type { ErrorCode } from '../errors/index.js';
 import { ErrorBody } from '../schemas/index.js';
 import type { ResolvedConnection } from './options.js';
+import { discard, readAll, readLimitedText, sendRequest, webStream, type RequestBody, type TransportResponse } from './transport.js';
 
 export type QueryValue = string | number | boolean | undefined;
 
@@ -24,8 +25,8 @@ export interface RequestOptions {
   query?: Record<string, QueryValue> | Array<[string, string]>;
   /** Sent as JSON with content-type application/json. */
   json?: unknown;
-  /** Sent as is (raw upload); a ReadableStream is sent with duplex 'half'. */
-  body?: BodyInit;
+  /** Sent as is (raw upload); a ReadableStream or Blob is streamed. */
+  body?: RequestBody;
   contentType?: string;
   signal?: AbortSignal | undefined;
   /**
@@ -72,27 +73,8 @@ export function isAbortError(e: unknown): boolean {
   return e instanceof Error && e.name === 'AbortError';
 }
 
-/** Read at most `limit` bytes of a body, then drop the rest. */
-async function readLimitedText(res: Response, limit: number): Promise<string> {
-  if (!res.body) return '';
-  const reader = res.body.getReader();
-  const chunks: Uint8Array[] = [];
-  let size = 0;
-  try {
-    while (size < limit) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      chunks.push(value);
-      size += value.byteLength;
-    }
-  } finally {
-    reader.cancel().catch(() => {});
-  }
-  return Buffer.concat(chunks).subarray(0, limit).toString('utf8');
-}
-
 /** Build the domain error for a non-2xx response. */
-async function errorFromResponse(res: Response, what: string): Promise<CapsuleError> {
+async function errorFromResponse(res: TransportResponse, what: string): Promise<CapsuleError> {
   let text = '';
   try {
     text = await readLimitedText(res, MAX_ERROR_BODY_BYTES);
@@ -139,13 +121,17 @@ export class HttpClient {
   constructor(readonly conn: ResolvedConnection) {}
 
   url(path: string, query?: RequestOptions['query']): string {
+    return this.urlObject(path, query).toString();
+  }
+
+  private urlObject(path: string, query?: RequestOptions['query']): URL {
     const u = new URL(`${this.conn.apiUrl}/v1${path}`);
     if (Array.isArray(query)) {
       for (const [k, v] of query) u.searchParams.append(k, v);
     } else if (query) {
       for (const [k, v] of Object.entries(query)) if (v !== undefined) u.searchParams.set(k, String(v));
     }
-    return u.toString();
+    return u;
   }
 
   /**
@@ -158,8 +144,9 @@ export class HttpClient {
     path: string,
     opts: RequestOptions = {},
     bodyTimed = false,
-  ): Promise<{ res: Response; done: () => void; fail: (e: unknown) => Error }> {
-    const url = this.url(path, opts.query);
+  ): Promise<{ res: TransportResponse; done: () => void; fail: (e: unknown) => Error }> {
+    const target = this.urlObject(path, opts.query);
+    const url = target.toString();
     const what = `${method} ${path}`;
     const timeoutMs = opts.timeoutMs ?? this.conn.requestTimeoutMs;
     const timer = new AbortController();
@@ -175,29 +162,29 @@ export class HttpClient {
       if (handle) clearTimeout(handle);
     };
     const userSignals = [this.conn.signal, opts.signal].filter((s): s is AbortSignal => s !== undefined);
-    const signal = AbortSignal.any([timer.signal, ...userSignals]);
+    const signal = userSignals.length ? AbortSignal.any([timer.signal, ...userSignals]) : timer.signal;
 
     const headers: Record<string, string> = { accept: 'application/json, application/x-ndjson, application/octet-stream' };
     if (this.conn.apiKey) headers.authorization = `Bearer ${this.conn.apiKey}`;
-    const init: RequestInit & { duplex?: 'half' } = { method, headers, signal };
+    let body: RequestBody | undefined;
     if (opts.json !== undefined) {
       headers['content-type'] = 'application/json';
-      init.body = JSON.stringify(opts.json);
+      body = JSON.stringify(opts.json);
     } else if (opts.body !== undefined) {
       headers['content-type'] = opts.contentType ?? 'application/octet-stream';
-      init.body = opts.body;
-      if (opts.body instanceof ReadableStream) init.duplex = 'half';
+      body = opts.body;
     }
 
     const fail = (e: unknown) => this.translate(e, what, url, userSignals, timedOut, timeoutMs);
-    let res: Response;
+    let res: TransportResponse;
     try {
-      res = await fetch(url, init);
+      signal.throwIfAborted();
+      res = await sendRequest(target, { method, headers, body, signal });
     } catch (e) {
       done();
       throw fail(e);
     }
-    if (!res.ok) {
+    if (res.status < 200 || res.status > 299) {
       try {
         throw await errorFromResponse(res, what);
       } finally {
@@ -226,7 +213,8 @@ export class HttpClient {
     const { res, done, fail } = await this.send(method, path, opts, true);
     let value: unknown;
     try {
-      const text = await res.text();
+      const bytes = await readAll(res);
+      const text = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8');
       value = text === '' ? undefined : JSON.parse(text);
     } catch (e) {
       if (e instanceof SyntaxError) throw new CapsuleError('internal', `${what}: the daemon sent a body that is not JSON`);
@@ -240,21 +228,20 @@ export class HttpClient {
   /** A request whose 2xx answer has no body worth reading (204). */
   async empty(method: string, path: string, opts: RequestOptions = {}): Promise<void> {
     const { res } = await this.send(method, path, opts);
-    await res.body?.cancel().catch(() => {});
+    discard(res);
   }
 
   /** A request whose 2xx body the caller reads as a stream; the timeout covers only the headers. */
   async stream(method: string, path: string, opts: RequestOptions = {}): Promise<StreamedBody> {
     const { res, fail } = await this.send(method, path, opts);
-    const body = res.body ?? new ReadableStream<Uint8Array>({ start: (c) => c.close() });
-    return { body, fail };
+    return { body: webStream(res), fail };
   }
 
   /** A request whose whole 2xx body is read as bytes, under the timeout. */
   async bytes(method: string, path: string, opts: RequestOptions = {}): Promise<Uint8Array> {
     const { res, done, fail } = await this.send(method, path, opts, true);
     try {
-      return new Uint8Array(await res.arrayBuffer());
+      return await readAll(res);
     } catch (e) {
       throw fail(e);
     } finally {

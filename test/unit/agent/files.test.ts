@@ -7,7 +7,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 
-import { connectAgent } from '../../../src/agent/client.js';
+import { connectAgent, READ_WINDOW } from '../../../src/agent/client.js';
 import { encodeFrame, FrameDecoder, FT, PayloadReader, PayloadWriter, PROTO_VERSION } from '../../../src/agent/frames.js';
 import type { AgentConnection } from '../../../src/agent/types.js';
 import { collect, startAgent, type RunningAgent } from './helpers.js';
@@ -109,6 +109,27 @@ describe('agent files', () => {
     assert.ok(Date.now() - t0 < 1000);
     assert.ok(stream.readableLength <= 1024 * 1024, `buffered ${stream.readableLength}`);
     assert.equal((await readAll(stream)).length, 8 * 1024 * 1024);
+  });
+
+  it('a slow reader gets every byte with at most READ_WINDOW buffered (batched credit never stalls)', async () => {
+    const file = path.join(root, 'slow.bin');
+    const size = 6 * 1024 * 1024 + 12344; // not a multiple of the frame or batch size
+    fs.writeFileSync(file, Buffer.concat([...pattern(size, 65536)]));
+    const want = createHash('sha256').update(fs.readFileSync(file)).digest('hex');
+    const { stream } = await conn.readFile(file);
+    const got = createHash('sha256');
+    let total = 0;
+    let maxBuffered = 0;
+    let n = 0;
+    for await (const c of stream) {
+      got.update(c as Buffer);
+      total += (c as Buffer).length;
+      maxBuffered = Math.max(maxBuffered, stream.readableLength);
+      if (++n % 5 === 0) await new Promise((r) => setTimeout(r, 2)); // a consumer slower than the agent
+    }
+    assert.equal(total, size);
+    assert.equal(got.digest('hex'), want);
+    assert.ok(maxBuffered <= READ_WINDOW, `buffered ${maxBuffered}`);
   });
 
   it('an aborted write leaves no temp file and keeps the old content', async () => {
