@@ -6,12 +6,18 @@
  * inherits the runtime's stdio — so it never gets pipes (the parent would wait
  * for an EOF that never comes): stdout is /dev/null, stderr a file we read
  * afterwards, and extra fds (the agent socket) are passed by number.
+ *
+ * With a Launcher (the default in the daemon) both go through
+ * `capsule-launcher` instead of Node's spawn(), which forks the whole daemon
+ * on its event loop; `run -d` then gets the agent socket made by the launcher
+ * itself (`listenPath`), and the container's init is reaped by the launcher.
  */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { RuntimeError } from '../errors/index.js';
+import type { Launcher } from './launcher.js';
 
 export interface OciResult {
   code: number | null;
@@ -85,10 +91,26 @@ export class OciCli {
   readonly root: string;
   readonly flavor: RuntimeFlavor;
 
-  constructor(runtime: string, stateRoot: string) {
+  constructor(
+    runtime: string,
+    stateRoot: string,
+    /** Runs the runtime for us when given (see the file comment). */
+    readonly launcher: Launcher | null = null,
+  ) {
     this.bin = resolveBinary(runtime) ?? runtime;
     this.root = stateRoot;
     this.flavor = runtimeFlavor(runtime);
+  }
+
+  private async viaLauncher(l: Launcher, args: string[], opts: Parameters<Launcher['run']>[1]): Promise<OciResult> {
+    try {
+      const r = await l.run([this.bin, ...this.argv(args)], opts);
+      return { ...r, signal: r.signal };
+    } catch (e) {
+      const err = e as Error;
+      if (/not found \(ENOENT\)/.test(err.message)) throw this.spawnError(err);
+      throw err;
+    }
   }
 
   private spawnError(e: Error): RuntimeError {
@@ -105,6 +127,9 @@ export class OciCli {
   /** Run a short command, collecting stdout and stderr. Never throws for a non-zero exit; throws on timeout/abort/spawn failure. */
   runCaptured(args: string[], opts: OciRunOptions = {}): Promise<OciResult> {
     const timeoutMs = opts.timeoutMs ?? 30_000;
+    if (this.launcher) {
+      return this.viaLauncher(this.launcher, args, { captureStdout: true, timeoutMs, ...(opts.signal ? { signal: opts.signal } : {}) });
+    }
     const started = performance.now();
     return new Promise<OciResult>((resolve, reject) => {
       if (opts.signal?.aborted) {
@@ -159,13 +184,23 @@ export class OciCli {
    * kill the runtime: killing `run -d` half-way can orphan a container process
    * the runtime has no state for. The caller checks the signal afterwards and
    * deletes what was made. Only the timeout kills.
+   *
+   * Through the launcher, `listenPath` replaces `extraFds`: the launcher binds
+   * the socket there and hands it over as fd 3.
    */
   async runDetached(
     args: string[],
-    opts: { timeoutMs?: number; signal?: AbortSignal } & { extraFds?: number[]; onSpawned?: () => void } = {},
+    opts: { timeoutMs?: number; signal?: AbortSignal } & { extraFds?: number[]; onSpawned?: () => void; listenPath?: string } = {},
   ): Promise<OciResult> {
     const timeoutMs = opts.timeoutMs ?? 60_000;
     if (opts.signal?.aborted) throw new RuntimeError(`${this.flavor} ${args[0]} aborted`);
+    if (this.launcher) {
+      return this.viaLauncher(this.launcher, args, {
+        stderrToFile: true,
+        timeoutMs,
+        ...(opts.listenPath ? { listenPath: opts.listenPath } : {}),
+      });
+    }
     const errFile = path.join(os.tmpdir(), `capsule-oci-${process.pid}-${Math.random().toString(36).slice(2)}.err`);
     const errFd = fs.openSync(errFile, 'w+', 0o600);
     const started = performance.now();
