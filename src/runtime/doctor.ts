@@ -9,6 +9,7 @@ import path from 'node:path';
 import { RuntimeError } from '../errors/index.js';
 import { cgroupMounts, hybridControllers } from './cgroups.js';
 import { OciCli, resolveBinary, runtimeFlavor } from './oci-cli.js';
+import { checkSandboxDisk } from './doctor-disk.js';
 import { runTool } from './overlay.js';
 import { DEFAULT_SECCOMP_PROFILE } from './seccomp.js';
 
@@ -28,6 +29,8 @@ export interface DoctorOptions {
   /** Where busybox is expected (the template builder copies it). */
   busybox?: string;
   seccompProfile?: string;
+  /** The native mount helper (default dist/native/capsule-mount). */
+  mountHelper?: string;
 }
 
 /** v1 controllers a sandbox's limits and lifecycle need. */
@@ -212,6 +215,7 @@ export async function runDoctor(opts: DoctorOptions): Promise<DoctorCheck[]> {
   checks.push(await checkCgroups(opts.fix && root));
   checks.push(await checkOverlay(opts.fix && root));
   checks.push(await checkUserns());
+  checks.push(...(await checkSandboxDisk(opts.fix && root, opts.mountHelper)));
   checks.push(checkSeccomp(opts.seccompProfile ?? DEFAULT_SECCOMP_PROFILE));
   checks.push(checkBusybox(opts.busybox ?? '/bin/busybox'));
   return checks;

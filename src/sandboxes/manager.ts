@@ -72,6 +72,7 @@ export class SandboxManager {
   async create(opts: CreateOptions): Promise<SandboxRecord> {
     const timeoutMs = this.checkTimeout(opts.timeoutMs ?? this.config.defaultTimeoutMs);
     const resources: ResourceLimits = { ...this.config.defaultResources, ...stripUndefined(opts.resources ?? {}) };
+    this.checkDisk(resources.diskMb);
     const rootfs = await this.templates.ensure(opts.template, undefined, opts.signal);
     // Checked and recorded without an await in between, so concurrent creates cannot both slip under a quota.
     if (opts.limits) this.checkQuota(opts.owner ?? null, resources.memoryMb, opts.limits);
@@ -281,6 +282,16 @@ export class SandboxManager {
     if (limits.maxMemoryMb !== null && used + memoryMb > limits.maxMemoryMb) {
       throw new CapsuleError('rate_limited', `quota reached: ${used} MiB of ${limits.maxMemoryMb} MiB in use, ${memoryMb} MiB more asked`, {
         maxMemoryMb: limits.maxMemoryMb,
+      });
+    }
+  }
+
+  /** The schema bounds what any daemon accepts; this is the operator's own ceiling. */
+  private checkDisk(mb: number): void {
+    if (!Number.isInteger(mb) || mb < 16) throw new InvalidArgumentError('resources.diskMb must be an integer of at least 16');
+    if (mb > this.config.maxDiskMb) {
+      throw new InvalidArgumentError(`resources.diskMb must be at most ${this.config.maxDiskMb} on this daemon (CAPSULE_MAX_DISK_MB)`, {
+        max: this.config.maxDiskMb,
       });
     }
   }

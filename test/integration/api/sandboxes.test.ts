@@ -43,7 +43,7 @@ describe('sandboxes', () => {
     const sb = await create({ metadata: { team: 'blue', run: '1' }, resources: { memoryMb: 256, cpus: 0.5, pids: 64 } });
     assert.match(sb.id, /^sbx-[a-z0-9]{12}$/);
     assert.equal(sb.state, 'running');
-    assert.deepEqual(sb.resources, { cpus: 0.5, memoryMb: 256, pids: 64 });
+    assert.deepEqual(sb.resources, { cpus: 0.5, memoryMb: 256, pids: 64, diskMb: 2048 }, 'diskMb defaults to 2048');
     const other = await create({ metadata: { team: 'red' } });
 
     const got = await api(d.url, 'GET', `/v1/sandboxes/${sb.id}`);
