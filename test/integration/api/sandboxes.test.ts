@@ -3,7 +3,8 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { execFileSync } from 'node:child_process';
-import { api, startTestDaemon, type TestDaemon } from '../../helpers/daemon.js';
+import path from 'node:path';
+import { api, REPO_ROOT, startTestDaemon, type TestDaemon } from '../../helpers/daemon.js';
 
 let d: TestDaemon;
 
@@ -28,6 +29,15 @@ function leftovers(id: string, dataDir: string): string[] {
   if (fs.existsSync(`${dataDir}/sandboxes/${id}`)) found.push('sandbox dir');
   if (fs.existsSync(`${dataDir}/run/${id}.sock`)) found.push('socket');
   if (fs.existsSync(`${dataDir}/runtime/${id}`)) found.push('runtime state');
+  for (const dev of fs.readdirSync('/sys/block').filter((b) => b.startsWith('loop'))) {
+    let backing = '';
+    try {
+      backing = fs.readFileSync(`/sys/block/${dev}/loop/backing_file`, 'utf8');
+    } catch {
+      continue; // a free loop device
+    }
+    if (backing.includes(`/${id}/`)) found.push(`loop device ${dev}`);
+  }
   return found;
 }
 
@@ -168,5 +178,24 @@ describe('sandboxes', () => {
     assert.equal(w.json.exitCode, 0);
     await api(d.url, 'DELETE', `/v1/sandboxes/${sb.id}`);
     assert.deepEqual(leftovers(sb.id, dataDir), []);
+  });
+
+  it('removes a half-made sandbox (disk and overlay mounted, no container) at the next start after a SIGKILL', async () => {
+    await create(); // the busybox template exists
+    const dataDir = d.dataDir;
+    await d.kill();
+    // What a create cut short between the mount helper and `crun run` leaves: the whole mount stack.
+    const id = 'sbx-halfmade00001';
+    execFileSync(path.join(REPO_ROOT, 'dist', 'native', 'capsule-mount'), [
+      'setup',
+      path.join(dataDir, 'sandboxes', id),
+      path.join(dataDir, 'templates', 'busybox', 'rootfs'),
+      '64',
+      '100000',
+      path.join(dataDir, 'bin', 'capsule-agent'),
+    ]);
+    assert.deepEqual(leftovers(id, dataDir).filter((l) => l === 'mount' || l.startsWith('loop')).length, 2, 'set up as a crash would leave it');
+    d = await startTestDaemon({ dataDir });
+    assert.deepEqual(leftovers(id, dataDir), [], d.log());
   });
 });
