@@ -15,7 +15,7 @@ import { readMountPoints, runTool, sandboxLayout } from './overlay.js';
 
 const SBIN_PATH = '/usr/local/sbin:/usr/sbin:/sbin:/usr/local/bin:/usr/bin:/bin';
 
-export async function checkSandboxDisk(fix: boolean, helper = MOUNT_HELPER_PATH): Promise<DoctorCheck[]> {
+export async function checkSandboxDisk(fix: boolean, helper = MOUNT_HELPER_PATH, scratchDir?: string): Promise<DoctorCheck[]> {
   const checks: DoctorCheck[] = [];
   const built = mountHelperExists(helper);
   checks.push(
@@ -44,7 +44,10 @@ export async function checkSandboxDisk(fix: boolean, helper = MOUNT_HELPER_PATH)
       : { name: 'loop devices', ok: false, message: '/dev/loop-control is missing', fix: 'modprobe loop (in a container: run it privileged with /dev/loop-control)' },
   );
 
-  if (built && mke2fs && loop && process.getuid?.() === 0) checks.push(await trySandboxDisk(helper));
+  if (built && mke2fs && loop && process.getuid?.() === 0) {
+    const scratch = scratchDir && fs.existsSync(scratchDir) ? scratchDir : os.tmpdir();
+    checks.push(await trySandboxDisk(helper, scratch));
+  }
   return checks;
 }
 
@@ -60,8 +63,8 @@ function resolveBinaryIn(name: string): string | null {
 }
 
 /** Make, mount and remove one 16 MiB sandbox disk with an empty template. */
-async function trySandboxDisk(helper: string): Promise<DoctorCheck> {
-  const root = await fsp.mkdtemp(path.join(os.tmpdir(), 'capsule-doctor-disk-'));
+async function trySandboxDisk(helper: string, scratch: string): Promise<DoctorCheck> {
+  const root = await fsp.mkdtemp(path.join(scratch, '.doctor-disk-'));
   const layout = sandboxLayout(path.join(root, 'sbx'));
   const started = performance.now();
   try {
@@ -73,7 +76,8 @@ async function trySandboxDisk(helper: string): Promise<DoctorCheck> {
       { helper, timeoutMs: 20_000 },
     );
     await teardownSandboxMounts(layout.dir, { helper });
-    return { name: 'sandbox disk', ok: true, message: `a 16 MiB disk + overlay mounted and removed in ${Math.round(performance.now() - started)} ms` };
+    const ms = Math.round(performance.now() - started);
+    return { name: 'sandbox disk', ok: true, message: `a 16 MiB disk + overlay in ${scratch} mounted and removed in ${ms} ms` };
   } catch (e) {
     await teardownSandboxMounts(layout.dir, { helper }).catch(() => undefined);
     return { name: 'sandbox disk', ok: false, message: (e as Error).message, fix: 'modprobe loop ext4 overlay; free a loop device (losetup -D)' };

@@ -31,6 +31,12 @@ export interface DoctorOptions {
   seccompProfile?: string;
   /** The native mount helper (default dist/native/capsule-mount). */
   mountHelper?: string;
+  /**
+   * Where the trial sandbox disk is made: the data dir, so the check covers
+   * the filesystem sandbox images will live on (sparse files, hole punching).
+   * Default: the system temp dir.
+   */
+  scratchDir?: string;
 }
 
 /** v1 controllers a sandbox's limits and lifecycle need. */
@@ -215,7 +221,7 @@ export async function runDoctor(opts: DoctorOptions): Promise<DoctorCheck[]> {
   checks.push(await checkCgroups(opts.fix && root));
   checks.push(await checkOverlay(opts.fix && root));
   checks.push(await checkUserns());
-  checks.push(...(await checkSandboxDisk(opts.fix && root, opts.mountHelper)));
+  checks.push(...(await checkSandboxDisk(opts.fix && root, opts.mountHelper, opts.scratchDir)));
   checks.push(checkSeccomp(opts.seccompProfile ?? DEFAULT_SECCOMP_PROFILE));
   checks.push(checkBusybox(opts.busybox ?? '/bin/busybox'));
   return checks;
