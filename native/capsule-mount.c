@@ -10,6 +10,7 @@
  * setup makes SANDBOX_DIR (which must not exist) and in it:
  *   lower      symlink to TEMPLATE_ROOTFS (so no host path appears in the overlay's options)
  *   disk.img   sparse file of DISK_MB MiB holding an ext4 made by mke2fs: the sandbox's quota
+ *   disk.dev   a node of the loop device the image is bound to (the mount's source name)
  *   disk/      that ext4, through a loop device that frees itself when unmounted
  *     upper/ work/   the overlay's writable layer, owned by UID (the sandbox's root)
  *     agent/     a copy of AGENT_BINARY, bind-mounted into the sandbox by the bundle
@@ -333,13 +334,25 @@ static int setup(int argc, char **argv) {
   int loop = attach_loop(img, direct_io, dev, sizeof dev);
   close(img);
   /*
+   * The mount's source string shows in the sandbox's mountinfo (on the
+   * /.capsule bind). "/dev/loopN" would tell the sandbox how many loop devices
+   * the host has in use, so mount through a node of the same device named
+   * "disk.dev" in the sandbox dir; a data dir on a nodev mount cannot open it,
+   * and then the real name is used.
+   */
+  const char *source = dev;
+  struct stat lo;
+  if (fstat(loop, &lo) == 0 && mknod("disk.dev", S_IFBLK | 0600, lo.st_rdev) == 0) source = "disk.dev";
+  /*
    * discard: blocks the sandbox frees are punched out of the sparse image, so
    * deleting a file gives the space back to the host, not only to the sandbox.
    * noinit_itable: see make_fs.
    */
-  if (mount(dev, "disk", "ext4", MS_NOSUID | MS_NODEV | MS_NOATIME, "noinit_itable,discard") < 0) {
-    fail(EXIT_DISK_MOUNT, errno, "mount %s (ext4) on %s/disk", dev, dir);
-  }
+  const unsigned long flags = MS_NOSUID | MS_NODEV | MS_NOATIME;
+  const char *opts = "noinit_itable,discard";
+  int r = mount(source, "disk", "ext4", flags, opts);
+  if (r < 0 && source != dev && errno == EACCES) r = mount(dev, "disk", "ext4", flags, opts);
+  if (r < 0) fail(EXIT_DISK_MOUNT, errno, "mount %s (ext4) on %s/disk", dev, dir);
   disk_mounted = 1;
   close(loop); /* the mount holds the device now; AUTOCLEAR frees it at unmount */
 

@@ -96,7 +96,7 @@ describe('security: disk quota', () => {
     await assertDaemonAnswers(b);
   });
 
-  attack(B, 'mountinfo inside a sandbox names no host path (data dir, template, agent dir, /work, /var/lib/capsule, /tmp)', async () => {
+  attack(B, 'mountinfo inside a sandbox names no host path (data dir, template, agent dir, /work, /var/lib/capsule, /tmp) nor loop device', async () => {
     const r = await sh(b, id, 'cat /proc/self/mountinfo; echo ---; cat /proc/1/mountinfo; echo ---; cat /proc/mounts');
     assert.equal(r.exitCode, 0, r.stderr);
     const text = r.stdout;
@@ -107,6 +107,8 @@ describe('security: disk quota', () => {
       assert.doesNotMatch(text, absolute(p), `mountinfo shows the host path ${p}:\n${text}`);
     }
     for (const needle of ['capsule-test-', 'sandboxes/', 'templates/', b.d.dataDir]) assert.ok(!text.includes(needle), `mountinfo shows ${needle}:\n${text}`);
+    // The loop device's number would tell how many sandbox disks the host has attached.
+    assert.doesNotMatch(text, /\/dev\/loop\d/, `mountinfo names the host's loop device:\n${text}`);
     for (const line of r.stdout.split('\n')) {
       const f = line.split(' ');
       if (f.length < 10) continue;

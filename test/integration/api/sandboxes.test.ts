@@ -19,6 +19,16 @@ async function sh(id: string, cmd: string) {
   return r.json;
 }
 
+/** leftovers() once the kernel had a moment to detach loop devices (it does so in a work item after the unmount). */
+async function settledLeftovers(id: string, dataDir: string): Promise<string[]> {
+  let left = leftovers(id, dataDir);
+  for (let i = 0; i < 40 && left.some((l) => l.startsWith('loop device')); i++) {
+    await new Promise((r) => setTimeout(r, 25));
+    left = leftovers(id, dataDir);
+  }
+  return left;
+}
+
 /** Host-side traces a sandbox can leave: mounts, cgroup dirs, processes in its cgroup, runtime state. */
 function leftovers(id: string, dataDir: string): string[] {
   const found: string[] = [];
@@ -64,7 +74,7 @@ describe('sandboxes', () => {
     const k = await api(d.url, 'DELETE', `/v1/sandboxes/${sb.id}`);
     assert.equal(k.status, 200);
     assert.equal(k.json.state, 'killed');
-    assert.deepEqual(leftovers(sb.id, d.dataDir), []);
+    assert.deepEqual(await settledLeftovers(sb.id, d.dataDir), []);
     const again = await api(d.url, 'DELETE', `/v1/sandboxes/${sb.id}`);
     assert.equal(again.json.state, 'killed', 'kill is idempotent');
     const cmd = await api(d.url, 'POST', `/v1/sandboxes/${sb.id}/commands`, { cmd: 'true' });
@@ -177,7 +187,7 @@ describe('sandboxes', () => {
     assert.equal(w.status, 200, w.text);
     assert.equal(w.json.exitCode, 0);
     await api(d.url, 'DELETE', `/v1/sandboxes/${sb.id}`);
-    assert.deepEqual(leftovers(sb.id, dataDir), []);
+    assert.deepEqual(await settledLeftovers(sb.id, dataDir), []);
   });
 
   it('removes a half-made sandbox (disk and overlay mounted, no container) at the next start after a SIGKILL', async () => {
@@ -196,6 +206,6 @@ describe('sandboxes', () => {
     ]);
     assert.deepEqual(leftovers(id, dataDir).filter((l) => l === 'mount' || l.startsWith('loop')).length, 2, 'set up as a crash would leave it');
     d = await startTestDaemon({ dataDir });
-    assert.deepEqual(leftovers(id, dataDir), [], d.log());
+    assert.deepEqual(await settledLeftovers(id, dataDir), [], d.log());
   });
 });
