@@ -175,12 +175,24 @@ export class SandboxManager {
     return p;
   }
 
-  /** Ends a running sandbox whose container is gone, so it is not reported as running while unusable. */
+  /**
+   * Ends a running sandbox whose container is gone, so it is not reported as running while unusable.
+   * The agent's socket closes early in its exit, before the pid namespace and mounts are torn down,
+   * so the runtime can still say "running" for a moment: look a few times before believing it.
+   */
   private async checkAlive(id: string): Promise<void> {
-    const rec = this.store.get(id);
-    if (!rec || rec.state !== 'running' || this.ending.has(id)) return;
-    const info = await this.runtime.inspect(id).catch(() => ({ status: 'missing' as const }));
-    if (info.status !== 'running') await this.end(id, 'failed', `the sandbox's init process died (container ${info.status})`);
+    const attempts = 7;
+    for (let attempt = 0; attempt < attempts; attempt++) {
+      const rec = this.store.get(id);
+      if (!rec || rec.state !== 'running' || this.ending.has(id)) return;
+      const info = await this.runtime.inspect(id).catch(() => ({ status: 'missing' as const }));
+      if (info.status !== 'running') {
+        await this.end(id, 'failed', `the sandbox's init process died (container ${info.status})`);
+        return;
+      }
+      // 25 ms doubling: about 1.6 s in all. Unref'd: a pending check never holds a stopping daemon.
+      if (attempt < attempts - 1) await new Promise((r) => setTimeout(r, 25 * 2 ** attempt).unref());
+    }
   }
 
   /** OOM kills so far in the sandbox's memory cgroup, to tell an OOM death from other SIGKILLs. */
