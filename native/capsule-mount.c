@@ -102,10 +102,13 @@ enum {
 
 /* Mounts setup has made so far, undone in reverse when a later step fails. */
 static int disk_mounted, rootfs_mounted;
+/* A half-made cache image, removed when making it fails. */
+static char pending_tmp[PATH_MAX];
 
 static void undo(void) {
   if (rootfs_mounted) umount2("rootfs", MNT_DETACH | UMOUNT_NOFOLLOW);
   if (disk_mounted) umount2("disk", MNT_DETACH | UMOUNT_NOFOLLOW);
+  if (pending_tmp[0]) unlink(pending_tmp);
 }
 
 /* Print "capsule-mount: STEP: DETAIL[: strerror]" and exit with code. */
@@ -220,14 +223,12 @@ static void make_image(int img, long disk_mb, const char *cache_dir) {
     snprintf(tmp, sizeof tmp, "%s/.tmp-%d-%ldm.img", cache_dir, (int)getpid(), disk_mb);
     int t = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (t < 0) fail(EXIT_IMAGE, errno, "create %s", tmp);
+    memcpy(pending_tmp, tmp, sizeof pending_tmp);
     if (ftruncate(t, size) < 0) fail(EXIT_IMAGE, errno, "size %s", tmp);
     close(t);
     make_fs(tmp);
-    if (rename(tmp, cached) < 0) {
-      int err = errno;
-      unlink(tmp);
-      fail(EXIT_IMAGE, err, "rename %s to %s", tmp, cached);
-    }
+    if (rename(tmp, cached) < 0) fail(EXIT_IMAGE, errno, "rename %s to %s", tmp, cached);
+    pending_tmp[0] = 0;
     in = open(cached, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
   }
   if (in < 0) fail(EXIT_IMAGE, errno, "open %s", cached);
