@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
-import { api, REPO_ROOT, startTestDaemon, type TestDaemon } from '../../helpers/daemon.js';
+import { api, removeDataDir, REPO_ROOT, startTestDaemon, type TestDaemon } from '../../helpers/daemon.js';
 
 let d: TestDaemon;
 
@@ -56,7 +56,10 @@ describe('sandboxes', () => {
     d = await startTestDaemon();
   });
   after(async () => {
+    // The restart tests hand the data dir to a second daemon, whose stop() leaves it: remove it here.
+    const dir = d?.dataDir;
     await d?.stop();
+    if (dir) await removeDataDir(dir);
   });
 
   it('creates, gets, lists by metadata and kills', async () => {
