@@ -71,10 +71,6 @@ export async function readMountPoints(): Promise<string[]> {
   return out;
 }
 
-export async function isMounted(p: string): Promise<boolean> {
-  return (await readMountPoints()).includes(p);
-}
-
 /** Remove the sandbox directory tree. Refuses while something is still mounted below it. */
 export async function removeSandboxDir(dir: string): Promise<void> {
   const prefix = dir.endsWith('/') ? dir : `${dir}/`;

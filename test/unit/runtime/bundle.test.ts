@@ -79,6 +79,9 @@ describe('buildOciSpec', () => {
     assert.ok(sys?.options?.includes('ro'));
     const agent = byDest.get('/.capsule');
     assert.deepEqual(agent, { destination: '/.capsule', type: 'bind', source: '/var/lib/capsule/bin', options: ['bind', 'ro', 'nosuid', 'nodev'] });
+    // The driver's copy on the sandbox disk, when given, is what gets bound.
+    const onDisk = buildOciSpec({ ...input, agentDir: '/var/lib/capsule/sandboxes/sbx-1/disk/agent' }).mounts.find((m) => m.destination === '/.capsule');
+    assert.equal(onDisk?.source, '/var/lib/capsule/sandboxes/sbx-1/disk/agent');
     const bindSys = buildOciSpec({ ...input, freshSysfs: false }).mounts.find((m) => m.destination === '/sys');
     assert.equal(bindSys?.type, 'bind');
     assert.ok(bindSys?.options?.includes('rbind') && bindSys.options.includes('ro'));
