@@ -36,7 +36,7 @@ try {
     for (const [name, d] of drivers) {
       const id = `bench-${i}-${drivers.findIndex(([n]) => n === name)}`;
       const t0 = performance.now();
-      await d.create({ id, templateRootfs: fx.templateRootfs, resources: { cpus: 1, memoryMb: 128, pids: 64 } });
+      await d.create({ id, templateRootfs: fx.templateRootfs, resources: { cpus: 1, memoryMb: 128, pids: 64, diskMb: 256 } });
       const ms = performance.now() - t0;
       await d.destroy(id);
       if (i >= WARMUP) samples.set(name, [...(samples.get(name) ?? []), ms]);

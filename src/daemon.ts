@@ -55,7 +55,7 @@ export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger 
   }
   const releaseLock = takeLock(path.join(config.dataDir, 'daemon.pid'));
   try {
-    await ensureHostReady(config.runtime);
+    await ensureHostReady(config.runtime, { scratchDir: config.dataDir });
     const agentBinary = installAgent(paths.bin);
     const db = openDb(paths.db);
     const templates = new TemplateService({ db, paths, idMapBase: config.idMapBase, logger: log });

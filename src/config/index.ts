@@ -13,6 +13,13 @@ export interface ResourceLimits {
   memoryMb: number;
   /** Maximum number of processes and threads (pids.max). */
   pids: number;
+  /**
+   * Disk quota in MiB: the size of the sandbox's own ext4 (a sparse image on
+   * the data dir's filesystem), which holds everything it writes. Writes past
+   * it fail with ENOSPC inside the sandbox. Host space is used only as the
+   * sandbox writes, so the sum of quotas may exceed the host's free space.
+   */
+  diskMb: number;
 }
 
 export interface DaemonConfig {
@@ -25,6 +32,8 @@ export interface DaemonConfig {
   defaultTimeoutMs: number;
   maxTimeoutMs: number;
   defaultResources: ResourceLimits;
+  /** Largest `resources.diskMb` a create may ask for (the API schema allows up to 1 TiB). */
+  maxDiskMb: number;
   /** Host uid/gid that container root maps to; the next 65536 ids are the sandbox's. */
   idMapBase: number;
   idMapSize: number;
@@ -108,7 +117,8 @@ export function loadConfig(overrides: Partial<DaemonConfig> = {}): DaemonConfig 
     runtime: process.env.CAPSULE_RUNTIME ?? 'crun',
     defaultTimeoutMs: envInt('CAPSULE_DEFAULT_TIMEOUT_MS', 5 * 60_000),
     maxTimeoutMs: envInt('CAPSULE_MAX_TIMEOUT_MS', 24 * 60 * 60_000),
-    defaultResources: { cpus: 1, memoryMb: 512, pids: 256 },
+    defaultResources: { cpus: 1, memoryMb: 512, pids: 256, diskMb: envInt('CAPSULE_DEFAULT_DISK_MB', 2048) },
+    maxDiskMb: envInt('CAPSULE_MAX_DISK_MB', 64 * 1024),
     idMapBase: 100000,
     idMapSize: 65536,
     reapIntervalMs: 1000,
@@ -129,6 +139,8 @@ export function dataPaths(dataDir: string) {
     templateRootfs: (name: string) => path.join(dataDir, 'templates', name, 'rootfs'),
     sandboxes: path.join(dataDir, 'sandboxes'),
     sandboxDir: (id: string) => path.join(dataDir, 'sandboxes', id),
+    /** One empty, freshly made ext4 image per common disk size; sandboxes get sparse copies (native/capsule-mount). */
+    diskImages: path.join(dataDir, 'disk-images'),
     /** Listening sockets of the in-sandbox agents: host-root-owned, never mounted into a sandbox. */
     run: path.join(dataDir, 'run'),
     agentSocket: (id: string) => path.join(dataDir, 'run', `${id}.sock`),

@@ -57,8 +57,15 @@ export interface BundleInput {
   id: string;
   /** Absolute host path of the overlay's merged dir. */
   rootfs: string;
-  /** Absolute host path of the agent binary; its directory is bind-mounted at /.capsule. */
+  /** Absolute host path of the agent binary; its file name is the agent's name inside. */
   agentBinary: string;
+  /**
+   * Host directory bind-mounted at /.capsule, holding a file named like
+   * agentBinary; default its directory. The driver passes a copy on the
+   * sandbox's own disk: a bind mount's source path shows in the sandbox's
+   * /proc/self/mountinfo, and a path inside that disk names nothing on the host.
+   */
+  agentDir?: string;
   resources: ResourceLimits;
   idMapBase: number;
   idMapSize: number;
@@ -243,7 +250,7 @@ export function buildOciSpec(input: BundleInput): OciSpec {
       {
         destination: AGENT_MOUNT_DIR,
         type: 'bind',
-        source: path.dirname(input.agentBinary),
+        source: input.agentDir ?? path.dirname(input.agentBinary),
         options: ['bind', 'ro', 'nosuid', 'nodev'],
       },
     ],

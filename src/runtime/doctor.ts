@@ -9,6 +9,7 @@ import path from 'node:path';
 import { RuntimeError } from '../errors/index.js';
 import { cgroupMounts, hybridControllers } from './cgroups.js';
 import { OciCli, resolveBinary, runtimeFlavor } from './oci-cli.js';
+import { checkSandboxDisk } from './doctor-disk.js';
 import { runTool } from './overlay.js';
 import { SANDBOX_CAPABILITIES } from './bundle.js';
 import { DEFAULT_SECCOMP_PROFILE, loadDefaultSeccomp } from './seccomp.js';
@@ -32,6 +33,14 @@ export interface DoctorOptions {
   seccompProfile?: string;
   /** The seccomp filter compiler (default dist/native/capsule-seccomp-bpf). */
   seccompTool?: string;
+  /** The native mount helper (default dist/native/capsule-mount). */
+  mountHelper?: string;
+  /**
+   * Where the trial sandbox disk is made: the data dir, so the check covers
+   * the filesystem sandbox images will live on (sparse files, hole punching).
+   * Default: the system temp dir.
+   */
+  scratchDir?: string;
 }
 
 /** Checks whose failure makes sandboxes slower or templates unbuildable, but not unsafe: they never block the daemon. */
@@ -242,6 +251,7 @@ export async function runDoctor(opts: DoctorOptions): Promise<DoctorCheck[]> {
   checks.push(await checkCgroups(opts.fix && root));
   checks.push(await checkOverlay(opts.fix && root));
   checks.push(await checkUserns());
+  checks.push(...(await checkSandboxDisk(opts.fix && root, opts.mountHelper, opts.scratchDir)));
   checks.push(checkSeccomp(opts.seccompProfile ?? DEFAULT_SECCOMP_PROFILE));
   checks.push(await checkSeccompBpf(opts.runtime, opts.seccompProfile ?? DEFAULT_SECCOMP_PROFILE, opts.seccompTool));
   checks.push(checkBusybox(opts.busybox ?? '/bin/busybox'));

@@ -12,7 +12,8 @@ import { openAgentSocket, ensurePrivateDir, type PendingAgentSocket } from './ag
 import { buildOciSpec, cgroupsPathFor, cpuQuotaUs, memoryBytes, SANDBOX_CAPABILITIES } from './bundle.js';
 import { cgroupMounts, killCgroupProcs, readOomKills, removeCgroupDirs, writeCgroupV1Limits } from './cgroups.js';
 import { OciCli, summarizeStderr, type OciResult } from './oci-cli.js';
-import { mountOverlay, readMountPoints, removeSandboxDir, sandboxLayout, unmountOverlay } from './overlay.js';
+import { setupSandboxMounts, teardownSandboxMounts } from './mounts.js';
+import { readMountPoints, removeSandboxDir, sandboxLayout } from './overlay.js';
 import { loadDefaultSeccomp, type OciSeccomp } from './seccomp.js';
 import { SeccompBpfCompiler } from './seccomp-bpf.js';
 import type { ContainerInfo, ContainerSpec, ContainerStatus, RuntimeDriver } from './types.js';
@@ -30,7 +31,7 @@ export interface OciRuntimeDriverOptions {
   /** Host uid/gid of container root. */
   idMapBase: number;
   idMapSize: number;
-  /** Host path of the agent binary; its directory is bind-mounted read-only at /.capsule. */
+  /** Host path of the agent binary; each sandbox gets a copy on its own disk, bind-mounted read-only at /.capsule. */
   agentBinary: string;
   logger?: RuntimeLogger;
   /** Seccomp policy: default = the tightened containers-common profile; null = none (debugging only). */
@@ -44,7 +45,21 @@ export interface OciRuntimeDriverOptions {
   seccompTool?: string;
   /** Timeout for `run -d` (ms). */
   createTimeoutMs?: number;
+  /** The native mount helper; default dist/native/capsule-mount. */
+  mountHelper?: string;
+  /**
+   * Loop devices in direct-I/O mode (default false). Buffered, the image's
+   * page cache absorbs writeback and is dropped unwritten when the image is
+   * deleted at destroy (measured: unmount of a disk with 200 MiB written 10 ms
+   * buffered, 180 ms direct). The cost: a second, reclaimable copy of the
+   * sandbox's written data in the host page cache (the image's), which on
+   * cgroup v1 is not charged to the sandbox's memory cgroup.
+   */
+  directIo?: boolean;
 }
+
+/** Smallest sandbox disk: mke2fs needs a few MiB of metadata, and a rootfs upper needs room to breathe. */
+export const MIN_DISK_MB = 16;
 
 /** Sandbox ids become paths, hostnames, cgroup and container names: keep them boring. */
 export const SANDBOX_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
@@ -166,16 +181,32 @@ export class OciRuntimeDriver implements RuntimeDriver {
         throw new ConflictError(`sandbox ${id} already has leftovers in ${layout.dir}: destroy it first`);
       }
       const seccomp = this.opts.seccomp === undefined ? loadDefaultSeccomp(SANDBOX_CAPABILITIES) : this.opts.seccomp;
+      const { diskMb } = spec.resources;
+      if (!Number.isInteger(diskMb) || diskMb < MIN_DISK_MB) {
+        throw new InvalidArgumentError(`diskMb must be an integer of at least ${MIN_DISK_MB}, got ${diskMb}`, { id });
+      }
       await fsp.mkdir(paths.sandboxes, { recursive: true, mode: 0o711 });
       await ensurePrivateDir(paths.runtimeState);
       made = true;
-      await mountOverlay(layout, spec.templateRootfs, this.opts.idMapBase);
+      await setupSandboxMounts(
+        {
+          layout,
+          templateRootfs: spec.templateRootfs,
+          diskMb,
+          owner: this.opts.idMapBase,
+          agentBinary: this.opts.agentBinary,
+          directIo: this.opts.directIo ?? false,
+          imageCache: paths.diskImages,
+        },
+        this.mountOpts(),
+      );
       signal?.throwIfAborted();
 
       const config = buildOciSpec({
         id,
         rootfs: layout.rootfs,
         agentBinary: this.opts.agentBinary,
+        agentDir: layout.agentDir,
         resources: spec.resources,
         idMapBase: this.opts.idMapBase,
         idMapSize: this.opts.idMapSize,
@@ -228,6 +259,10 @@ export class OciRuntimeDriver implements RuntimeDriver {
     }
   }
 
+  private mountOpts(): { helper?: string } {
+    return this.opts.mountHelper ? { helper: this.opts.mountHelper } : {};
+  }
+
   private createError(id: string, r: OciResult): RuntimeError {
     const msg = summarizeStderr(r.stderr) || `exit ${r.code ?? r.signal}`;
     let hint = '';
@@ -264,7 +299,7 @@ export class OciRuntimeDriver implements RuntimeDriver {
     const stray = await killCgroupProcs(this.cgroupsPath(id));
     if (stray.length > 0) problems.push(`processes ${stray.join(', ')} survive SIGKILL in cgroup ${this.cgroupsPath(id)}`);
     try {
-      await unmountOverlay(layout.rootfs);
+      await teardownSandboxMounts(layout.dir, this.mountOpts());
     } catch (e) {
       problems.push((e as Error).message);
     }

@@ -1,7 +1,7 @@
 /**
- * The sandbox's writable layer: `sandboxDir/{upper,work,rootfs}` with an
- * overlay of the template (lower, read-only) and upper mounted on rootfs.
- * Node has no mount(2), so this runs `mount`/`umount`.
+ * Where a sandbox's files live on the host, and the mount table checks that
+ * keep cleanup from deleting through a mount. The mounts themselves are made
+ * by native/capsule-mount (see mounts.ts); `runTool` runs other host tools.
  */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -11,8 +11,13 @@ import { RuntimeError } from '../errors/index.js';
 
 export interface SandboxLayout {
   dir: string;
-  upper: string;
-  work: string;
+  /** Sparse ext4 image: the sandbox's disk quota. */
+  diskImage: string;
+  /** Where that image is mounted; holds the overlay's upper and work dirs and the agent. */
+  disk: string;
+  /** Directory bind-mounted read-only at /.capsule: a copy of the agent on the sandbox's own disk. */
+  agentDir: string;
+  /** Overlay of the template (through the `lower` symlink) and disk/upper: the container's root. */
   rootfs: string;
   bundle: string;
 }
@@ -20,8 +25,9 @@ export interface SandboxLayout {
 export function sandboxLayout(sandboxDir: string): SandboxLayout {
   return {
     dir: sandboxDir,
-    upper: path.join(sandboxDir, 'upper'),
-    work: path.join(sandboxDir, 'work'),
+    diskImage: path.join(sandboxDir, 'disk.img'),
+    disk: path.join(sandboxDir, 'disk'),
+    agentDir: path.join(sandboxDir, 'disk', 'agent'),
     rootfs: path.join(sandboxDir, 'rootfs'),
     bundle: path.join(sandboxDir, 'bundle'),
   };
@@ -63,52 +69,6 @@ export async function readMountPoints(): Promise<string[]> {
     if (f.length > 4 && f[4]) out.push(unescapeMountPath(f[4]));
   }
   return out;
-}
-
-export async function isMounted(p: string): Promise<boolean> {
-  return (await readMountPoints()).includes(p);
-}
-
-/**
- * Make upper/work/rootfs and mount the overlay. The upper and work dirs (and
- * with them the container's `/`) are owned by the mapped root so container
- * root can write anywhere it could in the template.
- */
-export async function mountOverlay(layout: SandboxLayout, lowerdir: string, owner: number): Promise<void> {
-  if (lowerdir.includes(',') || lowerdir.includes(':')) {
-    throw new RuntimeError(`template rootfs path ${lowerdir} contains ',' or ':', which overlayfs cannot take: rename the data dir`);
-  }
-  try {
-    await fsp.access(lowerdir);
-  } catch {
-    throw new RuntimeError(`template rootfs ${lowerdir} does not exist: build the template first (capsule template build)`);
-  }
-  await fsp.mkdir(layout.dir, { recursive: true, mode: 0o711 });
-  for (const d of [layout.upper, layout.work, layout.rootfs]) await fsp.mkdir(d, { mode: 0o755 });
-  // The upper's root becomes the merged root's attributes: match the lower's mode, mapped-root owned.
-  const lowerMode = (await fsp.stat(lowerdir)).mode & 0o7777;
-  await fsp.chmod(layout.upper, lowerMode);
-  await fsp.chown(layout.upper, owner, owner);
-  await fsp.chown(layout.work, owner, owner);
-  const opts = `lowerdir=${lowerdir},upperdir=${layout.upper},workdir=${layout.work}`;
-  const r = await runTool('mount', ['-t', 'overlay', 'overlay', '-o', opts, layout.rootfs]);
-  if (r.code !== 0) {
-    throw new RuntimeError(
-      `overlay mount on ${layout.rootfs} failed: ${r.stderr || `exit ${r.code}`}; check that overlayfs is available (modprobe overlay) and the daemon runs as root`,
-      { rootfs: layout.rootfs },
-    );
-  }
-}
-
-/** Unmount if mounted; lazy-unmount when busy. Never throws for "not mounted". */
-export async function unmountOverlay(rootfs: string): Promise<void> {
-  if (!(await isMounted(rootfs))) return;
-  const r = await runTool('umount', [rootfs]);
-  if (r.code === 0 || !(await isMounted(rootfs))) return;
-  const lazy = await runTool('umount', ['-l', rootfs]);
-  if (lazy.code !== 0 && (await isMounted(rootfs))) {
-    throw new RuntimeError(`cannot unmount ${rootfs}: ${lazy.stderr || r.stderr}; find users with fuser -vm ${rootfs}`);
-  }
 }
 
 /** Remove the sandbox directory tree. Refuses while something is still mounted below it. */

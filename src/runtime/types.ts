@@ -27,12 +27,12 @@ export interface RuntimeDriver {
   /** Human name for logs and doctor, e.g. "crun 1.8.1". */
   readonly name: string;
   /**
-   * Make the writable layer, mount the overlay, write the bundle and start the
+   * Make the sandbox's disk (resources.diskMb) and writable layer, mount the overlay, write the bundle and start the
    * container with the agent as its init, listening on `agentSocketPath(id)`.
    * Resolves once the container runs. On failure it cleans up what it made.
    */
   create(spec: ContainerSpec, signal?: AbortSignal): Promise<ContainerInfo>;
-  /** Kill every process, delete the container, unmount, remove the writable layer and cgroups. Idempotent. */
+  /** Kill every process, delete the container, unmount the overlay and the disk, remove the writable layer and cgroups. Idempotent. */
   destroy(id: string): Promise<void>;
   /** What the runtime knows of one container. */
   inspect(id: string): Promise<ContainerInfo>;

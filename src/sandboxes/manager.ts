@@ -75,6 +75,7 @@ export class SandboxManager {
   async create(opts: CreateOptions): Promise<SandboxRecord> {
     const timeoutMs = this.checkTimeout(opts.timeoutMs ?? this.config.defaultTimeoutMs);
     const resources: ResourceLimits = { ...this.config.defaultResources, ...stripUndefined(opts.resources ?? {}) };
+    this.checkDisk(resources.diskMb);
     this.pool?.userCreateStarted();
     try {
       const rootfs = await this.templates.ensure(opts.template, undefined, opts.signal);
@@ -234,12 +235,24 @@ export class SandboxManager {
     return conn;
   }
 
-  /** Ends a running sandbox whose container is gone, so it is not reported as running while unusable. */
+  /**
+   * Ends a running sandbox whose container is gone, so it is not reported as running while unusable.
+   * The agent's socket closes early in its exit, before the pid namespace and mounts are torn down,
+   * so the runtime can still say "running" for a moment: look a few times before believing it.
+   */
   private async checkAlive(id: string): Promise<void> {
-    const rec = this.store.get(id);
-    if (!rec || rec.state !== 'running' || this.ending.has(id)) return;
-    const info = await this.runtime.inspect(id).catch(() => ({ status: 'missing' as const }));
-    if (info.status !== 'running') await this.end(id, 'failed', `the sandbox's init process died (container ${info.status})`);
+    const attempts = 7;
+    for (let attempt = 0; attempt < attempts; attempt++) {
+      const rec = this.store.get(id);
+      if (!rec || rec.state !== 'running' || this.ending.has(id)) return;
+      const info = await this.runtime.inspect(id).catch(() => ({ status: 'missing' as const }));
+      if (info.status !== 'running') {
+        await this.end(id, 'failed', `the sandbox's init process died (container ${info.status})`);
+        return;
+      }
+      // 25 ms doubling: about 1.6 s in all. Unref'd: a pending check never holds a stopping daemon.
+      if (attempt < attempts - 1) await new Promise((r) => setTimeout(r, 25 * 2 ** attempt).unref());
+    }
   }
 
   /** OOM kills so far in the sandbox's memory cgroup, to tell an OOM death from other SIGKILLs. */
@@ -341,6 +354,16 @@ export class SandboxManager {
     if (limits.maxMemoryMb !== null && used + memoryMb > limits.maxMemoryMb) {
       throw new CapsuleError('rate_limited', `quota reached: ${used} MiB of ${limits.maxMemoryMb} MiB in use, ${memoryMb} MiB more asked`, {
         maxMemoryMb: limits.maxMemoryMb,
+      });
+    }
+  }
+
+  /** The schema bounds what any daemon accepts; this is the operator's own ceiling. */
+  private checkDisk(mb: number): void {
+    if (!Number.isInteger(mb) || mb < 16) throw new InvalidArgumentError('resources.diskMb must be an integer of at least 16');
+    if (mb > this.config.maxDiskMb) {
+      throw new InvalidArgumentError(`resources.diskMb must be at most ${this.config.maxDiskMb} on this daemon (CAPSULE_MAX_DISK_MB)`, {
+        max: this.config.maxDiskMb,
       });
     }
   }

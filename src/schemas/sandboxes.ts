@@ -9,6 +9,13 @@ export const Resources = z
     cpus: z.number().min(0.05).max(64).optional().describe('CPU limit in cores (fractions allowed)'),
     memoryMb: z.number().int().min(16).max(1024 * 1024).optional().describe('Memory limit in MiB; the sandbox is OOM-killed inside its own cgroup above it'),
     pids: z.number().int().min(8).max(65536).optional().describe('Maximum number of processes and threads'),
+    diskMb: z
+      .number()
+      .int()
+      .min(16)
+      .max(1024 * 1024)
+      .optional()
+      .describe("Disk quota in MiB for everything the sandbox writes (its own filesystem); writes past it fail with ENOSPC. Default 2048; the daemon's limit (CAPSULE_MAX_DISK_MB, default 65536) may be below the schema's maximum"),
   })
   .strict();
 
@@ -30,7 +37,12 @@ export const Sandbox = z.object({
   createdAt: Timestamp,
   expiresAt: Timestamp.describe('When the sandbox will be killed unless its timeout is extended'),
   metadata: z.record(z.string(), z.string()),
-  resources: z.object({ cpus: z.number(), memoryMb: z.number(), pids: z.number() }),
+  resources: z.object({
+    cpus: z.number(),
+    memoryMb: z.number(),
+    pids: z.number(),
+    diskMb: z.number().optional().describe('Disk quota in MiB (absent for sandboxes made before disk quotas existed)'),
+  }),
   endedAt: Timestamp.optional(),
   endReason: z.string().optional().describe('Why a sandbox ended: killed, expired, or an error'),
 });

@@ -24,8 +24,8 @@ export interface CreateOptions extends ConnectionOptions {
   envs?: Record<string, string>;
   /** Free-form labels; list() can filter on them. */
   metadata?: Record<string, string>;
-  /** CPU (cores), memory (MiB) and process limits; defaults come from the daemon. */
-  resources?: { cpus?: number; memoryMb?: number; pids?: number };
+  /** CPU (cores), memory (MiB), process and disk (MiB, ENOSPC past it) limits; defaults come from the daemon. */
+  resources?: { cpus?: number; memoryMb?: number; pids?: number; diskMb?: number };
 }
 
 export interface ListOptions extends ConnectionOptions {

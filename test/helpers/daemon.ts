@@ -2,7 +2,7 @@
  * Test fixture: a real daemon (`capsule serve`) in a child process on a free
  * 127.0.0.1 port with its own temporary data directory.
  */
-import type { ChildProcess } from 'node:child_process';
+import { spawnSync, type ChildProcess } from 'node:child_process';
 import { spawnServe } from './serve.js';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -87,9 +87,40 @@ export async function killAllSandboxes(url: string): Promise<void> {
   await Promise.all(body.sandboxes.map((s) => fetch(`${url}/v1/sandboxes/${s.id}`, { method: 'DELETE', headers: authHeaders(url) })));
 }
 
-/** Templates are owned by shifted uids and may hold read-only dirs; rm -rf as root copes. */
+/**
+ * Templates are owned by shifted uids and may hold read-only dirs; rm -rf as root copes.
+ * A daemon that died before cleaning up leaves sandbox mounts (overlay, disk image) below
+ * the dir: they are unmounted first (deepest first, lazily), and the dir is kept, not
+ * emptied through a mount, if any survives.
+ */
 export async function removeDataDir(dir: string): Promise<void> {
+  const left = unmountBelow(dir);
+  if (left.length > 0) {
+    console.warn(`removeDataDir: keeping ${dir}: still mounted at ${left.join(', ')}`);
+    return;
+  }
   await fs.promises.rm(dir, { recursive: true, force: true, maxRetries: 3 }).catch(() => undefined);
+}
+
+/** Lazily unmount everything at or below dir, deepest first; returns what is still mounted. */
+export function unmountBelow(dir: string): string[] {
+  for (const m of mountsBelow(dir).sort((a, b) => b.length - a.length)) {
+    spawnSync('umount', ['-l', m], { stdio: 'ignore', timeout: 10_000 });
+  }
+  return mountsBelow(dir);
+}
+
+/** Mount points at or below dir in this process's mount table (octal escapes decoded). */
+function mountsBelow(dir: string): string[] {
+  const root = path.resolve(dir);
+  const out: string[] = [];
+  for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+    const field = line.split(' ')[4];
+    if (!field) continue;
+    const m = field.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+    if (m === root || m.startsWith(`${root}/`)) out.push(m);
+  }
+  return out;
 }
 
 /** Small JSON-over-HTTP helper for tests that check raw API behaviour. */

@@ -64,7 +64,7 @@ export async function stopBattery(b: Battery | undefined): Promise<void> {
 
 export interface SandboxOptions {
   envs?: Record<string, string>;
-  resources?: { cpus?: number; memoryMb?: number; pids?: number };
+  resources?: { cpus?: number; memoryMb?: number; pids?: number; diskMb?: number };
   /** Upload these probes to /probes after creating it; default all. */
   probes?: readonly ProbeName[];
 }

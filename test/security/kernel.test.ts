@@ -249,7 +249,7 @@ describe('security: kernel surface', () => {
       assert.ok(uid >= hostBase, `host pid ${pid} runs as host uid ${uid}, not root`);
     }
     await sh(b, id, 'echo x > /tmp/owned-by-root-inside');
-    const upper = path.join(b.d.dataDir, 'sandboxes', id, 'upper', 'tmp', 'owned-by-root-inside');
+    const upper = path.join(b.d.dataDir, 'sandboxes', id, 'disk', 'upper', 'tmp', 'owned-by-root-inside');
     assert.equal(fs.statSync(upper).uid, hostBase, 'written as the shifted uid on the host');
   });
 });

@@ -82,8 +82,9 @@ export function registerDaemonCommands(program: Command): void {
     .action(async (opts: { fix?: boolean; json?: boolean; runtime?: string }) => {
       const { loadConfig } = await import('../../config/index.js');
       const { runDoctor } = await import('../../runtime/doctor.js');
-      const runtime = opts.runtime ?? loadConfig().runtime;
-      const checks = await runDoctor({ runtime, fix: opts.fix === true });
+      const config = loadConfig();
+      const runtime = opts.runtime ?? config.runtime;
+      const checks = await runDoctor({ runtime, fix: opts.fix === true, scratchDir: config.dataDir });
       if (opts.json) printJson(checks);
       else {
         const width = Math.max(...checks.map((c) => c.name.length));

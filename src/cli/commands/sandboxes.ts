@@ -13,13 +13,16 @@ export function registerSandboxCommands(program: Command): void {
     .option('-m, --metadata <KEY=VALUE>', 'metadata label (repeatable)', collect)
     .option('--cpus <n>', 'CPU limit in cores')
     .option('--memory <MiB>', 'memory limit in MiB')
+    .option('--disk-mb <MiB>', 'disk quota in MiB for everything the sandbox writes (default 2048)')
     .option('--json', 'print the sandbox as JSON')
-    .action(async (opts: { template?: string; timeout?: string; env?: string[]; metadata?: string[]; cpus?: string; memory?: string; json?: boolean }, cmd: Command) => {
-      const resources: { cpus?: number; memoryMb?: number } = {};
+    .action(async (opts: { template?: string; timeout?: string; env?: string[]; metadata?: string[]; cpus?: string; memory?: string; diskMb?: string; json?: boolean }, cmd: Command) => {
+      const resources: { cpus?: number; memoryMb?: number; diskMb?: number } = {};
       const cpus = parseNumber(opts.cpus, '--cpus');
       const memoryMb = parseNumber(opts.memory, '--memory');
+      const diskMb = parseNumber(opts.diskMb, '--disk-mb');
       if (cpus !== undefined) resources.cpus = cpus;
       if (memoryMb !== undefined) resources.memoryMb = memoryMb;
+      if (diskMb !== undefined) resources.diskMb = diskMb;
       const sbx = await Sandbox.create({
         ...connection(cmd),
         template: opts.template,
@@ -68,7 +71,11 @@ export function registerSandboxCommands(program: Command): void {
         ['state', info.state],
         ['created', shortTime(info.createdAt)],
         ['expires', `${shortTime(info.expiresAt)} (${relativeTime(info.expiresAt)})`],
-        ['resources', `${info.resources.cpus} cpus, ${info.resources.memoryMb} MiB, ${info.resources.pids} pids`],
+        [
+          'resources',
+          `${info.resources.cpus} cpus, ${info.resources.memoryMb} MiB, ${info.resources.pids} pids` +
+            (info.resources.diskMb !== undefined ? `, ${info.resources.diskMb} MiB disk` : ''),
+        ],
         ['metadata', Object.entries(info.metadata).map(([k, v]) => `${k}=${v}`).join(' ') || '-'],
       ];
       if (info.endedAt) rows.push(['ended', `${shortTime(info.endedAt)}${info.endReason ? ` (${info.endReason})` : ''}`]);

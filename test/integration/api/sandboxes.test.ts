@@ -3,7 +3,8 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { execFileSync } from 'node:child_process';
-import { api, startTestDaemon, type TestDaemon } from '../../helpers/daemon.js';
+import path from 'node:path';
+import { api, removeDataDir, REPO_ROOT, startTestDaemon, type TestDaemon } from '../../helpers/daemon.js';
 
 let d: TestDaemon;
 
@@ -18,6 +19,16 @@ async function sh(id: string, cmd: string) {
   return r.json;
 }
 
+/** leftovers() once the kernel had a moment to detach loop devices (it does so in a work item after the unmount). */
+async function settledLeftovers(id: string, dataDir: string): Promise<string[]> {
+  let left = leftovers(id, dataDir);
+  for (let i = 0; i < 40 && left.some((l) => l.startsWith('loop device')); i++) {
+    await new Promise((r) => setTimeout(r, 25));
+    left = leftovers(id, dataDir);
+  }
+  return left;
+}
+
 /** Host-side traces a sandbox can leave: mounts, cgroup dirs, processes in its cgroup, runtime state. */
 function leftovers(id: string, dataDir: string): string[] {
   const found: string[] = [];
@@ -28,6 +39,15 @@ function leftovers(id: string, dataDir: string): string[] {
   if (fs.existsSync(`${dataDir}/sandboxes/${id}`)) found.push('sandbox dir');
   if (fs.existsSync(`${dataDir}/run/${id}.sock`)) found.push('socket');
   if (fs.existsSync(`${dataDir}/runtime/${id}`)) found.push('runtime state');
+  for (const dev of fs.readdirSync('/sys/block').filter((b) => b.startsWith('loop'))) {
+    let backing = '';
+    try {
+      backing = fs.readFileSync(`/sys/block/${dev}/loop/backing_file`, 'utf8');
+    } catch {
+      continue; // a free loop device
+    }
+    if (backing.includes(`/${id}/`)) found.push(`loop device ${dev}`);
+  }
   return found;
 }
 
@@ -36,14 +56,17 @@ describe('sandboxes', () => {
     d = await startTestDaemon();
   });
   after(async () => {
+    // The restart tests hand the data dir to a second daemon, whose stop() leaves it: remove it here.
+    const dir = d?.dataDir;
     await d?.stop();
+    if (dir) await removeDataDir(dir);
   });
 
   it('creates, gets, lists by metadata and kills', async () => {
     const sb = await create({ metadata: { team: 'blue', run: '1' }, resources: { memoryMb: 256, cpus: 0.5, pids: 64 } });
     assert.match(sb.id, /^sbx-[a-z0-9]{12}$/);
     assert.equal(sb.state, 'running');
-    assert.deepEqual(sb.resources, { cpus: 0.5, memoryMb: 256, pids: 64 });
+    assert.deepEqual(sb.resources, { cpus: 0.5, memoryMb: 256, pids: 64, diskMb: 2048 }, 'diskMb defaults to 2048');
     const other = await create({ metadata: { team: 'red' } });
 
     const got = await api(d.url, 'GET', `/v1/sandboxes/${sb.id}`);
@@ -54,7 +77,7 @@ describe('sandboxes', () => {
     const k = await api(d.url, 'DELETE', `/v1/sandboxes/${sb.id}`);
     assert.equal(k.status, 200);
     assert.equal(k.json.state, 'killed');
-    assert.deepEqual(leftovers(sb.id, d.dataDir), []);
+    assert.deepEqual(await settledLeftovers(sb.id, d.dataDir), []);
     const again = await api(d.url, 'DELETE', `/v1/sandboxes/${sb.id}`);
     assert.equal(again.json.state, 'killed', 'kill is idempotent');
     const cmd = await api(d.url, 'POST', `/v1/sandboxes/${sb.id}/commands`, { cmd: 'true' });
@@ -167,6 +190,25 @@ describe('sandboxes', () => {
     assert.equal(w.status, 200, w.text);
     assert.equal(w.json.exitCode, 0);
     await api(d.url, 'DELETE', `/v1/sandboxes/${sb.id}`);
-    assert.deepEqual(leftovers(sb.id, dataDir), []);
+    assert.deepEqual(await settledLeftovers(sb.id, dataDir), []);
+  });
+
+  it('removes a half-made sandbox (disk and overlay mounted, no container) at the next start after a SIGKILL', async () => {
+    await create(); // the busybox template exists
+    const dataDir = d.dataDir;
+    await d.kill();
+    // What a create cut short between the mount helper and `crun run` leaves: the whole mount stack.
+    const id = 'sbx-halfmade00001';
+    execFileSync(path.join(REPO_ROOT, 'dist', 'native', 'capsule-mount'), [
+      'setup',
+      path.join(dataDir, 'sandboxes', id),
+      path.join(dataDir, 'templates', 'busybox', 'rootfs'),
+      '64',
+      '100000',
+      path.join(dataDir, 'bin', 'capsule-agent'),
+    ]);
+    assert.deepEqual(leftovers(id, dataDir).filter((l) => l === 'mount' || l.startsWith('loop')).length, 2, 'set up as a crash would leave it');
+    d = await startTestDaemon({ dataDir });
+    assert.deepEqual(await settledLeftovers(id, dataDir), [], d.log());
   });
 });

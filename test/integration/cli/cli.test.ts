@@ -149,6 +149,24 @@ describe('cli', () => {
     assert.ok(new Date(info.expiresAt).getTime() > Date.now() + 500_000);
   });
 
+  it('create --disk-mb sets the disk quota: info shows it, df inside agrees; out of bounds fails', async () => {
+    const c = await capsule(['create', '--template', 'busybox', '--disk-mb', '96', '--metadata', 'suite=cli']);
+    assert.equal(c.code, 0, show(c));
+    const small = c.stdout.trim();
+    try {
+      const info = await capsule(['info', small]);
+      assert.match(info.stdout, /96 MiB disk/, show(info));
+      const df = await capsule(['exec', small, '--', 'sh', '-c', 'df -k / | tail -n 1']);
+      const kib = Number(df.stdout.trim().split(/\s+/)[1]);
+      assert.ok(kib > 80 * 1024 && kib <= 96 * 1024, show(df));
+    } finally {
+      await capsule(['kill', small]);
+    }
+    const bad = await capsule(['create', '--template', 'busybox', '--disk-mb', '1']);
+    assert.equal(bad.code, 1, show(bad));
+    assert.match(bad.stderr, /invalid_argument/);
+  });
+
   it('template list --json', async () => {
     const r = await capsule(['template', 'list', '--json']);
     assert.equal(r.code, 0, show(r));

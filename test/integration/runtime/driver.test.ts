@@ -18,7 +18,7 @@ import { ID_BASE, ID_SIZE, makeFixture, skipReason, type Fixture } from './fixtu
 const skip = skipReason();
 if (skip) console.warn(`SKIPPING runtime integration tests: ${skip}`);
 
-const RESOURCES = { cpus: 0.5, memoryMb: 128, pids: 64 };
+const RESOURCES = { cpus: 0.5, memoryMb: 128, pids: 64, diskMb: 64 };
 
 /** CAP_ numbers of the granted set (see bundle.ts). */
 const CAP_BITS = [0, 1, 3, 4, 5, 6, 7, 8, 10, 18, 31];
@@ -32,6 +32,25 @@ function alive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/** The host's mountinfo line for a mount point, or null. */
+function hostMountLine(mountPoint: string): string | null {
+  return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').find((l) => l.split(' ')[4] === mountPoint) ?? null;
+}
+
+/** Loop devices whose backing file is below dir (from sysfs). */
+function loopDevicesBelow(dir: string): string[] {
+  const out: string[] = [];
+  for (const dev of fs.readdirSync('/sys/block').filter((d) => d.startsWith('loop'))) {
+    try {
+      const backing = fs.readFileSync(`/sys/block/${dev}/loop/backing_file`, 'utf8').trim();
+      if (backing.startsWith(`${dir}/`)) out.push(dev);
+    } catch {
+      // not bound to a file
+    }
+  }
+  return out;
 }
 
 function p50(xs: number[]): number {
@@ -60,6 +79,13 @@ describe('OciRuntimeDriver (crun)', { skip: skip ?? false }, () => {
     assert.equal(fs.existsSync(fx.paths.agentSocket(id)), false, 'agent socket remains');
     const mounts = (await readMountPoints()).filter((m) => m === dir || m.startsWith(`${dir}/`));
     assert.deepEqual(mounts, [], 'mounts remain');
+    // The kernel detaches an auto-clearing loop device in a work item just after the unmount.
+    let loops = loopDevicesBelow(dir);
+    for (let i = 0; i < 40 && loops.length > 0; i++) {
+      await new Promise((r) => setTimeout(r, 25));
+      loops = loopDevicesBelow(dir);
+    }
+    assert.deepEqual(loops, [], 'loop devices remain bound to the disk image');
     for (const m of await cgroupMounts()) {
       const cg = path.join(m.mountPoint, 'capsule', id);
       assert.equal(fs.existsSync(cg), false, `cgroup dir ${cg} remains`);
@@ -167,9 +193,15 @@ describe('OciRuntimeDriver (crun)', { skip: skip ?? false }, () => {
       console.warn('SKIPPING the syscall-level seccomp probe: needs gcc and libc6-dev to build a static binary');
     }
 
-    // the root is writable and writes land in upper/, owned by the mapped root
+    // the root is writable and writes land in disk/upper, owned by the mapped root, on the sandbox's own ext4
     assert.equal(exec(id, ['sh', '-c', 'echo hi > /hello && mkdir -p /var/x && echo y > /var/x/f']).code, 0);
-    const upper = path.join(fx.paths.sandboxDir(id), 'upper');
+    const upper = path.join(fx.paths.sandboxDir(id), 'disk', 'upper');
+    const diskMount = hostMountLine(path.join(fx.paths.sandboxDir(id), 'disk'));
+    // An ext4 on a loop device (major 7), mounted through the sandbox dir's own node of it (disk.dev).
+    assert.match(diskMount ?? '', / 7:\d+ \/ .* - ext4 (disk\.dev|\/dev\/loop\d+) /, `the sandbox disk is a loop-mounted ext4: ${diskMount}`);
+    assert.equal(fs.statSync(upper).dev, fs.statSync(path.join(fx.paths.sandboxDir(id), 'disk')).dev);
+    assert.notEqual(fs.statSync(upper).dev, fs.statSync(fx.paths.sandboxDir(id)).dev, 'upper is not on the host filesystem');
+    assert.equal(fs.statSync(path.join(fx.paths.sandboxDir(id), 'disk.img')).size, RESOURCES.diskMb * 1024 * 1024);
     assert.equal(fs.readFileSync(path.join(upper, 'hello'), 'utf8'), 'hi\n');
     const st = fs.statSync(path.join(upper, 'hello'));
     assert.equal(st.uid, ID_BASE);

@@ -9,6 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { dataPaths, type DataPaths } from '../../../src/config/index.js';
+import { unmountBelow } from '../../helpers/daemon.js';
 
 export const ID_BASE = 100000;
 export const ID_SIZE = 65536;
@@ -66,6 +67,9 @@ export function makeFixture(): Fixture {
     templateRootfs,
     agentBinary,
     cleanup() {
+      // Never rm -rf through a sandbox's disk or overlay that a failed test left mounted.
+      const left = unmountBelow(root);
+      if (left.length > 0) throw new Error(`fixture ${root} still has mounts: ${left.join(', ')}`);
       fs.rmSync(root, { recursive: true, force: true });
     },
   };

@@ -22,7 +22,7 @@ import { actionName, AUDIT_ARCH_I386, AUDIT_ARCH_X86_64, runSeccompFilter, type 
 const skip = skipReason();
 if (skip) console.warn(`SKIPPING precompiled seccomp integration tests: ${skip}`);
 
-const RESOURCES = { cpus: 1, memoryMb: 128, pids: 64 };
+const RESOURCES = { cpus: 1, memoryMb: 128, pids: 64, diskMb: 256 };
 const X32_BIT = 0x40000000;
 const ALLOW = 0x7fff0000;
 const ERRNO = (e: number) => 0x00050000 | e;

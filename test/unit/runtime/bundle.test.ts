@@ -10,7 +10,7 @@ const input: BundleInput = {
   id: 'sbx-1',
   rootfs: '/var/lib/capsule/sandboxes/sbx-1/rootfs',
   agentBinary: '/var/lib/capsule/bin/agent',
-  resources: { cpus: 1.5, memoryMb: 512, pids: 256 },
+  resources: { cpus: 1.5, memoryMb: 512, pids: 256, diskMb: 2048 },
   idMapBase: 100000,
   idMapSize: 65536,
   seccomp: { defaultAction: 'SCMP_ACT_ERRNO', architectures: ['SCMP_ARCH_X86_64'], syscalls: [] },
@@ -79,6 +79,9 @@ describe('buildOciSpec', () => {
     assert.ok(sys?.options?.includes('ro'));
     const agent = byDest.get('/.capsule');
     assert.deepEqual(agent, { destination: '/.capsule', type: 'bind', source: '/var/lib/capsule/bin', options: ['bind', 'ro', 'nosuid', 'nodev'] });
+    // The driver's copy on the sandbox disk, when given, is what gets bound.
+    const onDisk = buildOciSpec({ ...input, agentDir: '/var/lib/capsule/sandboxes/sbx-1/disk/agent' }).mounts.find((m) => m.destination === '/.capsule');
+    assert.equal(onDisk?.source, '/var/lib/capsule/sandboxes/sbx-1/disk/agent');
     const bindSys = buildOciSpec({ ...input, freshSysfs: false }).mounts.find((m) => m.destination === '/sys');
     assert.equal(bindSys?.type, 'bind');
     assert.ok(bindSys?.options?.includes('rbind') && bindSys.options.includes('ro'));

@@ -13,7 +13,7 @@ import type { AgentConnection } from '../../../src/agent/types.js';
 import type { ContainerSpec, RuntimeDriver } from '../../../src/runtime/types.js';
 import type { TemplateInfo } from '../../../src/templates/types.js';
 
-const BASE: ResourceLimits = { cpus: 1, memoryMb: 512, pids: 256 };
+const BASE: ResourceLimits = { cpus: 1, memoryMb: 512, pids: 256, diskMb: 2048 };
 
 describe('poolFit', () => {
   test('equal limits: claim with nothing to change', () => {

@@ -1,0 +1,111 @@
+/**
+ * A sandbox's host mounts, made and removed by the native helper
+ * native/capsule-mount (one short process each way; see its header comment
+ * for the layout): a sparse ext4 image of `diskMb` on a loop device, which
+ * bounds the sandbox's writes, and the overlay of the template on top of it.
+ * This module turns the helper's exit codes into RuntimeErrors with hints.
+ */
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { RuntimeError } from '../errors/index.js';
+import type { SandboxLayout } from './overlay.js';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+/** Built by scripts/build-native.mjs: dist/src/runtime/mounts.js -> dist/native/capsule-mount. */
+export const MOUNT_HELPER_PATH = path.resolve(here, '..', '..', 'native', 'capsule-mount');
+
+/** Exit codes of capsule-mount, with what to do about each. */
+const HINTS: Record<number, string> = {
+  2: 'the daemon called capsule-mount wrongly; this is a bug',
+  3: 'build the template first (capsule template build)',
+  4: 'check that the data dir is writable by root and has free space',
+  5: 'check that e2fsprogs is installed (apt-get install e2fsprogs) and the data dir has free space',
+  6: 'check `capsule doctor` (loop devices: modprobe loop; ls /dev/loop-control)',
+  7: 'check that the kernel has ext4 and that `capsule doctor` passes',
+  8: 'check the data dir filesystem (free space, permissions)',
+  9: 'check that overlayfs is available (modprobe overlay) and the daemon runs as root',
+  10: 'find what keeps the sandbox mounts busy with fuser -vm on them',
+};
+
+export interface MountHelperOptions {
+  /** The helper binary; default dist/native/capsule-mount. */
+  helper?: string;
+  timeoutMs?: number;
+}
+
+interface HelperResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stderr: string;
+}
+
+function runHelper(helper: string, args: string[], timeoutMs: number): Promise<HelperResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(helper, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    const err: Buffer[] = [];
+    // mke2fs on a large image is the slow part; a stuck helper must not hang a create forever.
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.stderr.on('data', (b: Buffer) => err.push(b));
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      const hint = (e as NodeJS.ErrnoException).code === 'ENOENT' ? ': run `npm run build` (needs musl-tools or gcc)' : '';
+      reject(new RuntimeError(`cannot run the mount helper ${helper}: ${e.message}${hint}`, undefined, { cause: e }));
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stderr: Buffer.concat(err).toString('utf8').trim().slice(0, 2000) });
+    });
+  });
+}
+
+function helperError(what: string, r: HelperResult, details: Record<string, unknown>): RuntimeError {
+  const why = r.stderr.replace(/^capsule-mount: /, '') || (r.signal ? `killed by ${r.signal} (timed out?)` : `exit ${r.code}`);
+  const hint = r.code !== null ? HINTS[r.code] : undefined;
+  return new RuntimeError(`${what}: ${why}${hint ? `; ${hint}` : ''}`, { ...details, exitCode: r.code });
+}
+
+export interface DiskSetup {
+  layout: SandboxLayout;
+  templateRootfs: string;
+  diskMb: number;
+  /** Host uid (and gid) of the sandbox's root: owner of the writable layer. */
+  owner: number;
+  /** Host agent binary, copied onto the sandbox's disk (layout.agentDir). */
+  agentBinary: string;
+  /**
+   * Loop device with O_DIRECT on its image: no second copy of the sandbox's
+   * files in the page cache, but every writeback (and the one at unmount) then
+   * waits for the host disk. Off by default (see OciRuntimeDriverOptions).
+   */
+  directIo: boolean;
+  /** Where empty images are cached per size; absent: mke2fs for every sandbox. */
+  imageCache?: string;
+}
+
+/** Make the sandbox dir (must not exist), its disk and its overlay. On failure no mount is left; files may be. */
+export async function setupSandboxMounts(s: DiskSetup, opts: MountHelperOptions = {}): Promise<void> {
+  const helper = opts.helper ?? MOUNT_HELPER_PATH;
+  const args = ['setup', s.layout.dir, s.templateRootfs, String(s.diskMb), String(s.owner), s.agentBinary];
+  if (s.directIo) args.push('--dio');
+  if (s.imageCache) args.push('--image-cache', s.imageCache);
+  const r = await runHelper(helper, args, opts.timeoutMs ?? 30_000);
+  if (r.code !== 0) throw helperError(`setting up the disk and overlay of ${s.layout.dir} failed`, r, { dir: s.layout.dir });
+}
+
+/** Unmount the overlay, then the disk (lazily when busy). Nothing mounted, or no dir at all, is success. */
+export async function teardownSandboxMounts(dir: string, opts: MountHelperOptions = {}): Promise<void> {
+  const r = await runHelper(opts.helper ?? MOUNT_HELPER_PATH, ['teardown', dir], opts.timeoutMs ?? 30_000);
+  if (r.code !== 0) throw helperError(`unmounting ${dir} failed`, r, { dir });
+}
+
+/** True when the helper has been built (doctor and startup checks). */
+export function mountHelperExists(helper = MOUNT_HELPER_PATH): boolean {
+  try {
+    fs.accessSync(helper, fs.constants.X_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
