@@ -106,6 +106,7 @@ export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger 
         // Pooled sandboxes belong to no one: unlike claimed ones they do not outlive the daemon.
         await pool.close();
         await sandboxes.close();
+        await runtime.close();
         db.close();
         releaseLock();
       },

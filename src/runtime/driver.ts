@@ -12,7 +12,8 @@ import { openAgentSocket, ensurePrivateDir, type PendingAgentSocket } from './ag
 import { buildOciSpec, cgroupsPathFor, cpuQuotaUs, memoryBytes, SANDBOX_CAPABILITIES } from './bundle.js';
 import { cgroupMounts, killCgroupProcs, readOomKills, removeCgroupDirs, writeCgroupV1Limits } from './cgroups.js';
 import { OciCli, summarizeStderr, type OciResult } from './oci-cli.js';
-import { setupSandboxMounts, teardownSandboxMounts } from './mounts.js';
+import { setupSandboxMounts, teardownSandboxMounts, type MountHelperOptions } from './mounts.js';
+import { Launcher, LAUNCHER_PATH } from './launcher.js';
 import { readMountPoints, removeSandboxDir, sandboxLayout } from './overlay.js';
 import { loadDefaultSeccomp, type OciSeccomp } from './seccomp.js';
 import { SeccompBpfCompiler } from './seccomp-bpf.js';
@@ -56,6 +57,12 @@ export interface OciRuntimeDriverOptions {
    * cgroup v1 is not charged to the sandbox's memory cgroup.
    */
   directIo?: boolean;
+  /**
+   * Run the runtime and the mount helper through capsule-launcher (no fork of
+   * the daemon per call; container inits get reaped). Default: the built
+   * dist/native/capsule-launcher when present; null = Node's spawn().
+   */
+  launcher?: Launcher | null;
 }
 
 /** Smallest sandbox disk: mke2fs needs a few MiB of metadata, and a rootfs upper needs room to breathe. */
@@ -88,7 +95,8 @@ export class OciRuntimeDriver implements RuntimeDriver {
       throw new InvalidArgumentError(`agentBinary must be an absolute path, got ${opts.agentBinary}`);
     }
     this.opts = opts;
-    this.cli = new OciCli(opts.runtime, opts.paths.runtimeState);
+    const launcher = opts.launcher !== undefined ? opts.launcher : Launcher.available(LAUNCHER_PATH) ? new Launcher(LAUNCHER_PATH) : null;
+    this.cli = new OciCli(opts.runtime, opts.paths.runtimeState, launcher);
     this.log = opts.logger ?? noopLogger;
     this.seccompBpf =
       opts.precompileSeccomp === false || this.cli.flavor !== 'crun'
@@ -218,15 +226,19 @@ export class OciRuntimeDriver implements RuntimeDriver {
       await fsp.mkdir(layout.bundle, { mode: 0o700 });
       await fsp.writeFile(path.join(layout.bundle, 'config.json'), JSON.stringify(config), { mode: 0o600 });
 
-      sock = await openAgentSocket(paths.agentSocket(id));
-      const s = sock;
       const pidFile = path.join(layout.bundle, 'init.pid');
-      const r = await this.cli.runDetached(['run', '--detach', '--preserve-fds', '1', '--pid-file', pidFile, '--bundle', layout.bundle, id], {
-        extraFds: [s.fd],
-        onSpawned: () => s.handOff(),
-        timeoutMs: this.opts.createTimeoutMs ?? 60_000,
-        ...(signal ? { signal } : {}),
-      });
+      const runArgs = ['run', '--detach', '--preserve-fds', '1', '--pid-file', pidFile, '--bundle', layout.bundle, id];
+      const timeoutMs = this.opts.createTimeoutMs ?? 60_000;
+      let r: OciResult;
+      if (this.cli.launcher) {
+        // The launcher binds the agent's socket itself and hands it to the runtime as fd 3.
+        await ensurePrivateDir(path.dirname(paths.agentSocket(id)));
+        r = await this.cli.runDetached(runArgs, { listenPath: paths.agentSocket(id), timeoutMs, ...(signal ? { signal } : {}) });
+      } else {
+        sock = await openAgentSocket(paths.agentSocket(id));
+        const s = sock;
+        r = await this.cli.runDetached(runArgs, { extraFds: [s.fd], onSpawned: () => s.handOff(), timeoutMs, ...(signal ? { signal } : {}) });
+      }
       if (r.code !== 0) throw this.createError(id, r);
       signal?.throwIfAborted(); // the container runs: the catch below deletes it
 
@@ -259,8 +271,16 @@ export class OciRuntimeDriver implements RuntimeDriver {
     }
   }
 
-  private mountOpts(): { helper?: string } {
-    return this.opts.mountHelper ? { helper: this.opts.mountHelper } : {};
+  private mountOpts(): MountHelperOptions {
+    return {
+      ...(this.opts.mountHelper ? { helper: this.opts.mountHelper } : {}),
+      ...(this.cli.launcher ? { launcher: this.cli.launcher } : {}),
+    };
+  }
+
+  /** Stop the launcher process (containers keep running). */
+  async close(): Promise<void> {
+    await this.cli.launcher?.close();
   }
 
   private createError(id: string, r: OciResult): RuntimeError {

@@ -11,7 +11,12 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { RuntimeError } from '../errors/index.js';
+
+/** Built by scripts/build-native.mjs: dist/src/runtime/launcher.js -> dist/native/capsule-launcher. */
+export const LAUNCHER_PATH = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'native', 'capsule-launcher');
 
 export interface LaunchOptions {
   /** Keep stdout (otherwise /dev/null). */
@@ -134,12 +139,22 @@ export class Launcher {
     });
   }
 
-  /** Stop the launcher. Containers it started keep running (they are re-parented). */
-  close(): void {
+  /**
+   * Stop the launcher and wait for it, so that we (its parent) reap it: left
+   * to exit after us it would be a zombie on hosts whose pid 1 does not reap.
+   * Containers it started keep running (they are re-parented).
+   */
+  async close(): Promise<void> {
     this.closed = true;
-    this.child?.stdin?.end();
+    const child = this.child;
     this.child = null;
     this.ready = null;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    child.stdin?.end();
+    const t = setTimeout(() => child.kill('SIGKILL'), 1000);
+    await exited;
+    clearTimeout(t);
   }
 
   /** Keep the process alive while jobs are pending, and only then (an idle launcher must not hold a CLI or test open). */

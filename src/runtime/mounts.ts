@@ -11,6 +11,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { RuntimeError } from '../errors/index.js';
 import type { SandboxLayout } from './overlay.js';
+import type { Launcher } from './launcher.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 /** Built by scripts/build-native.mjs: dist/src/runtime/mounts.js -> dist/native/capsule-mount. */
@@ -33,6 +34,8 @@ export interface MountHelperOptions {
   /** The helper binary; default dist/native/capsule-mount. */
   helper?: string;
   timeoutMs?: number;
+  /** Run the helper through capsule-launcher instead of forking the daemon. */
+  launcher?: Launcher;
 }
 
 interface HelperResult {
@@ -41,7 +44,16 @@ interface HelperResult {
   stderr: string;
 }
 
-function runHelper(helper: string, args: string[], timeoutMs: number): Promise<HelperResult> {
+async function runHelper(helper: string, args: string[], timeoutMs: number, launcher?: Launcher): Promise<HelperResult> {
+  if (launcher) {
+    try {
+      const r = await launcher.run([helper, ...args], { timeoutMs });
+      return { code: r.code, signal: r.signal, stderr: r.stderr.trim().slice(0, 2000) };
+    } catch (e) {
+      const hint = /ENOENT/.test((e as Error).message) ? ': run `npm run build` (needs musl-tools or gcc)' : '';
+      throw new RuntimeError(`cannot run the mount helper ${helper}: ${(e as Error).message}${hint}`, undefined, { cause: e });
+    }
+  }
   return new Promise((resolve, reject) => {
     const child = spawn(helper, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     const err: Buffer[] = [];
@@ -90,13 +102,13 @@ export async function setupSandboxMounts(s: DiskSetup, opts: MountHelperOptions 
   const args = ['setup', s.layout.dir, s.templateRootfs, String(s.diskMb), String(s.owner), s.agentBinary];
   if (s.directIo) args.push('--dio');
   if (s.imageCache) args.push('--image-cache', s.imageCache);
-  const r = await runHelper(helper, args, opts.timeoutMs ?? 30_000);
+  const r = await runHelper(helper, args, opts.timeoutMs ?? 30_000, opts.launcher);
   if (r.code !== 0) throw helperError(`setting up the disk and overlay of ${s.layout.dir} failed`, r, { dir: s.layout.dir });
 }
 
 /** Unmount the overlay, then the disk (lazily when busy). Nothing mounted, or no dir at all, is success. */
 export async function teardownSandboxMounts(dir: string, opts: MountHelperOptions = {}): Promise<void> {
-  const r = await runHelper(opts.helper ?? MOUNT_HELPER_PATH, ['teardown', dir], opts.timeoutMs ?? 30_000);
+  const r = await runHelper(opts.helper ?? MOUNT_HELPER_PATH, ['teardown', dir], opts.timeoutMs ?? 30_000, opts.launcher);
   if (r.code !== 0) throw helperError(`unmounting ${dir} failed`, r, { dir });
 }
 

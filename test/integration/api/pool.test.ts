@@ -105,7 +105,7 @@ describe('warm pool', () => {
     });
     assert.equal((await poolOf(d)).claims > 0, true);
     assert.deepEqual(sb.metadata, { job: 'pool-test' });
-    assert.deepEqual(sb.resources, { cpus: 0.5, memoryMb: 512, pids: 64 });
+    assert.deepEqual(sb.resources, { cpus: 0.5, memoryMb: 512, pids: 64, diskMb: 2048 });
     const expires = Date.parse(sb.expiresAt);
     assert.ok(expires >= t0 + 60_000 && expires <= Date.now() + 60_000, 'the clock starts at the claim');
     assert.ok(Date.parse(sb.createdAt) >= t0 - 5, 'createdAt is the claim, not the pool start');
