@@ -58,7 +58,10 @@ export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger 
     await ensureHostReady(config.runtime, { scratchDir: config.dataDir });
     const agentBinary = installAgent(paths.bin);
     const db = openDb(paths.db);
-    const templates = new TemplateService({ db, paths, idMapBase: config.idMapBase, logger: log });
+    // A replaced template tree is deleted once no sandbox sits on it; until the driver exists, assume one does.
+    let lowerInUse: (rootfs: string) => boolean = () => true;
+    const inUse = (rootfs: string) => lowerInUse(rootfs);
+    const templates = new TemplateService({ db, paths, idMapBase: config.idMapBase, logger: log, inUse });
     await templates.recover();
     const runtime = new OciRuntimeDriver({
       runtime: config.runtime,
@@ -68,6 +71,7 @@ export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger 
       agentBinary,
       logger: log,
     });
+    lowerInUse = (rootfs) => runtime.templateInUse(rootfs);
     const store = new SandboxStore(db);
     // Unknown template names in the pool settings fail the start, with the list of known ones.
     for (const [name, size] of Object.entries(config.pools)) if (size > 0) templates.get(name);
@@ -90,6 +94,10 @@ export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger 
     const recovered = await sandboxes.recover();
     if (recovered.adopted.length || recovered.ended.length || recovered.cleaned.length) log.info(recovered, 'recovered state from the last run');
     sandboxes.startReaper();
+    const prune = () =>
+      void templates.pruneOld(inUse).catch((err: unknown) => log.warn({ err }, 'pruning replaced template trees failed'));
+    prune();
+    sandboxes.onDestroyed(prune);
 
     const app = buildServer(services, log);
     await app.listen({ host: config.host, port: config.port });

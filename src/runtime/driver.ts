@@ -65,6 +65,9 @@ export interface OciRuntimeDriverOptions {
   launcher?: Launcher | null;
 }
 
+/** In each sandbox dir: "<dev>:<ino>" of the template tree its overlay was mounted on. */
+const LOWER_ID_FILE = 'lower.id';
+
 /** Smallest sandbox disk: mke2fs needs a few MiB of metadata, and a rootfs upper needs room to breathe. */
 export const MIN_DISK_MB = 16;
 
@@ -208,6 +211,10 @@ export class OciRuntimeDriver implements RuntimeDriver {
         },
         this.mountOpts(),
       );
+      // Which template tree this sandbox's overlay sits on, by identity: a rebuild renames the tree
+      // (templates/<name>/old-*), and it may only be deleted once no sandbox records it here.
+      const lower = await fsp.stat(spec.templateRootfs);
+      await fsp.writeFile(path.join(layout.dir, LOWER_ID_FILE), `${lower.dev}:${lower.ino}`, { mode: 0o600 });
       signal?.throwIfAborted();
 
       const config = buildOciSpec({
@@ -276,6 +283,32 @@ export class OciRuntimeDriver implements RuntimeDriver {
       ...(this.opts.mountHelper ? { helper: this.opts.mountHelper } : {}),
       ...(this.cli.launcher ? { launcher: this.cli.launcher } : {}),
     };
+  }
+
+  /** Whether any sandbox (running, pooled or left over) has `rootfs` as its lower layer. Unknown means yes. */
+  templateInUse(rootfs: string): boolean {
+    let want: string;
+    try {
+      const st = fs.statSync(rootfs);
+      want = `${st.dev}:${st.ino}`;
+    } catch {
+      return false; // gone already
+    }
+    let dirs: string[];
+    try {
+      dirs = fs.readdirSync(this.opts.paths.sandboxes);
+    } catch (e) {
+      return (e as NodeJS.ErrnoException).code !== 'ENOENT';
+    }
+    for (const d of dirs) {
+      try {
+        if (fs.readFileSync(path.join(this.opts.paths.sandboxes, d, LOWER_ID_FILE), 'utf8') === want) return true;
+      } catch (e) {
+        // A sandbox dir without the file is being made (or predates it): it may use any tree.
+        if ((e as NodeJS.ErrnoException).code === 'ENOENT' && fs.existsSync(path.join(this.opts.paths.sandboxes, d, 'rootfs'))) return true;
+      }
+    }
+    return false;
   }
 
   /** Stop the launcher process (containers keep running). */

@@ -56,6 +56,7 @@ export class SandboxManager {
   private readonly ending = new Map<string, Promise<void>>();
   private reaper: NodeJS.Timeout | undefined;
   private events: SandboxEvents | undefined;
+  private afterDestroy: (() => void) | undefined;
 
   constructor(
     private readonly config: DaemonConfig,
@@ -70,6 +71,11 @@ export class SandboxManager {
 
   setEvents(events: SandboxEvents): void {
     this.events = events;
+  }
+
+  /** Called after each sandbox's container and writable layer are gone (e.g. to prune replaced template trees). */
+  onDestroyed(fn: () => void): void {
+    this.afterDestroy = fn;
   }
 
   async create(opts: CreateOptions): Promise<SandboxRecord> {
@@ -272,6 +278,7 @@ export class SandboxManager {
       this.events?.onEnded(id);
       try {
         await this.runtime.destroy(id);
+        this.afterDestroy?.();
       } catch (err) {
         // Leftovers are retried at the next start (recover); the sandbox is ended either way.
         this.log.error({ err, id }, 'destroying sandbox failed');
