@@ -39,6 +39,8 @@
 #define MAX_RUNNING 1024
 #define MAX_FINISHED 256
 #define DRAIN_MS 50
+/* EXEC with EXEC_HOLD_REPLY: how long the OK may wait for the exit (see proc_progress). */
+#define HOLD_US 2000
 #define MAX_ARGS 65536
 #define PS_ARGV_MAX 4096         /* argv bytes remembered per process for PS */
 #define TARGET_MAX 4096
@@ -55,6 +57,11 @@ static int64_t now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+static int64_t now_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 static void wr_u32(uint8_t *p, uint32_t v) { p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v; }
@@ -168,6 +175,7 @@ struct proc {
   uint32_t ch;
   int64_t credit[3];
   uint64_t fin_seq;               /* >0 once finished and unattached */
+  int64_t ok_due;                 /* EXEC reply held until exit or this time (now_us); 0 = no reply pending */
   int dead;                       /* free at next sweep */
 };
 
@@ -363,11 +371,29 @@ static int proc_finished(struct proc *p) {
   return p->exited && p->ofd[S_OUT] < 0 && p->ofd[S_ERR] < 0;
 }
 
+static void send_exec_ok(struct conn *c, uint32_t ch, pid_t pid) {
+  uint8_t b[4];
+  wr_u32(b, (uint32_t)pid);
+  send_simple(c, ch, FT_OK, 0, b, 4);
+}
+
 /* Move buffered output to the attached channel while it has credit; send EXIT at the end. */
 static void proc_progress(struct proc *p, int64_t now) {
   if (p->dead) return;
   struct conn *c = p->conn;
   if (c && c->dead) c = NULL;
+  if (p->ok_due) {
+    if (!c) {
+      p->ok_due = 0; /* the channel went away: nobody to answer */
+    } else {
+      /* A short command's reply, output and EXIT leave in one write: one wake-up of the daemon instead of two.
+       * A full ring means the output must flow now; the deadline bounds how late a long command's reply is. */
+      int full = p->ring[S_OUT].len >= RING_CAP || p->ring[S_ERR].len >= RING_CAP;
+      if (!proc_finished(p) && !full && now_us() < p->ok_due) return;
+      send_exec_ok(c, p->ch, p->pid);
+      p->ok_due = 0;
+    }
+  }
   if (c) {
     for (int s = S_OUT; s <= S_ERR; s++) {
       struct ring *r = &p->ring[s];
@@ -687,7 +713,7 @@ static void handle_exec(struct conn *c, uint32_t id, struct rd *r) {
   }
 
   if (pipe2(pout, O_CLOEXEC) || pipe2(perr2, O_CLOEXEC) || pipe2(pe, O_CLOEXEC) ||
-      ((flags & 1) && pipe2(pin, O_CLOEXEC))) {
+      ((flags & EXEC_STDIN_PIPE) && pipe2(pin, O_CLOEXEC))) {
     perr = errno;
     send_error(c, id, perr, "pipe: %s", strerror(perr));
     goto out;
@@ -704,7 +730,7 @@ static void handle_exec(struct conn *c, uint32_t id, struct rd *r) {
     for (int s = 1; s < NSIG; s++) signal(s, SIG_DFL);
     sigprocmask(SIG_SETMASK, &all, NULL);
     setsid();
-    int infd = (flags & 1) ? pin[0] : open("/dev/null", O_RDONLY);
+    int infd = (flags & EXEC_STDIN_PIPE) ? pin[0] : open("/dev/null", O_RDONLY);
     if (infd < 0 || dup2(infd, 0) < 0 || dup2(pout[1], 1) < 0 || dup2(perr2[1], 2) < 0)
       child_fail(pe[1], STAGE_STDIO, errno);
     if (infd > 2) close(infd);
@@ -780,9 +806,9 @@ static void handle_exec(struct conn *c, uint32_t id, struct rd *r) {
   ch->proc = p;
   p->next = procs;
   procs = p;
-  uint8_t b[4];
-  wr_u32(b, (uint32_t)pid);
-  send_simple(c, id, FT_OK, 0, b, 4);
+  /* Without a stdin pipe the daemon has nothing to send before the exit, so it may ask us to hold the reply. */
+  if ((flags & (EXEC_STDIN_PIPE | EXEC_HOLD_REPLY)) == EXEC_HOLD_REPLY) p->ok_due = now_us() + HOLD_US;
+  else send_exec_ok(c, id, pid);
   goto out;
 
 bad:
@@ -821,6 +847,7 @@ static void handle_attach(struct conn *c, uint32_t id, struct rd *r) {
   p->conn = c;
   p->ch = id;
   p->fin_seq = 0;
+  p->ok_due = 0; /* the EXEC channel that waited for it got ECANCELED above */
   p->credit[S_OUT] = p->credit[S_ERR] = INIT_WINDOW;
   p->rwin = INIT_WINDOW;
   p->iclose = 0;
@@ -1481,11 +1508,18 @@ int main(int argc, char **argv) {
         else if (ch->kind == CH_LIST) busy |= pump_list(c, ch);
       }
     }
-    int64_t timeout = -1;
+    int64_t timeout = -1; /* µs */
+    int64_t held_now = 0;
     for (struct proc *p = procs; p; p = p->next) {
       proc_progress(p, now);
       if (!p->dead && p->exited && (p->ofd[S_OUT] >= 0 || p->ofd[S_ERR] >= 0)) {
-        int64_t t = p->deadline - now;
+        int64_t t = (p->deadline - now) * 1000;
+        if (t < 0) t = 0;
+        if (timeout < 0 || t < timeout) timeout = t;
+      }
+      if (!p->dead && p->ok_due) {
+        if (!held_now) held_now = now_us();
+        int64_t t = p->ok_due - held_now;
         if (t < 0) t = 0;
         if (timeout < 0 || t < timeout) timeout = t;
       }
@@ -1522,7 +1556,10 @@ int main(int argc, char **argv) {
       if (p->ifd >= 0 && p->ibuf.len) ADD(p->ifd, POLLOUT, R_PIN, p, 0);
     }
 #undef ADD
-    int rc = poll(pfd, n, timeout > 1000000 ? 1000000 : (int)timeout);
+    /* ppoll: a held EXEC reply needs a finer timeout than poll's milliseconds. */
+    if (timeout > 1000000000) timeout = 1000000000;
+    struct timespec ts = { (time_t)(timeout / 1000000), (long)(timeout % 1000000) * 1000 };
+    int rc = ppoll(pfd, n, timeout < 0 ? NULL : &ts, NULL);
     if (rc < 0) {
       if (errno == EINTR) continue;
       sleep(1);
