@@ -69,7 +69,7 @@ export class CommandService implements SandboxEvents {
   ): Promise<CommandResult | { pid: number }> {
     const sb = this.sandboxes.getRunning(sandboxId, opts.owner);
     const table = this.table(sandboxId);
-    if ([...table.values()].filter((t) => !t.exit).length >= MAX_LIVE_PER_SANDBOX) {
+    if (countLive(table) >= MAX_LIVE_PER_SANDBOX) {
       throw new CapsuleError('rate_limited', `sandbox ${sandboxId} already runs ${MAX_LIVE_PER_SANDBOX} commands`);
     }
     const argv = typeof req.cmd === 'string' ? ['/bin/sh', '-c', req.cmd] : req.cmd;
@@ -259,7 +259,7 @@ export class CommandService implements SandboxEvents {
         t.followers.clear();
         t.throttledBy.clear();
         finish(s);
-        this.journal.ended(sandboxId, pid, s.exitCode, Date.now());
+        this.journal.ended(sandboxId, pid, startedAt, s.exitCode, Date.now());
         this.forgetOldFinished(sandboxId);
       },
       followers: new Set(),
@@ -340,9 +340,24 @@ export class CommandService implements SandboxEvents {
   private forgetOldFinished(sandboxId: string): void {
     const table = this.bySandbox.get(sandboxId);
     if (!table) return;
-    const finished = [...table.values()].filter((x) => x.exit);
-    for (let i = 0; i < finished.length - MAX_FINISHED_PER_SANDBOX; i++) table.delete(finished[i]!.pid);
+    // Runs at every exit: count and delete in place rather than copying a table of 256+ entries each time.
+    let excess = -MAX_FINISHED_PER_SANDBOX;
+    for (const t of table.values()) if (t.exit) excess++;
+    // Map order is insertion order, so the first finished ones are the oldest.
+    for (const t of table.values()) {
+      if (excess <= 0) break;
+      if (t.exit) {
+        table.delete(t.pid);
+        excess--;
+      }
+    }
   }
+}
+
+function countLive(table: Map<number, Tracked>): number {
+  let n = 0;
+  for (const t of table.values()) if (!t.exit) n++;
+  return n;
 }
 
 function exitEvent(t: Tracked): CommandEvent {

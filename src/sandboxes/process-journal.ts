@@ -59,9 +59,16 @@ export class ProcessJournal {
     this.schedule();
   }
 
-  ended(sandboxId: string, pid: number, exitCode: number, at: number): void {
-    // Never written: a finished process needs no row (see above).
-    if (this.pending.delete(key(sandboxId, pid))) return;
+  /** `startedAt` tells this process from a later one that got the same pid. */
+  ended(sandboxId: string, pid: number, startedAt: number, exitCode: number, at: number): void {
+    const k = key(sandboxId, pid);
+    const waiting = this.pending.get(k);
+    if (waiting) {
+      // Ours was never written, and a finished process needs no row (see above). A later process with the
+      // reused pid keeps its waiting row, which replaces any old one when written.
+      if (waiting.startedAt === startedAt) this.pending.delete(k);
+      return;
+    }
     this.exits.push({ sandboxId, pid, exitCode, at });
     this.schedule();
   }

@@ -46,7 +46,7 @@ describe('ProcessJournal', () => {
     j.started(rec('sbx-a', 10), false);
     assert.deepEqual(j.get('sbx-a', 10), rec('sbx-a', 10), 'visible before it is written');
     assert.equal(store.getProcess('sbx-a', 10), undefined);
-    j.ended('sbx-a', 10, 0, Date.now());
+    j.ended('sbx-a', 10, rec('sbx-a', 10).startedAt, 0, Date.now());
     j.close();
     assert.equal(store.getProcess('sbx-a', 10), undefined);
     assert.equal(j.get('sbx-a', 10), undefined);
@@ -64,11 +64,21 @@ describe('ProcessJournal', () => {
     j.started(rec('sbx-a', 12), false);
     j.flush();
     assert.deepEqual(store.getProcess('sbx-a', 12), rec('sbx-a', 12));
-    j.ended('sbx-a', 12, 3, 1_700_000_001_000);
+    j.ended('sbx-a', 12, rec('sbx-a', 12).startedAt, 3, 1_700_000_001_000);
     assert.equal(store.getProcess('sbx-a', 12)?.exitCode, null, 'the exit waits for the next flush');
     j.close();
     assert.equal(store.getProcess('sbx-a', 12)?.exitCode, 3);
     assert.equal(store.getProcess('sbx-a', 12)?.endedAt, 1_700_000_001_000);
+  });
+
+  it('keeps the waiting row of a later process that reused the pid', () => {
+    const j = journal();
+    const later = { ...rec('sbx-a', 14), startedAt: rec('sbx-a', 14).startedAt + 5 };
+    j.started(rec('sbx-a', 14), false);
+    j.started(later, false);
+    j.ended('sbx-a', 14, rec('sbx-a', 14).startedAt, 0, Date.now());
+    j.close();
+    assert.deepEqual(store.getProcess('sbx-a', 14), later);
   });
 
   it('flushes on its own after flushMs', async () => {
@@ -84,7 +94,7 @@ describe('ProcessJournal', () => {
     j.started(rec('sbx-c', 20), true);
     j.started(rec('sbx-c', 21), false);
     j.started(rec('sbx-d', 22), false);
-    j.ended('sbx-c', 20, 0, Date.now());
+    j.ended('sbx-c', 20, rec('sbx-c', 20).startedAt, 0, Date.now());
     j.dropSandbox('sbx-c');
     j.close();
     assert.equal(store.getProcess('sbx-c', 20), undefined);
