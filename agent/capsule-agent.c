@@ -215,6 +215,12 @@ static struct proc *procs;
 static uint64_t fin_counter;
 static int listen_fd = -1, sig_fd = -1;
 static int is_pid1;
+/* Signals not at their default in the agent (its own handlers and SIGPIPE, any it inherited ignored): a child
+ * resets just these before exec. */
+static int changed_sigs[NSIG];
+static int n_changed_sigs;
+/* Stdin of commands without a pipe; opened once (close-on-exec), dup2'ed into each child. */
+static int devnull_fd = -1;
 static unsigned tmp_counter;
 
 /* ------------------------------------------------------------------ */
@@ -668,6 +674,11 @@ static void child_exec(char **argv, char **envp, int errfd) {
   child_fail(errfd, STAGE_EXEC, seen_eacces ? EACCES : ENOENT);
 }
 
+/* The parent's ends of a command's pipes: pipe2 made them close-on-exec already, so one fcntl, not three. */
+static int set_nonblock(int fd) {
+  return fcntl(fd, F_SETFL, O_RDONLY | O_NONBLOCK);
+}
+
 static int set_nonblock_cloexec(int fd) {
   int fl = fcntl(fd, F_GETFL);
   if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) return -1;
@@ -727,13 +738,15 @@ static void handle_exec(struct conn *c, uint32_t id, struct rd *r) {
   if (pid == 0) {
     sigset_t all;
     sigemptyset(&all);
-    for (int s = 1; s < NSIG; s++) signal(s, SIG_DFL);
+    /* Only the signals the agent changed: a loop over all 64 was 64 syscalls, each through the sandbox's
+     * seccomp filter, on every command. */
+    for (int i = 0; i < n_changed_sigs; i++) signal(changed_sigs[i], SIG_DFL);
     sigprocmask(SIG_SETMASK, &all, NULL);
     setsid();
-    int infd = (flags & EXEC_STDIN_PIPE) ? pin[0] : open("/dev/null", O_RDONLY);
+    int infd = (flags & EXEC_STDIN_PIPE) ? pin[0] : devnull_fd >= 0 ? devnull_fd : open("/dev/null", O_RDONLY);
     if (infd < 0 || dup2(infd, 0) < 0 || dup2(pout[1], 1) < 0 || dup2(perr2[1], 2) < 0)
       child_fail(pe[1], STAGE_STDIO, errno);
-    if (infd > 2) close(infd);
+    if (infd > 2 && infd != devnull_fd) close(infd);
     if (have_cred) {
       if (setgroups((size_t)cr.ngroups, cr.groups) || setgid(cr.gid) || setuid(cr.uid))
         child_fail(pe[1], STAGE_CRED, errno);
@@ -773,9 +786,9 @@ static void handle_exec(struct conn *c, uint32_t id, struct rd *r) {
   p->ofd[S_OUT] = pout[0]; pout[0] = -1;
   p->ofd[S_ERR] = perr2[0]; perr2[0] = -1;
   p->ifd = pin[1]; pin[1] = -1;
-  set_nonblock_cloexec(p->ofd[S_OUT]);
-  set_nonblock_cloexec(p->ofd[S_ERR]);
-  if (p->ifd >= 0) set_nonblock_cloexec(p->ifd);
+  set_nonblock(p->ofd[S_OUT]);
+  set_nonblock(p->ofd[S_ERR]);
+  if (p->ifd >= 0) fcntl(p->ifd, F_SETFL, O_WRONLY | O_NONBLOCK);
   p->rwin = INIT_WINDOW;
   p->credit[S_OUT] = p->credit[S_ERR] = INIT_WINDOW;
   p->conn = c;
@@ -1485,6 +1498,11 @@ int main(int argc, char **argv) {
   struct sigaction sa = { .sa_handler = on_term };
   sigaction(SIGTERM, &sa, NULL);
   sigaction(SIGINT, &sa, NULL);
+  for (int s = 1; s < NSIG; s++) {
+    struct sigaction old;
+    if (sigaction(s, NULL, &old) == 0 && old.sa_handler != SIG_DFL) changed_sigs[n_changed_sigs++] = s;
+  }
+  devnull_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGCHLD);

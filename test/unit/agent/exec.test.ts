@@ -93,6 +93,22 @@ describe('agent exec', () => {
     assert.equal(out.stdout(), '');
   });
 
+  it('starts commands with no signal ignored or blocked, and no agent fd open', async () => {
+    // The agent ignores SIGPIPE and keeps /dev/null open for stdin: neither may leak into a command.
+    for (let i = 0; i < 3; i++) {
+      const p = await conn.exec({ argv: ['sh', '-c', 'grep -E "^Sig(Ign|Blk)" /proc/self/status; for f in /proc/self/fd/*; do readlink "$f"; done; :'], env: ENV, stdin: i === 1 });
+      if (i === 1) await p.closeStdin();
+      const out = collect(p);
+      assert.equal((await p.exited).exitCode, 0);
+      const text = out.stdout();
+      assert.match(text, /^SigIgn:\s+0+$/m);
+      assert.match(text, /^SigBlk:\s+0+$/m);
+      // The agent's own /dev/null (close-on-exec) never shows up beside stdin.
+      const devnull = text.split('\n').filter((l) => l === '/dev/null').length;
+      assert.equal(devnull, i === 1 ? 0 : 1, text);
+    }
+  });
+
   it('reports pre-exec failures as errors', async () => {
     await assert.rejects(conn.exec({ argv: ['no-such-command-xyz'], env: ENV, stdin: false }), (e: any) => {
       assert.equal(e.code, 'not_found');
