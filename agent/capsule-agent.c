@@ -20,7 +20,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -634,21 +636,42 @@ static int resolve_user(const char *spec, struct cred *cr, char *msg, size_t msz
 /* ------------------------------------------------------------------ */
 /* exec                                                                */
 
-struct child_err { int32_t stage, err; };
+/*
+ * Commands start with clone(CLONE_VM | CLONE_VFORK): the child borrows our memory until it execs, and we
+ * wait meanwhile. A fork copied the page tables, then paid for their teardown at exec, copy-on-write
+ * faults in the agent and the TLB flushes between CPUs; that was most of the agent's kernel time per
+ * command. Sharing memory has rules, kept by child_main: it touches only its own stack and `struct spawn`,
+ * calls nothing that takes libc locks or changes libc state (raw syscalls where libc would), and ends in
+ * execve or _exit. Its failure before exec is written into `struct spawn`, which we read once it is gone.
+ */
 enum { STAGE_CRED = 1, STAGE_CWD, STAGE_EXEC, STAGE_STDIO };
 
-static void child_fail(int fd, int stage, int err) {
-  struct child_err ce = { stage, err };
-  ssize_t r = write(fd, &ce, sizeof ce);
-  (void)r;
+struct spawn {
+  char **argv, **envp;
+  const char *cwd;                /* "" = / */
+  int infd, outfd, errfd;         /* become 0, 1, 2 */
+  const struct cred *cr;          /* NULL: keep the agent's */
+  volatile int32_t stage, err;    /* set by the child when it fails before exec */
+};
+
+/* The kernel's struct sigaction on x86_64 and aarch64; zeroed = SIG_DFL, no flags, empty mask. */
+struct ksigaction { void *handler; unsigned long flags; void *restorer; uint64_t mask; };
+
+/* One child is between clone and exec at a time (we wait for it), so one stack serves all. */
+static uint8_t child_stack[64 * 1024] __attribute__((aligned(16)));
+
+static void child_fail(struct spawn *s, int stage, int err) {
+  s->stage = stage;
+  s->err = err;
   _exit(127);
 }
 
-static void child_exec(char **argv, char **envp, int errfd) {
+static void child_exec(struct spawn *s) {
+  char **argv = s->argv, **envp = s->envp;
   const char *file = argv[0];
   if (strchr(file, '/')) {
     execve(file, argv, envp);
-    child_fail(errfd, STAGE_EXEC, errno);
+    child_fail(s, STAGE_EXEC, errno);
   }
   const char *path = NULL;
   for (char **e = envp; *e; e++)
@@ -666,12 +689,46 @@ static void child_exec(char **argv, char **envp, int errfd) {
       execve(full, argv, envp);
       if (errno == EACCES) seen_eacces = 1;
       else if (errno != ENOENT && errno != ENOTDIR && errno != ELOOP && errno != ENAMETOOLONG)
-        child_fail(errfd, STAGE_EXEC, errno);
+        child_fail(s, STAGE_EXEC, errno);
     }
     if (!end) break;
     p = end + 1;
   }
-  child_fail(errfd, STAGE_EXEC, seen_eacces ? EACCES : ENOENT);
+  child_fail(s, STAGE_EXEC, seen_eacces ? EACCES : ENOENT);
+}
+
+static int child_main(void *arg) {
+  struct spawn *s = arg;
+  /* All signals are blocked (the parent did it before clone): reset the dispositions the agent changed,
+   * then unblock. Only those: a loop over all 64 was 64 seccomp-filtered syscalls per command. */
+  struct ksigaction dfl = {0};
+  for (int i = 0; i < n_changed_sigs; i++) syscall(SYS_rt_sigaction, changed_sigs[i], &dfl, NULL, 8);
+  uint64_t none = 0;
+  syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, 8);
+  syscall(SYS_setsid);
+  /* dup3 (dup2 is missing on aarch64); the sources are never 0-2, which the agent keeps open. */
+  if (syscall(SYS_dup3, s->infd, 0, 0) < 0 || syscall(SYS_dup3, s->outfd, 1, 0) < 0 || syscall(SYS_dup3, s->errfd, 2, 0) < 0)
+    child_fail(s, STAGE_STDIO, errno);
+  /* setgroups/setgid/setuid through libc would synchronise threads under a lock; we have one thread. */
+  if (s->cr && (syscall(SYS_setgroups, (size_t)s->cr->ngroups, s->cr->groups) || syscall(SYS_setgid, s->cr->gid) ||
+                syscall(SYS_setuid, s->cr->uid)))
+    child_fail(s, STAGE_CRED, errno);
+  if (syscall(SYS_chdir, s->cwd[0] ? s->cwd : "/")) child_fail(s, STAGE_CWD, errno);
+  child_exec(s);
+  _exit(127);
+}
+
+/* Starts the child; returns its pid (s->stage says whether it got as far as exec), or -1 with errno. */
+static pid_t spawn_child(struct spawn *s) {
+  sigset_t all, old;
+  sigfillset(&all);
+  /* No handler of ours may run in the child, on memory it shares with us, before it reset them. */
+  sigprocmask(SIG_BLOCK, &all, &old);
+  pid_t pid = clone(child_main, child_stack + sizeof child_stack, CLONE_VM | CLONE_VFORK | SIGCHLD, s);
+  int err = errno;
+  sigprocmask(SIG_SETMASK, &old, NULL);
+  errno = err;
+  return pid;
 }
 
 /* The parent's ends of a command's pipes: pipe2 made them close-on-exec already, so one fcntl, not three. */
@@ -699,7 +756,7 @@ static void handle_exec(struct conn *c, uint32_t id, struct rd *r) {
   char **argv = NULL, **envp = NULL;
   uint32_t envc = 0;
   char msg[512];
-  int perr = 0, pout[2] = {-1, -1}, perr2[2] = {-1, -1}, pin[2] = {-1, -1}, pe[2] = {-1, -1};
+  int perr = 0, pout[2] = {-1, -1}, perr2[2] = {-1, -1}, pin[2] = {-1, -1};
 
   if (r->bad || argc == 0 || argc > MAX_ARGS) goto bad;
   argv = calloc(argc + 1, sizeof *argv);
@@ -723,54 +780,39 @@ static void handle_exec(struct conn *c, uint32_t id, struct rd *r) {
     have_cred = 1;
   }
 
-  if (pipe2(pout, O_CLOEXEC) || pipe2(perr2, O_CLOEXEC) || pipe2(pe, O_CLOEXEC) ||
+  if (pipe2(pout, O_CLOEXEC) || pipe2(perr2, O_CLOEXEC) ||
       ((flags & EXEC_STDIN_PIPE) && pipe2(pin, O_CLOEXEC))) {
     perr = errno;
     send_error(c, id, perr, "pipe: %s", strerror(perr));
     goto out;
   }
-  pid_t pid = fork();
-  if (pid < 0) {
-    perr = errno;
-    send_error(c, id, perr, "fork: %s", strerror(perr));
+  if (devnull_fd < 0) devnull_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  int infd = (flags & EXEC_STDIN_PIPE) ? pin[0] : devnull_fd;
+  if (infd < 0) {
+    perr = errno ? errno : EBADF;
+    send_error(c, id, perr, "cannot open /dev/null: %s", strerror(perr));
     goto out;
   }
-  if (pid == 0) {
-    sigset_t all;
-    sigemptyset(&all);
-    /* Only the signals the agent changed: a loop over all 64 was 64 syscalls, each through the sandbox's
-     * seccomp filter, on every command. */
-    for (int i = 0; i < n_changed_sigs; i++) signal(changed_sigs[i], SIG_DFL);
-    sigprocmask(SIG_SETMASK, &all, NULL);
-    setsid();
-    int infd = (flags & EXEC_STDIN_PIPE) ? pin[0] : devnull_fd >= 0 ? devnull_fd : open("/dev/null", O_RDONLY);
-    if (infd < 0 || dup2(infd, 0) < 0 || dup2(pout[1], 1) < 0 || dup2(perr2[1], 2) < 0)
-      child_fail(pe[1], STAGE_STDIO, errno);
-    if (infd > 2 && infd != devnull_fd) close(infd);
-    if (have_cred) {
-      if (setgroups((size_t)cr.ngroups, cr.groups) || setgid(cr.gid) || setuid(cr.uid))
-        child_fail(pe[1], STAGE_CRED, errno);
-    }
-    if (chdir(cwd[0] ? cwd : "/")) child_fail(pe[1], STAGE_CWD, errno);
-    child_exec(argv, envp, pe[1]);
-    _exit(127);
+  struct spawn sp = { argv, envp, cwd, infd, pout[1], perr2[1], have_cred ? &cr : NULL, 0, 0 };
+  pid_t pid = spawn_child(&sp);
+  if (pid < 0) {
+    perr = errno;
+    send_error(c, id, perr, "clone: %s", strerror(perr));
+    goto out;
   }
-  close(pe[1]); pe[1] = -1;
   close(pout[1]); pout[1] = -1;
   close(perr2[1]); perr2[1] = -1;
   if (pin[0] >= 0) { close(pin[0]); pin[0] = -1; }
-  struct child_err ce;
-  ssize_t n;
-  do n = read(pe[0], &ce, sizeof ce); while (n < 0 && errno == EINTR);
-  if (n == (ssize_t)sizeof ce) {
+  if (sp.stage) {
     int st;
     while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
-    const char *what = ce.stage == STAGE_CRED ? "cannot switch to user" :
-                       ce.stage == STAGE_CWD ? "cannot enter working directory" :
-                       ce.stage == STAGE_STDIO ? "cannot set up stdio" : "cannot execute";
-    const char *obj = ce.stage == STAGE_CRED ? user : ce.stage == STAGE_CWD ? (cwd[0] ? cwd : "/") : argv[0];
-    send_error(c, id, ce.err, "%s %.300s: %s", what, obj,
-               ce.stage == STAGE_EXEC && ce.err == ENOENT ? "command not found" : strerror(ce.err));
+    int stage = sp.stage, err = sp.err;
+    const char *what = stage == STAGE_CRED ? "cannot switch to user" :
+                       stage == STAGE_CWD ? "cannot enter working directory" :
+                       stage == STAGE_STDIO ? "cannot set up stdio" : "cannot execute";
+    const char *obj = stage == STAGE_CRED ? user : stage == STAGE_CWD ? (cwd[0] ? cwd : "/") : argv[0];
+    send_error(c, id, err, "%s %.300s: %s", what, obj,
+               stage == STAGE_EXEC && err == ENOENT ? "command not found" : strerror(err));
     goto out;
   }
   struct proc *p = calloc(1, sizeof *p);
@@ -831,7 +873,6 @@ out:
     if (pout[i] >= 0) close(pout[i]);
     if (perr2[i] >= 0) close(perr2[i]);
     if (pin[i] >= 0) close(pin[i]);
-    if (pe[i] >= 0) close(pe[i]);
   }
   if (argv) for (uint32_t i = 0; i < argc; i++) free(argv[i]);
   if (envp) for (uint32_t i = 0; i < envc; i++) free(envp[i]);
