@@ -652,6 +652,8 @@ struct spawn {
   int infd, outfd, errfd;         /* become 0, 1, 2 */
   const struct cred *cr;          /* NULL: keep the agent's */
   volatile int32_t stage, err;    /* set by the child when it fails before exec */
+  cpu_set_t cpus;                 /* the agent's own CPUs, for the child to take back before exec */
+  int pinned;
 };
 
 /* The kernel's struct sigaction on x86_64 and aarch64; zeroed = SIG_DFL, no flags, empty mask. */
@@ -706,6 +708,7 @@ static int child_main(void *arg) {
   uint64_t none = 0;
   syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, 8);
   syscall(SYS_setsid);
+  if (s->pinned) syscall(SYS_sched_setaffinity, 0, sizeof s->cpus, &s->cpus);
   /* dup3 (dup2 is missing on aarch64); the sources are never 0-2, which the agent keeps open. */
   if (syscall(SYS_dup3, s->infd, 0, 0) < 0 || syscall(SYS_dup3, s->outfd, 1, 0) < 0 || syscall(SYS_dup3, s->errfd, 2, 0) < 0)
     child_fail(s, STAGE_STDIO, errno);
@@ -718,14 +721,29 @@ static int child_main(void *arg) {
   _exit(127);
 }
 
-/* Starts the child; returns its pid (s->stage says whether it got as far as exec), or -1 with errno. */
+/*
+ * Starts the child; returns its pid (s->stage says whether it got as far as exec), or -1 with errno.
+ *
+ * The child is created on the CPU we run on: left to itself, the kernel places a new task on the idlest
+ * CPU, and waking a CPU that sleeps costs far more than the work of a short command when the machine is a
+ * VM (an interrupt to a halted virtual CPU), twice per command (its start, and its exit waking us there).
+ * We are blocked until it execs anyway. It takes back our full CPU set before exec, so what runs is
+ * scheduled as before; only where it starts changes.
+ */
 static pid_t spawn_child(struct spawn *s) {
   sigset_t all, old;
   sigfillset(&all);
   /* No handler of ours may run in the child, on memory it shares with us, before it reset them. */
   sigprocmask(SIG_BLOCK, &all, &old);
+  int cpu = sched_getcpu();
+  cpu_set_t here;
+  CPU_ZERO(&here);
+  if (cpu >= 0 && cpu < CPU_SETSIZE) CPU_SET(cpu, &here);
+  s->pinned = cpu >= 0 && cpu < CPU_SETSIZE && sched_getaffinity(0, sizeof s->cpus, &s->cpus) == 0 &&
+              sched_setaffinity(0, sizeof here, &here) == 0;
   pid_t pid = clone(child_main, child_stack + sizeof child_stack, CLONE_VM | CLONE_VFORK | SIGCHLD, s);
   int err = errno;
+  if (s->pinned) sched_setaffinity(0, sizeof s->cpus, &s->cpus);
   sigprocmask(SIG_SETMASK, &old, NULL);
   errno = err;
   return pid;
@@ -793,7 +811,8 @@ static void handle_exec(struct conn *c, uint32_t id, struct rd *r) {
     send_error(c, id, perr, "cannot open /dev/null: %s", strerror(perr));
     goto out;
   }
-  struct spawn sp = { argv, envp, cwd, infd, pout[1], perr2[1], have_cred ? &cr : NULL, 0, 0 };
+  struct spawn sp = { .argv = argv, .envp = envp, .cwd = cwd, .infd = infd, .outfd = pout[1], .errfd = perr2[1],
+                      .cr = have_cred ? &cr : NULL };
   pid_t pid = spawn_child(&sp);
   if (pid < 0) {
     perr = errno;

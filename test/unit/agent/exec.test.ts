@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import fs from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { connectAgent } from '../../../src/agent/client.js';
@@ -106,6 +107,16 @@ describe('agent exec', () => {
       // The agent's own /dev/null (close-on-exec) never shows up beside stdin.
       const devnull = text.split('\n').filter((l) => l === '/dev/null').length;
       assert.equal(devnull, i === 1 ? 0 : 1, text);
+    }
+  });
+
+  it('runs commands on all the CPUs the agent may use (it starts them on its own CPU, then lets go)', async () => {
+    const mine = /^Cpus_allowed_list:\s*(\S+)$/m.exec(fs.readFileSync('/proc/self/status', 'utf8'))![1];
+    for (let i = 0; i < 5; i++) {
+      const p = await conn.exec({ argv: ['grep', 'Cpus_allowed_list', '/proc/self/status'], env: ENV, stdin: false });
+      const out = collect(p);
+      assert.equal((await p.exited).exitCode, 0);
+      assert.equal(/^Cpus_allowed_list:\s*(\S+)$/m.exec(out.stdout())?.[1], mine);
     }
   });
 
