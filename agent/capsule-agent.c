@@ -20,7 +20,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -39,6 +41,8 @@
 #define MAX_RUNNING 1024
 #define MAX_FINISHED 256
 #define DRAIN_MS 50
+/* EXEC with EXEC_HOLD_REPLY: how long the OK may wait for the exit (see proc_progress). */
+#define HOLD_US 2000
 #define MAX_ARGS 65536
 #define PS_ARGV_MAX 4096         /* argv bytes remembered per process for PS */
 #define TARGET_MAX 4096
@@ -55,6 +59,11 @@ static int64_t now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+static int64_t now_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 static void wr_u32(uint8_t *p, uint32_t v) { p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v; }
@@ -168,6 +177,7 @@ struct proc {
   uint32_t ch;
   int64_t credit[3];
   uint64_t fin_seq;               /* >0 once finished and unattached */
+  int64_t ok_due;                 /* EXEC reply held until exit or this time (now_us); 0 = no reply pending */
   int dead;                       /* free at next sweep */
 };
 
@@ -207,6 +217,12 @@ static struct proc *procs;
 static uint64_t fin_counter;
 static int listen_fd = -1, sig_fd = -1;
 static int is_pid1;
+/* Signals not at their default in the agent (its own handlers and SIGPIPE, any it inherited ignored): a child
+ * resets just these before exec. */
+static int changed_sigs[NSIG];
+static int n_changed_sigs;
+/* Stdin of commands without a pipe; opened once (close-on-exec), dup2'ed into each child. */
+static int devnull_fd = -1;
 static unsigned tmp_counter;
 
 /* ------------------------------------------------------------------ */
@@ -363,11 +379,29 @@ static int proc_finished(struct proc *p) {
   return p->exited && p->ofd[S_OUT] < 0 && p->ofd[S_ERR] < 0;
 }
 
+static void send_exec_ok(struct conn *c, uint32_t ch, pid_t pid) {
+  uint8_t b[4];
+  wr_u32(b, (uint32_t)pid);
+  send_simple(c, ch, FT_OK, 0, b, 4);
+}
+
 /* Move buffered output to the attached channel while it has credit; send EXIT at the end. */
 static void proc_progress(struct proc *p, int64_t now) {
   if (p->dead) return;
   struct conn *c = p->conn;
   if (c && c->dead) c = NULL;
+  if (p->ok_due) {
+    if (!c) {
+      p->ok_due = 0; /* the channel went away: nobody to answer */
+    } else {
+      /* A short command's reply, output and EXIT leave in one write: one wake-up of the daemon instead of two.
+       * A full ring means the output must flow now; the deadline bounds how late a long command's reply is. */
+      int full = p->ring[S_OUT].len >= RING_CAP || p->ring[S_ERR].len >= RING_CAP;
+      if (!proc_finished(p) && !full && now_us() < p->ok_due) return;
+      send_exec_ok(c, p->ch, p->pid);
+      p->ok_due = 0;
+    }
+  }
   if (c) {
     for (int s = S_OUT; s <= S_ERR; s++) {
       struct ring *r = &p->ring[s];
@@ -602,21 +636,44 @@ static int resolve_user(const char *spec, struct cred *cr, char *msg, size_t msz
 /* ------------------------------------------------------------------ */
 /* exec                                                                */
 
-struct child_err { int32_t stage, err; };
+/*
+ * Commands start with clone(CLONE_VM | CLONE_VFORK): the child borrows our memory until it execs, and we
+ * wait meanwhile. A fork copied the page tables, then paid for their teardown at exec, copy-on-write
+ * faults in the agent and the TLB flushes between CPUs; that was most of the agent's kernel time per
+ * command. Sharing memory has rules, kept by child_main: it touches only its own stack and `struct spawn`,
+ * calls nothing that takes libc locks or changes libc state (raw syscalls where libc would), and ends in
+ * execve or _exit. Its failure before exec is written into `struct spawn`, which we read once it is gone.
+ */
 enum { STAGE_CRED = 1, STAGE_CWD, STAGE_EXEC, STAGE_STDIO };
 
-static void child_fail(int fd, int stage, int err) {
-  struct child_err ce = { stage, err };
-  ssize_t r = write(fd, &ce, sizeof ce);
-  (void)r;
+struct spawn {
+  char **argv, **envp;
+  const char *cwd;                /* "" = / */
+  int infd, outfd, errfd;         /* become 0, 1, 2 */
+  const struct cred *cr;          /* NULL: keep the agent's */
+  volatile int32_t stage, err;    /* set by the child when it fails before exec */
+  cpu_set_t cpus;                 /* the agent's own CPUs, for the child to take back before exec */
+  int pinned;
+};
+
+/* The kernel's struct sigaction on x86_64 and aarch64; zeroed = SIG_DFL, no flags, empty mask. */
+struct ksigaction { void *handler; unsigned long flags; void *restorer; uint64_t mask; };
+
+/* One child is between clone and exec at a time (we wait for it), so one stack serves all. */
+static uint8_t child_stack[64 * 1024] __attribute__((aligned(16)));
+
+static void child_fail(struct spawn *s, int stage, int err) {
+  s->stage = stage;
+  s->err = err;
   _exit(127);
 }
 
-static void child_exec(char **argv, char **envp, int errfd) {
+static void child_exec(struct spawn *s) {
+  char **argv = s->argv, **envp = s->envp;
   const char *file = argv[0];
   if (strchr(file, '/')) {
     execve(file, argv, envp);
-    child_fail(errfd, STAGE_EXEC, errno);
+    child_fail(s, STAGE_EXEC, errno);
   }
   const char *path = NULL;
   for (char **e = envp; *e; e++)
@@ -634,12 +691,67 @@ static void child_exec(char **argv, char **envp, int errfd) {
       execve(full, argv, envp);
       if (errno == EACCES) seen_eacces = 1;
       else if (errno != ENOENT && errno != ENOTDIR && errno != ELOOP && errno != ENAMETOOLONG)
-        child_fail(errfd, STAGE_EXEC, errno);
+        child_fail(s, STAGE_EXEC, errno);
     }
     if (!end) break;
     p = end + 1;
   }
-  child_fail(errfd, STAGE_EXEC, seen_eacces ? EACCES : ENOENT);
+  child_fail(s, STAGE_EXEC, seen_eacces ? EACCES : ENOENT);
+}
+
+static int child_main(void *arg) {
+  struct spawn *s = arg;
+  /* All signals are blocked (the parent did it before clone): reset the dispositions the agent changed,
+   * then unblock. Only those: a loop over all 64 was 64 seccomp-filtered syscalls per command. */
+  struct ksigaction dfl = {0};
+  for (int i = 0; i < n_changed_sigs; i++) syscall(SYS_rt_sigaction, changed_sigs[i], &dfl, NULL, 8);
+  uint64_t none = 0;
+  syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, 8);
+  syscall(SYS_setsid);
+  if (s->pinned) syscall(SYS_sched_setaffinity, 0, sizeof s->cpus, &s->cpus);
+  /* dup3 (dup2 is missing on aarch64); the sources are never 0-2, which the agent keeps open. */
+  if (syscall(SYS_dup3, s->infd, 0, 0) < 0 || syscall(SYS_dup3, s->outfd, 1, 0) < 0 || syscall(SYS_dup3, s->errfd, 2, 0) < 0)
+    child_fail(s, STAGE_STDIO, errno);
+  /* setgroups/setgid/setuid through libc would synchronise threads under a lock; we have one thread. */
+  if (s->cr && (syscall(SYS_setgroups, (size_t)s->cr->ngroups, s->cr->groups) || syscall(SYS_setgid, s->cr->gid) ||
+                syscall(SYS_setuid, s->cr->uid)))
+    child_fail(s, STAGE_CRED, errno);
+  if (syscall(SYS_chdir, s->cwd[0] ? s->cwd : "/")) child_fail(s, STAGE_CWD, errno);
+  child_exec(s);
+  _exit(127);
+}
+
+/*
+ * Starts the child; returns its pid (s->stage says whether it got as far as exec), or -1 with errno.
+ *
+ * The child is created on the CPU we run on: left to itself, the kernel places a new task on the idlest
+ * CPU, and waking a CPU that sleeps costs far more than the work of a short command when the machine is a
+ * VM (an interrupt to a halted virtual CPU), twice per command (its start, and its exit waking us there).
+ * We are blocked until it execs anyway. It takes back our full CPU set before exec, so what runs is
+ * scheduled as before; only where it starts changes.
+ */
+static pid_t spawn_child(struct spawn *s) {
+  sigset_t all, old;
+  sigfillset(&all);
+  /* No handler of ours may run in the child, on memory it shares with us, before it reset them. */
+  sigprocmask(SIG_BLOCK, &all, &old);
+  int cpu = sched_getcpu();
+  cpu_set_t here;
+  CPU_ZERO(&here);
+  if (cpu >= 0 && cpu < CPU_SETSIZE) CPU_SET(cpu, &here);
+  s->pinned = cpu >= 0 && cpu < CPU_SETSIZE && sched_getaffinity(0, sizeof s->cpus, &s->cpus) == 0 &&
+              sched_setaffinity(0, sizeof here, &here) == 0;
+  pid_t pid = clone(child_main, child_stack + sizeof child_stack, CLONE_VM | CLONE_VFORK | SIGCHLD, s);
+  int err = errno;
+  if (s->pinned) sched_setaffinity(0, sizeof s->cpus, &s->cpus);
+  sigprocmask(SIG_SETMASK, &old, NULL);
+  errno = err;
+  return pid;
+}
+
+/* The parent's ends of a command's pipes: pipe2 made them close-on-exec already, so one fcntl, not three. */
+static int set_nonblock(int fd) {
+  return fcntl(fd, F_SETFL, O_RDONLY | O_NONBLOCK);
 }
 
 static int set_nonblock_cloexec(int fd) {
@@ -662,7 +774,7 @@ static void handle_exec(struct conn *c, uint32_t id, struct rd *r) {
   char **argv = NULL, **envp = NULL;
   uint32_t envc = 0;
   char msg[512];
-  int perr = 0, pout[2] = {-1, -1}, perr2[2] = {-1, -1}, pin[2] = {-1, -1}, pe[2] = {-1, -1};
+  int perr = 0, pout[2] = {-1, -1}, perr2[2] = {-1, -1}, pin[2] = {-1, -1};
 
   if (r->bad || argc == 0 || argc > MAX_ARGS) goto bad;
   argv = calloc(argc + 1, sizeof *argv);
@@ -686,52 +798,40 @@ static void handle_exec(struct conn *c, uint32_t id, struct rd *r) {
     have_cred = 1;
   }
 
-  if (pipe2(pout, O_CLOEXEC) || pipe2(perr2, O_CLOEXEC) || pipe2(pe, O_CLOEXEC) ||
-      ((flags & 1) && pipe2(pin, O_CLOEXEC))) {
+  if (pipe2(pout, O_CLOEXEC) || pipe2(perr2, O_CLOEXEC) ||
+      ((flags & EXEC_STDIN_PIPE) && pipe2(pin, O_CLOEXEC))) {
     perr = errno;
     send_error(c, id, perr, "pipe: %s", strerror(perr));
     goto out;
   }
-  pid_t pid = fork();
-  if (pid < 0) {
-    perr = errno;
-    send_error(c, id, perr, "fork: %s", strerror(perr));
+  if (devnull_fd < 0) devnull_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  int infd = (flags & EXEC_STDIN_PIPE) ? pin[0] : devnull_fd;
+  if (infd < 0) {
+    perr = errno ? errno : EBADF;
+    send_error(c, id, perr, "cannot open /dev/null: %s", strerror(perr));
     goto out;
   }
-  if (pid == 0) {
-    sigset_t all;
-    sigemptyset(&all);
-    for (int s = 1; s < NSIG; s++) signal(s, SIG_DFL);
-    sigprocmask(SIG_SETMASK, &all, NULL);
-    setsid();
-    int infd = (flags & 1) ? pin[0] : open("/dev/null", O_RDONLY);
-    if (infd < 0 || dup2(infd, 0) < 0 || dup2(pout[1], 1) < 0 || dup2(perr2[1], 2) < 0)
-      child_fail(pe[1], STAGE_STDIO, errno);
-    if (infd > 2) close(infd);
-    if (have_cred) {
-      if (setgroups((size_t)cr.ngroups, cr.groups) || setgid(cr.gid) || setuid(cr.uid))
-        child_fail(pe[1], STAGE_CRED, errno);
-    }
-    if (chdir(cwd[0] ? cwd : "/")) child_fail(pe[1], STAGE_CWD, errno);
-    child_exec(argv, envp, pe[1]);
-    _exit(127);
+  struct spawn sp = { .argv = argv, .envp = envp, .cwd = cwd, .infd = infd, .outfd = pout[1], .errfd = perr2[1],
+                      .cr = have_cred ? &cr : NULL };
+  pid_t pid = spawn_child(&sp);
+  if (pid < 0) {
+    perr = errno;
+    send_error(c, id, perr, "clone: %s", strerror(perr));
+    goto out;
   }
-  close(pe[1]); pe[1] = -1;
   close(pout[1]); pout[1] = -1;
   close(perr2[1]); perr2[1] = -1;
   if (pin[0] >= 0) { close(pin[0]); pin[0] = -1; }
-  struct child_err ce;
-  ssize_t n;
-  do n = read(pe[0], &ce, sizeof ce); while (n < 0 && errno == EINTR);
-  if (n == (ssize_t)sizeof ce) {
+  if (sp.stage) {
     int st;
     while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
-    const char *what = ce.stage == STAGE_CRED ? "cannot switch to user" :
-                       ce.stage == STAGE_CWD ? "cannot enter working directory" :
-                       ce.stage == STAGE_STDIO ? "cannot set up stdio" : "cannot execute";
-    const char *obj = ce.stage == STAGE_CRED ? user : ce.stage == STAGE_CWD ? (cwd[0] ? cwd : "/") : argv[0];
-    send_error(c, id, ce.err, "%s %.300s: %s", what, obj,
-               ce.stage == STAGE_EXEC && ce.err == ENOENT ? "command not found" : strerror(ce.err));
+    int stage = sp.stage, err = sp.err;
+    const char *what = stage == STAGE_CRED ? "cannot switch to user" :
+                       stage == STAGE_CWD ? "cannot enter working directory" :
+                       stage == STAGE_STDIO ? "cannot set up stdio" : "cannot execute";
+    const char *obj = stage == STAGE_CRED ? user : stage == STAGE_CWD ? (cwd[0] ? cwd : "/") : argv[0];
+    send_error(c, id, err, "%s %.300s: %s", what, obj,
+               stage == STAGE_EXEC && err == ENOENT ? "command not found" : strerror(err));
     goto out;
   }
   struct proc *p = calloc(1, sizeof *p);
@@ -747,9 +847,9 @@ static void handle_exec(struct conn *c, uint32_t id, struct rd *r) {
   p->ofd[S_OUT] = pout[0]; pout[0] = -1;
   p->ofd[S_ERR] = perr2[0]; perr2[0] = -1;
   p->ifd = pin[1]; pin[1] = -1;
-  set_nonblock_cloexec(p->ofd[S_OUT]);
-  set_nonblock_cloexec(p->ofd[S_ERR]);
-  if (p->ifd >= 0) set_nonblock_cloexec(p->ifd);
+  set_nonblock(p->ofd[S_OUT]);
+  set_nonblock(p->ofd[S_ERR]);
+  if (p->ifd >= 0) fcntl(p->ifd, F_SETFL, O_WRONLY | O_NONBLOCK);
   p->rwin = INIT_WINDOW;
   p->credit[S_OUT] = p->credit[S_ERR] = INIT_WINDOW;
   p->conn = c;
@@ -780,9 +880,9 @@ static void handle_exec(struct conn *c, uint32_t id, struct rd *r) {
   ch->proc = p;
   p->next = procs;
   procs = p;
-  uint8_t b[4];
-  wr_u32(b, (uint32_t)pid);
-  send_simple(c, id, FT_OK, 0, b, 4);
+  /* Without a stdin pipe the daemon has nothing to send before the exit, so it may ask us to hold the reply. */
+  if ((flags & (EXEC_STDIN_PIPE | EXEC_HOLD_REPLY)) == EXEC_HOLD_REPLY) p->ok_due = now_us() + HOLD_US;
+  else send_exec_ok(c, id, pid);
   goto out;
 
 bad:
@@ -792,7 +892,6 @@ out:
     if (pout[i] >= 0) close(pout[i]);
     if (perr2[i] >= 0) close(perr2[i]);
     if (pin[i] >= 0) close(pin[i]);
-    if (pe[i] >= 0) close(pe[i]);
   }
   if (argv) for (uint32_t i = 0; i < argc; i++) free(argv[i]);
   if (envp) for (uint32_t i = 0; i < envc; i++) free(envp[i]);
@@ -821,6 +920,7 @@ static void handle_attach(struct conn *c, uint32_t id, struct rd *r) {
   p->conn = c;
   p->ch = id;
   p->fin_seq = 0;
+  p->ok_due = 0; /* the EXEC channel that waited for it got ECANCELED above */
   p->credit[S_OUT] = p->credit[S_ERR] = INIT_WINDOW;
   p->rwin = INIT_WINDOW;
   p->iclose = 0;
@@ -1458,6 +1558,11 @@ int main(int argc, char **argv) {
   struct sigaction sa = { .sa_handler = on_term };
   sigaction(SIGTERM, &sa, NULL);
   sigaction(SIGINT, &sa, NULL);
+  for (int s = 1; s < NSIG; s++) {
+    struct sigaction old;
+    if (sigaction(s, NULL, &old) == 0 && old.sa_handler != SIG_DFL) changed_sigs[n_changed_sigs++] = s;
+  }
+  devnull_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGCHLD);
@@ -1481,11 +1586,18 @@ int main(int argc, char **argv) {
         else if (ch->kind == CH_LIST) busy |= pump_list(c, ch);
       }
     }
-    int64_t timeout = -1;
+    int64_t timeout = -1; /* µs */
+    int64_t held_now = 0;
     for (struct proc *p = procs; p; p = p->next) {
       proc_progress(p, now);
       if (!p->dead && p->exited && (p->ofd[S_OUT] >= 0 || p->ofd[S_ERR] >= 0)) {
-        int64_t t = p->deadline - now;
+        int64_t t = (p->deadline - now) * 1000;
+        if (t < 0) t = 0;
+        if (timeout < 0 || t < timeout) timeout = t;
+      }
+      if (!p->dead && p->ok_due) {
+        if (!held_now) held_now = now_us();
+        int64_t t = p->ok_due - held_now;
         if (t < 0) t = 0;
         if (timeout < 0 || t < timeout) timeout = t;
       }
@@ -1522,7 +1634,10 @@ int main(int argc, char **argv) {
       if (p->ifd >= 0 && p->ibuf.len) ADD(p->ifd, POLLOUT, R_PIN, p, 0);
     }
 #undef ADD
-    int rc = poll(pfd, n, timeout > 1000000 ? 1000000 : (int)timeout);
+    /* ppoll: a held EXEC reply needs a finer timeout than poll's milliseconds. */
+    if (timeout > 1000000000) timeout = 1000000000;
+    struct timespec ts = { (time_t)(timeout / 1000000), (long)(timeout % 1000000) * 1000 };
+    int rc = ppoll(pfd, n, timeout < 0 ? NULL : &ts, NULL);
     if (rc < 0) {
       if (errno == EINTR) continue;
       sleep(1);

@@ -43,6 +43,10 @@
 #define FT_ENTRIES 0x48
 #define FT_END 0x49
 
+/* EXEC flags (u8). */
+#define EXEC_STDIN_PIPE 1  /* stdin is a pipe fed by DATA/EOF, else /dev/null */
+#define EXEC_HOLD_REPLY 2  /* without a stdin pipe: the OK may wait (up to 2 ms) to leave with the output and EXIT */
+
 /* Streams. */
 #define S_IN 0
 #define S_OUT 1

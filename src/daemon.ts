@@ -17,6 +17,7 @@ import { SandboxStore } from './sandboxes/store.js';
 import { SandboxManager } from './sandboxes/manager.js';
 import { WarmPool } from './sandboxes/pool.js';
 import { CommandService } from './sandboxes/commands.js';
+import { ProcessJournal } from './sandboxes/process-journal.js';
 import { FileService } from './sandboxes/files.js';
 import { buildServer } from './api/server.js';
 import type { Services } from './api/services.js';
@@ -84,7 +85,8 @@ export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger 
       log,
     });
     const sandboxes = new SandboxManager(config, store, runtime, templates, connectAgent, log, pool);
-    const commands = new CommandService(sandboxes, store);
+    const journal = new ProcessJournal(store, { onError: (err) => log.error({ err }, 'writing process rows failed') });
+    const commands = new CommandService(sandboxes, journal);
     const files = new FileService(sandboxes);
     const keys = config.auth ? new KeyStore(db) : null;
     if (keys) bootstrapAdminKey(keys, paths.adminKey, log);
@@ -114,6 +116,7 @@ export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger 
         // Pooled sandboxes belong to no one: unlike claimed ones they do not outlive the daemon.
         await pool.close();
         await sandboxes.close();
+        journal.close();
         await runtime.close();
         db.close();
         releaseLock();

@@ -16,6 +16,8 @@ import { CapsuleError, InvalidArgumentError, PayloadTooLargeError, SandboxError,
 import { agentError } from './errors.js';
 import {
   encodeFrame,
+  EXEC_HOLD_REPLY,
+  EXEC_STDIN_PIPE,
   FrameDecoder,
   FT,
   INIT_WINDOW,
@@ -522,7 +524,8 @@ class Connection implements AgentConnection {
 
   private encodeExec(req: ExecRequest): Buffer {
     if (!Array.isArray(req.argv) || req.argv.length === 0 || !req.argv[0]) throw new InvalidArgumentError('argv must be a non-empty array');
-    const w = new PayloadWriter().u8(req.stdin ? 1 : 0).bytes(req.cwd ?? '').bytes(req.user ?? '');
+    const flags = req.stdin ? EXEC_STDIN_PIPE : req.holdReply ? EXEC_HOLD_REPLY : 0;
+    const w = new PayloadWriter().u8(flags).bytes(req.cwd ?? '').bytes(req.user ?? '');
     w.u32(req.argv.length);
     for (const a of req.argv) {
       if (a.includes('\0')) throw new InvalidArgumentError('argv contains a NUL byte');

@@ -41,6 +41,10 @@ export const FT = {
   END: 0x49,
 } as const;
 
+/** EXEC flags (u8): stdin is a pipe; without one, the agent may hold its reply to send it with the exit. */
+export const EXEC_STDIN_PIPE = 1;
+export const EXEC_HOLD_REPLY = 2;
+
 export const STREAM_IN = 0;
 export const STREAM_OUT = 1;
 export const STREAM_ERR = 2;

@@ -17,6 +17,12 @@ export interface ExecRequest {
   user?: string;
   /** When false, stdin is /dev/null; when true, stdin is a pipe fed by writeStdin. */
   stdin: boolean;
+  /**
+   * Only without stdin: let the agent hold the reply (the pid) for up to 2 ms so that a short
+   * command's reply, output and exit arrive together, one wake-up instead of two. For callers
+   * that need the exit anyway; not for background processes, whose pid is wanted at once.
+   */
+  holdReply?: boolean;
 }
 
 export interface ExitStatus {

@@ -9,7 +9,7 @@ import { LIMITS } from '../schemas/common.js';
 import { CapsuleError, InvalidArgumentError, NotFoundError, TimeoutError } from '../errors/index.js';
 import { BoundedOutput } from './output-buffer.js';
 import type { SandboxManager, SandboxEvents } from './manager.js';
-import type { SandboxStore } from './store.js';
+import type { ProcessJournal } from './process-journal.js';
 import { buildEnv, resolveSandboxPath } from './paths.js';
 
 /**
@@ -52,7 +52,7 @@ export class CommandService implements SandboxEvents {
 
   constructor(
     private readonly sandboxes: SandboxManager,
-    private readonly store: SandboxStore,
+    private readonly journal: ProcessJournal,
   ) {
     sandboxes.setEvents(this);
   }
@@ -69,7 +69,7 @@ export class CommandService implements SandboxEvents {
   ): Promise<CommandResult | { pid: number }> {
     const sb = this.sandboxes.getRunning(sandboxId, opts.owner);
     const table = this.table(sandboxId);
-    if ([...table.values()].filter((t) => !t.exit).length >= MAX_LIVE_PER_SANDBOX) {
+    if (countLive(table) >= MAX_LIVE_PER_SANDBOX) {
       throw new CapsuleError('rate_limited', `sandbox ${sandboxId} already runs ${MAX_LIVE_PER_SANDBOX} commands`);
     }
     const argv = typeof req.cmd === 'string' ? ['/bin/sh', '-c', req.cmd] : req.cmd;
@@ -82,9 +82,11 @@ export class CommandService implements SandboxEvents {
       ...(cwd !== undefined ? { cwd } : {}),
       ...(req.user !== undefined ? { user: req.user } : {}),
       stdin: req.background === true || req.stdin !== undefined,
+      // A foreground run waits for the exit anyway; a streamed one may see its start up to 2 ms later.
+      holdReply: req.background !== true,
     });
     const limit = req.maxOutputBytes ?? LIMITS.defaultOutputBytes;
-    const t = this.track(sandboxId, proc.pid, argv, cwd, limit);
+    const t = this.track(sandboxId, proc.pid, argv, cwd, limit, req.background === true);
     t.oomBefore = oomBefore;
     if (opts.sink) t.followers.add(opts.sink);
     opts.sink?.write({ type: 'start', pid: proc.pid });
@@ -187,7 +189,7 @@ export class CommandService implements SandboxEvents {
       if (!t.exit) t.finish({ exitCode: 137, signal: 'SIGKILL' });
     }
     this.bySandbox.delete(id);
-    this.store.deleteProcesses(id);
+    this.journal.dropSandbox(id);
   }
 
   async onAdopted(id: string, conn: AgentConnection): Promise<void> {
@@ -195,15 +197,15 @@ export class CommandService implements SandboxEvents {
     const known = await conn.listProcesses({ includeExited: true });
     for (const p of known) {
       if (this.table(id).has(p.pid)) continue;
-      const rec = this.store.getProcess(id, p.pid);
+      const rec = this.journal.get(id, p.pid);
       try {
         // Attaching replays the output the agent kept (its last 64 KiB), then the exit.
         const proc = await conn.attach(p.pid);
-        const t = this.track(id, p.pid, rec?.argv ?? p.argv, rec?.cwd ?? undefined, LIMITS.defaultOutputBytes, rec?.startedAt);
+        const t = this.track(id, p.pid, rec?.argv ?? p.argv, rec?.cwd ?? undefined, LIMITS.defaultOutputBytes, true, rec?.startedAt);
         this.bind(t, proc);
       } catch {
         if (p.exited) {
-          const t = this.track(id, p.pid, rec?.argv ?? p.argv, rec?.cwd ?? undefined, LIMITS.defaultOutputBytes, rec?.startedAt);
+          const t = this.track(id, p.pid, rec?.argv ?? p.argv, rec?.cwd ?? undefined, LIMITS.defaultOutputBytes, true, rec?.startedAt);
           t.finish({ exitCode: p.exitCode ?? -1 });
         }
       }
@@ -221,7 +223,16 @@ export class CommandService implements SandboxEvents {
     return m;
   }
 
-  private track(sandboxId: string, pid: number, argv: string[], cwd: string | undefined, limit: number, startedAt = Date.now()): Tracked {
+  /** `durable`: the row must be in SQLite before this returns (background processes; see ProcessJournal). */
+  private track(
+    sandboxId: string,
+    pid: number,
+    argv: string[],
+    cwd: string | undefined,
+    limit: number,
+    durable: boolean,
+    startedAt = Date.now(),
+  ): Tracked {
     let finish!: (s: ExitStatus) => void;
     const done = new Promise<ExitStatus>((resolve) => {
       finish = resolve;
@@ -248,7 +259,7 @@ export class CommandService implements SandboxEvents {
         t.followers.clear();
         t.throttledBy.clear();
         finish(s);
-        this.store.endProcess(sandboxId, pid, s.exitCode, Date.now());
+        this.journal.ended(sandboxId, pid, startedAt, s.exitCode, Date.now());
         this.forgetOldFinished(sandboxId);
       },
       followers: new Set(),
@@ -256,7 +267,7 @@ export class CommandService implements SandboxEvents {
       timer: undefined,
     };
     this.table(sandboxId).set(pid, t);
-    this.store.insertProcess({ sandboxId, pid, argv, cwd: cwd ?? null, startedAt, endedAt: null, exitCode: null });
+    this.journal.started({ sandboxId, pid, argv, cwd: cwd ?? null, startedAt, endedAt: null, exitCode: null }, durable);
     return t;
   }
 
@@ -329,9 +340,24 @@ export class CommandService implements SandboxEvents {
   private forgetOldFinished(sandboxId: string): void {
     const table = this.bySandbox.get(sandboxId);
     if (!table) return;
-    const finished = [...table.values()].filter((x) => x.exit);
-    for (let i = 0; i < finished.length - MAX_FINISHED_PER_SANDBOX; i++) table.delete(finished[i]!.pid);
+    // Runs at every exit: count and delete in place rather than copying a table of 256+ entries each time.
+    let excess = -MAX_FINISHED_PER_SANDBOX;
+    for (const t of table.values()) if (t.exit) excess++;
+    // Map order is insertion order, so the first finished ones are the oldest.
+    for (const t of table.values()) {
+      if (excess <= 0) break;
+      if (t.exit) {
+        table.delete(t.pid);
+        excess--;
+      }
+    }
   }
+}
+
+function countLive(table: Map<number, Tracked>): number {
+  let n = 0;
+  for (const t of table.values()) if (!t.exit) n++;
+  return n;
 }
 
 function exitEvent(t: Tracked): CommandEvent {

@@ -65,8 +65,13 @@ function fromRow(r: SandboxRow): SandboxRecord {
 export class SandboxStore {
   private readonly sql: Statements;
 
-  constructor(db: Db) {
+  constructor(private readonly db: Db) {
     this.sql = statementCache(db);
+  }
+
+  /** Runs `fn` as one write transaction: one WAL commit for all its statements. */
+  inTransaction(fn: () => void): void {
+    this.db.transaction(fn)();
   }
 
   insert(s: SandboxRecord): void {

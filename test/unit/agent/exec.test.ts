@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import fs from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { connectAgent } from '../../../src/agent/client.js';
@@ -91,6 +92,32 @@ describe('agent exec', () => {
     const out = collect(p);
     assert.equal((await p.exited).exitCode, 0);
     assert.equal(out.stdout(), '');
+  });
+
+  it('starts commands with no signal ignored or blocked, and no agent fd open', async () => {
+    // The agent ignores SIGPIPE and keeps /dev/null open for stdin: neither may leak into a command.
+    for (let i = 0; i < 3; i++) {
+      const p = await conn.exec({ argv: ['sh', '-c', 'grep -E "^Sig(Ign|Blk)" /proc/self/status; for f in /proc/self/fd/*; do readlink "$f"; done; :'], env: ENV, stdin: i === 1 });
+      if (i === 1) await p.closeStdin();
+      const out = collect(p);
+      assert.equal((await p.exited).exitCode, 0);
+      const text = out.stdout();
+      assert.match(text, /^SigIgn:\s+0+$/m);
+      assert.match(text, /^SigBlk:\s+0+$/m);
+      // The agent's own /dev/null (close-on-exec) never shows up beside stdin.
+      const devnull = text.split('\n').filter((l) => l === '/dev/null').length;
+      assert.equal(devnull, i === 1 ? 0 : 1, text);
+    }
+  });
+
+  it('runs commands on all the CPUs the agent may use (it starts them on its own CPU, then lets go)', async () => {
+    const mine = /^Cpus_allowed_list:\s*(\S+)$/m.exec(fs.readFileSync('/proc/self/status', 'utf8'))![1];
+    for (let i = 0; i < 5; i++) {
+      const p = await conn.exec({ argv: ['grep', 'Cpus_allowed_list', '/proc/self/status'], env: ENV, stdin: false });
+      const out = collect(p);
+      assert.equal((await p.exited).exitCode, 0);
+      assert.equal(/^Cpus_allowed_list:\s*(\S+)$/m.exec(out.stdout())?.[1], mine);
+    }
   });
 
   it('reports pre-exec failures as errors', async () => {
