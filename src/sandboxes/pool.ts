@@ -42,6 +42,8 @@ export interface WarmPoolDeps {
   buildTemplates: boolean;
   /** How often the pool looks for work without being told (template became ready, a retry is due). */
   tickMs?: number;
+  /** Quiet time after the last user create before a refill starts (default 100 ms). */
+  quietMs?: number;
 }
 
 /** A started, unclaimed sandbox. */
@@ -97,6 +99,10 @@ export class WarmPool {
   private readonly retryAt = new Map<string, { at: number; failures: number }>();
   private readonly destroying = new Set<Promise<void>>();
   private userCreates = 0;
+  /** When the last user create started or ended: refills wait for a quiet moment after it. */
+  private lastUserActivity = 0;
+  private quietTimer: NodeJS.Timeout | undefined;
+  private again = false;
   private starting: string | undefined;
   private filling: Promise<void> | undefined;
   private timer: NodeJS.Timeout | undefined;
@@ -124,11 +130,23 @@ export class WarmPool {
   /** The sandbox service brackets every user create with these, so refills wait for quiet. */
   userCreateStarted(): void {
     this.userCreates++;
+    this.lastUserActivity = performance.now();
   }
 
   userCreateEnded(): void {
     this.userCreates--;
+    this.lastUserActivity = performance.now();
     if (this.userCreates === 0) this.kick();
+  }
+
+  /**
+   * A refill is itself a container start: under a steady stream of user creates,
+   * slipping one into every short gap between them slowed those creates by ~20%
+   * (measured at concurrency 4). So a refill waits until no user create has
+   * started or ended for `quietMs`.
+   */
+  private quietFor(): number {
+    return this.deps.quietMs ?? 100;
   }
 
   /**
@@ -191,6 +209,8 @@ export class WarmPool {
     this.closed = true;
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
+    if (this.quietTimer) clearTimeout(this.quietTimer);
+    this.quietTimer = undefined;
     await this.filling;
     for (const list of this.ready.values()) for (const e of list.splice(0)) this.discard(e);
     await Promise.allSettled([...this.destroying]);
@@ -198,8 +218,23 @@ export class WarmPool {
 
   private kick(): void {
     if (this.closed || this.filling || this.userCreates > 0) return;
+    const wait = this.lastUserActivity + this.quietFor() - performance.now();
+    if (wait > 0) {
+      if (!this.quietTimer) {
+        this.quietTimer = setTimeout(() => {
+          this.quietTimer = undefined;
+          this.kick();
+        }, wait + 1);
+        this.quietTimer.unref();
+      }
+      return;
+    }
     this.filling = this.refill().finally(() => {
       this.filling = undefined;
+      if (this.again) {
+        this.again = false;
+        this.kick();
+      }
     });
   }
 
@@ -207,6 +242,10 @@ export class WarmPool {
   private async refill(): Promise<void> {
     for (;;) {
       if (this.closed || this.userCreates > 0) return;
+      if (performance.now() - this.lastUserActivity < this.quietFor()) {
+        this.again = true; // kicked again once `filling` clears, which then waits out the window
+        return;
+      }
       const template = this.nextToFill();
       if (!template) return;
       await this.fillOne(template);

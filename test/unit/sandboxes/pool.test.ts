@@ -113,7 +113,7 @@ class FakeConn {
   }
 }
 
-function setup(sizes: Record<string, number>, opts: { status?: TemplateInfo['status'] } = {}) {
+function setup(sizes: Record<string, number>, opts: { status?: TemplateInfo['status']; quietMs?: number } = {}) {
   const runtime = new FakeRuntime();
   const conns = new Map<string, FakeConn>();
   const template: TemplateInfo = { name: 'busybox', description: '', status: opts.status ?? 'ready', builtAt: 1 };
@@ -130,6 +130,7 @@ function setup(sizes: Record<string, number>, opts: { status?: TemplateInfo['sta
     buildTemplates: false,
     log: silent,
     tickMs: 60_000,
+    ...(opts.quietMs !== undefined ? { quietMs: opts.quietMs } : {}),
   });
   return { pool, runtime, conns, template };
 }
@@ -196,6 +197,19 @@ describe('WarmPool', () => {
     assert.equal(runtime.created.length, 0);
     pool.userCreateEnded();
     await until(() => readyOf(pool) === 2);
+    await pool.close();
+  });
+
+  test('after a user create, a refill waits for the quiet window', async () => {
+    const { pool, runtime } = setup({ busybox: 1 }, { quietMs: 150 });
+    pool.userCreateStarted();
+    pool.start();
+    pool.userCreateEnded();
+    const ended = performance.now();
+    await until(() => runtime.created.length === 1);
+    const waited = performance.now() - ended;
+    assert.ok(waited >= 140, `refill started ${waited.toFixed(0)} ms after the last user create`);
+    await until(() => readyOf(pool) === 1);
     await pool.close();
   });
 
