@@ -6,19 +6,12 @@
  */
 import path from 'node:path';
 import type { ConnectionOptions } from '../src/sdk/index.js';
+import type { InfoResponse } from '../src/schemas/info.js';
 import type { BenchContext } from './context.js';
 import { startDaemon } from './daemon.js';
 
-export interface PoolState {
-  template: string;
-  size: number;
-  ready: number;
-  starting: boolean;
-  claims: number;
-  misses: number;
-  fallbacks: number;
-  started: number;
-}
+/** One pool's counters, as GET /v1/info reports them. */
+export type PoolState = InfoResponse['pools'][number];
 
 export interface PoolDaemon {
   conn: ConnectionOptions;

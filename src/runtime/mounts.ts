@@ -5,12 +5,11 @@
  * bounds the sandbox's writes, and the overlay of the template on top of it.
  * This module turns the helper's exit codes into RuntimeErrors with hints.
  */
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { RuntimeError } from '../errors/index.js';
-import type { SandboxLayout } from './overlay.js';
+import { runTool, type SandboxLayout } from './overlay.js';
 import type { Launcher } from './launcher.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -54,22 +53,9 @@ async function runHelper(helper: string, args: string[], timeoutMs: number, laun
       throw new RuntimeError(`cannot run the mount helper ${helper}: ${(e as Error).message}${hint}`, undefined, { cause: e });
     }
   }
-  return new Promise((resolve, reject) => {
-    const child = spawn(helper, args, { stdio: ['ignore', 'ignore', 'pipe'] });
-    const err: Buffer[] = [];
-    // mke2fs on a large image is the slow part; a stuck helper must not hang a create forever.
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.stderr.on('data', (b: Buffer) => err.push(b));
-    child.on('error', (e) => {
-      clearTimeout(timer);
-      const hint = (e as NodeJS.ErrnoException).code === 'ENOENT' ? ': run `npm run build` (needs musl-tools or gcc)' : '';
-      reject(new RuntimeError(`cannot run the mount helper ${helper}: ${e.message}${hint}`, undefined, { cause: e }));
-    });
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, stderr: Buffer.concat(err).toString('utf8').trim().slice(0, 2000) });
-    });
-  });
+  // mke2fs on a large image is the slow part; a stuck helper must not hang a create forever.
+  const r = await runTool(helper, args, timeoutMs, 'run `npm run build` (needs musl-tools or gcc)');
+  return { ...r, stderr: r.stderr.slice(0, 2000) };
 }
 
 function helperError(what: string, r: HelperResult, details: Record<string, unknown>): RuntimeError {

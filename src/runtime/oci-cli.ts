@@ -104,8 +104,7 @@ export class OciCli {
 
   private async viaLauncher(l: Launcher, args: string[], opts: Parameters<Launcher['run']>[1]): Promise<OciResult> {
     try {
-      const r = await l.run([this.bin, ...this.argv(args)], opts);
-      return { ...r, signal: r.signal };
+      return await l.run([this.bin, ...this.argv(args)], opts);
     } catch (e) {
       const err = e as Error;
       if (/not found \(ENOENT\)/.test(err.message)) throw this.spawnError(err);

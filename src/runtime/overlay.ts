@@ -33,12 +33,17 @@ export function sandboxLayout(sandboxDir: string): SandboxLayout {
   };
 }
 
-/** Run a host tool; resolves with its exit code and stderr, never rejects for a non-zero exit. */
+/**
+ * Run a host tool; resolves with its exit code (or killing signal) and stderr,
+ * never rejects for a non-zero exit. `missingHint` says what to do when the tool
+ * cannot be started at all.
+ */
 export function runTool(
   cmd: string,
   args: string[],
   timeoutMs = 15_000,
-): Promise<{ code: number | null; stderr: string }> {
+  missingHint = 'apt-get install mount',
+): Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }> {
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     const err: Buffer[] = [];
@@ -46,11 +51,11 @@ export function runTool(
     child.stderr.on('data', (b: Buffer) => err.push(b));
     child.on('error', (e) => {
       clearTimeout(timer);
-      reject(new RuntimeError(`cannot run ${cmd}: ${e.message}; apt-get install mount`, undefined, { cause: e }));
+      reject(new RuntimeError(`cannot run ${cmd}: ${e.message}; ${missingHint}`, undefined, { cause: e }));
     });
-    child.on('close', (code) => {
+    child.on('close', (code, signal) => {
       clearTimeout(timer);
-      resolve({ code, stderr: Buffer.concat(err).toString('utf8').trim() });
+      resolve({ code, signal, stderr: Buffer.concat(err).toString('utf8').trim() });
     });
   });
 }

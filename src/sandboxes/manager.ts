@@ -105,21 +105,8 @@ export class SandboxManager {
       void this.runtime.destroy(claimed.id).catch((e: unknown) => this.log.error({ err: e, id: claimed.id }, 'cleanup of a claimed sandbox failed'));
       throw err;
     }
-    const now = Date.now();
-    const rec: SandboxRecord = {
-      id: claimed.id,
-      template: opts.template,
-      state: 'running',
-      owner: opts.owner ?? null,
-      createdAt: now,
-      // The clock starts at the claim, not when the pool started the container.
-      expiresAt: now + timeoutMs,
-      envs: opts.envs ?? {},
-      metadata: opts.metadata ?? {},
-      resources,
-      endedAt: null,
-      endReason: null,
-    };
+    // The clock starts at the claim, not when the pool started the container.
+    const rec = newRecord(claimed.id, 'running', opts, resources, timeoutMs);
     this.store.insert(rec);
     this.adoptConnection(claimed.id, claimed.conn);
     return rec;
@@ -128,20 +115,7 @@ export class SandboxManager {
   private async createCold(opts: CreateOptions, rootfs: string, resources: ResourceLimits, timeoutMs: number): Promise<SandboxRecord> {
     // Checked and recorded without an await in between, so concurrent creates cannot both slip under a quota.
     if (opts.limits) this.checkQuota(opts.owner ?? null, resources.memoryMb, opts.limits);
-    const now = Date.now();
-    const rec: SandboxRecord = {
-      id: newSandboxId(),
-      template: opts.template,
-      state: 'creating',
-      owner: opts.owner ?? null,
-      createdAt: now,
-      expiresAt: now + timeoutMs,
-      envs: opts.envs ?? {},
-      metadata: opts.metadata ?? {},
-      resources,
-      endedAt: null,
-      endReason: null,
-    };
+    const rec = newRecord(newSandboxId(), 'creating', opts, resources, timeoutMs);
     this.store.insert(rec);
     try {
       await this.runtime.create({ id: rec.id, templateRootfs: rootfs, resources }, opts.signal);
@@ -382,6 +356,30 @@ export class SandboxManager {
     }
     return ms;
   }
+}
+
+/** A new sandbox's row: the caller's template, owner, envs and metadata, its clock starting now. */
+function newRecord(
+  id: string,
+  state: 'creating' | 'running',
+  opts: CreateOptions,
+  resources: ResourceLimits,
+  timeoutMs: number,
+): SandboxRecord {
+  const now = Date.now();
+  return {
+    id,
+    template: opts.template,
+    state,
+    owner: opts.owner ?? null,
+    createdAt: now,
+    expiresAt: now + timeoutMs,
+    envs: opts.envs ?? {},
+    metadata: opts.metadata ?? {},
+    resources,
+    endedAt: null,
+    endReason: null,
+  };
 }
 
 function stripUndefined<T extends object>(o: T): Partial<T> {

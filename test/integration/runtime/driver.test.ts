@@ -13,7 +13,7 @@ import { ensureHostReady, runDoctor } from '../../../src/runtime/doctor.js';
 import { cgroupMounts } from '../../../src/runtime/cgroups.js';
 import { readMountPoints } from '../../../src/runtime/overlay.js';
 import { isCapsuleError } from '../../../src/errors/index.js';
-import { ID_BASE, ID_SIZE, makeFixture, skipReason, type Fixture } from './fixture.js';
+import { assertProbeVerdicts, ID_BASE, ID_SIZE, makeFixture, skipReason, type Fixture } from './fixture.js';
 
 const skip = skipReason();
 if (skip) console.warn(`SKIPPING runtime integration tests: ${skip}`);
@@ -173,25 +173,7 @@ describe('OciRuntimeDriver (crun)', { skip: skip ?? false }, () => {
     assert.equal(fork.stdout, 'sub\nok\n');
 
     // the same, syscall by syscall, from a static C probe (skipped without gcc)
-    if (fx.hasProbe) {
-      const out = exec(id, ['/bin/probe']).stdout;
-      const got = Object.fromEntries(out.trim().split('\n').map((l) => l.split('=') as [string, string]));
-      assert.deepEqual(got, {
-        thread: 'OK',
-        fork: 'OK',
-        unshare_user: 'EPERM',
-        unshare_net: 'EPERM',
-        clone_newuser: 'EPERM',
-        clone3: 'ENOSYS',
-        setns: 'EPERM',
-        keyctl: 'EPERM',
-        io_uring_setup: 'EPERM',
-        userfaultfd: 'EPERM',
-        bpf: 'EPERM',
-      });
-    } else {
-      console.warn('SKIPPING the syscall-level seccomp probe: needs gcc and libc6-dev to build a static binary');
-    }
+    assertProbeVerdicts(fx, exec, id);
 
     // the root is writable and writes land in disk/upper, owned by the mapped root, on the sandbox's own ext4
     assert.equal(exec(id, ['sh', '-c', 'echo hi > /hello && mkdir -p /var/x && echo y > /var/x/f']).code, 0);

@@ -3,6 +3,7 @@
  * mapped id range, a stand-in agent (a shell script that sleeps, so fd 3 stays
  * open), and a private data dir. Each fixture removes what it made.
  */
+import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -12,6 +13,35 @@ import { dataPaths, type DataPaths } from '../../../src/config/index.js';
 import { unmountBelow } from '../../helpers/daemon.js';
 
 export const ID_BASE = 100000;
+
+/** Runs a command inside a container and returns its exit code and output. */
+export type ContainerExec = (id: string, argv: string[]) => { code: number | null; stdout: string; stderr: string };
+
+/** The tightened seccomp filter's answer to each syscall /bin/probe (fixtures/seccomp-probe.c) tries. */
+export const PROBE_VERDICTS = {
+  thread: 'OK',
+  fork: 'OK',
+  unshare_user: 'EPERM',
+  unshare_net: 'EPERM',
+  clone_newuser: 'EPERM',
+  clone3: 'ENOSYS',
+  setns: 'EPERM',
+  keyctl: 'EPERM',
+  io_uring_setup: 'EPERM',
+  userfaultfd: 'EPERM',
+  bpf: 'EPERM',
+};
+
+/** Runs /bin/probe in the container and checks every verdict; skipped (with a warning) without the probe. */
+export function assertProbeVerdicts(fx: Fixture, exec: ContainerExec, id: string): void {
+  if (!fx.hasProbe) {
+    console.warn('SKIPPING the syscall-level seccomp probe: needs gcc and libc6-dev to build a static binary');
+    return;
+  }
+  const out = exec(id, ['/bin/probe']).stdout;
+  const got = Object.fromEntries(out.trim().split('\n').map((l) => l.split('=') as [string, string]));
+  assert.deepEqual(got, PROBE_VERDICTS);
+}
 export const ID_SIZE = 65536;
 
 const APPLETS = ['sh', 'sleep', 'cat', 'echo', 'ls', 'id', 'ps', 'mount', 'umount', 'hostname', 'unshare', 'touch', 'stat', 'grep', 'true', 'false', 'mkdir', 'rm', 'readlink', 'wc', 'head', 'ip', 'nsenter', 'chroot'];

@@ -16,7 +16,7 @@ import { ensureHostReady } from '../../../src/runtime/doctor.js';
 import { SANDBOX_CAPABILITIES } from '../../../src/runtime/bundle.js';
 import { CLONE_NAMESPACE_FLAGS, loadDefaultSeccomp } from '../../../src/runtime/seccomp.js';
 import { SECCOMP_BPF_ANNOTATION, SeccompBpfCompiler } from '../../../src/runtime/seccomp-bpf.js';
-import { ID_BASE, ID_SIZE, makeFixture, skipReason, type Fixture } from './fixture.js';
+import { assertProbeVerdicts, ID_BASE, ID_SIZE, makeFixture, skipReason, type Fixture } from './fixture.js';
 import { actionName, AUDIT_ARCH_I386, AUDIT_ARCH_X86_64, runSeccompFilter, type SeccompCall } from './seccomp-sim.js';
 
 const skip = skipReason();
@@ -142,25 +142,7 @@ describe('precompiled seccomp filter (crun)', { skip: skip ?? false }, () => {
     const sh = exec(id, ['sh', '-c', 'sleep 0.01 & (echo sub | cat); ls /bin | grep -c busybox; wait; echo done']);
     assert.equal(sh.code, 0, sh.stderr);
     assert.equal(sh.stdout, 'sub\n1\ndone\n');
-    if (fx.hasProbe) {
-      const out = exec(id, ['/bin/probe']).stdout;
-      const got = Object.fromEntries(out.trim().split('\n').map((l) => l.split('=') as [string, string]));
-      assert.deepEqual(got, {
-        thread: 'OK',
-        fork: 'OK',
-        unshare_user: 'EPERM',
-        unshare_net: 'EPERM',
-        clone_newuser: 'EPERM',
-        clone3: 'ENOSYS',
-        setns: 'EPERM',
-        keyctl: 'EPERM',
-        io_uring_setup: 'EPERM',
-        userfaultfd: 'EPERM',
-        bpf: 'EPERM',
-      });
-    } else {
-      console.warn('SKIPPING the syscall-level probe: needs gcc and libc6-dev to build a static binary');
-    }
+    assertProbeVerdicts(fx, exec, id);
     assert.deepEqual(warnings, []);
   });
 
