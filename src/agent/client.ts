@@ -35,7 +35,7 @@ import {
   STREAM_OUT,
   type Frame,
 } from './frames.js';
-import type { AgentConnection, AgentProcess, ExecRequest, ExitStatus, FileEntry, FileType } from './types.js';
+import { describeEndpoint, type AgentConnection, type AgentEndpoint, type AgentProcess, type ExecRequest, type ExitStatus, type FileEntry, type FileType } from './types.js';
 
 export interface ConnectOptions {
   /** How long to wait for the socket and the agent's HELLO (default 5000 ms). */
@@ -916,8 +916,13 @@ class ListChannel implements ChannelHandler {
   }
 }
 
-/** Connect to an agent's unix socket and complete the HELLO exchange. */
-export function connectAgent(socketPath: string, opts?: ConnectOptions): Promise<AgentConnection> {
+/** Connect to an agent (a unix socket path is taken as a unix endpoint) and complete the HELLO exchange. */
+export function connectAgent(endpoint: AgentEndpoint | string, opts?: ConnectOptions): Promise<AgentConnection> {
+  const ep: AgentEndpoint = typeof endpoint === 'string' ? { kind: 'unix', path: endpoint } : endpoint;
+  if (ep.kind !== 'unix') {
+    return Promise.reject(new SandboxError(`this daemon cannot reach an agent at ${describeEndpoint(ep)}: only unix socket endpoints are implemented`, { endpoint: ep }));
+  }
+  const socketPath = ep.path;
   const timeoutMs = opts?.timeoutMs ?? 5000;
   return new Promise<AgentConnection>((resolve, reject) => {
     if (opts?.signal?.aborted) {

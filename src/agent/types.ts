@@ -6,6 +6,28 @@
  */
 import type { Readable } from 'node:stream';
 
+/**
+ * Where a sandbox's agent can be reached. The runtime driver that started the
+ * sandbox says which; the agent client connects to it. Only unix sockets exist
+ * today; a microVM's vsock port or a remote node's TCP address fit the same slot.
+ */
+export type AgentEndpoint =
+  | { kind: 'unix'; path: string }
+  | { kind: 'tcp'; host: string; port: number }
+  | { kind: 'vsock'; cid: number; port: number };
+
+/** A human-readable form of an endpoint, for logs and error messages. */
+export function describeEndpoint(e: AgentEndpoint): string {
+  switch (e.kind) {
+    case 'unix':
+      return e.path;
+    case 'tcp':
+      return `tcp://${e.host}:${e.port}`;
+    case 'vsock':
+      return `vsock://${e.cid}:${e.port}`;
+  }
+}
+
 export interface ExecRequest {
   /** argv[0] is looked up in PATH (from env, else a default PATH) when it has no slash. */
   argv: string[];

@@ -18,6 +18,7 @@ import { readMountPoints, removeSandboxDir, sandboxLayout } from './overlay.js';
 import { loadDefaultSeccomp, type OciSeccomp } from './seccomp.js';
 import { SeccompBpfCompiler } from './seccomp-bpf.js';
 import type { ContainerInfo, ContainerSpec, ContainerStatus, RuntimeDriver } from './types.js';
+import type { AgentEndpoint } from '../agent/types.js';
 
 export interface RuntimeLogger {
   info(obj: unknown, msg?: string): void;
@@ -120,8 +121,8 @@ export class OciRuntimeDriver implements RuntimeDriver {
     return this.version;
   }
 
-  agentSocketPath(id: string): string {
-    return this.opts.paths.agentSocket(id);
+  agentEndpoint(id: string): AgentEndpoint {
+    return { kind: 'unix', path: this.opts.paths.agentSocket(id) };
   }
 
   private async initFromPidFile(id: string, pidFile: string): Promise<ContainerInfo> {

@@ -5,6 +5,7 @@
  * to the in-sandbox agent (src/agent), whose socket the driver sets up.
  */
 import type { ResourceLimits } from '../config/index.js';
+import type { AgentEndpoint } from '../agent/types.js';
 
 export interface ContainerSpec {
   /** Sandbox id, also the OCI container id and the hostname inside. */
@@ -28,7 +29,7 @@ export interface RuntimeDriver {
   readonly name: string;
   /**
    * Make the sandbox's disk (resources.diskMb) and writable layer, mount the overlay, write the bundle and start the
-   * container with the agent as its init, listening on `agentSocketPath(id)`.
+   * container with the agent as its init, listening on `agentEndpoint(id)`.
    * Resolves once the container runs. On failure it cleans up what it made.
    */
   create(spec: ContainerSpec, signal?: AbortSignal): Promise<ContainerInfo>;
@@ -48,6 +49,6 @@ export interface RuntimeDriver {
   update(id: string, resources: Partial<Pick<ResourceLimits, 'cpus' | 'memoryMb' | 'pids'>>): Promise<void>;
   /** OOM kills so far inside the sandbox's memory cgroup (0 when the runtime cannot tell). */
   oomKills(id: string): Promise<number>;
-  /** Unix socket the sandbox's agent listens on. Host-root-owned; never inside the sandbox. */
-  agentSocketPath(id: string): string;
+  /** Where the sandbox's agent listens (a host-root-owned unix socket for OCI runtimes; never inside the sandbox). */
+  agentEndpoint(id: string): AgentEndpoint;
 }

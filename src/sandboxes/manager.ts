@@ -5,7 +5,7 @@
  */
 import type { DaemonConfig, ResourceLimits } from '../config/index.js';
 import type { RuntimeDriver } from '../runtime/types.js';
-import type { AgentConnection } from '../agent/types.js';
+import type { AgentConnection, AgentEndpoint } from '../agent/types.js';
 import type { BuildProgress } from '../templates/types.js';
 import { CapsuleError, ConflictError, InvalidArgumentError, NotFoundError, SandboxError, isCapsuleError } from '../errors/index.js';
 import type { SandboxRecord, SandboxStore, SandboxStateName } from './store.js';
@@ -23,7 +23,7 @@ export interface TemplateProvider {
   ensure(name: string, onProgress?: (p: BuildProgress) => void, signal?: AbortSignal): Promise<string>;
 }
 
-export type AgentConnector = (socketPath: string, opts?: { timeoutMs?: number; signal?: AbortSignal }) => Promise<AgentConnection>;
+export type AgentConnector = (endpoint: AgentEndpoint, opts?: { timeoutMs?: number; signal?: AbortSignal }) => Promise<AgentConnection>;
 
 export interface CreateOptions {
   template: string;
@@ -184,7 +184,7 @@ export class SandboxManager {
   connection(id: string): Promise<AgentConnection> {
     let p = this.connections.get(id);
     if (!p) {
-      p = this.connectAgent(this.runtime.agentSocketPath(id), { timeoutMs: 5000 }).then(
+      p = this.connectAgent(this.runtime.agentEndpoint(id), { timeoutMs: 5000 }).then(
         (conn) => this.watch(id, conn, p!),
         (err: unknown) => {
           this.connections.delete(id);

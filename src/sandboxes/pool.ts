@@ -311,7 +311,7 @@ export class WarmPool {
       const builtAt = this.deps.templates.get(template).builtAt;
       await this.deps.runtime.create({ id, templateRootfs: rootfs, resources });
       created = true;
-      const conn = await this.deps.connectAgent(this.deps.runtime.agentSocketPath(id), { timeoutMs: 5000 });
+      const conn = await this.deps.connectAgent(this.deps.runtime.agentEndpoint(id), { timeoutMs: 5000 });
       c.started++;
       this.retryAt.delete(template);
       const e: Pooled = { id, template, builtAt, resources, conn, lost: false };

@@ -208,7 +208,9 @@ describe('OciRuntimeDriver (crun)', { skip: skip ?? false }, () => {
     assert.ok(cg('pids', 'cgroup.procs').split('\n').includes(String(info.pid)));
 
     // the agent socket: host side exists, is a socket, root-only; inside, fd 3 of init is a socket
-    const sockPath = driver.agentSocketPath(id);
+    const ep = driver.agentEndpoint(id);
+    assert.equal(ep.kind, 'unix');
+    const sockPath = ep.kind === 'unix' ? ep.path : '';
     assert.equal(sockPath, fx.paths.agentSocket(id));
     assert.ok(fs.statSync(sockPath).isSocket());
     assert.equal(fs.statSync(fx.paths.run).mode & 0o777, 0o700);

@@ -9,7 +9,7 @@ import { describe, test } from 'node:test';
 import { parsePools, type ResourceLimits } from '../../../src/config/index.js';
 import { poolFit } from '../../../src/sandboxes/pool-fit.js';
 import { WarmPool } from '../../../src/sandboxes/pool.js';
-import type { AgentConnection } from '../../../src/agent/types.js';
+import type { AgentConnection, AgentEndpoint } from '../../../src/agent/types.js';
 import type { ContainerSpec, RuntimeDriver } from '../../../src/runtime/types.js';
 import type { TemplateInfo } from '../../../src/templates/types.js';
 
@@ -61,7 +61,7 @@ describe('parsePools', () => {
 });
 
 /** A runtime that makes nothing: records calls, and can be told to fail or be slow. */
-class FakeRuntime implements Pick<RuntimeDriver, 'create' | 'destroy' | 'update' | 'agentSocketPath'> {
+class FakeRuntime implements Pick<RuntimeDriver, 'create' | 'destroy' | 'update' | 'agentEndpoint'> {
   created: string[] = [];
   destroyed: string[] = [];
   updates: Array<{ id: string; resources: object }> = [];
@@ -86,8 +86,8 @@ class FakeRuntime implements Pick<RuntimeDriver, 'create' | 'destroy' | 'update'
     if (this.failUpdate) throw new Error('cgroup write refused');
     this.updates.push({ id, resources });
   }
-  agentSocketPath(id: string) {
-    return `/run/${id}.sock`;
+  agentEndpoint(id: string) {
+    return { kind: 'unix' as const, path: `/run/${id}.sock` };
   }
 }
 
@@ -121,7 +121,8 @@ function setup(sizes: Record<string, number>, opts: { status?: TemplateInfo['sta
   const pool = new WarmPool(sizes, {
     runtime: runtime as unknown as RuntimeDriver,
     templates: { get: () => template, ensure: async () => '/rootfs' },
-    connectAgent: async (socket: string) => {
+    connectAgent: async (ep: AgentEndpoint) => {
+      const socket = ep.kind === 'unix' ? ep.path : '';
       const c = new FakeConn();
       conns.set(socket.slice('/run/'.length, -'.sock'.length), c);
       return c as unknown as AgentConnection;
