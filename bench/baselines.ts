@@ -71,7 +71,7 @@ export class CrunBaseline {
       id: `${this.tag}-${slot}`,
       rootfs: this.rootfs,
       agentBinary: this.opts.agentBinary,
-      resources: { cpus: 1, memoryMb: 512, pids: 256, diskMb: 2048 },
+      resources: { cpus: 1, memoryMb: 512, pids: 256 },
       idMapBase: this.opts.idMapBase ?? 100000,
       idMapSize: this.opts.idMapSize ?? 65536,
       seccomp: (this.seccomp ??= this.opts.noSeccomp ? null : loadDefaultSeccomp(SANDBOX_CAPABILITIES)),

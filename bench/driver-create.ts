@@ -6,7 +6,7 @@
  *
  *   node dist/bench/driver-create.js [--n 40]
  */
-import { makeFixture, ID_BASE, ID_SIZE, skipReason } from '../test/integration/runtime/fixture.js';
+import { makeFixture, ID_BASE, ID_SIZE, skipReason, specFor } from '../test/integration/runtime/fixture.js';
 import { OciRuntimeDriver, type OciRuntimeDriverOptions } from '../src/runtime/driver.js';
 import { ensureHostReady } from '../src/runtime/doctor.js';
 import { fmt, summarize } from './stats.js';
@@ -36,7 +36,7 @@ try {
     for (const [name, d] of drivers) {
       const id = `bench-${i}-${drivers.findIndex(([n]) => n === name)}`;
       const t0 = performance.now();
-      await d.create({ id, templateRootfs: fx.templateRootfs, resources: { cpus: 1, memoryMb: 128, pids: 64, diskMb: 256 } });
+      await d.create(specFor(id, fx.templateRootfs, { cpus: 1, memoryMb: 128, pids: 64, diskMb: 256 }));
       const ms = performance.now() - t0;
       await d.destroy(id);
       if (i >= WARMUP) samples.set(name, [...(samples.get(name) ?? []), ms]);

@@ -51,7 +51,7 @@ async function main(): Promise<void> {
     for (let i = 0; i < n + 3; i++) {
       const id = `bench-${i}`;
       let t0 = performance.now();
-      await driver.create({ id, templateRootfs: rootfs, resources: resources as ResourceLimits });
+      await driver.create({ id, layers: [{ path: rootfs }], writable: { diskMb: (resources as ResourceLimits).diskMb }, resources: resources as ResourceLimits, network: { mode: 'none' } });
       const c = performance.now() - t0;
       t0 = performance.now();
       await driver.destroy(id);

@@ -4,17 +4,21 @@
  * never inside a sandbox. Node has no mount(2) or ioctl(2), and spawning
  * mount(8) and umount(8) cost ~4 and ~7 ms per sandbox.
  *
- *   capsule-mount setup SANDBOX_DIR TEMPLATE_ROOTFS DISK_MB UID AGENT_BINARY [--dio] [--image-cache DIR]
+ *   capsule-mount setup SANDBOX_DIR TOP_LAYER DISK_MB UID AGENT_BINARY [--dio] [--image-cache DIR] [--lower LAYER]...
  *   capsule-mount teardown SANDBOX_DIR
  *
+ * TOP_LAYER is the topmost read-only layer (a template's rootfs); each
+ * --lower adds the next layer beneath the ones before it (at most MAX_LAYERS).
+ *
  * setup makes SANDBOX_DIR (which must not exist) and in it:
- *   lower      symlink to TEMPLATE_ROOTFS (so no host path appears in the overlay's options)
+ *   lower      symlink to TOP_LAYER (so no host path appears in the overlay's options)
+ *   lower1..N  symlinks to the --lower layers, in order
  *   disk.img   sparse file of DISK_MB MiB holding an ext4 made by mke2fs: the sandbox's quota
  *   disk.dev   a node of the loop device the image is bound to (the mount's source name)
  *   disk/      that ext4, through a loop device that frees itself when unmounted
  *     upper/ work/   the overlay's writable layer, owned by UID (the sandbox's root)
  *     agent/     a copy of AGENT_BINARY, bind-mounted into the sandbox by the bundle
- *   rootfs/    overlay of lower + disk/upper: the container's root
+ *   rootfs/    overlay of lower[:lower1...] + disk/upper: the container's root
  * Every mount is made with SANDBOX_DIR as cwd and relative option strings:
  * overlayfs prints its options as given in /proc/self/mountinfo, which the
  * sandbox can read.
@@ -298,19 +302,37 @@ static void mkdir_owned(const char *p, mode_t mode, uid_t uid) {
   if (chown(p, uid, uid) < 0) fail(EXIT_LAYOUT, errno, "chown %s", p);
 }
 
+/*
+ * Most read-only layers one overlay stacks here. The kernel allows 500; the
+ * option string ("lower:lower1:...") must also fit in one page. The daemon
+ * declares the same number (src/runtime/driver.ts MAX_LAYERS).
+ */
+#define MAX_LAYERS 128
+
 static int setup(int argc, char **argv) {
-  static const char usage[] = "usage: capsule-mount setup SANDBOX_DIR TEMPLATE_ROOTFS DISK_MB UID AGENT_BINARY [--dio] [--image-cache DIR]";
+  static const char usage[] = "usage: capsule-mount setup SANDBOX_DIR TOP_LAYER DISK_MB UID AGENT_BINARY [--dio] [--image-cache DIR] [--lower LAYER]...";
   if (argc < 7) fail(EXIT_USAGE, 0, "%s", usage);
   const char *dir = argv[2], *lower = argv[3], *agent = argv[6], *cache_dir = NULL;
+  const char *extra[MAX_LAYERS];
+  int nextra = 0;
   long disk_mb = parse_num(argv[4], "DISK_MB", 1, 1L << 30);
   uid_t uid = (uid_t)parse_num(argv[5], "UID", 0, INT32_MAX);
   int direct_io = 0;
   for (int i = 7; i < argc; i++) {
     if (!strcmp(argv[i], "--dio")) direct_io = 1;
     else if (!strcmp(argv[i], "--image-cache") && i + 1 < argc) cache_dir = argv[++i];
-    else fail(EXIT_USAGE, 0, "%s", usage);
+    else if (!strcmp(argv[i], "--lower") && i + 1 < argc) {
+      if (nextra + 1 >= MAX_LAYERS) fail(EXIT_USAGE, 0, "usage: at most %d layers", MAX_LAYERS);
+      extra[nextra++] = argv[++i];
+      if (extra[nextra - 1][0] != '/') fail(EXIT_USAGE, 0, "usage: paths must be absolute");
+    } else fail(EXIT_USAGE, 0, "%s", usage);
   }
   if (lower[0] != '/' || agent[0] != '/' || dir[0] != '/' || (cache_dir && cache_dir[0] != '/')) fail(EXIT_USAGE, 0, "usage: paths must be absolute");
+  for (int i = 0; i < nextra; i++) {
+    struct stat xst;
+    if (stat(extra[i], &xst) < 0) fail(EXIT_TEMPLATE, errno == ENOENT ? 0 : errno, "layer %s %s", extra[i], errno == ENOENT ? "does not exist" : "");
+    if (!S_ISDIR(xst.st_mode)) fail(EXIT_TEMPLATE, ENOTDIR, "layer %s", extra[i]);
+  }
   const char *agent_name = strrchr(agent, '/') + 1;
   if (!*agent_name) fail(EXIT_USAGE, 0, "usage: AGENT_BINARY must name a file");
 
@@ -325,6 +347,17 @@ static int setup(int argc, char **argv) {
   if (mkdir(dir, 0711) < 0) fail(EXIT_DIR, errno, "mkdir %s", dir);
   if (chdir(dir) < 0) fail(EXIT_DIR, errno, "chdir %s", dir);
   if (symlink(lower, "lower") < 0) fail(EXIT_DIR, errno, "symlink lower -> %s", lower);
+  /* "lowerdir=lower:lower1:...:lowerN": relative names, so the options shown to the sandbox carry no host path. */
+  char lowers[4096] = "lower";
+  size_t used = strlen(lowers);
+  for (int i = 0; i < nextra; i++) {
+    char name[32];
+    snprintf(name, sizeof name, "lower%d", i + 1);
+    if (symlink(extra[i], name) < 0) fail(EXIT_DIR, errno, "symlink %s -> %s", name, extra[i]);
+    int n = snprintf(lowers + used, sizeof lowers - used, ":%s", name);
+    if (n < 0 || (size_t)n >= sizeof lowers - used) fail(EXIT_USAGE, 0, "usage: too many layers");
+    used += (size_t)n;
+  }
   if (mkdir("disk", 0700) < 0 || mkdir("rootfs", 0755) < 0) fail(EXIT_DIR, errno, "mkdir disk, rootfs in %s", dir);
 
   int img = open("disk.img", O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
@@ -366,7 +399,9 @@ static int setup(int argc, char **argv) {
   snprintf(agent_dst, sizeof agent_dst, "disk/agent/%s", agent_name);
   copy_agent(agent, agent_dst);
 
-  if (mount("overlay", "rootfs", "overlay", 0, "lowerdir=lower,upperdir=disk/upper,workdir=disk/work") < 0) {
+  char ovl_opts[4096 + 64];
+  snprintf(ovl_opts, sizeof ovl_opts, "lowerdir=%s,upperdir=disk/upper,workdir=disk/work", lowers);
+  if (mount("overlay", "rootfs", "overlay", 0, ovl_opts) < 0) {
     fail(EXIT_OVERLAY, errno, "overlay mount on %s/rootfs (modprobe overlay)", dir);
   }
   rootfs_mounted = 1;

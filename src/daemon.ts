@@ -23,6 +23,8 @@ import { buildServer } from './api/server.js';
 import type { Services } from './api/services.js';
 import { ConflictError, RuntimeError } from './errors/index.js';
 import { KeyStore } from './auth/keys.js';
+import { KeyService } from './auth/key-service.js';
+import { TemplateCatalog } from './templates/catalog.js';
 import { RateLimiter } from './auth/rate-limit.js';
 
 export interface Daemon {
@@ -88,10 +90,19 @@ export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger 
     const journal = new ProcessJournal(store, { onError: (err) => log.error({ err }, 'writing process rows failed') });
     const commands = new CommandService(sandboxes, journal);
     const files = new FileService(sandboxes);
-    const keys = config.auth ? new KeyStore(db) : null;
-    if (keys) bootstrapAdminKey(keys, paths.adminKey, log);
+    const keyStore = config.auth ? new KeyStore(db) : null;
+    if (keyStore) bootstrapAdminKey(keyStore, paths.adminKey, log);
     else log.warn('authentication is OFF (--no-auth): anyone who can reach the port controls every sandbox');
-    const services: Services = { version: packageVersion(), sandboxes, commands, files, templates, keys, limiter: new RateLimiter() };
+    const services: Services = {
+      version: packageVersion(),
+      sandboxes,
+      commands,
+      files,
+      templates: new TemplateCatalog(templates),
+      keys: new KeyService(keyStore),
+      keyStore,
+      limiter: new RateLimiter(),
+    };
 
     const recovered = await sandboxes.recover();
     if (recovered.adopted.length || recovered.ended.length || recovered.cleaned.length) log.info(recovered, 'recovered state from the last run');

@@ -6,7 +6,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { z } from 'zod';
 import { InvalidArgumentError } from '../errors/index.js';
-import type { Principal } from '../auth/principal.js';
+import { requestContext, type RequestContext } from '../auth/context.js';
 
 export interface ResponseDoc {
   description: string;
@@ -31,8 +31,8 @@ export interface RouteSpec<P extends z.ZodType, Q extends z.ZodType, B extends z
     params: z.infer<P>;
     query: z.infer<Q>;
     body: z.infer<B>;
-    /** The authenticated caller (see api/auth.ts). */
-    principal: Principal;
+    /** The authenticated caller (see api/auth.ts), the first argument of every service call. */
+    ctx: RequestContext;
     req: FastifyRequest;
     reply: FastifyReply;
   }) => Promise<unknown>;
@@ -60,7 +60,8 @@ export class RouteTable {
           const query = r.query ? parse(r.query, req.query, 'query parameter') : {};
           const body =
             r.body === undefined || r.body === 'binary' ? req.body : parse(r.body, req.body ?? {}, 'body');
-          const out = await r.handler({ params, query, body, principal: req.principal, req, reply } as never);
+          const ctx = requestContext(req.principal, String(req.id));
+          const out = await r.handler({ params, query, body, ctx, req, reply } as never);
           if (reply.sent) return reply;
           if (out === undefined) return reply.code(okStatus === 200 ? 204 : okStatus).send();
           return reply.code(okStatus).send(out);

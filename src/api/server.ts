@@ -34,7 +34,7 @@ export function buildServer(services: Services, logger: Logger | boolean = false
   app.addContentTypeParser('application/octet-stream', { bodyLimit: Number.MAX_SAFE_INTEGER }, (_req, payload, done) => done(null, payload));
   app.addContentTypeParser('*', { bodyLimit: Number.MAX_SAFE_INTEGER }, (_req, payload, done) => done(null, payload));
 
-  installAuth(app, { keys: services.keys, limiter: services.limiter });
+  installAuth(app, { keys: services.keyStore, limiter: services.limiter });
 
   const table = new RouteTable();
   table.add({

@@ -2,15 +2,10 @@
 import type { SandboxManager } from '../sandboxes/manager.js';
 import type { CommandService } from '../sandboxes/commands.js';
 import type { FileService } from '../sandboxes/files.js';
-import type { BuildProgress, TemplateInfo } from '../templates/types.js';
+import type { TemplateCatalog } from '../templates/catalog.js';
 import type { KeyStore } from '../auth/keys.js';
+import type { KeyService } from '../auth/key-service.js';
 import type { RateLimiter } from '../auth/rate-limit.js';
-
-export interface TemplateCatalog {
-  list(): TemplateInfo[];
-  build(name: string, opts: { force?: boolean; onProgress?: (p: BuildProgress) => void; signal?: AbortSignal }): Promise<unknown>;
-  get(name: string): TemplateInfo;
-}
 
 export interface Services {
   version: string;
@@ -18,7 +13,8 @@ export interface Services {
   commands: CommandService;
   files: FileService;
   templates: TemplateCatalog;
-  /** null when authentication is off (`--no-auth`). */
-  keys: KeyStore | null;
+  keys: KeyService;
+  /** Verifies presented secrets at the edge; null when authentication is off (`--no-auth`). */
+  keyStore: KeyStore | null;
   limiter: RateLimiter;
 }

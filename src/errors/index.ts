@@ -13,6 +13,7 @@ export const ERROR_CODES = [
   'rate_limited',
   'timeout',
   'sandbox_error',
+  'unsupported',
   'runtime_error',
   'unavailable',
   'internal',
@@ -30,6 +31,8 @@ export const HTTP_STATUS: Record<ErrorCode, number> = {
   rate_limited: 429,
   timeout: 504,
   sandbox_error: 422,
+  // Well-formed, but this sandbox's backend (or agent) cannot do it: not the daemon's fault, so not a 5xx.
+  unsupported: 422,
   runtime_error: 500,
   unavailable: 503,
   internal: 500,
@@ -61,6 +64,12 @@ export class UnauthenticatedError extends CapsuleError {
     this.name = 'UnauthenticatedError';
   }
 }
+export class PermissionDeniedError extends CapsuleError {
+  constructor(message: string, details?: Record<string, unknown>) {
+    super('permission_denied', message, details);
+    this.name = 'PermissionDeniedError';
+  }
+}
 export class NotFoundError extends CapsuleError {
   constructor(message: string, details?: Record<string, unknown>) {
     super('not_found', message, details);
@@ -77,6 +86,13 @@ export class PayloadTooLargeError extends CapsuleError {
   constructor(message: string, details?: Record<string, unknown>) {
     super('payload_too_large', message, details);
     this.name = 'PayloadTooLargeError';
+  }
+}
+/** A quota or request rate of the caller's key is used up. */
+export class RateLimitedError extends CapsuleError {
+  constructor(message: string, details?: Record<string, unknown>) {
+    super('rate_limited', message, details);
+    this.name = 'RateLimitedError';
   }
 }
 export class TimeoutError extends CapsuleError {
@@ -99,6 +115,13 @@ export class RuntimeError extends CapsuleError {
     this.name = 'RuntimeError';
   }
 }
+/** The sandbox's backend or agent lacks what the operation needs (see the runtime's capabilities). */
+export class UnsupportedError extends CapsuleError {
+  constructor(message: string, details?: Record<string, unknown>) {
+    super('unsupported', message, details);
+    this.name = 'UnsupportedError';
+  }
+}
 export class UnavailableError extends CapsuleError {
   constructor(message: string, details?: Record<string, unknown>) {
     super('unavailable', message, details);
@@ -115,11 +138,14 @@ export function errorFromWire(code: string, message: string, details?: Record<st
   switch (code) {
     case 'invalid_argument': return new InvalidArgumentError(message, details);
     case 'unauthenticated': return new UnauthenticatedError(message);
+    case 'permission_denied': return new PermissionDeniedError(message, details);
+    case 'rate_limited': return new RateLimitedError(message, details);
     case 'not_found': return new NotFoundError(message, details);
     case 'conflict': return new ConflictError(message, details);
     case 'payload_too_large': return new PayloadTooLargeError(message, details);
     case 'timeout': return new TimeoutError(message, details);
     case 'sandbox_error': return new SandboxError(message, details);
+    case 'unsupported': return new UnsupportedError(message, details);
     case 'runtime_error': return new RuntimeError(message, details);
     case 'unavailable': return new UnavailableError(message, details);
     default:

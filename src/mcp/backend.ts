@@ -14,6 +14,8 @@ import { Readable } from 'node:stream';
 import type { Services } from '../api/services.js';
 import { ANONYMOUS_ADMIN, type Principal } from '../auth/principal.js';
 import type { EventSink } from '../sandboxes/commands.js';
+import { wireEvents } from '../sandboxes/output.js';
+import { requestContext } from '../auth/context.js';
 import { toApiSandbox } from '../api/routes/sandboxes.js';
 import { PayloadTooLargeError } from '../errors/index.js';
 import type { CommandResult, FileEntry, Sandbox as SandboxInfo } from '../schemas/index.js';
@@ -74,55 +76,46 @@ function tooLarge(path: string, size: number, maxBytes: number): PayloadTooLarge
  * an admin, and its key's quotas apply to what it creates.
  */
 export function servicesBackend(services: Services, principal: Principal = ANONYMOUS_ADMIN): McpBackend {
-  const owner = principal.owner;
+  const ctx = requestContext(principal, 'mcp');
   return {
     async createSandbox(input, signal) {
-      const rec = await services.sandboxes.create({
-        ...input,
-        owner: principal.createAs,
-        limits: principal.admin ? undefined : principal.limits,
-        ...(signal ? { signal } : {}),
-      });
-      return toApiSandbox(rec);
+      return toApiSandbox(await services.sandboxes.create(ctx, { ...input, ...(signal ? { signal } : {}) }));
     },
     async getSandbox(id) {
-      return toApiSandbox(services.sandboxes.get(id, owner));
+      return toApiSandbox(services.sandboxes.get(ctx, id));
     },
     async listSandboxes(filter) {
-      return services.sandboxes
-        .list({ ...(filter.state ? { state: filter.state } : {}), ...(filter.metadata ? { metadata: filter.metadata } : {}), owner })
-        .map(toApiSandbox);
+      return services.sandboxes.list(ctx, filter).map(toApiSandbox);
     },
     async killSandbox(id) {
-      return toApiSandbox(await services.sandboxes.kill(id, owner));
+      return toApiSandbox(await services.sandboxes.kill(ctx, id));
     },
     async setSandboxTimeout(id, timeoutMs) {
-      return toApiSandbox(services.sandboxes.setTimeout(id, timeoutMs, owner));
+      return toApiSandbox(services.sandboxes.setTimeout(ctx, id, timeoutMs));
     },
     async runCommand(id, input, hooks = {}) {
       const onOutput = hooks.onOutput;
       // Progress notifications are small and few per chunk: this sink never asks the process to wait.
       const sink: EventSink | undefined = onOutput
         ? {
-            write: (ev) => {
+            write: wireEvents('utf8', (ev) => {
               if (ev.type === 'stdout' || ev.type === 'stderr') onOutput(ev.type, ev.data);
               return true;
-            },
+            }),
             drained: () => Promise.resolve(),
           }
         : undefined;
-      const r = await services.commands.run(id, { ...input, background: false }, {
-        owner,
+      const r = await services.commands.run(ctx, id, { ...input, background: false }, {
         ...(hooks.signal ? { signal: hooks.signal } : {}),
         ...(sink ? { sink } : {}),
       });
       return r as CommandResult;
     },
     async startCommand(id, input) {
-      return (await services.commands.run(id, { ...input, background: true }, { owner })) as { pid: number };
+      return (await services.commands.run(ctx, id, { ...input, background: true })) as { pid: number };
     },
     async readFile(id, path, maxBytes) {
-      const { size, stream } = await services.files.read(id, path, owner);
+      const { size, stream } = await services.files.read(ctx, id, path);
       if (size > maxBytes) {
         stream.destroy();
         throw tooLarge(path, size, maxBytes);
@@ -141,19 +134,19 @@ export function servicesBackend(services: Services, principal: Principal = ANONY
       return Buffer.concat(parts);
     },
     async writeFile(id, path, data, mode) {
-      return services.files.write(id, path, Readable.from([data]), mode, owner);
+      return services.files.write(ctx, id, path, Readable.from([data]), mode);
     },
     async listFiles(id, path, limit) {
-      return services.files.list(id, path, limit, owner);
+      return services.files.list(ctx, id, path, limit);
     },
     async statFile(id, path) {
-      return services.files.stat(id, path, owner);
+      return services.files.stat(ctx, id, path);
     },
     async removeFile(id, path, recursive) {
-      await services.files.remove(id, path, recursive, owner);
+      await services.files.remove(ctx, id, path, recursive);
     },
     async makeDir(id, path) {
-      await services.files.mkdir(id, path, owner);
+      await services.files.mkdir(ctx, id, path);
     },
   };
 }

@@ -66,7 +66,7 @@ export interface BundleInput {
    * /proc/self/mountinfo, and a path inside that disk names nothing on the host.
    */
   agentDir?: string;
-  resources: ResourceLimits;
+  resources: Pick<ResourceLimits, 'cpus' | 'memoryMb' | 'pids'>;
   idMapBase: number;
   idMapSize: number;
   /** linux.seccomp; omitted when null (tests, or a runtime that brings its own). */

@@ -95,6 +95,42 @@ async function writeIfExists(file: string, value: string): Promise<boolean> {
 }
 
 /**
+ * Freeze or thaw every process of a sandbox through its v1 freezer cgroup,
+ * and wait until the kernel reports the new state: a freeze can still be
+ * FREEZING for tens of ms after the write (longer under a CPU quota), and a
+ * caller told "paused" must be able to rely on nothing running. Writing the
+ * file directly takes 1.5-4 ms where `crun pause` takes ~12 ms and may return
+ * early. Returns false when there is no v1 freezer hierarchy (the caller then
+ * asks the runtime).
+ */
+export async function setFreezerState(cgroupsPath: string, state: 'FROZEN' | 'THAWED', timeoutMs = 5000): Promise<boolean> {
+  const freezer = (await cgroupMounts()).find((m) => m.version === 1 && m.controllers.includes('freezer'));
+  if (!freezer) return false;
+  const file = path.join(freezer.mountPoint, cgroupsPath.replace(/^\/+/, ''), 'freezer.state');
+  await fsp.writeFile(file, state);
+  const deadline = Date.now() + timeoutMs;
+  for (let wait = 1; ; wait = Math.min(wait * 2, 20)) {
+    const now = (await fsp.readFile(file, 'utf8')).trim();
+    if (now === state) return true;
+    if (Date.now() > deadline) throw new Error(`the freezer of ${cgroupsPath} is still ${now} after ${timeoutMs} ms`);
+    // FREEZING can stall while a task is in an uninterruptible sleep; writing again retries it.
+    if (state === 'FROZEN') await fsp.writeFile(file, state);
+    await new Promise((r) => setTimeout(r, wait));
+  }
+}
+
+/** The freezer state of a sandbox's cgroup, or undefined without a v1 freezer (or a cgroup). */
+export async function freezerState(cgroupsPath: string): Promise<string | undefined> {
+  const freezer = (await cgroupMounts()).find((m) => m.version === 1 && m.controllers.includes('freezer'));
+  if (!freezer) return undefined;
+  try {
+    return (await fsp.readFile(path.join(freezer.mountPoint, cgroupsPath.replace(/^\/+/, ''), 'freezer.state'), 'utf8')).trim();
+  } catch {
+    return undefined;
+  }
+}
+
+/**
  * SIGKILL every process still in the sandbox's cgroups — what is left when
  * the runtime lost track of a container (killed mid-create, daemon crash).
  * Freezes first where a freezer hierarchy exists so nothing forks meanwhile.

@@ -72,7 +72,7 @@ async function trySandboxDisk(helper: string, scratch: string): Promise<DoctorCh
     await fsp.mkdir(template);
     await setupSandboxMounts(
       // Any regular file stands in for the agent: only its copy onto the disk is exercised.
-      { layout, templateRootfs: template, diskMb: 16, owner: 0, agentBinary: helper, directIo: true },
+      { layout, layers: [template], diskMb: 16, owner: 0, agentBinary: helper, directIo: true },
       { helper, timeoutMs: 20_000 },
     );
     await teardownSandboxMounts(layout.dir, { helper });

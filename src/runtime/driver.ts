@@ -1,7 +1,9 @@
 /**
  * RuntimeDriver on top of an OCI runtime CLI (crun by default; runc works;
- * runsc is untested). One sandbox = one overlay + one bundle + one container
- * whose init is the agent, listening on a socket the daemon created.
+ * runsc is untested). One sandbox = one overlay of its layers on its own disk
+ * + one bundle + one container whose init is the agent, listening on a socket
+ * the daemon created. Passes the driver contract suite
+ * (test/integration/runtime/contract.ts) with crun and with runc.
  */
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
@@ -10,14 +12,14 @@ import type { DataPaths, ResourceLimits } from '../config/index.js';
 import { ConflictError, InvalidArgumentError, isCapsuleError, RuntimeError } from '../errors/index.js';
 import { openAgentSocket, ensurePrivateDir, type PendingAgentSocket } from './agent-socket.js';
 import { buildOciSpec, cgroupsPathFor, cpuQuotaUs, memoryBytes, SANDBOX_CAPABILITIES } from './bundle.js';
-import { cgroupMounts, killCgroupProcs, readOomKills, removeCgroupDirs, writeCgroupV1Limits } from './cgroups.js';
+import { cgroupMounts, freezerState, killCgroupProcs, readOomKills, removeCgroupDirs, setFreezerState, writeCgroupV1Limits } from './cgroups.js';
 import { OciCli, summarizeStderr, type OciResult } from './oci-cli.js';
 import { setupSandboxMounts, teardownSandboxMounts, type MountHelperOptions } from './mounts.js';
 import { Launcher, LAUNCHER_PATH } from './launcher.js';
 import { readMountPoints, removeSandboxDir, sandboxLayout } from './overlay.js';
 import { loadDefaultSeccomp, type OciSeccomp } from './seccomp.js';
 import { SeccompBpfCompiler } from './seccomp-bpf.js';
-import type { ContainerInfo, ContainerSpec, ContainerStatus, RuntimeDriver } from './types.js';
+import type { CgroupLimits, ContainerInfo, ContainerSpec, ContainerStatus, RuntimeCapabilities, RuntimeDriver } from './types.js';
 import type { AgentEndpoint } from '../agent/types.js';
 
 export interface RuntimeLogger {
@@ -66,8 +68,11 @@ export interface OciRuntimeDriverOptions {
   launcher?: Launcher | null;
 }
 
-/** In each sandbox dir: "<dev>:<ino>" of the template tree its overlay was mounted on. */
+/** In each sandbox dir: "<dev>:<ino>" of each layer tree its overlay was mounted on, one per line. */
 const LOWER_ID_FILE = 'lower.id';
+
+/** Layers one overlay stacks (native/capsule-mount.c MAX_LAYERS; the kernel allows 500). */
+export const MAX_LAYERS = 128;
 
 /** Smallest sandbox disk: mke2fs needs a few MiB of metadata, and a rootfs upper needs room to breathe. */
 export const MIN_DISK_MB = 16;
@@ -112,6 +117,26 @@ export class OciRuntimeDriver implements RuntimeDriver {
     return this.version ?? this.cli.flavor;
   }
 
+  get kind(): string {
+    return this.cli.flavor === 'other' ? path.basename(this.opts.runtime) : this.cli.flavor;
+  }
+
+  /**
+   * Containers on the host kernel (runsc: gVisor's own kernel). Pause is the
+   * cgroup freezer, which every OCI runtime here has; checkpoint needs CRIU,
+   * which crun 1.8.1 lacks and is not set up for runc yet.
+   */
+  get capabilities(): RuntimeCapabilities {
+    return {
+      isolation: this.cli.flavor === 'runsc' ? 'gvisor' : 'container',
+      pause: true,
+      checkpoint: false,
+      updateResources: true,
+      network: ['none'],
+      maxLayers: MAX_LAYERS,
+    };
+  }
+
   /** Ask the runtime for its version (sets `name`, e.g. "crun 1.8.1"). */
   async probe(): Promise<string> {
     const r = await this.cli.runCaptured(['--version'], { timeoutMs: 10_000 });
@@ -140,7 +165,31 @@ export class OciRuntimeDriver implements RuntimeDriver {
     return readOomKills(this.cgroupsPath(id));
   }
 
-  async update(id: string, resources: Partial<Pick<ResourceLimits, 'cpus' | 'memoryMb' | 'pids'>>): Promise<void> {
+  async pause(id: string): Promise<void> {
+    checkId(id);
+    await this.freeze(id, 'FROZEN', 'pause');
+  }
+
+  async resume(id: string): Promise<void> {
+    checkId(id);
+    await this.freeze(id, 'THAWED', 'resume');
+  }
+
+  private async freeze(id: string, state: 'FROZEN' | 'THAWED', verb: 'pause' | 'resume'): Promise<void> {
+    if ((await this.inspect(id)).status === 'missing') throw new RuntimeError(`cannot ${verb} sandbox ${id}: its container does not exist`, { id });
+    try {
+      if (await setFreezerState(this.cgroupsPath(id), state)) return;
+    } catch (e) {
+      throw new RuntimeError(`could not ${verb} sandbox ${id}: ${(e as Error).message}`, { id }, { cause: e });
+    }
+    // No v1 freezer (a cgroup v2 host): the runtime knows its layout.
+    const r = await this.cli.runCaptured([verb, id], { timeoutMs: 10_000 });
+    if (r.code !== 0 && !/not paused|already paused|not running/i.test(r.stderr)) {
+      throw new RuntimeError(`${this.cli.flavor} ${verb} ${id} failed: ${summarizeStderr(r.stderr)}`, { id });
+    }
+  }
+
+  async update(id: string, resources: Partial<CgroupLimits>): Promise<void> {
     checkId(id);
     const limits = {
       ...(resources.memoryMb !== undefined ? { memoryBytes: memoryBytes(resources.memoryMb) } : {}),
@@ -193,17 +242,23 @@ export class OciRuntimeDriver implements RuntimeDriver {
         throw new ConflictError(`sandbox ${id} already has leftovers in ${layout.dir}: destroy it first`);
       }
       const seccomp = this.opts.seccomp === undefined ? loadDefaultSeccomp(SANDBOX_CAPABILITIES) : this.opts.seccomp;
-      const { diskMb } = spec.resources;
+      const { diskMb } = spec.writable;
       if (!Number.isInteger(diskMb) || diskMb < MIN_DISK_MB) {
         throw new InvalidArgumentError(`diskMb must be an integer of at least ${MIN_DISK_MB}, got ${diskMb}`, { id });
       }
+      if (spec.layers.length === 0 || spec.layers.length > MAX_LAYERS) {
+        throw new InvalidArgumentError(`a sandbox stacks 1 to ${MAX_LAYERS} layers, got ${spec.layers.length}`, { id });
+      }
+      if (spec.network.mode !== 'none') throw new InvalidArgumentError(`network mode ${spec.network.mode} is not supported by ${this.kind}`, { id });
+      // capsule-mount takes the topmost layer first, then the ones beneath it.
+      const topFirst = [...spec.layers].reverse().map((l) => l.path);
       await fsp.mkdir(paths.sandboxes, { recursive: true, mode: 0o711 });
       await ensurePrivateDir(paths.runtimeState);
       made = true;
       await setupSandboxMounts(
         {
           layout,
-          templateRootfs: spec.templateRootfs,
+          layers: topFirst,
           diskMb,
           owner: this.opts.idMapBase,
           agentBinary: this.opts.agentBinary,
@@ -212,10 +267,13 @@ export class OciRuntimeDriver implements RuntimeDriver {
         },
         this.mountOpts(),
       );
-      // Which template tree this sandbox's overlay sits on, by identity: a rebuild renames the tree
+      // Which layer trees this sandbox's overlay sits on, by identity: a rebuild renames a template's tree
       // (templates/<name>/old-*), and it may only be deleted once no sandbox records it here.
-      const lower = await fsp.stat(spec.templateRootfs);
-      await fsp.writeFile(path.join(layout.dir, LOWER_ID_FILE), `${lower.dev}:${lower.ino}`, { mode: 0o600 });
+      const ids = await Promise.all(topFirst.map(async (p) => {
+        const st = await fsp.stat(p);
+        return `${st.dev}:${st.ino}`;
+      }));
+      await fsp.writeFile(path.join(layout.dir, LOWER_ID_FILE), ids.join('\n'), { mode: 0o600 });
       signal?.throwIfAborted();
 
       const config = buildOciSpec({
@@ -303,7 +361,7 @@ export class OciRuntimeDriver implements RuntimeDriver {
     }
     for (const d of dirs) {
       try {
-        if (fs.readFileSync(path.join(this.opts.paths.sandboxes, d, LOWER_ID_FILE), 'utf8') === want) return true;
+        if (fs.readFileSync(path.join(this.opts.paths.sandboxes, d, LOWER_ID_FILE), 'utf8').split('\n').includes(want)) return true;
       } catch (e) {
         // A sandbox dir without the file is being made (or predates it): it may use any tree.
         if ((e as NodeJS.ErrnoException).code === 'ENOENT' && fs.existsSync(path.join(this.opts.paths.sandboxes, d, 'rootfs'))) return true;
@@ -344,6 +402,9 @@ export class OciRuntimeDriver implements RuntimeDriver {
     const layout = sandboxLayout(paths.sandboxDir(id));
     const problems: string[] = [];
 
+    // A frozen process cannot die: thaw a paused sandbox so the kill below takes effect.
+    const frozen = await freezerState(this.cgroupsPath(id));
+    if (frozen === 'FROZEN' || frozen === 'FREEZING') await setFreezerState(this.cgroupsPath(id), 'THAWED').catch(() => undefined);
     try {
       await this.deleteContainer(id, problems);
     } catch (e) {

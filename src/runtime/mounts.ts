@@ -66,7 +66,8 @@ function helperError(what: string, r: HelperResult, details: Record<string, unkn
 
 export interface DiskSetup {
   layout: SandboxLayout;
-  templateRootfs: string;
+  /** Read-only layers, topmost first (the first one's root mode becomes the sandbox's / mode). */
+  layers: readonly string[];
   diskMb: number;
   /** Host uid (and gid) of the sandbox's root: owner of the writable layer. */
   owner: number;
@@ -85,7 +86,10 @@ export interface DiskSetup {
 /** Make the sandbox dir (must not exist), its disk and its overlay. On failure no mount is left; files may be. */
 export async function setupSandboxMounts(s: DiskSetup, opts: MountHelperOptions = {}): Promise<void> {
   const helper = opts.helper ?? MOUNT_HELPER_PATH;
-  const args = ['setup', s.layout.dir, s.templateRootfs, String(s.diskMb), String(s.owner), s.agentBinary];
+  const [top, ...below] = s.layers;
+  if (top === undefined) throw new RuntimeError(`no layers given for ${s.layout.dir}`);
+  const args = ['setup', s.layout.dir, top, String(s.diskMb), String(s.owner), s.agentBinary];
+  for (const l of below) args.push('--lower', l);
   if (s.directIo) args.push('--dio');
   if (s.imageCache) args.push('--image-cache', s.imageCache);
   const r = await runHelper(helper, args, opts.timeoutMs ?? 30_000, opts.launcher);

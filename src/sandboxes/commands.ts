@@ -2,12 +2,16 @@
  * Commands inside sandboxes: foreground runs (buffered or streamed), background
  * processes with bounded output, stdin, signals, waiting, and re-attaching to
  * processes that were started before a daemon restart.
+ *
+ * Output stays bytes here; each consumer encodes it for its own wire
+ * (output.ts), so no view decodes a chunk on its own.
  */
 import type { AgentConnection, AgentProcess, ExitStatus } from '../agent/types.js';
-import type { CommandEvent, CommandResult, ProcessInfo, RunCommandRequest } from '../schemas/commands.js';
+import type { CommandResult, ProcessInfo, RunCommandRequest } from '../schemas/commands.js';
 import { LIMITS } from '../schemas/common.js';
-import { CapsuleError, InvalidArgumentError, NotFoundError, TimeoutError } from '../errors/index.js';
-import { BoundedOutput } from './output-buffer.js';
+import type { RequestContext } from '../auth/context.js';
+import { InvalidArgumentError, NotFoundError, RateLimitedError, TimeoutError } from '../errors/index.js';
+import { BoundedOutput, type OutputEncoding, type ProcessEvent } from './output.js';
 import type { SandboxManager, SandboxEvents } from './manager.js';
 import type { ProcessJournal } from './process-journal.js';
 import { buildEnv, resolveSandboxPath } from './paths.js';
@@ -17,7 +21,7 @@ import { buildEnv, resolveSandboxPath } from './paths.js';
  * (e.g. a slow HTTP client); the process is then paused until `drained()`.
  */
 export interface EventSink {
-  write(ev: CommandEvent): boolean;
+  write(ev: ProcessEvent): boolean;
   drained(): Promise<void>;
 }
 
@@ -63,18 +67,18 @@ export class CommandService implements SandboxEvents {
    * it happens (used for streamed responses).
    */
   async run(
+    ctx: RequestContext,
     sandboxId: string,
     req: RunCommandRequest,
-    opts: { owner?: string | null; sink?: EventSink; signal?: AbortSignal } = {},
+    opts: { sink?: EventSink; signal?: AbortSignal } = {},
   ): Promise<CommandResult | { pid: number }> {
-    const sb = this.sandboxes.getRunning(sandboxId, opts.owner);
-    const table = this.table(sandboxId);
-    if (countLive(table) >= MAX_LIVE_PER_SANDBOX) {
-      throw new CapsuleError('rate_limited', `sandbox ${sandboxId} already runs ${MAX_LIVE_PER_SANDBOX} commands`);
-    }
     const argv = typeof req.cmd === 'string' ? ['/bin/sh', '-c', req.cmd] : req.cmd;
     const cwd = req.cwd === undefined ? undefined : resolveSandboxPath(req.cwd);
-    const conn = await this.sandboxes.connection(sandboxId);
+    const { rec: sb, conn } = await this.sandboxes.use(ctx, sandboxId, 'run a command');
+    const table = this.table(sandboxId);
+    if (countLive(table) >= MAX_LIVE_PER_SANDBOX) {
+      throw new RateLimitedError(`sandbox ${sandboxId} already runs ${MAX_LIVE_PER_SANDBOX} commands`);
+    }
     const oomBefore = await this.sandboxes.oomKills(sandboxId);
     const proc = await conn.exec({
       argv,
@@ -115,11 +119,11 @@ export class CommandService implements SandboxEvents {
       opts.signal?.removeEventListener('abort', onAbort);
       if (opts.sink) this.unfollow(t, opts.sink);
     }
-    return this.result(t);
+    return this.result(t, req.encoding ?? 'utf8');
   }
 
-  list(sandboxId: string, owner?: string | null): ProcessInfo[] {
-    this.sandboxes.get(sandboxId, owner);
+  list(ctx: RequestContext, sandboxId: string): ProcessInfo[] {
+    this.sandboxes.get(ctx, sandboxId);
     return [...this.table(sandboxId).values()].map((t) => ({
       pid: t.pid,
       cmd: t.argv,
@@ -130,21 +134,22 @@ export class CommandService implements SandboxEvents {
     }));
   }
 
-  async sendStdin(sandboxId: string, pid: number, data: Buffer, eof: boolean, owner?: string | null): Promise<void> {
-    const t = this.live(sandboxId, pid, owner);
+  async sendStdin(ctx: RequestContext, sandboxId: string, pid: number, data: Buffer, eof: boolean): Promise<void> {
+    const t = this.live(ctx, sandboxId, pid);
     if (!t.proc) throw new NotFoundError(`process ${pid} has no stdin`);
     if (data.length > 0) await t.proc.writeStdin(data);
     if (eof) await t.proc.closeStdin();
   }
 
-  async signal(sandboxId: string, pid: number, signal: NodeJS.Signals, owner?: string | null): Promise<void> {
-    const t = this.live(sandboxId, pid, owner);
+  async signal(ctx: RequestContext, sandboxId: string, pid: number, signal: NodeJS.Signals): Promise<void> {
+    const t = this.live(ctx, sandboxId, pid);
     await t.proc?.signal(signal);
   }
 
   /** Waits for exit; `timeoutMs` bounds the wait, not the process. */
-  async wait(sandboxId: string, pid: number, timeoutMs: number | undefined, owner?: string | null): Promise<CommandResult> {
-    const t = this.find(sandboxId, pid, owner);
+  async wait(ctx: RequestContext, sandboxId: string, pid: number, opts: { timeoutMs?: number | undefined; encoding?: OutputEncoding | undefined } = {}): Promise<CommandResult> {
+    const t = this.find(ctx, sandboxId, pid);
+    const timeoutMs = opts.timeoutMs;
     if (!t.exit) {
       let timer: NodeJS.Timeout | undefined;
       const limit = timeoutMs ?? 0;
@@ -158,17 +163,20 @@ export class CommandService implements SandboxEvents {
       if (timer) clearTimeout(timer);
       if (r === 'timeout') throw new TimeoutError(`process ${pid} still running after ${limit} ms`, { pid });
     }
-    return this.result(t);
+    return this.result(t, opts.encoding ?? 'utf8');
   }
 
-  /** Replays what was kept, then follows live output until exit. Returns an unsubscribe function. */
-  follow(sandboxId: string, pid: number, sink: EventSink, owner?: string | null): { done: Promise<void>; stop: () => void } {
-    const t = this.find(sandboxId, pid, owner);
+  /**
+   * Replays what was kept, then follows live output until exit. Returns an unsubscribe function.
+   * When nothing was dropped, the replay and the live output are one contiguous byte stream.
+   */
+  follow(ctx: RequestContext, sandboxId: string, pid: number, sink: EventSink): { done: Promise<void>; stop: () => void } {
+    const t = this.find(ctx, sandboxId, pid);
     sink.write({ type: 'start', pid });
-    const out = t.stdout.text();
-    const err = t.stderr.text();
-    if (out) sink.write({ type: 'stdout', data: out });
-    if (err) sink.write({ type: 'stderr', data: err });
+    const out = t.stdout.bytes();
+    const err = t.stderr.bytes();
+    if (out.length) sink.write({ type: 'stdout', data: out });
+    if (err.length) sink.write({ type: 'stderr', data: err });
     if (t.exit) {
       sink.write(exitEvent(t));
       return { done: Promise.resolve(), stop: () => undefined };
@@ -276,7 +284,7 @@ export class CommandService implements SandboxEvents {
     const deliver = (type: 'stdout' | 'stderr', chunk: Buffer) => {
       t[type].push(chunk);
       if (!t.followers.size) return;
-      const ev: CommandEvent = { type, data: chunk.toString('utf8') };
+      const ev: ProcessEvent = { type, data: chunk };
       for (const f of t.followers) if (!f.write(ev)) this.throttle(t, f);
     };
     proc.on('stdout', (chunk) => deliver('stdout', chunk));
@@ -309,14 +317,15 @@ export class CommandService implements SandboxEvents {
     this.unthrottle(t, f);
   }
 
-  private result(t: Tracked): CommandResult {
+  private result(t: Tracked, encoding: OutputEncoding): CommandResult {
     const exit = t.exit ?? { exitCode: -1 };
     return {
       pid: t.pid,
       exitCode: exit.exitCode,
       ...(exit.signal ? { signal: exit.signal } : {}),
-      stdout: t.stdout.text(),
-      stderr: t.stderr.text(),
+      stdout: t.stdout.encode(encoding),
+      stderr: t.stderr.encode(encoding),
+      ...(encoding === 'base64' ? { encoding } : {}),
       ...(t.stdout.truncated ? { stdoutTruncated: true } : {}),
       ...(t.stderr.truncated ? { stderrTruncated: true } : {}),
       ...(t.timedOut ? { timedOut: true } : {}),
@@ -324,15 +333,15 @@ export class CommandService implements SandboxEvents {
     };
   }
 
-  private find(sandboxId: string, pid: number, owner?: string | null): Tracked {
-    this.sandboxes.get(sandboxId, owner);
+  private find(ctx: RequestContext, sandboxId: string, pid: number): Tracked {
+    this.sandboxes.get(ctx, sandboxId);
     const t = this.bySandbox.get(sandboxId)?.get(pid);
     if (!t) throw new NotFoundError(`no process ${pid} in sandbox ${sandboxId}`, { pid });
     return t;
   }
 
-  private live(sandboxId: string, pid: number, owner?: string | null): Tracked {
-    const t = this.find(sandboxId, pid, owner);
+  private live(ctx: RequestContext, sandboxId: string, pid: number): Tracked {
+    const t = this.find(ctx, sandboxId, pid);
     if (t.exit) throw new InvalidArgumentError(`process ${pid} has already exited (code ${t.exit.exitCode})`, { pid });
     return t;
   }
@@ -360,7 +369,7 @@ function countLive(table: Map<number, Tracked>): number {
   return n;
 }
 
-function exitEvent(t: Tracked): CommandEvent {
+function exitEvent(t: Tracked): ProcessEvent {
   return {
     type: 'exit',
     exitCode: t.exit?.exitCode ?? -1,

@@ -8,45 +8,45 @@ import type { FileEntry as AgentFileEntry } from '../agent/types.js';
 import type { FileEntry } from '../schemas/files.js';
 import { LIMITS } from '../schemas/common.js';
 import type { SandboxManager } from './manager.js';
+import type { RequestContext } from '../auth/context.js';
 import { resolveSandboxPath } from './paths.js';
 
 export class FileService {
   constructor(private readonly sandboxes: SandboxManager) {}
 
-  private async conn(id: string, owner?: string | null) {
-    this.sandboxes.getRunning(id, owner);
-    return this.sandboxes.connection(id);
+  private async conn(ctx: RequestContext, id: string, what: string) {
+    return (await this.sandboxes.use(ctx, id, what)).conn;
   }
 
-  async read(id: string, p: string, owner?: string | null): Promise<{ size: number; stream: Readable }> {
-    return (await this.conn(id, owner)).readFile(resolveSandboxPath(p));
+  async read(ctx: RequestContext, id: string, p: string): Promise<{ size: number; stream: Readable }> {
+    return (await this.conn(ctx, id, 'read a file')).readFile(resolveSandboxPath(p));
   }
 
-  async write(id: string, p: string, data: Readable | Buffer, mode: number | undefined, owner?: string | null): Promise<{ path: string; size: number }> {
+  async write(ctx: RequestContext, id: string, p: string, data: Readable | Buffer, mode?: number): Promise<{ path: string; size: number }> {
     const path = resolveSandboxPath(p);
-    const r = await (await this.conn(id, owner)).writeFile(path, data, mode !== undefined ? { mode } : {});
+    const r = await (await this.conn(ctx, id, 'write a file')).writeFile(path, data, mode !== undefined ? { mode } : {});
     return { path, size: r.size };
   }
 
-  async list(id: string, p: string, limit: number | undefined, owner?: string | null): Promise<{ entries: FileEntry[]; truncated: boolean }> {
-    const r = await (await this.conn(id, owner)).list(resolveSandboxPath(p), { limit: limit ?? LIMITS.defaultListEntries });
+  async list(ctx: RequestContext, id: string, p: string, limit?: number): Promise<{ entries: FileEntry[]; truncated: boolean }> {
+    const r = await (await this.conn(ctx, id, 'list files')).list(resolveSandboxPath(p), { limit: limit ?? LIMITS.defaultListEntries });
     return { entries: r.entries.map(toApiEntry), truncated: r.truncated };
   }
 
-  async stat(id: string, p: string, owner?: string | null): Promise<FileEntry> {
-    return toApiEntry(await (await this.conn(id, owner)).stat(resolveSandboxPath(p)));
+  async stat(ctx: RequestContext, id: string, p: string): Promise<FileEntry> {
+    return toApiEntry(await (await this.conn(ctx, id, 'stat a file')).stat(resolveSandboxPath(p)));
   }
 
-  async mkdir(id: string, p: string, owner?: string | null): Promise<void> {
-    await (await this.conn(id, owner)).mkdir(resolveSandboxPath(p));
+  async mkdir(ctx: RequestContext, id: string, p: string): Promise<void> {
+    await (await this.conn(ctx, id, 'make a directory')).mkdir(resolveSandboxPath(p));
   }
 
-  async remove(id: string, p: string, recursive: boolean, owner?: string | null): Promise<void> {
-    await (await this.conn(id, owner)).remove(resolveSandboxPath(p), { recursive });
+  async remove(ctx: RequestContext, id: string, p: string, recursive: boolean): Promise<void> {
+    await (await this.conn(ctx, id, 'remove a file')).remove(resolveSandboxPath(p), { recursive });
   }
 
-  async rename(id: string, from: string, to: string, owner?: string | null): Promise<void> {
-    await (await this.conn(id, owner)).rename(resolveSandboxPath(from), resolveSandboxPath(to));
+  async rename(ctx: RequestContext, id: string, from: string, to: string): Promise<void> {
+    await (await this.conn(ctx, id, 'rename a file')).rename(resolveSandboxPath(from), resolveSandboxPath(to));
   }
 }
 

@@ -1,15 +1,29 @@
 /**
  * The sandbox service: lifecycle of sandboxes (create, find, extend, kill,
- * expire) and re-adoption after a daemon restart. Transports call this; it
- * calls the runtime driver and the agent; it never knows about HTTP.
+ * expire) and re-adoption after a daemon restart. Transports call this with
+ * the caller's RequestContext; it calls the runtime driver and the agent; it
+ * never knows about HTTP.
+ *
+ * Every state change goes through the state machine (lifecycle.ts) as a
+ * compare-and-set in the store, and the in-memory maps follow it:
+ *  - `creating`: creates in flight. A kill of a creating sandbox moves it to
+ *    killed, aborts the create and waits for the create's own cleanup: the
+ *    create sees that it lost the race at its creating → running step and
+ *    removes what it made, so a killed sandbox never comes back to life.
+ *  - `connections`: agent connections of running sandboxes only.
+ *  - `ending`: cleanups in flight after a move to a terminal state; a second
+ *    kill waits for the first one's cleanup.
  */
 import type { DaemonConfig, ResourceLimits } from '../config/index.js';
-import type { RuntimeDriver } from '../runtime/types.js';
+import type { LayerRef, RuntimeDriver } from '../runtime/types.js';
 import type { AgentConnection, AgentEndpoint } from '../agent/types.js';
 import type { BuildProgress } from '../templates/types.js';
-import { CapsuleError, ConflictError, InvalidArgumentError, NotFoundError, SandboxError, isCapsuleError } from '../errors/index.js';
-import type { SandboxRecord, SandboxStore, SandboxStateName } from './store.js';
+import { canSee, ownerFor, type RequestContext } from '../auth/context.js';
+import { ConflictError, InvalidArgumentError, NotFoundError, RateLimitedError, SandboxError, isCapsuleError } from '../errors/index.js';
+import type { SandboxRecord, SandboxStore } from './store.js';
+import { LIVE_STATES, requireState, wrongState, type SandboxState, type TerminalState } from './lifecycle.js';
 import { newSandboxId } from './ids.js';
+import { containerSpec } from './spec.js';
 import type { Claimed, PoolStats, WarmPool } from './pool.js';
 
 export interface Logger {
@@ -20,7 +34,8 @@ export interface Logger {
 
 /** What the manager needs from the template service. */
 export interface TemplateProvider {
-  ensure(name: string, onProgress?: (p: BuildProgress) => void, signal?: AbortSignal): Promise<string>;
+  /** The template's read-only layers, lowest first; builds the template when needed. */
+  layers(name: string, onProgress?: (p: BuildProgress) => void, signal?: AbortSignal): Promise<readonly LayerRef[]>;
 }
 
 export type AgentConnector = (endpoint: AgentEndpoint, opts?: { timeoutMs?: number; signal?: AbortSignal }) => Promise<AgentConnection>;
@@ -31,16 +46,13 @@ export interface CreateOptions {
   envs?: Record<string, string> | undefined;
   metadata?: Record<string, string> | undefined;
   resources?: Partial<ResourceLimits> | undefined;
-  owner?: string | null;
-  /** Quotas of the caller's key, checked against its owner's live sandboxes. */
-  limits?: { maxSandboxes: number | null; maxMemoryMb: number | null } | undefined;
-  signal?: AbortSignal;
+  /** Aborted when the caller gives up (the client went away): nothing is left behind. */
+  signal?: AbortSignal | undefined;
 }
 
 export interface ListFilter {
-  state?: SandboxStateName | 'all';
-  metadata?: Record<string, string>;
-  owner?: string | null;
+  state?: SandboxState | 'all' | undefined;
+  metadata?: Record<string, string> | undefined;
 }
 
 /** Listeners the command service registers to learn about sandbox ends and new connections. */
@@ -49,10 +61,15 @@ export interface SandboxEvents {
   onAdopted(id: string, conn: AgentConnection): Promise<void>;
 }
 
-const LIVE_STATES: readonly SandboxStateName[] = ['creating', 'running'];
+interface InFlightCreate {
+  abort: AbortController;
+  /** Resolves once the create has finished, including its cleanup when it lost. */
+  settled: Promise<void>;
+}
 
 export class SandboxManager {
   private readonly connections = new Map<string, Promise<AgentConnection>>();
+  private readonly creating = new Map<string, InFlightCreate>();
   private readonly ending = new Map<string, Promise<void>>();
   private reaper: NodeJS.Timeout | undefined;
   private events: SandboxEvents | undefined;
@@ -78,60 +95,69 @@ export class SandboxManager {
     this.afterDestroy = fn;
   }
 
-  async create(opts: CreateOptions): Promise<SandboxRecord> {
+  // --- for callers (every method takes the caller's context) ----------------------
+
+  async create(ctx: RequestContext, opts: CreateOptions): Promise<SandboxRecord> {
     const timeoutMs = this.checkTimeout(opts.timeoutMs ?? this.config.defaultTimeoutMs);
     const resources: ResourceLimits = { ...this.config.defaultResources, ...stripUndefined(opts.resources ?? {}) };
     this.checkDisk(resources.diskMb);
     this.pool?.userCreateStarted();
     try {
-      const rootfs = await this.templates.ensure(opts.template, undefined, opts.signal);
+      const layers = await this.templates.layers(opts.template, undefined, opts.signal);
       // Refused before a pooled sandbox is spent on it; checked again below, next to the insert.
-      if (opts.limits) this.checkQuota(opts.owner ?? null, resources.memoryMb, opts.limits);
+      this.checkQuota(ctx, resources.memoryMb);
       const claimed = this.pool ? await this.pool.claim(opts.template, resources) : null;
-      if (claimed) return this.recordClaimed(claimed, opts, resources, timeoutMs);
-      return await this.createCold(opts, rootfs, resources, timeoutMs);
+      if (claimed) return this.recordClaimed(ctx, claimed, opts, resources, timeoutMs);
+      return await this.createCold(ctx, opts, layers, resources, timeoutMs);
     } finally {
       this.pool?.userCreateEnded();
     }
   }
 
-  /** A pooled sandbox becomes the caller's: its record is written now, with the caller's owner, envs, metadata and clock. */
-  private recordClaimed(claimed: Claimed, opts: CreateOptions, resources: ResourceLimits, timeoutMs: number): SandboxRecord {
-    try {
-      // Checked and recorded without an await in between, so concurrent creates cannot both slip under a quota.
-      if (opts.limits) this.checkQuota(opts.owner ?? null, resources.memoryMb, opts.limits);
-    } catch (err) {
-      claimed.conn.close();
-      void this.runtime.destroy(claimed.id).catch((e: unknown) => this.log.error({ err: e, id: claimed.id }, 'cleanup of a claimed sandbox failed'));
-      throw err;
-    }
-    // The clock starts at the claim, not when the pool started the container.
-    const rec = newRecord(claimed.id, 'running', opts, resources, timeoutMs);
-    this.store.insert(rec);
-    this.adoptConnection(claimed.id, claimed.conn);
+  /** Any sandbox this caller may see, live or ended. Others' sandboxes are "not found", never "forbidden". */
+  get(ctx: RequestContext, id: string): SandboxRecord {
+    const rec = this.store.get(id);
+    if (!rec || !canSee(ctx, rec.owner)) throw new NotFoundError(`sandbox ${id} not found`, { id });
     return rec;
   }
 
-  private async createCold(opts: CreateOptions, rootfs: string, resources: ResourceLimits, timeoutMs: number): Promise<SandboxRecord> {
-    // Checked and recorded without an await in between, so concurrent creates cannot both slip under a quota.
-    if (opts.limits) this.checkQuota(opts.owner ?? null, resources.memoryMb, opts.limits);
-    const rec = newRecord(newSandboxId(), 'creating', opts, resources, timeoutMs);
-    this.store.insert(rec);
-    try {
-      await this.runtime.create({ id: rec.id, templateRootfs: rootfs, resources }, opts.signal);
-      await this.connection(rec.id);
-    } catch (err) {
-      const reason = err instanceof Error ? err.message : String(err);
-      this.store.end(rec.id, 'failed', `create failed: ${reason}`.slice(0, 2000), Date.now());
-      await this.runtime.destroy(rec.id).catch((e: unknown) => this.log.error({ err: e, id: rec.id }, 'cleanup after failed create'));
-      throw err;
+  /**
+   * A running sandbox of this caller and its agent connection, for anything
+   * that acts inside it (commands, files). `what` names the operation in the
+   * conflict error a sandbox in another state gets.
+   */
+  async use(ctx: RequestContext, id: string, what: string): Promise<{ rec: SandboxRecord; conn: AgentConnection }> {
+    const rec = this.get(ctx, id);
+    requireState(id, rec.state, 'use', what, rec.endReason);
+    return { rec, conn: await this.connection(id) };
+  }
+
+  list(ctx: RequestContext, filter: ListFilter = {}): SandboxRecord[] {
+    const recs =
+      filter.state === 'all' ? this.store.listAll() : this.store.listByStates(filter.state ? [filter.state] : LIVE_STATES);
+    return recs.filter((r) => {
+      if (!canSee(ctx, r.owner)) return false;
+      for (const [k, v] of Object.entries(filter.metadata ?? {})) if (r.metadata[k] !== v) return false;
+      return true;
+    });
+  }
+
+  setTimeout(ctx: RequestContext, id: string, timeoutMs: number): SandboxRecord {
+    const rec = this.get(ctx, id);
+    requireState(id, rec.state, 'setTimeout', 'set the timeout', rec.endReason);
+    const expiresAt = Date.now() + this.checkTimeout(timeoutMs);
+    if (!this.store.setExpiry(id, rec.state, expiresAt)) {
+      const now = this.store.get(id);
+      throw wrongState(id, now?.state ?? 'killed', 'set the timeout', now?.endReason);
     }
-    // The clock starts when the sandbox is usable, not when the request came in.
-    rec.expiresAt = Date.now() + timeoutMs;
-    this.store.setExpiry(rec.id, rec.expiresAt);
-    this.store.setState(rec.id, 'running');
-    rec.state = 'running';
-    return rec;
+    return { ...rec, expiresAt };
+  }
+
+  /** Kill a sandbox in any live state; killing an ended one answers its record (idempotent). */
+  async kill(ctx: RequestContext, id: string): Promise<SandboxRecord> {
+    this.get(ctx, id);
+    await this.end(id, 'killed', 'killed by request');
+    return this.get(ctx, id);
   }
 
   /** Warm pool state, per template (empty when no pool is configured). */
@@ -139,55 +165,117 @@ export class SandboxManager {
     return this.pool?.stats() ?? [];
   }
 
-  /** Any sandbox this caller may see, live or ended. */
-  get(id: string, owner?: string | null): SandboxRecord {
+  /** OOM kills so far in the sandbox's memory cgroup, to tell an OOM death from other SIGKILLs. */
+  oomKills(id: string): Promise<number> {
+    return this.runtime.oomKills(id).catch(() => 0);
+  }
+
+  // --- creating -------------------------------------------------------------------
+
+  /** A pooled sandbox becomes the caller's: its row is written now, already running, with the caller's owner, envs, metadata and clock. */
+  private recordClaimed(ctx: RequestContext, claimed: Claimed, opts: CreateOptions, resources: ResourceLimits, timeoutMs: number): SandboxRecord {
+    try {
+      // Checked and recorded without an await in between, so concurrent creates cannot both slip under a quota.
+      this.checkQuota(ctx, resources.memoryMb);
+    } catch (err) {
+      claimed.conn.close();
+      void this.runtime.destroy(claimed.id).catch((e: unknown) => this.log.error({ err: e, id: claimed.id }, 'cleanup of a claimed sandbox failed'));
+      throw err;
+    }
+    // The clock starts at the claim, not when the pool started the container.
+    const rec = this.newRecord(ctx, claimed.id, 'running', opts, resources, timeoutMs);
+    this.store.insert(rec);
+    this.adoptConnection(claimed.id, claimed.conn);
+    return rec;
+  }
+
+  private async createCold(
+    ctx: RequestContext,
+    opts: CreateOptions,
+    layers: readonly LayerRef[],
+    resources: ResourceLimits,
+    timeoutMs: number,
+  ): Promise<SandboxRecord> {
+    const id = newSandboxId();
+    const spec = containerSpec(this.runtime, id, layers, resources);
+    // Checked and recorded without an await in between, so concurrent creates cannot both slip under a quota.
+    this.checkQuota(ctx, resources.memoryMb);
+    const rec = this.newRecord(ctx, id, 'creating', opts, resources, timeoutMs);
+    this.store.insert(rec);
+    const abort = new AbortController();
+    let settle!: () => void;
+    this.creating.set(id, { abort, settled: new Promise<void>((r) => (settle = r)) });
+    const signal = opts.signal ? AbortSignal.any([opts.signal, abort.signal]) : abort.signal;
+    try {
+      await this.runtime.create(spec, signal);
+      await this.connection(id, signal);
+      // The clock starts when the sandbox is usable, not when the request came in.
+      const expiresAt = Date.now() + timeoutMs;
+      // The one step that makes it running: it fails when a kill (or anything else) ended it meanwhile.
+      const t = this.store.transition(id, ['creating'], 'running', { expiresAt });
+      if (!t.ok) throw this.lostCreate(id);
+      return { ...rec, state: 'running', expiresAt, stateChangedAt: Date.now() };
+    } catch (err) {
+      const reason = err instanceof Error ? err.message : String(err);
+      // Nothing happens when someone else already ended it (then their reason stands).
+      this.store.transition(id, ['creating'], 'failed', { reason: `create failed: ${reason}`.slice(0, 2000) });
+      this.dropConnection(id);
+      await this.destroyQuietly(id, 'cleanup after failed create');
+      // Someone else ended it first (a kill): say so, rather than how the aborted create broke off.
+      const now = this.store.get(id);
+      if (now && now.state !== 'failed') throw this.lostCreate(id);
+      throw err;
+    } finally {
+      this.creating.delete(id);
+      settle();
+    }
+  }
+
+  /** The error a create gets when its sandbox was ended while it was being made. */
+  private lostCreate(id: string): ConflictError {
     const rec = this.store.get(id);
-    if (!rec || (owner !== undefined && owner !== null && rec.owner !== owner)) {
-      throw new NotFoundError(`sandbox ${id} not found`, { id });
-    }
-    return rec;
+    return new ConflictError(
+      `sandbox ${id} was ${rec?.state ?? 'removed'} while it was being created${rec?.endReason ? ` (${rec.endReason})` : ''}`,
+      { id, state: rec?.state },
+    );
   }
 
-  /** A sandbox that must be running for the operation to make sense. */
-  getRunning(id: string, owner?: string | null): SandboxRecord {
-    const rec = this.get(id, owner);
-    if (rec.state !== 'running') {
-      throw new ConflictError(`sandbox ${id} is ${rec.state}${rec.endReason ? ` (${rec.endReason})` : ''}`, { id, state: rec.state });
-    }
-    return rec;
+  private newRecord(
+    ctx: RequestContext,
+    id: string,
+    state: 'creating' | 'running',
+    opts: CreateOptions,
+    resources: ResourceLimits,
+    timeoutMs: number,
+  ): SandboxRecord {
+    const now = Date.now();
+    return {
+      id,
+      template: opts.template,
+      state,
+      owner: ownerFor(ctx),
+      createdAt: now,
+      expiresAt: now + timeoutMs,
+      envs: opts.envs ?? {},
+      metadata: opts.metadata ?? {},
+      resources,
+      endedAt: null,
+      endReason: null,
+      stateChangedAt: now,
+      runtime: this.runtime.kind,
+    };
   }
 
-  list(filter: ListFilter = {}): SandboxRecord[] {
-    const recs =
-      filter.state === 'all' ? this.store.listAll() : this.store.listByStates(filter.state ? [filter.state] : LIVE_STATES);
-    return recs.filter((r) => {
-      if (filter.owner !== undefined && filter.owner !== null && r.owner !== filter.owner) return false;
-      for (const [k, v] of Object.entries(filter.metadata ?? {})) if (r.metadata[k] !== v) return false;
-      return true;
-    });
-  }
-
-  setTimeout(id: string, timeoutMs: number, owner?: string | null): SandboxRecord {
-    const rec = this.getRunning(id, owner);
-    rec.expiresAt = Date.now() + this.checkTimeout(timeoutMs);
-    this.store.setExpiry(id, rec.expiresAt);
-    return rec;
-  }
-
-  async kill(id: string, owner?: string | null): Promise<SandboxRecord> {
-    const rec = this.get(id, owner);
-    if (rec.state === 'running' || rec.state === 'creating') await this.end(id, 'killed', 'killed by request');
-    return this.get(id, owner);
-  }
+  // --- agent connections ----------------------------------------------------------
 
   /** The live agent connection of a running sandbox, reconnecting when it was lost. */
-  connection(id: string): Promise<AgentConnection> {
+  private connection(id: string, signal?: AbortSignal): Promise<AgentConnection> {
     let p = this.connections.get(id);
     if (!p) {
-      p = this.connectAgent(this.runtime.agentEndpoint(id), { timeoutMs: 5000 }).then(
+      p = this.connectAgent(this.runtime.agentEndpoint(id), { timeoutMs: 5000, ...(signal ? { signal } : {}) }).then(
         (conn) => this.watch(id, conn, p!),
         (err: unknown) => {
-          this.connections.delete(id);
+          if (this.connections.get(id) === p) this.connections.delete(id);
           void this.checkAlive(id);
           throw isCapsuleError(err)
             ? err
@@ -204,6 +292,12 @@ export class SandboxManager {
     const p = Promise.resolve(conn);
     this.connections.set(id, p);
     this.watch(id, conn, p);
+  }
+
+  private dropConnection(id: string): void {
+    const conn = this.connections.get(id);
+    this.connections.delete(id);
+    conn?.then((c) => c.close(), () => undefined);
   }
 
   private watch(id: string, conn: AgentConnection, p: Promise<AgentConnection>): AgentConnection {
@@ -235,32 +329,45 @@ export class SandboxManager {
     }
   }
 
-  /** OOM kills so far in the sandbox's memory cgroup, to tell an OOM death from other SIGKILLs. */
-  oomKills(id: string): Promise<number> {
-    return this.runtime.oomKills(id).catch(() => 0);
-  }
+  // --- ending ---------------------------------------------------------------------
 
-  /** Ends a sandbox once, whatever the reason; concurrent callers share the work. */
-  end(id: string, state: 'killed' | 'expired' | 'failed', reason: string): Promise<void> {
+  /**
+   * Moves a live sandbox to a terminal state once, whatever the reason, and
+   * removes what it holds. The first caller wins the compare-and-set; later
+   * callers wait for its cleanup. A sandbox still being created is cleaned up
+   * by its own create (which is aborted here), never by two actors at once.
+   */
+  end(id: string, state: TerminalState, reason: string): Promise<void> {
     const running = this.ending.get(id);
     if (running) return running;
-    const work = (async () => {
-      this.store.end(id, state, reason, Date.now());
-      const conn = this.connections.get(id);
-      this.connections.delete(id);
-      conn?.then((c) => c.close(), () => undefined);
-      this.events?.onEnded(id);
-      try {
-        await this.runtime.destroy(id);
-        this.afterDestroy?.();
-      } catch (err) {
-        // Leftovers are retried at the next start (recover); the sandbox is ended either way.
-        this.log.error({ err, id }, 'destroying sandbox failed');
-      }
-      this.log.info({ id, state, reason }, 'sandbox ended');
-    })().finally(() => this.ending.delete(id));
-    this.ending.set(id, work);
-    return work;
+    const t = this.store.transition(id, LIVE_STATES, state, { reason });
+    if (!t.ok) return Promise.resolve();
+    this.events?.onEnded(id);
+    const inFlight = this.creating.get(id);
+    let work: Promise<void>;
+    if (t.from === 'creating' && inFlight) {
+      inFlight.abort.abort(new ConflictError(`sandbox ${id} was ${state} while it was being created (${reason})`, { id, state }));
+      work = inFlight.settled;
+    } else {
+      work = (async () => {
+        this.dropConnection(id);
+        await this.destroyQuietly(id, 'destroying sandbox failed');
+        this.log.info({ id, state, reason }, 'sandbox ended');
+      })();
+    }
+    const tracked = work.finally(() => this.ending.delete(id));
+    this.ending.set(id, tracked);
+    return tracked;
+  }
+
+  /** Leftovers are retried at the next start (recover); the sandbox has ended either way. */
+  private async destroyQuietly(id: string, what: string): Promise<void> {
+    try {
+      await this.runtime.destroy(id);
+      this.afterDestroy?.();
+    } catch (err) {
+      this.log.error({ err, id }, what);
+    }
   }
 
   startReaper(): void {
@@ -283,8 +390,9 @@ export class SandboxManager {
     const adopted: string[] = [];
     const ended: string[] = [];
     for (const rec of this.store.listByStates(LIVE_STATES)) {
-      if (rec.state === 'creating') {
-        await this.end(rec.id, 'failed', 'daemon restarted while the sandbox was being created');
+      if (rec.state !== 'running') {
+        // Nothing but the dead daemon knew how far that step got.
+        await this.end(rec.id, 'failed', `daemon restarted while the sandbox was ${rec.state === 'creating' ? 'being created' : rec.state}`);
         ended.push(rec.id);
         continue;
       }
@@ -299,8 +407,9 @@ export class SandboxManager {
         await this.events?.onAdopted(rec.id, conn);
         adopted.push(rec.id);
       } catch (err) {
+        const why = err instanceof Error ? err.message : String(err);
         this.log.warn({ err, id: rec.id }, 'could not reach the agent of a running sandbox');
-        await this.end(rec.id, 'failed', 'agent unreachable after daemon restart');
+        await this.end(rec.id, 'failed', `agent unusable after daemon restart: ${why}`.slice(0, 2000));
         ended.push(rec.id);
       }
     }
@@ -319,21 +428,27 @@ export class SandboxManager {
   async close(): Promise<void> {
     if (this.reaper) clearInterval(this.reaper);
     this.reaper = undefined;
-    await Promise.allSettled([...this.ending.values()]);
+    await Promise.allSettled([...this.ending.values(), ...[...this.creating.values()].map((c) => c.settled)]);
     for (const p of this.connections.values()) p.then((c) => c.close(), () => undefined);
     this.connections.clear();
   }
 
-  private checkQuota(owner: string | null, memoryMb: number, limits: NonNullable<CreateOptions['limits']>): void {
-    const live = this.list({ owner });
+  // --- rules ----------------------------------------------------------------------
+
+  /** The caller's key quotas, counted over its owner's live sandboxes. Admins have none. */
+  private checkQuota(ctx: RequestContext, memoryMb: number): void {
+    const { admin, limits } = ctx.principal;
+    if (admin) return;
+    const owner = ownerFor(ctx);
+    const live = this.store.listByStates(LIVE_STATES).filter((r) => r.owner === owner);
     if (limits.maxSandboxes !== null && live.length >= limits.maxSandboxes) {
-      throw new CapsuleError('rate_limited', `quota reached: ${live.length} of ${limits.maxSandboxes} live sandboxes; kill one first`, {
+      throw new RateLimitedError(`quota reached: ${live.length} of ${limits.maxSandboxes} live sandboxes; kill one first`, {
         maxSandboxes: limits.maxSandboxes,
       });
     }
     const used = live.reduce((sum, r) => sum + r.resources.memoryMb, 0);
     if (limits.maxMemoryMb !== null && used + memoryMb > limits.maxMemoryMb) {
-      throw new CapsuleError('rate_limited', `quota reached: ${used} MiB of ${limits.maxMemoryMb} MiB in use, ${memoryMb} MiB more asked`, {
+      throw new RateLimitedError(`quota reached: ${used} MiB of ${limits.maxMemoryMb} MiB in use, ${memoryMb} MiB more asked`, {
         maxMemoryMb: limits.maxMemoryMb,
       });
     }
@@ -356,30 +471,6 @@ export class SandboxManager {
     }
     return ms;
   }
-}
-
-/** A new sandbox's row: the caller's template, owner, envs and metadata, its clock starting now. */
-function newRecord(
-  id: string,
-  state: 'creating' | 'running',
-  opts: CreateOptions,
-  resources: ResourceLimits,
-  timeoutMs: number,
-): SandboxRecord {
-  const now = Date.now();
-  return {
-    id,
-    template: opts.template,
-    state,
-    owner: opts.owner ?? null,
-    createdAt: now,
-    expiresAt: now + timeoutMs,
-    envs: opts.envs ?? {},
-    metadata: opts.metadata ?? {},
-    resources,
-    endedAt: null,
-    endReason: null,
-  };
 }
 
 function stripUndefined<T extends object>(o: T): Partial<T> {

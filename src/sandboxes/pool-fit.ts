@@ -23,7 +23,8 @@ export type PoolFit =
   | { ok: true; /** Only the fields that differ; empty when the pooled limits already match. */ update: Partial<UpdatableLimits> }
   | { ok: false; reason: string };
 
-export function poolFit(pooled: ResourceLimits, wanted: ResourceLimits): PoolFit {
+/** `canUpdate`: the backend can change cgroup limits of a running sandbox (its updateResources capability). */
+export function poolFit(pooled: ResourceLimits, wanted: ResourceLimits, canUpdate = true): PoolFit {
   const update: Record<string, number> = {};
   const p = pooled as unknown as Record<string, unknown>;
   const w = wanted as unknown as Record<string, unknown>;
@@ -32,6 +33,7 @@ export function poolFit(pooled: ResourceLimits, wanted: ResourceLimits): PoolFit
     if (!UPDATABLE_FIELDS.has(key) || typeof w[key] !== 'number') {
       return { ok: false, reason: `resources.${key} is fixed when a sandbox starts` };
     }
+    if (!canUpdate) return { ok: false, reason: `resources.${key} differs and this backend cannot change limits of a running sandbox` };
     update[key] = w[key];
   }
   if (update.memoryMb !== undefined && !sameValue(tmpfsLimits(pooled.memoryMb), tmpfsLimits(wanted.memoryMb))) {

@@ -19,7 +19,8 @@
  */
 import type { ResourceLimits } from '../config/index.js';
 import type { AgentConnection } from '../agent/types.js';
-import type { RuntimeDriver } from '../runtime/types.js';
+import type { LayerRef, RuntimeDriver } from '../runtime/types.js';
+import { containerSpec } from './spec.js';
 import type { TemplateInfo } from '../templates/types.js';
 import { newSandboxId } from './ids.js';
 import { poolFit } from './pool-fit.js';
@@ -28,7 +29,7 @@ import type { AgentConnector, Logger } from './manager.js';
 /** What the pool needs from the template service. */
 export interface PoolTemplates {
   get(name: string): TemplateInfo;
-  ensure(name: string): Promise<string>;
+  layers(name: string): Promise<readonly LayerRef[]>;
 }
 
 export interface WarmPoolDeps {
@@ -166,7 +167,7 @@ export class WarmPool {
       this.kick();
       return null;
     }
-    const fit = poolFit(e.resources, resources);
+    const fit = poolFit(e.resources, resources, this.deps.runtime.capabilities.updateResources);
     if (!fit.ok) {
       // Every entry was started with the same limits: none fits. Keep them for the next request.
       c.misses++;
@@ -307,9 +308,9 @@ export class WarmPool {
     this.starting = template;
     let created = false;
     try {
-      const rootfs = await this.deps.templates.ensure(template);
+      const layers = await this.deps.templates.layers(template);
       const builtAt = this.deps.templates.get(template).builtAt;
-      await this.deps.runtime.create({ id, templateRootfs: rootfs, resources });
+      await this.deps.runtime.create(containerSpec(this.deps.runtime, id, layers, resources));
       created = true;
       const conn = await this.deps.connectAgent(this.deps.runtime.agentEndpoint(id), { timeoutMs: 5000 });
       c.started++;

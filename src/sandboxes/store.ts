@@ -1,12 +1,14 @@
 /**
- * SQL for sandbox and process records. The manager owns the lifecycle; this
- * file only maps rows to objects and back.
+ * SQL for sandbox and process records. The state machine (lifecycle.ts) says
+ * which transitions exist; this file persists each one as a compare-and-set
+ * and maps rows to objects and back. Nothing here writes `state` blindly.
  */
 import type { Db } from '../store/db.js';
 import { statementCache, type Statements } from '../store/statements.js';
 import type { ResourceLimits } from '../config/index.js';
+import { canTransition, isTerminal, type SandboxState } from './lifecycle.js';
 
-export type SandboxStateName = 'creating' | 'running' | 'killed' | 'expired' | 'failed';
+export type SandboxStateName = SandboxState;
 
 export interface SandboxRecord {
   id: string;
@@ -20,7 +22,14 @@ export interface SandboxRecord {
   resources: ResourceLimits;
   endedAt: number | null;
   endReason: string | null;
+  /** When the state last changed (ms since epoch). */
+  stateChangedAt: number;
+  /** The runtime backend that holds it (e.g. "crun"); null for rows from before backends were recorded. */
+  runtime: string | null;
 }
+
+/** The outcome of a compare-and-set transition. */
+export type TransitionResult = { ok: true; from: SandboxState } | { ok: false; current: SandboxState | undefined };
 
 interface SandboxRow {
   id: string;
@@ -34,6 +43,8 @@ interface SandboxRow {
   resources: string;
   ended_at: number | null;
   end_reason: string | null;
+  state_changed_at: number | null;
+  runtime: string | null;
 }
 
 export interface ProcessRecord {
@@ -59,6 +70,8 @@ function fromRow(r: SandboxRow): SandboxRecord {
     resources: JSON.parse(r.resources) as ResourceLimits,
     endedAt: r.ended_at,
     endReason: r.end_reason,
+    stateChangedAt: r.state_changed_at ?? r.created_at,
+    runtime: r.runtime,
   };
 }
 
@@ -77,8 +90,8 @@ export class SandboxStore {
   insert(s: SandboxRecord): void {
     this
       .sql(
-        `INSERT INTO sandboxes (id, template, state, owner, created_at, expires_at, envs, metadata, resources)
-         VALUES (@id, @template, @state, @owner, @createdAt, @expiresAt, @envs, @metadata, @resources)`,
+        `INSERT INTO sandboxes (id, template, state, owner, created_at, expires_at, envs, metadata, resources, state_changed_at, runtime)
+         VALUES (@id, @template, @state, @owner, @createdAt, @expiresAt, @envs, @metadata, @resources, @stateChangedAt, @runtime)`,
       )
       .run({
         ...s,
@@ -106,23 +119,34 @@ export class SandboxStore {
     return rows.map(fromRow);
   }
 
-  setState(id: string, state: SandboxStateName): void {
-    this.sql('UPDATE sandboxes SET state = ? WHERE id = ?').run(state, id);
-  }
-
-  /** Final states only; returns false when the sandbox had already ended. */
-  end(id: string, state: 'killed' | 'expired' | 'failed', reason: string, at: number): boolean {
+  /**
+   * Move a sandbox from its current state to `to`, if the state machine allows
+   * that move and the current state is one of `from`. The UPDATE names the state
+   * it read, so it changes nothing when someone else moved the sandbox first
+   * (compare-and-set); the caller learns who won from the result. Entering a
+   * terminal state records the reason and the time.
+   */
+  transition(id: string, from: readonly SandboxStateName[], to: SandboxStateName, opts: { reason?: string; at?: number; expiresAt?: number } = {}): TransitionResult {
+    const row = this.sql('SELECT state FROM sandboxes WHERE id = ?').get(id) as { state: SandboxStateName } | undefined;
+    const current = row?.state;
+    if (current === undefined || !from.includes(current) || !canTransition(current, to)) return { ok: false, current };
+    const at = opts.at ?? Date.now();
+    const end = isTerminal(to);
     const r = this
       .sql(
-        `UPDATE sandboxes SET state = ?, end_reason = ?, ended_at = ?
-         WHERE id = ? AND state IN ('creating', 'running')`,
+        `UPDATE sandboxes SET state = @to, state_changed_at = @at,
+           end_reason = CASE WHEN @end THEN @reason ELSE end_reason END,
+           ended_at = CASE WHEN @end THEN @at ELSE ended_at END,
+           expires_at = COALESCE(@expiresAt, expires_at)
+         WHERE id = @id AND state = @current`,
       )
-      .run(state, reason, at, id);
-    return r.changes > 0;
+      .run({ id, to, at, current, end: end ? 1 : 0, reason: opts.reason ?? null, expiresAt: opts.expiresAt ?? null });
+    return r.changes === 1 ? { ok: true, from: current } : { ok: false, current: this.get(id)?.state };
   }
 
-  setExpiry(id: string, expiresAt: number): void {
-    this.sql('UPDATE sandboxes SET expires_at = ? WHERE id = ?').run(expiresAt, id);
+  /** Only for a sandbox in `state` (a CAS on the state, so an ended sandbox's clock never moves). */
+  setExpiry(id: string, state: SandboxStateName, expiresAt: number): boolean {
+    return this.sql('UPDATE sandboxes SET expires_at = ? WHERE id = ? AND state = ?').run(expiresAt, id, state).changes === 1;
   }
 
   expiredRunning(now: number): string[] {

@@ -1,6 +1,12 @@
 import { z } from 'zod';
 import { EnvVars, LIMITS, SandboxPath, Timestamp } from './common.js';
 
+export const OutputEncodingSchema = z
+  .enum(['utf8', 'base64'])
+  .describe(
+    'How output is carried: utf8 text (characters split across chunks arrive whole; bytes that are not UTF-8 become U+FFFD) or base64 of the exact bytes',
+  );
+
 const Arg = z.string().max(LIMITS.maxArg).refine((s) => !s.includes('\0'), 'must not contain NUL');
 
 export const RunCommandRequest = z
@@ -16,6 +22,7 @@ export const RunCommandRequest = z
     background: z.boolean().optional().describe('Return at once with the pid; read output with /wait or /stream'),
     stream: z.boolean().optional().describe('Stream output as NDJSON events (start, stdout, stderr, exit) instead of one JSON result'),
     maxOutputBytes: z.number().int().min(0).max(LIMITS.maxOutputBytes).optional().describe('Keep at most this many bytes of each of stdout and stderr in buffered results; default 1 MiB'),
+    encoding: OutputEncodingSchema.optional().describe('How stdout and stderr are carried in the result and stream events: utf8 (default) or base64 of the exact bytes'),
   })
   .strict();
 export type RunCommandRequest = z.infer<typeof RunCommandRequest>;
@@ -24,8 +31,9 @@ export const CommandResult = z.object({
   pid: z.number().int(),
   exitCode: z.number().int().describe('Exit code; 128+N when killed by signal N'),
   signal: z.string().optional().describe('Signal that killed the process, e.g. SIGKILL'),
-  stdout: z.string().describe('Standard output decoded as UTF-8 (invalid bytes replaced)'),
+  stdout: z.string().describe('Standard output: UTF-8 text (invalid bytes replaced), or base64 when encoding is base64'),
   stderr: z.string(),
+  encoding: z.literal('base64').optional().describe('Present when stdout and stderr are base64 (the request asked for it)'),
   stdoutTruncated: z.boolean().optional().describe('True when stdout exceeded maxOutputBytes and was cut'),
   stderrTruncated: z.boolean().optional(),
   timedOut: z.boolean().optional().describe('True when the command was killed because its timeout passed'),
@@ -36,8 +44,8 @@ export type CommandResult = z.infer<typeof CommandResult>;
 /** One line of an NDJSON command stream. */
 export const CommandEvent = z.discriminatedUnion('type', [
   z.object({ type: z.literal('start'), pid: z.number().int() }),
-  z.object({ type: z.literal('stdout'), data: z.string() }),
-  z.object({ type: z.literal('stderr'), data: z.string() }),
+  z.object({ type: z.literal('stdout'), data: z.string(), encoding: z.literal('base64').optional().describe('Present when data is base64') }),
+  z.object({ type: z.literal('stderr'), data: z.string(), encoding: z.literal('base64').optional() }),
   z.object({
     type: z.literal('exit'),
     exitCode: z.number().int(),
@@ -80,4 +88,7 @@ export const SignalRequest = z.object({ signal: z.enum(SIGNALS).describe('Signal
 
 export const WaitQuery = z.object({
   timeoutMs: z.coerce.number().int().min(0).max(3600_000).optional().describe('Give up waiting after this many ms (408-free: returns the running state)'),
+  encoding: OutputEncodingSchema.optional(),
 });
+
+export const StreamQuery = z.object({ encoding: OutputEncodingSchema.optional() });

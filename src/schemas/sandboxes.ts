@@ -1,8 +1,14 @@
 import { z } from 'zod';
 import { EnvVars, Metadata, SandboxId, Timestamp } from './common.js';
 
-export const SANDBOX_STATES = ['creating', 'running', 'killed', 'expired', 'failed'] as const;
-export const SandboxState = z.enum(SANDBOX_STATES).describe('Lifecycle state; killed, expired and failed are final');
+import { SANDBOX_STATES } from '../sandboxes/lifecycle.js';
+
+export { SANDBOX_STATES };
+export const SandboxState = z
+  .enum(SANDBOX_STATES)
+  .describe(
+    'Lifecycle state (docs/adr/0005-state-machine-and-runtime-boundary.md): creating, running, the pause/stop/snapshot states, or a final one: killed, expired, failed',
+  );
 
 export const Resources = z
   .object({

@@ -21,8 +21,15 @@ import { readNdjson } from './ndjson.js';
 
 export type Signal = (typeof SIGNALS)[number];
 
-/** Called with each piece of output as it arrives (decoded as UTF-8). */
+/**
+ * Called with each piece of output as it arrives: UTF-8 text (a character is
+ * never split between two calls), or base64 of the exact bytes with
+ * `encoding: 'base64'`.
+ */
 export type OutputCallback = (data: string) => void | Promise<void>;
+
+/** How output is carried: `utf8` text (default; bytes that are not UTF-8 become U+FFFD) or `base64` of the exact bytes. */
+export type OutputEncoding = 'utf8' | 'base64';
 
 export interface RunOptions {
   /** Extra environment variables for this command, over the sandbox's own. */
@@ -47,6 +54,11 @@ export interface RunOptions {
   /** Keep at most this many bytes of each of stdout and stderr in the result; default 1 MiB. Callbacks still see everything. */
   maxOutputBytes?: number;
   /**
+   * `base64`: callbacks and the result carry base64 of the exact bytes (for
+   * output that is not text; decode with `Buffer.from(s, 'base64')`). Default `utf8`.
+   */
+  encoding?: OutputEncoding;
+  /**
    * Aborting it kills the command (SIGKILL) and rejects with an AbortError.
    * For background commands it only cancels starting it.
    */
@@ -54,6 +66,8 @@ export interface RunOptions {
 }
 
 export interface WaitOptions {
+  /** How the result carries output; default: the handle's (from run or connect), else utf8. */
+  encoding?: OutputEncoding;
   /** Give up after this many ms with a TimeoutError (the command keeps running). Default: wait as long as it takes. */
   timeoutMs?: number;
   signal?: AbortSignal;
@@ -62,17 +76,33 @@ export interface WaitOptions {
 export interface ConnectOptions {
   onStdout?: OutputCallback;
   onStderr?: OutputCallback;
+  /** See RunOptions.encoding. */
+  encoding?: OutputEncoding;
 }
 
 /** Appends output up to a byte limit, as the daemon does for buffered results. */
 export class BoundedOutput {
   private parts: string[] = [];
+  private raw: Buffer[] = [];
   private bytes = 0;
   truncated = false;
-  constructor(private readonly maxBytes: number) {}
+  constructor(
+    private readonly maxBytes: number,
+    private readonly encoding: OutputEncoding = 'utf8',
+  ) {}
 
   append(data: string): void {
     if (this.truncated) return;
+    if (this.encoding === 'base64') {
+      // Pieces of base64 do not concatenate (padding): keep bytes, encode once at the end.
+      const buf = Buffer.from(data, 'base64');
+      const room = this.maxBytes - this.bytes;
+      const part = buf.length <= room ? buf : buf.subarray(0, room);
+      this.raw.push(part);
+      this.bytes += part.length;
+      if (part.length < buf.length) this.truncated = true;
+      return;
+    }
     const size = Buffer.byteLength(data);
     if (this.bytes + size <= this.maxBytes) {
       this.parts.push(data);
@@ -90,7 +120,7 @@ export class BoundedOutput {
   }
 
   toString(): string {
-    return this.parts.join('');
+    return this.encoding === 'base64' ? Buffer.concat(this.raw).toString('base64') : this.parts.join('');
   }
 }
 
@@ -116,8 +146,9 @@ async function consumeEvents(
   knownPid?: number,
 ): Promise<CommandResult> {
   const max = cb.maxOutputBytes ?? LIMITS.defaultOutputBytes;
-  const stdout = new BoundedOutput(max);
-  const stderr = new BoundedOutput(max);
+  const encoding = cb.encoding ?? 'utf8';
+  const stdout = new BoundedOutput(max, encoding);
+  const stderr = new BoundedOutput(max, encoding);
   let pid = knownPid;
   for await (const ev of readNdjson(body, CommandEvent, { what, onReadError: fail })) {
     switch (ev.type) {
@@ -138,9 +169,11 @@ async function consumeEvents(
       case 'exit': {
         const result: CommandResult = { pid: pid ?? 0, exitCode: ev.exitCode, stdout: stdout.toString(), stderr: stderr.toString() };
         if (ev.signal !== undefined) result.signal = ev.signal;
+        if (encoding === 'base64') result.encoding = 'base64';
         if (stdout.truncated) result.stdoutTruncated = true;
         if (stderr.truncated) result.stderrTruncated = true;
         if (ev.timedOut) result.timedOut = true;
+        if (ev.oomKilled) result.oomKilled = true;
         return result;
       }
     }
@@ -163,6 +196,7 @@ export class CommandHandle {
     /** Process id inside the sandbox. */
     readonly pid: number,
     follow?: { stream: StreamedBody; abort: AbortController; callbacks: ConnectOptions },
+    private readonly encoding?: OutputEncoding,
   ) {
     if (follow) {
       this.followAbort = follow.abort;
@@ -187,7 +221,7 @@ export class CommandHandle {
       const slice = Math.min(left, WAIT_SLICE_MS);
       try {
         result = await this.http.json('GET', path, CommandResult, {
-          query: { timeoutMs: slice },
+          query: { timeoutMs: slice, encoding: opts.encoding ?? this.encoding },
           signal: opts.signal,
           timeoutMs: this.http.conn.requestTimeoutMs === 0 ? 0 : slice + this.http.conn.requestTimeoutMs,
         });
@@ -271,6 +305,7 @@ export class Commands {
       user: opts.user,
       timeoutMs: opts.timeoutMs,
       maxOutputBytes: opts.maxOutputBytes,
+      encoding: opts.encoding,
     };
     if (opts.background) {
       const started = await this.http.json('POST', this.base, BackgroundStarted, {
@@ -309,6 +344,7 @@ export class Commands {
       const result = await consumeEvents(stream, what, fail, {
         onStdout: opts.onStdout,
         onStderr: opts.onStderr,
+        encoding: opts.encoding,
         maxOutputBytes: opts.maxOutputBytes,
         onStart: (p) => {
           pid = p;
@@ -359,13 +395,16 @@ export class Commands {
 
   /** Make a handle; with callbacks, open the output stream first so a bad pid fails here. */
   private async attach(pid: number, callbacks: ConnectOptions): Promise<CommandHandle> {
-    if (!callbacks.onStdout && !callbacks.onStderr) return new CommandHandle(this.http, this.base, pid);
+    if (!callbacks.onStdout && !callbacks.onStderr) return new CommandHandle(this.http, this.base, pid, undefined, callbacks.encoding);
     const abort = new AbortController();
-    const stream = await this.http.stream('GET', `${this.base}/${pid}/stream`, { signal: abort.signal });
+    const stream = await this.http.stream('GET', `${this.base}/${pid}/stream`, {
+      signal: abort.signal,
+      ...(callbacks.encoding ? { query: { encoding: callbacks.encoding } } : {}),
+    });
     return new CommandHandle(this.http, this.base, pid, {
       stream,
       abort,
-      callbacks: { onStdout: callbacks.onStdout, onStderr: callbacks.onStderr },
-    });
+      callbacks: { onStdout: callbacks.onStdout, onStderr: callbacks.onStderr, encoding: callbacks.encoding },
+    }, callbacks.encoding);
   }
 }

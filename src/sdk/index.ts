@@ -10,7 +10,7 @@
 export { Sandbox } from './sandbox.js';
 export type { CreateOptions, ListOptions as ListSandboxesOptions } from './sandbox.js';
 export { CommandHandle, Commands } from './commands.js';
-export type { ConnectOptions, OutputCallback, RunOptions, Signal, WaitOptions } from './commands.js';
+export type { ConnectOptions, OutputCallback, OutputEncoding, RunOptions, Signal, WaitOptions } from './commands.js';
 export { Files } from './files.js';
 export type { DirectoryListing, ListOptions as ListFilesOptions, ReadOptions, WriteData, WriteOptions } from './files.js';
 export { Template } from './templates.js';
@@ -27,6 +27,9 @@ export {
   InvalidArgumentError,
   NotFoundError,
   PayloadTooLargeError,
+  PermissionDeniedError,
+  RateLimitedError,
+  UnsupportedError,
   RuntimeError,
   SandboxError,
   TimeoutError,

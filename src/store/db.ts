@@ -55,6 +55,11 @@ const MIGRATIONS: string[] = [
      revoked_at INTEGER
    );
    CREATE INDEX sandboxes_owner ON sandboxes(owner);`,
+  // The state machine (src/sandboxes/lifecycle.ts): when the state last changed, and which
+  // runtime backend holds the sandbox (several can serve one daemon).
+  `ALTER TABLE sandboxes ADD COLUMN state_changed_at INTEGER;
+   ALTER TABLE sandboxes ADD COLUMN runtime TEXT;
+   UPDATE sandboxes SET state_changed_at = COALESCE(ended_at, created_at);`,
 ];
 
 export function openDb(file: string): Db {

@@ -12,6 +12,7 @@
  * Only one build per name runs at a time in this process: concurrent ensure()
  * calls share it. (There is no lock across processes: only the daemon builds.)
  */
+import type { LayerRef } from '../runtime/types.js';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
@@ -175,6 +176,13 @@ export class TemplateService {
       if (row?.status === 'ready' && (await exists(final))) return final;
     }
     return this.join(name, false, onProgress, signal);
+  }
+
+  /** The read-only layers a sandbox of `name` stacks, lowest first (built-in templates are one layer), building it when needed. */
+  async layers(name: string, onProgress?: (p: BuildProgress) => void, signal?: AbortSignal): Promise<LayerRef[]> {
+    const rootfs = await this.ensure(name, onProgress, signal);
+    const builtAt = this.get(name).builtAt;
+    return [{ path: rootfs, ...(builtAt !== undefined ? { digest: `${name}@${builtAt}` } : {}) }];
   }
 
   /** Build `name` (only if not ready, unless `force`). Returns the rootfs path. */

@@ -13,7 +13,9 @@ import {
   SignalRequest,
   WaitQuery,
   SandboxId,
+  StreamQuery,
 } from '../../schemas/index.js';
+import { wireEvents } from '../../sandboxes/output.js';
 import { isCapsuleError } from '../../errors/index.js';
 import { z } from 'zod';
 
@@ -31,10 +33,9 @@ export function commandRoutes(t: RouteTable, s: Services): void {
       200: { description: 'Result of a foreground command (or an NDJSON stream of CommandEvent when stream is true)', schema: CommandResult },
       202: { description: 'A background command started', schema: BackgroundStarted },
     },
-    handler: async ({ params, body, req, reply, principal }) => {
-      const owner = principal.owner;
+    handler: async ({ params, body, req, reply, ctx }) => {
       if (body.background) {
-        const r = await s.commands.run(params.id, body, { owner });
+        const r = await s.commands.run(ctx, params.id, body);
         return reply.code(202).send(r);
       }
       const ac = new AbortController();
@@ -43,23 +44,21 @@ export function commandRoutes(t: RouteTable, s: Services): void {
         reply.raw.once('close', () => {
           if (!reply.raw.writableFinished) ac.abort();
         });
-        return s.commands.run(params.id, body, { owner, signal: ac.signal });
+        return s.commands.run(ctx, params.id, body, { signal: ac.signal });
       }
       // Streamed: errors before the command starts are ordinary JSON errors;
       // after the first line they travel as an `error` event.
       let out: NdjsonWriter | undefined;
-      const sink = {
-        write: (ev: CommandEvent) => {
-          if (!out) {
-            out = startNdjson(reply);
-            out.onClose(() => ac.abort());
-          }
-          return out.write(ev);
-        },
-        drained: () => out?.drained() ?? Promise.resolve(),
-      };
+      const write = wireEvents(body.encoding ?? 'utf8', (ev: CommandEvent) => {
+        if (!out) {
+          out = startNdjson(reply);
+          out.onClose(() => ac.abort());
+        }
+        return out.write(ev);
+      });
+      const sink = { write, drained: () => out?.drained() ?? Promise.resolve() };
       try {
-        await s.commands.run(params.id, body, { owner, sink, signal: ac.signal });
+        await s.commands.run(ctx, params.id, body, { sink, signal: ac.signal });
       } catch (err) {
         if (!out) throw err;
         out.write({ type: 'error', error: isCapsuleError(err) ? { code: err.code, message: err.message } : { code: 'internal', message: 'internal error' } });
@@ -77,7 +76,7 @@ export function commandRoutes(t: RouteTable, s: Services): void {
     tag: 'commands',
     params: SandboxParams,
     responses: { 200: { description: 'Processes', schema: ListProcessesResponse } },
-    handler: async ({ params, principal }) => ({ processes: s.commands.list(params.id, principal.owner) }),
+    handler: async ({ params, ctx }) => ({ processes: s.commands.list(ctx, params.id) }),
   });
 
   t.add({
@@ -88,9 +87,9 @@ export function commandRoutes(t: RouteTable, s: Services): void {
     params: ProcParams,
     body: SendStdinRequest,
     responses: { 204: { description: 'Written' } },
-    handler: async ({ params, body, principal }) => {
+    handler: async ({ params, body, ctx }) => {
       const data = Buffer.from(body.data ?? '', body.encoding === 'base64' ? 'base64' : 'utf8');
-      await s.commands.sendStdin(params.id, params.pid, data, body.eof === true, principal.owner);
+      await s.commands.sendStdin(ctx, params.id, params.pid, data, body.eof === true);
     },
   });
 
@@ -102,8 +101,8 @@ export function commandRoutes(t: RouteTable, s: Services): void {
     params: ProcParams,
     body: SignalRequest,
     responses: { 204: { description: 'Sent' } },
-    handler: async ({ params, body, principal }) => {
-      await s.commands.signal(params.id, params.pid, body.signal, principal.owner);
+    handler: async ({ params, body, ctx }) => {
+      await s.commands.signal(ctx, params.id, params.pid, body.signal);
     },
   });
 
@@ -114,8 +113,8 @@ export function commandRoutes(t: RouteTable, s: Services): void {
     tag: 'commands',
     params: ProcParams,
     responses: { 204: { description: 'Killed' } },
-    handler: async ({ params, principal }) => {
-      await s.commands.signal(params.id, params.pid, 'SIGKILL', principal.owner);
+    handler: async ({ params, ctx }) => {
+      await s.commands.signal(ctx, params.id, params.pid, 'SIGKILL');
     },
   });
 
@@ -127,7 +126,7 @@ export function commandRoutes(t: RouteTable, s: Services): void {
     params: ProcParams,
     query: WaitQuery,
     responses: { 200: { description: 'The result', schema: CommandResult } },
-    handler: async ({ params, query, principal }) => s.commands.wait(params.id, params.pid, query.timeoutMs, principal.owner),
+    handler: async ({ params, query, ctx }) => s.commands.wait(ctx, params.id, params.pid, query),
   });
 
   t.add({
@@ -136,15 +135,16 @@ export function commandRoutes(t: RouteTable, s: Services): void {
     summary: 'NDJSON stream of a process: kept output first, then live output, then exit',
     tag: 'commands',
     params: ProcParams,
+    query: StreamQuery,
     responses: { 200: { description: 'CommandEvent per line', contentType: 'application/x-ndjson', schema: z.array(CommandEvent) } },
-    handler: async ({ params, reply, principal }) => {
+    handler: async ({ params, query, reply, ctx }) => {
       // follow() looks the process up before it writes anything, so a bad pid is a plain 404 (the stream starts lazily).
       let out: NdjsonWriter | undefined;
       const sink = {
-        write: (ev: CommandEvent) => (out ??= startNdjson(reply)).write(ev),
+        write: wireEvents(query.encoding ?? 'utf8', (ev: CommandEvent) => (out ??= startNdjson(reply)).write(ev)),
         drained: () => out?.drained() ?? Promise.resolve(),
       };
-      const f = s.commands.follow(params.id, params.pid, sink, principal.owner);
+      const f = s.commands.follow(ctx, params.id, params.pid, sink);
       out ??= startNdjson(reply);
       out.onClose(() => f.stop());
       await f.done;

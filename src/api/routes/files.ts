@@ -25,8 +25,8 @@ export function fileRoutes(t: RouteTable, s: Services): void {
     params: SandboxParams,
     query: ReadFileQuery,
     responses: { 200: { description: 'File bytes', contentType: 'application/octet-stream' } },
-    handler: async ({ params, query, reply, principal }) => {
-      const { size, stream } = await s.files.read(params.id, query.path, principal.owner);
+    handler: async ({ params, query, reply, ctx }) => {
+      const { size, stream } = await s.files.read(ctx, params.id, query.path);
       reply.header('content-type', 'application/octet-stream');
       reply.header('content-length', String(size));
       return reply.send(stream);
@@ -42,7 +42,7 @@ export function fileRoutes(t: RouteTable, s: Services): void {
     query: WriteFileQuery,
     body: 'binary',
     responses: { 200: { description: 'Written', schema: WriteFileResponse } },
-    handler: async ({ params, query, req, reply, principal }) => {
+    handler: async ({ params, query, req, reply, ctx }) => {
       const body = req.body as Readable | Buffer | string | undefined;
       const data =
         body === undefined || body === null
@@ -54,7 +54,7 @@ export function fileRoutes(t: RouteTable, s: Services): void {
               : null;
       if (data === null) throw new InvalidArgumentError('send the file as the raw request body (Content-Type: application/octet-stream)');
       try {
-        return await s.files.write(params.id, query.path, data, query.mode ? parseInt(query.mode, 8) : undefined, principal.owner);
+        return await s.files.write(ctx, params.id, query.path, data, query.mode ? parseInt(query.mode, 8) : undefined);
       } catch (err) {
         // The upload may still be arriving: answer, then close rather than read the rest.
         if (!Buffer.isBuffer(data) && !data.readableEnded) {
@@ -74,8 +74,8 @@ export function fileRoutes(t: RouteTable, s: Services): void {
     params: SandboxParams,
     query: RemoveFileQuery,
     responses: { 204: { description: 'Removed' } },
-    handler: async ({ params, query, principal }) => {
-      await s.files.remove(params.id, query.path, query.recursive === 'true', principal.owner);
+    handler: async ({ params, query, ctx }) => {
+      await s.files.remove(ctx, params.id, query.path, query.recursive === 'true');
     },
   });
 
@@ -87,7 +87,7 @@ export function fileRoutes(t: RouteTable, s: Services): void {
     params: SandboxParams,
     query: ListFilesQuery,
     responses: { 200: { description: 'Entries', schema: ListFilesResponse } },
-    handler: async ({ params, query, principal }) => s.files.list(params.id, query.path, query.limit, principal.owner),
+    handler: async ({ params, query, ctx }) => s.files.list(ctx, params.id, query.path, query.limit),
   });
 
   t.add({
@@ -98,7 +98,7 @@ export function fileRoutes(t: RouteTable, s: Services): void {
     params: SandboxParams,
     query: PathQuery,
     responses: { 200: { description: 'Entry', schema: FileEntry } },
-    handler: async ({ params, query, principal }) => s.files.stat(params.id, query.path, principal.owner),
+    handler: async ({ params, query, ctx }) => s.files.stat(ctx, params.id, query.path),
   });
 
   t.add({
@@ -109,8 +109,8 @@ export function fileRoutes(t: RouteTable, s: Services): void {
     params: SandboxParams,
     body: MakeDirRequest,
     responses: { 204: { description: 'Created (or already there)' } },
-    handler: async ({ params, body, principal }) => {
-      await s.files.mkdir(params.id, body.path, principal.owner);
+    handler: async ({ params, body, ctx }) => {
+      await s.files.mkdir(ctx, params.id, body.path);
     },
   });
 
@@ -122,8 +122,8 @@ export function fileRoutes(t: RouteTable, s: Services): void {
     params: SandboxParams,
     body: RenameRequest,
     responses: { 204: { description: 'Renamed' } },
-    handler: async ({ params, body, principal }) => {
-      await s.files.rename(params.id, body.from, body.to, principal.owner);
+    handler: async ({ params, body, ctx }) => {
+      await s.files.rename(ctx, params.id, body.from, body.to);
     },
   });
 }

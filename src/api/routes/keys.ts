@@ -1,9 +1,7 @@
 import type { RouteTable } from '../route.js';
 import type { Services } from '../services.js';
 import type { ApiKey } from '../../auth/keys.js';
-import type { Principal } from '../../auth/principal.js';
 import { ApiKeyInfo, CreateKeyRequest, CreateKeyResponse, KeyParams, ListKeysResponse } from '../../schemas/index.js';
-import { CapsuleError, ConflictError } from '../../errors/index.js';
 
 function toApiKey(k: ApiKey) {
   return {
@@ -17,12 +15,6 @@ function toApiKey(k: ApiKey) {
   };
 }
 
-function adminOnly(p: Principal, s: Services) {
-  if (!s.keys) throw new ConflictError('authentication is off (--no-auth): there are no keys to manage');
-  if (!p.admin) throw new CapsuleError('permission_denied', 'managing keys needs an admin key');
-  return s.keys;
-}
-
 export function keyRoutes(t: RouteTable, s: Services): void {
   t.add({
     method: 'POST',
@@ -31,8 +23,8 @@ export function keyRoutes(t: RouteTable, s: Services): void {
     tag: 'keys',
     body: CreateKeyRequest,
     responses: { 201: { description: 'The new key with its secret', schema: CreateKeyResponse } },
-    handler: async ({ body, principal }) => {
-      const { key, secret } = adminOnly(principal, s).create(body);
+    handler: async ({ body, ctx }) => {
+      const { key, secret } = s.keys.create(ctx, body);
       return { ...toApiKey(key), key: secret };
     },
   });
@@ -42,7 +34,7 @@ export function keyRoutes(t: RouteTable, s: Services): void {
     summary: 'List API keys (admin); secrets are never shown',
     tag: 'keys',
     responses: { 200: { description: 'Keys', schema: ListKeysResponse } },
-    handler: async ({ principal }) => ({ keys: adminOnly(principal, s).list().map(toApiKey) }),
+    handler: async ({ ctx }) => ({ keys: s.keys.list(ctx).map(toApiKey) }),
   });
   t.add({
     method: 'DELETE',
@@ -51,6 +43,6 @@ export function keyRoutes(t: RouteTable, s: Services): void {
     tag: 'keys',
     params: KeyParams,
     responses: { 200: { description: 'The revoked key', schema: ApiKeyInfo } },
-    handler: async ({ params, principal }) => toApiKey(adminOnly(principal, s).revoke(params.keyId)),
+    handler: async ({ params, ctx }) => toApiKey(s.keys.revoke(ctx, params.keyId)),
   });
 }

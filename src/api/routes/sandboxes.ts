@@ -12,6 +12,7 @@ import {
 } from '../../schemas/index.js';
 import { InvalidArgumentError } from '../../errors/index.js';
 
+/** The API's view of a sandbox record (also used by the MCP view). */
 export function toApiSandbox(r: SandboxRecord): Sandbox {
   return {
     id: r.id,
@@ -34,15 +35,13 @@ export function sandboxRoutes(t: RouteTable, s: Services): void {
     tag: 'sandboxes',
     body: CreateSandboxRequest,
     responses: { 201: { description: 'The running sandbox', schema: Sandbox } },
-    handler: async ({ body, req, principal }) => {
+    handler: async ({ body, reply, ctx }) => {
       const ac = new AbortController();
       // A client that gives up on a create should not leave a half-made sandbox behind.
-      req.raw.once('close', () => {
-        if (!req.raw.complete) ac.abort();
+      reply.raw.once('close', () => {
+        if (!reply.raw.writableFinished) ac.abort(new Error('the client closed the connection'));
       });
-      return toApiSandbox(
-        await s.sandboxes.create({ ...body, owner: principal.createAs, limits: principal.admin ? undefined : principal.limits, signal: ac.signal }),
-      );
+      return toApiSandbox(await s.sandboxes.create(ctx, { ...body, signal: ac.signal }));
     },
   });
 
@@ -53,7 +52,7 @@ export function sandboxRoutes(t: RouteTable, s: Services): void {
     tag: 'sandboxes',
     query: ListSandboxesQuery,
     responses: { 200: { description: 'Matching sandboxes', schema: ListSandboxesResponse } },
-    handler: async ({ query, principal }) => {
+    handler: async ({ query, ctx }) => {
       const metadata: Record<string, string> = {};
       for (const [k, v] of Object.entries(query)) {
         if (k === 'state') continue;
@@ -62,7 +61,7 @@ export function sandboxRoutes(t: RouteTable, s: Services): void {
         metadata[k.slice('metadata.'.length)] = v;
       }
       const state = query.state as Sandbox['state'] | 'all' | undefined;
-      return { sandboxes: s.sandboxes.list({ ...(state ? { state } : {}), metadata, owner: principal.owner }).map(toApiSandbox) };
+      return { sandboxes: s.sandboxes.list(ctx, { state, metadata }).map(toApiSandbox) };
     },
   });
 
@@ -73,7 +72,7 @@ export function sandboxRoutes(t: RouteTable, s: Services): void {
     tag: 'sandboxes',
     params: SandboxParams,
     responses: { 200: { description: 'The sandbox', schema: Sandbox } },
-    handler: async ({ params, principal }) => toApiSandbox(s.sandboxes.get(params.id, principal.owner)),
+    handler: async ({ params, ctx }) => toApiSandbox(s.sandboxes.get(ctx, params.id)),
   });
 
   t.add({
@@ -83,7 +82,7 @@ export function sandboxRoutes(t: RouteTable, s: Services): void {
     tag: 'sandboxes',
     params: SandboxParams,
     responses: { 200: { description: 'The ended sandbox', schema: Sandbox } },
-    handler: async ({ params, principal }) => toApiSandbox(await s.sandboxes.kill(params.id, principal.owner)),
+    handler: async ({ params, ctx }) => toApiSandbox(await s.sandboxes.kill(ctx, params.id)),
   });
 
   t.add({
@@ -94,7 +93,7 @@ export function sandboxRoutes(t: RouteTable, s: Services): void {
     params: SandboxParams,
     body: SetTimeoutRequest,
     responses: { 200: { description: 'The sandbox with its new expiry', schema: Sandbox } },
-    handler: async ({ params, body, principal }) => toApiSandbox(s.sandboxes.setTimeout(params.id, body.timeoutMs, principal.owner)),
+    handler: async ({ params, body, ctx }) => toApiSandbox(s.sandboxes.setTimeout(ctx, params.id, body.timeoutMs)),
   });
 }
 

@@ -3,7 +3,7 @@ import type { Services } from '../services.js';
 import { startNdjson } from '../ndjson.js';
 import { ListTemplatesResponse, TemplateParams } from '../../schemas/index.js';
 import type { TemplateInfo } from '../../templates/types.js';
-import { CapsuleError, isCapsuleError } from '../../errors/index.js';
+import { isCapsuleError } from '../../errors/index.js';
 import { z } from 'zod';
 
 export function toApiTemplate(t: TemplateInfo) {
@@ -24,7 +24,7 @@ export function templateRoutes(t: RouteTable, s: Services): void {
     summary: 'List templates and whether they are built',
     tag: 'templates',
     responses: { 200: { description: 'Templates', schema: ListTemplatesResponse } },
-    handler: async () => ({ templates: s.templates.list().map(toApiTemplate) }),
+    handler: async ({ ctx }) => ({ templates: s.templates.list(ctx).map(toApiTemplate) }),
   });
 
   t.add({
@@ -35,16 +35,17 @@ export function templateRoutes(t: RouteTable, s: Services): void {
     params: TemplateParams,
     query: z.object({ force: z.enum(['true', 'false']).optional() }),
     responses: { 200: { description: 'progress / done / error events', contentType: 'application/x-ndjson' } },
-    handler: async ({ params, query, reply, req, principal }) => {
-      s.templates.get(params.name); // unknown name → 404 before the stream starts
-      if (query.force === 'true' && !principal.admin) throw new CapsuleError('permission_denied', 'a forced rebuild needs an admin key');
+    handler: async ({ params, query, reply, req, ctx }) => {
+      const force = query.force === 'true';
+      // An unknown name or a forbidden force is an ordinary 404/403, before the stream starts.
+      s.templates.checkBuild(ctx, params.name, { force });
       const out = startNdjson(reply);
       try {
-        await s.templates.build(params.name, {
-          force: query.force === 'true',
+        const done = await s.templates.build(ctx, params.name, {
+          force,
           onProgress: (p) => out.write({ type: 'progress', ...p }),
         });
-        out.write({ type: 'done', template: toApiTemplate(s.templates.get(params.name)) });
+        out.write({ type: 'done', template: toApiTemplate(done) });
       } catch (err) {
         req.log.error({ err }, 'template build failed');
         out.write({

@@ -13,7 +13,7 @@ import { ensureHostReady, runDoctor } from '../../../src/runtime/doctor.js';
 import { cgroupMounts } from '../../../src/runtime/cgroups.js';
 import { readMountPoints } from '../../../src/runtime/overlay.js';
 import { isCapsuleError } from '../../../src/errors/index.js';
-import { assertProbeVerdicts, ID_BASE, ID_SIZE, makeFixture, skipReason, type Fixture } from './fixture.js';
+import { assertProbeVerdicts, ID_BASE, ID_SIZE, makeFixture, skipReason, specFor, type Fixture } from './fixture.js';
 
 const skip = skipReason();
 if (skip) console.warn(`SKIPPING runtime integration tests: ${skip}`);
@@ -70,7 +70,7 @@ describe('OciRuntimeDriver (crun)', { skip: skip ?? false }, () => {
 
   async function create(id: string) {
     made.add(id);
-    return driver.create({ id, templateRootfs: fx.templateRootfs, resources: RESOURCES });
+    return driver.create(specFor(id, fx.templateRootfs, RESOURCES));
   }
 
   async function assertNoLeftovers(id: string) {
@@ -283,14 +283,14 @@ describe('OciRuntimeDriver (crun)', { skip: skip ?? false }, () => {
   });
 
   test('a bad id is rejected', async () => {
-    await assert.rejects(driver.create({ id: '../evil', templateRootfs: fx.templateRootfs, resources: RESOURCES }), /invalid sandbox id/);
+    await assert.rejects(driver.create(specFor('../evil', fx.templateRootfs, RESOURCES)), /invalid sandbox id/);
     await assert.rejects(driver.destroy('a/b'), /invalid sandbox id/);
   });
 
   test('a failed create cleans up and says why', async () => {
     const id = 'sbx-badtpl';
     await assert.rejects(
-      driver.create({ id, templateRootfs: path.join(fx.root, 'no-such-template'), resources: RESOURCES }),
+      driver.create(specFor(id, path.join(fx.root, 'no-such-template'), RESOURCES)),
       (e: unknown) => isCapsuleError(e) && e.code === 'runtime_error' && /does not exist/.test(e.message),
     );
     await assertNoLeftovers(id);
@@ -305,7 +305,7 @@ describe('OciRuntimeDriver (crun)', { skip: skip ?? false }, () => {
     });
     const id2 = 'sbx-noagent';
     await assert.rejects(
-      bad.create({ id: id2, templateRootfs: fx.templateRootfs, resources: RESOURCES }),
+      bad.create(specFor(id2, fx.templateRootfs, RESOURCES)),
       (e: unknown) => isCapsuleError(e) && e.code === 'runtime_error' && /missing-agent|No such file/i.test(e.message),
     );
     await assertNoLeftovers(id2);
@@ -315,13 +315,13 @@ describe('OciRuntimeDriver (crun)', { skip: skip ?? false }, () => {
     const id = 'sbx-abort';
     const ac = new AbortController();
     ac.abort();
-    await assert.rejects(driver.create({ id, templateRootfs: fx.templateRootfs, resources: RESOURCES }, ac.signal));
+    await assert.rejects(driver.create(specFor(id, fx.templateRootfs, RESOURCES), ac.signal));
     await assertNoLeftovers(id);
     // Aborts landing at different points of create: either it fails clean, or it finished.
     for (const ms of [1, 5, 15, 30]) {
       const sid = `${id}-${ms}`;
       made.add(sid);
-      const ok = await driver.create({ id: sid, templateRootfs: fx.templateRootfs, resources: RESOURCES }, AbortSignal.timeout(ms)).then(
+      const ok = await driver.create(specFor(sid, fx.templateRootfs, RESOURCES), AbortSignal.timeout(ms)).then(
         () => true,
         (e: unknown) => {
           assert.ok(isCapsuleError(e) && e.code === 'runtime_error', String(e));
@@ -377,7 +377,7 @@ describe('OciRuntimeDriver (runc)', { skip: runcSkip ?? false }, () => {
     const driver = new OciRuntimeDriver({ runtime: 'runc', paths: fx.paths, idMapBase: ID_BASE, idMapSize: ID_SIZE, agentBinary: fx.agentBinary });
     const id = 'sbx-runc';
     try {
-      const info = await driver.create({ id, templateRootfs: fx.templateRootfs, resources: RESOURCES });
+      const info = await driver.create(specFor(id, fx.templateRootfs, RESOURCES));
       assert.equal(info.status, 'running');
       const r = spawnSync('runc', ['--root', fx.paths.runtimeState, 'exec', id, 'sh', '-c', 'id -u; hostname; ls -l /proc/1/fd/3; unshare -U true; echo rc=$?'], { encoding: 'utf8' });
       assert.match(r.stdout, /^0\nsbx-runc\n/);

@@ -10,6 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { dataPaths, type DataPaths } from '../../../src/config/index.js';
+import type { ContainerSpec } from '../../../src/runtime/types.js';
 import { unmountBelow } from '../../helpers/daemon.js';
 
 export const ID_BASE = 100000;
@@ -43,6 +44,11 @@ export function assertProbeVerdicts(fx: Fixture, exec: ContainerExec, id: string
   assert.deepEqual(got, PROBE_VERDICTS);
 }
 export const ID_SIZE = 65536;
+
+/** A ContainerSpec for one layer (the fixture's template) with the given limits and disk. */
+export function specFor(id: string, rootfs: string, r: { cpus: number; memoryMb: number; pids: number; diskMb: number }): ContainerSpec {
+  return { id, layers: [{ path: rootfs }], writable: { diskMb: r.diskMb }, resources: { cpus: r.cpus, memoryMb: r.memoryMb, pids: r.pids }, network: { mode: 'none' } };
+}
 
 const APPLETS = ['sh', 'sleep', 'cat', 'echo', 'ls', 'id', 'ps', 'mount', 'umount', 'hostname', 'unshare', 'touch', 'stat', 'grep', 'true', 'false', 'mkdir', 'rm', 'readlink', 'wc', 'head', 'ip', 'nsenter', 'chroot'];
 

@@ -16,7 +16,7 @@ import { ensureHostReady } from '../../../src/runtime/doctor.js';
 import { SANDBOX_CAPABILITIES } from '../../../src/runtime/bundle.js';
 import { CLONE_NAMESPACE_FLAGS, loadDefaultSeccomp } from '../../../src/runtime/seccomp.js';
 import { SECCOMP_BPF_ANNOTATION, SeccompBpfCompiler } from '../../../src/runtime/seccomp-bpf.js';
-import { assertProbeVerdicts, ID_BASE, ID_SIZE, makeFixture, skipReason, type Fixture } from './fixture.js';
+import { assertProbeVerdicts, ID_BASE, ID_SIZE, makeFixture, skipReason, specFor, type Fixture } from './fixture.js';
 import { actionName, AUDIT_ARCH_I386, AUDIT_ARCH_X86_64, runSeccompFilter, type SeccompCall } from './seccomp-sim.js';
 
 const skip = skipReason();
@@ -79,7 +79,7 @@ describe('precompiled seccomp filter (crun)', { skip: skip ?? false }, () => {
 
   async function create(d: OciRuntimeDriver, id: string) {
     made.push([d, id]);
-    const info = await d.create({ id, templateRootfs: fx.templateRootfs, resources: RESOURCES });
+    const info = await d.create(specFor(id, fx.templateRootfs, RESOURCES));
     assert.equal(info.status, 'running');
     // The stand-in agent is a script that execs sleep; `crun exec` into a process in the middle of
     // execve fails now and then (setns EPERM, "fail startup"), so wait until the exec is done.

@@ -10,7 +10,7 @@ const input: BundleInput = {
   id: 'sbx-1',
   rootfs: '/var/lib/capsule/sandboxes/sbx-1/rootfs',
   agentBinary: '/var/lib/capsule/bin/agent',
-  resources: { cpus: 1.5, memoryMb: 512, pids: 256, diskMb: 2048 },
+  resources: { cpus: 1.5, memoryMb: 512, pids: 256 },
   idMapBase: 100000,
   idMapSize: 65536,
   seccomp: { defaultAction: 'SCMP_ACT_ERRNO', architectures: ['SCMP_ARCH_X86_64'], syscalls: [] },

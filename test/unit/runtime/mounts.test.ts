@@ -21,7 +21,7 @@ describe('mount helper errors', () => {
   };
   const setup = (h: string) =>
     setupSandboxMounts(
-      { layout: sandboxLayout('/nonexistent/sbx'), templateRootfs: '/t', diskMb: 64, owner: 100000, agentBinary: '/a', directIo: false, imageCache: '/c' },
+      { layout: sandboxLayout('/nonexistent/sbx'), layers: ['/t'], diskMb: 64, owner: 100000, agentBinary: '/a', directIo: false, imageCache: '/c' },
       { helper: h },
     );
 
