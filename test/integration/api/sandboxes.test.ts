@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { api, removeDataDir, REPO_ROOT, startTestDaemon, type TestDaemon } from '../../helpers/daemon.js';
+import { leftovers, settledLeftovers } from '../../helpers/leftovers.js';
 
 let d: TestDaemon;
 
@@ -17,38 +18,6 @@ async function sh(id: string, cmd: string) {
   const r = await api(d.url, 'POST', `/v1/sandboxes/${id}/commands`, { cmd });
   assert.equal(r.status, 200, r.text);
   return r.json;
-}
-
-/** leftovers() once the kernel had a moment to detach loop devices (it does so in a work item after the unmount). */
-async function settledLeftovers(id: string, dataDir: string): Promise<string[]> {
-  let left = leftovers(id, dataDir);
-  for (let i = 0; i < 40 && left.some((l) => l.startsWith('loop device')); i++) {
-    await new Promise((r) => setTimeout(r, 25));
-    left = leftovers(id, dataDir);
-  }
-  return left;
-}
-
-/** Host-side traces a sandbox can leave: mounts, cgroup dirs, processes in its cgroup, runtime state. */
-function leftovers(id: string, dataDir: string): string[] {
-  const found: string[] = [];
-  if (fs.readFileSync('/proc/self/mountinfo', 'utf8').includes(id)) found.push('mount');
-  for (const ctrl of fs.readdirSync('/sys/fs/cgroup')) {
-    if (fs.existsSync(`/sys/fs/cgroup/${ctrl}/capsule/${id}`)) found.push(`cgroup:${ctrl}`);
-  }
-  if (fs.existsSync(`${dataDir}/sandboxes/${id}`)) found.push('sandbox dir');
-  if (fs.existsSync(`${dataDir}/run/${id}.sock`)) found.push('socket');
-  if (fs.existsSync(`${dataDir}/runtime/${id}`)) found.push('runtime state');
-  for (const dev of fs.readdirSync('/sys/block').filter((b) => b.startsWith('loop'))) {
-    let backing = '';
-    try {
-      backing = fs.readFileSync(`/sys/block/${dev}/loop/backing_file`, 'utf8');
-    } catch {
-      continue; // a free loop device
-    }
-    if (backing.includes(`/${id}/`)) found.push(`loop device ${dev}`);
-  }
-  return found;
 }
 
 describe('sandboxes', () => {

@@ -1,0 +1,62 @@
+/**
+ * Host-side traces a sandbox can leave behind, for tests that end sandboxes in
+ * odd ways (kills during a create, restarts, expiries) and must prove nothing
+ * leaked: mounts, cgroup dirs, processes, loop devices, files, runtime state
+ * and database rows.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import Database from 'better-sqlite3';
+
+/** What is left of sandbox `id` of the daemon whose data dir is `dataDir` (empty: nothing). */
+export function leftovers(id: string, dataDir: string): string[] {
+  const found: string[] = [];
+  if (fs.readFileSync('/proc/self/mountinfo', 'utf8').includes(id)) found.push('mount');
+  for (const ctrl of fs.readdirSync('/sys/fs/cgroup')) {
+    if (fs.existsSync(`/sys/fs/cgroup/${ctrl}/capsule/${id}`)) found.push(`cgroup:${ctrl}`);
+  }
+  if (fs.existsSync(`${dataDir}/sandboxes/${id}`)) found.push('sandbox dir');
+  if (fs.existsSync(`${dataDir}/run/${id}.sock`)) found.push('socket');
+  if (fs.existsSync(`${dataDir}/runtime/${id}`)) found.push('runtime state');
+  for (const dev of fs.readdirSync('/sys/block').filter((b) => b.startsWith('loop'))) {
+    let backing = '';
+    try {
+      backing = fs.readFileSync(`/sys/block/${dev}/loop/backing_file`, 'utf8');
+    } catch {
+      continue; // a free loop device
+    }
+    if (backing.includes(`/${id}/`)) found.push(`loop device ${dev}`);
+  }
+  for (const pid of fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+    let cg = '';
+    try {
+      cg = fs.readFileSync(`/proc/${pid}/cgroup`, 'utf8');
+    } catch {
+      continue; // exited meanwhile
+    }
+    if (cg.includes(`/capsule/${id}\n`) || cg.includes(`/capsule/${id}/`)) found.push(`process ${pid}`);
+  }
+  return found;
+}
+
+/** leftovers() once the kernel had a moment to detach loop devices and reap (it does both in work items). */
+export async function settledLeftovers(id: string, dataDir: string): Promise<string[]> {
+  let left = leftovers(id, dataDir);
+  for (let i = 0; i < 60 && left.length > 0; i++) {
+    await new Promise((r) => setTimeout(r, 25));
+    left = leftovers(id, dataDir);
+  }
+  return left;
+}
+
+/** The sandbox's row and its process rows, read from the daemon's SQLite file (read-only). */
+export function sandboxRows(dataDir: string, id: string): { state: string | undefined; endReason: string | null; processRows: number } {
+  const db = new Database(path.join(dataDir, 'capsule.db'), { readonly: true, fileMustExist: true });
+  try {
+    const row = db.prepare('SELECT state, end_reason FROM sandboxes WHERE id = ?').get(id) as { state: string; end_reason: string | null } | undefined;
+    const procs = db.prepare('SELECT COUNT(*) AS n FROM processes WHERE sandbox_id = ?').get(id) as { n: number };
+    return { state: row?.state, endReason: row?.end_reason ?? null, processRows: procs.n };
+  } finally {
+    db.close();
+  }
+}
