@@ -11,6 +11,7 @@
  * side they run on nor depend on the MCP SDK.
  */
 import { Readable } from 'node:stream';
+import type { ResourceLimits } from '../config/index.js';
 import type { Services } from '../api/services.js';
 import { ANONYMOUS_ADMIN, type Principal } from '../auth/principal.js';
 import type { EventSink } from '../sandboxes/commands.js';
@@ -28,12 +29,14 @@ export interface CreateSandboxInput {
   timeoutMs?: number | undefined;
   envs?: Record<string, string> | undefined;
   metadata?: Record<string, string> | undefined;
+  resources?: Partial<ResourceLimits> | undefined;
 }
 
 export interface CommandInput {
   /** A shell string (run with /bin/sh -c) or an argv array. */
   cmd: string | string[];
   cwd?: string | undefined;
+  user?: string | undefined;
   envs?: Record<string, string> | undefined;
   timeoutMs?: number | undefined;
   stdin?: string | undefined;
@@ -190,6 +193,7 @@ export function sdkBackend(conn: ConnectionOptions = {}): McpBackend {
       return s.commands.run(input.cmd, {
         cwd: input.cwd,
         envs: input.envs,
+        user: input.user,
         timeoutMs: input.timeoutMs,
         stdin: input.stdin,
         ...(hooks.signal ? { signal: hooks.signal } : {}),
@@ -198,7 +202,7 @@ export function sdkBackend(conn: ConnectionOptions = {}): McpBackend {
     },
     async startCommand(id, input) {
       const s = await sandbox(id);
-      const h = await s.commands.run(input.cmd, { cwd: input.cwd, envs: input.envs, timeoutMs: input.timeoutMs, stdin: input.stdin, background: true });
+      const h = await s.commands.run(input.cmd, { cwd: input.cwd, envs: input.envs, user: input.user, timeoutMs: input.timeoutMs, stdin: input.stdin, background: true });
       return { pid: h.pid };
     },
     async readFile(id, path, maxBytes) {

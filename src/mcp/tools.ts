@@ -16,7 +16,24 @@
 import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
 import { InvalidArgumentError, isCapsuleError } from '../errors/index.js';
-import { EnvVars, LIMITS, Metadata, SANDBOX_STATES, SandboxId, SandboxPath } from '../schemas/index.js';
+import {
+  CommandResult,
+  CreateSandboxRequest,
+  FileEntry as FileEntrySchema,
+  ListFilesQuery,
+  ListSandboxesQuery,
+  LIMITS,
+  MakeDirRequest,
+  PathQuery,
+  RunCommandRequest,
+  Sandbox as SandboxSchema,
+  SandboxId,
+  SetTimeoutRequest,
+  ShellCommand,
+  snakeObject,
+  TemplateName,
+  WriteFileQuery,
+} from '../schemas/index.js';
 import type { Sandbox as SandboxInfo, FileEntry } from '../schemas/index.js';
 import type { McpBackend } from './backend.js';
 
@@ -79,17 +96,11 @@ const SandboxRef = {
   sandbox_id: SandboxId.describe('The sandbox the call acted on'),
   sandbox_created: z.boolean().optional().describe('True when this call created the sandbox because sandbox_id was omitted'),
 };
-const TimeoutMs = z.number().int().min(1000).describe('Lifetime in ms from now before the sandbox is killed');
 
-const SandboxSummary = z.object({
-  sandbox_id: SandboxId,
-  template: z.string(),
-  state: z.enum(SANDBOX_STATES).describe('creating, running, or a final state: killed, expired, failed'),
-  created_at: z.string().describe('ISO 8601 timestamp'),
-  expires_at: z.string().describe('When the sandbox will be killed unless its timeout is extended (sandbox_set_timeout)'),
-  metadata: z.record(z.string(), z.string()),
-  end_reason: z.string().optional().describe('Why an ended sandbox ended'),
-});
+/** The API's Sandbox, in snake_case, with the id named as the other tools name it. */
+const SandboxSummary = snakeObject(
+  SandboxSchema.pick({ template: true, state: true, createdAt: true, expiresAt: true, metadata: true, resources: true, endReason: true }),
+).extend({ sandbox_id: SandboxId });
 
 function summary(s: SandboxInfo): z.infer<typeof SandboxSummary> {
   return {
@@ -99,6 +110,7 @@ function summary(s: SandboxInfo): z.infer<typeof SandboxSummary> {
     created_at: s.createdAt,
     expires_at: s.expiresAt,
     metadata: s.metadata,
+    resources: s.resources,
     ...(s.endReason !== undefined ? { end_reason: s.endReason } : {}),
   };
 }
@@ -129,24 +141,18 @@ const sandboxCreate = tool({
   name: 'sandbox_create',
   description:
     'Start a new isolated Linux sandbox and return its id. Pass the id as sandbox_id to the other tools. The sandbox is killed when its timeout passes (default 5 minutes; extend with sandbox_set_timeout). It becomes this session\'s default sandbox.',
-  input: z.object({
-    template: z
-      .string()
-      .min(1)
-      .max(64)
-      .regex(/^[a-z0-9][a-z0-9._-]*$/)
-      .optional()
-      .describe('Template to start from: debian (Debian with python3) or busybox (tiny, POSIX sh only). Default: the server\'s default template'),
-    timeout_ms: TimeoutMs.optional().describe('Lifetime in ms before the sandbox is killed; default 5 minutes'),
-    envs: EnvVars.optional().describe('Environment variables every command in this sandbox gets'),
-    metadata: Metadata.optional(),
+  input: snakeObject(CreateSandboxRequest.pick({ timeoutMs: true, envs: true, metadata: true, resources: true })).extend({
+    // Without the API's default: the server's default template applies (CAPSULE_MCP_TEMPLATE).
+    template: TemplateName.optional().describe(
+      'Template to start from: debian (Debian with python3) or busybox (tiny, POSIX sh only). Default: the server\'s default template',
+    ),
   }),
   output: SandboxSummary,
   annotations: { title: 'Create sandbox', readOnlyHint: false, destructiveHint: false, idempotentHint: false, openWorldHint: false },
   async handler(input, ctx) {
     const template = input.template ?? ctx.defaultTemplate;
     const info = await ctx.backend.createSandbox(
-      { template, timeoutMs: input.timeout_ms, envs: input.envs, metadata: input.metadata },
+      { template, timeoutMs: input.timeout_ms, envs: input.envs, metadata: input.metadata, resources: input.resources },
       ctx.signal,
     );
     ctx.session.defaultSandboxId = info.id;
@@ -159,8 +165,8 @@ const sandboxList = tool({
   name: 'sandbox_list',
   description: 'List sandboxes (by default the running ones), optionally filtered by state and metadata.',
   input: z.object({
-    state: z.enum([...SANDBOX_STATES, 'all']).optional().describe('Only sandboxes in this state, or all; default: creating and running'),
-    metadata: Metadata.optional().describe('Only sandboxes whose metadata has all of these key/value pairs'),
+    state: ListSandboxesQuery.shape.state,
+    metadata: CreateSandboxRequest.shape.metadata.describe('Only sandboxes whose metadata has all of these key/value pairs'),
   }),
   output: z.object({
     sandboxes: z.array(SandboxSummary),
@@ -194,7 +200,7 @@ const sandboxKill = tool({
 const sandboxSetTimeout = tool({
   name: 'sandbox_set_timeout',
   description: 'Set how long a running sandbox may live from now (extend or shorten its lifetime).',
-  input: z.object({ sandbox_id: SandboxId.describe('The sandbox to change'), timeout_ms: TimeoutMs }),
+  input: snakeObject(SetTimeoutRequest).extend({ sandbox_id: SandboxId.describe('The sandbox to change') }),
   output: SandboxSummary,
   annotations: { title: 'Set sandbox timeout', readOnlyHint: false, destructiveHint: false, idempotentHint: true, openWorldHint: false },
   async handler(input, ctx) {
@@ -205,14 +211,12 @@ const sandboxSetTimeout = tool({
 
 // --- commands -------------------------------------------------------------------
 
-const CommandOutput = z.object({
+/** The API's CommandResult in snake_case, plus what only the tool says. */
+const CommandOutput = snakeObject(CommandResult.pick({ pid: true, signal: true, timedOut: true, oomKilled: true })).extend({
   ...SandboxRef,
-  pid: z.number().int().describe('Process id inside the sandbox'),
-  exit_code: z.number().int().optional().describe('Exit code (absent for background commands); 128+N when killed by signal N. Non-zero is not a tool error'),
+  exit_code: CommandResult.shape.exitCode.optional().describe('Exit code (absent for background commands); 128+N when killed by signal N. Non-zero is not a tool error'),
   stdout: z.string().describe('Standard output (UTF-8; at most 1 MiB kept)'),
   stderr: z.string().describe('Standard error (UTF-8; at most 1 MiB kept)'),
-  signal: z.string().optional().describe('Signal that killed the process, e.g. SIGKILL'),
-  timed_out: z.boolean().optional().describe('True when the command was killed because timeout_ms passed'),
   truncated: z.boolean().optional().describe('True when stdout or stderr was longer than the kept part'),
   background: z.boolean().optional().describe('True when the command was started in the background and keeps running'),
 });
@@ -221,34 +225,23 @@ const CommandOutput = z.object({
 function progressSink(ctx: ToolContext): ((stream: 'stdout' | 'stderr', data: string) => void) | undefined {
   const p = ctx.progress;
   if (!p) return undefined;
-  return (stream, data) => p(stream === 'stderr' ? `[stderr] ${data.slice(0, 4000)}` : data.slice(0, 4000));
+  return (stream, data) => p(stream === 'stderr' ? `[stderr] ${sliceText(data, 4000)}` : sliceText(data, 4000));
 }
 
 const runCommand = tool({
   name: 'run_command',
   description:
     'Run a shell command (/bin/sh -c) in a sandbox and return its exit code, stdout and stderr. A non-zero exit code is a normal result, not an error. Output is streamed as progress notifications when the client asks for progress; cancelling the request kills the command. With background=true the call returns at once with the pid.',
-  input: z.object({
+  input: snakeObject(RunCommandRequest.pick({ cwd: true, envs: true, user: true, timeoutMs: true, background: true, stdin: true })).extend({
     sandbox_id: OptionalSandboxId,
-    command: z.string().min(1).max(LIMITS.maxArg).describe('Shell command line, run with /bin/sh -c, e.g. "ls -la /tmp && echo done"'),
-    cwd: SandboxPath.optional().describe('Working directory; default /'),
-    envs: EnvVars.optional().describe('Extra environment variables for this command (over the sandbox envs)'),
-    timeout_ms: z
-      .number()
-      .int()
-      .min(0)
-      .max(24 * 3600_000)
-      .optional()
-      .describe('Kill the command after this many ms (0: no limit); default 60000 for foreground commands, none for background ones'),
-    background: z.boolean().optional().describe('Start the command and return at once with its pid, without waiting for it'),
-    stdin: z.string().max(LIMITS.maxStdinBytes).optional().describe('Text written to the command\'s stdin, which is then closed'),
+    command: ShellCommand,
   }),
   output: CommandOutput,
   annotations: { title: 'Run command', readOnlyHint: false, destructiveHint: true, idempotentHint: false, openWorldHint: false },
   async handler(input, ctx) {
     const ref = await useSandbox(input.sandbox_id, ctx);
     const note = createdNote(ref, ctx.defaultTemplate);
-    const cmd = { cmd: input.command, cwd: input.cwd, envs: input.envs, timeoutMs: input.timeout_ms, stdin: input.stdin };
+    const cmd = { cmd: input.command, cwd: input.cwd, envs: input.envs, user: input.user, timeoutMs: input.timeout_ms, stdin: input.stdin };
     if (input.background) {
       const { pid } = await ctx.backend.startCommand(ref.sandbox_id, cmd);
       return {
@@ -267,6 +260,7 @@ const runCommand = tool({
       stderr: r.stderr,
       ...(r.signal !== undefined ? { signal: r.signal } : {}),
       ...(r.timedOut ? { timed_out: true } : {}),
+      ...(r.oomKilled ? { oom_killed: true } : {}),
       ...(truncated ? { truncated: true } : {}),
     };
     const head = r.timedOut
@@ -314,8 +308,8 @@ const runCode = tool({
     sandbox_id: OptionalSandboxId,
     language: z.enum(['python', 'javascript', 'bash']).describe('python (python3), javascript (node) or bash'),
     code: z.string().min(1).max(LIMITS.maxStdinBytes).describe('The whole script'),
-    timeout_ms: z.number().int().min(0).max(24 * 3600_000).optional().describe('Kill the script after this many ms (0: no limit); default 60000'),
-    envs: EnvVars.optional().describe('Extra environment variables for the script'),
+    timeout_ms: RunCommandRequest.shape.timeoutMs.describe('Kill the script after this many ms (0: no limit); default 60000'),
+    envs: RunCommandRequest.shape.envs.describe('Extra environment variables for the script'),
   }),
   output: z.object({
     ...SandboxRef,
@@ -388,7 +382,7 @@ const readFile = tool({
   description: 'Read a file from a sandbox. Text (UTF-8) comes back as is; other bytes come back base64-encoded (encoding says which).',
   input: z.object({
     sandbox_id: OptionalSandboxId,
-    path: SandboxPath.describe('File to read, e.g. /tmp/out.txt'),
+    path: PathQuery.shape.path.describe('File to read, e.g. /tmp/out.txt'),
     max_bytes: z.number().int().min(1).max(MAX_READ_BYTES).optional().describe('Fail instead of reading a file larger than this; default 1 MiB'),
   }),
   output: z.object({
@@ -411,12 +405,11 @@ const readFile = tool({
 const writeFile = tool({
   name: 'write_file',
   description: 'Write a file in a sandbox, creating parent directories and replacing any existing file.',
-  input: z.object({
+  input: snakeObject(WriteFileQuery).extend({
     sandbox_id: OptionalSandboxId,
-    path: SandboxPath.describe('File to write, e.g. /tmp/main.py'),
+    path: WriteFileQuery.shape.path.describe('File to write, e.g. /tmp/main.py'),
     content: z.string().max(MAX_READ_BYTES * 2).describe('The file\'s content: text, or base64 when encoding is base64'),
     encoding: z.enum(['utf8', 'base64']).optional().describe('How content is encoded; default utf8'),
-    mode: z.string().regex(/^[0-7]{3,4}$/, 'mode is octal, e.g. 644').optional().describe('Permission bits in octal, e.g. 755 for a script; default 644'),
   }),
   output: z.object({ ...SandboxRef, path: z.string().describe('Absolute path written'), size: z.number().int().describe('Bytes written') }),
   annotations: { title: 'Write file', readOnlyHint: false, destructiveHint: true, idempotentHint: true, openWorldHint: false },
@@ -428,14 +421,7 @@ const writeFile = tool({
   },
 });
 
-const Entry = z.object({
-  name: z.string(),
-  path: z.string(),
-  type: z.string().describe('file, dir, symlink, fifo, socket, char, block or unknown'),
-  size: z.number(),
-  mtime: z.string().describe('Modification time, ISO 8601'),
-  symlink_target: z.string().optional(),
-});
+const Entry = snakeObject(FileEntrySchema.pick({ name: true, path: true, type: true, size: true, mtime: true, symlinkTarget: true }));
 
 function entry(e: FileEntry): z.infer<typeof Entry> {
   return { name: e.name, path: e.path, type: e.type, size: e.size, mtime: e.mtime, ...(e.symlinkTarget !== undefined ? { symlink_target: e.symlinkTarget } : {}) };
@@ -444,17 +430,18 @@ function entry(e: FileEntry): z.infer<typeof Entry> {
 const listFiles = tool({
   name: 'list_files',
   description: 'List the entries of a directory in a sandbox (name, type, size).',
-  input: z.object({
+  input: snakeObject(ListFilesQuery).extend({
     sandbox_id: OptionalSandboxId,
-    path: SandboxPath.optional().describe('Directory to list; default /'),
-    limit: z.number().int().min(1).max(LIMITS.maxListEntries).optional().describe('At most this many entries; default 1000'),
+    path: ListFilesQuery.shape.path.optional().describe('Directory to list; default /'),
+    // JSON numbers here, where the query string needs coercion.
+    limit: z.number().int().min(1).max(LIMITS.maxListEntries).optional().describe(ListFilesQuery.shape.limit.description ?? ''),
   }),
   output: z.object({ ...SandboxRef, path: z.string(), entries: z.array(Entry), truncated: z.boolean().describe('True when the directory had more entries than limit') }),
   annotations: { title: 'List files', readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
   async handler(input, ctx) {
     const ref = await useSandbox(input.sandbox_id, ctx);
     const path = input.path ?? '/';
-    const r = await ctx.backend.listFiles(ref.sandbox_id, path, input.limit ?? 1000);
+    const r = await ctx.backend.listFiles(ref.sandbox_id, path, input.limit ?? LIMITS.defaultListEntries);
     const lines = r.entries.map((e) => `${e.type === 'dir' ? 'd' : e.type === 'symlink' ? 'l' : '-'} ${String(e.size).padStart(10)}  ${e.name}${e.type === 'dir' ? '/' : ''}`);
     if (r.truncated) lines.push('(more entries not shown: raise limit)');
     return {
@@ -469,7 +456,8 @@ const removeFile = tool({
   description: 'Remove a file, or a directory with recursive=true, in a sandbox.',
   input: z.object({
     sandbox_id: OptionalSandboxId,
-    path: SandboxPath.describe('File or directory to remove'),
+    path: PathQuery.shape.path.describe('File or directory to remove'),
+    // A boolean here; the REST API's query string spells it 'true' / 'false'.
     recursive: z.boolean().optional().describe('Remove a directory and everything in it'),
   }),
   output: z.object({ ...SandboxRef, path: z.string() }),
@@ -484,7 +472,7 @@ const removeFile = tool({
 const makeDir = tool({
   name: 'make_dir',
   description: 'Create a directory and its parents in a sandbox; fine if it already exists.',
-  input: z.object({ sandbox_id: OptionalSandboxId, path: SandboxPath.describe('Directory to create, e.g. /work/src') }),
+  input: snakeObject(MakeDirRequest).extend({ sandbox_id: OptionalSandboxId, path: MakeDirRequest.shape.path.describe('Directory to create, e.g. /work/src') }),
   output: z.object({ ...SandboxRef, path: z.string() }),
   annotations: { title: 'Make directory', readOnlyHint: false, destructiveHint: false, idempotentHint: true, openWorldHint: false },
   async handler(input, ctx) {
@@ -508,6 +496,13 @@ export const TOOLS: readonly ToolDef[] = [
   removeFile,
   makeDir,
 ] as unknown as readonly ToolDef[];
+
+/** At most `max` UTF-16 units of `s`, never ending in half of a surrogate pair (an emoji cut in two). */
+export function sliceText(s: string, max: number): string {
+  if (s.length <= max) return s;
+  const last = s.charCodeAt(max - 1);
+  return s.slice(0, last >= 0xd800 && last <= 0xdbff ? max - 1 : max);
+}
 
 /** The one place where a failure becomes the text of an isError result. */
 export function errorText(err: unknown): { code: string; message: string } {

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { EnvVars, LIMITS, SandboxPath, Timestamp } from './common.js';
+import { CommandTimeoutMs, EnvVars, LIMITS, SandboxPath, Timestamp } from './common.js';
 
 export const OutputEncodingSchema = z
   .enum(['utf8', 'base64'])
@@ -9,16 +9,19 @@ export const OutputEncodingSchema = z
 
 const Arg = z.string().max(LIMITS.maxArg).refine((s) => !s.includes('\0'), 'must not contain NUL');
 
+/** A command line for /bin/sh -c. */
+export const ShellCommand = Arg.min(1).describe('Shell command line, run with /bin/sh -c, e.g. "ls -la /tmp && echo done"');
+
 export const RunCommandRequest = z
   .object({
     cmd: z
-      .union([Arg.min(1), z.array(Arg).min(1).max(LIMITS.maxArgs)])
+      .union([ShellCommand, z.array(Arg).min(1).max(LIMITS.maxArgs)])
       .describe('A shell command string (run with /bin/sh -c) or an argv array run directly'),
     envs: EnvVars.optional().describe('Extra environment variables for this command (over the sandbox envs)'),
     cwd: SandboxPath.optional().describe('Working directory; default /'),
     user: z.string().min(1).max(64).regex(/^[A-Za-z0-9_.-]+$/).optional().describe('User name or numeric uid inside the sandbox; default root'),
     stdin: z.string().max(LIMITS.maxStdinBytes).optional().describe('Data written to stdin, which is then closed (foreground only)'),
-    timeoutMs: z.number().int().min(0).max(24 * 3600_000).optional().describe('Kill the command after this many ms (0: no limit); default 60000 for foreground commands, none for background'),
+    timeoutMs: CommandTimeoutMs.optional(),
     background: z.boolean().optional().describe('Return at once with the pid; read output with /wait or /stream'),
     stream: z.boolean().optional().describe('Stream output as NDJSON events (start, stdout, stderr, exit) instead of one JSON result'),
     maxOutputBytes: z.number().int().min(0).max(LIMITS.maxOutputBytes).optional().describe('Keep at most this many bytes of each of stdout and stderr in buffered results; default 1 MiB'),

@@ -57,6 +57,28 @@ export const SandboxPath = z
   .refine(noNul, 'must not contain NUL')
   .describe('Path inside the sandbox; relative paths are relative to /');
 
+/** Names of templates: lowercase, as they become directory names. */
+export const TemplateName = z
+  .string()
+  .min(1)
+  .max(64)
+  .regex(/^[a-z0-9][a-z0-9._-]*$/, 'template names are lowercase letters, digits, . _ - (starting with a letter or digit)')
+  .describe('Template to start from (see GET /v1/templates)');
+
+/** A sandbox's lifetime from now. */
+export const SandboxTimeoutMs = z.number().int().min(1000).describe('Lifetime in ms from now before the sandbox is killed');
+
+/** How long a command may run. */
+export const CommandTimeoutMs = z
+  .number()
+  .int()
+  .min(0)
+  .max(24 * 3600_000)
+  .describe('Kill the command after this many ms (0: no limit); default 60000 for foreground commands, none for background ones');
+
+/** Permission bits as octal digits, the way chmod takes them. */
+export const FileMode = z.string().regex(/^[0-7]{3,4}$/, 'mode is octal, e.g. 644').describe('Permission bits in octal, e.g. 755 for a script; default 644');
+
 export const ErrorBody = z
   .object({
     error: z.object({

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { LIMITS, SandboxPath } from './common.js';
+import { FileMode, LIMITS, SandboxPath } from './common.js';
 
 export const FILE_TYPES = ['file', 'dir', 'symlink', 'fifo', 'socket', 'char', 'block', 'unknown'] as const;
 
@@ -21,11 +21,7 @@ export const ReadFileQuery = z.object({
 });
 export const WriteFileQuery = z.object({
   path: SandboxPath,
-  mode: z
-    .string()
-    .regex(/^[0-7]{3,4}$/, 'mode is octal, e.g. 644')
-    .optional()
-    .describe('Permission bits in octal; default 644'),
+  mode: FileMode.optional(),
 });
 export const ListFilesQuery = z.object({
   path: SandboxPath,

@@ -5,3 +5,4 @@ export * from './files.js';
 export * from './templates.js';
 export * from './keys.js';
 export * from './info.js';
+export * from './case.js';

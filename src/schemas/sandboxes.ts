@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { EnvVars, Metadata, SandboxId, Timestamp } from './common.js';
+import { EnvVars, Metadata, SandboxId, SandboxTimeoutMs, TemplateName, Timestamp } from './common.js';
 
 import { SANDBOX_STATES } from '../sandboxes/lifecycle.js';
 
@@ -27,8 +27,8 @@ export const Resources = z
 
 export const CreateSandboxRequest = z
   .object({
-    template: z.string().min(1).max(64).regex(/^[a-z0-9][a-z0-9._-]*$/).default('debian').describe('Template to start from (see GET /v1/templates)'),
-    timeoutMs: z.number().int().min(1000).optional().describe('Lifetime in ms before the sandbox is killed; default 5 minutes, extendable'),
+    template: TemplateName.default('debian'),
+    timeoutMs: SandboxTimeoutMs.optional().describe('Lifetime in ms before the sandbox is killed; default 5 minutes, extendable'),
     envs: EnvVars.optional().describe('Environment variables every command in this sandbox gets'),
     metadata: Metadata.optional(),
     resources: Resources.optional(),
@@ -64,7 +64,7 @@ export const ListSandboxesQuery = z
 export const ListSandboxesResponse = z.object({ sandboxes: z.array(Sandbox) });
 
 export const SetTimeoutRequest = z
-  .object({ timeoutMs: z.number().int().min(1000).describe('New lifetime from now, in ms') })
+  .object({ timeoutMs: SandboxTimeoutMs.describe('New lifetime from now, in ms') })
   .strict();
 
 export const SandboxParams = z.object({ id: SandboxId });

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { TemplateName } from './common.js';
 
 export const TemplateInfo = z.object({
   name: z.string(),
@@ -9,4 +10,4 @@ export const TemplateInfo = z.object({
   error: z.string().optional(),
 });
 export const ListTemplatesResponse = z.object({ templates: z.array(TemplateInfo) });
-export const TemplateParams = z.object({ name: z.string().min(1).max(64).regex(/^[a-z0-9][a-z0-9._-]*$/) });
+export const TemplateParams = z.object({ name: TemplateName });

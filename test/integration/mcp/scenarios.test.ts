@@ -192,6 +192,23 @@ for (const kind of TRANSPORTS) {
       assert.deepEqual(seen.map((s) => s.progress), [...seen.keys()].map((i) => i + 1));
     });
 
+    it('progress never splits a character (multi-byte output cut across frames)', async () => {
+      const messages: string[] = [];
+      // 20,000 x "é€😀" is 180,000 bytes: the agent's 64 KiB frames cut characters.
+      const r = await c.client.callTool(
+        'run_command',
+        { sandbox_id: sandboxId, command: "i=0; while [ $i -lt 20000 ]; do printf 'é€😀'; i=$((i+1)); done > /tmp/mb.txt; cat /tmp/mb.txt" },
+        { onprogress: (p) => void (p.message !== undefined && messages.push(p.message)) },
+      );
+      assert.notEqual(r.isError, true, text(r));
+      assert.equal((r.structuredContent as { stdout: string }).stdout, 'é€😀'.repeat(20_000));
+      assert.ok(messages.length > 0);
+      for (const m of messages) {
+        assert.equal(m.includes('\uFFFD'), false, 'no replacement character in a progress message');
+        assert.equal(/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/.test(m), false, 'no half of a surrogate pair');
+      }
+    });
+
     it('cancelling the request kills the command', async () => {
       const marker = `sleep-${kind}-${Date.now() % 100000}`;
       const ac = new AbortController();
