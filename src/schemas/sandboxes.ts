@@ -23,7 +23,8 @@ export const Resources = z
       .optional()
       .describe("Disk quota in MiB for everything the sandbox writes (its own filesystem); writes past it fail with ENOSPC. Default 2048; the daemon's limit (CAPSULE_MAX_DISK_MB, default 65536) may be below the schema's maximum"),
   })
-  .strict();
+  .strict()
+  .describe('Limits of the sandbox; each one not given takes the daemon default (1 CPU, 512 MiB, 256 pids, 2048 MiB of disk)');
 
 export const CreateSandboxRequest = z
   .object({
