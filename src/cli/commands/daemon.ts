@@ -10,7 +10,7 @@ import { collect, printJson, UsageError } from '../util.js';
 /** The settings `capsule serve` takes as flags, with their help from the one settings table. */
 const SERVE_FLAGS = ['host', 'port', 'dataDir', 'runtime', 'logLevel'] as const satisfies readonly SettingName[];
 
-function flagHelp(name: (typeof SERVE_FLAGS)[number]): [string, string] {
+function flagHelp(name: SettingName & (typeof SERVE_FLAGS)[number]): [string, string] {
   const s = SETTINGS[name];
   const def = settingDefault(name);
   const shown = def !== undefined ? `, default ${def}` : '';
@@ -86,12 +86,21 @@ export function registerDaemonCommands(program: Command): void {
     .description('check that this host can run sandboxes, and how to fix what is missing')
     .option('--fix', 'apply the safe fixes (needs root)')
     .option('--json', 'print the checks as JSON')
-    .option('--runtime <runtime>', 'OCI runtime to check (env CAPSULE_RUNTIME, default crun)')
-    .action(async (opts: { fix?: boolean; json?: boolean; runtime?: string }) => {
+    .option(...flagHelp('runtime'))
+    .option(...flagHelp('dataDir'))
+    .action(async (opts: { fix?: boolean; json?: boolean; runtime?: string; dataDir?: string }) => {
       const { runDoctor } = await import('../../runtime/doctor.js');
-      const config = loadConfig();
-      const runtime = opts.runtime ?? config.runtime;
-      const checks = await runDoctor({ runtime, fix: opts.fix === true, scratchDir: config.dataDir });
+      const flags: Partial<Record<SettingName, string>> = {};
+      if (opts.runtime !== undefined) flags.runtime = opts.runtime;
+      if (opts.dataDir !== undefined) flags.dataDir = opts.dataDir;
+      const config = configFrom(flags);
+      const checks = await runDoctor({
+        runtime: config.runtime,
+        fix: opts.fix === true,
+        scratchDir: config.dataDir,
+        dataDir: config.dataDir,
+        idMapBase: config.idMapBase,
+      });
       if (opts.json) printJson(checks);
       else {
         const width = Math.max(...checks.map((c) => c.name.length));
