@@ -39,6 +39,13 @@ fi
 
 npm run --silent build
 
+# `capsule` on PATH (the README's commands and MCP client configurations call it by name).
+if [ "$(id -u)" -eq 0 ]; then
+  bash scripts/link-cli.sh /usr/local/bin || true
+elif ! command -v capsule >/dev/null; then
+  echo "capsule setup: capsule is not on PATH; as root this links /usr/local/bin/capsule, or add $(pwd -P)/bin to PATH" >&2
+fi
+
 # Host preflight: fixes what it safely can (e.g. the cgroup v2 hugetlb conflict with crun).
 if [ "$(id -u)" -eq 0 ]; then
   node bin/capsule.js doctor --fix >&2 || { echo "capsule setup: host preflight failed (see above)" >&2; exit 1; }

@@ -52,13 +52,13 @@ export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger 
   for (const dir of [config.dataDir, paths.templates, paths.sandboxes, paths.bin]) fs.mkdirSync(dir, { recursive: true });
   // The runtime sets up each sandbox's mounts as its mapped root (an unprivileged host uid), which must be
   // able to traverse the data directory to reach the agent and the template; it can list nothing (o+x only).
-  for (const dir of [config.dataDir, paths.bin]) {
+  for (const dir of [config.dataDir, paths.sandboxes, paths.bin]) {
     const mode = fs.statSync(dir).mode & 0o777;
     if ((mode & 0o001) === 0) fs.chmodSync(dir, mode | 0o001);
   }
   const releaseLock = takeLock(path.join(config.dataDir, 'daemon.pid'));
   try {
-    await ensureHostReady(config.runtime, { scratchDir: config.dataDir });
+    await ensureHostReady(config.runtime, { scratchDir: config.dataDir, dataDir: config.dataDir, idMapBase: config.idMapBase });
     const agentBinary = installAgent(paths.bin);
     const db = openDb(paths.db);
     // A replaced template tree is deleted once no sandbox sits on it; until the driver exists, assume one does.

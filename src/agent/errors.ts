@@ -4,6 +4,7 @@ import {
   ConflictError,
   InvalidArgumentError,
   NotFoundError,
+  PermissionDeniedError,
   SandboxError,
 } from '../errors/index.js';
 
@@ -25,7 +26,7 @@ export function agentError(errno: string, message: string, path?: string): Capsu
       return new InvalidArgumentError(message, details);
     case 'EACCES':
     case 'EPERM':
-      return new CapsuleError('permission_denied', message, details);
+      return new PermissionDeniedError(message, details);
     default:
       return new SandboxError(message, details);
   }

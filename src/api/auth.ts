@@ -8,7 +8,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { KeyStore } from '../auth/keys.js';
 import { ANONYMOUS_ADMIN, type Principal } from '../auth/principal.js';
 import type { RateLimiter } from '../auth/rate-limit.js';
-import { CapsuleError, UnauthenticatedError } from '../errors/index.js';
+import { RateLimitedError, UnauthenticatedError } from '../errors/index.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -43,7 +43,7 @@ function authenticate(req: FastifyRequest, opts: AuthOptions): Principal {
   if (!key) throw new UnauthenticatedError('invalid or revoked API key');
   const rate = key.limits.ratePerMinute;
   if (rate !== null && !opts.limiter.take(key.id, rate)) {
-    throw new CapsuleError('rate_limited', `key ${key.name} is over its limit of ${rate} requests per minute; retry in a few seconds`, { ratePerMinute: rate });
+    throw new RateLimitedError(`key ${key.name} is over its limit of ${rate} requests per minute; retry in a few seconds`, { ratePerMinute: rate });
   }
   return { keyId: key.id, owner: key.admin ? null : key.owner, createAs: key.owner, admin: key.admin, limits: key.limits };
 }

@@ -5,7 +5,7 @@
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { z } from 'zod';
-import { InvalidArgumentError } from '../errors/index.js';
+import { InvalidArgumentError, type ErrorCode } from '../errors/index.js';
 import { requestContext, type RequestContext } from '../auth/context.js';
 
 export interface ResponseDoc {
@@ -27,6 +27,10 @@ export interface RouteSpec<P extends z.ZodType, Q extends z.ZodType, B extends z
   body?: B | 'binary';
   /** Status code of a successful answer (first one is used when the handler returns a value). */
   responses: Record<number, ResponseDoc>;
+  /** OpenAPI operationId; without it one is derived from the method and path (src/api/openapi.ts). */
+  operationId?: string;
+  /** Error codes this route answers beyond those openapi.ts derives from the route's shape and path. */
+  errors?: readonly ErrorCode[];
   handler: (ctx: {
     params: z.infer<P>;
     query: z.infer<Q>;

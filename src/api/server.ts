@@ -4,7 +4,7 @@
  */
 import Fastify, { LogController, type FastifyInstance, type FastifyError } from 'fastify';
 import type { Logger } from 'pino';
-import { CapsuleError, HTTP_STATUS, isCapsuleError } from '../errors/index.js';
+import { CapsuleError, HTTP_STATUS, InternalError, NotFoundError, isCapsuleError } from '../errors/index.js';
 import { RouteTable } from './route.js';
 import { buildOpenApi } from './openapi.js';
 import type { Services } from './services.js';
@@ -64,7 +64,7 @@ export function buildServer(services: Services, logger: Logger | boolean = false
   registerMcpRoutes(app, services);
 
   app.setNotFoundHandler((req, reply) => {
-    void reply.code(404).send(new CapsuleError('not_found', `no route for ${req.method} ${req.url.split('?')[0]}`).toJSON());
+    void reply.code(404).send(new NotFoundError(`no route for ${req.method} ${req.url.split('?')[0]}`).toJSON());
   });
 
   app.setErrorHandler((err: FastifyError | CapsuleError | Error, req, reply) => {
@@ -80,7 +80,7 @@ export function buildServer(services: Services, logger: Logger | boolean = false
       return reply.code(fe.statusCode).send(new CapsuleError(code, fe.message).toJSON());
     }
     req.log.error({ err }, 'unexpected error');
-    return reply.code(500).send(new CapsuleError('internal', 'internal error; see the daemon log').toJSON());
+    return reply.code(500).send(new InternalError('internal error; see the daemon log').toJSON());
   });
   return app;
 }

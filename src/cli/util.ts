@@ -5,7 +5,7 @@
  */
 import { once } from 'node:events';
 import fs from 'node:fs';
-import { dataPaths, loadConfig } from '../config/index.js';
+import { dataDirFromEnv, dataPaths } from '../config/index.js';
 import type { Command } from 'commander';
 import type { ConnectionOptions } from '../sdk/index.js';
 
@@ -39,7 +39,7 @@ function localAdminKey(url: string | undefined): string | undefined {
   try {
     const host = new URL(url ?? 'http://127.0.0.1:7878').hostname;
     if (!['127.0.0.1', 'localhost', '[::1]', '::1'].includes(host)) return undefined;
-    const key = fs.readFileSync(dataPaths(loadConfig().dataDir).adminKey, 'utf8').trim();
+    const key = fs.readFileSync(dataPaths(dataDirFromEnv()).adminKey, 'utf8').trim();
     return key || undefined;
   } catch {
     return undefined;

@@ -2,8 +2,10 @@
  * Daemon settings: one place for every default and its environment fallback.
  * The CLI (`capsule serve --port ...`) and tests build a DaemonConfig from here.
  */
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { z } from 'zod';
 import { InvalidArgumentError } from '../errors/index.js';
 
 export interface ResourceLimits {
@@ -93,40 +95,216 @@ export function defaultDataDir(): string {
   return path.join(os.homedir(), '.local', 'share', 'capsule');
 }
 
-function envInt(name: string, fallback: number): number {
-  const v = process.env[name];
-  if (v === undefined || v === '') return fallback;
-  const n = Number(v);
-  return Number.isFinite(n) ? n : fallback;
+/** OCI runtimes known by name (found on PATH); any other runtime is given as an absolute path. */
+export const KNOWN_RUNTIMES = ['crun', 'runc', 'runsc', 'kata-runtime', 'youki'] as const;
+/** pino's levels, plus `silent`. */
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+/**
+ * Upper bound for the timeout settings: a year. Far above any real use, and it keeps
+ * expiry times valid dates (a huge value would make `new Date(now + ms)` invalid).
+ */
+const MAX_SETTING_TIMEOUT_MS = 365 * 24 * 60 * 60_000;
+/** The create schema's own diskMb range (src/schemas/sandboxes.ts): a default outside it could never be asked for. */
+const DISK_MB_RANGE = [16, 1024 * 1024] as const;
+
+function wholeNumber(min: number, max: number, unit?: string) {
+  const msg = `must be a whole number${unit ? ` of ${unit}` : ''} from ${min} to ${max}`;
+  return z
+    .string()
+    .trim()
+    .regex(/^\d+$/, msg)
+    .transform(Number)
+    .refine((n) => n >= min && n <= max, msg);
 }
 
-function poolsFromEnv(value: string | undefined): Record<string, number> {
-  if (value === undefined) return { ...DEFAULT_POOLS };
-  try {
-    return parsePools([value]);
-  } catch (e) {
-    throw new InvalidArgumentError(`CAPSULE_POOL: ${(e as Error).message}`);
+const Host = z
+  .string()
+  .trim()
+  .refine(
+    (h) => net.isIP(h) !== 0 || /^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/.test(h),
+    'must be an IP address or a host name, e.g. 127.0.0.1, ::1 or localhost',
+  );
+
+const DataDir = z
+  .string()
+  .min(1, 'must be a directory path, e.g. /var/lib/capsule')
+  .refine((d) => !d.includes('\0'), 'must not contain NUL')
+  // Paths end up in the runtime's bundle and mount table, which need them absolute.
+  .transform((d) => path.resolve(d));
+
+const Runtime = z
+  .string()
+  .trim()
+  .refine(
+    (r) => (KNOWN_RUNTIMES as readonly string[]).includes(r) || (path.isAbsolute(r) && !r.includes('\0')),
+    `must be one of ${KNOWN_RUNTIMES.join(', ')} or an absolute path to an OCI runtime binary`,
+  );
+
+const Flag = z
+  .string()
+  .trim()
+  .toLowerCase()
+  .refine((v) => ['', '0', '1', 'true', 'false'].includes(v), 'must be 1 (or true) to turn it on, 0 (or false) or empty to leave it off')
+  .transform((v) => v === '1' || v === 'true');
+
+/**
+ * Every setting `capsule serve` takes: how to give it (environment variable, flag),
+ * its default and what it means, in one place. Values arrive as strings from the
+ * environment or the command line and are checked here, so a typo fails the start
+ * with the setting's name instead of becoming a default.
+ */
+export const SETTINGS = {
+  host: { env: 'CAPSULE_HOST', flag: '--host', schema: Host.default('127.0.0.1'), describe: 'address to listen on' },
+  port: { env: 'CAPSULE_PORT', flag: '--port', schema: wholeNumber(0, 65535).default(7878), describe: 'port to listen on; 0 picks a free one' },
+  dataDir: {
+    env: 'CAPSULE_DATA_DIR',
+    flag: '--data-dir',
+    schema: DataDir.optional(),
+    describe: 'where sandboxes, templates and state live (default /var/lib/capsule as root, else ~/.local/share/capsule)',
+  },
+  runtime: { env: 'CAPSULE_RUNTIME', flag: '--runtime', schema: Runtime.default('crun'), describe: `OCI runtime: ${KNOWN_RUNTIMES.join(', ')} or an absolute path` },
+  logLevel: {
+    env: 'CAPSULE_LOG_LEVEL',
+    flag: '--log-level',
+    schema: z.string().trim().toLowerCase().pipe(z.enum(LOG_LEVELS, `must be one of ${LOG_LEVELS.join(', ')}`)).default('info'),
+    describe: `log level on stderr: ${LOG_LEVELS.join(', ')}`,
+  },
+  defaultTimeoutMs: {
+    env: 'CAPSULE_DEFAULT_TIMEOUT_MS',
+    schema: wholeNumber(1000, MAX_SETTING_TIMEOUT_MS, 'milliseconds').default(5 * 60_000),
+    describe: 'lifetime of a sandbox whose create names none',
+  },
+  maxTimeoutMs: {
+    env: 'CAPSULE_MAX_TIMEOUT_MS',
+    schema: wholeNumber(1000, MAX_SETTING_TIMEOUT_MS, 'milliseconds').default(24 * 60 * 60_000),
+    describe: 'longest lifetime a create or a timeout change may ask for',
+  },
+  defaultDiskMb: {
+    env: 'CAPSULE_DEFAULT_DISK_MB',
+    schema: wholeNumber(...DISK_MB_RANGE, 'MiB').default(2048),
+    describe: 'disk quota of a sandbox whose create names none',
+  },
+  maxDiskMb: {
+    env: 'CAPSULE_MAX_DISK_MB',
+    schema: wholeNumber(...DISK_MB_RANGE, 'MiB').default(64 * 1024),
+    describe: 'largest disk quota a create may ask for (images are sparse: keep quota x sandboxes within free space)',
+  },
+  noAuth: { env: 'CAPSULE_NO_AUTH', schema: Flag.default(false), describe: 'accept requests without an API key (same as --no-auth)' },
+  pools: {
+    env: 'CAPSULE_POOL',
+    schema: z
+      .string()
+      .transform((v, ctx) => {
+        try {
+          return parsePools([v]);
+        } catch (e) {
+          ctx.addIssue({ code: 'custom', message: (e as Error).message });
+          return z.NEVER;
+        }
+      })
+      .optional(),
+    describe: 'warm pools, e.g. busybox=4,debian=2; empty turns pools off (default debian=2)',
+    emptyIsValue: true,
+  },
+  templateCache: {
+    env: 'CAPSULE_TEMPLATE_CACHE',
+    schema: z.string().refine((d) => d === '' || path.isAbsolute(d), 'must be an absolute directory path (or empty for no cache)').optional(),
+    describe: 'directory that keeps a copy of built templates across data dirs',
+  },
+} as const;
+export type SettingName = keyof typeof SETTINGS;
+export type Settings = { [K in SettingName]: z.output<(typeof SETTINGS)[K]['schema']> };
+
+/**
+ * A setting with a bad value: the message names it, shows the value and says what it
+ * takes. `source` says whether it came from the environment or a flag.
+ */
+export class SettingError extends InvalidArgumentError {
+  constructor(
+    readonly setting: string,
+    readonly value: string,
+    readonly source: 'env' | 'flag',
+    problem: string,
+    fallback?: string,
+  ) {
+    const given = source === 'env' ? `${setting}=${JSON.stringify(value)}` : `${setting} ${JSON.stringify(value)}`;
+    const hint = source === 'env' && fallback !== undefined ? `; fix it, or unset ${setting} for the default (${fallback})` : '';
+    super(`${given} is not valid: ${problem}${hint}`, { setting, value });
+    this.name = 'SettingError';
   }
 }
 
-export function loadConfig(overrides: Partial<DaemonConfig> = {}): DaemonConfig {
+/** The default a setting takes when it is not given, as text (undefined when it has none of its own). */
+export function settingDefault(name: SettingName): string | undefined {
+  const r = (SETTINGS[name].schema as z.ZodType).safeParse(undefined);
+  if (!r.success || r.data === undefined) return undefined;
+  return name === 'pools' ? undefined : String(r.data);
+}
+
+/**
+ * Read and check every setting: flags win over the environment, which wins over the
+ * default. Throws a SettingError naming the first bad setting and its value.
+ */
+export function parseSettings(sources: { env?: NodeJS.ProcessEnv; flags?: Partial<Record<SettingName, string>> } = {}): Settings {
+  const env = sources.env ?? process.env;
+  const out: Record<string, unknown> = {};
+  for (const [name, s] of Object.entries(SETTINGS) as Array<[SettingName, (typeof SETTINGS)[SettingName]]>) {
+    const fromFlag = sources.flags?.[name];
+    const raw = fromFlag ?? env[s.env];
+    // An empty variable is an unset one (as `VAR= cmd` is usually meant), except where empty has its own meaning.
+    const unset = fromFlag === undefined && raw === '' && !('emptyIsValue' in s);
+    const r = (s.schema as z.ZodType).safeParse(unset ? undefined : raw);
+    if (!r.success) {
+      const label = fromFlag !== undefined && 'flag' in s ? s.flag : s.env;
+      throw new SettingError(label, raw ?? '', fromFlag !== undefined ? 'flag' : 'env', r.error.issues[0]?.message ?? 'invalid', settingDefault(name));
+    }
+    out[name] = r.data;
+  }
+  const settings = out as Settings;
+  // Settings that only make sense together.
+  const pair = (a: SettingName, b: SettingName) => {
+    const [va, vb] = [settings[a] as number, settings[b] as number];
+    if (va > vb) {
+      const sa = SETTINGS[a];
+      const label = sources.flags?.[a] !== undefined && 'flag' in sa ? sa.flag : sa.env;
+      throw new SettingError(label, String(va), sources.flags?.[a] !== undefined ? 'flag' : 'env', `must not exceed ${SETTINGS[b].env} (${vb})`);
+    }
+  };
+  pair('defaultTimeoutMs', 'maxTimeoutMs');
+  pair('defaultDiskMb', 'maxDiskMb');
+  return settings;
+}
+
+/** Just the data dir (clients looking for the local admin key), so an unrelated bad setting does not stop them. */
+export function dataDirFromEnv(env: NodeJS.ProcessEnv = process.env): string {
+  const raw = env[SETTINGS.dataDir.env];
+  const r = SETTINGS.dataDir.schema.safeParse(raw === '' ? undefined : raw);
+  return (r.success ? r.data : undefined) ?? defaultDataDir();
+}
+
+/** The daemon's configuration from checked settings; `overrides` (tests, embedded daemons) are taken as given. */
+export function loadConfig(
+  overrides: Partial<DaemonConfig> = {},
+  sources: { env?: NodeJS.ProcessEnv; flags?: Partial<Record<SettingName, string>> } = {},
+): DaemonConfig {
+  const s = parseSettings(sources);
   return {
-    host: process.env.CAPSULE_HOST ?? '127.0.0.1',
-    port: envInt('CAPSULE_PORT', 7878),
-    dataDir: process.env.CAPSULE_DATA_DIR ?? defaultDataDir(),
-    runtime: process.env.CAPSULE_RUNTIME ?? 'crun',
-    defaultTimeoutMs: envInt('CAPSULE_DEFAULT_TIMEOUT_MS', 5 * 60_000),
-    maxTimeoutMs: envInt('CAPSULE_MAX_TIMEOUT_MS', 24 * 60 * 60_000),
-    defaultResources: { cpus: 1, memoryMb: 512, pids: 256, diskMb: envInt('CAPSULE_DEFAULT_DISK_MB', 2048) },
-    maxDiskMb: envInt('CAPSULE_MAX_DISK_MB', 64 * 1024),
+    host: s.host,
+    port: s.port,
+    dataDir: s.dataDir ?? defaultDataDir(),
+    runtime: s.runtime,
+    defaultTimeoutMs: s.defaultTimeoutMs,
+    maxTimeoutMs: s.maxTimeoutMs,
+    defaultResources: { cpus: 1, memoryMb: 512, pids: 256, diskMb: s.defaultDiskMb },
+    maxDiskMb: s.maxDiskMb,
     idMapBase: 100000,
     idMapSize: 65536,
     reapIntervalMs: 1000,
-    logLevel: process.env.CAPSULE_LOG_LEVEL ?? 'info',
-    auth: process.env.CAPSULE_NO_AUTH !== '1',
+    logLevel: s.logLevel,
+    auth: !s.noAuth,
     // Unset: the default pool; set (even empty): exactly the pools it lists.
-    pools: poolsFromEnv(process.env.CAPSULE_POOL),
-    buildPoolTemplates: process.env.CAPSULE_POOL !== undefined,
+    pools: s.pools ?? { ...DEFAULT_POOLS },
+    buildPoolTemplates: s.pools !== undefined,
     ...overrides,
   };
 }

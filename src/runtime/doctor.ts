@@ -10,6 +10,7 @@ import { RuntimeError } from '../errors/index.js';
 import { cgroupMounts, hybridControllers } from './cgroups.js';
 import { OciCli, resolveBinary, runtimeFlavor } from './oci-cli.js';
 import { checkSandboxDisk } from './doctor-disk.js';
+import { checkDataDir } from './doctor-datadir.js';
 import { runTool } from './overlay.js';
 import { SANDBOX_CAPABILITIES } from './bundle.js';
 import { DEFAULT_SECCOMP_PROFILE, loadDefaultSeccomp } from './seccomp.js';
@@ -41,6 +42,9 @@ export interface DoctorOptions {
    * Default: the system temp dir.
    */
   scratchDir?: string;
+  /** The daemon's data dir: checked to be reachable by sandbox root (host uid/gid `idMapBase`). */
+  dataDir?: string;
+  idMapBase?: number;
 }
 
 /** Checks whose failure makes sandboxes slower or templates unbuildable, but not unsafe: they never block the daemon. */
@@ -251,6 +255,7 @@ export async function runDoctor(opts: DoctorOptions): Promise<DoctorCheck[]> {
   checks.push(await checkCgroups(opts.fix && root));
   checks.push(await checkOverlay(opts.fix && root));
   checks.push(await checkUserns());
+  if (opts.dataDir !== undefined) checks.push(checkDataDir(opts.dataDir, opts.idMapBase ?? 100000));
   checks.push(...(await checkSandboxDisk(opts.fix && root, opts.mountHelper, opts.scratchDir)));
   checks.push(checkSeccomp(opts.seccompProfile ?? DEFAULT_SECCOMP_PROFILE));
   checks.push(await checkSeccompBpf(opts.runtime, opts.seccompProfile ?? DEFAULT_SECCOMP_PROFILE, opts.seccompTool));

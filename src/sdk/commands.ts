@@ -6,7 +6,7 @@
  * (agents need the output either way). Errors are for real failures: the
  * sandbox is gone, the request is invalid, the daemon is unreachable.
  */
-import { CapsuleError, NotFoundError, TimeoutError, errorFromWire } from '../errors/index.js';
+import { NotFoundError, TimeoutError, UnavailableError, errorFromWire } from '../errors/index.js';
 import {
   BackgroundStarted,
   CommandEvent,
@@ -178,7 +178,7 @@ async function consumeEvents(
       }
     }
   }
-  throw new CapsuleError('unavailable', `${what}: the output stream ended before the command's exit was reported`);
+  throw new UnavailableError(`${what}: the output stream ended before the command's exit was reported`);
 }
 
 /**

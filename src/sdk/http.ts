@@ -13,7 +13,7 @@
  * (a DOMException), the way fetch itself reports it.
  */
 import type { z } from 'zod';
-import { CapsuleError, TimeoutError, UnavailableError, errorFromWire } from '../errors/index.js';
+import { CapsuleError, InternalError, TimeoutError, UnavailableError, errorFromWire } from '../errors/index.js';
 import type { ErrorCode } from '../errors/index.js';
 import { ErrorBody } from '../schemas/index.js';
 import type { ResolvedConnection } from './options.js';
@@ -106,7 +106,7 @@ function describeIssues(error: z.ZodError): string {
 export function validateResponse<S extends z.ZodType>(schema: S, value: unknown, what: string): z.infer<S> {
   const parsed = schema.safeParse(value);
   if (!parsed.success) {
-    throw new CapsuleError('internal', `unexpected response to ${what}: ${describeIssues(parsed.error)} (is the daemon the same version as the SDK?)`);
+    throw new InternalError(`unexpected response to ${what}: ${describeIssues(parsed.error)} (is the daemon the same version as the SDK?)`);
   }
   return parsed.data as z.infer<S>;
 }
@@ -217,7 +217,7 @@ export class HttpClient {
       const text = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8');
       value = text === '' ? undefined : JSON.parse(text);
     } catch (e) {
-      if (e instanceof SyntaxError) throw new CapsuleError('internal', `${what}: the daemon sent a body that is not JSON`);
+      if (e instanceof SyntaxError) throw new InternalError(`${what}: the daemon sent a body that is not JSON`);
       throw fail(e);
     } finally {
       done();

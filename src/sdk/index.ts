@@ -23,7 +23,9 @@ export type { ConnectionOptions } from './options.js';
 export {
   CapsuleError,
   ConflictError,
+  ERROR_CLASSES,
   ERROR_CODES,
+  InternalError,
   InvalidArgumentError,
   NotFoundError,
   PayloadTooLargeError,

@@ -8,7 +8,7 @@
  * than `maxLineBytes` is an error rather than unbounded memory.
  */
 import type { z } from 'zod';
-import { CapsuleError } from '../errors/index.js';
+import { InternalError } from '../errors/index.js';
 import { validateResponse } from './http.js';
 
 /** Default cap on one NDJSON line: output chunks are far smaller than this. */
@@ -33,7 +33,7 @@ export async function* readLines(body: ReadableStream<Uint8Array>, opts: NdjsonO
   let pending: Uint8Array[] = [];
   let pendingBytes = 0;
   let finished = false;
-  const tooLong = () => new CapsuleError('internal', `${what}: a line is longer than ${max} bytes; the stream was dropped`, { maxLineBytes: max });
+  const tooLong = () => new InternalError(`${what}: a line is longer than ${max} bytes; the stream was dropped`, { maxLineBytes: max });
   try {
     for (;;) {
       let chunk: ReadableStreamReadResult<Uint8Array>;
@@ -100,7 +100,7 @@ export async function* readNdjson<S extends z.ZodType>(
     try {
       value = JSON.parse(text);
     } catch {
-      throw new CapsuleError('internal', `${what}: a line is not valid JSON: ${text.slice(0, 120)}`);
+      throw new InternalError(`${what}: a line is not valid JSON: ${text.slice(0, 120)}`);
     }
     yield validateResponse(schema, value, what);
   }

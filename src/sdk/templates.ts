@@ -3,7 +3,7 @@
  * shows what exists; `Template.build()` builds one, reporting progress.
  */
 import { z } from 'zod';
-import { CapsuleError, errorFromWire } from '../errors/index.js';
+import { UnavailableError, errorFromWire } from '../errors/index.js';
 import { ListTemplatesResponse, TemplateInfo } from '../schemas/index.js';
 
 export type TemplateInfo = z.infer<typeof TemplateInfo>;
@@ -57,6 +57,6 @@ export const Template = {
         throw errorFromWire(ev.error.code, ev.error.message);
       }
     }
-    throw new CapsuleError('unavailable', `POST ${path}: the build stream ended before the build finished`);
+    throw new UnavailableError(`POST ${path}: the build stream ended before the build finished`);
   },
 };

@@ -1,21 +1,36 @@
 /**
  * The two commands that run on the host itself instead of talking to a
  * daemon: `serve` starts one, `doctor` checks the host can run sandboxes.
- * Their modules are loaded lazily so the other commands start fast.
+ * The daemon and the host checks are loaded lazily so the other commands start fast.
  */
 import type { Command } from 'commander';
-import type { DaemonConfig } from '../../config/index.js';
-import { collect, parseNumber, printJson, UsageError } from '../util.js';
+import { SETTINGS, SettingError, loadConfig, parsePools, settingDefault, type DaemonConfig, type SettingName } from '../../config/index.js';
+import { collect, printJson, UsageError } from '../util.js';
+
+/** The settings `capsule serve` takes as flags, with their help from the one settings table. */
+const SERVE_FLAGS = ['host', 'port', 'dataDir', 'runtime', 'logLevel'] as const satisfies readonly SettingName[];
+
+function flagHelp(name: SettingName & (typeof SERVE_FLAGS)[number]): [string, string] {
+  const s = SETTINGS[name];
+  const def = settingDefault(name);
+  const shown = def !== undefined ? `, default ${def}` : '';
+  return [`${s.flag} <${name === 'dataDir' ? 'dir' : name === 'logLevel' ? 'level' : name}>`, `${s.describe} (env ${s.env}${shown})`];
+}
+
+/** Settings from flags and the environment; a bad flag is a usage error (exit 2), a bad variable exit 1. */
+function configFrom(flags: Partial<Record<SettingName, string>>, overrides: Partial<DaemonConfig> = {}): DaemonConfig {
+  try {
+    return loadConfig(overrides, { flags });
+  } catch (e) {
+    if (e instanceof SettingError && e.source === 'flag') throw new UsageError(e.message);
+    throw e;
+  }
+}
 
 export function registerDaemonCommands(program: Command): void {
-  program
-    .command('serve')
-    .description('run the Capsule daemon in the foreground (logs on stderr)')
-    .option('--host <host>', 'address to listen on (env CAPSULE_HOST, default 127.0.0.1)')
-    .option('--port <port>', 'port to listen on; 0 picks a free one (env CAPSULE_PORT, default 7878)')
-    .option('--data-dir <dir>', 'where sandboxes, templates and state live (env CAPSULE_DATA_DIR)')
-    .option('--runtime <runtime>', 'OCI runtime: crun, runc, runsc or a path (env CAPSULE_RUNTIME, default crun)')
-    .option('--log-level <level>', 'trace, debug, info, warn, error (env CAPSULE_LOG_LEVEL, default info)')
+  const serve = program.command('serve').description('run the Capsule daemon in the foreground (logs on stderr)');
+  for (const name of SERVE_FLAGS) serve.option(...flagHelp(name));
+  serve
     .option('--no-auth', 'accept requests without an API key (every caller is an admin; loopback only)')
     .option(
       '--pool <template=size>',
@@ -23,22 +38,15 @@ export function registerDaemonCommands(program: Command): void {
       collect,
     )
     .action(async (opts: { host?: string; port?: string; dataDir?: string; runtime?: string; logLevel?: string; auth: boolean; pool?: string[] }) => {
+      const flags: Partial<Record<SettingName, string>> = {};
+      for (const name of SERVE_FLAGS) if (opts[name] !== undefined) flags[name] = opts[name];
       const overrides: Partial<DaemonConfig> = {};
-      if (opts.host !== undefined) overrides.host = opts.host;
-      if (opts.port !== undefined) {
-        const port = parseNumber(opts.port, '--port')!;
-        if (!Number.isInteger(port) || port < 0 || port > 65535) throw new UsageError(`--port must be 0..65535, got ${opts.port}`);
-        overrides.port = port;
+      if (!opts.auth) overrides.auth = false;
+      const config = configFrom(flags, overrides);
+      if (!config.auth) {
+        const by = opts.auth ? 'CAPSULE_NO_AUTH' : '--no-auth';
+        process.stderr.write(`capsule: WARNING: ${by}: no API key is needed; anyone who reaches the port controls every sandbox\n`);
       }
-      if (opts.dataDir !== undefined) overrides.dataDir = opts.dataDir;
-      if (opts.runtime !== undefined) overrides.runtime = opts.runtime;
-      if (opts.logLevel !== undefined) overrides.logLevel = opts.logLevel;
-      if (!opts.auth) {
-        overrides.auth = false;
-        process.stderr.write('capsule: WARNING: --no-auth: no API key is needed; anyone who reaches the port controls every sandbox\n');
-      }
-      const { loadConfig, parsePools } = await import('../../config/index.js');
-      const config = loadConfig(overrides);
       if (opts.pool) {
         try {
           // Flags refine CAPSULE_POOL template by template; without it they replace the default pool.
@@ -78,13 +86,21 @@ export function registerDaemonCommands(program: Command): void {
     .description('check that this host can run sandboxes, and how to fix what is missing')
     .option('--fix', 'apply the safe fixes (needs root)')
     .option('--json', 'print the checks as JSON')
-    .option('--runtime <runtime>', 'OCI runtime to check (env CAPSULE_RUNTIME, default crun)')
-    .action(async (opts: { fix?: boolean; json?: boolean; runtime?: string }) => {
-      const { loadConfig } = await import('../../config/index.js');
+    .option(...flagHelp('runtime'))
+    .option(...flagHelp('dataDir'))
+    .action(async (opts: { fix?: boolean; json?: boolean; runtime?: string; dataDir?: string }) => {
       const { runDoctor } = await import('../../runtime/doctor.js');
-      const config = loadConfig();
-      const runtime = opts.runtime ?? config.runtime;
-      const checks = await runDoctor({ runtime, fix: opts.fix === true, scratchDir: config.dataDir });
+      const flags: Partial<Record<SettingName, string>> = {};
+      if (opts.runtime !== undefined) flags.runtime = opts.runtime;
+      if (opts.dataDir !== undefined) flags.dataDir = opts.dataDir;
+      const config = configFrom(flags);
+      const checks = await runDoctor({
+        runtime: config.runtime,
+        fix: opts.fix === true,
+        scratchDir: config.dataDir,
+        dataDir: config.dataDir,
+        idMapBase: config.idMapBase,
+      });
       if (opts.json) printJson(checks);
       else {
         const width = Math.max(...checks.map((c) => c.name.length));

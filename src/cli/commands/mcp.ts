@@ -15,8 +15,8 @@
  * stdout carries the protocol; logs go to stderr only.
  */
 import type { Command } from 'commander';
-import type { DaemonConfig } from '../../config/index.js';
-import { connection } from '../util.js';
+import type { DaemonConfig, SettingName } from '../../config/index.js';
+import { connection, UsageError } from '../util.js';
 
 interface McpOptions {
   embedded?: boolean;
@@ -46,12 +46,23 @@ export function registerMcpCommand(program: Command): void {
       let backend;
       let shutdown: () => Promise<void> = async () => {};
       if (opts.embedded) {
-        const { loadConfig } = await import('../../config/index.js');
+        const { loadConfig, SettingError } = await import('../../config/index.js');
         const { startDaemon } = await import('../../daemon.js');
-        const overrides: Partial<DaemonConfig> = { host: '127.0.0.1', port: 0, logLevel: opts.logLevel ?? process.env.CAPSULE_LOG_LEVEL ?? 'warn' };
-        if (opts.dataDir !== undefined) overrides.dataDir = opts.dataDir;
-        if (opts.runtime !== undefined) overrides.runtime = opts.runtime;
-        const daemon = await startDaemon(loadConfig(overrides));
+        const overrides: Partial<DaemonConfig> = { host: '127.0.0.1', port: 0 };
+        // Quieter than `serve` unless asked: stderr is the MCP client's log.
+        if (opts.logLevel === undefined && !process.env.CAPSULE_LOG_LEVEL) overrides.logLevel = 'warn';
+        const flags: Partial<Record<SettingName, string>> = {};
+        if (opts.logLevel !== undefined) flags.logLevel = opts.logLevel;
+        if (opts.dataDir !== undefined) flags.dataDir = opts.dataDir;
+        if (opts.runtime !== undefined) flags.runtime = opts.runtime;
+        let config: DaemonConfig;
+        try {
+          config = loadConfig(overrides, { flags });
+        } catch (e) {
+          if (e instanceof SettingError && e.source === 'flag') throw new UsageError(e.message);
+          throw e;
+        }
+        const daemon = await startDaemon(config);
         process.stderr.write(`capsule mcp: embedded daemon on ${daemon.url}\n`);
         const b = servicesBackend(daemon.services);
         backend = b;
