@@ -52,7 +52,7 @@ const MAX_FINISHED_PER_SANDBOX = 256;
 const MAX_LIVE_PER_SANDBOX = 1024;
 
 export class CommandService implements SandboxEvents {
-  private readonly bySandbox = new Map<string, Map<number, Tracked>>();
+  private readonly bySandbox = new Map<string, ProcessTable>();
 
   constructor(
     private readonly sandboxes: SandboxManager,
@@ -76,11 +76,10 @@ export class CommandService implements SandboxEvents {
     const cwd = req.cwd === undefined ? undefined : resolveSandboxPath(req.cwd);
     const { rec: sb, conn } = await this.sandboxes.use(ctx, sandboxId, 'run a command');
     const table = this.table(sandboxId);
-    if (countLive(table) >= MAX_LIVE_PER_SANDBOX) {
+    if (table.running >= MAX_LIVE_PER_SANDBOX) {
       throw new RateLimitedError(`sandbox ${sandboxId} already runs ${MAX_LIVE_PER_SANDBOX} commands`);
     }
-    const oomBefore = await this.sandboxes.oomKills(sandboxId);
-    const proc = await conn.exec({
+    const started = conn.exec({
       argv,
       env: buildEnv(sb.envs, req.envs, req.user),
       ...(cwd !== undefined ? { cwd } : {}),
@@ -89,12 +88,18 @@ export class CommandService implements SandboxEvents {
       // A foreground run waits for the exit anyway; a streamed one may see its start up to 2 ms later.
       holdReply: req.background !== true,
     });
+    // The EXEC frame is on its way: the OOM counter is read while the agent forks, not before.
+    const oomRead = this.sandboxes.oomKills(sandboxId);
+    const proc = await started;
+    // Listeners go on before anything else is awaited: output that came with the reply is delivered
+    // right after this turn (see AgentProcess), and would be missed otherwise.
     const limit = req.maxOutputBytes ?? LIMITS.defaultOutputBytes;
     const t = this.track(sandboxId, proc.pid, argv, cwd, limit, req.background === true);
-    t.oomBefore = oomBefore;
     if (opts.sink) t.followers.add(opts.sink);
     opts.sink?.write({ type: 'start', pid: proc.pid });
     this.bind(t, proc);
+    // Already read (a microtask, before any reply could arrive); needed only when the command is SIGKILLed.
+    t.oomBefore = await oomRead;
 
     const timeoutMs = req.timeoutMs ?? (req.background ? 0 : LIMITS.defaultCommandTimeoutMs);
     if (timeoutMs > 0) {
@@ -124,7 +129,7 @@ export class CommandService implements SandboxEvents {
 
   list(ctx: RequestContext, sandboxId: string): ProcessInfo[] {
     this.sandboxes.get(ctx, sandboxId);
-    return [...this.table(sandboxId).values()].map((t) => ({
+    return [...this.table(sandboxId).procs.values()].map((t) => ({
       pid: t.pid,
       cmd: t.argv,
       ...(t.cwd !== undefined ? { cwd: t.cwd } : {}),
@@ -193,7 +198,7 @@ export class CommandService implements SandboxEvents {
   onEnded(id: string): void {
     const table = this.bySandbox.get(id);
     if (!table) return;
-    for (const t of table.values()) {
+    for (const t of table.procs.values()) {
       if (!t.exit) t.finish({ exitCode: 137, signal: 'SIGKILL' });
     }
     this.bySandbox.delete(id);
@@ -204,7 +209,7 @@ export class CommandService implements SandboxEvents {
     // Finished-but-uncollected processes too: one may have exited while the daemon was down.
     const known = await conn.listProcesses({ includeExited: true });
     for (const p of known) {
-      if (this.table(id).has(p.pid)) continue;
+      if (this.table(id).procs.has(p.pid)) continue;
       const rec = this.journal.get(id, p.pid);
       try {
         // Attaching replays the output the agent kept (its last 64 KiB), then the exit.
@@ -222,10 +227,10 @@ export class CommandService implements SandboxEvents {
 
   // --- internals -----------------------------------------------------------
 
-  private table(sandboxId: string): Map<number, Tracked> {
+  private table(sandboxId: string): ProcessTable {
     let m = this.bySandbox.get(sandboxId);
     if (!m) {
-      m = new Map();
+      m = { procs: new Map(), running: 0, finished: 0 };
       this.bySandbox.set(sandboxId, m);
     }
     return m;
@@ -267,6 +272,11 @@ export class CommandService implements SandboxEvents {
         t.followers.clear();
         t.throttledBy.clear();
         finish(s);
+        const table = this.bySandbox.get(sandboxId);
+        if (table?.procs.get(pid) === t) {
+          table.running--;
+          table.finished++;
+        }
         this.journal.ended(sandboxId, pid, startedAt, s.exitCode, Date.now());
         this.forgetOldFinished(sandboxId);
       },
@@ -274,7 +284,16 @@ export class CommandService implements SandboxEvents {
       throttledBy: new Set(),
       timer: undefined,
     };
-    this.table(sandboxId).set(pid, t);
+    const table = this.table(sandboxId);
+    const old = table.procs.get(pid);
+    if (old) {
+      // A reused pid replaces an old entry (the agent never reuses a pid it still tracks).
+      if (old.exit) table.finished--;
+      else table.running--;
+      table.procs.delete(pid);
+    }
+    table.procs.set(pid, t);
+    table.running++;
     this.journal.started({ sandboxId, pid, argv, cwd: cwd ?? null, startedAt, endedAt: null, exitCode: null }, durable);
     return t;
   }
@@ -335,7 +354,7 @@ export class CommandService implements SandboxEvents {
 
   private find(ctx: RequestContext, sandboxId: string, pid: number): Tracked {
     this.sandboxes.get(ctx, sandboxId);
-    const t = this.bySandbox.get(sandboxId)?.get(pid);
+    const t = this.bySandbox.get(sandboxId)?.procs.get(pid);
     if (!t) throw new NotFoundError(`no process ${pid} in sandbox ${sandboxId}`, { pid });
     return t;
   }
@@ -349,24 +368,22 @@ export class CommandService implements SandboxEvents {
   private forgetOldFinished(sandboxId: string): void {
     const table = this.bySandbox.get(sandboxId);
     if (!table) return;
-    // Runs at every exit: count and delete in place rather than copying a table of 256+ entries each time.
-    let excess = -MAX_FINISHED_PER_SANDBOX;
-    for (const t of table.values()) if (t.exit) excess++;
-    // Map order is insertion order, so the first finished ones are the oldest.
-    for (const t of table.values()) {
-      if (excess <= 0) break;
+    // Map order is insertion order, so the first finished ones are the oldest; counters keep this O(1) per exit.
+    for (const t of table.procs.values()) {
+      if (table.finished <= MAX_FINISHED_PER_SANDBOX) break;
       if (t.exit) {
-        table.delete(t.pid);
-        excess--;
+        table.procs.delete(t.pid);
+        table.finished--;
       }
     }
   }
 }
 
-function countLive(table: Map<number, Tracked>): number {
-  let n = 0;
-  for (const t of table.values()) if (!t.exit) n++;
-  return n;
+/** A sandbox's processes, with counts kept as they change (checked on every exec). */
+interface ProcessTable {
+  procs: Map<number, Tracked>;
+  running: number;
+  finished: number;
 }
 
 function exitEvent(t: Tracked): ProcessEvent {

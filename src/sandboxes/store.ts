@@ -77,6 +77,13 @@ function fromRow(r: SandboxRow): SandboxRecord {
 
 export class SandboxStore {
   private readonly sql: Statements;
+  /**
+   * Rows of live sandboxes, as frozen objects: every command and file call
+   * looks its sandbox up, and a SELECT plus three JSON.parse cost ~15 µs of each
+   * exec. This store is the only writer of the table, and every write below
+   * updates the cache in the same call, so it never disagrees with the file.
+   */
+  private readonly live = new Map<string, Readonly<SandboxRecord>>();
 
   constructor(private readonly db: Db) {
     this.sql = statementCache(db);
@@ -99,11 +106,22 @@ export class SandboxStore {
         metadata: JSON.stringify(s.metadata),
         resources: JSON.stringify(s.resources),
       });
+    this.remember(s);
   }
 
   get(id: string): SandboxRecord | undefined {
+    const hit = this.live.get(id);
+    if (hit) return hit;
     const row = this.sql('SELECT * FROM sandboxes WHERE id = ?').get(id) as SandboxRow | undefined;
-    return row ? fromRow(row) : undefined;
+    if (!row) return undefined;
+    const rec = fromRow(row);
+    this.remember(rec);
+    return rec;
+  }
+
+  private remember(rec: SandboxRecord): void {
+    if (isTerminal(rec.state)) this.live.delete(rec.id);
+    else this.live.set(rec.id, Object.freeze({ ...rec }));
   }
 
   listByStates(states: readonly SandboxStateName[]): SandboxRecord[] {
@@ -141,12 +159,30 @@ export class SandboxStore {
          WHERE id = @id AND state = @current`,
       )
       .run({ id, to, at, current, end: end ? 1 : 0, reason: opts.reason ?? null, expiresAt: opts.expiresAt ?? null });
-    return r.changes === 1 ? { ok: true, from: current } : { ok: false, current: this.get(id)?.state };
+    if (r.changes !== 1) {
+      this.live.delete(id);
+      return { ok: false, current: this.get(id)?.state };
+    }
+    const cached = this.live.get(id);
+    if (cached) {
+      this.remember({
+        ...cached,
+        state: to,
+        stateChangedAt: at,
+        ...(opts.expiresAt !== undefined ? { expiresAt: opts.expiresAt } : {}),
+        ...(end ? { endReason: opts.reason ?? null, endedAt: at } : {}),
+      });
+    }
+    return { ok: true, from: current };
   }
 
   /** Only for a sandbox in `state` (a CAS on the state, so an ended sandbox's clock never moves). */
   setExpiry(id: string, state: SandboxStateName, expiresAt: number): boolean {
-    return this.sql('UPDATE sandboxes SET expires_at = ? WHERE id = ? AND state = ?').run(expiresAt, id, state).changes === 1;
+    const ok = this.sql('UPDATE sandboxes SET expires_at = ? WHERE id = ? AND state = ?').run(expiresAt, id, state).changes === 1;
+    const cached = this.live.get(id);
+    if (ok && cached) this.remember({ ...cached, expiresAt });
+    else if (!ok) this.live.delete(id);
+    return ok;
   }
 
   expiredRunning(now: number): string[] {
