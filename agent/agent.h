@@ -23,22 +23,32 @@ struct conn;
 
 struct ring { uint8_t *p; size_t head, len; };
 
+/*
+ * One stream of a process: a pipe to or from the daemon, or /dev/null. The classic layout (1.0, or an
+ * EXEC without a stream table) is 0 = stdin (pipe or null), 1 = stdout, 2 = stderr.
+ */
+struct pstream {
+  uint8_t id, kind;               /* wire stream id; SK_* */
+  int fd;                         /* our end of the pipe, -1 when closed (always -1 for SK_NULL) */
+  struct ring ring;               /* SK_PIPE_OUT: output not yet sent (attached) or kept (detached) */
+  int64_t credit;                 /* SK_PIPE_OUT: what the daemon lets us send */
+  struct buf ibuf;                /* SK_PIPE_IN: input not yet written to the pipe */
+  int iclose;                     /* SK_PIPE_IN: close once ibuf drained */
+  int64_t rwin;                   /* SK_PIPE_IN/SK_NULL: credit the daemon still has */
+};
+
 struct proc {
   struct proc *next;
   pid_t pid;
   uint8_t *ps; size_t ps_len;     /* encoded argv: u32 argc, then bytes... */
-  int ofd[3];                     /* [S_OUT], [S_ERR] read ends, -1 when closed */
-  struct ring ring[3];
+  int nstreams;
+  struct pstream st[MAX_STREAMS];
+  int classic;                    /* started without a stream table: ATTACH answers without one */
   int truncated;
-  int ifd;                        /* stdin write end or -1 */
-  struct buf ibuf;
-  int iclose;                     /* close stdin once ibuf drained */
-  int64_t rwin;                   /* stdin credit the daemon still has */
   int exited, status;
   int64_t deadline;               /* after exit: close pipes when idle past this */
   struct conn *conn;              /* attached channel, or NULL */
   uint32_t ch;
-  int64_t credit[3];
   uint64_t fin_seq;               /* >0 once finished and unattached */
   int64_t ok_due;                 /* EXEC reply held until exit or this time (now_us); 0 = no reply pending */
   int dead;                       /* free at next sweep */
@@ -69,6 +79,8 @@ struct conn {
   struct buf in, out;
   size_t fs;                      /* start of the frame being built, relative to out.off */
   int hello;
+  uint64_t features;              /* F_* in effect: ours and the daemon's */
+  uint32_t max_data;              /* largest DATA payload we send on it */
   int dead;
   struct chan *chans;
   int nchans;

@@ -81,20 +81,55 @@ static int set_nonblock_cloexec(int fd) {
 /* ------------------------------------------------------------------ */
 /* frame dispatch                                                      */
 
+static void conn_flush(struct conn *c);
+
+/*
+ * HELLO from the daemon: u32 major, then (optional, as 1.0 daemons may stop after the major) bytes clientName,
+ * and from 1.1 on u32 minor, u64 features. We answer u32 major, bytes agentVersion, u32 maxPayload,
+ * u32 initialWindow, and from 1.1 on u32 minor, u64 features in effect (ours that the daemon also has).
+ * A 1.0 daemon offers no features, so it gets exactly the 1.0 behaviour.
+ */
+static void handle_hello(struct conn *c, struct rd *r) {
+  uint32_t major = rd_u32(r);
+  if (r->bad) { c->dead = 1; return; }
+  uint64_t offered = 0;
+  if (r->len - r->pos >= 4) {
+    uint32_t n;
+    struct rd ext = *r;
+    rd_bytes(&ext, &n);
+    if (!ext.bad && ext.len - ext.pos >= 12) {
+      rd_u32(&ext); /* the daemon's minor: the feature bits say all we act on */
+      offered = rd_u64(&ext);
+    }
+  }
+  c->hello = 1;
+  c->features = AGENT_FEATURES & offered;
+  c->max_data = (c->features & F_LARGE_DATA) ? MAX_PAYLOAD : MAX_DATA;
+  fr_begin(c, 0, FT_HELLO, 0);
+  put_u32(c, PROTO_VERSION);
+  put_bytes(c, AGENT_VERSION, strlen(AGENT_VERSION));
+  put_u32(c, MAX_PAYLOAD);
+  put_u32(c, INIT_WINDOW);
+#if PROTO_MINOR > 0
+  uint8_t b[8];
+  put_u32(c, PROTO_MINOR);
+  wr_u64(b, c->features);
+  put(c, b, 8);
+#endif
+  fr_end(c);
+  if (major != PROTO_VERSION) {
+    /* The daemon sees our version, then EOF. Sent now: a dead connection is never flushed, and at the
+     * handshake the socket's buffer is empty, so this one small frame goes at once. */
+    conn_flush(c);
+    c->dead = 1;
+  }
+}
+
 static void handle_frame(struct conn *c, uint32_t id, uint8_t type, uint8_t stream, const uint8_t *p, uint32_t len) {
   struct rd r = { p, len, 0, 0 };
   if (!c->hello) {
     if (type != FT_HELLO || id != 0) { c->dead = 1; return; }
-    uint32_t ver = rd_u32(&r);
-    if (r.bad) { c->dead = 1; return; }
-    c->hello = 1;
-    fr_begin(c, 0, FT_HELLO, 0);
-    put_u32(c, PROTO_VERSION);
-    put_bytes(c, AGENT_VERSION, strlen(AGENT_VERSION));
-    put_u32(c, MAX_PAYLOAD);
-    put_u32(c, INIT_WINDOW);
-    fr_end(c);
-    if (ver != PROTO_VERSION) c->dead = 1; /* the daemon sees our version, then EOF */
+    handle_hello(c, &r);
     return;
   }
   if (id == 0) { c->dead = 1; return; }
@@ -120,53 +155,12 @@ static void handle_frame(struct conn *c, uint32_t id, uint8_t type, uint8_t stre
     return;
   }
   if (!ch) return; /* late frame for a finished channel */
-  struct proc *pr = ch->kind == CH_EXEC ? ch->proc : NULL;
-  switch (type) {
-    case FT_WINDOW: {
-      uint32_t n = rd_u32(&r);
-      if (r.bad) { c->dead = 1; return; }
-      int64_t *cr = NULL;
-      if (pr && (stream == S_OUT || stream == S_ERR)) cr = &pr->credit[stream];
-      else if ((ch->kind == CH_READ || ch->kind == CH_LIST) && stream == S_OUT) cr = &ch->credit;
-      if (!cr) return;
-      *cr += n;
-      if (*cr > (int64_t)MAX_WINDOW) c->dead = 1;
-      return;
-    }
-    case FT_DATA:
-      if (stream != S_IN) { c->dead = 1; return; }
-      if (ch->kind == CH_WRITE) {
-        if ((int64_t)len > ch->rwin) { c->dead = 1; return; }
-        ch->rwin -= len;
-        write_data(c, ch, p, len);
-      } else if (pr) {
-        if ((int64_t)len > pr->rwin) { c->dead = 1; return; }
-        pr->rwin -= len;
-        if (pr->ifd < 0 || pr->iclose) { pr->rwin += len; send_window(c, id, S_IN, len); return; }
-        if (buf_reserve(&pr->ibuf, len)) { c->dead = 1; return; }
-        memcpy(buf_tail(&pr->ibuf), p, len);
-        pr->ibuf.len += len;
-        proc_write_stdin(pr);
-      }
-      return;
-    case FT_EOF:
-      if (ch->kind == CH_WRITE) write_finish(c, ch);
-      else if (pr) { pr->iclose = 1; proc_write_stdin(pr); }
-      return;
-    case FT_SIGNAL: {
-      uint32_t sig = rd_u32(&r);
-      if (r.bad || sig < 1 || sig >= NSIG) return;
-      if (pr && (!pr->exited || !proc_finished(pr))) {
-        if (kill(-pr->pid, (int)sig) && !pr->exited) kill(pr->pid, (int)sig);
-      }
-      return;
-    }
-    case FT_CLOSE:
-      chan_free(c, ch); /* processes keep running; temp files are removed */
-      return;
-    default:
-      return; /* unknown frame types on a channel are ignored */
+  if (type == FT_CLOSE) {
+    chan_free(c, ch); /* processes keep running; temp files are removed */
+    return;
   }
+  if (ch->kind == CH_EXEC) proc_frame(c, ch, type, stream, p, len);
+  else file_frame(c, ch, type, stream, p, len);
 }
 
 static void conn_read(struct conn *c) {
@@ -325,7 +319,7 @@ int main(int argc, char **argv) {
     int64_t held_now = 0;
     for (struct proc *p = procs; p; p = p->next) {
       proc_progress(p, now);
-      if (!p->dead && p->exited && (p->ofd[S_OUT] >= 0 || p->ofd[S_ERR] >= 0)) {
+      if (!p->dead && p->exited && proc_open_outputs(p)) {
         int64_t t = (p->deadline - now) * 1000;
         if (t < 0) t = 0;
         if (timeout < 0 || t < timeout) timeout = t;
@@ -342,7 +336,7 @@ int main(int argc, char **argv) {
     if (busy) timeout = 0;
 
     size_t need = 2 + (size_t)nconns;
-    for (struct proc *p = procs; p; p = p->next) need += 3;
+    for (struct proc *p = procs; p; p = p->next) need += (size_t)p->nstreams;
     if (need > cap) {
       size_t nc = need * 2;
       struct pollfd *np = realloc(pfd, nc * sizeof *pfd);
@@ -364,9 +358,12 @@ int main(int argc, char **argv) {
       ADD(c->fd, ev, R_CONN, c, 0);
     }
     for (struct proc *p = procs; p; p = p->next) {
-      for (int s = S_OUT; s <= S_ERR; s++)
-        if (p->ofd[s] >= 0 && (!p->conn || p->ring[s].len < RING_CAP)) ADD(p->ofd[s], POLLIN, R_POUT, p, s);
-      if (p->ifd >= 0 && p->ibuf.len) ADD(p->ifd, POLLOUT, R_PIN, p, 0);
+      for (int s = 0; s < p->nstreams; s++) {
+        struct pstream *st = &p->st[s];
+        if (st->fd < 0) continue;
+        if (st->kind == SK_PIPE_OUT && (!p->conn || st->ring.len < RING_CAP)) ADD(st->fd, POLLIN, R_POUT, p, s);
+        else if (st->kind == SK_PIPE_IN && st->ibuf.len) ADD(st->fd, POLLOUT, R_PIN, p, s);
+      }
     }
 #undef ADD
     /* ppoll: a held EXEC reply needs a finer timeout than poll's milliseconds. */
@@ -393,12 +390,12 @@ int main(int argc, char **argv) {
         }
         case R_POUT: {
           struct proc *p = rf->ptr;
-          if (!p->dead && p->ofd[rf->s] == pfd[i].fd) proc_read(p, rf->s);
+          if (!p->dead && p->st[rf->s].fd == pfd[i].fd) proc_read(p, rf->s);
           break;
         }
         case R_PIN: {
           struct proc *p = rf->ptr;
-          if (!p->dead && p->ifd == pfd[i].fd) proc_write_stdin(p);
+          if (!p->dead && p->st[rf->s].fd == pfd[i].fd) proc_write_in(p, rf->s);
           break;
         }
       }

@@ -113,6 +113,9 @@ void handle_read(struct conn *c, uint32_t id, struct rd *r) {
   fd = -1;
   ch->credit = INIT_WINDOW;
   ch->remaining = max ? max : UINT64_MAX;
+  /* 1.1: the download is the file as it was at open, so the size announced below is exactly what is sent
+   * (a file that grows meanwhile is cut there; one that shrinks ends early, and the daemon sees it). */
+  if ((c->features & F_READ_TO_SIZE) && (uint64_t)st.st_size < ch->remaining) ch->remaining = (uint64_t)st.st_size;
   uint8_t b[8];
   wr_u64(b, (uint64_t)st.st_size);
   send_simple(c, id, FT_OK, 0, b, 8);
@@ -125,7 +128,7 @@ out:
 int pump_read(struct conn *c, struct chan *ch) {
   for (int i = 0; i < 8; i++) {
     if (ch->credit <= 0 || c->out.len >= OUT_HIGH || c->dead) return 0;
-    size_t want = MAX_DATA;
+    size_t want = c->max_data;
     if ((int64_t)want > ch->credit) want = (size_t)ch->credit;
     if (want > ch->remaining) want = (size_t)ch->remaining;
     if (!want) { send_simple(c, ch->id, FT_END, 0, NULL, 0); chan_free(c, ch); return 0; }
@@ -214,7 +217,7 @@ out:
   free(path);
 }
 
-void write_data(struct conn *c, struct chan *ch, const uint8_t *d, size_t n) {
+static void write_data(struct conn *c, struct chan *ch, const uint8_t *d, size_t n) {
   size_t off = 0;
   while (off < n) {
     ssize_t w = write(ch->fd, d + off, n - off);
@@ -232,7 +235,7 @@ void write_data(struct conn *c, struct chan *ch, const uint8_t *d, size_t n) {
   send_window(c, ch->id, S_IN, (uint32_t)n);
 }
 
-void write_finish(struct conn *c, struct chan *ch) {
+static void write_finish(struct conn *c, struct chan *ch) {
   int fd = ch->fd;
   ch->fd = -1;
   if (close(fd)) { send_error(c, ch->id, errno, "write %.300s: %s", ch->dst, strerror(errno)); chan_free(c, ch); return; }
@@ -393,4 +396,31 @@ void handle_rename(struct conn *c, uint32_t id, struct rd *r) {
   }
   free(from);
   free(to);
+}
+
+/* Frames on a file channel after its reply: credit for READ/LIST, data and EOF for WRITE. */
+void file_frame(struct conn *c, struct chan *ch, uint8_t type, uint8_t stream, const uint8_t *d, uint32_t len) {
+  struct rd r = { d, len, 0, 0 };
+  switch (type) {
+    case FT_WINDOW: {
+      uint32_t n = rd_u32(&r);
+      if (r.bad) { c->dead = 1; return; }
+      if ((ch->kind != CH_READ && ch->kind != CH_LIST) || stream != S_OUT) return;
+      ch->credit += n;
+      if (ch->credit > (int64_t)MAX_WINDOW) c->dead = 1;
+      return;
+    }
+    case FT_DATA:
+      if (stream != S_IN) { c->dead = 1; return; }
+      if (ch->kind != CH_WRITE) return;
+      if ((int64_t)len > ch->rwin) { c->dead = 1; return; }
+      ch->rwin -= len;
+      write_data(c, ch, d, len);
+      return;
+    case FT_EOF:
+      if (ch->kind == CH_WRITE) write_finish(c, ch);
+      return;
+    default:
+      return; /* unknown frame types on a channel are ignored */
+  }
 }

@@ -15,8 +15,7 @@ void handle_rename(struct conn *c, uint32_t id, struct rd *r);
 /* Produce READ data / LIST entries while the channel has credit; 1 when more could go at once. */
 int pump_read(struct conn *c, struct chan *ch);
 int pump_list(struct conn *c, struct chan *ch);
-/* WRITE: data for the file (under the credit the caller checked), and EOF. */
-void write_data(struct conn *c, struct chan *ch, const uint8_t *d, size_t n);
-void write_finish(struct conn *c, struct chan *ch);
+/* A frame on a READ, WRITE or LIST channel after its reply. */
+void file_frame(struct conn *c, struct chan *ch, uint8_t type, uint8_t stream, const uint8_t *d, uint32_t len);
 
 #endif

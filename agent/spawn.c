@@ -4,6 +4,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <sched.h>
 #include <signal.h>
@@ -89,9 +90,20 @@ static int child_main(void *arg) {
   syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, 8);
   syscall(SYS_setsid);
   if (s->pinned) syscall(SYS_sched_setaffinity, 0, sizeof s->cpus, &s->cpus);
-  /* dup3 (dup2 is missing on aarch64); the sources are never 0-2, which the agent keeps open. */
-  if (syscall(SYS_dup3, s->infd, 0, 0) < 0 || syscall(SYS_dup3, s->outfd, 1, 0) < 0 || syscall(SYS_dup3, s->errfd, 2, 0) < 0)
-    child_fail(s, STAGE_STDIO, errno);
+  /* dup3 (dup2 is missing on aarch64). Each dst is at most MAX_CHILD_FD; when a source sits on a dst fd that
+   * an earlier mapping would overwrite, all sources first move above MAX_CHILD_FD (close-on-exec copies). The
+   * classic layout never needs that: its sources are never 0-2, which the agent keeps open. */
+  int src[MAX_CHILD_FD + 1];
+  int clash = 0;
+  for (int i = 0; i < s->nmap; i++) {
+    src[i] = s->map[i].src;
+    for (int j = 0; j < s->nmap; j++) clash |= s->map[i].src == s->map[j].dst;
+  }
+  if (clash)
+    for (int i = 0; i < s->nmap; i++)
+      if ((src[i] = (int)syscall(SYS_fcntl, s->map[i].src, F_DUPFD_CLOEXEC, MAX_CHILD_FD + 1)) < 0) child_fail(s, STAGE_STDIO, errno);
+  for (int i = 0; i < s->nmap; i++)
+    if (syscall(SYS_dup3, src[i], s->map[i].dst, 0) < 0) child_fail(s, STAGE_STDIO, errno);
   /* setgroups/setgid/setuid through libc would synchronise threads under a lock; we have one thread. */
   if (s->cr && (syscall(SYS_setgroups, (size_t)s->cr->ngroups, s->cr->groups) || syscall(SYS_setgid, s->cr->gid) ||
                 syscall(SYS_setuid, s->cr->uid)))

@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "protocol.h"
 #include "users.h"
 
 /* How far the child got when it failed before exec. */
@@ -14,7 +15,8 @@ enum { STAGE_CRED = 1, STAGE_CWD, STAGE_EXEC, STAGE_STDIO };
 struct spawn {
   char **argv, **envp;
   const char *cwd;                /* "" = / */
-  int infd, outfd, errfd;         /* become 0, 1, 2 */
+  struct { int src, dst; } map[MAX_CHILD_FD + 1]; /* the child's fd dst becomes a copy of our src */
+  int nmap;
   const struct cred *cr;          /* NULL: keep the agent's */
   volatile int32_t stage, err;    /* set by the child when it fails before exec */
   cpu_set_t cpus;                 /* the agent's own CPUs, for the child to take back before exec */

@@ -6,6 +6,7 @@
 import { InvalidArgumentError, type CapsuleError } from '../errors/index.js';
 import { agentError } from './errors.js';
 import { FT, MAX_WINDOW, PayloadReader, ProtocolError, type Frame } from './frames.js';
+import type { AgentFeature } from './protocol.js';
 
 /** A channel as the multiplexer sees it. Throwing a ProtocolError from onFrame closes the connection. */
 export interface ChannelHandler {
@@ -16,6 +17,12 @@ export interface ChannelHandler {
 
 /** What a channel may do with its connection (implemented by connection.ts). */
 export interface ChannelHost {
+  /** Whether a feature is in effect on the connection. */
+  supports(feature: AgentFeature): boolean;
+  /** Throws AgentFeatureError unless the feature is in effect: call it before sending what needs it. */
+  require(feature: AgentFeature): void;
+  /** Largest DATA payload this connection carries (64 KiB, or MAX_PAYLOAD with large-data). */
+  readonly maxData: number;
   send(channel: number, type: number, stream: number, payload?: Buffer): void;
   /** The channel is finished: later frames for its id are dropped. */
   forget(channel: number): void;

@@ -15,7 +15,9 @@ import { CapsuleError, InvalidArgumentError, SandboxError, TimeoutError } from '
 import type { ChannelHandler, ChannelHost } from './channel.js';
 import { readFile, type ReadResult } from './file-read.js';
 import { writeFile } from './file-write.js';
-import { encodeFrame, FrameDecoder, FT, MAX_PAYLOAD, PayloadReader, PayloadWriter, PROTO_VERSION, ProtocolError, type Frame } from './frames.js';
+import { AgentFeatureError, AgentVersionError, type AgentIdentity } from './errors.js';
+import { encodeFrame, FrameDecoder, FT, MAX_DATA, MAX_PAYLOAD, PROTO_MAJOR, PROTO_MINOR, ProtocolError, type Frame } from './frames.js';
+import { ALL_FEATURES, decodeHello, encodeHello, versionString, type AgentFeature, type AgentProtocol } from './protocol.js';
 import { listDir, type Listing } from './list.js';
 import { attachProcess, execProcess } from './process.js';
 import * as req from './request.js';
@@ -25,10 +27,19 @@ export interface ConnectOptions {
   /** How long to wait for the socket and the agent's HELLO (default 5000 ms). */
   timeoutMs?: number;
   signal?: AbortSignal;
+  /** The sandbox the agent serves, named in error messages. */
+  sandboxId?: string;
+  /** Features to offer (default: all this daemon knows). Tests use it to act as an older daemon. */
+  offer?: readonly AgentFeature[];
 }
+
+const NO_FEATURES: ReadonlySet<AgentFeature> = new Set();
 
 class Connection implements AgentConnection, ChannelHost {
   agentVersion = '';
+  protocol: AgentProtocol = { major: 0, minor: 0, features: NO_FEATURES };
+  maxData = MAX_DATA;
+  private readonly offered: ReadonlySet<AgentFeature>;
   private readonly decoder = new FrameDecoder();
   private readonly chans = new Map<number, ChannelHandler>();
   private nextId = 1;
@@ -38,7 +49,12 @@ class Connection implements AgentConnection, ChannelHost {
   private readonly closeListeners: Array<(err?: Error) => void> = [];
   private hello: { resolve: () => void; reject: (e: Error) => void } | undefined;
 
-  constructor(private readonly sock: net.Socket) {
+  constructor(
+    private readonly sock: net.Socket,
+    private readonly sandboxId: string | undefined,
+    offer: readonly AgentFeature[],
+  ) {
+    this.offered = new Set(offer);
     sock.on('data', (chunk: Buffer) => this.onData(chunk));
     sock.on('error', (err) => this.shutdown(new SandboxError(`agent connection failed: ${err.message}`, { cause: err.message })));
     sock.on('close', () => this.shutdown(new SandboxError('agent connection closed')));
@@ -48,7 +64,7 @@ class Connection implements AgentConnection, ChannelHost {
   handshake(): Promise<void> {
     return new Promise((resolve, reject) => {
       this.hello = { resolve, reject };
-      this.send(0, FT.HELLO, 0, new PayloadWriter().u32(PROTO_VERSION).bytes('capsule-daemon').finish());
+      this.send(0, FT.HELLO, 0, encodeHello(this.offered));
     });
   }
 
@@ -72,14 +88,17 @@ class Connection implements AgentConnection, ChannelHost {
   private dispatch(f: Frame): void {
     if (f.channel === 0) {
       if (f.type !== FT.HELLO || !this.hello) throw new ProtocolError(`unexpected frame 0x${f.type.toString(16)} on channel 0`);
-      const r = new PayloadReader(f.payload, 'HELLO');
-      const version = r.u32();
-      this.agentVersion = r.bytes(256).toString('utf8');
+      const hello = decodeHello(f.payload, this.offered);
+      this.agentVersion = hello.agentVersion;
+      this.protocol = { major: hello.major, minor: hello.minor, features: hello.features };
+      if (hello.major !== PROTO_MAJOR) {
+        // Nothing else of another major can be read safely: say who it is and hang up.
+        this.shutdown(new AgentVersionError(this.identity(), versionString({ major: PROTO_MAJOR, minor: PROTO_MINOR }), PROTO_MAJOR));
+        return;
+      }
+      this.maxData = this.supports('large-data') ? MAX_PAYLOAD : MAX_DATA;
       const h = this.hello;
       this.hello = undefined;
-      if (version !== PROTO_VERSION) {
-        throw new ProtocolError(`agent speaks protocol version ${version}, this daemon speaks ${PROTO_VERSION} (agent ${this.agentVersion})`);
-      }
       h.resolve();
       return;
     }
@@ -89,7 +108,19 @@ class Connection implements AgentConnection, ChannelHost {
     ch.onFrame(f);
   }
 
+  private identity(): AgentIdentity {
+    return { sandboxId: this.sandboxId, agentVersion: this.agentVersion, protocol: versionString(this.protocol) };
+  }
+
   // ---- ChannelHost ----
+
+  supports(feature: AgentFeature): boolean {
+    return this.protocol.features.has(feature);
+  }
+
+  require(feature: AgentFeature): void {
+    if (!this.supports(feature)) throw new AgentFeatureError(this.identity(), feature);
+  }
 
   guard(fn: () => void): void {
     if (this.closed) return;
@@ -224,7 +255,7 @@ export function connectAgent(endpoint: AgentEndpoint | string, opts?: ConnectOpt
       return;
     }
     const sock = net.createConnection({ path: socketPath });
-    const conn = new Connection(sock);
+    const conn = new Connection(sock, opts?.sandboxId, opts?.offer ?? ALL_FEATURES);
     let settled = false;
     const finish = (err: Error | null): void => {
       if (settled) return;
@@ -253,6 +284,6 @@ export function connectAgent(endpoint: AgentEndpoint | string, opts?: ConnectOpt
     sock.once('error', (err: NodeJS.ErrnoException) => {
       finish(new SandboxError(`cannot connect to the agent at ${socketPath}: ${err.code ?? err.message}`, { socketPath, errno: err.code }));
     });
-    sock.once('close', () => finish(new SandboxError(`agent at ${socketPath} closed the connection during the handshake`, { socketPath })));
+    sock.once('close', () => finish(new SandboxError(`agent at ${socketPath} closed the connection during the handshake (an agent of another protocol version does that)`, { socketPath })));
   });
 }

@@ -1,11 +1,12 @@
 /**
- * READ channels: a regular file's bytes as a Node stream. Credit goes back to
- * the agent only as the consumer takes data, so a slow consumer holds at most
- * READ_WINDOW in flight plus the stream's own buffer.
+ * READ channels: a regular file's bytes as a Node stream of exactly the size
+ * the agent announced when it opened the file, or an error. Credit goes back
+ * to the agent only as the consumer takes data, so a slow consumer holds at
+ * most READ_WINDOW in flight plus the stream's own buffer.
  */
 import { Readable } from 'node:stream';
 
-import { PayloadTooLargeError, type CapsuleError } from '../errors/index.js';
+import { PayloadTooLargeError, SandboxError, type CapsuleError } from '../errors/index.js';
 import { checkPath, openChannel, readError, ReplyChannel, type ChannelHost } from './channel.js';
 import { FT, INIT_WINDOW, PayloadReader, PayloadWriter, ProtocolError, STREAM_OUT, type Frame } from './frames.js';
 
@@ -76,16 +77,34 @@ class ReadChannel extends ReplyChannel {
         if (f.stream !== STREAM_OUT) throw new ProtocolError('READ data on a bad stream');
         this.recvLeft -= f.payload.length;
         if (this.recvLeft < 0) throw new ProtocolError('file data beyond the granted credit');
-        this.received += f.payload.length;
-        if (this.maxBytes !== undefined && this.received > this.maxBytes) throw new ProtocolError('file data beyond the requested limit');
+        const left = this.size - this.received;
+        const over = f.payload.length > left;
+        // The file grew after the agent announced its size. The stream is exactly `size` bytes (an HTTP
+        // download's Content-Length was set from it): a 1.1 agent stops there itself, a 1.0 agent reads on
+        // to the end of the file, so its data is cut here and the channel abandoned.
+        if (over && this.host.supports('read-to-size')) throw new ProtocolError('file data beyond the size the agent announced');
+        const chunk = over ? f.payload.subarray(0, left) : f.payload;
+        this.received += chunk.length;
         this.heldGrant += f.payload.length;
+        const more = chunk.length === 0 || this.stream.push(chunk);
+        if (over) {
+          this.cancel();
+          this.stream.push(null);
+          return;
+        }
         // Grant back only what the consumer has taken: push() returning false means it has not.
-        if (this.stream.push(f.payload)) this.release();
+        if (more) this.release();
         return;
       }
       case FT.END:
         this.done = true;
         this.host.forget(this.id);
+        if (this.received < this.size) {
+          // Shorter than announced: the file shrank (or was replaced) while being read. Ending normally would
+          // hand out a truncated file as complete; the consumer must see it failed.
+          this.stream.destroy(new SandboxError(`${this.path} changed while being read: it ended after ${this.received} of the ${this.size} bytes it had when the read began`, { path: this.path, size: this.size, received: this.received }));
+          return;
+        }
         this.stream.push(null);
         return;
       case FT.ERROR:
