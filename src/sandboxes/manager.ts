@@ -23,7 +23,7 @@ export interface TemplateProvider {
   ensure(name: string, onProgress?: (p: BuildProgress) => void, signal?: AbortSignal): Promise<string>;
 }
 
-export type AgentConnector = (endpoint: AgentEndpoint, opts?: { timeoutMs?: number; signal?: AbortSignal }) => Promise<AgentConnection>;
+export type AgentConnector = (endpoint: AgentEndpoint, opts?: { timeoutMs?: number; signal?: AbortSignal; sandboxId?: string }) => Promise<AgentConnection>;
 
 export interface CreateOptions {
   template: string;
@@ -184,7 +184,7 @@ export class SandboxManager {
   connection(id: string): Promise<AgentConnection> {
     let p = this.connections.get(id);
     if (!p) {
-      p = this.connectAgent(this.runtime.agentEndpoint(id), { timeoutMs: 5000 }).then(
+      p = this.connectAgent(this.runtime.agentEndpoint(id), { timeoutMs: 5000, sandboxId: id }).then(
         (conn) => this.watch(id, conn, p!),
         (err: unknown) => {
           this.connections.delete(id);
@@ -300,7 +300,7 @@ export class SandboxManager {
         adopted.push(rec.id);
       } catch (err) {
         this.log.warn({ err, id: rec.id }, 'could not reach the agent of a running sandbox');
-        await this.end(rec.id, 'failed', 'agent unreachable after daemon restart');
+        await this.end(rec.id, 'failed', `agent unreachable after daemon restart: ${err instanceof Error ? err.message : String(err)}`.slice(0, 2000));
         ended.push(rec.id);
       }
     }
