@@ -5,13 +5,35 @@
 #ifndef CAPSULE_PROTOCOL_H
 #define CAPSULE_PROTOCOL_H
 
-#define PROTO_VERSION 1
-#define AGENT_VERSION "capsule-agent/0.1.0"
+/*
+ * Protocol version major.minor. A peer works with any peer of the same major;
+ * what a minor adds is announced as feature bits in HELLO and used only when
+ * both sides have it. The macros can be overridden at build time, which the
+ * upgrade tests use to build "older" and "newer" agents from these sources.
+ */
+#ifndef PROTO_MAJOR
+#define PROTO_MAJOR 1
+#endif
+#ifndef PROTO_MINOR
+#define PROTO_MINOR 1
+#endif
+#define PROTO_VERSION PROTO_MAJOR
+#ifndef AGENT_VERSION
+#define AGENT_VERSION "capsule-agent/0.2.0"
+#endif
+
+/* Feature bits (u64 in HELLO). Protocol 1.0 has none of them. */
+#define F_EXEC_STREAMS (1ull << 0) /* EXEC stream table, stream ids beyond 2, CONTROL frames */
+#define F_LARGE_DATA (1ull << 1)   /* DATA frames up to MAX_PAYLOAD instead of MAX_DATA */
+#define F_READ_TO_SIZE (1ull << 2) /* READ stops at the size its OK announced */
+#ifndef AGENT_FEATURES
+#define AGENT_FEATURES (F_EXEC_STREAMS | F_LARGE_DATA | F_READ_TO_SIZE)
+#endif
 
 /* Header: u32 payload length, u32 channel, u8 type, u8 stream, u16 flags (big-endian). */
 #define HDR_LEN 12
 #define MAX_PAYLOAD (1u << 20)   /* any frame */
-#define MAX_DATA 65536u          /* DATA / ENTRIES chunks */
+#define MAX_DATA 65536u          /* DATA / ENTRIES chunks (DATA: MAX_PAYLOAD with F_LARGE_DATA) */
 #define INIT_WINDOW (256u * 1024) /* initial credit per (channel, stream), both directions */
 #define MAX_WINDOW (64u << 20)   /* credit beyond this is a protocol violation */
 
@@ -42,12 +64,25 @@
 #define FT_CLOSE 0x47
 #define FT_ENTRIES 0x48
 #define FT_END 0x49
+#define FT_CONTROL 0x4A /* F_EXEC_STREAMS: u8 kind + fields, for one stream of a process (CTL_*) */
+
+/* CONTROL kinds. */
+#define CTL_RESIZE 1    /* u16 rows, u16 cols: a PTY stream's window size (reserved: no PTYs yet) */
 
 /* EXEC flags (u8). */
 #define EXEC_STDIN_PIPE 1  /* stdin is a pipe fed by DATA/EOF, else /dev/null */
 #define EXEC_HOLD_REPLY 2  /* without a stdin pipe: the OK may wait (up to 2 ms) to leave with the output and EXIT */
+#define EXEC_STREAMS 4     /* F_EXEC_STREAMS: a stream table follows the environment (bit0 is then ignored) */
 
-/* Streams. */
+/* Stream kinds in an EXEC stream table. */
+#define SK_NULL 0      /* the listed fds are /dev/null; no traffic */
+#define SK_PIPE_IN 1   /* daemon -> process: DATA, EOF; credit from the agent */
+#define SK_PIPE_OUT 2  /* process -> daemon: DATA; credit from the daemon */
+#define SK_PTY 3       /* reserved for terminals: refused with ENOTSUP in 1.1 */
+#define MAX_STREAMS 8  /* entries in a stream table */
+#define MAX_CHILD_FD 9 /* highest fd of the child a stream may be bound to */
+
+/* Streams of the classic layout (no stream table), and of file channels. */
 #define S_IN 0
 #define S_OUT 1
 #define S_ERR 2

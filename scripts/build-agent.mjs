@@ -2,9 +2,16 @@
 /**
  * Builds the in-sandbox agent (agent/*.c) into dist/agent/capsule-agent as a
  * static binary. Rebuilds only when the output is missing or older than any
- * source. Prefers musl-gcc (small static binaries), falls back to gcc -static.
+ * source or header. Prefers musl-gcc (small static binaries), falls back to
+ * gcc -static.
  *
  *   node scripts/build-agent.mjs [--force]
+ *   node scripts/build-agent.mjs --out FILE [-DNAME=VALUE ...]
+ *
+ * The second form builds a variant from the same sources with some of
+ * agent/protocol.h's macros overridden (PROTO_MAJOR, PROTO_MINOR,
+ * AGENT_FEATURES, AGENT_VERSION), always: the upgrade tests use it to make
+ * agents of an older minor or another major version.
  */
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -14,8 +21,16 @@ import { fileURLToPath } from 'node:url';
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const srcDir = path.join(root, 'agent');
 const outDir = path.join(root, 'dist', 'agent');
-const out = path.join(outDir, 'capsule-agent');
-const force = process.argv.includes('--force');
+const args = process.argv.slice(2);
+const outArg = args.indexOf('--out');
+const defines = args.filter((a) => /^-D[A-Z_][A-Z0-9_]*(=.*)?$/.test(a));
+const unknown = args.filter((a, i) => a !== '--force' && a !== '--out' && (outArg < 0 || i !== outArg + 1) && !defines.includes(a));
+if (unknown.length || (outArg >= 0 && !args[outArg + 1])) {
+  console.error(`build-agent: bad arguments ${unknown.join(' ')}\nusage: node scripts/build-agent.mjs [--force] | --out FILE [-DNAME=VALUE ...]`);
+  process.exit(2);
+}
+const out = outArg >= 0 ? path.resolve(args[outArg + 1]) : path.join(outDir, 'capsule-agent');
+const force = args.includes('--force') || outArg >= 0;
 
 const files = fs.readdirSync(srcDir).filter((f) => f.endsWith('.c') || f.endsWith('.h'));
 const sources = files.filter((f) => f.endsWith('.c')).map((f) => path.join(srcDir, f));
@@ -33,8 +48,8 @@ if (!force && mtime(out) >= newestSource) {
   process.exit(0);
 }
 
-fs.mkdirSync(outDir, { recursive: true });
-const flags = ['-static', '-O2', '-Wall', '-Wextra', '-std=gnu11', '-o', `${out}.tmp`, ...sources];
+fs.mkdirSync(path.dirname(out), { recursive: true });
+const flags = ['-static', '-O2', '-Wall', '-Wextra', '-std=gnu11', ...defines, '-o', `${out}.tmp`, ...sources];
 const compilers = ['musl-gcc', 'gcc'];
 const failures = [];
 for (const cc of compilers) {

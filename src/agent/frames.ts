@@ -3,11 +3,15 @@
  * type numbers, and bounded payload readers/writers. Mirrors agent/protocol.h.
  */
 
-export const PROTO_VERSION = 1;
+/** Protocol version this daemon speaks (docs/agent-protocol.md): it works with any agent of the same major. */
+export const PROTO_MAJOR = 1;
+export const PROTO_MINOR = 1;
+/** The major version, as HELLO's first field has always carried it. */
+export const PROTO_VERSION = PROTO_MAJOR;
 export const HDR_LEN = 12;
 /** Largest payload of any frame, both directions. */
 export const MAX_PAYLOAD = 1 << 20;
-/** Largest DATA chunk we send. */
+/** Largest DATA chunk of protocol 1.0; with the large-data feature, DATA may fill MAX_PAYLOAD. */
 export const MAX_DATA = 65536;
 /** Credit each side starts with per (channel, stream). */
 export const INIT_WINDOW = 256 * 1024;
@@ -39,11 +43,31 @@ export const FT = {
   CLOSE: 0x47,
   ENTRIES: 0x48,
   END: 0x49,
+  /** 1.1 (exec-streams): a control message for one stream of a process, e.g. a PTY resize. */
+  CONTROL: 0x4a,
 } as const;
+
+/** Feature bits of HELLO (u64). Protocol 1.0 has none; docs/agent-protocol.md says what each adds. */
+export const FEATURE_BITS = {
+  'exec-streams': 1n << 0n,
+  'large-data': 1n << 1n,
+  'read-to-size': 1n << 2n,
+} as const;
+
+/** CONTROL kinds (u8, first field of a CONTROL payload). */
+export const CTL_RESIZE = 1;
 
 /** EXEC flags (u8): stdin is a pipe; without one, the agent may hold its reply to send it with the exit. */
 export const EXEC_STDIN_PIPE = 1;
 export const EXEC_HOLD_REPLY = 2;
+/** 1.1 (exec-streams): a stream table follows the environment; EXEC_STDIN_PIPE is then ignored. */
+export const EXEC_STREAMS = 4;
+
+/** Stream kinds of an EXEC stream table (u8). */
+export const STREAM_KIND = { null: 0, 'pipe-in': 1, 'pipe-out': 2, pty: 3 } as const;
+/** Entries in a stream table, and the highest fd of the child a stream may be bound to. */
+export const MAX_STREAMS = 8;
+export const MAX_CHILD_FD = 9;
 
 export const STREAM_IN = 0;
 export const STREAM_OUT = 1;
@@ -152,9 +176,9 @@ export class PayloadWriter {
     b.writeUInt32BE(v >>> 0, 0);
     return this.raw(b);
   }
-  u64(v: number): this {
+  u64(v: number | bigint): this {
     const b = Buffer.allocUnsafe(8);
-    b.writeBigUInt64BE(BigInt(Math.max(0, Math.floor(v))), 0);
+    b.writeBigUInt64BE(typeof v === 'bigint' ? BigInt.asUintN(64, v) : BigInt(Math.max(0, Math.floor(v))), 0);
     return this.raw(b);
   }
   bytes(v: Buffer | string): this {
@@ -198,6 +222,13 @@ export class PayloadReader {
     const v = this.buf.readBigUInt64BE(this.pos);
     this.pos += 8;
     return Number(v);
+  }
+  /** A u64 that must stay exact (feature bits). */
+  u64big(): bigint {
+    this.need(8);
+    const v = this.buf.readBigUInt64BE(this.pos);
+    this.pos += 8;
+    return v;
   }
   i64(): number {
     this.need(8);

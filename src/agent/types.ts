@@ -5,6 +5,9 @@
  * world. Everything it sends back is untrusted: the client bounds and checks it.
  */
 import type { Readable } from 'node:stream';
+import type { AgentFeature, AgentProtocol } from './protocol.js';
+
+export type { AgentFeature, AgentProtocol } from './protocol.js';
 
 /**
  * Where a sandbox's agent can be reached. The runtime driver that started the
@@ -28,6 +31,21 @@ export function describeEndpoint(e: AgentEndpoint): string {
   }
 }
 
+/**
+ * One stream of a process (protocol 1.1, feature `exec-streams`). `fds` are
+ * the child's file descriptors (0-9) bound to it: `pipe-out` carries what the
+ * process writes on them to the daemon, `pipe-in` what the daemon writes to
+ * the process, `null` binds them to /dev/null. `pty` is reserved for
+ * terminals and refused until the agent implements them.
+ */
+export type StreamKind = 'null' | 'pipe-in' | 'pipe-out' | 'pty';
+export interface StreamSpec {
+  /** Stream id on the wire, 0-254; 0, 1, 2 are stdin, stdout, stderr by convention. */
+  id: number;
+  kind: StreamKind;
+  fds: number[];
+}
+
 export interface ExecRequest {
   /** argv[0] is looked up in PATH (from env, else a default PATH) when it has no slash. */
   argv: string[];
@@ -45,6 +63,11 @@ export interface ExecRequest {
    * that need the exit anyway; not for background processes, whose pid is wanted at once.
    */
   holdReply?: boolean;
+  /**
+   * The process's streams, replacing the stdin/stdout/stderr layout (then `stdin` is ignored).
+   * Needs an agent with `exec-streams`; fds 0-2 that no stream names get /dev/null.
+   */
+  streams?: StreamSpec[];
 }
 
 export interface ExitStatus {
@@ -59,6 +82,14 @@ export interface AgentProcess {
   readonly pid: number;
   /** Output chunks, in order per stream. Listeners attached after data arrived miss it. */
   on(event: 'stdout' | 'stderr', listener: (chunk: Buffer) => void): this;
+  /** Output of every output stream, with its id (streams 1 and 2 also fire stdout / stderr). */
+  on(event: 'data', listener: (stream: number, chunk: Buffer) => void): this;
+  /** The process's streams: as requested, or as the agent reported them on ATTACH (1.0: the classic three). */
+  readonly streams: ReadonlyArray<{ id: number; kind: StreamKind }>;
+  /** Write to an input stream (`pipe-in`); stream 0 is what writeStdin writes. */
+  writeStream(stream: number, data: Buffer): Promise<void>;
+  /** End an input stream. */
+  closeStream(stream: number): Promise<void>;
   /** Resolves once the process exited and all its output was delivered. */
   readonly exited: Promise<ExitStatus>;
   writeStdin(data: Buffer): Promise<void>;
@@ -91,6 +122,12 @@ export interface FileEntry {
 }
 
 export interface AgentConnection {
+  /** The agent's version string from its HELLO, e.g. "capsule-agent/0.2.0". */
+  readonly agentVersion: string;
+  /** The protocol version the agent speaks and the features in effect on this connection. */
+  readonly protocol: AgentProtocol;
+  /** Whether a feature is in effect; requests that need a missing one fail with AgentFeatureError before anything is sent. */
+  supports(feature: AgentFeature): boolean;
   /** Round trip to the agent; also tells the agent's version. */
   ping(): Promise<{ version: string }>;
   exec(req: ExecRequest): Promise<AgentProcess>;

@@ -38,7 +38,7 @@ export interface TemplateProvider {
   layers(name: string, onProgress?: (p: BuildProgress) => void, signal?: AbortSignal): Promise<readonly LayerRef[]>;
 }
 
-export type AgentConnector = (endpoint: AgentEndpoint, opts?: { timeoutMs?: number; signal?: AbortSignal }) => Promise<AgentConnection>;
+export type AgentConnector = (endpoint: AgentEndpoint, opts?: { timeoutMs?: number; signal?: AbortSignal; sandboxId?: string }) => Promise<AgentConnection>;
 
 export interface CreateOptions {
   template: string;
@@ -272,7 +272,7 @@ export class SandboxManager {
   private connection(id: string, signal?: AbortSignal): Promise<AgentConnection> {
     let p = this.connections.get(id);
     if (!p) {
-      p = this.connectAgent(this.runtime.agentEndpoint(id), { timeoutMs: 5000, ...(signal ? { signal } : {}) }).then(
+      p = this.connectAgent(this.runtime.agentEndpoint(id), { timeoutMs: 5000, sandboxId: id, ...(signal ? { signal } : {}) }).then(
         (conn) => this.watch(id, conn, p!),
         (err: unknown) => {
           if (this.connections.get(id) === p) this.connections.delete(id);

@@ -73,6 +73,41 @@ describe('agent files', () => {
     assert.equal((await readAll(stream)).length, 0);
   });
 
+  for (const [label, offer] of [['1.1: the agent stops', undefined], ['as 1.0: the daemon cuts', []]] as const) {
+    it(`a read is exactly the size announced at open, when the file grows meanwhile (${label})`, async () => {
+      const c = offer ? await connectAgent(agent.socketPath, { offer }) : conn;
+      try {
+        const file = path.join(root, `grow-${offer ? 'old' : 'new'}.bin`);
+        const data = randomBytes(4 << 20);
+        fs.writeFileSync(file, data);
+        const { size, stream } = await c.readFile(file);
+        assert.equal(size, data.length);
+        // The agent is at most READ_WINDOW in, waiting for the consumer: the file grows past the size it announced.
+        fs.appendFileSync(file, Buffer.alloc(3 << 20, 0x78));
+        const got = await readAll(stream);
+        assert.equal(got.length, data.length);
+        assert.ok(got.equals(data));
+        assert.match((await c.ping()).version, /capsule-agent/); // the connection stays usable
+      } finally {
+        if (c !== conn) c.close();
+      }
+    });
+
+    it(`a read fails, not ends short, when the file shrinks meanwhile (${label})`, async () => {
+      const c = offer ? await connectAgent(agent.socketPath, { offer }) : conn;
+      try {
+        const file = path.join(root, `shrink-${offer ? 'old' : 'new'}.bin`);
+        fs.writeFileSync(file, randomBytes(4 << 20));
+        const { size, stream } = await c.readFile(file);
+        assert.equal(size, 4 << 20);
+        fs.truncateSync(file, 2 << 20);
+        await assert.rejects(readAll(stream), /changed while being read: it ended after 2097152 of the 4194304 bytes/);
+      } finally {
+        if (c !== conn) c.close();
+      }
+    });
+  }
+
   it('streams a 50 MB file both ways', async () => {
     const total = 50 * 1024 * 1024;
     const want = createHash('sha256');

@@ -1,6 +1,7 @@
 /** Runs the real agent binary as an ordinary host process for tests. */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -15,15 +16,40 @@ export interface RunningAgent {
   stop(): Promise<void>;
 }
 
-export async function startAgent(): Promise<RunningAgent> {
-  if (!fs.existsSync(AGENT_BINARY)) throw new Error(`agent binary missing at ${AGENT_BINARY}: run node scripts/build-agent.mjs`);
+/** dist/test/unit/agent/helpers.js -> the repository root. */
+export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../..');
+
+/**
+ * Agents of other protocol versions, built from these sources with agent/protocol.h's macros overridden
+ * (scripts/build-agent.mjs --out): what a sandbox started by an older (or newer) daemon runs.
+ */
+export const AGENT_VARIANTS = {
+  /** Protocol 1.0 as the first release spoke it: no HELLO extension, no features. */
+  'v1.0': ['-DPROTO_MINOR=0', '-DAGENT_FEATURES=0', '-DAGENT_VERSION="capsule-agent/0.1.0"'],
+  /** A later major version: a daemon of major 1 must refuse it. */
+  'v2.0': ['-DPROTO_MAJOR=2', '-DPROTO_MINOR=0', '-DAGENT_VERSION="capsule-agent/2.0.0"'],
+} as const;
+
+/** Builds a variant into dir (once per dir and name); returns the binary's path. */
+export function buildAgentVariant(dir: string, name: keyof typeof AGENT_VARIANTS): string {
+  const out = path.join(dir, `capsule-agent-${name}`);
+  if (fs.existsSync(out)) return out;
+  const r = spawnSync(process.execPath, [path.join(REPO_ROOT, 'scripts', 'build-agent.mjs'), '--out', out, ...AGENT_VARIANTS[name]], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`building agent variant ${name} failed: ${r.stderr}${r.stdout}`);
+  return out;
+}
+
+export async function startAgent(opts: { binary?: string } = {}): Promise<RunningAgent> {
+  const binary = opts.binary ?? AGENT_BINARY;
+  if (!fs.existsSync(binary)) throw new Error(`agent binary missing at ${binary}: run node scripts/build-agent.mjs`);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'capsule-agent-test-'));
   const socketPath = path.join(dir, 'agent.sock');
-  const child = spawn(AGENT_BINARY, ['--listen', socketPath], { stdio: ['ignore', 'inherit', 'inherit'] });
+  const child = spawn(binary, ['--listen', socketPath], { stdio: ['ignore', 'inherit', 'inherit'] });
   const deadline = Date.now() + 5000;
-  while (!fs.existsSync(socketPath)) {
+  // The socket file appears at bind, before listen: wait until a connection is accepted, not just for the file.
+  while (!(fs.existsSync(socketPath) && (await accepts(socketPath)))) {
     if (child.exitCode !== null) throw new Error(`agent exited with ${child.exitCode}`);
-    if (Date.now() > deadline) throw new Error('agent did not create its socket');
+    if (Date.now() > deadline) throw new Error('agent did not listen on its socket');
     await new Promise((r) => setTimeout(r, 10));
   }
   return {
@@ -39,6 +65,17 @@ export async function startAgent(): Promise<RunningAgent> {
       fs.rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+function accepts(socketPath: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect(socketPath);
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
 }
 
 export function collect(p: { on(ev: 'stdout' | 'stderr', l: (b: Buffer) => void): unknown }): { stdout: () => string; stderr: () => string } {
