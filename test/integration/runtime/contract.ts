@@ -172,8 +172,9 @@ export function driverContract(name: string, make: (fx: Fixture) => Promise<Cont
       const id = newId();
       const conn = await start(spec(id));
       try {
-        await run(conn, ['sh', '-c', 'i=0; while :; do i=$((i+1)); echo $i > /tmp/count; done & true']);
-        await new Promise((r) => setTimeout(r, 100));
+        // The counter file is replaced by a rename, so a reader never sees it half-written (or frozen half-written).
+        await run(conn, ['sh', '-c', 'i=0; while :; do i=$((i+1)); echo $i > /tmp/c.new; mv /tmp/c.new /tmp/count; done & true']);
+        await new Promise((r) => setTimeout(r, 150));
         await t.driver.pause(id);
         assert.equal((await t.driver.inspect(id)).status, 'paused');
         const frozenAt = fs.readFileSync(path.join(t.dataDir, 'sandboxes', id, 'rootfs', 'tmp', 'count'), 'utf8');
