@@ -34,7 +34,7 @@ export function hostInfo(crunVersion: string): Record<string, string | number> {
 function targetCell(r: Row): string {
   if (!r.target) return '';
   const t = r.target;
-  const v = t.on === 'throughput' ? r.throughput : t.on === 'p99' ? r.summary.p99 : r.summary.p50;
+  const v = t.on === 'throughput' ? r.throughput : t.on === 'ratio' ? r.ratio : t.on === 'p99' ? r.summary.p99 : r.summary.p50;
   if (v === undefined || !Number.isFinite(v)) return t.label;
   if (r.unit === 'MiB' && v < 0) return `${t.label} (n/a: negative, host noise)`;
   const ok = t.better === 'lower' ? v <= t.value : v >= t.value;

@@ -21,7 +21,7 @@ export interface Row {
   vs?: string;
   ratio?: number;
   /** The target for this row, in the row's unit, with its direction. */
-  target?: { value: number; better: 'lower' | 'higher'; label: string; on: 'p50' | 'p99' | 'throughput' | 'value' };
+  target?: { value: number; better: 'lower' | 'higher'; label: string; on: 'p50' | 'p99' | 'throughput' | 'value' | 'ratio' };
   /** Free-form details (e.g. per-sandbox memory numbers). */
   extra?: Record<string, number | string>;
 }

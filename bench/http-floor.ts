@@ -1,0 +1,77 @@
+/**
+ * A floor for the exec row: the least any HTTP front could add to the agent's
+ * own round trip on this machine. A child process runs a bare node:http server
+ * that forwards each request straight to the sandbox's agent (no auth, no
+ * validation, no state, no framework), and a bare node:http client calls it.
+ * The SDK's row next to it shows what Capsule's own HTTP, daemon and SDK work
+ * costs on top of that floor.
+ */
+import { fork, type ChildProcess } from 'node:child_process';
+import http from 'node:http';
+import { fileURLToPath } from 'node:url';
+import { connectAgent } from '../src/agent/client.js';
+
+export interface HttpFloor {
+  /** One exec of argv through the bare proxy; resolves with the exit code. */
+  exec(argv: string[]): Promise<number>;
+  close(): void;
+}
+
+/** Start the bare proxy in front of the agent listening at `socketPath`. */
+export async function startHttpFloor(socketPath: string): Promise<HttpFloor> {
+  const child: ChildProcess = fork(fileURLToPath(import.meta.url), ['serve', socketPath], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+  const port = await new Promise<number>((resolve, reject) => {
+    child.once('message', (m) => resolve(Number(m)));
+    child.once('exit', (code) => reject(new Error(`http floor proxy exited with ${code}`)));
+  });
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  return {
+    exec(argv) {
+      const body = JSON.stringify({ argv });
+      return new Promise((resolve, reject) => {
+        const req = http.request(
+          { host: '127.0.0.1', port, method: 'POST', path: '/', agent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } },
+          (res) => {
+            const parts: Buffer[] = [];
+            res.on('data', (d: Buffer) => parts.push(d));
+            res.on('end', () => resolve((JSON.parse(Buffer.concat(parts).toString()) as { exitCode: number }).exitCode));
+            res.on('error', reject);
+          },
+        );
+        req.on('error', reject);
+        req.end(body);
+      });
+    },
+    close() {
+      agent.destroy();
+      child.kill();
+    },
+  };
+}
+
+async function serve(socketPath: string): Promise<void> {
+  const conn = await connectAgent(socketPath);
+  const server = http.createServer((req, res) => {
+    const parts: Buffer[] = [];
+    req.on('data', (d: Buffer) => parts.push(d));
+    req.on('end', () => {
+      void (async () => {
+        const { argv } = JSON.parse(Buffer.concat(parts).toString()) as { argv: string[] };
+        const p = await conn.exec({ argv, env: {}, stdin: false, holdReply: true });
+        let stdout = '';
+        p.on('stdout', (d) => (stdout += d.toString()));
+        const st = await p.exited;
+        const body = JSON.stringify({ pid: p.pid, exitCode: st.exitCode, stdout });
+        res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+        res.end(body);
+      })().catch((e: unknown) => {
+        res.writeHead(500);
+        res.end(String(e));
+      });
+    });
+  });
+  server.listen(0, '127.0.0.1', () => process.send?.((server.address() as { port: number }).port));
+  process.on('disconnect', () => process.exit(0));
+}
+
+if (process.argv[2] === 'serve' && process.argv[3]) void serve(process.argv[3]);
