@@ -75,6 +75,8 @@ export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger 
       logger: log,
     });
     lowerInUse = (rootfs) => runtime.templateInUse(rootfs);
+    // Its version, for GET /v1/info and the logs; a runtime that cannot say is still usable.
+    await runtime.probe().catch((err: unknown) => log.warn({ err }, 'could not read the runtime version'));
     const store = new SandboxStore(db);
     // Unknown template names in the pool settings fail the start, with the list of known ones.
     for (const [name, size] of Object.entries(config.pools)) if (size > 0) templates.get(name);

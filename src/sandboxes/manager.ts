@@ -15,7 +15,7 @@
  *    kill waits for the first one's cleanup.
  */
 import type { DaemonConfig, ResourceLimits } from '../config/index.js';
-import type { LayerRef, RuntimeDriver } from '../runtime/types.js';
+import type { LayerRef, RuntimeCapabilities, RuntimeDriver } from '../runtime/types.js';
 import type { AgentConnection, AgentEndpoint } from '../agent/types.js';
 import type { BuildProgress } from '../templates/types.js';
 import { canSee, ownerFor, type RequestContext } from '../auth/context.js';
@@ -158,6 +158,11 @@ export class SandboxManager {
     this.get(ctx, id);
     await this.end(id, 'killed', 'killed by request');
     return this.get(ctx, id);
+  }
+
+  /** Which backend runs sandboxes and what it can do (GET /v1/info). */
+  runtimeInfo(): { kind: string; name: string; capabilities: Omit<RuntimeCapabilities, 'network'> & { network: string[] } } {
+    return { kind: this.runtime.kind, name: this.runtime.name, capabilities: { ...this.runtime.capabilities, network: [...this.runtime.capabilities.network] } };
   }
 
   /** Warm pool state, per template (empty when no pool is configured). */

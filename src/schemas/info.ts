@@ -14,9 +14,25 @@ export const PoolInfo = z.object({
   lastError: z.string().optional().describe('Why the last pool start failed'),
 });
 
+export const RuntimeInfo = z
+  .object({
+    kind: z.string().describe('The backend that runs sandboxes, e.g. crun'),
+    name: z.string().describe('Its version, e.g. "crun 1.8.1"'),
+    capabilities: z.object({
+      isolation: z.enum(['container', 'gvisor', 'microvm']).describe('How sandboxes are separated from the host kernel'),
+      pause: z.boolean().describe('Can freeze and thaw a sandbox'),
+      checkpoint: z.boolean().describe("Can dump and restore a sandbox's memory"),
+      updateResources: z.boolean().describe('Can change cpu, memory and pids limits of a running sandbox'),
+      network: z.array(z.string()).describe('Network modes a sandbox can be given'),
+      maxLayers: z.number().int().describe('Most read-only filesystem layers one sandbox stacks'),
+    }),
+  })
+  .describe('The runtime backend and what it can do');
+
 export const InfoResponse = z
   .object({
     version: z.string().describe('Daemon version'),
+    runtime: RuntimeInfo,
     pools: z.array(PoolInfo).describe('Warm pools, one per template with a size above 0; empty when pools are off'),
   })
   .describe('Daemon state that is not about one sandbox');

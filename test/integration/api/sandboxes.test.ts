@@ -70,6 +70,21 @@ describe('sandboxes', () => {
     await api(d.url, 'DELETE', `/v1/sandboxes/${sb.id}`);
   });
 
+  it('GET /v1/info names the runtime backend and its capabilities; sandboxes record their backend', async () => {
+    const info = await api(d.url, 'GET', '/v1/info');
+    assert.equal(info.status, 200, info.text);
+    assert.equal(info.json.runtime.kind, 'crun');
+    assert.match(info.json.runtime.name, /^crun \d/);
+    assert.deepEqual(info.json.runtime.capabilities, {
+      isolation: 'container',
+      pause: true,
+      checkpoint: false,
+      updateResources: true,
+      network: ['none'],
+      maxLayers: 128,
+    });
+  });
+
   it('reports an OOM kill inside the sandbox cgroup, and the sandbox stays usable', async () => {
     const sb = await create({ resources: { memoryMb: 64 } });
     const r = await sh(sb.id, 'head -c 300000000 /dev/zero | tail -c 250000000 > /dev/null');
