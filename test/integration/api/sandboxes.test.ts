@@ -70,7 +70,7 @@ describe('sandboxes', () => {
     await api(d.url, 'DELETE', `/v1/sandboxes/${sb.id}`);
   });
 
-  it('GET /v1/info names the runtime backend and its capabilities; sandboxes record their backend', async () => {
+  it('GET /v1/info names the runtime backend and its capabilities', async () => {
     const info = await api(d.url, 'GET', '/v1/info');
     assert.equal(info.status, 200, info.text);
     assert.equal(info.json.runtime.kind, 'crun');
