@@ -211,6 +211,26 @@ describe('files', () => {
     }
   });
 
+  it('a download of a file that shrinks meanwhile breaks off instead of ending short under its Content-Length', async () => {
+    await sh('dd if=/dev/zero of=/tmp/shrink bs=1048576 count=16 2>/dev/null');
+    const http = new RawHttp(d.url);
+    try {
+      http.get(`/v1/sandboxes/${id}/files?path=${enc('/tmp/shrink')}`, authHeaders(d.url));
+      http.sock.pause();
+      await new Promise((r) => setTimeout(r, 100)); // the agent is at most a window into the file
+      await sh('truncate -s 1048576 /tmp/shrink');
+      http.sock.resume();
+      // The daemon cannot take back the 16 MiB it announced: it closes the connection, and the client sees
+      // a body shorter than its Content-Length (an error), never a complete-looking truncated file.
+      await assert.rejects(http.response(), /connection closed/);
+    } finally {
+      http.sock.destroy();
+    }
+    // The daemon says why, and it and the sandbox are fine.
+    assert.match(d.log(), /changed while being read.*"msg":"file download cut off"/);
+    assert.equal((await sh('echo ok')).stdout, 'ok\n');
+  });
+
   it('lists, stats, makes dirs, renames and removes', async () => {
     assert.equal((await api(d.url, 'POST', `/v1/sandboxes/${id}/files/mkdir`, { path: '/data/a/b' })).status, 204);
     await put('/data/a/one.txt', '1');
