@@ -10,4 +10,6 @@ export { connectAgent, type ConnectOptions } from './connection.js';
 export { READ_GRANT_BATCH, READ_WINDOW, READ_WINDOW_LARGE } from './file-read.js';
 export { WRITE_WINDOW } from './file-write.js';
 export type { ProcessInfo } from './request.js';
+export { AgentFeatureError, AgentVersionError } from './errors.js';
+export type { AgentFeature, AgentProtocol } from './protocol.js';
 export type { AgentConnection, AgentProcess } from './types.js';
