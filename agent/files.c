@@ -23,6 +23,10 @@
 #define MAX_LIST 1000000u
 #define RM_DEPTH 256
 
+/* With F_LARGE_DATA an upload may have this much in flight (1 MiB frames): the daemon always has credit
+ * for the next frame while we write the last one. Granted with one WINDOW right after the OK. */
+#define WRITE_WINDOW (4u << 20)
+
 static unsigned tmp_counter;
 
 /* Read an absolute path field. Returns NULL and sends an error when invalid. */
@@ -211,6 +215,10 @@ void handle_write(struct conn *c, uint32_t id, struct rd *r) {
   ch->dst = path;
   ch->rwin = INIT_WINDOW;
   send_simple(c, id, FT_OK, 0, NULL, 0);
+  if (c->features & F_LARGE_DATA) {
+    ch->rwin += WRITE_WINDOW - INIT_WINDOW;
+    send_window(c, id, S_IN, WRITE_WINDOW - INIT_WINDOW);
+  }
   return;
 out:
   free(tmp);

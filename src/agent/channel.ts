@@ -28,6 +28,8 @@ export interface ChannelHost {
   forget(channel: number): void;
   /** Run channel work outside the socket handler: a protocol violation closes the connection, never throws. */
   guard(fn: () => void): void;
+  /** One frame whose payload is the given pieces in order (sent without joining them). */
+  sendGather(channel: number, type: number, stream: number, parts: readonly Buffer[], length: number): void;
   /** Opens a channel with a request frame; the handler is registered before the request leaves. */
   open(type: number, payload: Buffer, handler: (id: number) => ChannelHandler): void;
 }

@@ -7,6 +7,9 @@
  * - process.ts, file-read.ts, file-write.ts, list.ts, request.ts: one module per channel kind
  */
 export { connectAgent, type ConnectOptions } from './connection.js';
-export { READ_GRANT_BATCH, READ_WINDOW } from './file-read.js';
+export { READ_GRANT_BATCH, READ_WINDOW, READ_WINDOW_LARGE } from './file-read.js';
+export { WRITE_WINDOW } from './file-write.js';
 export type { ProcessInfo } from './request.js';
+export { AgentFeatureError, AgentVersionError } from './errors.js';
+export type { AgentFeature, AgentProtocol } from './protocol.js';
 export type { AgentConnection, AgentProcess } from './types.js';

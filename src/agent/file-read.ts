@@ -17,7 +17,12 @@ import { FT, INIT_WINDOW, PayloadReader, PayloadWriter, ProtocolError, STREAM_OU
  * holds in daemon memory besides the stream's own buffer, whatever the consumer does.
  */
 export const READ_WINDOW = 1024 * 1024;
-/** Credit goes back in batches of this size, not per 64 KiB frame: a WINDOW is a write to the agent and a wakeup for it. */
+/**
+ * With large-data (1 MiB frames) the window is this much instead: a few frames in flight, so the agent
+ * reads the next part of the file while the last one travels.
+ */
+export const READ_WINDOW_LARGE = 4 * 1024 * 1024;
+/** Credit goes back in batches of a quarter window, not per frame: a WINDOW is a write to the agent and a wakeup for it. */
 export const READ_GRANT_BATCH = READ_WINDOW / 4;
 
 export interface ReadResult {
@@ -27,6 +32,7 @@ export interface ReadResult {
 
 class ReadChannel extends ReplyChannel {
   private stream: Readable | undefined;
+  private readonly window: number;
   private recvLeft = INIT_WINDOW;
   private heldGrant = 0;
   private received = 0;
@@ -42,6 +48,7 @@ class ReadChannel extends ReplyChannel {
     private readonly reject: (e: Error) => void,
   ) {
     super(host, id, 'READ', path);
+    this.window = host.supports('large-data') ? READ_WINDOW_LARGE : READ_WINDOW;
   }
 
   protected accepted(payload: Buffer): void {
@@ -59,8 +66,8 @@ class ReadChannel extends ReplyChannel {
         cb(err);
       },
     });
-    this.recvLeft += READ_WINDOW - INIT_WINDOW;
-    this.host.send(this.id, FT.WINDOW, STREAM_OUT, new PayloadWriter().u32(READ_WINDOW - INIT_WINDOW).finish());
+    this.recvLeft += this.window - INIT_WINDOW;
+    this.host.send(this.id, FT.WINDOW, STREAM_OUT, new PayloadWriter().u32(this.window - INIT_WINDOW).finish());
     this.resolve({ size: this.size, stream: this.stream });
   }
 
@@ -119,11 +126,11 @@ class ReadChannel extends ReplyChannel {
 
   /**
    * Return consumed credit to the agent. Batching cannot stall the agent:
-   * recvLeft + heldGrant is always READ_WINDOW, so when the agent is out of
+   * recvLeft + heldGrant is always the window, so when the agent is out of
    * credit the held amount is the whole window, well past the batch size.
    */
   private release(): void {
-    if (this.done || this.heldGrant < READ_GRANT_BATCH) return;
+    if (this.done || this.heldGrant < this.window / 4) return;
     const n = this.heldGrant;
     this.heldGrant = 0;
     this.recvLeft += n;

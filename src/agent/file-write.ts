@@ -5,14 +5,28 @@
  */
 import type { Readable } from 'node:stream';
 
-import { CapsuleError, InvalidArgumentError, SandboxError } from '../errors/index.js';
+import { InvalidArgumentError, SandboxError, type CapsuleError } from '../errors/index.js';
 import { checkPath, Credit, openChannel, readError, ReplyChannel, type ChannelHost } from './channel.js';
-import { FT, INIT_WINDOW, MAX_DATA, PayloadReader, PayloadWriter, ProtocolError, STREAM_IN, type Frame } from './frames.js';
+import { FT, INIT_WINDOW, PayloadReader, PayloadWriter, ProtocolError, STREAM_IN, type Frame } from './frames.js';
+
+/**
+ * Credit an upload may have in flight with large-data (the agent widens the window to it right after its
+ * OK): several 1 MiB frames, so the agent always has the next one while it writes the last. Also the most
+ * an upload holds queued for the agent's socket.
+ */
+export const WRITE_WINDOW = 4 * 1024 * 1024;
 
 class WriteChannel extends ReplyChannel {
   private readonly credit = new Credit(INIT_WINDOW);
   private finished = false;
   private resolveEnd: ((size: number) => void) | undefined;
+  /** Source bytes not sent yet, in order; `queued` is their total. */
+  private readonly parts: Buffer[] = [];
+  private queued = 0;
+  private sent = 0;
+  private ended = false;
+  private flushScheduled = false;
+  private detach: (() => void) | undefined;
 
   constructor(
     host: ChannelHost,
@@ -26,7 +40,14 @@ class WriteChannel extends ReplyChannel {
   }
 
   protected accepted(): void {
-    void this.pump();
+    if (Buffer.isBuffer(this.data)) {
+      this.parts.push(this.data);
+      this.queued = this.data.length;
+      this.ended = true;
+      this.flush();
+    } else {
+      this.follow(this.data);
+    }
   }
 
   protected refused(err: CapsuleError): void {
@@ -36,7 +57,9 @@ class WriteChannel extends ReplyChannel {
   protected override frame(f: Frame): void {
     switch (f.type) {
       case FT.WINDOW:
-        if (f.stream === STREAM_IN) this.credit.add(new PayloadReader(f.payload, 'WINDOW').u32());
+        if (f.stream !== STREAM_IN) return;
+        this.credit.add(new PayloadReader(f.payload, 'WINDOW').u32());
+        this.flush();
         return;
       case FT.END: {
         if (!this.resolveEnd) throw new ProtocolError('WRITE ended before all data was sent');
@@ -64,47 +87,100 @@ class WriteChannel extends ReplyChannel {
     this.host.forget(this.id);
     if (cancel) this.host.send(this.id, FT.CLOSE, 0);
     this.credit.fail(err);
+    this.detach?.();
+    this.parts.length = 0;
     // The source belongs to the caller (often an HTTP request): stop reading it, but let the caller
     // decide how to end it, so an error answer can still reach the client.
     if (!Buffer.isBuffer(this.data)) this.data.pause();
     this.reject(err);
   }
 
-  private async sendChunk(buf: Buffer): Promise<number> {
-    let off = 0;
-    while (off < buf.length) {
-      await this.credit.wait();
-      if (this.finished) throw new SandboxError('write aborted');
-      const n = Math.min(buf.length - off, MAX_DATA, this.credit.value);
-      this.credit.value -= n;
-      this.host.send(this.id, FT.DATA, STREAM_IN, buf.subarray(off, off + n));
-      off += n;
-    }
-    return buf.length;
+  /**
+   * Take the source's chunks as they come. Chunks that arrive together (one pass of the event loop) leave
+   * together, in frames of up to the connection's DATA size, as views of the chunks (no copy); the source is
+   * paused while more than two frames' worth waits for credit.
+   */
+  private follow(src: Readable): void {
+    const high = 2 * this.host.maxData;
+    const onData = (chunk: unknown): void => {
+      const buf = Buffer.isBuffer(chunk) ? chunk : typeof chunk === 'string' ? Buffer.from(chunk) : Buffer.from(chunk as Uint8Array);
+      if (buf.length === 0) return;
+      this.parts.push(buf);
+      this.queued += buf.length;
+      if (this.queued >= this.host.maxData) this.flush();
+      else this.scheduleFlush();
+      if (this.queued >= high) src.pause();
+    };
+    const onEnd = (): void => {
+      this.ended = true;
+      this.flush();
+    };
+    const onError = (e: unknown): void => {
+      this.fail(new SandboxError(`writing ${this.path} failed: ${e instanceof Error ? e.message : String(e)}`, { path: this.path }), true);
+    };
+    const onClose = (): void => {
+      if (!this.ended) onError(new Error('the upload was cut off before its end'));
+    };
+    src.on('data', onData);
+    src.once('end', onEnd);
+    src.once('error', onError);
+    src.once('close', onClose);
+    this.detach = () => {
+      src.off('data', onData);
+      src.off('end', onEnd);
+      src.off('error', onError);
+      src.off('close', onClose);
+    };
+    this.resumeSource = () => {
+      if (!this.finished && !this.ended && src.isPaused() && this.queued < this.host.maxData) src.resume();
+    };
   }
 
-  private async pump(): Promise<void> {
-    let sent = 0;
-    try {
-      if (Buffer.isBuffer(this.data)) {
-        sent += await this.sendChunk(this.data);
-      } else {
-        for await (const chunk of this.data) {
-          if (this.finished) return;
-          const buf = Buffer.isBuffer(chunk) ? chunk : typeof chunk === 'string' ? Buffer.from(chunk) : Buffer.from(chunk as Uint8Array);
-          sent += await this.sendChunk(buf);
+  private resumeSource: () => void = () => undefined;
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    setImmediate(() => {
+      this.flushScheduled = false;
+      this.host.guard(() => this.flush());
+    });
+  }
+
+  /** Send what credit allows; after the last byte, EOF. */
+  private flush(): void {
+    if (this.finished) return;
+    while (this.queued > 0 && this.credit.value > 0) {
+      const n = Math.min(this.queued, this.host.maxData, this.credit.value);
+      const frame: Buffer[] = [];
+      let taken = 0;
+      while (taken < n) {
+        const head = this.parts[0]!;
+        const want = n - taken;
+        if (head.length <= want) {
+          frame.push(head);
+          this.parts.shift();
+          taken += head.length;
+        } else {
+          frame.push(head.subarray(0, want));
+          this.parts[0] = head.subarray(want);
+          taken += want;
         }
       }
-      if (this.finished) return;
-      const size = await new Promise<number>((resolve) => {
-        this.resolveEnd = resolve;
-        this.host.send(this.id, FT.EOF, STREAM_IN);
-      });
-      if (size !== sent) throw new SandboxError(`agent wrote ${size} bytes of ${sent}`, { path: this.path });
-      this.resolve({ size });
-    } catch (e) {
-      const err = e instanceof CapsuleError ? e : new SandboxError(`writing ${this.path} failed: ${e instanceof Error ? e.message : String(e)}`, { path: this.path });
-      this.fail(err, true);
+      this.queued -= n;
+      this.credit.value -= n;
+      this.sent += n;
+      this.host.sendGather(this.id, FT.DATA, STREAM_IN, frame, n);
+    }
+    this.resumeSource();
+    if (this.ended && this.queued === 0 && !this.resolveEnd) {
+      this.detach?.();
+      const sent = this.sent;
+      this.resolveEnd = (size: number) => {
+        if (size !== sent) this.fail(new SandboxError(`agent wrote ${size} bytes of ${sent}`, { path: this.path }), false);
+        else this.resolve({ size });
+      };
+      this.host.send(this.id, FT.EOF, STREAM_IN);
     }
   }
 }

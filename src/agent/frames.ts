@@ -102,62 +102,83 @@ export function encodeFrame(channel: number, type: number, stream: number, paylo
   return out;
 }
 
-/** Splits a byte stream into frames; rejects oversized frames before buffering them. */
-export class FrameDecoder {
-  private chunks: Buffer[] = [];
-  private total = 0;
+/** A frame header, big-endian, for a payload of `len` bytes sent separately (no copy of the payload). */
+export function encodeHeader(channel: number, type: number, stream: number, len: number): Buffer {
+  if (len > MAX_PAYLOAD) throw new RangeError(`frame payload too large (${len} bytes)`);
+  const h = Buffer.allocUnsafe(HDR_LEN);
+  h.writeUInt32BE(len, 0);
+  h.writeUInt32BE(channel >>> 0, 4);
+  h.writeUInt8(type, 8);
+  h.writeUInt8(stream, 9);
+  h.writeUInt16BE(0, 10);
+  return h;
+}
 
-  push(chunk: Buffer): Frame[] {
-    if (chunk.length) {
-      this.chunks.push(chunk);
-      this.total += chunk.length;
-    }
+/**
+ * Splits a byte stream into frames; rejects oversized frames before buffering
+ * them. Every byte is copied at most once: a frame inside one chunk is a view
+ * of it (or, for a `transient` chunk that the caller reuses, one copy), and a
+ * frame that spans chunks is gathered into a buffer of its exact size as its
+ * pieces arrive, never by concatenating the chunks again and again.
+ */
+export class FrameDecoder {
+  private readonly head = Buffer.alloc(HDR_LEN);
+  private headFill = 0;
+  /** The frame whose payload is being gathered. */
+  private partial: { channel: number; type: number; stream: number; flags: number; payload: Buffer; fill: number } | null = null;
+
+  /**
+   * Frames completed by this chunk. With `transient`, the chunk's memory is reused by the caller after
+   * the call, so nothing returned refers to it.
+   */
+  push(chunk: Buffer, transient = false): Frame[] {
     const frames: Frame[] = [];
-    for (;;) {
-      if (this.total < HDR_LEN) break;
-      const head = this.peek(HDR_LEN);
-      const len = head.readUInt32BE(0);
+    let pos = 0;
+    while (pos < chunk.length) {
+      const p = this.partial;
+      if (p) {
+        const n = Math.min(p.payload.length - p.fill, chunk.length - pos);
+        chunk.copy(p.payload, p.fill, pos, pos + n);
+        p.fill += n;
+        pos += n;
+        if (p.fill === p.payload.length) {
+          this.partial = null;
+          frames.push({ channel: p.channel, type: p.type, stream: p.stream, flags: p.flags, payload: p.payload });
+        }
+        continue;
+      }
+      let h: Buffer;
+      let hs: number;
+      if (this.headFill === 0 && chunk.length - pos >= HDR_LEN) {
+        h = chunk;
+        hs = pos;
+        pos += HDR_LEN;
+      } else {
+        const n = Math.min(HDR_LEN - this.headFill, chunk.length - pos);
+        chunk.copy(this.head, this.headFill, pos, pos + n);
+        this.headFill += n;
+        pos += n;
+        if (this.headFill < HDR_LEN) break;
+        this.headFill = 0;
+        h = this.head;
+        hs = 0;
+      }
+      const len = h.readUInt32BE(hs);
       if (len > MAX_PAYLOAD) throw new ProtocolError(`frame of ${len} bytes exceeds the ${MAX_PAYLOAD} byte limit`);
-      if (this.total < HDR_LEN + len) break;
-      const whole = this.take(HDR_LEN + len);
-      frames.push({
-        channel: whole.readUInt32BE(4),
-        type: whole.readUInt8(8),
-        stream: whole.readUInt8(9),
-        flags: whole.readUInt16BE(10),
-        payload: whole.subarray(HDR_LEN),
-      });
+      const channel = h.readUInt32BE(hs + 4);
+      const type = h.readUInt8(hs + 8);
+      const stream = h.readUInt8(hs + 9);
+      const flags = h.readUInt16BE(hs + 10);
+      if (chunk.length - pos >= len) {
+        const view = chunk.subarray(pos, pos + len);
+        // Small copies come from Node's pool, so a transient chunk costs one memcpy per frame.
+        frames.push({ channel, type, stream, flags, payload: transient ? Buffer.from(view) : view });
+        pos += len;
+      } else {
+        this.partial = { channel, type, stream, flags, payload: Buffer.allocUnsafe(len), fill: 0 };
+      }
     }
     return frames;
-  }
-
-  private peek(n: number): Buffer {
-    const first = this.chunks[0]!;
-    if (first.length >= n) return first.subarray(0, n);
-    this.merge(n);
-    return this.chunks[0]!.subarray(0, n);
-  }
-
-  private take(n: number): Buffer {
-    if (this.chunks[0]!.length < n) this.merge(n);
-    const first = this.chunks[0]!;
-    const out = first.subarray(0, n);
-    if (first.length === n) this.chunks.shift();
-    else this.chunks[0] = first.subarray(n);
-    this.total -= n;
-    return out;
-  }
-
-  /** Merge leading chunks until the first holds at least n bytes. */
-  private merge(n: number): void {
-    const parts: Buffer[] = [];
-    let have = 0;
-    while (have < n) {
-      const c = this.chunks.shift()!;
-      parts.push(c);
-      have += c.length;
-    }
-    this.chunks.unshift(Buffer.concat(parts, have));
   }
 }
 

@@ -7,7 +7,7 @@ import { Readable } from 'node:stream';
 import { NotFoundError } from '../errors/index.js';
 import { FileEntry, ListFilesResponse, WriteFileResponse } from '../schemas/index.js';
 import type { HttpClient } from './http.js';
-import type { RequestBody } from './transport.js';
+import { getBytes, type RequestBody } from './transport.js';
 
 /** Anything `files.write` accepts as content. */
 export type WriteData = string | Uint8Array | ArrayBuffer | Blob | ReadableStream<Uint8Array> | NodeJS.ReadableStream;
@@ -72,15 +72,41 @@ export class Files {
   read(path: string, opts: { format: 'stream'; signal?: AbortSignal }): Promise<ReadableStream<Uint8Array>>;
   read(path: string, opts?: ReadOptions): Promise<string | Uint8Array | ReadableStream<Uint8Array>>;
   async read(path: string, opts: ReadOptions = {}): Promise<string | Uint8Array | ReadableStream<Uint8Array>> {
-    const req = { query: { path }, signal: opts.signal };
     switch (opts.format ?? 'text') {
       case 'stream':
-        return (await this.http.stream('GET', this.base, req)).body;
+        return (await this.http.stream('GET', this.base, { query: { path }, signal: opts.signal })).body;
       case 'bytes':
-        return this.http.bytes('GET', this.base, req);
+        return this.download(path, opts.signal);
       default:
-        return new TextDecoder('utf-8').decode(await this.http.bytes('GET', this.base, req));
+        return new TextDecoder('utf-8').decode(await this.download(path, opts.signal));
     }
+  }
+
+  /**
+   * The whole file as bytes. A file download is the one large body the SDK reads whole, so it first
+   * takes transport's lean download path (getBytes), under the same timeout and signals as any request;
+   * whatever that path does not handle (an error answer, https, a proxy's chunked body, a connection it
+   * cannot make) goes through the general path, which maps errors.
+   */
+  private async download(path: string, signal: AbortSignal | undefined): Promise<Uint8Array> {
+    const req = { query: { path }, signal };
+    const conn = this.http.conn;
+    const url = new URL(this.http.url(this.base, req.query));
+    const timeoutMs = conn.requestTimeoutMs;
+    const timer = timeoutMs > 0 ? AbortSignal.timeout(timeoutMs) : undefined;
+    const userSignals = [conn.signal, signal].filter((s): s is AbortSignal => s !== undefined);
+    const headers: Record<string, string> = { accept: 'application/octet-stream' };
+    if (conn.apiKey) headers.authorization = `Bearer ${conn.apiKey}`;
+    try {
+      const got = await getBytes(url, headers, AbortSignal.any([...userSignals, ...(timer ? [timer] : [])]));
+      if (got) return got;
+    } catch (e) {
+      // Aborted or timed out: report it as the general path would, without starting over.
+      if (userSignals.some((s) => s.aborted) || timer?.aborted) {
+        throw this.http.translate(e, `GET ${this.base}`, url.toString(), userSignals, timer?.aborted === true, timeoutMs);
+      }
+    }
+    return this.http.bytes('GET', this.base, req);
   }
 
   /**

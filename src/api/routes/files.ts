@@ -28,8 +28,15 @@ export function fileRoutes(t: RouteTable, s: Services): void {
     handler: async ({ params, query, reply, ctx }) => {
       const { size, stream } = await s.files.read(ctx, params.id, query.path);
       reply.header('content-type', 'application/octet-stream');
+      // Exactly `size` bytes follow: the stream ends there even if the file grows meanwhile, and fails if it
+      // shrinks (the connection is then cut, which the client sees as an error, never as a short file).
+      // A fixed length rather than chunked encoding, so clients can size their buffer and show progress.
       reply.header('content-length', String(size));
-      return reply.send(stream);
+      // Headers are out by then, so a failure can only cut the connection: say why in the log.
+      stream.once('error', (err) => reply.log.warn({ err, sandbox: params.id, path: query.path }, 'file download cut off'));
+      // Returned, not sent here: the route wrapper sends it, and nothing waits on the reply itself, whose
+      // completion after a cut stream would otherwise be answered a second time.
+      return stream;
     },
   });
 

@@ -3,6 +3,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
 import { Readable } from 'node:stream';
 import { api, authHeaders, startTestDaemon, type TestDaemon } from '../../helpers/daemon.js';
 
@@ -18,9 +19,84 @@ async function sh(cmd: string) {
 async function put(path: string, body: Uint8Array | string) {
   return api(d.url, 'PUT', `/v1/sandboxes/${id}/files?path=${enc(path)}`, body, { 'content-type': 'application/octet-stream' });
 }
+/** The daemon's resident memory, MiB. */
+function rssMiB(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) / 1024 : NaN;
+}
+
+/** Samples a process's RSS every 2 ms until stopped; `growth()` is the peak over the first sample. */
+function watchRss(pid: number): { stop(): void; growth(): number } {
+  const start = rssMiB(pid);
+  let peak = start;
+  const t = setInterval(() => (peak = Math.max(peak, rssMiB(pid))), 2);
+  return {
+    stop: () => {
+      clearInterval(t);
+      peak = Math.max(peak, rssMiB(pid));
+    },
+    growth: () => peak - start,
+  };
+}
+/** What one transfer may add to the daemon's memory whatever the file size: the windows and buffers, not the file. */
+const RSS_GROWTH_LIMIT_MIB = 64;
+
 async function get(path: string) {
   const r = await fetch(`${d.url}/v1/sandboxes/${id}/files?path=${enc(path)}`, { headers: authHeaders(d.url) });
   return { status: r.status, bytes: Buffer.from(await r.arrayBuffer()) };
+}
+
+/**
+ * A raw HTTP/1.1 client on one keep-alive connection: sends requests as written and reads responses
+ * strictly by their framing (Content-Length), so extra or missing body bytes show up as a broken next
+ * response instead of being smoothed over by a client library.
+ */
+class RawHttp {
+  private buf = Buffer.alloc(0);
+  private wake: (() => void) | undefined;
+  private closed = false;
+  readonly sock: net.Socket;
+  constructor(url: string) {
+    const u = new URL(url);
+    this.sock = net.connect(Number(u.port), u.hostname);
+    this.sock.on('data', (c: Buffer) => {
+      this.buf = Buffer.concat([this.buf, c]);
+      this.wake?.();
+    });
+    this.sock.on('close', () => {
+      this.closed = true;
+      this.wake?.();
+    });
+    this.sock.on('error', () => undefined);
+  }
+  get(path: string, headers: Record<string, string>): void {
+    const h = Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('');
+    this.sock.write(`GET ${path} HTTP/1.1\r\nhost: 127.0.0.1\r\n${h}\r\n`);
+  }
+  private async until(cond: () => boolean): Promise<void> {
+    while (!cond()) {
+      if (this.closed) throw new Error(`connection closed with ${this.buf.length} unread bytes`);
+      await new Promise<void>((r) => (this.wake = r));
+    }
+  }
+  /** The next response: status line must come first; the body is exactly Content-Length bytes. */
+  async response(): Promise<{ status: string; headers: Record<string, string>; body: Buffer }> {
+    await this.until(() => this.buf.includes('\r\n\r\n'));
+    const end = this.buf.indexOf('\r\n\r\n');
+    const [status, ...lines] = this.buf.subarray(0, end).toString('latin1').split('\r\n');
+    const headers = Object.fromEntries(lines.map((l) => [l.slice(0, l.indexOf(':')).toLowerCase(), l.slice(l.indexOf(':') + 1).trim()]));
+    const len = Number(headers['content-length']);
+    assert.ok(Number.isSafeInteger(len), `a Content-Length in ${JSON.stringify(headers)}`);
+    this.buf = this.buf.subarray(end + 4);
+    await this.until(() => this.buf.length >= len);
+    const body = this.buf.subarray(0, len);
+    this.buf = this.buf.subarray(len);
+    return { status: status!, headers, body };
+  }
+  /** Bytes received beyond the last response read. */
+  get pending(): number {
+    return this.buf.length;
+  }
 }
 
 describe('files', () => {
@@ -49,8 +125,9 @@ describe('files', () => {
     assert.equal(owner.stdout, '0:0\n', 'written as root inside the sandbox');
   });
 
-  it('streams a 100 MB file both ways', async () => {
+  it('streams a 100 MB file both ways, with the daemon\'s memory bounded', async () => {
     const size = 100 * 1024 * 1024;
+    const pid = d.child.pid!;
     const chunk = crypto.randomBytes(1024 * 1024);
     const hash = crypto.createHash('sha256');
     let sent = 0;
@@ -63,6 +140,7 @@ describe('files', () => {
       },
     });
     const t0 = Date.now();
+    const upRss = watchRss(pid);
     const r = await fetch(`${d.url}/v1/sandboxes/${id}/files?path=/tmp/big.bin`, {
       method: 'PUT',
       headers: { ...authHeaders(d.url), 'content-type': 'application/octet-stream' },
@@ -72,11 +150,13 @@ describe('files', () => {
     assert.equal(r.status, 200, await r.clone().text());
     assert.equal(((await r.json()) as { size: number }).size, size);
     const up = Date.now() - t0;
+    upRss.stop();
     const expected = hash.digest('hex');
     const inside = await sh('sha256sum /tmp/big.bin');
     assert.equal(inside.stdout.split(' ')[0], expected);
 
     const t1 = Date.now();
+    const downRss = watchRss(pid);
     const res = await fetch(`${d.url}/v1/sandboxes/${id}/files?path=/tmp/big.bin`, { headers: authHeaders(d.url) });
     assert.equal(res.headers.get('content-length'), String(size));
     const h2 = crypto.createHash('sha256');
@@ -86,10 +166,69 @@ describe('files', () => {
       got += c.length;
     }
     const down = Date.now() - t1;
+    downRss.stop();
     assert.equal(got, size);
     assert.equal(h2.digest('hex'), expected);
-    console.log(`100 MiB upload ${(100 / (up / 1000)).toFixed(0)} MiB/s, download ${(100 / (down / 1000)).toFixed(0)} MiB/s`);
+    console.log(
+      `100 MiB upload ${(100 / (up / 1000)).toFixed(0)} MiB/s, download ${(100 / (down / 1000)).toFixed(0)} MiB/s; ` +
+        `daemon RSS growth ${upRss.growth().toFixed(1)} / ${downRss.growth().toFixed(1)} MiB`,
+    );
+    assert.ok(upRss.growth() < RSS_GROWTH_LIMIT_MIB, `upload grew the daemon by ${upRss.growth().toFixed(1)} MiB`);
+    assert.ok(downRss.growth() < RSS_GROWTH_LIMIT_MIB, `download grew the daemon by ${downRss.growth().toFixed(1)} MiB`);
     await sh('rm /tmp/big.bin');
+  });
+
+  it('a download is exactly its Content-Length while the file grows, and the connection stays usable', async () => {
+    // 8 MiB (more than the agent sends before the reader takes any), then an appender that never stops.
+    await sh('dd if=/dev/zero of=/tmp/grow bs=1048576 count=8 2>/dev/null; echo small > /tmp/small');
+    const bg = await api(d.url, 'POST', `/v1/sandboxes/${id}/commands`, { cmd: 'while :; do echo x >> /tmp/grow; done', background: true });
+    assert.equal(bg.status, 202, bg.text);
+    const http = new RawHttp(d.url);
+    try {
+      http.get(`/v1/sandboxes/${id}/files?path=${enc('/tmp/grow')}`, authHeaders(d.url));
+      // Take the headers, then stall a while: the file grows behind the part already read.
+      http.sock.pause();
+      await new Promise((r) => setTimeout(r, 50));
+      http.sock.resume();
+      await new Promise((r) => setTimeout(r, 20));
+      http.sock.pause();
+      await new Promise((r) => setTimeout(r, 300));
+      http.sock.resume();
+      const first = await http.response();
+      assert.match(first.status, /^HTTP\/1\.1 200/);
+      assert.ok(first.body.length >= 8 << 20, `at least the 8 MiB there at the start (${first.body.length})`);
+      assert.ok(first.body.subarray(0, 8 << 20).equals(Buffer.alloc(8 << 20)), 'the first 8 MiB are the zeros written');
+      // The next response on the same connection starts right after the announced length.
+      http.get(`/v1/sandboxes/${id}/files?path=${enc('/tmp/small')}`, authHeaders(d.url));
+      const second = await http.response();
+      assert.match(second.status, /^HTTP\/1\.1 200/, 'the connection is still framed: the first body ended at its Content-Length');
+      assert.equal(second.body.toString(), 'small\n');
+      await new Promise((r) => setTimeout(r, 50));
+      assert.equal(http.pending, 0, 'nothing after the second response');
+    } finally {
+      http.sock.destroy();
+      await api(d.url, 'DELETE', `/v1/sandboxes/${id}/commands/${bg.json.pid}`);
+    }
+  });
+
+  it('a download of a file that shrinks meanwhile breaks off instead of ending short under its Content-Length', async () => {
+    await sh('dd if=/dev/zero of=/tmp/shrink bs=1048576 count=16 2>/dev/null');
+    const http = new RawHttp(d.url);
+    try {
+      http.get(`/v1/sandboxes/${id}/files?path=${enc('/tmp/shrink')}`, authHeaders(d.url));
+      http.sock.pause();
+      await new Promise((r) => setTimeout(r, 100)); // the agent is at most a window into the file
+      await sh('truncate -s 1048576 /tmp/shrink');
+      http.sock.resume();
+      // The daemon cannot take back the 16 MiB it announced: it closes the connection, and the client sees
+      // a body shorter than its Content-Length (an error), never a complete-looking truncated file.
+      await assert.rejects(http.response(), /connection closed/);
+    } finally {
+      http.sock.destroy();
+    }
+    // The daemon says why, and it and the sandbox are fine.
+    assert.match(d.log(), /changed while being read.*"msg":"file download cut off"/);
+    assert.equal((await sh('echo ok')).stdout, 'ok\n');
   });
 
   it('lists, stats, makes dirs, renames and removes', async () => {
