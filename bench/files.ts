@@ -1,8 +1,9 @@
 /**
  * Scenario 4 — write then read back a 100 MB file (20 MB in quick mode)
  * through the SDK, in MB/s (1 MB = 10^6 bytes). Baselines: the same bytes
- * through `crun exec` pipes (`cat > f`, `cat f`) and the host-filesystem
- * floor (write + read of a file next to the daemon's data). The daemon's
+ * through `crun exec` pipes (`cat > f`, `cat f`) into the sandbox itself
+ * (the targets' baseline: same bundle, same quota disk) and into a plain
+ * baseline container, and the host-filesystem floor (write + read of a file next to the daemon's data). The daemon's
  * memory is sampled while the SDK transfers run: its RSS may grow only by
  * a bounded amount whatever the file size (the transfer streams).
  */
@@ -11,6 +12,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Sandbox } from '../src/sdk/index.js';
 import { interleave, linkRatios, row, type Scenario } from './context.js';
+import { run } from './proc.js';
 import { now } from './stats.js';
 
 /** Target: at least this fraction of `crun exec cat` on the same machine, in the same run (issue 9). */
@@ -60,6 +62,8 @@ export const files: Scenario = async (ctx) => {
       ['sdk read', []],
       ['crun exec write', []],
       ['crun exec read', []],
+      ['crun exec write, same sandbox', []],
+      ['crun exec read, same sandbox', []],
       ['host fs write', []],
       ['host fs read', []],
       ['daemon RSS growth, sdk write', []],
@@ -72,17 +76,22 @@ export const files: Scenario = async (ctx) => {
         name: 'sdk',
         run: async (i) => {
           const p = `/tmp/bench-${i}.bin`;
+          // Timed transfers run alone; the daemon's memory is sampled on a second, untimed pair (sampling
+          // every 2 ms in this process, which is also the SDK's sender, slowed the timed upload).
           let t0 = now();
-          const wr = await withRss(ctx.daemon.pid, () => sbx.files.write(p, data));
+          const written = await sbx.files.write(p, data);
           w.get('sdk write')!.push(rate(now() - t0));
-          w.get('daemon RSS growth, sdk write')!.push(wr.growthMiB);
-          if (wr.value.size !== size) throw new Error(`write reported ${wr.value.size} bytes`);
+          if (written.size !== size) throw new Error(`write reported ${written.size} bytes`);
           t0 = now();
-          const rd = await withRss(ctx.daemon.pid, () => sbx.files.read(p, { format: 'bytes' }));
-          const back = rd.value;
+          const back = await sbx.files.read(p, { format: 'bytes' });
           w.get('sdk read')!.push(rate(now() - t0));
-          w.get('daemon RSS growth, sdk read')!.push(rd.growthMiB);
           check('sdk', back);
+          await sbx.files.remove(p);
+          const wr = await withRss(ctx.daemon.pid, () => sbx.files.write(p, data));
+          w.get('daemon RSS growth, sdk write')!.push(wr.growthMiB);
+          const rd = await withRss(ctx.daemon.pid, () => sbx.files.read(p, { format: 'bytes' }));
+          w.get('daemon RSS growth, sdk read')!.push(rd.growthMiB);
+          check('sdk (sampled)', rd.value);
           await sbx.files.remove(p);
           return 0;
         },
@@ -103,6 +112,29 @@ export const files: Scenario = async (ctx) => {
           w.get('crun exec read')!.push(rate(now() - t0));
           check('crun exec', whole);
           await ctx.crun.exec(cid, ['rm', '-f', p]);
+          return 0;
+        },
+      },
+      {
+        // The sandbox's own container, its own disk (the loop-mounted quota ext4 the plain baseline lacks):
+        // the same storage on both sides, so the ratio is the transfer path alone.
+        name: 'crun, same sandbox',
+        run: async (i) => {
+          const p = `/tmp/bench-crun-${i}.bin`;
+          const crunIn = (argv: string[], opts: { stdin?: Uint8Array; stdoutBytes?: Buffer[] } = {}) =>
+            run('crun', ['--root', path.join(ctx.daemon.dataDir, 'runtime'), 'exec', sbx.id, ...argv], { capture: true, ...opts }).then((r) => {
+              if (r.code !== 0) throw new Error(`crun exec ${sbx.id} ${argv.join(' ')} exited ${r.code ?? r.signal}: ${r.stderr.trim().slice(0, 300)}`);
+            });
+          let t0 = now();
+          await crunIn(['sh', '-c', `cat > ${p}`], { stdin: data });
+          w.get('crun exec write, same sandbox')!.push(rate(now() - t0));
+          const chunks: Buffer[] = [];
+          t0 = now();
+          await crunIn(['cat', p], { stdoutBytes: chunks });
+          const whole = Buffer.concat(chunks);
+          w.get('crun exec read, same sandbox')!.push(rate(now() - t0));
+          check('crun exec (same sandbox)', whole);
+          await crunIn(['rm', '-f', p]);
           return 0;
         },
       },
@@ -130,10 +162,12 @@ export const files: Scenario = async (ctx) => {
     };
     const rss = { value: RSS_GROWTH_MIB, better: 'lower' as const, label: `≤ ${RSS_GROWTH_MIB} MiB`, on: 'p99' as const };
     const rows = [
-      row('sdk write', 'capsule', 'MB/s', w.get('sdk write')!, { vs: 'crun exec write', target: vsCrun('crun exec write') }),
-      row('sdk read', 'capsule', 'MB/s', w.get('sdk read')!, { vs: 'crun exec read', target: vsCrun('crun exec read') }),
+      row('sdk write', 'capsule', 'MB/s', w.get('sdk write')!, { vs: 'crun exec write, same sandbox', target: vsCrun('crun exec write, same sandbox') }),
+      row('sdk read', 'capsule', 'MB/s', w.get('sdk read')!, { vs: 'crun exec read, same sandbox', target: vsCrun('crun exec read, same sandbox') }),
       row('daemon RSS growth, sdk write', 'capsule', 'MiB', w.get('daemon RSS growth, sdk write')!, { target: rss }),
       row('daemon RSS growth, sdk read', 'capsule', 'MiB', w.get('daemon RSS growth, sdk read')!, { target: rss }),
+      row('crun exec write, same sandbox', 'baseline', 'MB/s', w.get('crun exec write, same sandbox')!, { vs: 'crun exec write' }),
+      row('crun exec read, same sandbox', 'baseline', 'MB/s', w.get('crun exec read, same sandbox')!, { vs: 'crun exec read' }),
       row('crun exec write', 'baseline', 'MB/s', w.get('crun exec write')!, { vs: 'host fs write' }),
       row('crun exec read', 'baseline', 'MB/s', w.get('crun exec read')!, {
         vs: 'host fs read',
@@ -150,6 +184,8 @@ export const files: Scenario = async (ctx) => {
       notes: [
         `Payload: ${mb} MB of random bytes from memory, sha256-checked on read-back. Percentiles of a rate: p95/p99 are the higher rates; compare p50.`,
         'Write = PUT with an in-memory Uint8Array body; read = files.read({format:"bytes"}). crun exec read ends with the bytes in one buffer, as the SDK read does (until issue 9 it stopped at the list of pipe chunks, which left out the join).',
+        'crun exec …, same sandbox: crun exec into the sandbox itself (its bundle, its quota disk), the baseline the targets use; crun exec write/read: the plain baseline container, whose writable layer is on the host filesystem rather than a loop-mounted quota disk.',
+        `sdk write vs the plain baseline container: ${(p50(w.get('sdk write')!) / p50(w.get('crun exec write')!)).toFixed(2)}×; sdk read: ${(p50(w.get('sdk read')!) / p50(w.get('crun exec read')!)).toFixed(2)}×.`,
         `Daemon RSS growth: peak VmRSS sampled every 2 ms during one SDK transfer, minus VmRSS at its start (${mb} MB moved each time).`,
         `crun exec read without the join, as measured before issue 9: p50 ${Math.round(p50(crunReadChunksOnly))} MB/s (sdk read ${(p50(w.get('sdk read')!) / p50(crunReadChunksOnly)).toFixed(2)}× of it).`,
       ],

@@ -21,6 +21,12 @@
  *                              (for `run -d`, whose container keeps its stdio open forever)
  *                  listen_path: when not empty, a unix socket listening there becomes fd 3
  *     type 2 KILL: i32 signal                  (to the job's process, if still running)
+ *     type 3 SNDBUF: i32 fd | i32 bytes        set SO_SNDBUF of the daemon's unix socket `fd`; answered at once
+ *                  (exit_code 0, or -1 with spawn_errno). Node has no setsockopt for stream
+ *                  sockets, and the kernel's default send buffer (~208 KiB) makes a 1 GB/s upload to
+ *                  an agent stall for the reader every ~0.2 ms. The launcher takes a copy of the
+ *                  daemon's descriptor with pidfd_getfd (its parent only, unix sockets only) and
+ *                  sets the option on the shared socket.
  *   response: u32 len | u32 job | i32 exit_code (-1 when signalled or not started)
  *             | i32 signal | i32 spawn_errno | u32 stdout_len | stdout | stderr
  * Output kept per stream is capped at CAP bytes; the rest is read and dropped.
@@ -39,6 +45,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
+#include <sys/syscall.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -49,7 +56,7 @@
 #define CAP (1u << 20)
 #define MAX_REQUEST (1u << 20)
 
-enum { T_RUN = 1, T_KILL = 2 };
+enum { T_RUN = 1, T_KILL = 2, T_SNDBUF = 3 };
 enum { F_STDOUT = 1, F_STDERR_FILE = 2 };
 
 struct buf {
@@ -304,11 +311,39 @@ fail:
   respond(id, -1, 0, e ? e : EIO, NULL, NULL);
 }
 
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_getfd
+#define SYS_pidfd_getfd 438
+#endif
+
+/* See T_SNDBUF above. Returns 0 or an errno. */
+static int set_parent_sndbuf(int32_t target, int32_t bytes) {
+  if (target < 0 || bytes <= 0) return EINVAL;
+  int pidfd = (int)syscall(SYS_pidfd_open, getppid(), 0);
+  if (pidfd < 0) return errno;
+  int fd = (int)syscall(SYS_pidfd_getfd, pidfd, target, 0);
+  int e = fd < 0 ? errno : 0;
+  close(pidfd);
+  if (fd < 0) return e;
+  int domain = 0;
+  socklen_t len = sizeof domain;
+  if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0) e = errno;
+  else if (domain != AF_UNIX) e = ENOTSOCK;
+  else if (setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes) < 0) e = errno;
+  close(fd);
+  return e;
+}
+
 static void handle_request(const char *msg, uint32_t n) {
   if (n < 8) return;
   uint32_t type = get32(msg), id = get32(msg + 4);
   if (type == T_RUN) {
     start_job(id, msg + 8, n - 8);
+  } else if (type == T_SNDBUF && n >= 16) {
+    int e = set_parent_sndbuf((int32_t)get32(msg + 8), (int32_t)get32(msg + 12));
+    respond(id, e ? -1 : 0, 0, e, NULL, NULL);
   } else if (type == T_KILL && n >= 12) {
     struct job *j = find_job(id);
     if (!j) return;

@@ -14,7 +14,7 @@ import { OciRuntimeDriver } from './runtime/driver.js';
 import { TemplateService } from './templates/service.js';
 import { connectAgent } from './agent/client.js';
 import { SandboxStore } from './sandboxes/store.js';
-import { SandboxManager } from './sandboxes/manager.js';
+import { SandboxManager, type AgentConnector } from './sandboxes/manager.js';
 import { WarmPool } from './sandboxes/pool.js';
 import { CommandService } from './sandboxes/commands.js';
 import { ProcessJournal } from './sandboxes/process-journal.js';
@@ -80,15 +80,24 @@ export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger 
     const store = new SandboxStore(db);
     // Unknown template names in the pool settings fail the start, with the list of known ones.
     for (const [name, size] of Object.entries(config.pools)) if (size > 0) templates.get(name);
+    // Every agent connection the daemon makes gets a wide send buffer (uploads; see tuneAgentSocket).
+    const connector: AgentConnector = async (endpoint, opts) => {
+      const conn = await connectAgent(endpoint, opts);
+      const fd = conn.socketFd?.();
+      if (fd !== undefined) {
+        runtime.tuneAgentSocket(fd).catch((err: unknown) => log.debug({ err }, 'could not widen an agent socket send buffer'));
+      }
+      return conn;
+    };
     const pool = new WarmPool(config.pools, {
       runtime,
       templates,
-      connectAgent,
+      connectAgent: connector,
       defaultResources: config.defaultResources,
       buildTemplates: config.buildPoolTemplates,
       log,
     });
-    const sandboxes = new SandboxManager(config, store, runtime, templates, connectAgent, log, pool);
+    const sandboxes = new SandboxManager(config, store, runtime, templates, connector, log, pool);
     const journal = new ProcessJournal(store, { onError: (err) => log.error({ err }, 'writing process rows failed') });
     const commands = new CommandService(sandboxes, journal);
     const files = new FileService(sandboxes);

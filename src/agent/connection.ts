@@ -64,6 +64,12 @@ class Connection implements AgentConnection, ChannelHost {
   private readonly closeListeners: Array<(err?: Error) => void> = [];
   private hello: { resolve: () => void; reject: (e: Error) => void } | undefined;
 
+  socketFd(): number | undefined {
+    // Node keeps the descriptor on the handle; there is no public accessor.
+    const fd = (this.sock as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
+    return typeof fd === 'number' && fd >= 0 ? fd : undefined;
+  }
+
   constructor(
     private readonly sock: net.Socket,
     private readonly sandboxId: string | undefined,

@@ -151,6 +151,11 @@ export interface AgentConnection {
   rename(from: string, to: string): Promise<void>;
 
   close(): void;
+  /**
+   * The OS descriptor of the connection's socket, for the daemon to tune (its send buffer): undefined
+   * when the transport has none or does not say.
+   */
+  socketFd?(): number | undefined;
   /** Fires once when the connection is lost (agent died, sandbox killed). */
   onClose(listener: (err?: Error) => void): void;
 }

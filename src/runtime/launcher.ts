@@ -40,6 +40,7 @@ export interface LaunchResult {
 
 const T_RUN = 1;
 const T_KILL = 2;
+const T_SNDBUF = 3;
 const F_STDOUT = 1;
 const F_STDERR_FILE = 2;
 /** Responses larger than this are a broken launcher, not output (it caps each stream at 1 MiB). */
@@ -155,6 +156,28 @@ export class Launcher {
     const t = setTimeout(() => child.kill('SIGKILL'), 1000);
     await exited;
     clearTimeout(t);
+  }
+
+  /**
+   * Set SO_SNDBUF of one of this process's unix sockets (by descriptor number): Node cannot, and the kernel's
+   * ~208 KiB default makes a fast sender wait for the reader every fraction of a millisecond. The launcher
+   * does it on a copy of the descriptor (pidfd_getfd of its parent). Rejects when the kernel refuses.
+   */
+  async setSendBuffer(fd: number, bytes: number): Promise<void> {
+    if (!Number.isInteger(fd) || fd < 0 || !Number.isInteger(bytes) || bytes <= 0) throw new RuntimeError(`launcher: bad socket option request (${fd}, ${bytes})`);
+    await this.start();
+    const id = this.nextId;
+    this.nextId = this.nextId >= 0xffffffff ? 1 : this.nextId + 1;
+    await new Promise<void>((resolve, reject) => {
+      this.pending.set(id, {
+        started: performance.now(),
+        argv0: 'setsockopt(SO_SNDBUF)',
+        resolve: () => resolve(),
+        reject,
+      });
+      this.holdLoop();
+      this.send(u32s(16, T_SNDBUF, id, fd, bytes));
+    });
   }
 
   /** Keep the process alive while jobs are pending, and only then (an idle launcher must not hold a CLI or test open). */
