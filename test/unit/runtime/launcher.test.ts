@@ -5,6 +5,7 @@
  * timeouts, concurrency, and reaping of re-parented orphans.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -124,5 +125,45 @@ describe('launcher', () => {
     const r = await l.run(['echo', 'again'], { captureStdout: true });
     assert.equal(r.stdout, 'again\n');
     assert.notEqual(l.pid, pid);
+  });
+});
+
+describe('launcher: send buffer of the daemon\'s unix sockets', () => {
+  /** SO_SNDBUF of one of this process's sockets, as `ss` reports it (tb, already doubled by the kernel). */
+  function sndbuf(fd: number): number | undefined {
+    const out = spawnSync('ss', ['-xmpH'], { encoding: 'utf8' }).stdout;
+    const lines = out.split('\n');
+    for (let i = 0; i < lines.length; i++) {
+      if (!lines[i]!.includes(`pid=${process.pid},fd=${fd})`)) continue;
+      const m = /tb(\d+)/.exec(lines[i]! + (lines[i + 1] ?? ''));
+      if (m) return Number(m[1]);
+    }
+    return undefined;
+  }
+
+  test('sets SO_SNDBUF on a unix socket of its parent, and refuses anything else', async (t) => {
+    if (spawnSync('ss', ['-V']).status !== 0) return t.skip('needs ss (iproute2) to read socket buffers');
+    const sockPath = path.join(tmp, 'sndbuf.sock');
+    const server = net.createServer(() => undefined).listen(sockPath);
+    await new Promise((r) => server.once('listening', r));
+    const client = net.createConnection(sockPath);
+    await new Promise((r) => client.once('connect', r));
+    try {
+      const fd = (client as unknown as { _handle: { fd: number } })._handle.fd;
+      const before = sndbuf(fd);
+      assert.ok(before !== undefined && before < 1 << 20, `default send buffer ${before}`);
+      await l.setSendBuffer(fd, 1 << 20);
+      assert.equal(sndbuf(fd), 2 << 20, 'the kernel doubles what was asked');
+      const file = fs.openSync(path.join(tmp, 'not-a-socket'), 'w');
+      try {
+        await assert.rejects(l.setSendBuffer(file, 1 << 20), /errno 88/); // ENOTSOCK
+      } finally {
+        fs.closeSync(file);
+      }
+      await assert.rejects(l.setSendBuffer(9999, 1 << 20), /errno 9/); // EBADF: no such descriptor
+    } finally {
+      client.destroy();
+      server.close();
+    }
   });
 });
