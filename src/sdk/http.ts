@@ -17,7 +17,18 @@ import { CapsuleError, InternalError, TimeoutError, UnavailableError, errorFromW
 import type { ErrorCode } from '../errors/index.js';
 import { ErrorBody } from '../schemas/index.js';
 import type { ResolvedConnection } from './options.js';
-import { discard, readAll, readLimitedText, sendRequest, webStream, type RequestBody, type TransportResponse } from './transport.js';
+import {
+  discard,
+  plainOrigin,
+  plainRequest,
+  readAll,
+  readLimitedText,
+  sendRequest,
+  webStream,
+  type PlainOrigin,
+  type RequestBody,
+  type TransportResponse,
+} from './transport.js';
 
 export type QueryValue = string | number | boolean | undefined;
 
@@ -81,6 +92,11 @@ async function errorFromResponse(res: TransportResponse, what: string): Promise<
   } catch {
     // The body broke off; fall back to the status alone.
   }
+  return errorFromText(res.status, text, what);
+}
+
+/** The domain error for a non-2xx answer whose body (at most MAX_ERROR_BODY_BYTES of it) is `text`. */
+function errorFromText(status: number, text: string, what: string): CapsuleError {
   try {
     const parsed = ErrorBody.safeParse(JSON.parse(text));
     if (parsed.success) {
@@ -90,10 +106,13 @@ async function errorFromResponse(res: TransportResponse, what: string): Promise<
   } catch {
     // Not JSON: a proxy or something else answered.
   }
-  const code = STATUS_CODES[res.status] ?? 'internal';
+  const code = STATUS_CODES[status] ?? 'internal';
   const snippet = text.trim().slice(0, ERROR_SNIPPET_CHARS);
-  return errorFromWire(code, `${what} failed with HTTP ${res.status}${snippet ? `: ${snippet}` : ''}`, { status: res.status });
+  return errorFromWire(code, `${what} failed with HTTP ${status}${snippet ? `: ${snippet}` : ''}`, { status });
 }
+
+/** Largest JSON answer read whole: a command result holds at most 2 x 16 MiB of output, escaped. */
+const MAX_JSON_BYTES = 256 * 1024 * 1024;
 
 function describeIssues(error: z.ZodError): string {
   return error.issues
@@ -118,7 +137,16 @@ export interface StreamedBody {
 }
 
 export class HttpClient {
-  constructor(readonly conn: ResolvedConnection) {}
+  /** Where the plain HTTP/1.1 path sends requests (transport.ts); undefined for https and URLs it cannot take. */
+  private readonly plain: PlainOrigin | undefined;
+  /** The base URL's path, without a trailing slash (a daemon behind a proxy prefix). */
+  private readonly basePath: string;
+
+  constructor(readonly conn: ResolvedConnection) {
+    const base = new URL(conn.apiUrl);
+    this.plain = base.search || base.hash ? undefined : plainOrigin(base);
+    this.basePath = base.pathname.replace(/\/+$/, '');
+  }
 
   url(path: string, query?: RequestOptions['query']): string {
     return this.urlObject(path, query).toString();
@@ -207,9 +235,70 @@ export class HttpClient {
     return err;
   }
 
+  /**
+   * A request with no body or a JSON one, on the plain HTTP/1.1 path (transport.ts): its answer read
+   * whole, or the domain error for a non-2xx one. undefined: the plain path cannot take it (nothing was
+   * sent, or a GET's answer it cannot frame); use the general path.
+   */
+  private async plainCall(method: string, path: string, opts: RequestOptions): Promise<{ text: string } | undefined> {
+    if (!this.plain || opts.body !== undefined) return undefined;
+    const what = `${method} ${path}`;
+    const timeoutMs = opts.timeoutMs ?? this.conn.requestTimeoutMs;
+    const userSignals = [this.conn.signal, opts.signal].filter((s): s is AbortSignal => s !== undefined);
+    const headers: Record<string, string> = { accept: 'application/json' };
+    if (this.conn.apiKey) headers.authorization = `Bearer ${this.conn.apiKey}`;
+    let body: Buffer | undefined;
+    if (opts.json !== undefined) {
+      headers['content-type'] = 'application/json';
+      body = Buffer.from(JSON.stringify(opts.json), 'utf8');
+    }
+    let answer;
+    try {
+      answer = await plainRequest(this.plain, {
+        method,
+        target: this.target(path, opts.query),
+        headers,
+        body,
+        maxBody: MAX_JSON_BYTES,
+        signal: userSignals.length === 0 ? undefined : userSignals.length === 1 ? userSignals[0] : AbortSignal.any(userSignals),
+        timeoutMs,
+        onTimeout: () => clientTimeout(what, timeoutMs),
+      });
+    } catch (e) {
+      throw this.translate(e, what, this.url(path, opts.query), userSignals, false, timeoutMs);
+    }
+    if (!answer) return undefined;
+    const text = answer.body.toString('utf8');
+    if (answer.status < 200 || answer.status > 299) throw errorFromText(answer.status, text.slice(0, MAX_ERROR_BODY_BYTES), what);
+    return { text };
+  }
+
+  /** Path and query of a request, as sent on the wire. */
+  private target(path: string, query?: RequestOptions['query']): string {
+    let qs = '';
+    if (Array.isArray(query)) {
+      qs = new URLSearchParams(query).toString();
+    } else if (query) {
+      const params = new URLSearchParams();
+      for (const [k, v] of Object.entries(query)) if (v !== undefined) params.set(k, String(v));
+      qs = params.toString();
+    }
+    return `${this.basePath}/v1${encodeURI(path).replace(/%25/g, '%')}${qs ? `?${qs}` : ''}`;
+  }
+
   /** A request whose 2xx answer is JSON matching `schema`. */
   async json<S extends z.ZodType>(method: string, path: string, schema: S, opts: RequestOptions = {}): Promise<z.infer<S>> {
     const what = `${method} ${path}`;
+    const plain = await this.plainCall(method, path, opts);
+    if (plain) {
+      let value: unknown;
+      try {
+        value = plain.text === '' ? undefined : JSON.parse(plain.text);
+      } catch {
+        throw new InternalError(`${what}: the daemon sent a body that is not JSON`);
+      }
+      return validateResponse(schema, value, what);
+    }
     const { res, done, fail } = await this.send(method, path, opts, true);
     let value: unknown;
     try {
@@ -227,6 +316,7 @@ export class HttpClient {
 
   /** A request whose 2xx answer has no body worth reading (204). */
   async empty(method: string, path: string, opts: RequestOptions = {}): Promise<void> {
+    if (await this.plainCall(method, path, opts)) return;
     const { res } = await this.send(method, path, opts);
     discard(res);
   }

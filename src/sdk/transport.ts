@@ -167,38 +167,50 @@ export function webStream(res: TransportResponse): ReadableStream<Uint8Array> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Whole-body downloads (files.read as bytes or text)
+// The plain HTTP/1.1 path: small API calls and whole-body downloads
 //
 // node:http reads a socket 64 KiB at a time into a fresh buffer each, runs the parser and a stream
-// per read: measured on a 2-vCPU VM, a 100 MB download cost the client ~230 ms of CPU, three times
-// what the same bytes cost over a plain socket read into one reused buffer (~75 ms), and that
-// client cost alone capped downloads at ~450 MB/s. So a GET whose whole body is wanted as bytes
-// takes this narrow path: HTTP/1.1 over net, reads into one reused buffer (`onread`), the body
-// copied once into a buffer of its Content-Length. It handles only what the daemon sends for a
-// file: a 2xx with a Content-Length and no Transfer-Encoding. Anything else (an error status,
-// chunked or unframed bodies, https, headers it will not send) returns undefined and the caller
-// repeats the request on the general path, which owns error mapping.
+// per read, and builds a ClientRequest, an IncomingMessage and their listeners per request. Measured
+// on a 2-vCPU VM: a 100 MB download cost the client ~230 ms of CPU, three times what the same bytes
+// cost over a plain socket read into one reused buffer (~75 ms), which capped downloads at ~450
+// MB/s; and an exec round trip through node:http took ~0.14 ms longer than the same request written
+// on a plain socket (~10% of it). So requests whose body is in memory and whose answer is read whole
+// take this narrow path: HTTP/1.1 over net, one write, reads into one reused buffer (`onread`), the
+// body copied once into a buffer of its Content-Length.
+//
+// It speaks only what the daemon answers with: a status line, headers, and a body framed by
+// Content-Length (or none for 204/304). What it will not write (https, credentials in the URL,
+// header values with CR/LF/NUL) makes `plainRequest` return undefined before anything is sent, and
+// the caller takes node:http. Once a request is sent, an answer this path cannot frame is a
+// GET's cue to go the general way again ('unframed'), and an error for anything else: a POST is
+// never sent twice.
 
-/** Response headers larger than this are not a file download from the daemon: give up on the fast path. */
+/** Response headers larger than this are not from the daemon: give up on the plain path. */
 const MAX_HEAD_BYTES = 64 * 1024;
-/** Idle keep-alive sockets kept per origin, and for how long (the daemon's keep-alive timeout is longer). */
+/** Idle keep-alive sockets kept per origin, and for how long (the daemon's keep-alive timeout is far longer). */
 const MAX_IDLE_PER_ORIGIN = 4;
 const IDLE_MS = 4000;
-const DOWNLOAD_READ_BYTES = 1 << 20;
+const READ_BYTES = 1 << 20;
 
-/** One reused read buffer for every download socket: callbacks run one at a time and copy out what they keep. */
-let downloadScratch: Buffer | undefined;
+/** One reused read buffer for every plain socket: callbacks run one at a time and copy out what they keep. */
+let readScratch: Buffer | undefined;
 /** Idle keep-alive connections by origin (host:port), most recently used last. */
-const idleDownloads = new Map<string, RawConnection[]>();
+const idleConnections = new Map<string, RawConnection[]>();
 
-type Outcome = { kind: 'bytes'; body: Buffer } | { kind: 'fallback' };
+/** An answer read whole. */
+export interface PlainAnswer {
+  status: number;
+  body: Buffer;
+}
 
-/** A plain HTTP/1.1 connection that serves one download at a time. */
+type Outcome = { kind: 'answer'; answer: PlainAnswer } | { kind: 'unframed' };
+
+/** A plain HTTP/1.1 connection that serves one exchange at a time. */
 class RawConnection {
   readonly socket: net.Socket;
-  /** Receives every read while a download runs; undefined while idle. */
+  /** Receives every read while an exchange runs; undefined while idle. */
   onBytes: ((chunk: Buffer) => void) | undefined;
-  /** Bytes of the current response were seen (a reused socket that dies before that is retried). */
+  /** Bytes of the current response were seen (a reused socket that dies before that is retried, for a GET). */
   used = false;
   closed = false;
 
@@ -207,7 +219,7 @@ class RawConnection {
       host,
       port,
       onread: {
-        buffer: () => (downloadScratch ??= Buffer.allocUnsafe(DOWNLOAD_READ_BYTES)),
+        buffer: () => (readScratch ??= Buffer.allocUnsafe(READ_BYTES)),
         callback: (n: number, buf: Uint8Array): boolean => {
           const chunk = Buffer.from(buf.buffer, buf.byteOffset, n);
           if (this.onBytes) this.onBytes(chunk);
@@ -223,14 +235,14 @@ class RawConnection {
     });
     this.socket.once('close', () => {
       this.closed = true;
-      const list = idleDownloads.get(this.origin);
+      const list = idleConnections.get(this.origin);
       const i = list ? list.indexOf(this) : -1;
       if (i >= 0) list!.splice(i, 1);
     });
   }
 
   park(): void {
-    const list = idleDownloads.get(this.origin) ?? [];
+    const list = idleConnections.get(this.origin) ?? [];
     if (this.closed || list.length >= MAX_IDLE_PER_ORIGIN) {
       this.socket.destroy();
       return;
@@ -239,11 +251,11 @@ class RawConnection {
     this.socket.unref();
     this.socket.setTimeout(IDLE_MS);
     list.push(this);
-    idleDownloads.set(this.origin, list);
+    idleConnections.set(this.origin, list);
   }
 
   static take(origin: string): RawConnection | undefined {
-    const list = idleDownloads.get(origin);
+    const list = idleConnections.get(origin);
     const c = list?.pop();
     if (!c) return undefined;
     c.socket.setTimeout(0);
@@ -252,9 +264,74 @@ class RawConnection {
   }
 }
 
-/** Header names and values the fast path writes itself; anything with a CR, LF or NUL goes the general way. */
+/** Header names and values the plain path writes itself; anything with a CR, LF or NUL goes the general way. */
 function safeHeader(v: string): boolean {
   return !/[\r\n\0]/.test(v);
+}
+
+/** Where plain requests go, worked out once per base URL. */
+export interface PlainOrigin {
+  /** host:port, the pool key. */
+  key: string;
+  host: string;
+  port: number;
+  /** The Host header. */
+  hostHeader: string;
+}
+
+/** The plain path's view of a URL, or undefined when it cannot take it (https, credentials). */
+export function plainOrigin(url: URL): PlainOrigin | undefined {
+  if (url.protocol !== 'http:' || url.username || url.password) return undefined;
+  const host = url.hostname.replace(/^\[|\]$/g, '');
+  const port = Number(url.port || 80);
+  return { key: `${host}:${port}`, host, port, hostHeader: url.host };
+}
+
+export interface PlainRequest {
+  method: string;
+  /** Path and query, e.g. /v1/sandboxes?state=all (already encoded). */
+  target: string;
+  headers: Record<string, string>;
+  body?: Buffer | undefined;
+  /** Largest body accepted in the answer. */
+  maxBody: number;
+  signal?: AbortSignal | undefined;
+  /** Give up after this many ms with `onTimeout()`'s error (0: never). */
+  timeoutMs?: number;
+  onTimeout?: () => Error;
+}
+
+/**
+ * One exchange on the plain path. undefined: nothing was sent, or (GET only) the answer was not one
+ * this path frames; the caller uses node:http. Rejects on network failure, abort (the signal's
+ * reason), timeout, or an answer it cannot frame to a request that must not be repeated.
+ */
+export async function plainRequest(origin: PlainOrigin, req: PlainRequest): Promise<PlainAnswer | undefined> {
+  if (!safeHeader(req.target) || req.target[0] !== '/') return undefined;
+  for (const [k, v] of Object.entries(req.headers)) if (!safeHeader(k) || !safeHeader(v)) return undefined;
+  req.signal?.throwIfAborted();
+  let head = `${req.method} ${req.target} HTTP/1.1\r\nhost: ${origin.hostHeader}\r\n`;
+  for (const [k, v] of Object.entries(req.headers)) head += `${k}: ${v}\r\n`;
+  if (req.body !== undefined || (req.method !== 'GET' && req.method !== 'HEAD')) head += `content-length: ${req.body?.length ?? 0}\r\n`;
+  head += '\r\n';
+  const payload = req.body && req.body.length > 0 ? Buffer.concat([Buffer.from(head, 'latin1'), req.body]) : head;
+  const repeatable = req.method === 'GET' || req.method === 'HEAD';
+  // A reused connection may have been closed by the server meanwhile: if it dies before any byte of
+  // the answer, a GET goes again on a new one (anything else could run twice, so it fails instead; the
+  // daemon keeps idle connections far longer than IDLE_MS, so that is rare).
+  for (;;) {
+    const reused = RawConnection.take(origin.key);
+    const conn = reused ?? new RawConnection(origin.key, origin.host, origin.port);
+    try {
+      const out = await exchange(conn, payload, req);
+      if (out.kind === 'answer') return out.answer;
+      if (repeatable) return undefined;
+      throw new Error('the daemon answered in a form this client cannot frame (no Content-Length)');
+    } catch (e) {
+      if (repeatable && reused && !conn.used && !req.signal?.aborted) continue;
+      throw e;
+    }
+  }
 }
 
 /**
@@ -263,45 +340,31 @@ function safeHeader(v: string): boolean {
  * signal's reason), like sendRequest.
  */
 export async function getBytes(url: URL, headers: Record<string, string>, signal: AbortSignal): Promise<Uint8Array | undefined> {
-  if (url.protocol !== 'http:' || url.username || url.password) return undefined;
-  if (!Object.entries(headers).every(([k, v]) => safeHeader(k) && safeHeader(v))) return undefined;
-  signal.throwIfAborted();
-  const host = url.hostname.replace(/^\[|\]$/g, '');
-  const port = Number(url.port || 80);
-  const origin = `${host}:${port}`;
-  const head =
-    `GET ${url.pathname}${url.search} HTTP/1.1\r\nhost: ${url.host}\r\n` +
-    Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('') +
-    '\r\n';
-  // A reused connection may have been closed by the server meanwhile: if it dies before any byte of
-  // the response, the request (a GET) goes again on a new one.
-  for (;;) {
-    const reused = RawConnection.take(origin);
-    const conn = reused ?? new RawConnection(origin, host, port);
-    try {
-      const out = await exchange(conn, head, signal);
-      if (out.kind === 'fallback') return undefined;
-      return new Uint8Array(out.body.buffer, out.body.byteOffset, out.body.byteLength);
-    } catch (e) {
-      if (reused && !conn.used && !signal.aborted) continue;
-      throw e;
-    }
-  }
+  const origin = plainOrigin(url);
+  if (!origin) return undefined;
+  const got = await plainRequest(origin, { method: 'GET', target: `${url.pathname}${url.search}`, headers, maxBody: Number.MAX_SAFE_INTEGER, signal });
+  // An error answer goes again through the general path, which owns error mapping (a GET may repeat).
+  if (!got || got.status < 200 || got.status > 299) return undefined;
+  return new Uint8Array(got.body.buffer, got.body.byteOffset, got.body.byteLength);
 }
 
-function exchange(conn: RawConnection, head: string, signal: AbortSignal): Promise<Outcome> {
+function exchange(conn: RawConnection, payload: string | Buffer, req: PlainRequest): Promise<Outcome> {
   return new Promise<Outcome>((resolve, reject) => {
     const sock = conn.socket;
+    const signal = req.signal;
     conn.used = false;
     let headBuf: Buffer | undefined;
     let body: Buffer | undefined;
+    let status = 0;
     let off = 0;
     let keepAlive = false;
     let settled = false;
+    let timer: NodeJS.Timeout | undefined;
     const finish = (err: Error | null, out?: Outcome): void => {
       if (settled) return;
       settled = true;
-      signal.removeEventListener('abort', onAbort);
+      if (timer) clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
       sock.off('close', onClose);
       if (err) {
         conn.onBytes = undefined;
@@ -309,15 +372,19 @@ function exchange(conn: RawConnection, head: string, signal: AbortSignal): Promi
         reject(err);
         return;
       }
-      if (out!.kind === 'bytes' && keepAlive) conn.park();
+      if (out!.kind === 'answer' && keepAlive) conn.park();
       else sock.destroy();
       resolve(out!);
     };
-    const onAbort = (): void => finish(signal.reason instanceof Error ? signal.reason : new Error('aborted'));
+    const onAbort = (): void => finish(signal!.reason instanceof Error ? signal!.reason : new Error('aborted'));
     const onClose = (): void =>
       finish(new Error(body ? `response body ended after ${off} of ${body.length} bytes` : 'connection closed before a response'));
-    signal.addEventListener('abort', onAbort, { once: true });
+    signal?.addEventListener('abort', onAbort, { once: true });
     sock.once('close', onClose);
+    if (req.timeoutMs && req.timeoutMs > 0) {
+      timer = setTimeout(() => finish(req.onTimeout?.() ?? new Error(`no answer within ${req.timeoutMs} ms`)), req.timeoutMs);
+    }
+    const done = (): void => finish(null, { kind: 'answer', answer: { status, body: body! } });
 
     conn.onBytes = (chunk) => {
       if (settled) return;
@@ -326,19 +393,29 @@ function exchange(conn: RawConnection, head: string, signal: AbortSignal): Promi
         headBuf = headBuf ? Buffer.concat([headBuf, chunk]) : Buffer.from(chunk); // the chunk is the shared buffer: copy
         const end = headBuf.indexOf('\r\n\r\n');
         if (end < 0 ? headBuf.length > MAX_HEAD_BYTES : end > MAX_HEAD_BYTES) {
-          finish(null, { kind: 'fallback' });
+          finish(null, { kind: 'unframed' });
           return;
         }
         if (end < 0) return;
-        const parsed = parseHead(headBuf.subarray(0, end).toString('latin1'));
+        const parsed = parseHead(headBuf.subarray(0, end).toString('latin1'), req.method);
         if (!parsed) {
-          finish(null, { kind: 'fallback' });
+          finish(null, { kind: 'unframed' });
           return;
         }
+        if (parsed.length > req.maxBody) {
+          finish(new Error(`response body of ${parsed.length} bytes is over the limit of ${req.maxBody}`));
+          return;
+        }
+        status = parsed.status;
         keepAlive = parsed.keepAlive;
-        body = Buffer.allocUnsafeSlow(parsed.length); // every byte is overwritten, or the read fails
+        body = parsed.length <= 4096 ? Buffer.allocUnsafe(parsed.length) : Buffer.allocUnsafeSlow(parsed.length); // every byte is overwritten, or the read fails
         chunk = headBuf.subarray(end + 4);
         headBuf = undefined;
+        if (body.length === 0) {
+          if (chunk.length > 0) finish(new Error('bytes after a response without a body'));
+          else done();
+          return;
+        }
       }
       if (off + chunk.length > body.length) {
         finish(new Error(`response body longer than its Content-Length of ${body.length}`));
@@ -346,19 +423,19 @@ function exchange(conn: RawConnection, head: string, signal: AbortSignal): Promi
       }
       chunk.copy(body, off);
       off += chunk.length;
-      if (off === body.length) finish(null, { kind: 'bytes', body });
+      if (off === body.length) done();
     };
-    sock.write(head);
+    sock.write(payload);
   });
 }
 
-/** Status line and headers of a response this path can take: a 2xx framed by Content-Length alone. */
-function parseHead(text: string): { length: number; keepAlive: boolean } | undefined {
+/** Status line and headers of an answer this path can take: framed by Content-Length alone, or bodiless. */
+function parseHead(text: string, method: string): { status: number; length: number; keepAlive: boolean } | undefined {
   const lines = text.split('\r\n');
-  const status = /^HTTP\/1\.([01]) (\d{3})(?: |$)/.exec(lines[0] ?? '');
-  if (!status) return undefined;
-  const code = Number(status[2]);
-  if (code < 200 || code > 299 || code === 204) return undefined;
+  const statusLine = /^HTTP\/1\.([01]) (\d{3})(?: |$)/.exec(lines[0] ?? '');
+  if (!statusLine) return undefined;
+  const code = Number(statusLine[2]);
+  if (code < 200 || code > 599) return undefined; // 1xx: not from our daemon
   let length: number | undefined;
   let connection = '';
   for (const line of lines.slice(1)) {
@@ -374,7 +451,8 @@ function parseHead(text: string): { length: number; keepAlive: boolean } | undef
       connection = value.toLowerCase();
     }
   }
+  if (code === 204 || code === 304 || method === 'HEAD') length = 0;
   if (length === undefined) return undefined;
-  const keepAlive = status[1] === '1' ? !/\bclose\b/.test(connection) : /\bkeep-alive\b/.test(connection);
-  return { length, keepAlive };
+  const keepAlive = statusLine[1] === '1' ? !/\bclose\b/.test(connection) : /\bkeep-alive\b/.test(connection);
+  return { status: code, length, keepAlive };
 }
