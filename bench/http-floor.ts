@@ -2,7 +2,8 @@
  * A floor for the exec row: the least any HTTP front could add to the agent's
  * own round trip on this machine. A child process runs a bare node:http server
  * that forwards each request straight to the sandbox's agent (no auth, no
- * validation, no state, no framework), and a bare node:http client calls it.
+ * validation, no state, no framework), and the SDK's own plain HTTP/1.1 client
+ * path (transport.plainRequest, what every small SDK call uses) calls it.
  * The SDK's row next to it shows what Capsule's own HTTP, daemon and SDK work
  * costs on top of that floor.
  */
@@ -10,6 +11,7 @@ import { fork, type ChildProcess } from 'node:child_process';
 import http from 'node:http';
 import { fileURLToPath } from 'node:url';
 import { connectAgent } from '../src/agent/client.js';
+import { plainOrigin, plainRequest } from '../src/sdk/transport.js';
 
 export interface HttpFloor {
   /** One exec of argv through the bare proxy; resolves with the exit code. */
@@ -24,26 +26,20 @@ export async function startHttpFloor(socketPath: string): Promise<HttpFloor> {
     child.once('message', (m) => resolve(Number(m)));
     child.once('exit', (code) => reject(new Error(`http floor proxy exited with ${code}`)));
   });
-  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  const origin = plainOrigin(new URL(`http://127.0.0.1:${port}`))!;
   return {
-    exec(argv) {
-      const body = JSON.stringify({ argv });
-      return new Promise((resolve, reject) => {
-        const req = http.request(
-          { host: '127.0.0.1', port, method: 'POST', path: '/', agent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } },
-          (res) => {
-            const parts: Buffer[] = [];
-            res.on('data', (d: Buffer) => parts.push(d));
-            res.on('end', () => resolve((JSON.parse(Buffer.concat(parts).toString()) as { exitCode: number }).exitCode));
-            res.on('error', reject);
-          },
-        );
-        req.on('error', reject);
-        req.end(body);
+    async exec(argv) {
+      const answer = await plainRequest(origin, {
+        method: 'POST',
+        target: '/',
+        headers: { 'content-type': 'application/json' },
+        body: Buffer.from(JSON.stringify({ argv })),
+        maxBody: 1 << 20,
       });
+      if (!answer || answer.status !== 200) throw new Error(`http floor proxy answered ${answer?.status}`);
+      return (JSON.parse(answer.body.toString()) as { exitCode: number }).exitCode;
     },
     close() {
-      agent.destroy();
       child.kill();
     },
   };
