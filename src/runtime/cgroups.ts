@@ -101,10 +101,16 @@ async function writeIfExists(file: string, value: string): Promise<boolean> {
  * caller told "paused" must be able to rely on nothing running. Writing the
  * file directly takes 1.5-4 ms where `crun pause` takes ~12 ms and may return
  * early. Returns false when there is no v1 freezer hierarchy (the caller then
- * asks the runtime).
+ * asks the runtime). `mounts`: the cgroup mounts when the caller has them
+ * (reading the mount table costs more than the freeze with many sandboxes).
  */
-export async function setFreezerState(cgroupsPath: string, state: 'FROZEN' | 'THAWED', timeoutMs = 5000): Promise<boolean> {
-  const freezer = (await cgroupMounts()).find((m) => m.version === 1 && m.controllers.includes('freezer'));
+export async function setFreezerState(
+  cgroupsPath: string,
+  state: 'FROZEN' | 'THAWED',
+  timeoutMs = 5000,
+  mounts?: readonly CgroupMount[],
+): Promise<boolean> {
+  const freezer = (mounts ?? (await cgroupMounts())).find((m) => m.version === 1 && m.controllers.includes('freezer'));
   if (!freezer) return false;
   const file = path.join(freezer.mountPoint, cgroupsPath.replace(/^\/+/, ''), 'freezer.state');
   await fsp.writeFile(file, state);

@@ -54,6 +54,11 @@ export interface ContainerSpec {
   network: NetworkSpec;
 }
 
+/**
+ * `stopped`: nothing runs, and what the runtime kept (for an OCI runtime: the
+ * sandbox's disk) is there; `start` can boot it again when the backend has the
+ * `stop` capability. `missing`: the runtime knows nothing of it.
+ */
 export type ContainerStatus = 'running' | 'paused' | 'stopped' | 'missing';
 
 export interface ContainerInfo {
@@ -69,6 +74,12 @@ export interface RuntimeCapabilities {
   isolation: 'container' | 'gvisor' | 'microvm';
   /** Freeze and thaw every process of a sandbox (pause/resume). */
   pause: boolean;
+  /**
+   * End every process and free the sandbox's memory while keeping its writable
+   * layer, and boot it again from that layer later (stop/start), also after
+   * the daemon or the host restarted.
+   */
+  stop: boolean;
   /** Dump a sandbox's memory and processes and restore them (memory snapshots). */
   checkpoint: boolean;
   /** Change cpus, memory and pids of a running sandbox (`update`). */
@@ -111,6 +122,19 @@ export interface RuntimeDriver {
   pause(id: string): Promise<void>;
   /** Thaw a paused sandbox. Needs `capabilities.pause`. */
   resume(id: string): Promise<void>;
+  /**
+   * End every process (a paused sandbox too) and release its memory, cgroups,
+   * mounts and agent endpoint, keeping its writable layer and what `start`
+   * needs, durably (a host reboot keeps it). Idempotent. Needs `capabilities.stop`.
+   */
+  stop(id: string): Promise<void>;
+  /**
+   * Boot a stopped sandbox again from its kept writable layer and the layers
+   * it was created with, with the same id, limits and agent endpoint; resolves
+   * once it runs. Works after a host reboot (mounts and devices are re-made).
+   * On failure it leaves the sandbox stopped. Needs `capabilities.stop`.
+   */
+  start(id: string, signal?: AbortSignal): Promise<ContainerInfo>;
   /** OOM kills so far inside the sandbox's memory cgroup (0 when the backend cannot tell). */
   oomKills(id: string): Promise<number>;
   /** Where the sandbox's agent listens (for an OCI runtime: a host-root-owned unix socket, never inside the sandbox). */
