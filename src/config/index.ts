@@ -39,8 +39,10 @@ export interface DaemonConfig {
   /** Host uid/gid that container root maps to; the next 65536 ids are the sandbox's. */
   idMapBase: number;
   idMapSize: number;
-  /** How often expired sandboxes are looked for. */
+  /** How often expired sandboxes are looked for (and idle ones, and paused or stopped ones past retention). */
   reapIntervalMs: number;
+  /** How long a paused or stopped sandbox is kept when its create names no lifecycle.deleteAfterMs. */
+  defaultDeleteAfterMs: number;
   logLevel: string;
   /**
    * Require API keys (default). Off only with an explicit `--no-auth`: then
@@ -189,6 +191,11 @@ export const SETTINGS = {
     schema: wholeNumber(...DISK_MB_RANGE, 'MiB').default(64 * 1024),
     describe: 'largest disk quota a create may ask for (images are sparse: keep quota x sandboxes within free space)',
   },
+  defaultDeleteAfterMs: {
+    env: 'CAPSULE_DEFAULT_DELETE_AFTER_MS',
+    schema: wholeNumber(1000, MAX_SETTING_TIMEOUT_MS, 'milliseconds').default(7 * 24 * 60 * 60_000),
+    describe: 'retention: a paused or stopped sandbox whose create names no lifecycle.deleteAfterMs is deleted this long after it was paused or stopped (default 7 days)',
+  },
   noAuth: { env: 'CAPSULE_NO_AUTH', schema: Flag.default(false), describe: 'accept requests without an API key (same as --no-auth)' },
   pools: {
     env: 'CAPSULE_POOL',
@@ -300,6 +307,7 @@ export function loadConfig(
     idMapBase: 100000,
     idMapSize: 65536,
     reapIntervalMs: 1000,
+    defaultDeleteAfterMs: s.defaultDeleteAfterMs,
     logLevel: s.logLevel,
     auth: !s.noAuth,
     // Unset: the default pool; set (even empty): exactly the pools it lists.

@@ -72,6 +72,21 @@ export class CommandService implements SandboxEvents {
     req: RunCommandRequest,
     opts: { sink?: EventSink; signal?: AbortSignal } = {},
   ): Promise<CommandResult | { pid: number }> {
+    // A caller waiting on a foreground command is not idle: its sandbox's idle policy must not pause it meanwhile.
+    const release = req.background === true ? undefined : this.sandboxes.hold(sandboxId);
+    try {
+      return await this.runHeld(ctx, sandboxId, req, opts);
+    } finally {
+      release?.();
+    }
+  }
+
+  private async runHeld(
+    ctx: RequestContext,
+    sandboxId: string,
+    req: RunCommandRequest,
+    opts: { sink?: EventSink; signal?: AbortSignal },
+  ): Promise<CommandResult | { pid: number }> {
     const argv = typeof req.cmd === 'string' ? ['/bin/sh', '-c', req.cmd] : req.cmd;
     const cwd = req.cwd === undefined ? undefined : resolveSandboxPath(req.cwd);
     const { rec: sb, conn } = await this.sandboxes.use(ctx, sandboxId, 'run a command');
@@ -140,6 +155,8 @@ export class CommandService implements SandboxEvents {
   }
 
   async sendStdin(ctx: RequestContext, sandboxId: string, pid: number, data: Buffer, eof: boolean): Promise<void> {
+    // Through use(): a frozen agent reads nothing, so a paused sandbox answers 409 (or wakes, with autoResume).
+    await this.sandboxes.use(ctx, sandboxId, 'send input');
     const t = this.live(ctx, sandboxId, pid);
     if (!t.proc) throw new NotFoundError(`process ${pid} has no stdin`);
     if (data.length > 0) await t.proc.writeStdin(data);
@@ -147,6 +164,7 @@ export class CommandService implements SandboxEvents {
   }
 
   async signal(ctx: RequestContext, sandboxId: string, pid: number, signal: NodeJS.Signals): Promise<void> {
+    await this.sandboxes.use(ctx, sandboxId, 'signal a process');
     const t = this.live(ctx, sandboxId, pid);
     await t.proc?.signal(signal);
   }
@@ -187,9 +205,14 @@ export class CommandService implements SandboxEvents {
       return { done: Promise.resolve(), stop: () => undefined };
     }
     t.followers.add(sink);
+    // A follower waits on the sandbox: it is not idle meanwhile.
+    const release = this.sandboxes.hold(sandboxId);
     return {
-      done: t.done.then(() => undefined),
-      stop: () => this.unfollow(t, sink),
+      done: t.done.then(() => undefined).finally(release),
+      stop: () => {
+        release();
+        this.unfollow(t, sink);
+      },
     };
   }
 

@@ -13,6 +13,9 @@
  *  - `connections`: agent connections of running sandboxes only.
  *  - `ending`: cleanups in flight after a move to a terminal state; a second
  *    kill waits for the first one's cleanup.
+ * Pause/resume, stop/start and the automatic policies live in
+ * lifecycle-service.ts; this file exposes its verbs with the caller's context,
+ * and use() wakes a sandbox whose policy says autoResume.
  */
 import type { DaemonConfig, ResourceLimits } from '../config/index.js';
 import type { LayerRef, RuntimeCapabilities, RuntimeDriver } from '../runtime/types.js';
@@ -23,7 +26,9 @@ import { ConflictError, InvalidArgumentError, NotFoundError, RateLimitedError, S
 import type { SandboxRecord, SandboxStore } from './store.js';
 import { LIVE_STATES, requireState, wrongState, type SandboxState, type TerminalState } from './lifecycle.js';
 import { newSandboxId } from './ids.js';
-import { containerSpec } from './spec.js';
+import { containerSpec, requireCapability } from './spec.js';
+import { SandboxLifecycle, type WakeOptions } from './lifecycle-service.js';
+import { resolvePolicy, type LifecycleInput } from './policy.js';
 import type { Claimed, PoolStats, WarmPool } from './pool.js';
 
 export interface Logger {
@@ -46,6 +51,8 @@ export interface CreateOptions {
   envs?: Record<string, string> | undefined;
   metadata?: Record<string, string> | undefined;
   resources?: Partial<ResourceLimits> | undefined;
+  /** What its timeout and idleness do, whether calls wake it, how long it is kept paused or stopped (policy.ts). */
+  lifecycle?: LifecycleInput | undefined;
   /** Aborted when the caller gives up (the client went away): nothing is left behind. */
   signal?: AbortSignal | undefined;
 }
@@ -57,6 +64,7 @@ export interface ListFilter {
 
 /** Listeners the command service registers to learn about sandbox ends and new connections. */
 export interface SandboxEvents {
+  /** Every process of the sandbox is gone: it ended, or it was stopped. */
   onEnded(id: string): void;
   onAdopted(id: string, conn: AgentConnection): Promise<void>;
 }
@@ -74,6 +82,7 @@ export class SandboxManager {
   private reaper: NodeJS.Timeout | undefined;
   private events: SandboxEvents | undefined;
   private afterDestroy: (() => void) | undefined;
+  private readonly lifecycle: SandboxLifecycle;
 
   constructor(
     private readonly config: DaemonConfig,
@@ -84,7 +93,18 @@ export class SandboxManager {
     private readonly log: Logger,
     /** Started sandboxes to claim instead of starting one per create; null = no pools. */
     private readonly pool: WarmPool | null = null,
-  ) {}
+  ) {
+    this.lifecycle = new SandboxLifecycle({
+      store,
+      runtime,
+      log,
+      connect: (id, signal) => this.connection(id, signal),
+      dropConnection: (id) => this.dropConnection(id),
+      processesGone: (id) => this.events?.onEnded(id),
+      adopt: async (id, conn) => this.events?.onAdopted(id, conn),
+      end: (id, state, reason) => this.end(id, state, reason),
+    });
+  }
 
   setEvents(events: SandboxEvents): void {
     this.events = events;
@@ -101,6 +121,9 @@ export class SandboxManager {
     const timeoutMs = this.checkTimeout(opts.timeoutMs ?? this.config.defaultTimeoutMs);
     const resources: ResourceLimits = { ...this.config.defaultResources, ...stripUndefined(opts.resources ?? {}) };
     this.checkDisk(resources.diskMb);
+    const onTimeout = opts.lifecycle?.onTimeout;
+    if (onTimeout === 'pause') requireCapability(this.runtime, 'pause', 'pause this sandbox when it times out');
+    if (onTimeout === 'stop') requireCapability(this.runtime, 'stop', 'stop this sandbox when it times out');
     this.pool?.userCreateStarted();
     try {
       const layers = await this.templates.layers(opts.template, undefined, opts.signal);
@@ -124,12 +147,60 @@ export class SandboxManager {
   /**
    * A running sandbox of this caller and its agent connection, for anything
    * that acts inside it (commands, files). `what` names the operation in the
-   * conflict error a sandbox in another state gets.
+   * conflict error a sandbox in another state gets. A paused or stopped
+   * sandbox whose policy says autoResume is resumed or started first; this is
+   * the one place every command and file call passes through.
    */
   async use(ctx: RequestContext, id: string, what: string): Promise<{ rec: SandboxRecord; conn: AgentConnection }> {
-    const rec = this.get(ctx, id);
+    let rec = this.get(ctx, id);
+    if (rec.state !== 'running' && rec.lifecycle.autoResume) {
+      await this.lifecycle.wake(id, { beforeStart: (r) => this.checkMemoryQuota(ctx, r.resources.memoryMb) });
+      rec = this.get(ctx, id);
+    }
     requireState(id, rec.state, 'use', what, rec.endReason);
+    if (rec.lifecycle.idleMs !== null) this.lifecycle.activity.touch(id);
     return { rec, conn: await this.connection(id) };
+  }
+
+  /**
+   * Marks the sandbox busy for its idle policy until the returned function is
+   * called (a foreground command or an output stream: the caller is waiting on
+   * it, so it is not idle). Does nothing for sandboxes without idleMs.
+   */
+  hold(id: string): () => void {
+    const rec = this.store.get(id);
+    if (!rec || rec.lifecycle.idleMs === null) return () => undefined;
+    return this.lifecycle.activity.hold(id);
+  }
+
+  /** Freeze every process (memory stays, CPU stops); its timeout clock stops too. Pausing a paused sandbox does nothing. */
+  async pause(ctx: RequestContext, id: string): Promise<SandboxRecord> {
+    this.get(ctx, id);
+    await this.lifecycle.pause(id);
+    return this.get(ctx, id);
+  }
+
+  /** Thaw a paused sandbox: it continues where it was, with the lifetime it had left (or `timeoutMs`). */
+  async resume(ctx: RequestContext, id: string, opts: Pick<WakeOptions, 'timeoutMs'> = {}): Promise<SandboxRecord> {
+    this.get(ctx, id);
+    if (opts.timeoutMs !== undefined) this.checkTimeout(opts.timeoutMs);
+    await this.lifecycle.resume(id, opts);
+    return this.get(ctx, id);
+  }
+
+  /** End every process and free its memory, keeping its files (and envs, metadata, limits) for start. */
+  async stop(ctx: RequestContext, id: string): Promise<SandboxRecord> {
+    this.get(ctx, id);
+    await this.lifecycle.stop(id);
+    return this.get(ctx, id);
+  }
+
+  /** Boot a stopped sandbox again, same id and files; its memory counts against the caller's quota again. */
+  async start(ctx: RequestContext, id: string, opts: Pick<WakeOptions, 'timeoutMs'> = {}): Promise<SandboxRecord> {
+    this.get(ctx, id);
+    if (opts.timeoutMs !== undefined) this.checkTimeout(opts.timeoutMs);
+    await this.lifecycle.start(id, { ...opts, beforeStart: (r) => this.checkMemoryQuota(ctx, r.resources.memoryMb) });
+    return this.get(ctx, id);
   }
 
   list(ctx: RequestContext, filter: ListFilter = {}): SandboxRecord[] {
@@ -146,11 +217,11 @@ export class SandboxManager {
     const rec = this.get(ctx, id);
     requireState(id, rec.state, 'setTimeout', 'set the timeout', rec.endReason);
     const expiresAt = Date.now() + this.checkTimeout(timeoutMs);
-    if (!this.store.setExpiry(id, rec.state, expiresAt)) {
+    if (!this.store.setExpiry(id, rec.state, expiresAt, timeoutMs)) {
       const now = this.store.get(id);
       throw wrongState(id, now?.state ?? 'killed', 'set the timeout', now?.endReason);
     }
-    return { ...rec, expiresAt };
+    return { ...rec, expiresAt, timeoutMs };
   }
 
   /** Kill a sandbox in any live state; killing an ended one answers its record (idempotent). */
@@ -191,6 +262,7 @@ export class SandboxManager {
     const rec = this.newRecord(ctx, claimed.id, 'running', opts, resources, timeoutMs);
     this.store.insert(rec);
     this.adoptConnection(claimed.id, claimed.conn);
+    if (rec.lifecycle.idleMs !== null) this.lifecycle.activity.touch(rec.id);
     return rec;
   }
 
@@ -219,6 +291,7 @@ export class SandboxManager {
       // The one step that makes it running: it fails when a kill (or anything else) ended it meanwhile.
       const t = this.store.transition(id, ['creating'], 'running', { expiresAt });
       if (!t.ok) throw this.lostCreate(id);
+      if (rec.lifecycle.idleMs !== null) this.lifecycle.activity.touch(id);
       return { ...rec, state: 'running', expiresAt, stateChangedAt: Date.now() };
     } catch (err) {
       const reason = err instanceof Error ? err.message : String(err);
@@ -268,6 +341,9 @@ export class SandboxManager {
       endReason: null,
       stateChangedAt: now,
       runtime: this.runtime.kind,
+      lifecycle: resolvePolicy(opts.lifecycle, this.config.defaultDeleteAfterMs),
+      timeoutMs,
+      remainingMs: null,
     };
   }
 
@@ -348,6 +424,7 @@ export class SandboxManager {
     const t = this.store.transition(id, LIVE_STATES, state, { reason });
     if (!t.ok) return Promise.resolve();
     this.events?.onEnded(id);
+    this.lifecycle.forget(id);
     const inFlight = this.creating.get(id);
     let work: Promise<void>;
     if (t.from === 'creating' && inFlight) {
@@ -355,6 +432,8 @@ export class SandboxManager {
       work = inFlight.settled;
     } else {
       work = (async () => {
+        // A pause, resume, stop or start in flight finishes first (its own next step then fails): one actor cleans up.
+        await this.lifecycle.settled(id);
         this.dropConnection(id);
         await this.destroyQuietly(id, 'destroying sandbox failed');
         this.log.info({ id, state, reason }, 'sandbox ended');
@@ -381,25 +460,26 @@ export class SandboxManager {
     this.reaper.unref();
   }
 
+  /** Timeouts and idleness (lifecycle.onTimeout: kill, pause or stop), and retention of paused and stopped sandboxes. */
   async reapExpired(now = Date.now()): Promise<void> {
-    for (const id of this.store.expiredRunning(now)) {
-      await this.end(id, 'expired', 'timeout passed');
-    }
+    await this.lifecycle.tick(now);
   }
 
   /**
    * After a (re)start: adopt sandboxes whose containers still run, end the ones
    * that died or were half-made, and remove runtime leftovers nobody owns.
    */
-  async recover(): Promise<{ adopted: string[]; ended: string[]; cleaned: string[] }> {
+  async recover(): Promise<{ adopted: string[]; kept: string[]; ended: string[]; cleaned: string[] }> {
     const adopted: string[] = [];
+    const kept: string[] = [];
     const ended: string[] = [];
     for (const rec of this.store.listByStates(LIVE_STATES)) {
       if (rec.state !== 'running') {
-        // Nothing but the dead daemon knew how far that step got.
-        await this.end(rec.id, 'failed', `daemon restarted while the sandbox was ${rec.state === 'creating' ? 'being created' : rec.state}`);
-        ended.push(rec.id);
-        continue;
+        // Paused and stopped ones are kept without a word to their agent; cut-short operations are settled.
+        const r = await this.lifecycle.recover(rec);
+        if (r === 'kept') kept.push(rec.id);
+        if (r === 'ended') ended.push(rec.id);
+        if (r !== 'running') continue;
       }
       const info = await this.runtime.inspect(rec.id).catch(() => ({ status: 'missing' as const }));
       if (info.status !== 'running') {
@@ -411,6 +491,7 @@ export class SandboxManager {
         const conn = await this.connection(rec.id);
         await this.events?.onAdopted(rec.id, conn);
         adopted.push(rec.id);
+        if (rec.lifecycle.idleMs !== null) this.lifecycle.activity.touch(rec.id);
       } catch (err) {
         const why = err instanceof Error ? err.message : String(err);
         this.log.warn({ err, id: rec.id }, 'could not reach the agent of a running sandbox');
@@ -418,7 +499,7 @@ export class SandboxManager {
         ended.push(rec.id);
       }
     }
-    const live = new Set(adopted);
+    const live = new Set([...adopted, ...kept]);
     const cleaned: string[] = [];
     const known = new Set([...(await this.runtime.list()), ...(await this.runtime.listLeftovers())]);
     for (const id of known) {
@@ -426,14 +507,14 @@ export class SandboxManager {
       await this.runtime.destroy(id).catch((err: unknown) => this.log.error({ err, id }, 'cleanup of leftover failed'));
       cleaned.push(id);
     }
-    return { adopted, ended, cleaned };
+    return { adopted, kept, ended, cleaned };
   }
 
   /** Stop timers and connections; sandboxes keep running (they are re-adopted at next start). */
   async close(): Promise<void> {
     if (this.reaper) clearInterval(this.reaper);
     this.reaper = undefined;
-    await Promise.allSettled([...this.ending.values(), ...[...this.creating.values()].map((c) => c.settled)]);
+    await Promise.allSettled([...this.ending.values(), ...[...this.creating.values()].map((c) => c.settled), this.lifecycle.allSettled()]);
     for (const p of this.connections.values()) p.then((c) => c.close(), () => undefined);
     this.connections.clear();
   }
@@ -451,8 +532,17 @@ export class SandboxManager {
         maxSandboxes: limits.maxSandboxes,
       });
     }
-    const used = live.reduce((sum, r) => sum + r.resources.memoryMb, 0);
-    if (limits.maxMemoryMb !== null && used + memoryMb > limits.maxMemoryMb) {
+    this.checkMemoryQuota(ctx, memoryMb, live);
+  }
+
+  /** The memory quota alone (a start brings a stopped sandbox's memory back). Stopped sandboxes hold none. */
+  private checkMemoryQuota(ctx: RequestContext, memoryMb: number, owned?: SandboxRecord[]): void {
+    const { admin, limits } = ctx.principal;
+    if (admin || limits.maxMemoryMb === null) return;
+    const owner = ownerFor(ctx);
+    const live = owned ?? this.store.listByStates(LIVE_STATES).filter((r) => r.owner === owner);
+    const used = live.filter((r) => r.state !== 'stopped').reduce((sum, r) => sum + r.resources.memoryMb, 0);
+    if (used + memoryMb > limits.maxMemoryMb) {
       throw new RateLimitedError(`quota reached: ${used} MiB of ${limits.maxMemoryMb} MiB in use, ${memoryMb} MiB more asked`, {
         maxMemoryMb: limits.maxMemoryMb,
       });

@@ -60,6 +60,11 @@ const MIGRATIONS: string[] = [
   `ALTER TABLE sandboxes ADD COLUMN state_changed_at INTEGER;
    ALTER TABLE sandboxes ADD COLUMN runtime TEXT;
    UPDATE sandboxes SET state_changed_at = COALESCE(ended_at, created_at);`,
+  // Pause/stop and retention (src/sandboxes/lifecycle-service.ts): the sandbox's lifecycle policy (JSON),
+  // the lifetime it was given, and what was left of it when it was paused or stopped (its clock stops).
+  `ALTER TABLE sandboxes ADD COLUMN lifecycle TEXT;
+   ALTER TABLE sandboxes ADD COLUMN timeout_ms INTEGER;
+   ALTER TABLE sandboxes ADD COLUMN remaining_ms INTEGER;`,
 ];
 
 export function openDb(file: string): Db {
