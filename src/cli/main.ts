@@ -14,6 +14,7 @@ import { registerExecCommand } from './commands/exec.js';
 import { registerFileCommands } from './commands/files.js';
 import { registerMcpCommand } from './commands/mcp.js';
 import { registerSandboxCommands } from './commands/sandboxes.js';
+import { registerLifecycleCommands } from './commands/lifecycle.js';
 import { registerTemplateCommands } from './commands/templates.js';
 import { registerKeyCommands } from './commands/keys.js';
 import { UsageError } from './util.js';
@@ -38,6 +39,7 @@ export function buildProgram(): Command {
     .exitOverride();
   registerDaemonCommands(program);
   registerSandboxCommands(program);
+  registerLifecycleCommands(program);
   registerExecCommand(program);
   registerFileCommands(program);
   registerTemplateCommands(program);

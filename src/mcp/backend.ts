@@ -19,7 +19,7 @@ import { wireEvents } from '../sandboxes/output.js';
 import { requestContext } from '../auth/context.js';
 import { toApiSandbox } from '../api/routes/sandboxes.js';
 import { PayloadTooLargeError } from '../errors/index.js';
-import type { CommandResult, FileEntry, Sandbox as SandboxInfo } from '../schemas/index.js';
+import type { CommandResult, FileEntry, Lifecycle, Sandbox as SandboxInfo } from '../schemas/index.js';
 import { Sandbox, type ConnectionOptions } from '../sdk/index.js';
 
 export type SandboxState = SandboxInfo['state'];
@@ -30,7 +30,10 @@ export interface CreateSandboxInput {
   envs?: Record<string, string> | undefined;
   metadata?: Record<string, string> | undefined;
   resources?: Partial<ResourceLimits> | undefined;
+  lifecycle?: Lifecycle | undefined;
 }
+
+export type LifecycleVerb = 'pause' | 'resume' | 'stop' | 'start';
 
 export interface CommandInput {
   /** A shell string (run with /bin/sh -c) or an argv array. */
@@ -55,6 +58,8 @@ export interface McpBackend {
   listSandboxes(filter: { state?: SandboxState | 'all' | undefined; metadata?: Record<string, string> | undefined }): Promise<SandboxInfo[]>;
   killSandbox(id: string): Promise<SandboxInfo>;
   setSandboxTimeout(id: string, timeoutMs: number): Promise<SandboxInfo>;
+  /** Pause, resume, stop or start; `timeoutMs` only for resume and start. */
+  lifecycle(id: string, verb: LifecycleVerb, opts: { timeoutMs?: number }): Promise<SandboxInfo>;
   runCommand(id: string, input: CommandInput, hooks?: RunHooks): Promise<CommandResult>;
   startCommand(id: string, input: CommandInput): Promise<{ pid: number }>;
   /** The whole file; PayloadTooLargeError when it is larger than maxBytes. */
@@ -95,6 +100,12 @@ export function servicesBackend(services: Services, principal: Principal = ANONY
     },
     async setSandboxTimeout(id, timeoutMs) {
       return toApiSandbox(services.sandboxes.setTimeout(ctx, id, timeoutMs));
+    },
+    async lifecycle(id, verb, opts) {
+      const s = services.sandboxes;
+      const rec =
+        verb === 'pause' ? await s.pause(ctx, id) : verb === 'resume' ? await s.resume(ctx, id, opts) : verb === 'stop' ? await s.stop(ctx, id) : await s.start(ctx, id, opts);
+      return toApiSandbox(rec);
     },
     async runCommand(id, input, hooks = {}) {
       const onOutput = hooks.onOutput;
@@ -186,6 +197,10 @@ export function sdkBackend(conn: ConnectionOptions = {}): McpBackend {
     },
     async setSandboxTimeout(id, timeoutMs) {
       return (await sandbox(id)).setTimeout(timeoutMs);
+    },
+    async lifecycle(id, verb, opts) {
+      const s = await sandbox(id);
+      return verb === 'pause' ? s.pause() : verb === 'resume' ? s.resume(opts) : verb === 'stop' ? s.stop() : s.start(opts);
     },
     async runCommand(id, input, hooks = {}) {
       const s = await sandbox(id);

@@ -20,6 +20,7 @@ import {
   CommandResult,
   CreateSandboxRequest,
   FileEntry as FileEntrySchema,
+  Lifecycle,
   ListFilesQuery,
   ListSandboxesQuery,
   LIMITS,
@@ -32,7 +33,9 @@ import {
   ShellCommand,
   snakeObject,
   TemplateName,
+  WakeSandboxRequest,
   WriteFileQuery,
+  fromSnake,
 } from '../schemas/index.js';
 import type { Sandbox as SandboxInfo, FileEntry } from '../schemas/index.js';
 import type { McpBackend } from './backend.js';
@@ -99,7 +102,7 @@ const SandboxRef = {
 
 /** The API's Sandbox, in snake_case, with the id named as the other tools name it. */
 const SandboxSummary = snakeObject(
-  SandboxSchema.pick({ template: true, state: true, createdAt: true, expiresAt: true, metadata: true, resources: true, endReason: true }),
+  SandboxSchema.pick({ template: true, state: true, createdAt: true, expiresAt: true, metadata: true, resources: true, endReason: true, timeoutRemainingMs: true }),
 ).extend({ sandbox_id: SandboxId });
 
 function summary(s: SandboxInfo): z.infer<typeof SandboxSummary> {
@@ -112,6 +115,7 @@ function summary(s: SandboxInfo): z.infer<typeof SandboxSummary> {
     metadata: s.metadata,
     resources: s.resources,
     ...(s.endReason !== undefined ? { end_reason: s.endReason } : {}),
+    ...(s.timeoutRemainingMs !== undefined ? { timeout_remaining_ms: s.timeoutRemainingMs } : {}),
   };
 }
 
@@ -121,7 +125,8 @@ async function useSandbox(id: string | undefined, ctx: ToolContext): Promise<{ s
   const current = ctx.session.defaultSandboxId;
   if (current !== undefined) {
     const info = await ctx.backend.getSandbox(current).catch(() => undefined);
-    if (info?.state === 'running') return { sandbox_id: current };
+    // A sleeping default with autoResume wakes at the call; without it the session gets a new one.
+    if (info?.state === 'running' || (info?.lifecycle.autoResume && (info.state === 'paused' || info.state === 'stopped'))) return { sandbox_id: current };
   }
   const info = await ctx.backend.createSandbox({ template: ctx.defaultTemplate }, ctx.signal);
   ctx.session.defaultSandboxId = info.id;
@@ -142,6 +147,7 @@ const sandboxCreate = tool({
   description:
     'Start a new isolated Linux sandbox and return its id. Pass the id as sandbox_id to the other tools. The sandbox is killed when its timeout passes (default 5 minutes; extend with sandbox_set_timeout). It becomes this session\'s default sandbox.',
   input: snakeObject(CreateSandboxRequest.pick({ timeoutMs: true, envs: true, metadata: true, resources: true })).extend({
+    lifecycle: snakeObject(Lifecycle).optional().describe(Lifecycle.description ?? ''),
     // Without the API's default: the server's default template applies (CAPSULE_MCP_TEMPLATE).
     template: TemplateName.optional().describe(
       'Template to start from: debian (Debian with python3) or busybox (tiny, POSIX sh only). Default: the server\'s default template',
@@ -152,7 +158,14 @@ const sandboxCreate = tool({
   async handler(input, ctx) {
     const template = input.template ?? ctx.defaultTemplate;
     const info = await ctx.backend.createSandbox(
-      { template, timeoutMs: input.timeout_ms, envs: input.envs, metadata: input.metadata, resources: input.resources },
+      {
+        template,
+        timeoutMs: input.timeout_ms,
+        envs: input.envs,
+        metadata: input.metadata,
+        resources: input.resources,
+        ...(input.lifecycle ? { lifecycle: fromSnake(input.lifecycle) as Lifecycle } : {}),
+      },
       ctx.signal,
     );
     ctx.session.defaultSandboxId = info.id;
@@ -208,6 +221,46 @@ const sandboxSetTimeout = tool({
     return { structured: summary(info), text: `Sandbox ${info.id} now expires at ${info.expiresAt}.` };
   },
 });
+
+/** Pause, resume, stop and start: one tool per verb of the sandbox service, alike but for their words. */
+function lifecycleTool(verb: 'pause' | 'resume' | 'stop' | 'start', description: string, done: string) {
+  const wakes = verb === 'resume' || verb === 'start';
+  return tool({
+    name: `sandbox_${verb}`,
+    description,
+    input: wakes
+      ? snakeObject(WakeSandboxRequest).extend({ sandbox_id: SandboxId.describe(`The sandbox to ${verb}`) })
+      : z.object({ sandbox_id: SandboxId.describe(`The sandbox to ${verb}`) }),
+    output: SandboxSummary,
+    annotations: { title: `${verb[0]!.toUpperCase()}${verb.slice(1)} sandbox`, readOnlyHint: false, destructiveHint: verb === 'stop', idempotentHint: true, openWorldHint: false },
+    async handler(input, ctx) {
+      const timeoutMs = 'timeout_ms' in input ? (input.timeout_ms as number | undefined) : undefined;
+      const info = await ctx.backend.lifecycle(input.sandbox_id, verb, timeoutMs !== undefined ? { timeoutMs } : {});
+      return { structured: summary(info), text: `Sandbox ${info.id} is ${info.state}${done}.` };
+    },
+  });
+}
+
+const sandboxPause = lifecycleTool(
+  'pause',
+  'Pause a running sandbox: every process is frozen where it is (memory kept, no CPU) and its timeout clock stops. Commands and file calls then fail unless it was created with lifecycle.auto_resume. Resume with sandbox_resume.',
+  '; sandbox_resume continues it',
+);
+const sandboxResume = lifecycleTool(
+  'resume',
+  'Resume a paused sandbox: its processes continue exactly where they were, with the lifetime it had left (or timeout_ms).',
+  '',
+);
+const sandboxStop = lifecycleTool(
+  'stop',
+  'Stop a running or paused sandbox: its processes end and its memory is freed, but its files, envs and metadata are kept. Start it again with sandbox_start.',
+  '; its files are kept for sandbox_start',
+);
+const sandboxStart = lifecycleTool(
+  'start',
+  'Start a stopped sandbox again: same id and files, no processes running yet, with the lifetime it had left (or timeout_ms).',
+  '',
+);
 
 // --- commands -------------------------------------------------------------------
 
@@ -488,6 +541,10 @@ export const TOOLS: readonly ToolDef[] = [
   sandboxList,
   sandboxKill,
   sandboxSetTimeout,
+  sandboxPause,
+  sandboxResume,
+  sandboxStop,
+  sandboxStart,
   runCommand,
   runCode,
   readFile,

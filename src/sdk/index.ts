@@ -8,7 +8,7 @@
  *   await sbx.kill();
  */
 export { Sandbox } from './sandbox.js';
-export type { CreateOptions, ListOptions as ListSandboxesOptions } from './sandbox.js';
+export type { CreateOptions, ListOptions as ListSandboxesOptions, WakeOptions } from './sandbox.js';
 export { CommandHandle, Commands } from './commands.js';
 export type { ConnectOptions, OutputCallback, OutputEncoding, RunOptions, Signal, WaitOptions } from './commands.js';
 export { Files } from './files.js';
@@ -46,6 +46,7 @@ export type {
   CommandResult,
   CreateSandboxRequest,
   FileEntry,
+  Lifecycle,
   ProcessInfo,
   RunCommandRequest,
   Sandbox as SandboxInfo,

@@ -6,6 +6,7 @@ import { NotFoundError } from '../errors/index.js';
 import {
   ListSandboxesResponse,
   Sandbox as SandboxSchema,
+  type Lifecycle,
   type Sandbox as SandboxInfo,
 } from '../schemas/index.js';
 
@@ -26,10 +27,21 @@ export interface CreateOptions extends ConnectionOptions {
   metadata?: Record<string, string>;
   /** CPU (cores), memory (MiB), process and disk (MiB, ENOSPC past it) limits; defaults come from the daemon. */
   resources?: { cpus?: number; memoryMb?: number; pids?: number; diskMb?: number };
+  /**
+   * What the timeout (or `idleMs` without API activity) does: `onTimeout` 'kill' (default), 'pause' or 'stop';
+   * `autoResume`: commands and file calls wake a paused or stopped sandbox instead of failing with ConflictError;
+   * `deleteAfterMs`: how long it is kept paused or stopped (the daemon's default is 7 days).
+   */
+  lifecycle?: Lifecycle;
+}
+
+export interface WakeOptions {
+  /** Lifetime from now once it runs; default: what it had left when it was paused or stopped. */
+  timeoutMs?: number;
 }
 
 export interface ListOptions extends ConnectionOptions {
-  /** Only sandboxes in this state, or 'all'; default: creating and running. */
+  /** Only sandboxes in this state, or 'all'; default: every live one (running, paused, stopped, ...). */
   state?: SandboxState | 'all';
   /** Only sandboxes whose metadata has all of these key/value pairs. */
   metadata?: Record<string, string>;
@@ -67,6 +79,7 @@ export class Sandbox {
       envs: opts.envs,
       metadata: opts.metadata,
       resources: opts.resources,
+      lifecycle: opts.lifecycle,
     };
     // Starting a container can take longer than an ordinary request.
     const timeoutMs = http.conn.requestTimeoutMs === 0 ? 0 : Math.max(http.conn.requestTimeoutMs, 120_000);
@@ -109,6 +122,39 @@ export class Sandbox {
     return this.info;
   }
 
+  /**
+   * Freeze every process (memory is kept, no CPU is used); the timeout clock
+   * stops until resume. Commands and file calls then fail with ConflictError,
+   * unless the sandbox was created with `lifecycle.autoResume`.
+   */
+  async pause(): Promise<SandboxInfo> {
+    this.info = await this.http.json('POST', `${sandboxPath(this.id)}/pause`, SandboxSchema);
+    return this.info;
+  }
+
+  /** Thaw a paused sandbox: its processes continue where they were. */
+  async resume(opts: WakeOptions = {}): Promise<SandboxInfo> {
+    this.info = await this.http.json('POST', `${sandboxPath(this.id)}/resume`, SandboxSchema, { json: wakeBody(opts) });
+    return this.info;
+  }
+
+  /** End every process and free the memory, keeping the files (and envs, metadata, limits) for start(). */
+  async stop(): Promise<SandboxInfo> {
+    // Unmounting and writing back the disk can outlast an ordinary request on a busy host.
+    this.info = await this.http.json('POST', `${sandboxPath(this.id)}/stop`, SandboxSchema, { timeoutMs: this.longTimeout() });
+    return this.info;
+  }
+
+  /** Boot a stopped sandbox again: the same id and files, no processes but a fresh start. */
+  async start(opts: WakeOptions = {}): Promise<SandboxInfo> {
+    this.info = await this.http.json('POST', `${sandboxPath(this.id)}/start`, SandboxSchema, { json: wakeBody(opts), timeoutMs: this.longTimeout() });
+    return this.info;
+  }
+
+  private longTimeout(): number {
+    return this.http.conn.requestTimeoutMs === 0 ? 0 : Math.max(this.http.conn.requestTimeoutMs, 120_000);
+  }
+
   /** Kill the sandbox and everything in it. Idempotent. */
   async kill(): Promise<SandboxInfo> {
     this.info = await this.http.json('DELETE', sandboxPath(this.id), SandboxSchema);
@@ -124,4 +170,8 @@ export class Sandbox {
       throw e;
     }
   }
+}
+
+function wakeBody(opts: WakeOptions): { timeoutMs?: number } {
+  return opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {};
 }

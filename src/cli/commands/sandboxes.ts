@@ -1,6 +1,8 @@
 /** Sandbox lifecycle: create, list, info, kill, timeout. */
 import type { Command } from 'commander';
 import { Sandbox, type SandboxInfo } from '../../sdk/index.js';
+import { SANDBOX_STATES } from '../../schemas/index.js';
+import { ON_TIMEOUT, type OnTimeout } from '../../sandboxes/policy.js';
 import { collect, connection, parseNumber, parsePairs, printJson, printTable, relativeTime, secondsToMs, shortTime, UsageError } from '../util.js';
 
 export function registerSandboxCommands(program: Command): void {
@@ -14,8 +16,12 @@ export function registerSandboxCommands(program: Command): void {
     .option('--cpus <n>', 'CPU limit in cores')
     .option('--memory <MiB>', 'memory limit in MiB')
     .option('--disk-mb <MiB>', 'disk quota in MiB for everything the sandbox writes (default 2048)')
+    .option('--on-timeout <action>', `what the timeout (or --idle) does: ${ON_TIMEOUT.join(', ')} (default kill)`)
+    .option('--auto-resume', 'commands and file calls wake the sandbox when it is paused or stopped')
+    .option('--idle <seconds>', 'apply --on-timeout after this long without API calls')
+    .option('--delete-after <seconds>', 'delete it this long after it was paused or stopped (default: the daemon\'s, 7 days)')
     .option('--json', 'print the sandbox as JSON')
-    .action(async (opts: { template?: string; timeout?: string; env?: string[]; metadata?: string[]; cpus?: string; memory?: string; diskMb?: string; json?: boolean }, cmd: Command) => {
+    .action(async (opts: { template?: string; timeout?: string; env?: string[]; metadata?: string[]; cpus?: string; memory?: string; diskMb?: string; onTimeout?: string; autoResume?: boolean; idle?: string; deleteAfter?: string; json?: boolean }, cmd: Command) => {
       const resources: { cpus?: number; memoryMb?: number; diskMb?: number } = {};
       const cpus = parseNumber(opts.cpus, '--cpus');
       const memoryMb = parseNumber(opts.memory, '--memory');
@@ -23,6 +29,15 @@ export function registerSandboxCommands(program: Command): void {
       if (cpus !== undefined) resources.cpus = cpus;
       if (memoryMb !== undefined) resources.memoryMb = memoryMb;
       if (diskMb !== undefined) resources.diskMb = diskMb;
+      if (opts.onTimeout !== undefined && !(ON_TIMEOUT as readonly string[]).includes(opts.onTimeout)) {
+        throw new UsageError(`--on-timeout must be one of ${ON_TIMEOUT.join(', ')}`);
+      }
+      const lifecycle = {
+        ...(opts.onTimeout !== undefined ? { onTimeout: opts.onTimeout as OnTimeout } : {}),
+        ...(opts.autoResume ? { autoResume: true } : {}),
+        ...(opts.idle !== undefined ? { idleMs: secondsToMs(opts.idle, '--idle') } : {}),
+        ...(opts.deleteAfter !== undefined ? { deleteAfterMs: secondsToMs(opts.deleteAfter, '--delete-after') } : {}),
+      };
       const sbx = await Sandbox.create({
         ...connection(cmd),
         template: opts.template,
@@ -30,6 +45,7 @@ export function registerSandboxCommands(program: Command): void {
         envs: parsePairs(opts.env, '--env'),
         metadata: parsePairs(opts.metadata, '--metadata'),
         resources: Object.keys(resources).length ? resources : undefined,
+        lifecycle: Object.keys(lifecycle).length ? lifecycle : undefined,
       });
       if (opts.json) printJson(await sbx.getInfo());
       else process.stdout.write(`${sbx.id}\n`);
@@ -39,11 +55,11 @@ export function registerSandboxCommands(program: Command): void {
     .command('list')
     .alias('ls')
     .description('list sandboxes (running ones unless --state says otherwise)')
-    .option('-s, --state <state>', 'creating, running, killed, expired, failed or all')
+    .option('-s, --state <state>', `${SANDBOX_STATES.join(', ')} or all (default: every live one)`)
     .option('-m, --metadata <KEY=VALUE>', 'only sandboxes with this metadata (repeatable)', collect)
     .option('--json', 'print a JSON array')
     .action(async (opts: { state?: string; metadata?: string[]; json?: boolean }, cmd: Command) => {
-      const states = ['creating', 'running', 'killed', 'expired', 'failed', 'all'];
+      const states: string[] = [...SANDBOX_STATES, 'all'];
       if (opts.state !== undefined && !states.includes(opts.state)) throw new UsageError(`--state must be one of ${states.join(', ')}`);
       const list = await Sandbox.list({
         ...connection(cmd),
@@ -53,7 +69,8 @@ export function registerSandboxCommands(program: Command): void {
       if (opts.json) return printJson(list);
       printTable(
         ['id', 'template', 'state', 'created', 'expires'],
-        list.map((s) => [s.id, s.template, s.state, shortTime(s.createdAt), s.state === 'running' || s.state === 'creating' ? relativeTime(s.expiresAt) : '-']),
+        // A paused or stopped sandbox's expiry is its retention: when it will be deleted.
+        list.map((s) => [s.id, s.template, s.state, shortTime(s.createdAt), s.endedAt === undefined ? relativeTime(s.expiresAt) : '-']),
       );
     });
 
@@ -70,14 +87,23 @@ export function registerSandboxCommands(program: Command): void {
         ['template', info.template],
         ['state', info.state],
         ['created', shortTime(info.createdAt)],
-        ['expires', `${shortTime(info.expiresAt)} (${relativeTime(info.expiresAt)})`],
+        // Asleep, its expiry is its retention deadline.
+        info.state === 'paused' || info.state === 'stopped'
+          ? ['deleted', `${shortTime(info.expiresAt)} (${relativeTime(info.expiresAt)}) unless woken`]
+          : ['expires', `${shortTime(info.expiresAt)} (${relativeTime(info.expiresAt)})`],
         [
           'resources',
           `${info.resources.cpus} cpus, ${info.resources.memoryMb} MiB, ${info.resources.pids} pids` +
             (info.resources.diskMb !== undefined ? `, ${info.resources.diskMb} MiB disk` : ''),
         ],
         ['metadata', Object.entries(info.metadata).map(([k, v]) => `${k}=${v}`).join(' ') || '-'],
+        [
+          'lifecycle',
+          `on timeout ${info.lifecycle.onTimeout}${info.lifecycle.idleMs !== undefined ? ` (or after ${info.lifecycle.idleMs / 1000} s idle)` : ''}` +
+            `${info.lifecycle.autoResume ? ', auto-resume' : ''}, kept ${Math.round(info.lifecycle.deleteAfterMs / 1000)} s when paused or stopped`,
+        ],
       ];
+      if (info.timeoutRemainingMs !== undefined) rows.push(['time left', `${Math.round(info.timeoutRemainingMs / 1000)} s when woken`]);
       if (info.endedAt) rows.push(['ended', `${shortTime(info.endedAt)}${info.endReason ? ` (${info.endReason})` : ''}`]);
       for (const [k, v] of rows) process.stdout.write(`${k.padEnd(10)} ${v}\n`);
     });

@@ -21,7 +21,11 @@ const EXPECTED_TOOLS = [
   'sandbox_create',
   'sandbox_kill',
   'sandbox_list',
+  'sandbox_pause',
+  'sandbox_resume',
   'sandbox_set_timeout',
+  'sandbox_start',
+  'sandbox_stop',
   'write_file',
 ];
 
