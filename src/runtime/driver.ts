@@ -580,9 +580,14 @@ export class OciRuntimeDriver implements RuntimeDriver {
     const r = await this.cli.runCaptured(['state', id], { timeoutMs: 10_000 });
     if (r.code !== 0) {
       if (NOT_FOUND_RE.test(r.stderr) || r.stderr.trim() === '') {
-        // No container, but a disk and a bundle to start from: a stopped sandbox (also after a host reboot).
+        // No container, nothing mounted, but a disk and a bundle to start from: a stopped sandbox (also after a
+        // host reboot). Mounts without a container are a crash's leftovers, not a stop.
         const layout = sandboxLayout(this.opts.paths.sandboxDir(id));
-        const kept = fs.existsSync(layout.diskImage) && fs.existsSync(path.join(layout.bundle, 'config.json'));
+        const kept =
+          fs.existsSync(layout.diskImage) &&
+          fs.existsSync(path.join(layout.bundle, 'config.json')) &&
+          !mountedOn(layout.disk, layout.dir) &&
+          !mountedOn(layout.rootfs, layout.dir);
         return { id, status: kept ? 'stopped' : 'missing' };
       }
       throw new RuntimeError(`${this.cli.flavor} state ${id} failed: ${summarizeStderr(r.stderr)}`, { id });

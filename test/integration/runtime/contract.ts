@@ -193,6 +193,63 @@ export function driverContract(name: string, make: (fx: Fixture) => Promise<Cont
       await assertGone(id);
     });
 
+    it('stops a sandbox keeping only its files, and starts it again with them when it declares stop', async (tc) => {
+      if (!t.driver.capabilities.stop) return tc.skip(`${name} does not declare stop`);
+      const id = newId();
+      let conn = await start(spec(id));
+      try {
+        // Written without a sync: the stop must write it back itself.
+        const w = await run(conn, ['sh', '-c', 'echo kept > /root/f; mkdir -p /data/d; echo deep > /data/d/g; sleep 1000 & true']);
+        assert.equal(w.code, 0, w.out);
+      } finally {
+        conn.close();
+      }
+      await t.driver.stop(id);
+      assert.equal((await t.driver.inspect(id)).status, 'stopped');
+      assert.ok(!(await t.driver.list()).includes(id), 'no container while stopped');
+      assert.ok((await t.driver.listLeftovers()).includes(id), 'its files are listed as leftovers (restart cleanup must be told to keep them)');
+      // No processes, mounts, loop device, cgroups, socket or runtime state: what a host reboot leaves is what a stop leaves.
+      assert.deepEqual(leftovers(id, t.dataDir), ['sandbox dir']);
+      await t.driver.stop(id); // idempotent
+
+      const info = await t.driver.start(id);
+      assert.equal(info.status, 'running');
+      conn = await connectAgent(t.driver.agentEndpoint(id), { timeoutMs: 5000 });
+      try {
+        const r = await run(conn, ['sh', '-c', 'cat /root/f /data/d/g; hostname; ps -o comm | grep -c sleep; true']);
+        assert.equal(r.out, `kept\ndeep\n${id}\n0\n`, 'files kept, same hostname, no process of the earlier run');
+      } finally {
+        conn.close();
+      }
+      await t.driver.destroy(id);
+      await assertGone(id);
+    });
+
+    it('stops a paused sandbox, and starts it on the layer trees it was made on even after they moved', async (tc) => {
+      if (!t.driver.capabilities.stop || !t.driver.capabilities.pause) return tc.skip(`${name} does not declare stop and pause`);
+      const moving = layer(fx, `moving-${n}`, { 'etc/which': 'made on this one\n' });
+      const id = newId();
+      const conn = await start(spec(id, { layers: [{ path: fx.templateRootfs }, moving] }));
+      conn.close();
+      await t.driver.pause(id);
+      await t.driver.stop(id);
+      assert.equal((await t.driver.inspect(id)).status, 'stopped');
+      // A template rebuild: the old tree is renamed aside and a new one takes its path.
+      const aside = `${moving.path}-old`;
+      fs.renameSync(moving.path, aside);
+      const fresh = layer(fx, path.basename(moving.path), { 'etc/which': 'rebuilt\n' });
+      assert.equal(fresh.path, moving.path);
+      await t.driver.start(id);
+      const c2 = await connectAgent(t.driver.agentEndpoint(id), { timeoutMs: 5000 });
+      try {
+        assert.equal((await run(c2, ['cat', '/etc/which'])).out, 'made on this one\n');
+      } finally {
+        c2.close();
+      }
+      await t.driver.destroy(id);
+      await assertGone(id);
+    });
+
     it('destroy is idempotent, and an unknown id is quietly missing', async () => {
       const ghost = newId();
       await t.driver.destroy(ghost);
