@@ -78,6 +78,7 @@ describe('sandboxes', () => {
     assert.deepEqual(info.json.runtime.capabilities, {
       isolation: 'container',
       pause: true,
+      stop: true,
       checkpoint: false,
       updateResources: true,
       network: ['none'],
