@@ -166,6 +166,10 @@ describe('sandbox lifecycle (real sandboxes)', () => {
     assert.equal(fs.readFileSync(`/sys/fs/cgroup/memory/capsule/${s.id}/memory.limit_in_bytes`, 'utf8').trim(), String(96 * 1024 * 1024));
     assert.equal(fs.readFileSync(`/sys/fs/cgroup/pids/capsule/${s.id}/pids.max`, 'utf8').trim(), '50');
     assert.ok(!(await s.commands.list()).some((p) => p.pid === bg.pid && p.running));
+    // The remounted disk and overlay show the sandbox no host path either (the loop device is a new one).
+    const mi = await s.commands.run('cat /proc/self/mountinfo');
+    assert.match(mi.stdout, / - overlay overlay .*lowerdir=lower/);
+    assert.ok(!mi.stdout.includes(d.dataDir) && !/\/dev\/loop\d/.test(mi.stdout) && !/(lowerdir|upperdir|workdir)=\//.test(mi.stdout), mi.stdout);
 
     // Killing a stopped sandbox removes its disk too.
     await s.stop();
