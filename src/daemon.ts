@@ -116,7 +116,7 @@ export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger 
     };
 
     const recovered = await sandboxes.recover();
-    if (recovered.adopted.length || recovered.ended.length || recovered.cleaned.length) log.info(recovered, 'recovered state from the last run');
+    if (recovered.adopted.length || recovered.kept.length || recovered.ended.length || recovered.cleaned.length) log.info(recovered, 'recovered state from the last run');
     sandboxes.startReaper();
     const prune = () =>
       void templates.pruneOld(inUse).catch((err: unknown) => log.warn({ err }, 'pruning replaced template trees failed'));
