@@ -8,6 +8,8 @@
  *   capsule-mount teardown SANDBOX_DIR
  *   capsule-mount unmount SANDBOX_DIR
  *   capsule-mount mount SANDBOX_DIR AGENT_BINARY [--dio]
+ *   capsule-mount volume-mount VOLUME_DIR DISK_MB UID [--image-cache DIR]
+ *   capsule-mount volume-unmount VOLUME_DIR
  *
  * TOP_LAYER is the topmost read-only layer (a template's rootfs); each
  * --lower adds the next layer beneath the ones before it (at most MAX_LAYERS).
@@ -43,6 +45,14 @@
  * from disk.img and the lower* symlinks setup left: a fresh loop device, the
  * ext4, the current agent (replacing the copy on the disk when there is room)
  * and the overlay.
+ *
+ * volume-mount makes a named volume's disk ready to be bind-mounted into
+ * sandboxes: VOLUME_DIR/disk.img (made on first use, like a sandbox's disk),
+ * mounted at VOLUME_DIR/mnt, holding data/ owned by UID. The mountpoint
+ * itself is mode 000 and data/ exists only inside the mounted filesystem, so
+ * a sandbox started while the volume is not mounted fails to bind it instead
+ * of writing into the host's filesystem. Mounted already: nothing to do.
+ * volume-unmount unmounts it strictly and fsyncs the image (as unmount).
  *
  * Exit codes (the daemon maps them to errors with hints):
  *   0 done, 2 usage, 3 template, 4 sandbox dir, 5 disk image or mke2fs,
@@ -117,13 +127,14 @@ enum {
 };
 
 /* Mounts setup has made so far, undone in reverse when a later step fails. */
-static int disk_mounted, rootfs_mounted;
+static int disk_mounted, rootfs_mounted, volume_mounted;
 /* A half-made cache image, removed when making it fails. */
 static char pending_tmp[PATH_MAX];
 
 static void undo(void) {
   if (rootfs_mounted) umount2("rootfs", MNT_DETACH | UMOUNT_NOFOLLOW);
   if (disk_mounted) umount2("disk", MNT_DETACH | UMOUNT_NOFOLLOW);
+  if (volume_mounted) umount2("mnt", MNT_DETACH | UMOUNT_NOFOLLOW);
   if (pending_tmp[0]) unlink(pending_tmp);
 }
 
@@ -605,10 +616,77 @@ static int remount(int argc, char **argv) {
   return 0;
 }
 
+static int volume_mount(int argc, char **argv) {
+  static const char usage[] = "usage: capsule-mount volume-mount VOLUME_DIR DISK_MB UID [--image-cache DIR]";
+  if (argc != 5 && argc != 7) fail(EXIT_USAGE, 0, "%s", usage);
+  const char *dir = argv[2], *cache_dir = NULL;
+  long disk_mb = parse_num(argv[3], "DISK_MB", 1, 1L << 30);
+  uid_t uid = (uid_t)parse_num(argv[4], "UID", 0, INT32_MAX);
+  if (argc == 7) {
+    if (strcmp(argv[5], "--image-cache") != 0) fail(EXIT_USAGE, 0, "%s", usage);
+    cache_dir = argv[6];
+  }
+  if (dir[0] != '/' || (cache_dir && cache_dir[0] != '/')) fail(EXIT_USAGE, 0, "usage: paths must be absolute");
+  umask(022);
+  if (mkdir(dir, 0700) < 0 && errno != EEXIST) fail(EXIT_DIR, errno, "mkdir %s", dir);
+  if (chdir(dir) < 0) fail(EXIT_DIR, errno, "chdir %s", dir);
+  if (mkdir("mnt", 0) < 0 && errno != EEXIST) fail(EXIT_DIR, errno, "mkdir %s/mnt", dir);
+  if (is_mounted("mnt")) return 0;
+  if (chmod("mnt", 0) < 0) fail(EXIT_DIR, errno, "chmod %s/mnt", dir);
+
+  int img = open("disk.img", O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+  if (img < 0 && errno == ENOENT) {
+    img = open("disk.img", O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (img < 0) fail(EXIT_IMAGE, errno, "create %s/disk.img", dir);
+    make_image(img, disk_mb, cache_dir);
+  }
+  if (img < 0) fail(EXIT_IMAGE, errno, "open %s/disk.img", dir);
+  char dev[64];
+  int loop = attach_loop(img, 0, dev, sizeof dev);
+  close(img);
+  const char *source = dev;
+  struct stat lo;
+  unlink("disk.dev");
+  if (fstat(loop, &lo) == 0 && mknod("disk.dev", S_IFBLK | 0600, lo.st_rdev) == 0) source = "disk.dev";
+  const unsigned long flags = MS_NOSUID | MS_NODEV | MS_NOATIME;
+  const char *opts = "noinit_itable,discard";
+  int r = mount(source, "mnt", "ext4", flags, opts);
+  if (r < 0 && source != dev && errno == EACCES) r = mount(dev, "mnt", "ext4", flags, opts);
+  if (r < 0) fail(EXIT_DISK_MOUNT, errno, "mount %s (ext4) on %s/mnt", dev, dir);
+  volume_mounted = 1;
+  close(loop);
+  /* The filesystem's root stays root's; data/ is what sandboxes see, owned by their root. */
+  if (chmod("mnt", 0711) < 0) fail(EXIT_LAYOUT, errno, "chmod %s/mnt", dir);
+  if (mkdir("mnt/data", 0755) == 0) {
+    if (chown("mnt/data", uid, uid) < 0) fail(EXIT_LAYOUT, errno, "chown %s/mnt/data", dir);
+  } else if (errno != EEXIST) {
+    fail(EXIT_LAYOUT, errno, "mkdir %s/mnt/data", dir);
+  }
+  return 0;
+}
+
+static int volume_unmount(int argc, char **argv) {
+  if (argc != 3 || argv[2][0] != '/') fail(EXIT_USAGE, 0, "usage: capsule-mount volume-unmount VOLUME_DIR");
+  const char *dir = argv[2];
+  if (chdir(dir) < 0) {
+    if (errno == ENOENT) return 0;
+    fail(EXIT_UNMOUNT, errno, "chdir %s", dir);
+  }
+  if (unmount_strict(dir, "mnt") < 0) return EXIT_UNMOUNT;
+  int img = open("disk.img", O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (img >= 0) {
+    if (fsync(img) < 0) fail(EXIT_UNMOUNT, errno, "fsync %s/disk.img", dir);
+    close(img);
+  }
+  return 0;
+}
+
 int main(int argc, char **argv) {
   if (argc >= 2 && strcmp(argv[1], "setup") == 0) return setup(argc, argv);
   if (argc >= 2 && strcmp(argv[1], "teardown") == 0) return teardown(argc, argv);
   if (argc >= 2 && strcmp(argv[1], "unmount") == 0) return unmount_keep(argc, argv);
   if (argc >= 2 && strcmp(argv[1], "mount") == 0) return remount(argc, argv);
-  fail(EXIT_USAGE, 0, "usage: capsule-mount setup|teardown|unmount|mount ... (see the comment at the top of native/capsule-mount.c)");
+  if (argc >= 2 && strcmp(argv[1], "volume-mount") == 0) return volume_mount(argc, argv);
+  if (argc >= 2 && strcmp(argv[1], "volume-unmount") == 0) return volume_unmount(argc, argv);
+  fail(EXIT_USAGE, 0, "usage: capsule-mount setup|teardown|unmount|mount|volume-mount|volume-unmount ... (see the comment at the top of native/capsule-mount.c)");
 }

@@ -327,6 +327,9 @@ export function dataPaths(dataDir: string) {
     sandboxDir: (id: string) => path.join(dataDir, 'sandboxes', id),
     /** One empty, freshly made ext4 image per common disk size; sandboxes get sparse copies (native/capsule-mount). */
     diskImages: path.join(dataDir, 'disk-images'),
+    /** Named volumes: `<id>/disk.img` mounted at `<id>/mnt`, whose `data/` sandboxes bind (src/runtime/volumes.ts). */
+    volumes: path.join(dataDir, 'volumes'),
+    volumeDir: (id: string) => path.join(dataDir, 'volumes', id),
     /** Listening sockets of the in-sandbox agents: host-root-owned, never mounted into a sandbox. */
     run: path.join(dataDir, 'run'),
     agentSocket: (id: string) => path.join(dataDir, 'run', `${id}.sock`),

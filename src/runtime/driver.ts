@@ -16,6 +16,7 @@ import { cgroupMounts, freezerState, killCgroupProcs, readOomKills, removeCgroup
 import { OciCli, summarizeStderr, type OciResult } from './oci-cli.js';
 import { remountSandbox, setupSandboxMounts, teardownSandboxMounts, unmountKeepingDisk, type MountHelperOptions } from './mounts.js';
 import { relinkMovedLayers, writeLowerIds, LOWER_ID_FILE } from './lower-ids.js';
+import { checkTarget, VolumeDisks } from './volumes.js';
 import { Launcher, LAUNCHER_PATH } from './launcher.js';
 import { readMountPoints, removeSandboxDir, sandboxLayout } from './overlay.js';
 import { loadDefaultSeccomp, type OciSeccomp } from './seccomp.js';
@@ -101,6 +102,7 @@ export class OciRuntimeDriver implements RuntimeDriver {
   /** The host's cgroup mounts, read once: pause and resume must not parse the mount table each time. */
   private cgroupMountList: Promise<CgroupMount[]> | null = null;
   private readonly seccompBpf: SeccompBpfCompiler | null;
+  private readonly volumeDisks: VolumeDisks;
 
   constructor(opts: OciRuntimeDriverOptions) {
     if (!path.isAbsolute(opts.agentBinary)) {
@@ -114,6 +116,7 @@ export class OciRuntimeDriver implements RuntimeDriver {
       opts.precompileSeccomp === false || this.cli.flavor !== 'crun'
         ? null
         : new SeccompBpfCompiler({ tool: opts.seccompTool, cacheDir: opts.paths.seccompCache, logger: this.log });
+    this.volumeDisks = new VolumeDisks(opts.paths, opts.idMapBase, () => this.mountOpts());
   }
 
   get name(): string {
@@ -135,6 +138,7 @@ export class OciRuntimeDriver implements RuntimeDriver {
       isolation: this.cli.flavor === 'runsc' ? 'gvisor' : 'container',
       pause: true,
       stop: true,
+      volumes: true,
       checkpoint: false,
       updateResources: true,
       network: ['none'],
@@ -260,6 +264,9 @@ export class OciRuntimeDriver implements RuntimeDriver {
         throw new InvalidArgumentError(`a sandbox stacks 1 to ${MAX_LAYERS} layers, got ${spec.layers.length}`, { id });
       }
       if (spec.network.mode !== 'none') throw new InvalidArgumentError(`network mode ${spec.network.mode} is not supported by ${this.kind}`, { id });
+      const volumes = spec.volumes ?? [];
+      for (const v of volumes) checkTarget(v.target);
+      if (new Set(volumes.map((v) => v.target)).size !== volumes.length) throw new InvalidArgumentError('two volumes cannot share a path', { id });
       // capsule-mount takes the topmost layer first, then the ones beneath it.
       const topFirst = [...spec.layers].reverse().map((l) => l.path);
       await fsp.mkdir(paths.sandboxes, { recursive: true, mode: 0o711 });
@@ -280,6 +287,8 @@ export class OciRuntimeDriver implements RuntimeDriver {
       // Which layer trees this sandbox's overlay sits on, by identity: a rebuild renames a template's tree
       // (templates/<name>/old-*), and it may only be deleted once no sandbox records it here.
       await writeLowerIds(layout.dir, topFirst);
+      await this.volumeDisks.record(layout.dir, volumes);
+      for (const v of volumes) await this.volumeDisks.prepare(v.volumeId, v.sizeMb);
       signal?.throwIfAborted();
 
       const config = buildOciSpec({
@@ -288,6 +297,7 @@ export class OciRuntimeDriver implements RuntimeDriver {
         agentBinary: this.opts.agentBinary,
         agentDir: layout.agentDir,
         resources: spec.resources,
+        binds: volumes.map((v) => ({ source: this.volumeDisks.source(v.volumeId), destination: v.target, readOnly: v.readOnly })),
         idMapBase: this.opts.idMapBase,
         idMapSize: this.opts.idMapSize,
         seccomp,
@@ -425,6 +435,8 @@ export class OciRuntimeDriver implements RuntimeDriver {
       if (fs.existsSync(path.join(this.opts.paths.runtimeState, id)) || mountedOn(layout.disk, layout.dir) || mountedOn(layout.rootfs, layout.dir)) {
         await this.stopUnlocked(id);
       }
+      // Its volumes first: after a host reboot they are not mounted, and an unmounted one must not be bound.
+      for (const v of this.volumeDisks.recorded(layout.dir)) await this.volumeDisks.prepare(v.volumeId, v.sizeMb);
       const relinked = await relinkMovedLayers(layout.dir);
       if (relinked.length > 0) this.log.info({ id, relinked }, 'layers of a stopped sandbox had moved; linked them again');
       signal?.throwIfAborted();
@@ -444,6 +456,14 @@ export class OciRuntimeDriver implements RuntimeDriver {
     } finally {
       this.inFlight.delete(id);
     }
+  }
+
+  prepareVolume(volumeId: string, sizeMb: number): Promise<void> {
+    return this.volumeDisks.prepare(volumeId, sizeMb);
+  }
+
+  removeVolume(volumeId: string): Promise<void> {
+    return this.volumeDisks.remove(volumeId);
   }
 
   private mountOpts(): MountHelperOptions {

@@ -123,6 +123,24 @@ export async function remountSandbox(s: { dir: string; agentBinary: string; dire
   if (r.code !== 0) throw helperError(`mounting the kept disk of ${s.dir} failed`, r, { dir: s.dir });
 }
 
+/**
+ * A named volume's disk, ready to be bound into sandboxes: `<dir>/disk.img`
+ * (made on first use) mounted at `<dir>/mnt`, whose `data/` (owned by
+ * `owner`) is what a sandbox sees. Mounted already: nothing happens.
+ */
+export async function mountVolume(s: { dir: string; diskMb: number; owner: number; imageCache?: string }, opts: MountHelperOptions = {}): Promise<void> {
+  const args = ['volume-mount', s.dir, String(s.diskMb), String(s.owner)];
+  if (s.imageCache) args.push('--image-cache', s.imageCache);
+  const r = await runHelper(opts.helper ?? MOUNT_HELPER_PATH, args, opts.timeoutMs ?? 30_000, opts.launcher);
+  if (r.code !== 0) throw helperError(`mounting the volume disk ${s.dir} failed`, r, { dir: s.dir });
+}
+
+/** Unmount a volume's disk (never lazily) and fsync its image; not mounted is success. */
+export async function unmountVolume(dir: string, opts: MountHelperOptions = {}): Promise<void> {
+  const r = await runHelper(opts.helper ?? MOUNT_HELPER_PATH, ['volume-unmount', dir], opts.timeoutMs ?? 30_000, opts.launcher);
+  if (r.code !== 0) throw helperError(`unmounting the volume disk ${dir} failed`, r, { dir });
+}
+
 /** True when the helper has been built (doctor and startup checks). */
 export function mountHelperExists(helper = MOUNT_HELPER_PATH): boolean {
   try {

@@ -36,6 +36,20 @@ export interface WritableLayerSpec {
 export type NetworkSpec = { mode: 'none' };
 export type NetworkMode = NetworkSpec['mode'];
 
+/**
+ * A named volume attached to a sandbox: its own quota'd disk, made and kept by
+ * the driver (`prepareVolume`), seen inside the sandbox at `target`.
+ */
+export interface VolumeAttachment {
+  /** The volume's id (`vol-…`): the driver keeps its disk under this name. */
+  volumeId: string;
+  /** Its disk quota in MiB (used when its disk is first made). */
+  sizeMb: number;
+  /** Absolute, normalized path inside the sandbox. */
+  target: string;
+  readOnly: boolean;
+}
+
 /** Limits a running sandbox's cgroup enforces (and, where the driver can, changes in place). */
 export type CgroupLimits = Pick<ResourceLimits, 'cpus' | 'memoryMb' | 'pids'>;
 
@@ -52,6 +66,8 @@ export interface ContainerSpec {
   writable: WritableLayerSpec;
   resources: CgroupLimits;
   network: NetworkSpec;
+  /** Named volumes to attach (needs `capabilities.volumes`); the same ones come back at every start. */
+  volumes?: readonly VolumeAttachment[];
 }
 
 /**
@@ -80,6 +96,8 @@ export interface RuntimeCapabilities {
    * the daemon or the host restarted.
    */
   stop: boolean;
+  /** Named volumes: persistent quota'd disks attached read-write or read-only to any number of sandboxes. */
+  volumes: boolean;
   /** Dump a sandbox's memory and processes and restore them (memory snapshots). */
   checkpoint: boolean;
   /** Change cpus, memory and pids of a running sandbox (`update`). */
@@ -135,6 +153,14 @@ export interface RuntimeDriver {
    * On failure it leaves the sandbox stopped. Needs `capabilities.stop`.
    */
   start(id: string, signal?: AbortSignal): Promise<ContainerInfo>;
+  /**
+   * Make a volume's disk (`sizeMb`, once) and have it ready to attach; idempotent, and what a
+   * create or start does itself for the volumes it attaches (after a host reboot, too).
+   * Needs `capabilities.volumes`.
+   */
+  prepareVolume(volumeId: string, sizeMb: number): Promise<void>;
+  /** Delete a volume's disk and everything on it. The caller makes sure no sandbox attaches it. Idempotent. */
+  removeVolume(volumeId: string): Promise<void>;
   /** OOM kills so far inside the sandbox's memory cgroup (0 when the backend cannot tell). */
   oomKills(id: string): Promise<number>;
   /** Where the sandbox's agent listens (for an OCI runtime: a host-root-owned unix socket, never inside the sandbox). */

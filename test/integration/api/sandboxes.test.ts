@@ -79,6 +79,7 @@ describe('sandboxes', () => {
       isolation: 'container',
       pause: true,
       stop: true,
+      volumes: true,
       checkpoint: false,
       updateResources: true,
       network: ['none'],

@@ -31,7 +31,7 @@ class Gate {
 class FakeRuntime implements RuntimeDriver {
   kind = 'fake';
   name = 'fake 1';
-  capabilities = { isolation: 'container' as const, pause: true, stop: true, checkpoint: false, updateResources: false, network: ['none' as const], maxLayers: 4 };
+  capabilities = { isolation: 'container' as const, pause: true, stop: true, volumes: false, checkpoint: false, updateResources: false, network: ['none' as const], maxLayers: 4 };
   status = new Map<string, ContainerStatus>();
   calls: string[] = [];
   destroyed: string[] = [];
@@ -80,6 +80,8 @@ class FakeRuntime implements RuntimeDriver {
     this.status.set(id, 'running');
     return { id, status: 'running' };
   }
+  async prepareVolume(): Promise<void> {}
+  async removeVolume(): Promise<void> {}
   async oomKills(): Promise<number> {
     return 0;
   }

@@ -29,7 +29,7 @@ class Gate {
 class FakeRuntime implements RuntimeDriver {
   kind = 'fake';
   name = 'fake 1';
-  capabilities = { isolation: 'container' as const, pause: false, stop: false, checkpoint: false, updateResources: false, network: ['none' as const], maxLayers: 4 };
+  capabilities = { isolation: 'container' as const, pause: false, stop: false, volumes: false, checkpoint: false, updateResources: false, network: ['none' as const], maxLayers: 4 };
   running = new Set<string>();
   destroyed: string[] = [];
   createGate: Gate | undefined;
@@ -65,6 +65,8 @@ class FakeRuntime implements RuntimeDriver {
   async start(id: string): Promise<ContainerInfo> {
     return { id, status: 'running' };
   }
+  async prepareVolume(): Promise<void> {}
+  async removeVolume(): Promise<void> {}
   async oomKills(): Promise<number> {
     return 0;
   }
