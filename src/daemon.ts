@@ -26,6 +26,8 @@ import { KeyStore } from './auth/keys.js';
 import { KeyService } from './auth/key-service.js';
 import { TemplateCatalog } from './templates/catalog.js';
 import { RateLimiter } from './auth/rate-limit.js';
+import { VolumeStore } from './volumes/store.js';
+import { VolumeService } from './volumes/service.js';
 
 export interface Daemon {
   url: string;
@@ -101,6 +103,8 @@ export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger 
     const journal = new ProcessJournal(store, { onError: (err) => log.error({ err }, 'writing process rows failed') });
     const commands = new CommandService(sandboxes, journal);
     const files = new FileService(sandboxes);
+    const volumes = new VolumeService(new VolumeStore(db), store, runtime, config.maxDiskMb, log);
+    sandboxes.setVolumes(volumes);
     const keyStore = config.auth ? new KeyStore(db) : null;
     if (keyStore) bootstrapAdminKey(keyStore, paths.adminKey, log);
     else log.warn('authentication is OFF (--no-auth): anyone who can reach the port controls every sandbox');
@@ -109,6 +113,7 @@ export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger 
       sandboxes,
       commands,
       files,
+      volumes,
       templates: new TemplateCatalog(templates),
       keys: new KeyService(keyStore),
       keyStore,

@@ -9,6 +9,7 @@ import { RouteTable } from './route.js';
 import { buildOpenApi } from './openapi.js';
 import type { Services } from './services.js';
 import { sandboxRoutes, HealthResponse } from './routes/sandboxes.js';
+import { volumeRoutes } from './routes/volumes.js';
 import { commandRoutes } from './routes/commands.js';
 import { fileRoutes } from './routes/files.js';
 import { templateRoutes } from './routes/templates.js';
@@ -51,6 +52,7 @@ export function buildServer(services: Services, logger: Logger | boolean = false
   fileRoutes(table, services);
   templateRoutes(table, services);
   keyRoutes(table, services);
+  volumeRoutes(table, services);
   let openapi: Record<string, unknown> | undefined;
   table.add({
     method: 'GET',

@@ -6,12 +6,14 @@ import type { TemplateCatalog } from '../templates/catalog.js';
 import type { KeyStore } from '../auth/keys.js';
 import type { KeyService } from '../auth/key-service.js';
 import type { RateLimiter } from '../auth/rate-limit.js';
+import type { VolumeService } from '../volumes/service.js';
 
 export interface Services {
   version: string;
   sandboxes: SandboxManager;
   commands: CommandService;
   files: FileService;
+  volumes: VolumeService;
   templates: TemplateCatalog;
   keys: KeyService;
   /** Verifies presented secrets at the edge; null when authentication is off (`--no-auth`). */

@@ -15,6 +15,7 @@ import { registerFileCommands } from './commands/files.js';
 import { registerMcpCommand } from './commands/mcp.js';
 import { registerSandboxCommands } from './commands/sandboxes.js';
 import { registerLifecycleCommands } from './commands/lifecycle.js';
+import { registerVolumeCommands } from './commands/volumes.js';
 import { registerTemplateCommands } from './commands/templates.js';
 import { registerKeyCommands } from './commands/keys.js';
 import { UsageError } from './util.js';
@@ -45,6 +46,7 @@ export function buildProgram(): Command {
   registerTemplateCommands(program);
   registerMcpCommand(program);
   registerKeyCommands(program);
+  registerVolumeCommands(program);
   // Subcommands inherit exitOverride only when added after it is set on each; set it everywhere.
   const all = (c: Command): Command[] => [c, ...c.commands.flatMap(all)];
   for (const c of all(program)) c.exitOverride();

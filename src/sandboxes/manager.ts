@@ -22,8 +22,8 @@ import type { LayerRef, RuntimeCapabilities, RuntimeDriver } from '../runtime/ty
 import type { AgentConnection, AgentEndpoint } from '../agent/types.js';
 import type { BuildProgress } from '../templates/types.js';
 import { canSee, ownerFor, type RequestContext } from '../auth/context.js';
-import { ConflictError, InvalidArgumentError, NotFoundError, RateLimitedError, SandboxError, isCapsuleError } from '../errors/index.js';
-import type { SandboxRecord, SandboxStore } from './store.js';
+import { ConflictError, InvalidArgumentError, NotFoundError, RateLimitedError, SandboxError, UnsupportedError, isCapsuleError } from '../errors/index.js';
+import type { SandboxRecord, SandboxStore, SandboxVolume } from './store.js';
 import { LIVE_STATES, requireState, wrongState, type SandboxState, type TerminalState } from './lifecycle.js';
 import { newSandboxId } from './ids.js';
 import { containerSpec, requireCapability } from './spec.js';
@@ -53,6 +53,8 @@ export interface CreateOptions {
   resources?: Partial<ResourceLimits> | undefined;
   /** What its timeout and idleness do, whether calls wake it, how long it is kept paused or stopped (policy.ts). */
   lifecycle?: LifecycleInput | undefined;
+  /** The caller's named volumes to attach (src/volumes). */
+  volumes?: ReadonlyArray<{ name: string; path: string; readOnly?: boolean | undefined }> | undefined;
   /** Aborted when the caller gives up (the client went away): nothing is left behind. */
   signal?: AbortSignal | undefined;
 }
@@ -60,6 +62,14 @@ export interface CreateOptions {
 export interface ListFilter {
   state?: SandboxState | 'all' | undefined;
   metadata?: Record<string, string> | undefined;
+}
+
+/** What the manager needs from the volume service (src/volumes/service.ts). */
+export interface VolumeResolver {
+  /** The caller's volumes behind the names asked; not found for any other. */
+  resolve(ctx: RequestContext, mounts: ReadonlyArray<{ name: string; path: string; readOnly: boolean }>): SandboxVolume[];
+  /** Called in the synchronous step that writes the sandbox's row: each volume still exists. */
+  stillThere(volumes: readonly SandboxVolume[]): void;
 }
 
 /** Listeners the command service registers to learn about sandbox ends and new connections. */
@@ -83,6 +93,7 @@ export class SandboxManager {
   private events: SandboxEvents | undefined;
   private afterDestroy: (() => void) | undefined;
   private readonly lifecycle: SandboxLifecycle;
+  private volumes: VolumeResolver | undefined;
 
   constructor(
     private readonly config: DaemonConfig,
@@ -110,6 +121,10 @@ export class SandboxManager {
     this.events = events;
   }
 
+  setVolumes(volumes: VolumeResolver): void {
+    this.volumes = volumes;
+  }
+
   /** Called after each sandbox's container and writable layer are gone (e.g. to prune replaced template trees). */
   onDestroyed(fn: () => void): void {
     this.afterDestroy = fn;
@@ -124,14 +139,18 @@ export class SandboxManager {
     const onTimeout = opts.lifecycle?.onTimeout;
     if (onTimeout === 'pause') requireCapability(this.runtime, 'pause', 'pause this sandbox when it times out');
     if (onTimeout === 'stop') requireCapability(this.runtime, 'stop', 'stop this sandbox when it times out');
+    const asked = (opts.volumes ?? []).map((v) => ({ name: v.name, path: v.path, readOnly: v.readOnly ?? false }));
+    if (asked.length > 0 && !this.volumes) throw new UnsupportedError('this daemon has no volume service');
+    const volumes = this.volumes?.resolve(ctx, asked) ?? [];
     this.pool?.userCreateStarted();
     try {
       const layers = await this.templates.layers(opts.template, undefined, opts.signal);
       // Refused before a pooled sandbox is spent on it; checked again below, next to the insert.
       this.checkQuota(ctx, resources.memoryMb);
-      const claimed = this.pool ? await this.pool.claim(opts.template, resources) : null;
+      // A pooled sandbox was started without volumes: one that attaches any is started cold.
+      const claimed = this.pool && volumes.length === 0 ? await this.pool.claim(opts.template, resources) : null;
       if (claimed) return this.recordClaimed(ctx, claimed, opts, resources, timeoutMs);
-      return await this.createCold(ctx, opts, layers, resources, timeoutMs);
+      return await this.createCold(ctx, opts, layers, resources, timeoutMs, volumes);
     } finally {
       this.pool?.userCreateEnded();
     }
@@ -272,12 +291,18 @@ export class SandboxManager {
     layers: readonly LayerRef[],
     resources: ResourceLimits,
     timeoutMs: number,
+    volumes: SandboxVolume[] = [],
   ): Promise<SandboxRecord> {
     const id = newSandboxId();
-    const spec = containerSpec(this.runtime, id, layers, resources);
-    // Checked and recorded without an await in between, so concurrent creates cannot both slip under a quota.
+    const spec = {
+      ...containerSpec(this.runtime, id, layers, resources),
+      volumes: volumes.map((v) => ({ volumeId: v.volumeId, sizeMb: v.sizeMb, target: v.path, readOnly: v.readOnly })),
+    };
+    // Checked and recorded without an await in between, so concurrent creates cannot both slip under a quota,
+    // and a volume deleted meanwhile is not attached.
     this.checkQuota(ctx, resources.memoryMb);
-    const rec = this.newRecord(ctx, id, 'creating', opts, resources, timeoutMs);
+    this.volumes?.stillThere(volumes);
+    const rec = this.newRecord(ctx, id, 'creating', opts, resources, timeoutMs, volumes);
     this.store.insert(rec);
     const abort = new AbortController();
     let settle!: () => void;
@@ -325,6 +350,7 @@ export class SandboxManager {
     opts: CreateOptions,
     resources: ResourceLimits,
     timeoutMs: number,
+    volumes: SandboxVolume[] = [],
   ): SandboxRecord {
     const now = Date.now();
     return {
@@ -344,6 +370,7 @@ export class SandboxManager {
       lifecycle: resolvePolicy(opts.lifecycle, this.config.defaultDeleteAfterMs),
       timeoutMs,
       remainingMs: null,
+      volumes,
     };
   }
 

@@ -33,6 +33,16 @@ export interface SandboxRecord {
   timeoutMs: number;
   /** Paused or stopped: what was left of its lifetime when its clock stopped. */
   remainingMs: number | null;
+  /** Named volumes it attaches (src/volumes), in the order asked. */
+  volumes: SandboxVolume[];
+}
+
+export interface SandboxVolume {
+  volumeId: string;
+  name: string;
+  sizeMb: number;
+  path: string;
+  readOnly: boolean;
 }
 
 /** The outcome of a compare-and-set transition. */
@@ -55,6 +65,7 @@ interface SandboxRow {
   lifecycle: string | null;
   timeout_ms: number | null;
   remaining_ms: number | null;
+  volumes: string | null;
 }
 
 export interface ProcessRecord {
@@ -86,6 +97,7 @@ function fromRow(r: SandboxRow): SandboxRecord {
     // Rows from before lifetimes were recorded: the span they were created with.
     timeoutMs: r.timeout_ms ?? Math.max(1000, r.expires_at - r.created_at),
     remainingMs: r.remaining_ms,
+    volumes: r.volumes ? (JSON.parse(r.volumes) as SandboxVolume[]) : [],
   };
 }
 
@@ -112,9 +124,9 @@ export class SandboxStore {
     this
       .sql(
         `INSERT INTO sandboxes (id, template, state, owner, created_at, expires_at, envs, metadata, resources, state_changed_at, runtime,
-           lifecycle, timeout_ms, remaining_ms)
+           lifecycle, timeout_ms, remaining_ms, volumes)
          VALUES (@id, @template, @state, @owner, @createdAt, @expiresAt, @envs, @metadata, @resources, @stateChangedAt, @runtime,
-           @lifecycle, @timeoutMs, @remainingMs)`,
+           @lifecycle, @timeoutMs, @remainingMs, @volumes)`,
       )
       .run({
         ...s,
@@ -122,6 +134,7 @@ export class SandboxStore {
         metadata: JSON.stringify(s.metadata),
         resources: JSON.stringify(s.resources),
         lifecycle: JSON.stringify(s.lifecycle),
+        volumes: s.volumes.length > 0 ? JSON.stringify(s.volumes) : null,
       });
     this.remember(s);
   }
@@ -237,6 +250,14 @@ export class SandboxStore {
     const rows = this
       .sql(`SELECT id FROM sandboxes WHERE state IN ('paused', 'stopped') AND expires_at <= ?`)
       .all(now) as Array<{ id: string }>;
+    return rows.map((r) => r.id);
+  }
+
+  /** Live sandboxes (any state but the final ones) that attach the volume. */
+  usingVolume(volumeId: string): string[] {
+    const rows = this
+      .sql(`SELECT id FROM sandboxes WHERE volumes IS NOT NULL AND state NOT IN ('killed', 'expired', 'failed') AND instr(volumes, ?) > 0 ORDER BY created_at`)
+      .all(`"${volumeId}"`) as Array<{ id: string }>;
     return rows.map((r) => r.id);
   }
 

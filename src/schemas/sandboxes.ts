@@ -3,6 +3,7 @@ import { EnvVars, Metadata, SandboxId, SandboxTimeoutMs, TemplateName, Timestamp
 
 import { SANDBOX_STATES } from '../sandboxes/lifecycle.js';
 import { ON_TIMEOUT } from '../sandboxes/policy.js';
+import { VolumeMountRequest, VolumeName } from './volumes.js';
 
 export { SANDBOX_STATES };
 export const SandboxState = z
@@ -68,6 +69,12 @@ export const CreateSandboxRequest = z
     metadata: Metadata.optional(),
     resources: Resources.optional(),
     lifecycle: Lifecycle.optional(),
+    volumes: z
+      .array(VolumeMountRequest)
+      .max(16)
+      .refine((v) => new Set(v.map((m) => m.path)).size === v.length, 'two volumes cannot share a path')
+      .optional()
+      .describe('Named volumes to attach (see /v1/volumes); they stay attached across stop and start'),
   })
   .strict();
 export type CreateSandboxRequest = z.infer<typeof CreateSandboxRequest>;
@@ -97,6 +104,10 @@ export const Sandbox = z.object({
       deleteAfterMs: z.number().describe('How long it is kept paused or stopped before it is deleted'),
     })
     .describe('Its lifecycle policy, with the defaults filled in'),
+  volumes: z
+    .array(z.object({ name: VolumeName, path: z.string().describe('Where it appears inside the sandbox'), readOnly: z.boolean() }))
+    .optional()
+    .describe('Attached volumes (absent when none)'),
   timeoutRemainingMs: z
     .number()
     .optional()

@@ -15,6 +15,8 @@ export { Files } from './files.js';
 export type { DirectoryListing, ListOptions as ListFilesOptions, ReadOptions, WriteData, WriteOptions } from './files.js';
 export { Template } from './templates.js';
 export { ApiKeys } from './keys.js';
+export { Volume } from './volumes.js';
+export type { CreateVolumeOptions, VolumeInfo } from './volumes.js';
 export type { ApiKeyInfo, CreateKeyOptions } from './keys.js';
 export type { BuildOptions, BuildProgress, TemplateInfo } from './templates.js';
 export { DEFAULT_API_URL, DEFAULT_REQUEST_TIMEOUT_MS } from './options.js';

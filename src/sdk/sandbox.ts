@@ -33,6 +33,8 @@ export interface CreateOptions extends ConnectionOptions {
    * `deleteAfterMs`: how long it is kept paused or stopped (the daemon's default is 7 days).
    */
   lifecycle?: Lifecycle;
+  /** Named volumes (see `Volume.create`) to attach: `[{ name: 'data', path: '/data', readOnly: false }]`. */
+  volumes?: Array<{ name: string; path: string; readOnly?: boolean }>;
 }
 
 export interface WakeOptions {
@@ -80,6 +82,7 @@ export class Sandbox {
       metadata: opts.metadata,
       resources: opts.resources,
       lifecycle: opts.lifecycle,
+      volumes: opts.volumes,
     };
     // Starting a container can take longer than an ordinary request.
     const timeoutMs = http.conn.requestTimeoutMs === 0 ? 0 : Math.max(http.conn.requestTimeoutMs, 120_000);

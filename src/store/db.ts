@@ -62,9 +62,19 @@ const MIGRATIONS: string[] = [
    UPDATE sandboxes SET state_changed_at = COALESCE(ended_at, created_at);`,
   // Pause/stop and retention (src/sandboxes/lifecycle-service.ts): the sandbox's lifecycle policy (JSON),
   // the lifetime it was given, and what was left of it when it was paused or stopped (its clock stops).
+  // Named volumes (src/volumes): one row each, unique per owner and name; a sandbox lists those it attaches.
   `ALTER TABLE sandboxes ADD COLUMN lifecycle TEXT;
    ALTER TABLE sandboxes ADD COLUMN timeout_ms INTEGER;
-   ALTER TABLE sandboxes ADD COLUMN remaining_ms INTEGER;`,
+   ALTER TABLE sandboxes ADD COLUMN remaining_ms INTEGER;
+   ALTER TABLE sandboxes ADD COLUMN volumes TEXT;
+   CREATE TABLE volumes (
+     id TEXT PRIMARY KEY,
+     owner TEXT,
+     name TEXT NOT NULL,
+     size_mb INTEGER NOT NULL,
+     created_at INTEGER NOT NULL
+   );
+   CREATE UNIQUE INDEX volumes_owner_name ON volumes(COALESCE(owner, ''), name);`,
 ];
 
 export function openDb(file: string): Db {

@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import { Sandbox, type SandboxInfo } from '../../sdk/index.js';
 import { SANDBOX_STATES } from '../../schemas/index.js';
 import { ON_TIMEOUT, type OnTimeout } from '../../sandboxes/policy.js';
+import { parseVolumeFlags } from './volumes.js';
 import { collect, connection, parseNumber, parsePairs, printJson, printTable, relativeTime, secondsToMs, shortTime, UsageError } from '../util.js';
 
 export function registerSandboxCommands(program: Command): void {
@@ -19,9 +20,10 @@ export function registerSandboxCommands(program: Command): void {
     .option('--on-timeout <action>', `what the timeout (or --idle) does: ${ON_TIMEOUT.join(', ')} (default kill)`)
     .option('--auto-resume', 'commands and file calls wake the sandbox when it is paused or stopped')
     .option('--idle <seconds>', 'apply --on-timeout after this long without API calls')
+    .option('-v, --volume <NAME:/path[:ro]>', 'attach a named volume (repeatable; see `capsule volume`)', collect)
     .option('--delete-after <seconds>', 'delete it this long after it was paused or stopped (default: the daemon\'s, 7 days)')
     .option('--json', 'print the sandbox as JSON')
-    .action(async (opts: { template?: string; timeout?: string; env?: string[]; metadata?: string[]; cpus?: string; memory?: string; diskMb?: string; onTimeout?: string; autoResume?: boolean; idle?: string; deleteAfter?: string; json?: boolean }, cmd: Command) => {
+    .action(async (opts: { template?: string; timeout?: string; env?: string[]; metadata?: string[]; cpus?: string; memory?: string; diskMb?: string; onTimeout?: string; autoResume?: boolean; idle?: string; deleteAfter?: string; volume?: string[]; json?: boolean }, cmd: Command) => {
       const resources: { cpus?: number; memoryMb?: number; diskMb?: number } = {};
       const cpus = parseNumber(opts.cpus, '--cpus');
       const memoryMb = parseNumber(opts.memory, '--memory');
@@ -46,6 +48,7 @@ export function registerSandboxCommands(program: Command): void {
         metadata: parsePairs(opts.metadata, '--metadata'),
         resources: Object.keys(resources).length ? resources : undefined,
         lifecycle: Object.keys(lifecycle).length ? lifecycle : undefined,
+        volumes: parseVolumeFlags(opts.volume),
       });
       if (opts.json) printJson(await sbx.getInfo());
       else process.stdout.write(`${sbx.id}\n`);
@@ -103,6 +106,7 @@ export function registerSandboxCommands(program: Command): void {
             `${info.lifecycle.autoResume ? ', auto-resume' : ''}, kept ${Math.round(info.lifecycle.deleteAfterMs / 1000)} s when paused or stopped`,
         ],
       ];
+      if (info.volumes?.length) rows.push(['volumes', info.volumes.map((v) => `${v.name}:${v.path}${v.readOnly ? ':ro' : ''}`).join(' ')]);
       if (info.timeoutRemainingMs !== undefined) rows.push(['time left', `${Math.round(info.timeoutRemainingMs / 1000)} s when woken`]);
       if (info.endedAt) rows.push(['ended', `${shortTime(info.endedAt)}${info.endReason ? ` (${info.endReason})` : ''}`]);
       for (const [k, v] of rows) process.stdout.write(`${k.padEnd(10)} ${v}\n`);
