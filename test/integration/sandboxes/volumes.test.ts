@@ -54,6 +54,10 @@ describe('volumes (real sandboxes)', () => {
     assert.match(w.stderr, /Read-only file system/);
     await assert.rejects(reader.files.write('/mnt/in/nope2', 'x'));
     assert.equal((await writer.commands.run('ls /data')).stdout, 'deep\ngreeting\n', 'nothing came through the read-only mount');
+    // The volume's mount names no host path and no loop device (its root is /data inside its own filesystem).
+    const mi = (await reader.commands.run('grep " /mnt/in " /proc/self/mountinfo')).stdout;
+    assert.match(mi, /^\S+ \S+ \S+ \/data \/mnt\/in ro,/);
+    assert.ok(!mi.includes(dataDir) && !/\/dev\/loop\d/.test(mi), mi);
     const used = await Volume.get('shared', conn);
     assert.deepEqual([...used.usedBy].sort(), [writer.id, reader.id].sort());
 
