@@ -25,6 +25,12 @@ import { ConflictError, RuntimeError } from './errors/index.js';
 import { KeyStore } from './auth/keys.js';
 import { KeyService } from './auth/key-service.js';
 import { TemplateCatalog } from './templates/catalog.js';
+import { TemplateBuilder } from './templates/builder.js';
+import { BuildJobs } from './templates/jobs.js';
+import { BlobStore } from './templates/blobs.js';
+import { ownerKey, UserTemplates } from './templates/user-templates.js';
+import { LayerStore } from './layers/store.js';
+import { LIVE_STATES } from './sandboxes/lifecycle.js';
 import { RateLimiter } from './auth/rate-limit.js';
 
 export interface Daemon {
@@ -61,11 +67,19 @@ export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger 
     await ensureHostReady(config.runtime, { scratchDir: config.dataDir, dataDir: config.dataDir, idMapBase: config.idMapBase });
     const agentBinary = installAgent(paths.bin);
     const db = openDb(paths.db);
-    // A replaced template tree is deleted once no sandbox sits on it; until the driver exists, assume one does.
-    let lowerInUse: (rootfs: string) => boolean = () => true;
-    const inUse = (rootfs: string) => lowerInUse(rootfs);
+    // A replaced template tree is deleted once no sandbox sits on it and no user template builds on it;
+    // until the driver and the catalog exist, assume something does.
+    let lowerInUse: (rootfs: string, info: { name: string; builtAt: number | undefined }) => boolean = () => true;
+    const inUse = (rootfs: string, info: { name: string; builtAt: number | undefined }) => lowerInUse(rootfs, info);
     const templates = new TemplateService({ db, paths, idMapBase: config.idMapBase, logger: log, inUse });
     await templates.recover();
+    const layers = new LayerStore(db, paths.layers);
+    await layers.recover();
+    const userTemplates = new UserTemplates(db);
+    userTemplates.recover();
+    const jobs = new BuildJobs(db, paths.buildLogs);
+    jobs.recover();
+    const blobs = new BlobStore(paths.blobs);
     const runtime = new OciRuntimeDriver({
       runtime: config.runtime,
       paths,
@@ -74,7 +88,7 @@ export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger 
       agentBinary,
       logger: log,
     });
-    lowerInUse = (rootfs) => runtime.templateInUse(rootfs);
+    lowerInUse = (rootfs, info) => runtime.templateInUse(rootfs) || catalog.referencesBuiltin(info.name, info.builtAt);
     // Its version, for GET /v1/info and the logs; a runtime that cannot say is still usable.
     await runtime.probe().catch((err: unknown) => log.warn({ err }, 'could not read the runtime version'));
     const store = new SandboxStore(db);
@@ -97,7 +111,27 @@ export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger 
       buildTemplates: config.buildPoolTemplates,
       log,
     });
-    const sandboxes = new SandboxManager(config, store, runtime, templates, connector, log, pool);
+    const catalog = new TemplateCatalog({
+      builtins: templates,
+      users: userTemplates,
+      layers,
+      blobs,
+      builder: new TemplateBuilder({
+        runtime,
+        connectAgent: connector,
+        layers,
+        blobs,
+        idMapBase: config.idMapBase,
+        idMapSize: config.idMapSize,
+        log,
+        resources: { cpus: 1, memoryMb: 2048, pids: 1024, diskMb: 16 * 1024 },
+      }),
+      jobs,
+      sandboxesUsing: (owner, name) =>
+        store.listByStates(LIVE_STATES).filter((r) => (r.template === name && ownerKey(r.owner) === owner) || r.template === `${owner}/${name}`).length,
+      treeInUse: (tree) => runtime.templateInUse(tree),
+    });
+    const sandboxes = new SandboxManager(config, store, runtime, catalog, connector, log, pool);
     const journal = new ProcessJournal(store, { onError: (err) => log.error({ err }, 'writing process rows failed') });
     const commands = new CommandService(sandboxes, journal);
     const files = new FileService(sandboxes);
@@ -109,7 +143,7 @@ export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger 
       sandboxes,
       commands,
       files,
-      templates: new TemplateCatalog(templates),
+      templates: catalog,
       keys: new KeyService(keyStore),
       keyStore,
       limiter: new RateLimiter(),
@@ -118,8 +152,11 @@ export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger 
     const recovered = await sandboxes.recover();
     if (recovered.adopted.length || recovered.ended.length || recovered.cleaned.length) log.info(recovered, 'recovered state from the last run');
     sandboxes.startReaper();
-    const prune = () =>
+    const prune = () => {
       void templates.pruneOld(inUse).catch((err: unknown) => log.warn({ err }, 'pruning replaced template trees failed'));
+      void catalog.prune().catch((err: unknown) => log.warn({ err }, 'pruning unused layers failed'));
+      void blobs.prune().catch((err: unknown) => log.warn({ err }, 'pruning old uploads failed'));
+    };
     prune();
     sandboxes.onDestroyed(prune);
 

@@ -16,6 +16,7 @@ import { cgroupMounts, freezerState, killCgroupProcs, readOomKills, removeCgroup
 import { OciCli, summarizeStderr, type OciResult } from './oci-cli.js';
 import { setupSandboxMounts, teardownSandboxMounts, type MountHelperOptions } from './mounts.js';
 import { Launcher, LAUNCHER_PATH } from './launcher.js';
+import { copyTree } from '../layers/native.js';
 import { readMountPoints, removeSandboxDir, sandboxLayout } from './overlay.js';
 import { loadDefaultSeccomp, type OciSeccomp } from './seccomp.js';
 import { SeccompBpfCompiler } from './seccomp-bpf.js';
@@ -135,6 +136,7 @@ export class OciRuntimeDriver implements RuntimeDriver {
       pause: true,
       checkpoint: false,
       updateResources: true,
+      exportChanges: true,
       network: ['none'],
       maxLayers: MAX_LAYERS,
     };
@@ -189,6 +191,20 @@ export class OciRuntimeDriver implements RuntimeDriver {
     const r = await this.cli.runCaptured([verb, id], { timeoutMs: 10_000 });
     if (r.code !== 0 && !/not paused|already paused|not running/i.test(r.stderr)) {
       throw new RuntimeError(`${this.cli.flavor} ${verb} ${id} failed: ${summarizeStderr(r.stderr)}`, { id });
+    }
+  }
+
+  async exportChanges(id: string, dest: string, signal?: AbortSignal): Promise<void> {
+    checkId(id);
+    const upper = path.join(sandboxLayout(this.opts.paths.sandboxDir(id)).disk, 'upper');
+    if (!fs.existsSync(upper)) throw new RuntimeError(`sandbox ${id} has no writable layer to export`, { id });
+    const state = await freezerState(this.cgroupsPath(id));
+    const wasRunning = state === 'THAWED';
+    if (wasRunning) await this.pause(id);
+    try {
+      await copyTree(upper, dest, signal);
+    } finally {
+      if (wasRunning) await this.resume(id).catch((e: unknown) => this.log.error({ id, err: String(e) }, 'could not thaw a sandbox after exporting its changes'));
     }
   }
 

@@ -73,6 +73,8 @@ export interface RuntimeCapabilities {
   checkpoint: boolean;
   /** Change cpus, memory and pids of a running sandbox (`update`). */
   updateResources: boolean;
+  /** Copy a sandbox's writable-layer changes out as an overlay diff (`exportChanges`): template build steps, snapshots. */
+  exportChanges: boolean;
   /** Network modes `create` accepts. */
   network: readonly NetworkMode[];
   /** Most read-only layers one sandbox may stack. */
@@ -111,6 +113,12 @@ export interface RuntimeDriver {
   pause(id: string): Promise<void>;
   /** Thaw a paused sandbox. Needs `capabilities.pause`. */
   resume(id: string): Promise<void>;
+  /**
+   * Copy what the sandbox changed (its writable layer, as an overlay diff with whiteouts and opaque
+   * markers) into the empty directory `dest`, with its processes frozen meanwhile so no file is torn.
+   * Needs `capabilities.exportChanges`.
+   */
+  exportChanges(id: string, dest: string, signal?: AbortSignal): Promise<void>;
   /** OOM kills so far inside the sandbox's memory cgroup (0 when the backend cannot tell). */
   oomKills(id: string): Promise<number>;
   /** Where the sandbox's agent listens (for an OCI runtime: a host-root-owned unix socket, never inside the sandbox). */

@@ -17,7 +17,7 @@
 import type { DaemonConfig, ResourceLimits } from '../config/index.js';
 import type { LayerRef, RuntimeCapabilities, RuntimeDriver } from '../runtime/types.js';
 import type { AgentConnection, AgentEndpoint } from '../agent/types.js';
-import type { BuildProgress } from '../templates/types.js';
+import type { TemplateConfig } from '../schemas/templates.js';
 import { canSee, ownerFor, type RequestContext } from '../auth/context.js';
 import { ConflictError, InvalidArgumentError, NotFoundError, RateLimitedError, SandboxError, isCapsuleError } from '../errors/index.js';
 import type { SandboxRecord, SandboxStore } from './store.js';
@@ -32,10 +32,10 @@ export interface Logger {
   error(obj: unknown, msg?: string): void;
 }
 
-/** What the manager needs from the template service. */
+/** What the manager needs from the template service: a template the caller may use, as layers and config. */
 export interface TemplateProvider {
-  /** The template's read-only layers, lowest first; builds the template when needed. */
-  layers(name: string, onProgress?: (p: BuildProgress) => void, signal?: AbortSignal): Promise<readonly LayerRef[]>;
+  /** The template's read-only layers (lowest first) and what its commands get; builds a built-in one when needed. */
+  resolve(ctx: RequestContext, name: string, signal?: AbortSignal): Promise<{ layers: readonly LayerRef[]; config: TemplateConfig }>;
 }
 
 export type AgentConnector = (endpoint: AgentEndpoint, opts?: { timeoutMs?: number; signal?: AbortSignal; sandboxId?: string }) => Promise<AgentConnection>;
@@ -103,12 +103,14 @@ export class SandboxManager {
     this.checkDisk(resources.diskMb);
     this.pool?.userCreateStarted();
     try {
-      const layers = await this.templates.layers(opts.template, undefined, opts.signal);
+      const template = await this.templates.resolve(ctx, opts.template, opts.signal);
+      const made = { ...opts, envs: { ...template.config.env, ...(opts.envs ?? {}) } };
+      const defaults = { ...(template.config.workdir ? { cwd: template.config.workdir } : {}), ...(template.config.user ? { user: template.config.user } : {}) };
       // Refused before a pooled sandbox is spent on it; checked again below, next to the insert.
       this.checkQuota(ctx, resources.memoryMb);
       const claimed = this.pool ? await this.pool.claim(opts.template, resources) : null;
-      if (claimed) return this.recordClaimed(ctx, claimed, opts, resources, timeoutMs);
-      return await this.createCold(ctx, opts, layers, resources, timeoutMs);
+      if (claimed) return this.recordClaimed(ctx, claimed, made, resources, timeoutMs, defaults);
+      return await this.createCold(ctx, made, template.layers, resources, timeoutMs, defaults);
     } finally {
       this.pool?.userCreateEnded();
     }
@@ -178,7 +180,14 @@ export class SandboxManager {
   // --- creating -------------------------------------------------------------------
 
   /** A pooled sandbox becomes the caller's: its row is written now, already running, with the caller's owner, envs, metadata and clock. */
-  private recordClaimed(ctx: RequestContext, claimed: Claimed, opts: CreateOptions, resources: ResourceLimits, timeoutMs: number): SandboxRecord {
+  private recordClaimed(
+    ctx: RequestContext,
+    claimed: Claimed,
+    opts: CreateOptions,
+    resources: ResourceLimits,
+    timeoutMs: number,
+    defaults: SandboxRecord['defaults'],
+  ): SandboxRecord {
     try {
       // Checked and recorded without an await in between, so concurrent creates cannot both slip under a quota.
       this.checkQuota(ctx, resources.memoryMb);
@@ -188,7 +197,7 @@ export class SandboxManager {
       throw err;
     }
     // The clock starts at the claim, not when the pool started the container.
-    const rec = this.newRecord(ctx, claimed.id, 'running', opts, resources, timeoutMs);
+    const rec = this.newRecord(ctx, claimed.id, 'running', opts, resources, timeoutMs, defaults);
     this.store.insert(rec);
     this.adoptConnection(claimed.id, claimed.conn);
     return rec;
@@ -200,12 +209,13 @@ export class SandboxManager {
     layers: readonly LayerRef[],
     resources: ResourceLimits,
     timeoutMs: number,
+    defaults: SandboxRecord['defaults'],
   ): Promise<SandboxRecord> {
     const id = newSandboxId();
     const spec = containerSpec(this.runtime, id, layers, resources);
     // Checked and recorded without an await in between, so concurrent creates cannot both slip under a quota.
     this.checkQuota(ctx, resources.memoryMb);
-    const rec = this.newRecord(ctx, id, 'creating', opts, resources, timeoutMs);
+    const rec = this.newRecord(ctx, id, 'creating', opts, resources, timeoutMs, defaults);
     this.store.insert(rec);
     const abort = new AbortController();
     let settle!: () => void;
@@ -252,6 +262,7 @@ export class SandboxManager {
     opts: CreateOptions,
     resources: ResourceLimits,
     timeoutMs: number,
+    defaults: SandboxRecord['defaults'],
   ): SandboxRecord {
     const now = Date.now();
     return {
@@ -268,6 +279,7 @@ export class SandboxManager {
       endReason: null,
       stateChangedAt: now,
       runtime: this.runtime.kind,
+      defaults,
     };
   }
 

@@ -26,6 +26,8 @@ export interface SandboxRecord {
   stateChangedAt: number;
   /** The runtime backend that holds it (e.g. "crun"); null for rows from before backends were recorded. */
   runtime: string | null;
+  /** Working directory and user of commands that name none (from the template's config). */
+  defaults: { cwd?: string; user?: string };
 }
 
 /** The outcome of a compare-and-set transition. */
@@ -45,6 +47,7 @@ interface SandboxRow {
   end_reason: string | null;
   state_changed_at: number | null;
   runtime: string | null;
+  defaults: string | null;
 }
 
 export interface ProcessRecord {
@@ -72,6 +75,7 @@ function fromRow(r: SandboxRow): SandboxRecord {
     endReason: r.end_reason,
     stateChangedAt: r.state_changed_at ?? r.created_at,
     runtime: r.runtime,
+    defaults: r.defaults ? (JSON.parse(r.defaults) as SandboxRecord['defaults']) : {},
   };
 }
 
@@ -97,14 +101,15 @@ export class SandboxStore {
   insert(s: SandboxRecord): void {
     this
       .sql(
-        `INSERT INTO sandboxes (id, template, state, owner, created_at, expires_at, envs, metadata, resources, state_changed_at, runtime)
-         VALUES (@id, @template, @state, @owner, @createdAt, @expiresAt, @envs, @metadata, @resources, @stateChangedAt, @runtime)`,
+        `INSERT INTO sandboxes (id, template, state, owner, created_at, expires_at, envs, metadata, resources, state_changed_at, runtime, defaults)
+         VALUES (@id, @template, @state, @owner, @createdAt, @expiresAt, @envs, @metadata, @resources, @stateChangedAt, @runtime, @defaults)`,
       )
       .run({
         ...s,
         envs: JSON.stringify(s.envs),
         metadata: JSON.stringify(s.metadata),
         resources: JSON.stringify(s.resources),
+        defaults: JSON.stringify(s.defaults),
       });
     this.remember(s);
   }

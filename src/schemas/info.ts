@@ -23,6 +23,7 @@ export const RuntimeInfo = z
       pause: z.boolean().describe('Can freeze and thaw a sandbox'),
       checkpoint: z.boolean().describe("Can dump and restore a sandbox's memory"),
       updateResources: z.boolean().describe('Can change cpu, memory and pids limits of a running sandbox'),
+      exportChanges: z.boolean().describe("Can copy a sandbox's file changes out as a layer (template builds, snapshots)"),
       network: z.array(z.string()).describe('Network modes a sandbox can be given'),
       maxLayers: z.number().int().describe('Most read-only filesystem layers one sandbox stacks'),
     }),

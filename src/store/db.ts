@@ -97,7 +97,8 @@ const MIGRATIONS: string[] = [
      started_at INTEGER NOT NULL,
      ended_at INTEGER,
      error TEXT
-   );`,
+   );
+   ALTER TABLE sandboxes ADD COLUMN defaults TEXT;`,
 ];
 
 export function openDb(file: string): Db {

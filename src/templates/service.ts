@@ -182,7 +182,7 @@ export class TemplateService {
   async layers(name: string, onProgress?: (p: BuildProgress) => void, signal?: AbortSignal): Promise<LayerRef[]> {
     const rootfs = await this.ensure(name, onProgress, signal);
     const builtAt = this.get(name).builtAt;
-    return [{ path: rootfs, ...(builtAt !== undefined ? { digest: `${name}@${builtAt}` } : {}) }];
+    return [{ path: rootfs, digest: `builtin:${name}@${builtAt ?? 0}` }];
   }
 
   /** Build `name` (only if not ready, unless `force`). Returns the rootfs path. */

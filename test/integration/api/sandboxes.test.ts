@@ -80,6 +80,7 @@ describe('sandboxes', () => {
       pause: true,
       checkpoint: false,
       updateResources: true,
+      exportChanges: true,
       network: ['none'],
       maxLayers: 128,
     });

@@ -71,7 +71,7 @@ describe('SandboxStore.transition (compare-and-set)', () => {
     const now = Date.now();
     store.insert({
       id, template: 'busybox', state, owner: null, createdAt: now, expiresAt: now + 1000, envs: {}, metadata: {},
-      resources: { cpus: 1, memoryMb: 64, pids: 64, diskMb: 64 }, endedAt: null, endReason: null, stateChangedAt: now, runtime: 'crun',
+      resources: { cpus: 1, memoryMb: 64, pids: 64, diskMb: 64 }, endedAt: null, endReason: null, stateChangedAt: now, runtime: 'crun', defaults: {},
     });
     return id;
   }
