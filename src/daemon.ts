@@ -130,6 +130,8 @@ export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger 
       sandboxesUsing: (owner, name) =>
         store.listByStates(LIVE_STATES).filter((r) => (r.template === name && ownerKey(r.owner) === owner) || r.template === `${owner}/${name}`).length,
       treeInUse: (tree) => runtime.templateInUse(tree),
+      idMapBase: config.idMapBase,
+      idMapSize: config.idMapSize,
     });
     const sandboxes = new SandboxManager(config, store, runtime, catalog, connector, log, pool);
     const journal = new ProcessJournal(store, { onError: (err) => log.error({ err }, 'writing process rows failed') });

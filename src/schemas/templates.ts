@@ -81,12 +81,18 @@ export const TemplateDefinition = z
   .describe('A template defined in code');
 export type TemplateDefinition = z.infer<typeof TemplateDefinition>;
 
+const NewTemplateName = TemplateName.describe('Name of the template to build (your own namespace; built-in names are taken)');
 export const BuildTemplateRequest = z
-  .object({
-    name: TemplateName.describe('Name of the template to build (your own namespace; built-in names are taken)'),
-    definition: TemplateDefinition,
-  })
-  .strict();
+  .union([
+    z.object({ name: NewTemplateName, definition: TemplateDefinition }).strict(),
+    z
+      .object({
+        name: NewTemplateName,
+        image: BlobDigest.describe('An OCI image archive (docker save, or a tar of an OCI image layout) uploaded with PUT /v1/templates/blobs/:digest'),
+      })
+      .strict(),
+  ])
+  .describe('Either a definition to build or an image archive to import');
 
 /** What a sandbox of the template gets besides its files. */
 export const TemplateConfig = z.object({

@@ -202,11 +202,15 @@ export class TemplateBuilder {
       }
       chain.push({ id: key, path: this.deps.layers.path(key) });
     }
-    if (chain.length > FLATTEN_DEPTH) {
-      report.progress(steps.length, steps.length, `merging ${chain.length} layers into one`);
-      chain = [await this.flatten(chain, signal)];
-    }
+    chain = await this.bound(chain, (phase) => report.progress(steps.length, steps.length, phase), signal);
     return { chain, config, cacheHits };
+  }
+
+  /** The chain as a sandbox can stack it: merged into one layer when deeper than FLATTEN_DEPTH. */
+  async bound(chain: ChainLayer[], phase: (p: string) => void, signal: AbortSignal): Promise<ChainLayer[]> {
+    if (chain.length <= FLATTEN_DEPTH) return chain;
+    phase(`merging ${chain.length} layers into one`);
+    return [await this.flatten(chain, signal)];
   }
 
   /** Container ids of a copy step's owner: root by default, numbers as given, names from the chain's /etc/passwd. */

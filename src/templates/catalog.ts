@@ -15,6 +15,7 @@
  * workdir, user) the sandbox's commands get.
  */
 import { createHash } from 'node:crypto';
+import path from 'node:path';
 import type { Readable } from 'node:stream';
 import type { RequestContext } from '../auth/context.js';
 import { ownerFor } from '../auth/context.js';
@@ -25,6 +26,7 @@ import type { BuildEvent, BuildInfo, TemplateConfig, TemplateDefinition } from '
 import type { BlobStore } from './blobs.js';
 import type { BuildStart, ChainLayer, TemplateBuilder } from './builder.js';
 import type { BuildJob, BuildJobs } from './jobs.js';
+import { importImage } from './oci-import.js';
 import type { TemplateService } from './service.js';
 import type { BuildProgress, TemplateInfo } from './types.js';
 import { ownerKey, type UserTemplate, type UserTemplates } from './user-templates.js';
@@ -63,6 +65,9 @@ export interface CatalogDeps {
   jobs: BuildJobs;
   /** Live sandboxes (any non-final state) started from the user template (owner, name). */
   sandboxesUsing: (owner: string, name: string) => number;
+  /** The sandboxes' id range, for shifting the owners of imported files. */
+  idMapBase: number;
+  idMapSize: number;
   /** Whether a sandbox sits on a layer tree (the driver's record of each sandbox's lower layers). */
   treeInUse: (treePath: string) => boolean;
 }
@@ -70,6 +75,8 @@ export interface CatalogDeps {
 /** debian:bookworm is the debian template's suite; the built-ins have no other tags. */
 const BUILTIN_ALIASES: Readonly<Record<string, string>> = { 'debian:bookworm': 'debian' };
 
+/** Most bytes one image layer may unpack to. */
+const IMPORT_MAX_BYTES = 16 * 1024 ** 3;
 const EMPTY_CONFIG: TemplateConfig = { env: {} };
 const RESERVED_NAMES: ReadonlySet<string> = new Set(['builds', 'blobs', 'import']);
 
@@ -183,6 +190,45 @@ export class TemplateCatalog {
         const result = await this.d.builder.build(owner, start, definition, reporter, ac.signal);
         const size = result.chain.reduce((sum, l) => sum + (this.d.layers.get(l.id)?.sizeBytes ?? 0), 0);
         this.d.users.ready(owner, name, result.chain.map((l) => l.id), result.config, size);
+        void this.prune();
+      } catch (e) {
+        this.d.users.failed(owner, name, e instanceof Error ? e.message : String(e));
+        throw e;
+      }
+    });
+  }
+
+  /**
+   * Make the caller's template `name` from an OCI image archive uploaded as a
+   * blob (docker save, or a tar of an OCI image layout), as a job like define().
+   */
+  importImage(ctx: RequestContext, name: string, image: string): BuildJob {
+    const owner = ownerKey(ownerFor(ctx));
+    this.checkUserName(name);
+    if (!this.d.blobs.has(owner, image)) {
+      throw new InvalidArgumentError(`image archive ${image} was not uploaded (PUT /v1/templates/blobs/${image})`, { digest: image });
+    }
+    const key = sha256(canonicalJson({ owner, name, import: image }));
+    return this.d.jobs.start(owner, name, key, 1, async (reporter, job) => {
+      this.d.users.building(owner, name, { import: image }, job.id);
+      try {
+        const ac = new AbortController();
+        const scratch = path.join(this.d.layers.root, `.tmp-import-${job.id}`);
+        const r = await importImage(
+          { layers: this.d.layers, idMapBase: this.d.idMapBase, idMapSize: this.d.idMapSize },
+          this.d.blobs.open(owner, image),
+          scratch,
+          reporter,
+          { maxBytes: IMPORT_MAX_BYTES, signal: ac.signal },
+        );
+        const chain = await this.d.builder.bound(
+          r.layers.map((id) => ({ id, path: this.d.layers.path(id) })),
+          (phase) => reporter.progress(1, 1, phase),
+          ac.signal,
+        );
+        const size = chain.reduce((sum, l) => sum + (this.d.layers.get(l.id)?.sizeBytes ?? 0), 0);
+        this.d.users.ready(owner, name, chain.map((l) => l.id), r.config, size);
+        reporter.progress(1, 1, `imported ${r.layers.length} layer${r.layers.length === 1 ? '' : 's'}${r.reference ? ` of ${r.reference}` : ''}`);
         void this.prune();
       } catch (e) {
         this.d.users.failed(owner, name, e instanceof Error ? e.message : String(e));

@@ -54,7 +54,7 @@ export function templateRoutes(t: RouteTable, s: Services): void {
   t.add({
     method: 'POST',
     url: '/v1/templates',
-    summary: 'Build a template from its definition (a job: answers at once; follow=true streams its progress and output as NDJSON)',
+    summary: 'Build a template from its definition, or import an uploaded OCI image archive (a job: answers at once; follow=true streams its progress and output as NDJSON)',
     tag: 'templates',
     body: BuildTemplateRequest,
     query: z.object({ follow: z.enum(['true', 'false']).optional().describe('Stream BuildEvent lines until the build ends') }),
@@ -63,7 +63,7 @@ export function templateRoutes(t: RouteTable, s: Services): void {
       200: { description: 'With follow=true: BuildEvent per line', contentType: 'application/x-ndjson', schema: z.array(BuildEvent) },
     },
     handler: async ({ body, query, ctx, reply }) => {
-      const job = s.templates.define(ctx, body.name, body.definition);
+      const job = 'image' in body ? s.templates.importImage(ctx, body.name, body.image) : s.templates.define(ctx, body.name, body.definition);
       if (query.follow !== 'true') return reply.code(202).send(job.info());
       await streamBuild(s, ctx, job.id, reply);
       return reply;
@@ -110,7 +110,7 @@ export function templateRoutes(t: RouteTable, s: Services): void {
   t.add({
     method: 'PUT',
     url: '/v1/templates/blobs/:digest',
-    summary: 'Upload a tar archive for copy steps (raw body; refused unless its sha256 is the digest)',
+    summary: 'Upload a tar archive for copy steps or an image to import (raw body; refused unless its sha256 is the digest)',
     tag: 'templates',
     params: BlobParams,
     body: 'binary',
