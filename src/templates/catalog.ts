@@ -221,14 +221,15 @@ export class TemplateCatalog {
           reporter,
           { maxBytes: IMPORT_MAX_BYTES, signal: ac.signal },
         );
+        const n = r.layers.length;
         const chain = await this.d.builder.bound(
           r.layers.map((id) => ({ id, path: this.d.layers.path(id) })),
-          (phase) => reporter.progress(1, 1, phase),
+          (phase) => reporter.progress(n, n, phase),
           ac.signal,
         );
         const size = chain.reduce((sum, l) => sum + (this.d.layers.get(l.id)?.sizeBytes ?? 0), 0);
         this.d.users.ready(owner, name, chain.map((l) => l.id), r.config, size);
-        reporter.progress(1, 1, `imported ${r.layers.length} layer${r.layers.length === 1 ? '' : 's'}${r.reference ? ` of ${r.reference}` : ''}`);
+        reporter.progress(n, n, `imported ${n} layer${n === 1 ? '' : 's'}${r.reference ? ` of ${r.reference}` : ''}`);
         void this.prune();
       } catch (e) {
         this.d.users.failed(owner, name, e instanceof Error ? e.message : String(e));

@@ -68,7 +68,7 @@ class Job implements BuildJob, BuildReporter {
     readonly owner: string,
     readonly name: string,
     readonly key: string,
-    readonly steps: number,
+    public steps: number,
     private readonly logFile: string,
     private readonly save: (j: Job) => void,
   ) {}
@@ -117,6 +117,8 @@ class Job implements BuildJob, BuildReporter {
 
   progress(step: number, steps: number, phase: string, cached?: boolean): void {
     this.step = step;
+    // An import learns its step count (the image's layers) once it has read the archive.
+    this.steps = steps;
     this.phase = phase;
     if (cached) this.cacheHits++;
     this.save(this);
@@ -252,9 +254,10 @@ export class BuildJobs {
   }
 
   private save(j: Job): void {
-    this.sql('UPDATE template_builds SET status = ?, step = ?, phase = ?, ended_at = ?, error = ? WHERE id = ?').run(
+    this.sql('UPDATE template_builds SET status = ?, step = ?, steps = ?, phase = ?, ended_at = ?, error = ? WHERE id = ?').run(
       j.status,
       j.step,
+      j.steps,
       j.phase,
       j.endedAt ?? null,
       j.error ?? null,

@@ -4,48 +4,13 @@
  * tenancy, removal, and a daemon killed in the middle of a build.
  */
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import zlib from 'node:zlib';
 import { after, before, describe, it } from 'node:test';
-import tar from 'tar-stream';
 import { api, startTestDaemon, type TestDaemon } from '../../helpers/daemon.js';
+import { sha, tarOf, tinyImage, type Entry } from '../../helpers/images.js';
 
 let d: TestDaemon;
-
-interface Entry {
-  name: string;
-  body?: string | Buffer;
-  type?: 'file' | 'directory' | 'symlink';
-  linkname?: string;
-  mode?: number;
-  uid?: number;
-  gid?: number;
-}
-
-async function tarOf(entries: Entry[]): Promise<Buffer> {
-  const pack = tar.pack();
-  for (const e of entries) {
-    const type = e.type ?? 'file';
-    const header = {
-      name: e.name,
-      type,
-      mode: e.mode ?? (type === 'directory' ? 0o755 : 0o644),
-      uid: e.uid ?? 0,
-      gid: e.gid ?? 0,
-      ...(e.linkname ? { linkname: e.linkname } : {}),
-    };
-    if (type === 'file') pack.entry(header, e.body ?? '');
-    else pack.entry(header);
-  }
-  pack.finalize();
-  const chunks: Buffer[] = [];
-  for await (const c of pack) chunks.push(c as Buffer);
-  return Buffer.concat(chunks);
-}
-
-const sha = (b: Buffer | string) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
 async function upload(blob: Buffer, headers: Record<string, string> = {}): Promise<string> {
   const digest = sha(blob);
@@ -207,44 +172,7 @@ describe('user templates', () => {
   });
 
   it('imports an OCI image archive (docker save and OCI layout) with whiteouts, opaque dirs, env, workdir and user', async () => {
-    const bb = fs.readFileSync('/usr/bin/busybox');
-    const layer1 = await tarOf([
-      { name: 'bin', type: 'directory' },
-      { name: 'bin/busybox', body: bb, mode: 0o755 },
-      ...['sh', 'ls', 'cat', 'id', 'pwd', 'echo', 'stat'].map((n) => ({ name: `bin/${n}`, type: 'symlink' as const, linkname: 'busybox' })),
-      { name: 'etc', type: 'directory' },
-      { name: 'etc/passwd', body: 'root:x:0:0:root:/root:/bin/sh\napp:x:1234:1234:app:/home/app:/bin/sh\n' },
-      { name: 'etc/group', body: 'root:x:0:\napp:x:1234:\n' },
-      { name: 'data', type: 'directory', uid: 1234, gid: 1234 },
-      { name: 'data/gone.txt', body: 'deleted later\n' },
-      { name: 'data/kept.txt', body: 'kept\n', uid: 1234, gid: 1234 },
-      { name: 'keep', type: 'directory' },
-      { name: 'keep/old1', body: 'old\n' },
-      { name: 'keep/old2', body: 'old\n' },
-    ]);
-    const layer2 = await tarOf([
-      { name: 'data/.wh.gone.txt', body: '' },
-      { name: 'keep', type: 'directory' },
-      { name: 'keep/.wh..wh..opq', body: '' },
-      { name: 'keep/new', body: 'new\n' },
-    ]);
-    const layer1gz = zlib.gzipSync(layer1);
-    const config = Buffer.from(
-      JSON.stringify({
-        architecture: 'amd64',
-        os: 'linux',
-        config: { Env: ['PATH=/bin', 'GREETING=from the image'], WorkingDir: '/data', User: 'app', Cmd: ['/bin/sh', '-c', 'echo hi'] },
-        rootfs: { type: 'layers', diff_ids: [sha(layer1), sha(layer2)] },
-      }),
-    );
-    const dockerSave = await tarOf([
-      { name: 'manifest.json', body: JSON.stringify([{ Config: 'config.json', RepoTags: ['example/tiny:1'], Layers: ['l1/layer.tar', 'l2/layer.tar'] }]) },
-      { name: 'config.json', body: config },
-      { name: 'l1', type: 'directory' },
-      { name: 'l1/layer.tar', body: layer1gz },
-      { name: 'l2', type: 'directory' },
-      { name: 'l2/layer.tar', body: layer2 },
-    ]);
+    const { layer1gz, layer2, config, dockerSave } = await tinyImage();
     const image = await upload(dockerSave);
     const { build: b, events } = await build({ name: 'tiny', image });
     assert.equal(b.status, 'succeeded', JSON.stringify(events.slice(-3)));
