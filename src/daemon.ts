@@ -12,6 +12,7 @@ import { openDb } from './store/db.js';
 import { ensureHostReady } from './runtime/doctor.js';
 import { OciRuntimeDriver } from './runtime/driver.js';
 import { TemplateService } from './templates/service.js';
+import type { BuildProgress } from './templates/types.js';
 import { connectAgent } from './agent/client.js';
 import { SandboxStore } from './sandboxes/store.js';
 import { SandboxManager, type AgentConnector } from './sandboxes/manager.js';
@@ -52,7 +53,18 @@ export function packageVersion(): string {
   }
 }
 
-export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger } = {}): Promise<Daemon> {
+export interface StartOptions {
+  logger?: Logger;
+  /**
+   * Built-in templates to have built before the daemon listens (npm start:
+   * the default one), so the first create does not wait for debootstrap.
+   * A failed build is logged and left for the first create to retry.
+   */
+  prebuild?: string[];
+  onPrebuildProgress?: (template: string, p: BuildProgress) => void;
+}
+
+export async function startDaemon(config: DaemonConfig, opts: StartOptions = {}): Promise<Daemon> {
   const log = opts.logger ?? pino({ level: config.logLevel, base: undefined }, pino.destination(2));
   const paths = dataPaths(config.dataDir);
   for (const dir of [config.dataDir, paths.templates, paths.sandboxes, paths.bin]) fs.mkdirSync(dir, { recursive: true });
@@ -162,6 +174,12 @@ export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger 
     prune();
     sandboxes.onDestroyed(prune);
 
+    for (const name of opts.prebuild ?? []) {
+      await templates.ensure(name, (p) => opts.onPrebuildProgress?.(name, p)).catch((err: unknown) => {
+        log.error({ err, template: name }, 'building the template before serving failed; the first sandbox of it will try again');
+      });
+    }
+
     const app = buildServer(services, log);
     await app.listen({ host: config.host, port: config.port });
     // After recover() (pooled containers of an earlier run are orphans it has just removed) and once listening.
@@ -174,6 +192,7 @@ export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger 
       services,
       close: async () => {
         await app.close();
+        await catalog.close();
         // Pooled sandboxes belong to no one: unlike claimed ones they do not outlive the daemon.
         await pool.close();
         await sandboxes.close();

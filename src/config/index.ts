@@ -209,7 +209,7 @@ export const SETTINGS = {
   templateCache: {
     env: 'CAPSULE_TEMPLATE_CACHE',
     schema: z.string().refine((d) => d === '' || path.isAbsolute(d), 'must be an absolute directory path (or empty for no cache)').optional(),
-    describe: 'directory that keeps a copy of built templates across data dirs',
+    describe: 'directory that keeps a copy of debootstrapped templates across data dirs (default /var/cache/capsule/templates for root; empty: none)',
   },
 } as const;
 export type SettingName = keyof typeof SETTINGS;

@@ -307,6 +307,7 @@ export class OciRuntimeDriver implements RuntimeDriver {
         seccompBpf: seccomp && this.seccompBpf ? await this.seccompBpf.precompiled(seccomp) : null,
         runtime: this.cli.flavor,
         swapAccounting: await this.hasSwapAccounting(),
+        ...(spec.allowSetuid ? { allowSetuid: true } : {}),
       });
       await fsp.mkdir(layout.bundle, { mode: 0o700 });
       await fsp.writeFile(path.join(layout.bundle, 'config.json'), JSON.stringify(config), { mode: 0o600 });

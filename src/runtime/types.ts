@@ -52,6 +52,14 @@ export interface ContainerSpec {
   writable: WritableLayerSpec;
   resources: CgroupLimits;
   network: NetworkSpec;
+  /**
+   * Let setuid programs (sudo) take effect: the init runs without
+   * no_new_privs. Only for templates that ask for it (base): becoming root in
+   * the sandbox gives nothing its API caller lacks (commands may run as root),
+   * and that root is still an unprivileged host uid with the sandbox's
+   * capability set and seccomp filter.
+   */
+  allowSetuid?: boolean;
 }
 
 export type ContainerStatus = 'running' | 'paused' | 'stopped' | 'missing';

@@ -105,7 +105,11 @@ export class SandboxManager {
     try {
       const template = await this.templates.resolve(ctx, opts.template, opts.signal);
       const made = { ...opts, envs: { ...template.config.env, ...(opts.envs ?? {}) } };
-      const defaults = { ...(template.config.workdir ? { cwd: template.config.workdir } : {}), ...(template.config.user ? { user: template.config.user } : {}) };
+      const defaults = {
+        ...(template.config.workdir ? { cwd: template.config.workdir } : {}),
+        ...(template.config.user ? { user: template.config.user } : {}),
+        ...(template.config.sudo ? { setuid: true as const } : {}),
+      };
       // Refused before a pooled sandbox is spent on it; checked again below, next to the insert.
       this.checkQuota(ctx, resources.memoryMb);
       const claimed = this.pool ? await this.pool.claim(opts.template, resources) : null;
@@ -212,7 +216,7 @@ export class SandboxManager {
     defaults: SandboxRecord['defaults'],
   ): Promise<SandboxRecord> {
     const id = newSandboxId();
-    const spec = containerSpec(this.runtime, id, layers, resources);
+    const spec = containerSpec(this.runtime, id, layers, resources, undefined, { allowSetuid: defaults.setuid });
     // Checked and recorded without an await in between, so concurrent creates cannot both slip under a quota.
     this.checkQuota(ctx, resources.memoryMb);
     const rec = this.newRecord(ctx, id, 'creating', opts, resources, timeoutMs, defaults);

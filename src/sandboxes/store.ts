@@ -27,7 +27,8 @@ export interface SandboxRecord {
   /** The runtime backend that holds it (e.g. "crun"); null for rows from before backends were recorded. */
   runtime: string | null;
   /** Working directory and user of commands that name none (from the template's config). */
-  defaults: { cwd?: string; user?: string };
+  /** From the template: commands' default directory and user; setuid: the container was made with setuid programs working. */
+  defaults: { cwd?: string; user?: string; setuid?: true };
 }
 
 /** The outcome of a compare-and-set transition. */

@@ -100,6 +100,7 @@ export const TemplateConfig = z.object({
   workdir: z.string().optional().describe('Default working directory of commands'),
   user: z.string().optional().describe('Default user of commands'),
   cmd: z.string().optional().describe('Recorded start command'),
+  sudo: z.boolean().optional().describe('setuid programs such as sudo work in the sandboxes (the base template and templates built on it)'),
 });
 export type TemplateConfig = z.infer<typeof TemplateConfig>;
 

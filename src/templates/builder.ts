@@ -240,8 +240,10 @@ export class TemplateBuilder {
       throw new UnsupportedError(`step ${n} (${what}) needs network egress to the package mirror, which this daemon cannot give a sandbox yet; use a run step, or a base that has the packages`, { step: n });
     }
     const id = `bld-${randomBytes(6).toString('hex')}`;
+    // Package steps install for the whole system, as root; run steps run as the template's user so far.
+    const stepUser = step.type === 'run' ? config.user : undefined;
     const layers: LayerRef[] = chain.map((l) => ({ path: l.path, digest: l.id }));
-    const spec = containerSpec(runtime, id, layers, this.deps.resources);
+    const spec = containerSpec(runtime, id, layers, this.deps.resources, undefined, { allowSetuid: config.sudo });
     let created = false;
     const tail = new Tail(8192);
     try {
@@ -251,9 +253,9 @@ export class TemplateBuilder {
       try {
         const proc = await conn.exec({
           argv: ['/bin/sh', '-c', stepCommand(step)],
-          env: buildEnv(config.env, undefined, config.user),
+          env: buildEnv(config.env, undefined, stepUser),
           ...(config.workdir ? { cwd: config.workdir } : {}),
-          ...(config.user ? { user: config.user } : {}),
+          ...(stepUser ? { user: stepUser } : {}),
           stdin: false,
         });
         const decoders = { stdout: new StringDecoder('utf8'), stderr: new StringDecoder('utf8') };

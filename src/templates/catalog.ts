@@ -104,6 +104,7 @@ export class TemplateCatalog {
       return {
         ...info,
         builtIn: true,
+        config: this.builtinConfig(builtin),
         layers: info.status === 'ready' ? [{ digest: `builtin:${builtin}@${info.builtAt ?? 0}`, kind: 'base', sizeBytes: info.sizeBytes ?? 0, entries: 0, description: info.description }] : [],
       };
     }
@@ -131,7 +132,7 @@ export class TemplateCatalog {
    */
   async resolve(ctx: RequestContext, name: string, signal?: AbortSignal): Promise<ResolvedTemplate> {
     const builtin = this.builtinName(name);
-    if (builtin) return { layers: await this.d.builtins.layers(builtin, undefined, signal), config: EMPTY_CONFIG };
+    if (builtin) return { layers: await this.d.builtins.layers(builtin, undefined, signal), config: this.builtinConfig(builtin) };
     const u = this.user(ctx, name);
     if (!u.layers) {
       const why = u.status === 'building' ? `is still building (build ${u.buildId})` : `has no successful build${u.error ? `: ${u.error}` : ''}`;
@@ -185,9 +186,8 @@ export class TemplateCatalog {
       this.d.users.building(owner, name, definition, job.id);
       try {
         reporter.progress(0, definition.steps.length, `preparing ${definition.from}`);
-        const start = await this.buildStart(base);
-        const ac = new AbortController();
-        const result = await this.d.builder.build(owner, start, definition, reporter, ac.signal);
+        const start = await this.buildStart(base, job.signal);
+        const result = await this.d.builder.build(owner, start, definition, reporter, job.signal);
         const size = result.chain.reduce((sum, l) => sum + (this.d.layers.get(l.id)?.sizeBytes ?? 0), 0);
         this.d.users.ready(owner, name, result.chain.map((l) => l.id), result.config, size);
         void this.prune();
@@ -212,7 +212,7 @@ export class TemplateCatalog {
     return this.d.jobs.start(owner, name, key, 1, async (reporter, job) => {
       this.d.users.building(owner, name, { import: image }, job.id);
       try {
-        const ac = new AbortController();
+        const ac = { signal: job.signal };
         const scratch = path.join(this.d.layers.root, `.tmp-import-${job.id}`);
         const r = await importImage(
           { layers: this.d.layers, idMapBase: this.d.idMapBase, idMapSize: this.d.idMapSize },
@@ -273,6 +273,12 @@ export class TemplateCatalog {
 
   // --- upkeep -----------------------------------------------------------------------
 
+  /** Daemon shutdown: running builds stop (and are marked failed). */
+  async close(): Promise<void> {
+    await this.d.jobs.close();
+    await this.d.builtins.close();
+  }
+
   /** Whether a user template's chain still names the built-in tree of `name` built at `builtAt` (keep it). */
   referencesBuiltin(name: string, builtAt: number | undefined): boolean {
     if (builtAt === undefined) return false;
@@ -299,6 +305,11 @@ export class TemplateCatalog {
       ...(u.error !== null ? { error: u.error } : {}),
       ...(u.buildId !== null ? { buildId: u.buildId } : {}),
     };
+  }
+
+  private builtinConfig(name: string): TemplateConfig {
+    const c = this.d.builtins.config(name);
+    return { env: { ...(c.env ?? {}) }, ...(c.workdir ? { workdir: c.workdir } : {}), ...(c.user ? { user: c.user } : {}), ...(c.sudo ? { sudo: true } : {}) };
   }
 
   private builtinName(name: string): string | undefined {
@@ -338,11 +349,11 @@ export class TemplateCatalog {
     return { user: u };
   }
 
-  private async buildStart(base: { builtin: string } | { user: UserTemplate }): Promise<BuildStart> {
+  private async buildStart(base: { builtin: string } | { user: UserTemplate }, signal: AbortSignal): Promise<BuildStart> {
     if ('builtin' in base) {
-      const rootfs = await this.d.builtins.ensure(base.builtin);
+      const rootfs = await this.d.builtins.ensure(base.builtin, undefined, signal);
       const builtAt = this.d.builtins.get(base.builtin).builtAt ?? 0;
-      return { chain: [{ id: `builtin:${base.builtin}@${builtAt}`, path: rootfs }], config: EMPTY_CONFIG };
+      return { chain: [{ id: `builtin:${base.builtin}@${builtAt}`, path: rootfs }], config: this.builtinConfig(base.builtin) };
     }
     return { chain: this.chain(base.user.layers!), config: base.user.config ?? EMPTY_CONFIG };
   }

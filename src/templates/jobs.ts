@@ -45,6 +45,8 @@ export interface BuildJob {
   info(): BuildInfo;
   /** Resolves when the build has ended, either way (never rejects). */
   readonly done: Promise<void>;
+  /** Aborted when the daemon shuts down: the build stops and fails. */
+  readonly signal: AbortSignal;
 }
 
 type Listener = (ev: BuildEvent) => void;
@@ -62,6 +64,8 @@ class Job implements BuildJob, BuildReporter {
   private fileBytes = 0;
   readonly listeners = new Set<Listener>();
   done!: Promise<void>;
+  readonly controller = new AbortController();
+  readonly signal = this.controller.signal;
 
   constructor(
     readonly id: string,
@@ -187,6 +191,13 @@ export class BuildJobs {
     return job;
   }
 
+  /** Stop every running build (daemon shutdown) and wait for them to clean up. */
+  async close(): Promise<void> {
+    const running = [...this.jobs.values()].filter((j) => j.status === 'running');
+    for (const j of running) j.controller.abort(new Error('the daemon is shutting down'));
+    await Promise.all(running.map((j) => j.done));
+  }
+
   /** A build this owner may see (null: an admin, who sees all). */
   get(owner: string | null, id: string): BuildJob {
     const live = this.jobs.get(id);
@@ -204,7 +215,7 @@ export class BuildJobs {
       ...(row.ended_at !== null ? { endedAt: new Date(row.ended_at).toISOString() } : {}),
       ...(row.error !== null ? { error: row.error } : {}),
     };
-    return { id: row.id, owner: row.owner, name: row.name, key: '', info: () => info, done: Promise.resolve() };
+    return { id: row.id, owner: row.owner, name: row.name, key: '', info: () => info, done: Promise.resolve(), signal: AbortSignal.abort() };
   }
 
   /**

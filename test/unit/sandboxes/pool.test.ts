@@ -122,7 +122,7 @@ function setup(sizes: Record<string, number>, opts: { status?: TemplateInfo['sta
   const silent = { info() {}, warn() {}, error() {} };
   const pool = new WarmPool(sizes, {
     runtime: runtime as unknown as RuntimeDriver,
-    templates: { get: () => template, layers: async () => [{ path: '/rootfs' }] },
+    templates: { get: () => template, layers: async () => [{ path: '/rootfs' }], config: () => ({}) },
     connectAgent: async (ep: AgentEndpoint) => {
       const socket = ep.kind === 'unix' ? ep.path : '';
       const c = new FakeConn();
