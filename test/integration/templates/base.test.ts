@@ -49,6 +49,12 @@ describe('the base template', { skip, timeout: 15 * 60_000 }, () => {
       const sudo = await exec(id, 'sudo -n id -u && sudo -n touch /root-made && ls -l /root-made | cut -d" " -f3');
       assert.equal(sudo.exitCode, 0, sudo.stderr);
       assert.deepEqual(sudo.stdout.trim().split('\n'), ['0', 'root']);
+      // Root through sudo is the sandbox's root: no mounts, no kernel knobs, no more capabilities than the sandbox set.
+      const confined = await exec(id, 'sudo -n mount -t tmpfs none /mnt; echo mount=$?; sudo -n sh -c "echo 1 > /proc/sys/kernel/sysrq" 2>/dev/null; echo sysrq=$?; sudo -n grep CapBnd /proc/self/status');
+      assert.match(confined.stdout, /mount=[1-9]/);
+      assert.match(confined.stdout, /sysrq=[1-9]/);
+      const bnd = /CapBnd:\s+([0-9a-f]+)/.exec(confined.stdout)?.[1];
+      assert.ok(bnd && (BigInt(`0x${bnd}`) & (1n << 21n)) === 0n, `CAP_SYS_ADMIN must stay out of the bounding set (${bnd})`);
       // An explicit user still wins over the template's.
       assert.equal((await exec(id, 'id -u', { user: 'root' })).stdout, '0\n');
     } finally {
