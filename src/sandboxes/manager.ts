@@ -19,7 +19,7 @@ import type { LayerRef, RuntimeCapabilities, RuntimeDriver } from '../runtime/ty
 import type { AgentConnection, AgentEndpoint } from '../agent/types.js';
 import type { TemplateConfig } from '../schemas/templates.js';
 import { canSee, ownerFor, type RequestContext } from '../auth/context.js';
-import { ConflictError, InvalidArgumentError, NotFoundError, RateLimitedError, SandboxError, isCapsuleError } from '../errors/index.js';
+import { ConflictError, InvalidArgumentError, NotFoundError, RateLimitedError, SandboxError, UnavailableError, isCapsuleError } from '../errors/index.js';
 import type { SandboxRecord, SandboxStore } from './store.js';
 import { LIVE_STATES, requireState, wrongState, type SandboxState, type TerminalState } from './lifecycle.js';
 import { newSandboxId } from './ids.js';
@@ -48,6 +48,12 @@ export interface CreateOptions {
   resources?: Partial<ResourceLimits> | undefined;
   /** Aborted when the caller gives up (the client went away): nothing is left behind. */
   signal?: AbortSignal | undefined;
+  /**
+   * Wait at most this long for the template to be built, then fail with a
+   * retryable `unavailable` error while the build goes on (MCP clients give
+   * up on a tool call after about a minute; a retry joins the same build).
+   */
+  templateWaitMs?: number | undefined;
 }
 
 export interface ListFilter {
@@ -103,7 +109,7 @@ export class SandboxManager {
     this.checkDisk(resources.diskMb);
     this.pool?.userCreateStarted();
     try {
-      const template = await this.templates.resolve(ctx, opts.template, opts.signal);
+      const template = await this.resolveTemplate(ctx, opts);
       const made = { ...opts, envs: { ...template.config.env, ...(opts.envs ?? {}) } };
       const defaults = {
         ...(template.config.workdir ? { cwd: template.config.workdir } : {}),
@@ -117,6 +123,21 @@ export class SandboxManager {
       return await this.createCold(ctx, made, template.layers, resources, timeoutMs, defaults);
     } finally {
       this.pool?.userCreateEnded();
+    }
+  }
+
+  private async resolveTemplate(ctx: RequestContext, opts: CreateOptions): ReturnType<TemplateProvider['resolve']> {
+    if (opts.templateWaitMs === undefined) return this.templates.resolve(ctx, opts.template, opts.signal);
+    const waited = AbortSignal.timeout(opts.templateWaitMs);
+    const signal = opts.signal ? AbortSignal.any([opts.signal, waited]) : waited;
+    try {
+      return await this.templates.resolve(ctx, opts.template, signal);
+    } catch (err) {
+      if (!waited.aborted || opts.signal?.aborted) throw err;
+      throw new UnavailableError(
+        `template ${opts.template} is still being built (it takes a minute or two the first time on a machine); the build goes on: try again shortly`,
+        { template: opts.template, retryable: true },
+      );
     }
   }
 

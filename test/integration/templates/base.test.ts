@@ -8,6 +8,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { api, removeDataDir, startTestDaemon, tempDataDir, type TestDaemon } from '../../helpers/daemon.js';
+import { connectClient } from '../mcp/fixture.js';
 
 const haveDebootstrap = spawnSync('sh', ['-c', 'command -v debootstrap'], { env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' } }).status === 0;
 const skip = process.getuid?.() !== 0 ? 'needs root' : !haveDebootstrap ? 'needs debootstrap' : false;
@@ -89,6 +90,37 @@ describe('the base template', { skip, timeout: 15 * 60_000 }, () => {
       assert.deepEqual(out.stdout.trim().split('\n'), ['user', 'from-sudo', 'user', 'sudo-ok']);
     } finally {
       await api(d.url, 'DELETE', `/v1/sandboxes/${id}`);
+    }
+  });
+});
+
+describe('an MCP call that needs a template still being built', { skip, timeout: 5 * 60_000 }, () => {
+  it('answers "still building, try again" without stopping the build, and a retry gets the sandbox', async () => {
+    const dataDir = tempDataDir();
+    fs.chmodSync(dataDir, 0o755);
+    d = await startTestDaemon({ dataDir, env: { CAPSULE_MCP_TEMPLATE_WAIT_MS: '300' } });
+    const c = await connectClient('http', d);
+    try {
+      const first = await c.client.callTool('sandbox_create', { template: 'base' });
+      assert.equal(first.isError, true, JSON.stringify(first));
+      assert.match(JSON.stringify(first.content), /still being built/);
+      // The build went on without anyone waiting for it.
+      const t = await api(d.url, 'GET', '/v1/templates/base');
+      assert.equal(t.json.status, 'building');
+      const deadline = Date.now() + 4 * 60_000;
+      while ((await api(d.url, 'GET', '/v1/templates/base')).json.status !== 'ready') {
+        assert.ok(Date.now() < deadline, 'the build never finished');
+        await new Promise((r) => setTimeout(r, 250));
+      }
+      const again = await c.client.callTool('sandbox_create', { template: 'base' });
+      assert.notEqual(again.isError, true, JSON.stringify(again));
+      const id = (again.structuredContent as { sandbox_id?: string; id?: string }).sandbox_id ?? (again.structuredContent as { id?: string }).id;
+      assert.ok(id, JSON.stringify(again.structuredContent));
+      await api(d.url, 'DELETE', `/v1/sandboxes/${id}`);
+    } finally {
+      await c.close();
+      await d.stop();
+      await removeDataDir(dataDir);
     }
   });
 });
