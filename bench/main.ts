@@ -25,6 +25,7 @@ import { run } from './proc.js';
 import { consoleTable, hostInfo, writeResults, type BenchReport } from './report.js';
 import { now } from './stats.js';
 import { sustained } from './sustained.js';
+import { templates } from './templates.js';
 import { ttfc } from './ttfc.js';
 import type { BenchOptions, ScenarioResult } from './types.js';
 
@@ -35,6 +36,7 @@ export const SCENARIOS: ReadonlyArray<[string, Scenario]> = [
   // density before files: the file scenario leaves page-cache churn that skews MemAvailable.
   ['density', density],
   ['files', files],
+  ['templates', templates],
 ];
 
 const USAGE = `usage: node dist/bench/main.js [--quick] [--out DIR] [--only NAME[,NAME...]] [--debian]
