@@ -82,6 +82,8 @@ export interface BuildTemplateOptions extends ConnectionOptions {
   onProgress?: (p: StepProgress) => void;
   /** The steps' output as it comes (UTF-8 text). */
   onLog?: (text: string, step: number) => void;
+  /** Each archive a copy step (or an import) needs, before it is sent: its size, and whether the daemon already has it. */
+  onUpload?: (u: { digest: string; bytes: number; cached: boolean }) => void;
   /** Stop following (the build itself goes on in the daemon; see Template.buildInfo). */
   signal?: AbortSignal;
 }
@@ -209,7 +211,7 @@ export class Template {
     const archives = new Map<string, string>();
     try {
       const definition = await this.definition(archives);
-      for (const [digest, file] of archives) await uploadBlob(http, digest, file, opts.signal);
+      for (const [digest, file] of archives) await uploadBlob(http, digest, file, opts);
       return await followBuild(http, { name, definition }, opts);
     } finally {
       for (const file of archives.values()) await fsp.rm(path.dirname(file), { recursive: true, force: true });
@@ -239,14 +241,24 @@ export class Template {
   }
 
   /**
-   * Make template `name` from an OCI image archive: a `docker save` /
-   * `podman save` tarball, or a tar of an OCI image layout directory.
+   * Make template `name` from an OCI image: a `docker save` / `podman save`
+   * tarball, or an OCI image layout (the directory, or a tar of it).
    */
   static async importImage(name: string, archivePath: string, opts: BuildTemplateOptions = {}): Promise<BuildInfo> {
     const http = client(opts);
-    const digest = await fileDigest(archivePath);
-    await uploadBlob(http, digest, archivePath, opts.signal);
-    return followBuild(http, { name, image: digest }, opts);
+    const st = await fsp.stat(archivePath).catch(() => {
+      throw new InvalidArgumentError(`import: ${archivePath} does not exist`);
+    });
+    // An OCI layout directory is archived here, the same way copy steps archive local files.
+    const made = st.isDirectory() ? await archiveLocal(path.resolve(archivePath)) : undefined;
+    try {
+      const file = made?.file ?? archivePath;
+      const digest = made?.digest ?? (await fileDigest(file));
+      await uploadBlob(http, digest, file, opts);
+      return await followBuild(http, { name, image: digest }, opts);
+    } finally {
+      if (made) await fsp.rm(path.dirname(made.file), { recursive: true, force: true });
+    }
   }
 
   /** Build a built-in template (busybox, debian, base) and resolve with its info once ready; a failed build rejects. */
@@ -285,14 +297,18 @@ async function followBuild(http: HttpClient, body: { name: string; definition: T
   throw new UnavailableError(`${what}: the stream ended before the build finished`);
 }
 
-async function uploadBlob(http: HttpClient, digest: string, file: string, signal?: AbortSignal): Promise<void> {
+async function uploadBlob(http: HttpClient, digest: string, file: string, opts: Pick<BuildTemplateOptions, 'signal' | 'onUpload'>): Promise<void> {
   const p = `/templates/blobs/${digest}`;
+  const signal = opts.signal;
+  const bytes = (await fsp.stat(file)).size;
   try {
     await http.empty('GET', p, { signal });
+    opts.onUpload?.({ digest, bytes, cached: true });
     return; // already uploaded
   } catch (e) {
     if (!(e instanceof Error && 'code' in e && e.code === 'not_found')) throw e;
   }
+  opts.onUpload?.({ digest, bytes, cached: false });
   const body = Readable.toWeb(fs.createReadStream(file)) as unknown as ReadableStream<Uint8Array>;
   await http.empty('PUT', p, { body, contentType: 'application/octet-stream', signal, timeoutMs: 0 });
 }

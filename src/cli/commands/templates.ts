@@ -50,11 +50,14 @@ async function loadTemplateFile(file: string): Promise<DefinitionSource> {
   throw new UsageError(`${file} must hold a template definition ({"from": ..., "steps": [...]}) or export one (export default Template.from(...)...)`);
 }
 
-/** Step progress on stderr, and the steps' output unless quiet. */
-function userBuildReporting(quiet: boolean, label: string): Pick<BuildTemplateOptions, 'onProgress' | 'onLog'> & { stop: () => void } {
+/** Step progress (step k of n, elapsed) and uploads (bytes) on stderr, and the steps' output unless quiet. */
+function userBuildReporting(quiet: boolean, label: string): Pick<BuildTemplateOptions, 'onProgress' | 'onLog' | 'onUpload'> & { stop: () => void } {
   const bar = createProgressReporter(process.stderr, { label, tty: quiet ? undefined : false });
+  const t0 = Date.now();
+  const elapsed = () => `${((Date.now() - t0) / 1000).toFixed(1)} s`;
   return {
-    onProgress: (p) => bar({ phase: p.phase, ...(p.steps > 0 ? { fraction: p.step / p.steps } : {}) }),
+    onProgress: (p) => bar({ phase: p.phase, message: elapsed(), ...(p.steps > 0 ? { fraction: p.step / p.steps } : {}) }),
+    onUpload: (u) => bar({ phase: u.cached ? `archive ${u.digest.slice(7, 19)} already uploaded` : `uploading ${humanSize(u.bytes)} (${u.digest.slice(7, 19)})`, message: elapsed() }),
     ...(quiet ? {} : { onLog: (text: string) => void process.stderr.write(text) }),
     stop: () => bar.stop(),
   };
@@ -99,7 +102,7 @@ export function registerTemplateCommands(program: Command): void {
         const rep = userBuildReporting(opts.quiet === true, name);
         let b: BuildInfo;
         try {
-          b = await source.build(name, { ...conn, onProgress: rep.onProgress, ...(rep.onLog ? { onLog: rep.onLog } : {}) });
+          b = await source.build(name, { ...conn, onProgress: rep.onProgress, onUpload: rep.onUpload, ...(rep.onLog ? { onLog: rep.onLog } : {}) });
         } finally {
           rep.stop();
         }
@@ -119,16 +122,17 @@ export function registerTemplateCommands(program: Command): void {
 
   template
     .command('import')
-    .description('make a template from an OCI image archive (docker save / podman save, or a tar of an OCI image layout)')
-    .argument('<name>', 'name of the new template')
-    .argument('<archive>', 'the image archive (.tar)')
+    .description('make a template from an OCI image: a docker save / podman save tarball, or an OCI image layout (directory or tar)')
+    .argument('<path>', 'the image archive (.tar) or OCI layout directory')
+    .option('-n, --name <name>', 'name of the new template (default: the file name without extension)')
     .option('--json', 'print the build as JSON')
-    .action(async (name: string, archive: string, opts: { json?: boolean }, cmd: Command) => {
-      if (!fs.existsSync(archive)) throw new UsageError(`no such file: ${archive}`);
+    .action(async (archive: string, opts: { name?: string; json?: boolean }, cmd: Command) => {
+      if (!fs.existsSync(archive)) throw new UsageError(`no such file or directory: ${archive}`);
+      const name = opts.name ?? path.basename(path.resolve(archive)).replace(/\.(tar|oci)$/, '');
       const rep = userBuildReporting(true, name);
       let b: BuildInfo;
       try {
-        b = await Template.importImage(name, archive, { ...connection(cmd), onProgress: rep.onProgress });
+        b = await Template.importImage(name, archive, { ...connection(cmd), onProgress: rep.onProgress, onUpload: rep.onUpload });
       } finally {
         rep.stop();
       }

@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { CLI, REPO_ROOT, removeDataDir, startTestDaemon, tempDataDir, type TestDaemon } from '../../helpers/daemon.js';
-import { tinyImage } from '../../helpers/images.js';
+import { sha, tinyImage } from '../../helpers/images.js';
 import { Sandbox, SandboxError, Template, type ConnectionOptions, type StepProgress } from '../../../src/sdk/index.js';
 
 let d: TestDaemon;
@@ -114,12 +114,35 @@ describe('templates from the SDK and the CLI', () => {
     await assert.rejects(Template.from('busybox').copy(path.join(tmp, 'nope'), '/x').build('sdk-x', conn), { code: 'invalid_argument' });
   });
 
-  it('imports an image archive from a file', async () => {
+  it('imports an image archive from a file, and an OCI layout directory', async () => {
+    const img = await tinyImage();
     const file = path.join(tmp, 'tiny.tar');
-    fs.writeFileSync(file, (await tinyImage()).dockerSave);
+    fs.writeFileSync(file, img.dockerSave);
     const b = await Template.importImage('sdk-tiny', file, conn);
     assert.equal(b.status, 'succeeded');
     assert.equal(await run('sdk-tiny', 'echo "$GREETING"; ls /keep'), 'from the image\nnew\n');
+
+    const dir = path.join(tmp, 'layout');
+    fs.mkdirSync(path.join(dir, 'blobs/sha256'), { recursive: true });
+    const put = (b: Buffer) => {
+      fs.writeFileSync(path.join(dir, 'blobs/sha256', sha(b).slice(7)), b);
+      return { digest: sha(b), size: b.length };
+    };
+    const manifest = Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...put(img.config) },
+        layers: [
+          { mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', ...put(img.layer1gz) },
+          { mediaType: 'application/vnd.oci.image.layer.v1.tar', ...put(img.layer2) },
+        ],
+      }),
+    );
+    fs.writeFileSync(path.join(dir, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
+    fs.writeFileSync(path.join(dir, 'index.json'), JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', ...put(manifest) }] }));
+    const fromDir = await Template.importImage('sdk-layout', dir, conn);
+    assert.equal(fromDir.status, 'succeeded');
+    assert.equal(await run('sdk-layout', 'pwd; id -un'), '/data\napp\n');
   });
 
   it('capsule template build takes a JSON definition with local copies, and a TypeScript module', async () => {
@@ -132,6 +155,7 @@ describe('templates from the SDK and the CLI', () => {
     assert.match(j.stdout, /^web built \(bld_[0-9a-f]{16} in [\d.]+ s; 0 of 3 steps cached\)\n$/);
     assert.match(j.stderr, /json-step-output/);
     assert.match(j.stderr, /step 3\/3/);
+    assert.match(j.stderr, /uploading [\d.]+[KMG]? \([0-9a-f]{12}\) \([\d.]+ s\)/);
     assert.equal(await run('web', 'cat /w/out'), 'run.sh v2: json\n');
 
     const sdk = path.join(REPO_ROOT, 'dist/src/sdk/index.js');
@@ -160,7 +184,7 @@ describe('templates from the SDK and the CLI', () => {
     assert.match(f.stderr, /exited with 9/);
 
     const imp = path.join(tmp, 'tiny.tar');
-    const i = await capsule(['template', 'import', 'cli-tiny', imp]);
+    const i = await capsule(['template', 'import', imp, '--name', 'cli-tiny']);
     assert.equal(i.code, 0, i.stderr);
     assert.match(i.stdout, /^cli-tiny built \(bld_[0-9a-f]{16} in [\d.]+ s; 2 of 2 steps cached\)\n$/);
 
