@@ -33,7 +33,7 @@ const User = z
   .max(64)
   .regex(/^[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?$/, 'a user name or uid, optionally :group');
 
-export const BlobDigest = z.string().regex(/^sha256:[0-9a-f]{64}$/, 'sha256:<64 hex digits>').describe('Digest of an uploaded archive (PUT /v1/templates/blobs/:digest)');
+export const BlobDigest = z.string().regex(/^sha256:[0-9a-f]{64}$/, 'sha256:<64 hex digits>').describe('Digest of an uploaded archive (PUT /v1/blobs/:digest)');
 
 export const TemplateStep = z
   .discriminatedUnion('type', [
@@ -88,7 +88,7 @@ export const BuildTemplateRequest = z
     z
       .object({
         name: NewTemplateName,
-        image: BlobDigest.describe('An OCI image archive (docker save, or a tar of an OCI image layout) uploaded with PUT /v1/templates/blobs/:digest'),
+        image: BlobDigest.describe('An OCI image archive (docker save, or a tar of an OCI image layout) uploaded with PUT /v1/blobs/:digest'),
       })
       .strict(),
   ])

@@ -237,7 +237,7 @@ export class Template {
 
   /** A build's state by id (builds go on when nobody follows them). */
   static async buildInfo(buildId: string, opts: ConnectionOptions = {}): Promise<BuildInfo> {
-    return client(opts).json('GET', `/templates/builds/${encodeURIComponent(buildId)}`, WireBuildInfo);
+    return client(opts).json('GET', `/builds/${encodeURIComponent(buildId)}`, WireBuildInfo);
   }
 
   /**
@@ -298,7 +298,7 @@ async function followBuild(http: HttpClient, body: { name: string; definition: T
 }
 
 async function uploadBlob(http: HttpClient, digest: string, file: string, opts: Pick<BuildTemplateOptions, 'signal' | 'onUpload'>): Promise<void> {
-  const p = `/templates/blobs/${digest}`;
+  const p = `/blobs/${digest}`;
   const signal = opts.signal;
   const bytes = (await fsp.stat(file)).size;
   try {

@@ -42,7 +42,7 @@ export class BlobStore {
   /** The archive's bytes; NotFoundError when this owner never uploaded it (or it was pruned). */
   open(owner: string, digest: string): Readable {
     const f = this.file(owner, digest);
-    if (!fs.existsSync(f)) throw new NotFoundError(`archive ${digest} was not uploaded (PUT /v1/templates/blobs/${digest} first)`, { digest });
+    if (!fs.existsSync(f)) throw new NotFoundError(`archive ${digest} was not uploaded (PUT /v1/blobs/${digest} first)`, { digest });
     // Touch it: used blobs are not pruned.
     const now = new Date();
     fs.utimesSync(f, now, now);

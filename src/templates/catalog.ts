@@ -78,7 +78,6 @@ const BUILTIN_ALIASES: Readonly<Record<string, string>> = { 'debian:bookworm': '
 /** Most bytes one image layer may unpack to. */
 const IMPORT_MAX_BYTES = 16 * 1024 ** 3;
 const EMPTY_CONFIG: TemplateConfig = { env: {} };
-const RESERVED_NAMES: ReadonlySet<string> = new Set(['builds', 'blobs', 'import']);
 
 export class TemplateCatalog {
   constructor(private readonly d: CatalogDeps) {}
@@ -177,7 +176,7 @@ export class TemplateCatalog {
     // Blobs are checked now, so a missing upload fails the request rather than step k of the build.
     for (const s of definition.steps) {
       if (s.type === 'copy' && !this.d.blobs.has(owner, s.source)) {
-        throw new InvalidArgumentError(`copy step: archive ${s.source} was not uploaded (PUT /v1/templates/blobs/${s.source})`, { digest: s.source });
+        throw new InvalidArgumentError(`copy step: archive ${s.source} was not uploaded (PUT /v1/blobs/${s.source})`, { digest: s.source });
       }
     }
     const base = this.baseName(ctx, definition.from);
@@ -206,7 +205,7 @@ export class TemplateCatalog {
     const owner = ownerKey(ownerFor(ctx));
     this.checkUserName(name);
     if (!this.d.blobs.has(owner, image)) {
-      throw new InvalidArgumentError(`image archive ${image} was not uploaded (PUT /v1/templates/blobs/${image})`, { digest: image });
+      throw new InvalidArgumentError(`image archive ${image} was not uploaded (PUT /v1/blobs/${image})`, { digest: image });
     }
     const key = sha256(canonicalJson({ owner, name, import: image }));
     return this.d.jobs.start(owner, name, key, 1, async (reporter, job) => {
@@ -319,8 +318,6 @@ export class TemplateCatalog {
 
   private checkUserName(name: string): void {
     if (this.builtinName(name)) throw new ConflictError(`${name} is a built-in template's name; pick another`, { template: name });
-    // Path segments of the API under /v1/templates.
-    if (RESERVED_NAMES.has(name)) throw new InvalidArgumentError(`${name} is a reserved name; pick another`, { template: name });
   }
 
   /** A user template the caller may use: its own, or "<owner>/<name>" for an admin. */

@@ -72,7 +72,7 @@ export function templateRoutes(t: RouteTable, s: Services): void {
 
   t.add({
     method: 'GET',
-    url: '/v1/templates/builds/:buildId',
+    url: '/v1/builds/:buildId',
     summary: 'State of a build: step, phase, and why it failed',
     tag: 'templates',
     params: BuildParams,
@@ -82,7 +82,7 @@ export function templateRoutes(t: RouteTable, s: Services): void {
 
   t.add({
     method: 'GET',
-    url: '/v1/templates/builds/:buildId/events',
+    url: '/v1/builds/:buildId/events',
     summary: "A build's progress and output as NDJSON: what was kept so far, then live until it ends",
     tag: 'templates',
     params: BuildParams,
@@ -96,7 +96,7 @@ export function templateRoutes(t: RouteTable, s: Services): void {
 
   t.add({
     method: 'GET',
-    url: '/v1/templates/blobs/:digest',
+    url: '/v1/blobs/:digest',
     summary: 'Whether you uploaded the archive with this digest (404 if not)',
     tag: 'templates',
     params: BlobParams,
@@ -109,7 +109,7 @@ export function templateRoutes(t: RouteTable, s: Services): void {
 
   t.add({
     method: 'PUT',
-    url: '/v1/templates/blobs/:digest',
+    url: '/v1/blobs/:digest',
     summary: 'Upload a tar archive for copy steps or an image to import (raw body; refused unless its sha256 is the digest)',
     tag: 'templates',
     params: BlobParams,

@@ -14,7 +14,7 @@ let d: TestDaemon;
 
 async function upload(blob: Buffer, headers: Record<string, string> = {}): Promise<string> {
   const digest = sha(blob);
-  const r = await api(d.url, 'PUT', `/v1/templates/blobs/${digest}`, blob, { 'content-type': 'application/octet-stream', ...headers });
+  const r = await api(d.url, 'PUT', `/v1/blobs/${digest}`, blob, { 'content-type': 'application/octet-stream', ...headers });
   assert.equal(r.status, 201, r.text);
   return digest;
 }
@@ -167,7 +167,7 @@ describe('user templates', () => {
     assert.equal(noBase.status, 404);
     const badStep = await api(d.url, 'POST', '/v1/templates', { name: 'x', definition: { from: 'busybox', steps: [{ type: 'run' }] } });
     assert.equal(badStep.status, 400);
-    const wrongBytes = await api(d.url, 'PUT', `/v1/templates/blobs/${sha('a')}`, 'b', { 'content-type': 'application/octet-stream' });
+    const wrongBytes = await api(d.url, 'PUT', `/v1/blobs/${sha('a')}`, 'b', { 'content-type': 'application/octet-stream' });
     assert.equal(wrongBytes.status, 400);
   });
 
@@ -242,7 +242,7 @@ describe('user templates', () => {
     const archive = await tarOf([{ name: 'shared.txt', body: 'same bytes\n' }]);
     const digest = await upload(archive, A);
     // B has not uploaded it: B cannot use A's upload by its digest.
-    assert.equal((await api(d.url, 'GET', `/v1/templates/blobs/${digest}`, undefined, B)).status, 404);
+    assert.equal((await api(d.url, 'GET', `/v1/blobs/${digest}`, undefined, B)).status, 404);
     const def = { from: 'busybox', steps: [{ type: 'copy', source: digest, dest: '/s' }, { type: 'run', command: 'cat /s/shared.txt > /copy.txt' }] };
     const denied = await api(d.url, 'POST', '/v1/templates', { name: 'mine', definition: def }, B);
     assert.equal(denied.status, 400);
@@ -291,7 +291,7 @@ describe('a daemon killed in the middle of a build', () => {
       }
       await d.kill();
       d = await startTestDaemon({ dataDir });
-      const info = await api(d.url, 'GET', `/v1/templates/builds/${buildId}`);
+      const info = await api(d.url, 'GET', `/v1/builds/${buildId}`);
       assert.equal(info.status, 200);
       assert.equal(info.json.status, 'failed');
       assert.match(info.json.error, /restart/);
