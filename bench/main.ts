@@ -26,6 +26,7 @@ import { run } from './proc.js';
 import { consoleTable, hostInfo, writeResults, type BenchReport } from './report.js';
 import { now } from './stats.js';
 import { sustained } from './sustained.js';
+import { templates } from './templates.js';
 import { ttfc } from './ttfc.js';
 import type { BenchOptions, ScenarioResult } from './types.js';
 
@@ -36,6 +37,7 @@ export const SCENARIOS: ReadonlyArray<[string, Scenario]> = [
   // density before files: the file scenario leaves page-cache churn that skews MemAvailable.
   ['density', density],
   ['files', files],
+  ['templates', templates],
   ['lifecycle', lifecycle],
 ];
 

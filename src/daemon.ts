@@ -12,6 +12,7 @@ import { openDb } from './store/db.js';
 import { ensureHostReady } from './runtime/doctor.js';
 import { OciRuntimeDriver } from './runtime/driver.js';
 import { TemplateService } from './templates/service.js';
+import type { BuildProgress } from './templates/types.js';
 import { connectAgent } from './agent/client.js';
 import { SandboxStore } from './sandboxes/store.js';
 import { SandboxManager, type AgentConnector } from './sandboxes/manager.js';
@@ -25,6 +26,12 @@ import { ConflictError, RuntimeError } from './errors/index.js';
 import { KeyStore } from './auth/keys.js';
 import { KeyService } from './auth/key-service.js';
 import { TemplateCatalog } from './templates/catalog.js';
+import { TemplateBuilder } from './templates/builder.js';
+import { BuildJobs } from './templates/jobs.js';
+import { BlobStore } from './templates/blobs.js';
+import { ownerKey, UserTemplates } from './templates/user-templates.js';
+import { LayerStore } from './layers/store.js';
+import { LIVE_STATES } from './sandboxes/lifecycle.js';
 import { RateLimiter } from './auth/rate-limit.js';
 import { VolumeStore } from './volumes/store.js';
 import { VolumeService } from './volumes/service.js';
@@ -48,7 +55,18 @@ export function packageVersion(): string {
   }
 }
 
-export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger } = {}): Promise<Daemon> {
+export interface StartOptions {
+  logger?: Logger;
+  /**
+   * Built-in templates to have built before the daemon listens (npm start:
+   * the default one), so the first create does not wait for debootstrap.
+   * A failed build is logged and left for the first create to retry.
+   */
+  prebuild?: string[];
+  onPrebuildProgress?: (template: string, p: BuildProgress) => void;
+}
+
+export async function startDaemon(config: DaemonConfig, opts: StartOptions = {}): Promise<Daemon> {
   const log = opts.logger ?? pino({ level: config.logLevel, base: undefined }, pino.destination(2));
   const paths = dataPaths(config.dataDir);
   for (const dir of [config.dataDir, paths.templates, paths.sandboxes, paths.bin]) fs.mkdirSync(dir, { recursive: true });
@@ -63,11 +81,19 @@ export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger 
     await ensureHostReady(config.runtime, { scratchDir: config.dataDir, dataDir: config.dataDir, idMapBase: config.idMapBase });
     const agentBinary = installAgent(paths.bin);
     const db = openDb(paths.db);
-    // A replaced template tree is deleted once no sandbox sits on it; until the driver exists, assume one does.
-    let lowerInUse: (rootfs: string) => boolean = () => true;
-    const inUse = (rootfs: string) => lowerInUse(rootfs);
+    // A replaced template tree is deleted once no sandbox sits on it and no user template builds on it;
+    // until the driver and the catalog exist, assume something does.
+    let lowerInUse: (rootfs: string, info: { name: string; builtAt: number | undefined }) => boolean = () => true;
+    const inUse = (rootfs: string, info: { name: string; builtAt: number | undefined }) => lowerInUse(rootfs, info);
     const templates = new TemplateService({ db, paths, idMapBase: config.idMapBase, logger: log, inUse });
     await templates.recover();
+    const layers = new LayerStore(db, paths.layers);
+    await layers.recover();
+    const userTemplates = new UserTemplates(db);
+    userTemplates.recover();
+    const jobs = new BuildJobs(db, paths.buildLogs);
+    jobs.recover();
+    const blobs = new BlobStore(paths.blobs);
     const runtime = new OciRuntimeDriver({
       runtime: config.runtime,
       paths,
@@ -76,7 +102,7 @@ export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger 
       agentBinary,
       logger: log,
     });
-    lowerInUse = (rootfs) => runtime.templateInUse(rootfs);
+    lowerInUse = (rootfs, info) => runtime.templateInUse(rootfs) || catalog.referencesBuiltin(info.name, info.builtAt);
     // Its version, for GET /v1/info and the logs; a runtime that cannot say is still usable.
     await runtime.probe().catch((err: unknown) => log.warn({ err }, 'could not read the runtime version'));
     const store = new SandboxStore(db);
@@ -99,7 +125,29 @@ export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger 
       buildTemplates: config.buildPoolTemplates,
       log,
     });
-    const sandboxes = new SandboxManager(config, store, runtime, templates, connector, log, pool);
+    const catalog = new TemplateCatalog({
+      builtins: templates,
+      users: userTemplates,
+      layers,
+      blobs,
+      builder: new TemplateBuilder({
+        runtime,
+        connectAgent: connector,
+        layers,
+        blobs,
+        idMapBase: config.idMapBase,
+        idMapSize: config.idMapSize,
+        log,
+        resources: { cpus: 1, memoryMb: 2048, pids: 1024, diskMb: 16 * 1024 },
+      }),
+      jobs,
+      sandboxesUsing: (owner, name) =>
+        store.listByStates(LIVE_STATES).filter((r) => (r.template === name && ownerKey(r.owner) === owner) || r.template === `${owner}/${name}`).length,
+      treeInUse: (tree) => runtime.templateInUse(tree),
+      idMapBase: config.idMapBase,
+      idMapSize: config.idMapSize,
+    });
+    const sandboxes = new SandboxManager(config, store, runtime, catalog, connector, log, pool);
     const journal = new ProcessJournal(store, { onError: (err) => log.error({ err }, 'writing process rows failed') });
     const commands = new CommandService(sandboxes, journal);
     const files = new FileService(sandboxes);
@@ -114,7 +162,7 @@ export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger 
       commands,
       files,
       volumes,
-      templates: new TemplateCatalog(templates),
+      templates: catalog,
       keys: new KeyService(keyStore),
       keyStore,
       limiter: new RateLimiter(),
@@ -123,10 +171,19 @@ export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger 
     const recovered = await sandboxes.recover();
     if (recovered.adopted.length || recovered.kept.length || recovered.ended.length || recovered.cleaned.length) log.info(recovered, 'recovered state from the last run');
     sandboxes.startReaper();
-    const prune = () =>
+    const prune = () => {
       void templates.pruneOld(inUse).catch((err: unknown) => log.warn({ err }, 'pruning replaced template trees failed'));
+      void catalog.prune().catch((err: unknown) => log.warn({ err }, 'pruning unused layers failed'));
+      void blobs.prune().catch((err: unknown) => log.warn({ err }, 'pruning old uploads failed'));
+    };
     prune();
     sandboxes.onDestroyed(prune);
+
+    for (const name of opts.prebuild ?? []) {
+      await templates.ensure(name, (p) => opts.onPrebuildProgress?.(name, p)).catch((err: unknown) => {
+        log.error({ err, template: name }, 'building the template before serving failed; the first sandbox of it will try again');
+      });
+    }
 
     const app = buildServer(services, log);
     await app.listen({ host: config.host, port: config.port });
@@ -140,6 +197,7 @@ export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger 
       services,
       close: async () => {
         await app.close();
+        await catalog.close();
         // Pooled sandboxes belong to no one: unlike claimed ones they do not outlive the daemon.
         await pool.close();
         await sandboxes.close();

@@ -216,7 +216,7 @@ export const SETTINGS = {
   templateCache: {
     env: 'CAPSULE_TEMPLATE_CACHE',
     schema: z.string().refine((d) => d === '' || path.isAbsolute(d), 'must be an absolute directory path (or empty for no cache)').optional(),
-    describe: 'directory that keeps a copy of built templates across data dirs',
+    describe: 'directory that keeps a copy of debootstrapped templates across data dirs (default /var/cache/capsule/templates for root; empty: none)',
   },
 } as const;
 export type SettingName = keyof typeof SETTINGS;
@@ -323,6 +323,12 @@ export function dataPaths(dataDir: string) {
     db: path.join(dataDir, 'capsule.db'),
     templates: path.join(dataDir, 'templates'),
     templateRootfs: (name: string) => path.join(dataDir, 'templates', name, 'rootfs'),
+    /** Content-addressed layer trees (src/layers/store.ts). */
+    layers: path.join(dataDir, 'layers'),
+    /** Uploaded archives for `copy` steps and image imports, by sha256 (src/templates/blobs.ts). */
+    blobs: path.join(dataDir, 'blobs'),
+    /** Build logs, one bounded file per build job. */
+    buildLogs: path.join(dataDir, 'builds'),
     sandboxes: path.join(dataDir, 'sandboxes'),
     sandboxDir: (id: string) => path.join(dataDir, 'sandboxes', id),
     /** One empty, freshly made ext4 image per common disk size; sandboxes get sparse copies (native/capsule-mount). */

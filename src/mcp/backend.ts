@@ -52,6 +52,13 @@ export interface RunHooks {
   signal?: AbortSignal;
 }
 
+/**
+ * How long a tool call waits for a template build before answering "still
+ * building, try again" (the build goes on): under the minute most MCP clients
+ * wait for a tool call. CAPSULE_MCP_TEMPLATE_WAIT_MS changes it (tests).
+ */
+export const MCP_TEMPLATE_WAIT_MS = Number(process.env.CAPSULE_MCP_TEMPLATE_WAIT_MS) > 0 ? Number(process.env.CAPSULE_MCP_TEMPLATE_WAIT_MS) : 40_000;
+
 export interface McpBackend {
   createSandbox(input: CreateSandboxInput, signal?: AbortSignal): Promise<SandboxInfo>;
   getSandbox(id: string): Promise<SandboxInfo>;
@@ -87,7 +94,7 @@ export function servicesBackend(services: Services, principal: Principal = ANONY
   const ctx = requestContext(principal, 'mcp');
   return {
     async createSandbox(input, signal) {
-      return toApiSandbox(await services.sandboxes.create(ctx, { ...input, ...(signal ? { signal } : {}) }));
+      return toApiSandbox(await services.sandboxes.create(ctx, { ...input, templateWaitMs: MCP_TEMPLATE_WAIT_MS, ...(signal ? { signal } : {}) }));
     },
     async getSandbox(id) {
       return toApiSandbox(services.sandboxes.get(ctx, id));

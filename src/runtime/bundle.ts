@@ -89,6 +89,8 @@ export interface BundleInput {
   freshSysfs?: boolean;
   /** Extra environment for the agent. */
   env?: Record<string, string>;
+  /** Leave no_new_privs off so setuid programs work (ContainerSpec.allowSetuid). */
+  allowSetuid?: boolean;
 }
 
 /** The subset of runtime-spec we write; kept loose where the spec is. */
@@ -223,7 +225,7 @@ export function buildOciSpec(input: BundleInput): OciSpec {
         ambient: [],
       },
       rlimits: [{ type: 'RLIMIT_NOFILE', soft: 1024, hard: 4096 }],
-      noNewPrivileges: true,
+      noNewPrivileges: input.allowSetuid !== true,
     },
     root: { path: input.rootfs, readonly: false },
     hostname: input.id,

@@ -18,6 +18,7 @@ import { remountSandbox, setupSandboxMounts, teardownSandboxMounts, unmountKeepi
 import { relinkMovedLayers, writeLowerIds, LOWER_ID_FILE } from './lower-ids.js';
 import { checkTarget, VolumeDisks } from './volumes.js';
 import { Launcher, LAUNCHER_PATH } from './launcher.js';
+import { copyTree } from '../layers/native.js';
 import { readMountPoints, removeSandboxDir, sandboxLayout } from './overlay.js';
 import { loadDefaultSeccomp, type OciSeccomp } from './seccomp.js';
 import { SeccompBpfCompiler } from './seccomp-bpf.js';
@@ -141,6 +142,7 @@ export class OciRuntimeDriver implements RuntimeDriver {
       volumes: true,
       checkpoint: false,
       updateResources: true,
+      exportChanges: true,
       network: ['none'],
       maxLayers: MAX_LAYERS,
     };
@@ -201,6 +203,20 @@ export class OciRuntimeDriver implements RuntimeDriver {
     const r = await this.cli.runCaptured([verb, id], { timeoutMs: 10_000 });
     if (r.code !== 0 && !/not paused|already paused|not running/i.test(r.stderr)) {
       throw new RuntimeError(`${this.cli.flavor} ${verb} ${id} failed: ${summarizeStderr(r.stderr)}`, { id });
+    }
+  }
+
+  async exportChanges(id: string, dest: string, signal?: AbortSignal): Promise<void> {
+    checkId(id);
+    const upper = path.join(sandboxLayout(this.opts.paths.sandboxDir(id)).disk, 'upper');
+    if (!fs.existsSync(upper)) throw new RuntimeError(`sandbox ${id} has no writable layer to export`, { id });
+    const state = await freezerState(this.cgroupsPath(id));
+    const wasRunning = state === 'THAWED';
+    if (wasRunning) await this.pause(id);
+    try {
+      await copyTree(upper, dest, signal);
+    } finally {
+      if (wasRunning) await this.resume(id).catch((e: unknown) => this.log.error({ id, err: String(e) }, 'could not thaw a sandbox after exporting its changes'));
     }
   }
 
@@ -304,6 +320,7 @@ export class OciRuntimeDriver implements RuntimeDriver {
         seccompBpf: seccomp && this.seccompBpf ? await this.seccompBpf.precompiled(seccomp) : null,
         runtime: this.cli.flavor,
         swapAccounting: await this.hasSwapAccounting(),
+        ...(spec.allowSetuid ? { allowSetuid: true } : {}),
       });
       await fsp.mkdir(layout.bundle, { mode: 0o700 });
       await fsp.writeFile(path.join(layout.bundle, 'config.json'), JSON.stringify(config), { mode: 0o600 });

@@ -68,6 +68,14 @@ export interface ContainerSpec {
   network: NetworkSpec;
   /** Named volumes to attach (needs `capabilities.volumes`); the same ones come back at every start. */
   volumes?: readonly VolumeAttachment[];
+  /**
+   * Let setuid programs (sudo) take effect: the init runs without
+   * no_new_privs. Only for templates that ask for it (base): becoming root in
+   * the sandbox gives nothing its API caller lacks (commands may run as root),
+   * and that root is still an unprivileged host uid with the sandbox's
+   * capability set and seccomp filter.
+   */
+  allowSetuid?: boolean;
 }
 
 /**
@@ -102,6 +110,8 @@ export interface RuntimeCapabilities {
   checkpoint: boolean;
   /** Change cpus, memory and pids of a running sandbox (`update`). */
   updateResources: boolean;
+  /** Copy a sandbox's writable-layer changes out as an overlay diff (`exportChanges`): template build steps, snapshots. */
+  exportChanges: boolean;
   /** Network modes `create` accepts. */
   network: readonly NetworkMode[];
   /** Most read-only layers one sandbox may stack. */
@@ -161,6 +171,12 @@ export interface RuntimeDriver {
   prepareVolume(volumeId: string, sizeMb: number): Promise<void>;
   /** Delete a volume's disk and everything on it. The caller makes sure no sandbox attaches it. Idempotent. */
   removeVolume(volumeId: string): Promise<void>;
+  /**
+   * Copy what the sandbox changed (its writable layer, as an overlay diff with whiteouts and opaque
+   * markers) into the empty directory `dest`, with its processes frozen meanwhile so no file is torn.
+   * Needs `capabilities.exportChanges`.
+   */
+  exportChanges(id: string, dest: string, signal?: AbortSignal): Promise<void>;
   /** OOM kills so far inside the sandbox's memory cgroup (0 when the backend cannot tell). */
   oomKills(id: string): Promise<number>;
   /** Where the sandbox's agent listens (for an OCI runtime: a host-root-owned unix socket, never inside the sandbox). */

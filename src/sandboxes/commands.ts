@@ -88,17 +88,20 @@ export class CommandService implements SandboxEvents {
     opts: { sink?: EventSink; signal?: AbortSignal },
   ): Promise<CommandResult | { pid: number }> {
     const argv = typeof req.cmd === 'string' ? ['/bin/sh', '-c', req.cmd] : req.cmd;
-    const cwd = req.cwd === undefined ? undefined : resolveSandboxPath(req.cwd);
     const { rec: sb, conn } = await this.sandboxes.use(ctx, sandboxId, 'run a command');
+    // The template's workdir and user apply to commands that name none.
+    const cwdAsked = req.cwd ?? sb.defaults.cwd;
+    const cwd = cwdAsked === undefined ? undefined : resolveSandboxPath(cwdAsked);
+    const user = req.user ?? sb.defaults.user;
     const table = this.table(sandboxId);
     if (table.running >= MAX_LIVE_PER_SANDBOX) {
       throw new RateLimitedError(`sandbox ${sandboxId} already runs ${MAX_LIVE_PER_SANDBOX} commands`);
     }
     const started = conn.exec({
       argv,
-      env: buildEnv(sb.envs, req.envs, req.user),
+      env: buildEnv(sb.envs, req.envs, user),
       ...(cwd !== undefined ? { cwd } : {}),
-      ...(req.user !== undefined ? { user: req.user } : {}),
+      ...(user !== undefined ? { user } : {}),
       stdin: req.background === true || req.stdin !== undefined,
       // A foreground run waits for the exit anyway; a streamed one may see its start up to 2 ms later.
       holdReply: req.background !== true,

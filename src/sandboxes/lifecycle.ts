@@ -11,7 +11,7 @@
  *             └─> (any live state) ──> killed | expired | failed   (terminal)
  *
  * Pause/resume and stop/start move through these states in
- * lifecycle-service.ts (docs/adr/0006-lifecycle-pause-stop-retention.md);
+ * lifecycle-service.ts (docs/adr/0007-lifecycle-pause-stop-retention.md);
  * `snapshotting` is not reachable yet (filesystem snapshots come with the
  * layer store).
  */

@@ -20,9 +20,9 @@
 import type { DaemonConfig, ResourceLimits } from '../config/index.js';
 import type { LayerRef, RuntimeCapabilities, RuntimeDriver } from '../runtime/types.js';
 import type { AgentConnection, AgentEndpoint } from '../agent/types.js';
-import type { BuildProgress } from '../templates/types.js';
+import type { TemplateConfig } from '../schemas/templates.js';
 import { canSee, ownerFor, type RequestContext } from '../auth/context.js';
-import { ConflictError, InvalidArgumentError, NotFoundError, RateLimitedError, SandboxError, UnsupportedError, isCapsuleError } from '../errors/index.js';
+import { ConflictError, InvalidArgumentError, NotFoundError, RateLimitedError, SandboxError, UnavailableError, UnsupportedError, isCapsuleError } from '../errors/index.js';
 import type { SandboxRecord, SandboxStore, SandboxVolume } from './store.js';
 import { LIVE_STATES, requireState, wrongState, type SandboxState, type TerminalState } from './lifecycle.js';
 import { newSandboxId } from './ids.js';
@@ -37,10 +37,10 @@ export interface Logger {
   error(obj: unknown, msg?: string): void;
 }
 
-/** What the manager needs from the template service. */
+/** What the manager needs from the template service: a template the caller may use, as layers and config. */
 export interface TemplateProvider {
-  /** The template's read-only layers, lowest first; builds the template when needed. */
-  layers(name: string, onProgress?: (p: BuildProgress) => void, signal?: AbortSignal): Promise<readonly LayerRef[]>;
+  /** The template's read-only layers (lowest first) and what its commands get; builds a built-in one when needed. */
+  resolve(ctx: RequestContext, name: string, signal?: AbortSignal): Promise<{ layers: readonly LayerRef[]; config: TemplateConfig }>;
 }
 
 export type AgentConnector = (endpoint: AgentEndpoint, opts?: { timeoutMs?: number; signal?: AbortSignal; sandboxId?: string }) => Promise<AgentConnection>;
@@ -57,6 +57,12 @@ export interface CreateOptions {
   volumes?: ReadonlyArray<{ name: string; path: string; readOnly?: boolean | undefined }> | undefined;
   /** Aborted when the caller gives up (the client went away): nothing is left behind. */
   signal?: AbortSignal | undefined;
+  /**
+   * Wait at most this long for the template to be built, then fail with a
+   * retryable `unavailable` error while the build goes on (MCP clients give
+   * up on a tool call after about a minute; a retry joins the same build).
+   */
+  templateWaitMs?: number | undefined;
 }
 
 export interface ListFilter {
@@ -144,15 +150,36 @@ export class SandboxManager {
     const volumes = this.volumes?.resolve(ctx, asked) ?? [];
     this.pool?.userCreateStarted();
     try {
-      const layers = await this.templates.layers(opts.template, undefined, opts.signal);
+      const template = await this.resolveTemplate(ctx, opts);
+      const made = { ...opts, envs: { ...template.config.env, ...(opts.envs ?? {}) } };
+      const defaults = {
+        ...(template.config.workdir ? { cwd: template.config.workdir } : {}),
+        ...(template.config.user ? { user: template.config.user } : {}),
+        ...(template.config.sudo ? { setuid: true as const } : {}),
+      };
       // Refused before a pooled sandbox is spent on it; checked again below, next to the insert.
       this.checkQuota(ctx, resources.memoryMb);
       // A pooled sandbox was started without volumes: one that attaches any is started cold.
       const claimed = this.pool && volumes.length === 0 ? await this.pool.claim(opts.template, resources) : null;
-      if (claimed) return this.recordClaimed(ctx, claimed, opts, resources, timeoutMs);
-      return await this.createCold(ctx, opts, layers, resources, timeoutMs, volumes);
+      if (claimed) return this.recordClaimed(ctx, claimed, made, resources, timeoutMs, defaults);
+      return await this.createCold(ctx, made, template.layers, resources, timeoutMs, defaults, volumes);
     } finally {
       this.pool?.userCreateEnded();
+    }
+  }
+
+  private async resolveTemplate(ctx: RequestContext, opts: CreateOptions): ReturnType<TemplateProvider['resolve']> {
+    if (opts.templateWaitMs === undefined) return this.templates.resolve(ctx, opts.template, opts.signal);
+    const waited = AbortSignal.timeout(opts.templateWaitMs);
+    const signal = opts.signal ? AbortSignal.any([opts.signal, waited]) : waited;
+    try {
+      return await this.templates.resolve(ctx, opts.template, signal);
+    } catch (err) {
+      if (!waited.aborted || opts.signal?.aborted) throw err;
+      throw new UnavailableError(
+        `template ${opts.template} is still being built (it takes a minute or two the first time on a machine); the build goes on: try again shortly`,
+        { template: opts.template, retryable: true },
+      );
     }
   }
 
@@ -268,7 +295,14 @@ export class SandboxManager {
   // --- creating -------------------------------------------------------------------
 
   /** A pooled sandbox becomes the caller's: its row is written now, already running, with the caller's owner, envs, metadata and clock. */
-  private recordClaimed(ctx: RequestContext, claimed: Claimed, opts: CreateOptions, resources: ResourceLimits, timeoutMs: number): SandboxRecord {
+  private recordClaimed(
+    ctx: RequestContext,
+    claimed: Claimed,
+    opts: CreateOptions,
+    resources: ResourceLimits,
+    timeoutMs: number,
+    defaults: SandboxRecord['defaults'],
+  ): SandboxRecord {
     try {
       // Checked and recorded without an await in between, so concurrent creates cannot both slip under a quota.
       this.checkQuota(ctx, resources.memoryMb);
@@ -278,7 +312,7 @@ export class SandboxManager {
       throw err;
     }
     // The clock starts at the claim, not when the pool started the container.
-    const rec = this.newRecord(ctx, claimed.id, 'running', opts, resources, timeoutMs);
+    const rec = this.newRecord(ctx, claimed.id, 'running', opts, resources, timeoutMs, defaults);
     this.store.insert(rec);
     this.adoptConnection(claimed.id, claimed.conn);
     if (rec.lifecycle.idleMs !== null) this.lifecycle.activity.touch(rec.id);
@@ -291,18 +325,19 @@ export class SandboxManager {
     layers: readonly LayerRef[],
     resources: ResourceLimits,
     timeoutMs: number,
+    defaults: SandboxRecord['defaults'],
     volumes: SandboxVolume[] = [],
   ): Promise<SandboxRecord> {
     const id = newSandboxId();
     const spec = {
-      ...containerSpec(this.runtime, id, layers, resources),
+      ...containerSpec(this.runtime, id, layers, resources, undefined, { allowSetuid: defaults.setuid }),
       volumes: volumes.map((v) => ({ volumeId: v.volumeId, sizeMb: v.sizeMb, target: v.path, readOnly: v.readOnly })),
     };
     // Checked and recorded without an await in between, so concurrent creates cannot both slip under a quota,
     // and a volume deleted meanwhile is not attached.
     this.checkQuota(ctx, resources.memoryMb);
     this.volumes?.stillThere(volumes);
-    const rec = this.newRecord(ctx, id, 'creating', opts, resources, timeoutMs, volumes);
+    const rec = this.newRecord(ctx, id, 'creating', opts, resources, timeoutMs, defaults, volumes);
     this.store.insert(rec);
     const abort = new AbortController();
     let settle!: () => void;
@@ -350,6 +385,7 @@ export class SandboxManager {
     opts: CreateOptions,
     resources: ResourceLimits,
     timeoutMs: number,
+    defaults: SandboxRecord['defaults'],
     volumes: SandboxVolume[] = [],
   ): SandboxRecord {
     const now = Date.now();
@@ -367,6 +403,7 @@ export class SandboxManager {
       endReason: null,
       stateChangedAt: now,
       runtime: this.runtime.kind,
+      defaults,
       lifecycle: resolvePolicy(opts.lifecycle, this.config.defaultDeleteAfterMs),
       timeoutMs,
       remainingMs: null,

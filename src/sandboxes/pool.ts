@@ -30,6 +30,8 @@ import type { AgentConnector, Logger } from './manager.js';
 export interface PoolTemplates {
   get(name: string): TemplateInfo;
   layers(name: string): Promise<readonly LayerRef[]>;
+  /** Whether the template's sandboxes need setuid programs to work (base's sudo). */
+  config(name: string): { sudo?: boolean };
 }
 
 export interface WarmPoolDeps {
@@ -310,7 +312,8 @@ export class WarmPool {
     try {
       const layers = await this.deps.templates.layers(template);
       const builtAt = this.deps.templates.get(template).builtAt;
-      await this.deps.runtime.create(containerSpec(this.deps.runtime, id, layers, resources));
+      const allowSetuid = this.deps.templates.config(template).sudo;
+      await this.deps.runtime.create(containerSpec(this.deps.runtime, id, layers, resources, undefined, { allowSetuid }));
       created = true;
       const conn = await this.deps.connectAgent(this.deps.runtime.agentEndpoint(id), { timeoutMs: 5000 });
       c.started++;

@@ -14,6 +14,7 @@ export function containerSpec(
   layers: readonly LayerRef[],
   resources: ResourceLimits,
   network: NetworkSpec = { mode: 'none' },
+  opts: { allowSetuid?: boolean | undefined } = {},
 ): ContainerSpec {
   const caps = runtime.capabilities;
   if (layers.length === 0) throw new UnsupportedError(`sandbox ${id} has no root filesystem layers`, { id });
@@ -32,6 +33,7 @@ export function containerSpec(
     writable: { diskMb: resources.diskMb },
     resources: { cpus: resources.cpus, memoryMb: resources.memoryMb, pids: resources.pids },
     network,
+    ...(opts.allowSetuid ? { allowSetuid: true } : {}),
   };
 }
 

@@ -33,6 +33,9 @@ export interface SandboxRecord {
   timeoutMs: number;
   /** Paused or stopped: what was left of its lifetime when its clock stopped. */
   remainingMs: number | null;
+  /** Working directory and user of commands that name none (from the template's config). */
+  /** From the template: commands' default directory and user; setuid: the container was made with setuid programs working. */
+  defaults: { cwd?: string; user?: string; setuid?: true };
   /** Named volumes it attaches (src/volumes), in the order asked. */
   volumes: SandboxVolume[];
 }
@@ -66,6 +69,7 @@ interface SandboxRow {
   timeout_ms: number | null;
   remaining_ms: number | null;
   volumes: string | null;
+  defaults: string | null;
 }
 
 export interface ProcessRecord {
@@ -98,6 +102,7 @@ function fromRow(r: SandboxRow): SandboxRecord {
     timeoutMs: r.timeout_ms ?? Math.max(1000, r.expires_at - r.created_at),
     remainingMs: r.remaining_ms,
     volumes: r.volumes ? (JSON.parse(r.volumes) as SandboxVolume[]) : [],
+    defaults: r.defaults ? (JSON.parse(r.defaults) as SandboxRecord['defaults']) : {},
   };
 }
 
@@ -123,9 +128,9 @@ export class SandboxStore {
   insert(s: SandboxRecord): void {
     this
       .sql(
-        `INSERT INTO sandboxes (id, template, state, owner, created_at, expires_at, envs, metadata, resources, state_changed_at, runtime,
+        `INSERT INTO sandboxes (id, template, state, owner, created_at, expires_at, envs, metadata, resources, state_changed_at, runtime, defaults,
            lifecycle, timeout_ms, remaining_ms, volumes)
-         VALUES (@id, @template, @state, @owner, @createdAt, @expiresAt, @envs, @metadata, @resources, @stateChangedAt, @runtime,
+         VALUES (@id, @template, @state, @owner, @createdAt, @expiresAt, @envs, @metadata, @resources, @stateChangedAt, @runtime, @defaults,
            @lifecycle, @timeoutMs, @remainingMs, @volumes)`,
       )
       .run({
@@ -135,6 +140,7 @@ export class SandboxStore {
         resources: JSON.stringify(s.resources),
         lifecycle: JSON.stringify(s.lifecycle),
         volumes: s.volumes.length > 0 ? JSON.stringify(s.volumes) : null,
+        defaults: JSON.stringify(s.defaults),
       });
     this.remember(s);
   }

@@ -25,6 +25,7 @@ export const RuntimeInfo = z
       stop: z.boolean().describe('Can stop a sandbox keeping its files, and start it again (also after a daemon or host restart)'),
       checkpoint: z.boolean().describe("Can dump and restore a sandbox's memory"),
       updateResources: z.boolean().describe('Can change cpu, memory and pids limits of a running sandbox'),
+      exportChanges: z.boolean().describe("Can copy a sandbox's file changes out as a layer (template builds, snapshots)"),
       network: z.array(z.string()).describe('Network modes a sandbox can be given'),
       maxLayers: z.number().int().describe('Most read-only filesystem layers one sandbox stacks'),
     }),

@@ -18,7 +18,7 @@ export { ApiKeys } from './keys.js';
 export { Volume } from './volumes.js';
 export type { CreateVolumeOptions, VolumeInfo } from './volumes.js';
 export type { ApiKeyInfo, CreateKeyOptions } from './keys.js';
-export type { BuildOptions, BuildProgress, TemplateInfo } from './templates.js';
+export type { BuildInfo, BuildOptions, BuildProgress, BuildTemplateOptions, CopyOptions, StepProgress, TemplateDefinition, TemplateDetails, TemplateInfo, TemplateStep } from './templates.js';
 export { DEFAULT_API_URL, DEFAULT_REQUEST_TIMEOUT_MS } from './options.js';
 export type { ConnectionOptions } from './options.js';
 

@@ -60,6 +60,45 @@ const MIGRATIONS: string[] = [
   `ALTER TABLE sandboxes ADD COLUMN state_changed_at INTEGER;
    ALTER TABLE sandboxes ADD COLUMN runtime TEXT;
    UPDATE sandboxes SET state_changed_at = COALESCE(ended_at, created_at);`,
+  // Templates as stacks of content-addressed layers (src/layers/store.ts, src/templates/user-templates.ts),
+  // and build jobs that outlive their request (src/templates/jobs.ts).
+  `CREATE TABLE layers (
+     digest TEXT PRIMARY KEY,
+     parent TEXT,
+     kind TEXT NOT NULL,
+     size_bytes INTEGER NOT NULL,
+     entries INTEGER NOT NULL,
+     created_at INTEGER NOT NULL,
+     description TEXT NOT NULL
+   );
+   CREATE TABLE user_templates (
+     id TEXT PRIMARY KEY,
+     owner TEXT NOT NULL,
+     name TEXT NOT NULL,
+     definition TEXT NOT NULL,
+     status TEXT NOT NULL,
+     layers TEXT,
+     config TEXT,
+     size_bytes INTEGER,
+     built_at INTEGER,
+     error TEXT,
+     created_at INTEGER NOT NULL,
+     build_id TEXT,
+     UNIQUE (owner, name)
+   );
+   CREATE TABLE template_builds (
+     id TEXT PRIMARY KEY,
+     owner TEXT NOT NULL,
+     name TEXT NOT NULL,
+     status TEXT NOT NULL,
+     step INTEGER NOT NULL,
+     steps INTEGER NOT NULL,
+     phase TEXT,
+     started_at INTEGER NOT NULL,
+     ended_at INTEGER,
+     error TEXT
+   );
+   ALTER TABLE sandboxes ADD COLUMN defaults TEXT;`,
   // Pause/stop and retention (src/sandboxes/lifecycle-service.ts): the sandbox's lifecycle policy (JSON),
   // the lifetime it was given, and what was left of it when it was paused or stopped (its clock stops).
   // Named volumes (src/volumes): one row each, unique per owner and name; a sandbox lists those it attaches.

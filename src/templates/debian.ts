@@ -7,14 +7,16 @@
  * ------------------------------------
  * When the environment variable named by TEMPLATE_CACHE_ENV points at a
  * directory, a build first looks there for a rootfs made by an earlier run:
- *   <cache>/debian-rootfs.tar   a tar made by us (numeric owners, host root), or
- *   <cache>/debian-rootfs/      a ready rootfs directory,
+ *   <cache>/<name>-rootfs.tar   a tar made by us (numeric owners, host root), or
+ *   <cache>/<name>-rootfs/      a ready rootfs directory,
  * and unpacks/copies it instead of running debootstrap. After a fresh
  * debootstrap the finished (not yet id-shifted) tree is saved there as
- * debian-rootfs.tar, next to debian-rootfs.json which records the recipe; a
+ * <name>-rootfs.tar, next to <name>-rootfs.json which records the recipe; a
  * cache whose recipe differs from this build's is ignored. This exists so
  * that test suites (and CI machines) pay for debootstrap once per machine,
- * not once per run. The daemon itself leaves the variable unset.
+ * not once per run. Unset, a daemon running as root uses the machine-wide
+ * DEFAULT_TEMPLATE_CACHE, so a new data dir on the same machine does not run
+ * debootstrap again; set it empty to use no cache.
  */
 import { spawn, execFile } from 'node:child_process';
 import fs from 'node:fs/promises';
@@ -29,18 +31,34 @@ const execFileP = promisify(execFile);
 
 export const TEMPLATE_CACHE_ENV = 'CAPSULE_TEMPLATE_CACHE';
 export const DEFAULT_DEBIAN_MIRROR = 'http://deb.debian.org/debian';
+/** The machine-wide cache of debootstrapped trees (root only: it holds root-owned files). */
+export const DEFAULT_TEMPLATE_CACHE = '/var/cache/capsule/templates';
+
+/** The cache to use when the options name none: the variable, else the machine-wide one for root. */
+function cacheFromEnv(): string | undefined {
+  const v = process.env[TEMPLATE_CACHE_ENV];
+  if (v !== undefined) return v || undefined;
+  return process.getuid?.() === 0 ? DEFAULT_TEMPLATE_CACHE : undefined;
+}
 
 export interface DebianTemplateOptions {
+  /** Template name (default debian); also the name of its cache files. */
+  name?: string;
+  description?: string;
   suite?: string;
   /** Mirror URL; default: the host's first `<suite> main` source, else deb.debian.org. */
   mirror?: string;
   /** Extra packages (debootstrap --include). Default: python3. */
   include?: string[];
-  /** Cache directory; default: process.env[TEMPLATE_CACHE_ENV] at build time; null: no cache. */
+  /** Cache directory; default: process.env[TEMPLATE_CACHE_ENV] at build time, else DEFAULT_TEMPLATE_CACHE for root; null: no cache. */
   cacheDir?: string | null;
   debootstrap?: string;
   /** Where apt sources are read from (tests). Default /etc/apt. */
   aptDir?: string;
+  /** Give `user` passwordless sudo (/etc/sudoers.d), and let the sandboxes' setuid programs work. */
+  sudo?: boolean;
+  /** What the sandboxes get: default user, working directory, env. */
+  config?: import('./types.js').BuiltinConfig;
 }
 
 // ---------------------------------------------------------------------------
@@ -339,8 +357,14 @@ async function addUser(root: string): Promise<void> {
   await execFileP('chown', ['-R', '-h', '1000:1000', home]);
 }
 
-async function finish(root: string): Promise<void> {
+async function finish(root: string, sudo: boolean): Promise<void> {
   await addUser(root);
+  if (sudo) {
+    const dir = path.join(root, 'etc/sudoers.d');
+    await fs.mkdir(dir, { recursive: true });
+    await fs.writeFile(path.join(dir, 'capsule-user'), 'user ALL=(ALL:ALL) NOPASSWD: ALL\n', { mode: 0o440 });
+    await fs.chmod(path.join(dir, 'capsule-user'), 0o440);
+  }
   await fs.mkdir(path.join(root, '.capsule'), { recursive: true });
   await fs.chmod(path.join(root, '.capsule'), 0o755);
   // debootstrap copies the build host's name and resolver; neither belongs in a template.
@@ -365,6 +389,8 @@ async function finish(root: string): Promise<void> {
 // Cache
 
 interface Recipe {
+  name: string;
+  sudo: boolean;
   suite: string;
   variant: string;
   include: string[];
@@ -374,8 +400,8 @@ interface Recipe {
 
 async function cacheMatches(cacheDir: string, recipe: Recipe): Promise<boolean> {
   try {
-    const saved = JSON.parse(await fs.readFile(path.join(cacheDir, 'debian-rootfs.json'), 'utf8')) as Partial<Recipe>;
-    return JSON.stringify({ ...recipe }) === JSON.stringify({ suite: saved.suite, variant: saved.variant, include: saved.include, version: saved.version });
+    const saved = JSON.parse(await fs.readFile(path.join(cacheDir, `${recipe.name}-rootfs.json`), 'utf8')) as Partial<Recipe>;
+    return JSON.stringify({ ...recipe }) === JSON.stringify({ name: saved.name ?? 'debian', sudo: saved.sudo ?? false, suite: saved.suite, variant: saved.variant, include: saved.include, version: saved.version });
   } catch {
     return true; // no recipe file: a tar or directory placed there by hand; trust it
   }
@@ -384,8 +410,8 @@ async function cacheMatches(cacheDir: string, recipe: Recipe): Promise<boolean> 
 /** Fill `target` from the cache; false when there is nothing usable. */
 async function restoreFromCache(cacheDir: string, target: string, recipe: Recipe, onProgress: (p: BuildProgress) => void): Promise<boolean> {
   if (!(await cacheMatches(cacheDir, recipe))) return false;
-  const tar = path.join(cacheDir, 'debian-rootfs.tar');
-  const dir = path.join(cacheDir, 'debian-rootfs');
+  const tar = path.join(cacheDir, `${recipe.name}-rootfs.tar`);
+  const dir = path.join(cacheDir, `${recipe.name}-rootfs`);
   if (await exists(tar)) {
     onProgress({ phase: 'restoring from cache', fraction: 0.1, message: tar });
     await execFileP('tar', ['--numeric-owner', '-xpf', tar, '-C', target], { maxBuffer: 16 * 1024 * 1024 });
@@ -400,11 +426,11 @@ async function restoreFromCache(cacheDir: string, target: string, recipe: Recipe
 
 async function saveToCache(cacheDir: string, source: string, recipe: Recipe): Promise<void> {
   await fs.mkdir(cacheDir, { recursive: true });
-  const tmp = path.join(cacheDir, `.debian-rootfs.tar.tmp-${process.pid}-${Date.now()}`);
+  const tmp = path.join(cacheDir, `.${recipe.name}-rootfs.tar.tmp-${process.pid}-${Date.now()}`);
   try {
     await execFileP('tar', ['--numeric-owner', '-cpf', tmp, '-C', source, '.'], { maxBuffer: 16 * 1024 * 1024 });
-    await fs.rename(tmp, path.join(cacheDir, 'debian-rootfs.tar'));
-    await fs.writeFile(path.join(cacheDir, 'debian-rootfs.json'), JSON.stringify({ ...recipe, savedAt: new Date().toISOString() }, null, 2));
+    await fs.rename(tmp, path.join(cacheDir, `${recipe.name}-rootfs.tar`));
+    await fs.writeFile(path.join(cacheDir, `${recipe.name}-rootfs.json`), JSON.stringify({ ...recipe, savedAt: new Date().toISOString() }, null, 2));
   } finally {
     await fs.rm(tmp, { force: true });
   }
@@ -415,16 +441,19 @@ async function saveToCache(cacheDir: string, source: string, recipe: Recipe): Pr
 export function createDebianTemplate(opts: DebianTemplateOptions = {}): TemplateDefinition {
   const suite = opts.suite ?? 'bookworm';
   const include = opts.include ?? ['python3'];
-  const recipe: Recipe = { suite, variant: 'minbase', include, version: 1 };
+  const name = opts.name ?? 'debian';
+  const sudo = opts.sudo === true;
+  const recipe: Recipe = { name, sudo, suite, variant: 'minbase', include, version: 1 };
   return {
-    name: 'debian',
-    description: `Debian ${suite} (minbase) with ${include.join(', ')}; first build runs debootstrap (~1 min, ~260 MB)`,
+    name,
+    description: opts.description ?? `Debian ${suite} (minbase) with ${include.join(', ')}; first build runs debootstrap (~1 min, ~260 MB)`,
+    ...(opts.config ? { config: opts.config } : {}),
     async build(rootfsDir: string, onProgress: (p: BuildProgress) => void, signal?: AbortSignal): Promise<void> {
       signal?.throwIfAborted();
       if (process.getuid?.() !== 0) {
         throw new RuntimeError('building the debian template needs root (debootstrap creates device nodes and chroots): run the daemon as root');
       }
-      const cacheDir = opts.cacheDir === undefined ? process.env[TEMPLATE_CACHE_ENV] || undefined : opts.cacheDir || undefined;
+      const cacheDir = opts.cacheDir === undefined ? cacheFromEnv() : opts.cacheDir || undefined;
       if (cacheDir && (await restoreFromCache(cacheDir, rootfsDir, recipe, onProgress).catch(() => false))) {
         onProgress({ phase: 'restored from cache', fraction: 0.95 });
         return;
@@ -439,7 +468,7 @@ export function createDebianTemplate(opts: DebianTemplateOptions = {}): Template
       await runDebootstrap(opts.debootstrap ?? 'debootstrap', args, rootfsDir, onProgress, signal);
       signal?.throwIfAborted();
       onProgress({ phase: 'finishing', fraction: 0.96 });
-      await finish(rootfsDir);
+      await finish(rootfsDir, sudo);
       if (include.includes('python3') && !(await exists(path.join(rootfsDir, 'usr/bin/python3')))) {
         throw new RuntimeError('debootstrap finished but usr/bin/python3 is missing from the tree; check the mirror and rebuild with --force');
       }
@@ -453,3 +482,18 @@ export function createDebianTemplate(opts: DebianTemplateOptions = {}): Template
 }
 
 export const debianTemplate: TemplateDefinition = createDebianTemplate();
+
+/** Packages of the `base` template: what an agent's code usually reaches for (E2B's base has the same set). */
+export const BASE_PACKAGES = ['bash', 'coreutils', 'python3', 'python-is-python3', 'git', 'curl', 'ca-certificates', 'sudo', 'procps'];
+
+/**
+ * `base`: debian with the usual tools and a user `user` (1000, /home/user)
+ * with passwordless sudo, who runs the sandboxes' commands by default.
+ */
+export const baseTemplate: TemplateDefinition = createDebianTemplate({
+  name: 'base',
+  include: BASE_PACKAGES,
+  sudo: true,
+  description: `Debian bookworm with ${BASE_PACKAGES.filter((p) => p !== 'python-is-python3').join(', ')}; user "user" (uid 1000) with passwordless sudo runs commands in /home/user`,
+  config: { user: 'user', workdir: '/home/user', sudo: true },
+});

@@ -20,10 +20,10 @@ import type { DataPaths } from '../config/index.js';
 import { CapsuleError, NotFoundError, RuntimeError } from '../errors/index.js';
 import type { Db } from '../store/db.js';
 import { busyboxTemplate } from './busybox.js';
-import { debianTemplate } from './debian.js';
+import { baseTemplate, debianTemplate } from './debian.js';
 import { exists, removeTree } from './fsutil.js';
 import { shiftOwnership } from './idshift.js';
-import type { BuildProgress, TemplateDefinition, TemplateInfo, TemplateStatus } from './types.js';
+import type { BuildProgress, BuiltinConfig, TemplateDefinition, TemplateInfo, TemplateStatus } from './types.js';
 
 type LogFn = (obj: Record<string, unknown>, msg?: string) => void;
 /** The subset of a pino logger this service uses. */
@@ -41,7 +41,7 @@ export interface TemplateServiceOptions {
   paths: DataPaths;
   idMapBase: number;
   logger?: TemplateLogger;
-  /** Replaces the built-in registry (busybox, debian). */
+  /** Replaces the built-in registry (busybox, debian, base). */
   definitions?: TemplateDefinition[];
   /**
    * When given, a forced rebuild prunes replaced trees right away with it.
@@ -58,7 +58,7 @@ export interface BuildOptions {
   signal?: AbortSignal;
 }
 
-export const BUILTIN_TEMPLATES: readonly TemplateDefinition[] = [busyboxTemplate, debianTemplate];
+export const BUILTIN_TEMPLATES: readonly TemplateDefinition[] = [busyboxTemplate, debianTemplate, baseTemplate];
 
 interface Row {
   name: string;
@@ -157,14 +157,19 @@ export class TemplateService {
     return [...this.defs.values()].map((d) => this.info(d, rows.get(d.name)));
   }
 
+  /** What sandboxes of built-in `name` get besides its files. */
+  config(name: string): BuiltinConfig {
+    return this.definition(name).config ?? {};
+  }
+
   get(name: string): TemplateInfo {
     return this.info(this.definition(name), this.stmts.get.get(name));
   }
 
   /**
    * The ready rootfs path of `name`, building it first if needed. Concurrent
-   * calls share one build; aborting `signal` stops waiting, and stops the
-   * build itself once no caller is waiting for it any more.
+   * calls share one build; aborting `signal` stops waiting, never the build
+   * (see close()).
    */
   async ensure(name: string, onProgress?: (p: BuildProgress) => void, signal?: AbortSignal): Promise<string> {
     this.definition(name);
@@ -182,7 +187,7 @@ export class TemplateService {
   async layers(name: string, onProgress?: (p: BuildProgress) => void, signal?: AbortSignal): Promise<LayerRef[]> {
     const rootfs = await this.ensure(name, onProgress, signal);
     const builtAt = this.get(name).builtAt;
-    return [{ path: rootfs, ...(builtAt !== undefined ? { digest: `${name}@${builtAt}` } : {}) }];
+    return [{ path: rootfs, digest: `builtin:${name}@${builtAt ?? 0}` }];
   }
 
   /** Build `name` (only if not ready, unless `force`). Returns the rootfs path. */
@@ -196,6 +201,13 @@ export class TemplateService {
       await current.promise.catch(() => undefined);
     }
     return this.join(name, true, opts.onProgress, opts.signal);
+  }
+
+  /** Stop every running build (daemon shutdown) and wait until each has cleaned up. */
+  async close(): Promise<void> {
+    const flights = [...this.inflight.values()];
+    for (const f of flights) f.controller.abort(Object.assign(new Error('the daemon is shutting down'), { name: 'AbortError' }));
+    await Promise.all(flights.map((f) => f.promise.catch(() => undefined)));
   }
 
   private join(name: string, force: boolean, onProgress?: (p: BuildProgress) => void, signal?: AbortSignal): Promise<string> {
@@ -235,10 +247,11 @@ export class TemplateService {
         if (onProgress) f.listeners.delete(onProgress);
         signal?.removeEventListener('abort', onAbort);
       };
+      // A caller that stops waiting leaves the build running: it is a job, and the next caller
+      // (a retried MCP call, a sandbox create) joins it. close() is what stops builds.
       const onAbort = (): void => {
         if (done) return;
         leave();
-        if (f.waiters === 0 && this.inflight.get(name) === f) f.controller.abort(abortError(signal!));
         reject(abortError(signal!));
       };
       signal?.addEventListener('abort', onAbort, { once: true });

@@ -22,9 +22,19 @@ export interface BuildProgress {
   message?: string;
 }
 
+/** What a built-in template's sandboxes get besides its files (user templates have the same, from their steps). */
+export interface BuiltinConfig {
+  env?: Record<string, string>;
+  workdir?: string;
+  user?: string;
+  /** setuid programs (sudo) work: see ContainerSpec.allowSetuid. */
+  sudo?: boolean;
+}
+
 export interface TemplateDefinition {
   name: string;
   description: string;
+  config?: BuiltinConfig;
   /** Fill `rootfsDir` (empty, exists) with a root filesystem owned by host root. */
   build(rootfsDir: string, onProgress: (p: BuildProgress) => void, signal?: AbortSignal): Promise<void>;
 }

@@ -37,7 +37,8 @@ export function registerDaemonCommands(program: Command): void {
       'keep <size> started sandboxes of <template> ready to claim, e.g. busybox=4; 0 = off (repeatable; env CAPSULE_POOL=busybox=4,debian=2; default without either: debian=2)',
       collect,
     )
-    .action(async (opts: { host?: string; port?: string; dataDir?: string; runtime?: string; logLevel?: string; auth: boolean; pool?: string[] }) => {
+    .option('--prebuild <templates>', 'build these built-in templates (comma-separated, e.g. debian) before listening, with a progress bar on stderr; npm start uses it for the default template')
+    .action(async (opts: { host?: string; port?: string; dataDir?: string; runtime?: string; logLevel?: string; auth: boolean; pool?: string[]; prebuild?: string }) => {
       const flags: Partial<Record<SettingName, string>> = {};
       for (const name of SERVE_FLAGS) if (opts[name] !== undefined) flags[name] = opts[name];
       const overrides: Partial<DaemonConfig> = {};
@@ -58,7 +59,26 @@ export function registerDaemonCommands(program: Command): void {
         }
       }
       const { startDaemon } = await import('../../daemon.js');
-      const daemon = await startDaemon(config);
+      const prebuild = (opts.prebuild ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+      const { createProgressReporter } = await import('../../templates/progress.js');
+      const bars = new Map<string, ReturnType<typeof createProgressReporter>>();
+      let daemon;
+      try {
+        daemon = await startDaemon(config, {
+          prebuild,
+          onPrebuildProgress: (name, p) => {
+            let bar = bars.get(name);
+            if (!bar) {
+              for (const b of bars.values()) b.stop();
+              bar = createProgressReporter(process.stderr, { label: `template ${name}` });
+              bars.set(name, bar);
+            }
+            bar(p);
+          },
+        });
+      } finally {
+        for (const b of bars.values()) b.stop();
+      }
       process.stdout.write(`capsule: listening on ${daemon.url}\n`);
 
       // Sandboxes keep running after we stop; a restarted daemon adopts them.

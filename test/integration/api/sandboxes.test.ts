@@ -82,6 +82,7 @@ describe('sandboxes', () => {
       volumes: true,
       checkpoint: false,
       updateResources: true,
+      exportChanges: true,
       network: ['none'],
       maxLayers: 128,
     });

@@ -31,7 +31,7 @@ class Gate {
 class FakeRuntime implements RuntimeDriver {
   kind = 'fake';
   name = 'fake 1';
-  capabilities = { isolation: 'container' as const, pause: true, stop: true, volumes: false, checkpoint: false, updateResources: false, network: ['none' as const], maxLayers: 4 };
+  capabilities = { isolation: 'container' as const, pause: true, stop: true, volumes: false, checkpoint: false, updateResources: false, exportChanges: false, network: ['none' as const], maxLayers: 4 };
   status = new Map<string, ContainerStatus>();
   calls: string[] = [];
   destroyed: string[] = [];
@@ -80,6 +80,7 @@ class FakeRuntime implements RuntimeDriver {
     this.status.set(id, 'running');
     return { id, status: 'running' };
   }
+  async exportChanges(): Promise<void> {}
   async prepareVolume(): Promise<void> {}
   async removeVolume(): Promise<void> {}
   async oomKills(): Promise<number> {
@@ -117,7 +118,7 @@ describe('lifecycle verbs on the state machine', () => {
       loadConfig({ dataDir: dir, pools: {} }),
       store,
       runtime,
-      { layers: async () => [{ path: '/layers/busybox' }] },
+      { resolve: async () => ({ layers: [{ path: '/layers/busybox' }], config: { env: {} } }) },
       async () => {
         connects++;
         return new FakeConn() as unknown as AgentConnection;

@@ -72,7 +72,7 @@ describe('SandboxStore.transition (compare-and-set)', () => {
     const now = Date.now();
     store.insert({
       id, template: 'busybox', state, owner: null, createdAt: now, expiresAt: now + 1000, envs: {}, metadata: {},
-      resources: { cpus: 1, memoryMb: 64, pids: 64, diskMb: 64 }, endedAt: null, endReason: null, stateChangedAt: now, runtime: 'crun',
+      resources: { cpus: 1, memoryMb: 64, pids: 64, diskMb: 64 }, endedAt: null, endReason: null, stateChangedAt: now, runtime: 'crun', defaults: {},
       lifecycle: { ...DEFAULT_POLICY }, timeoutMs: 1000, remainingMs: null, volumes: [],
     });
     return id;

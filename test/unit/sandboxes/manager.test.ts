@@ -29,7 +29,7 @@ class Gate {
 class FakeRuntime implements RuntimeDriver {
   kind = 'fake';
   name = 'fake 1';
-  capabilities = { isolation: 'container' as const, pause: false, stop: false, volumes: false, checkpoint: false, updateResources: false, network: ['none' as const], maxLayers: 4 };
+  capabilities = { isolation: 'container' as const, pause: false, stop: false, volumes: false, checkpoint: false, updateResources: false, network: ['none' as const], exportChanges: false, maxLayers: 4 };
   running = new Set<string>();
   destroyed: string[] = [];
   createGate: Gate | undefined;
@@ -67,6 +67,7 @@ class FakeRuntime implements RuntimeDriver {
   }
   async prepareVolume(): Promise<void> {}
   async removeVolume(): Promise<void> {}
+  async exportChanges(): Promise<void> {}
   async oomKills(): Promise<number> {
     return 0;
   }
@@ -122,7 +123,7 @@ describe('SandboxManager state machine', () => {
       config,
       store,
       runtime,
-      { layers: async () => [{ path: '/layers/busybox' }] },
+      { resolve: async () => ({ layers: [{ path: '/layers/busybox' }], config: { env: {} } }) },
       async () => {
         await connectGate?.promise;
         const c = new FakeConn();
@@ -212,7 +213,7 @@ describe('SandboxManager state machine', () => {
     const id = await creatingId();
     // A new daemon on the same store (the old one "died"): its recover must end the row and clean up.
     runtime.running.add(id);
-    const fresh = new SandboxManager(loadConfig({ dataDir: dir, pools: {} }), store, runtime, { layers: async () => [] }, async () => new FakeConn() as unknown as AgentConnection, silent);
+    const fresh = new SandboxManager(loadConfig({ dataDir: dir, pools: {} }), store, runtime, { resolve: async () => ({ layers: [], config: { env: {} } }) }, async () => new FakeConn() as unknown as AgentConnection, silent);
     const r = await fresh.recover();
     assert.deepEqual(r.ended, [id]);
     assert.equal(store.get(id)!.state, 'failed');

@@ -63,7 +63,7 @@ describe('parsePools', () => {
 /** A runtime that makes nothing: records calls, and can be told to fail or be slow. */
 class FakeRuntime implements Pick<RuntimeDriver, 'kind' | 'capabilities' | 'create' | 'destroy' | 'update' | 'agentEndpoint'> {
   kind = 'fake';
-  capabilities = { isolation: 'container' as const, pause: false, stop: false, volumes: false, checkpoint: false, updateResources: true, network: ['none' as const], maxLayers: 1 };
+  capabilities = { isolation: 'container' as const, pause: false, stop: false, volumes: false, checkpoint: false, updateResources: true, network: ['none' as const], exportChanges: false, maxLayers: 1 };
   created: string[] = [];
   destroyed: string[] = [];
   updates: Array<{ id: string; resources: object }> = [];
@@ -122,7 +122,7 @@ function setup(sizes: Record<string, number>, opts: { status?: TemplateInfo['sta
   const silent = { info() {}, warn() {}, error() {} };
   const pool = new WarmPool(sizes, {
     runtime: runtime as unknown as RuntimeDriver,
-    templates: { get: () => template, layers: async () => [{ path: '/rootfs' }] },
+    templates: { get: () => template, layers: async () => [{ path: '/rootfs' }], config: () => ({}) },
     connectAgent: async (ep: AgentEndpoint) => {
       const socket = ep.kind === 'unix' ? ep.path : '';
       const c = new FakeConn();

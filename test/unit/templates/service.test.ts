@@ -165,21 +165,35 @@ test('a failed forced rebuild leaves the previous tree in service', { skip }, as
   assert.equal(await svc.ensure('flaky'), rootfs);
 });
 
-test('aborting the only waiter cancels the build', { skip }, async () => {
-  const def = fakeDef('long', { delayMs: 5000 });
+test('aborting the only waiter stops waiting; the build goes on and a later caller gets it', { skip }, async () => {
+  const def = fakeDef('long', { delayMs: 300 });
   const svc = new TemplateService({ db: t.db, paths: t.paths, idMapBase: BASE, definitions: [def] });
   const ac = new AbortController();
   const p = svc.ensure('long', undefined, ac.signal);
   setTimeout(() => ac.abort(), 30);
   const started = Date.now();
   await assert.rejects(p);
+  assert.ok(Date.now() - started < 250, 'the caller is released at once');
+  assert.equal(svc.get('long').status, 'building');
+  // A retry joins the same build rather than starting over.
+  assert.equal(await svc.ensure('long'), t.paths.templateRootfs('long'));
+  assert.equal(def.builds, 1);
+  assert.equal(svc.get('long').status, 'ready');
+});
+
+test('close() cancels running builds and cleans up', { skip }, async () => {
+  const def = fakeDef('closing', { delayMs: 5000 });
+  const svc = new TemplateService({ db: t.db, paths: t.paths, idMapBase: BASE, definitions: [def] });
+  const p = svc.ensure('closing');
+  await new Promise((r) => setTimeout(r, 30));
+  const started = Date.now();
+  await svc.close();
   assert.ok(Date.now() - started < 2000);
-  // Let the build's cleanup finish.
-  for (let i = 0; i < 100 && svc.get('long').status === 'building'; i++) await new Promise((r) => setTimeout(r, 10));
-  const info = svc.get('long');
+  await assert.rejects(p);
+  const info = svc.get('closing');
   assert.equal(info.status, 'failed');
-  assert.match(info.error ?? '', /cancelled/);
-  assert.deepEqual(fs.readdirSync(path.join(t.paths.templates, 'long')), []);
+  assert.match(info.error ?? '', /cancelled|shutting down/);
+  assert.deepEqual(fs.readdirSync(path.join(t.paths.templates, 'closing')), []);
 });
 
 test('aborting one of two waiters does not cancel the shared build', { skip }, async () => {

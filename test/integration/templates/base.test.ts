@@ -1,0 +1,126 @@
+/**
+ * The `base` built-in template (debootstrap with the usual tools; cached per
+ * machine through CAPSULE_TEMPLATE_CACHE like debian): what a sandbox of it
+ * has, who runs its commands, and that sudo works there and only there.
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import { after, before, describe, it } from 'node:test';
+import { api, removeDataDir, startTestDaemon, tempDataDir, type TestDaemon } from '../../helpers/daemon.js';
+import { connectClient } from '../mcp/fixture.js';
+
+const haveDebootstrap = spawnSync('sh', ['-c', 'command -v debootstrap'], { env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' } }).status === 0;
+const skip = process.getuid?.() !== 0 ? 'needs root' : !haveDebootstrap ? 'needs debootstrap' : false;
+
+let d: TestDaemon;
+
+async function exec(id: string, cmd: string, extra: Record<string, unknown> = {}): Promise<{ stdout: string; stderr: string; exitCode: number }> {
+  const r = await api(d.url, 'POST', `/v1/sandboxes/${id}/commands`, { cmd, ...extra });
+  assert.equal(r.status, 200, r.text);
+  return r.json;
+}
+
+describe('the base template', { skip, timeout: 15 * 60_000 }, () => {
+  before(async () => {
+    const dataDir = tempDataDir();
+    fs.chmodSync(dataDir, 0o755);
+    d = await startTestDaemon({ dataDir });
+  });
+  after(async () => {
+    await d?.stop();
+    if (d) await removeDataDir(d.dataDir);
+  });
+
+  it('has bash, python (3), git, curl, sudo and ps; commands run as user in /home/user; sudo works without a password', async () => {
+    const r = await api(d.url, 'POST', '/v1/sandboxes', { template: 'base' });
+    assert.equal(r.status, 201, r.text);
+    const id = r.json.id as string;
+    try {
+      const who = await exec(id, 'id -un; id -u; pwd; echo $HOME');
+      assert.equal(who.exitCode, 0, who.stderr);
+      assert.deepEqual(who.stdout.trim().split('\n'), ['user', '1000', '/home/user', '/home/user']);
+      const tools = await exec(id, 'bash --version | head -1; python --version; python3 -c "print(6*7)"; git --version; curl --version | head -1; ps -o pid= -p 1; ls /etc/ssl/certs | head -1');
+      assert.equal(tools.exitCode, 0, tools.stderr);
+      assert.match(tools.stdout, /GNU bash/);
+      assert.match(tools.stdout, /Python 3\./);
+      assert.match(tools.stdout, /\n42\n/);
+      assert.match(tools.stdout, /git version/);
+      assert.match(tools.stdout, /curl \d/);
+      const sudo = await exec(id, 'sudo -n id -u && sudo -n touch /root-made && ls -l /root-made | cut -d" " -f3');
+      assert.equal(sudo.exitCode, 0, sudo.stderr);
+      assert.deepEqual(sudo.stdout.trim().split('\n'), ['0', 'root']);
+      // Root through sudo is the sandbox's root: no mounts, no kernel knobs, no more capabilities than the sandbox set.
+      const confined = await exec(id, 'sudo -n mount -t tmpfs none /mnt; echo mount=$?; sudo -n sh -c "echo 1 > /proc/sys/kernel/sysrq" 2>/dev/null; echo sysrq=$?; sudo -n grep CapBnd /proc/self/status');
+      assert.match(confined.stdout, /mount=[1-9]/);
+      assert.match(confined.stdout, /sysrq=[1-9]/);
+      const bnd = /CapBnd:\s+([0-9a-f]+)/.exec(confined.stdout)?.[1];
+      assert.ok(bnd && (BigInt(`0x${bnd}`) & (1n << 21n)) === 0n, `CAP_SYS_ADMIN must stay out of the bounding set (${bnd})`);
+      // An explicit user still wins over the template's.
+      assert.equal((await exec(id, 'id -u', { user: 'root' })).stdout, '0\n');
+    } finally {
+      await api(d.url, 'DELETE', `/v1/sandboxes/${id}`);
+    }
+  });
+
+  it('keeps no_new_privs on for templates that do not ask for sudo', async () => {
+    const r = await api(d.url, 'POST', '/v1/sandboxes', { template: 'busybox' });
+    assert.equal(r.status, 201, r.text);
+    const id = r.json.id as string;
+    try {
+      const nnp = await exec(id, 'grep NoNewPrivs /proc/self/status');
+      assert.match(nnp.stdout, /NoNewPrivs:\s+1/);
+    } finally {
+      await api(d.url, 'DELETE', `/v1/sandboxes/${id}`);
+    }
+  });
+
+  it('is a base other templates build on, keeping its user and sudo', async () => {
+    const b = await api(d.url, 'POST', '/v1/templates?follow=true', {
+      name: 'on-base',
+      definition: { from: 'base', steps: [{ type: 'run', command: 'id -un > /tmp/builder; sudo -n sh -c "echo from-sudo > /opt/made"' }] },
+    });
+    const last = JSON.parse(b.text.trim().split('\n').pop()!);
+    assert.equal(last.build?.status, 'succeeded', b.text.slice(-2000));
+    const r = await api(d.url, 'POST', '/v1/sandboxes', { template: 'on-base' });
+    assert.equal(r.status, 201, r.text);
+    const id = r.json.id as string;
+    try {
+      const out = await exec(id, 'cat /tmp/builder /opt/made; id -un; sudo -n true && echo sudo-ok');
+      assert.deepEqual(out.stdout.trim().split('\n'), ['user', 'from-sudo', 'user', 'sudo-ok']);
+    } finally {
+      await api(d.url, 'DELETE', `/v1/sandboxes/${id}`);
+    }
+  });
+});
+
+describe('an MCP call that needs a template still being built', { skip, timeout: 5 * 60_000 }, () => {
+  it('answers "still building, try again" without stopping the build, and a retry gets the sandbox', async () => {
+    const dataDir = tempDataDir();
+    fs.chmodSync(dataDir, 0o755);
+    d = await startTestDaemon({ dataDir, env: { CAPSULE_MCP_TEMPLATE_WAIT_MS: '300' } });
+    const c = await connectClient('http', d);
+    try {
+      const first = await c.client.callTool('sandbox_create', { template: 'base' });
+      assert.equal(first.isError, true, JSON.stringify(first));
+      assert.match(JSON.stringify(first.content), /still being built/);
+      // The build went on without anyone waiting for it.
+      const t = await api(d.url, 'GET', '/v1/templates/base');
+      assert.equal(t.json.status, 'building');
+      const deadline = Date.now() + 4 * 60_000;
+      while ((await api(d.url, 'GET', '/v1/templates/base')).json.status !== 'ready') {
+        assert.ok(Date.now() < deadline, 'the build never finished');
+        await new Promise((r) => setTimeout(r, 250));
+      }
+      const again = await c.client.callTool('sandbox_create', { template: 'base' });
+      assert.notEqual(again.isError, true, JSON.stringify(again));
+      const id = (again.structuredContent as { sandbox_id?: string; id?: string }).sandbox_id ?? (again.structuredContent as { id?: string }).id;
+      assert.ok(id, JSON.stringify(again.structuredContent));
+      await api(d.url, 'DELETE', `/v1/sandboxes/${id}`);
+    } finally {
+      await c.close();
+      await d.stop();
+      await removeDataDir(dataDir);
+    }
+  });
+});
