@@ -25,6 +25,7 @@ import { LIVE_STATES, requireState, wrongState, type SandboxState, type Terminal
 import { newSandboxId } from './ids.js';
 import { containerSpec } from './spec.js';
 import type { Claimed, PoolStats, WarmPool } from './pool.js';
+import { NO_TELEMETRY, type Telemetry } from './telemetry.js';
 
 export interface Logger {
   info(obj: unknown, msg?: string): void;
@@ -74,6 +75,7 @@ export class SandboxManager {
   private reaper: NodeJS.Timeout | undefined;
   private events: SandboxEvents | undefined;
   private afterDestroy: (() => void) | undefined;
+  private telemetry: Telemetry = NO_TELEMETRY;
 
   constructor(
     private readonly config: DaemonConfig,
@@ -90,6 +92,11 @@ export class SandboxManager {
     this.events = events;
   }
 
+  /** Where create counts and latencies go (the daemon's Prometheus metrics). */
+  setTelemetry(telemetry: Telemetry): void {
+    this.telemetry = telemetry;
+  }
+
   /** Called after each sandbox's container and writable layer are gone (e.g. to prune replaced template trees). */
   onDestroyed(fn: () => void): void {
     this.afterDestroy = fn;
@@ -98,6 +105,20 @@ export class SandboxManager {
   // --- for callers (every method takes the caller's context) ----------------------
 
   async create(ctx: RequestContext, opts: CreateOptions): Promise<SandboxRecord> {
+    const t0 = performance.now();
+    const how = { pooled: false };
+    try {
+      const rec = await this.createTimed(ctx, opts, how);
+      this.telemetry.sandboxCreated(rec.template, (performance.now() - t0) / 1000, 'ok', how.pooled);
+      return rec;
+    } catch (err) {
+      // No template label on failures: the name came from the caller and may not exist (unbounded labels).
+      this.telemetry.sandboxCreated('', (performance.now() - t0) / 1000, 'error', how.pooled);
+      throw err;
+    }
+  }
+
+  private async createTimed(ctx: RequestContext, opts: CreateOptions, how: { pooled: boolean }): Promise<SandboxRecord> {
     const timeoutMs = this.checkTimeout(opts.timeoutMs ?? this.config.defaultTimeoutMs);
     const resources: ResourceLimits = { ...this.config.defaultResources, ...stripUndefined(opts.resources ?? {}) };
     this.checkDisk(resources.diskMb);
@@ -107,6 +128,7 @@ export class SandboxManager {
       // Refused before a pooled sandbox is spent on it; checked again below, next to the insert.
       this.checkQuota(ctx, resources.memoryMb);
       const claimed = this.pool ? await this.pool.claim(opts.template, resources) : null;
+      how.pooled = claimed !== null;
       if (claimed) return this.recordClaimed(ctx, claimed, opts, resources, timeoutMs);
       return await this.createCold(ctx, opts, layers, resources, timeoutMs);
     } finally {

@@ -6,3 +6,6 @@ export * from './templates.js';
 export * from './keys.js';
 export * from './info.js';
 export * from './case.js';
+export * from './pty.js';
+export * from './watch.js';
+export * from './metrics.js';
