@@ -225,7 +225,7 @@ export class SandboxStore {
       pid: r.pid,
       argv: JSON.parse(r.argv) as string[],
       cwd: r.cwd,
-      tag: r.tag,
+      ...(r.tag !== null ? { tag: r.tag } : {}),
       startedAt: r.started_at,
       endedAt: r.ended_at,
       exitCode: r.exit_code,

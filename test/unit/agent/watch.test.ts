@@ -60,10 +60,9 @@ describe('agent file watches', () => {
     fs.unlinkSync(path.join(dir, 'b.txt'));
     fs.mkdirSync(path.join(dir, 'sub'));
     await r.until(has('create', 'sub'));
-    assert.deepEqual(
-      r.events.map((e) => `${e.type} ${e.path}${e.isDir ? '/' : ''}`),
-      ['create a.txt', 'write a.txt', 'write a.txt', 'chmod a.txt', 'rename a.txt', 'create b.txt', 'remove b.txt', 'create sub/'],
-    );
+    // The kernel merges an event with an identical one still unread (two writes may be one).
+    const seq = r.events.map((e) => `${e.type} ${e.path}${e.isDir ? '/' : ''}`).filter((e, i, all) => e !== all[i - 1]);
+    assert.deepEqual(seq, ['create a.txt', 'write a.txt', 'chmod a.txt', 'rename a.txt', 'create b.txt', 'remove b.txt', 'create sub/']);
     w.close();
     assert.deepEqual(await w.ended, { reason: 'closed' });
   });
