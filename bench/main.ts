@@ -21,6 +21,7 @@ import { density } from './density.js';
 import { exec } from './exec.js';
 import { files } from './files.js';
 import { lifecycle } from './lifecycle.js';
+import { interactive } from './interactive.js';
 import { renderSvg } from './plot.js';
 import { run } from './proc.js';
 import { consoleTable, hostInfo, writeResults, type BenchReport } from './report.js';
@@ -39,6 +40,7 @@ export const SCENARIOS: ReadonlyArray<[string, Scenario]> = [
   ['files', files],
   ['templates', templates],
   ['lifecycle', lifecycle],
+  ['interactive', interactive],
 ];
 
 const USAGE = `usage: node dist/bench/main.js [--quick] [--out DIR] [--only NAME[,NAME...]] [--debian]

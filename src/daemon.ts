@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import pino, { type Logger } from 'pino';
-import { dataPaths, type DaemonConfig } from './config/index.js';
+import { DEFAULT_METRICS_INTERVAL_MS, METRICS_HISTORY, dataPaths, type DaemonConfig } from './config/index.js';
 import { openDb } from './store/db.js';
 import { ensureHostReady } from './runtime/doctor.js';
 import { OciRuntimeDriver } from './runtime/driver.js';
@@ -20,6 +20,10 @@ import { WarmPool } from './sandboxes/pool.js';
 import { CommandService } from './sandboxes/commands.js';
 import { ProcessJournal } from './sandboxes/process-journal.js';
 import { FileService } from './sandboxes/files.js';
+import { PtyService } from './sandboxes/pty.js';
+import { WatchService } from './sandboxes/watch.js';
+import { MetricsService } from './sandboxes/metrics.js';
+import { PrometheusTelemetry } from './telemetry/prometheus.js';
 import { buildServer } from './api/server.js';
 import type { Services } from './api/services.js';
 import { ConflictError, RuntimeError } from './errors/index.js';
@@ -85,7 +89,13 @@ export async function startDaemon(config: DaemonConfig, opts: StartOptions = {})
     // until the driver and the catalog exist, assume something does.
     let lowerInUse: (rootfs: string, info: { name: string; builtAt: number | undefined }) => boolean = () => true;
     const inUse = (rootfs: string, info: { name: string; builtAt: number | undefined }) => lowerInUse(rootfs, info);
-    const templates = new TemplateService({ db, paths, idMapBase: config.idMapBase, logger: log, inUse });
+    // Gauges are read at scrape time from services made below.
+    let scrape: { store?: SandboxStore; sandboxes?: SandboxManager } = {};
+    const prometheus = new PrometheusTelemetry({
+      sandboxesByState: () => scrape.store?.countByState() ?? {},
+      pools: () => scrape.sandboxes?.poolStats() ?? [],
+    });
+    const templates = new TemplateService({ db, paths, idMapBase: config.idMapBase, logger: log, inUse, onBuilt: (name, outcome) => prometheus.templateBuilt(name, outcome) });
     await templates.recover();
     const layers = new LayerStore(db, paths.layers);
     await layers.recover();
@@ -148,8 +158,13 @@ export async function startDaemon(config: DaemonConfig, opts: StartOptions = {})
       idMapSize: config.idMapSize,
     });
     const sandboxes = new SandboxManager(config, store, runtime, catalog, connector, log, pool);
+    sandboxes.setTelemetry(prometheus);
+    scrape = { store, sandboxes };
     const journal = new ProcessJournal(store, { onError: (err) => log.error({ err }, 'writing process rows failed') });
-    const commands = new CommandService(sandboxes, journal);
+    const commands = new CommandService(sandboxes, journal, prometheus);
+    const metrics = new MetricsService(sandboxes, store, runtime, config.metricsIntervalMs ?? DEFAULT_METRICS_INTERVAL_MS, METRICS_HISTORY, (err, id) =>
+      log.debug({ err, id }, 'sampling sandbox metrics failed'),
+    );
     const files = new FileService(sandboxes);
     const volumes = new VolumeService(new VolumeStore(db), store, runtime, config.maxDiskMb, log);
     sandboxes.setVolumes(volumes);
@@ -166,11 +181,17 @@ export async function startDaemon(config: DaemonConfig, opts: StartOptions = {})
       keys: new KeyService(keyStore),
       keyStore,
       limiter: new RateLimiter(),
+      pty: new PtyService(sandboxes, commands),
+      watches: new WatchService(sandboxes),
+      metrics,
+      prometheus,
+      metricsOpen: config.metricsOpen === true,
     };
 
     const recovered = await sandboxes.recover();
     if (recovered.adopted.length || recovered.kept.length || recovered.ended.length || recovered.cleaned.length) log.info(recovered, 'recovered state from the last run');
     sandboxes.startReaper();
+    metrics.start();
     const prune = () => {
       void templates.pruneOld(inUse).catch((err: unknown) => log.warn({ err }, 'pruning replaced template trees failed'));
       void catalog.prune().catch((err: unknown) => log.warn({ err }, 'pruning unused layers failed'));
@@ -198,6 +219,7 @@ export async function startDaemon(config: DaemonConfig, opts: StartOptions = {})
       close: async () => {
         await app.close();
         await catalog.close();
+        await metrics.close();
         // Pooled sandboxes belong to no one: unlike claimed ones they do not outlive the daemon.
         await pool.close();
         await sandboxes.close();

@@ -11,6 +11,8 @@ import { Command, CommanderError } from 'commander';
 import { isCapsuleError } from '../sdk/index.js';
 import { registerDaemonCommands } from './commands/daemon.js';
 import { registerExecCommand } from './commands/exec.js';
+import { registerShellCommand } from './commands/shell.js';
+import { registerTopCommand } from './commands/top.js';
 import { registerFileCommands } from './commands/files.js';
 import { registerMcpCommand } from './commands/mcp.js';
 import { registerSandboxCommands } from './commands/sandboxes.js';
@@ -42,6 +44,8 @@ export function buildProgram(): Command {
   registerSandboxCommands(program);
   registerLifecycleCommands(program);
   registerExecCommand(program);
+  registerShellCommand(program);
+  registerTopCommand(program);
   registerFileCommands(program);
   registerTemplateCommands(program);
   registerMcpCommand(program);

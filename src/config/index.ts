@@ -61,7 +61,15 @@ export interface DaemonConfig {
    * default pool, which waits until a first create has built debian.
    */
   buildPoolTemplates: boolean;
+  /** Serve Prometheus text at /metrics without an API key (default: admin keys only). */
+  metricsOpen?: boolean;
+  /** How often each running sandbox's cgroups and disk are sampled (GET /v1/sandboxes/:id/metrics). */
+  metricsIntervalMs?: number;
 }
+
+/** Sampling interval of per-sandbox metrics when none is set, and how many samples a sandbox keeps. */
+export const DEFAULT_METRICS_INTERVAL_MS = 5000;
+export const METRICS_HISTORY = 720;
 
 /**
  * The default pool: two sandboxes of the template a create gets when it names
@@ -197,6 +205,16 @@ export const SETTINGS = {
     describe: 'retention: a paused or stopped sandbox whose create names no lifecycle.deleteAfterMs is deleted this long after it was paused or stopped (default 7 days)',
   },
   noAuth: { env: 'CAPSULE_NO_AUTH', schema: Flag.default(false), describe: 'accept requests without an API key (same as --no-auth)' },
+  metricsOpen: {
+    env: 'CAPSULE_METRICS_OPEN',
+    schema: Flag.default(false),
+    describe: 'serve Prometheus text at /metrics without an API key (same as --metrics-open; default: admin keys only)',
+  },
+  metricsIntervalMs: {
+    env: 'CAPSULE_METRICS_INTERVAL_MS',
+    schema: wholeNumber(100, 3_600_000, 'milliseconds').default(DEFAULT_METRICS_INTERVAL_MS),
+    describe: `how often each sandbox's CPU, memory, disk and pids are sampled (a sandbox keeps its last ${METRICS_HISTORY} samples)`,
+  },
   pools: {
     env: 'CAPSULE_POOL',
     schema: z
@@ -313,6 +331,8 @@ export function loadConfig(
     // Unset: the default pool; set (even empty): exactly the pools it lists.
     pools: s.pools ?? { ...DEFAULT_POOLS },
     buildPoolTemplates: s.pools !== undefined,
+    metricsOpen: s.metricsOpen,
+    metricsIntervalMs: s.metricsIntervalMs,
     ...overrides,
   };
 }

@@ -284,3 +284,52 @@ export async function writeCgroupV1Limits(cgroupsPath: string, limits: CgroupV1L
   if (pidsDir && limits.pids !== undefined) await fsp.writeFile(path.join(pidsDir, 'pids.max'), String(limits.pids));
   return true;
 }
+
+let controllerMounts: Promise<Map<string, string>> | undefined;
+
+/** Mount point of each v1 controller (cpu and cpuacct often share one), looked up once. */
+function controllers(): Promise<Map<string, string>> {
+  controllerMounts ??= cgroupMounts().then((ms) => {
+    const m = new Map<string, string>();
+    for (const mount of ms) if (mount.version === 1) for (const c of mount.controllers) if (!m.has(c)) m.set(c, mount.mountPoint);
+    return m;
+  });
+  return controllerMounts;
+}
+
+/** A cgroup v1 counter file as a number; 0 when missing, "max" or unreadable. */
+function readNumber(mount: string | undefined, cgroupsPath: string, file: string): number {
+  if (!mount) return 0;
+  try {
+    // Synchronous: cgroupfs files are generated in memory and never block (see readOomKills).
+    const text = fs.readFileSync(path.join(mount, cgroupsPath.replace(/^\/+/, ''), file), 'utf8').trim();
+    const n = Number(text);
+    return Number.isFinite(n) ? n : 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** A sandbox's cgroup v1 counters: CPU time, memory (now, peak, limit), pids (now, limit), CPU quota. */
+export async function readCgroupStats(cgroupsPath: string): Promise<{
+  cpuUsageNs: number;
+  cpuLimitCores: number;
+  memoryBytes: number;
+  memoryPeakBytes: number;
+  memoryLimitBytes: number;
+  pids: number;
+  pidsLimit: number;
+}> {
+  const m = await controllers();
+  const quota = readNumber(m.get('cpu'), cgroupsPath, 'cpu.cfs_quota_us');
+  const period = readNumber(m.get('cpu'), cgroupsPath, 'cpu.cfs_period_us');
+  return {
+    cpuUsageNs: readNumber(m.get('cpuacct'), cgroupsPath, 'cpuacct.usage'),
+    cpuLimitCores: quota > 0 && period > 0 ? quota / period : 0,
+    memoryBytes: readNumber(m.get('memory'), cgroupsPath, 'memory.usage_in_bytes'),
+    memoryPeakBytes: readNumber(m.get('memory'), cgroupsPath, 'memory.max_usage_in_bytes'),
+    memoryLimitBytes: readNumber(m.get('memory'), cgroupsPath, 'memory.limit_in_bytes'),
+    pids: readNumber(m.get('pids'), cgroupsPath, 'pids.current'),
+    pidsLimit: readNumber(m.get('pids'), cgroupsPath, 'pids.max'),
+  };
+}

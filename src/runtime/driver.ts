@@ -12,7 +12,7 @@ import type { DataPaths, ResourceLimits } from '../config/index.js';
 import { ConflictError, InvalidArgumentError, isCapsuleError, RuntimeError } from '../errors/index.js';
 import { openAgentSocket, ensurePrivateDir, type PendingAgentSocket } from './agent-socket.js';
 import { buildOciSpec, cgroupsPathFor, cpuQuotaUs, memoryBytes, SANDBOX_CAPABILITIES } from './bundle.js';
-import { cgroupMounts, freezerState, killCgroupProcs, readOomKills, removeCgroupDirs, setFreezerState, writeCgroupV1Limits, type CgroupMount } from './cgroups.js';
+import { cgroupMounts, freezerState, killCgroupProcs, readCgroupStats, readOomKills, removeCgroupDirs, setFreezerState, writeCgroupV1Limits, type CgroupMount } from './cgroups.js';
 import { OciCli, summarizeStderr, type OciResult } from './oci-cli.js';
 import { remountSandbox, setupSandboxMounts, teardownSandboxMounts, unmountKeepingDisk, type MountHelperOptions } from './mounts.js';
 import { relinkMovedLayers, writeLowerIds, LOWER_ID_FILE } from './lower-ids.js';
@@ -22,7 +22,7 @@ import { copyTree } from '../layers/native.js';
 import { readMountPoints, removeSandboxDir, sandboxLayout } from './overlay.js';
 import { loadDefaultSeccomp, type OciSeccomp } from './seccomp.js';
 import { SeccompBpfCompiler } from './seccomp-bpf.js';
-import type { CgroupLimits, ContainerInfo, ContainerSpec, ContainerStatus, RuntimeCapabilities, RuntimeDriver } from './types.js';
+import type { CgroupLimits, ContainerInfo, ContainerSpec, ContainerStatus, RuntimeCapabilities, RuntimeDriver, SandboxStats } from './types.js';
 import type { AgentEndpoint } from '../agent/types.js';
 
 export interface RuntimeLogger {
@@ -174,6 +174,22 @@ export class OciRuntimeDriver implements RuntimeDriver {
 
   oomKills(id: string): Promise<number> {
     return readOomKills(this.cgroupsPath(id));
+  }
+
+  /** The cgroups' counters, and the sandbox's own ext4 (mounted on the host at its layout's `disk`). */
+  async stats(id: string): Promise<SandboxStats> {
+    checkId(id);
+    const cg = await readCgroupStats(this.cgroupsPath(id));
+    let diskUsedBytes = 0;
+    let diskTotalBytes = 0;
+    try {
+      const st = await fsp.statfs(sandboxLayout(this.opts.paths.sandboxDir(id)).disk);
+      diskTotalBytes = st.blocks * st.bsize;
+      diskUsedBytes = (st.blocks - st.bfree) * st.bsize;
+    } catch {
+      /* not mounted (being destroyed): no disk figures */
+    }
+    return { ...cg, diskUsedBytes, diskTotalBytes };
   }
 
   async pause(id: string): Promise<void> {

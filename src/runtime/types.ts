@@ -92,6 +92,23 @@ export interface ContainerInfo {
   pid?: number;
 }
 
+/** What a running sandbox uses now: its cgroups' counters and its disk. */
+export interface SandboxStats {
+  /** CPU time used since start, in ns (all cores together). */
+  cpuUsageNs: number;
+  /** The CPU limit in cores (quota / period); 0 when unlimited. */
+  cpuLimitCores: number;
+  memoryBytes: number;
+  memoryPeakBytes: number;
+  memoryLimitBytes: number;
+  pids: number;
+  /** 0 when unlimited. */
+  pidsLimit: number;
+  /** Used and total bytes of the sandbox's writable disk. */
+  diskUsedBytes: number;
+  diskTotalBytes: number;
+}
+
 /** What a backend can do beyond create/inspect/destroy. Services consult it; they never ask "is this crun?". */
 export interface RuntimeCapabilities {
   /** How strongly the sandbox is separated from the host kernel. */
@@ -179,6 +196,8 @@ export interface RuntimeDriver {
   exportChanges(id: string, dest: string, signal?: AbortSignal): Promise<void>;
   /** OOM kills so far inside the sandbox's memory cgroup (0 when the backend cannot tell). */
   oomKills(id: string): Promise<number>;
+  /** What the sandbox uses now (per-sandbox metrics); absent when the backend cannot tell. */
+  stats?(id: string): Promise<SandboxStats>;
   /** Where the sandbox's agent listens (for an OCI runtime: a host-root-owned unix socket, never inside the sandbox). */
   agentEndpoint(id: string): AgentEndpoint;
 }

@@ -30,6 +30,7 @@ import { containerSpec, requireCapability } from './spec.js';
 import { SandboxLifecycle, type WakeOptions } from './lifecycle-service.js';
 import { resolvePolicy, type LifecycleInput } from './policy.js';
 import type { Claimed, PoolStats, WarmPool } from './pool.js';
+import { NO_TELEMETRY, type Telemetry } from './telemetry.js';
 
 export interface Logger {
   info(obj: unknown, msg?: string): void;
@@ -100,6 +101,7 @@ export class SandboxManager {
   private afterDestroy: (() => void) | undefined;
   private readonly lifecycle: SandboxLifecycle;
   private volumes: VolumeResolver | undefined;
+  private telemetry: Telemetry = NO_TELEMETRY;
 
   constructor(
     private readonly config: DaemonConfig,
@@ -131,6 +133,11 @@ export class SandboxManager {
     this.volumes = volumes;
   }
 
+  /** Where create counts and latencies go (the daemon's Prometheus metrics). */
+  setTelemetry(telemetry: Telemetry): void {
+    this.telemetry = telemetry;
+  }
+
   /** Called after each sandbox's container and writable layer are gone (e.g. to prune replaced template trees). */
   onDestroyed(fn: () => void): void {
     this.afterDestroy = fn;
@@ -139,6 +146,20 @@ export class SandboxManager {
   // --- for callers (every method takes the caller's context) ----------------------
 
   async create(ctx: RequestContext, opts: CreateOptions): Promise<SandboxRecord> {
+    const t0 = performance.now();
+    const how = { pooled: false };
+    try {
+      const rec = await this.createTimed(ctx, opts, how);
+      this.telemetry.sandboxCreated(rec.template, (performance.now() - t0) / 1000, 'ok', how.pooled);
+      return rec;
+    } catch (err) {
+      // No template label on failures: the name came from the caller and may not exist (unbounded labels).
+      this.telemetry.sandboxCreated('', (performance.now() - t0) / 1000, 'error', how.pooled);
+      throw err;
+    }
+  }
+
+  private async createTimed(ctx: RequestContext, opts: CreateOptions, how: { pooled: boolean }): Promise<SandboxRecord> {
     const timeoutMs = this.checkTimeout(opts.timeoutMs ?? this.config.defaultTimeoutMs);
     const resources: ResourceLimits = { ...this.config.defaultResources, ...stripUndefined(opts.resources ?? {}) };
     this.checkDisk(resources.diskMb);
@@ -161,6 +182,7 @@ export class SandboxManager {
       this.checkQuota(ctx, resources.memoryMb);
       // A pooled sandbox was started without volumes: one that attaches any is started cold.
       const claimed = this.pool && volumes.length === 0 ? await this.pool.claim(opts.template, resources) : null;
+      how.pooled = claimed !== null;
       if (claimed) return this.recordClaimed(ctx, claimed, made, resources, timeoutMs, defaults);
       return await this.createCold(ctx, made, template.layers, resources, timeoutMs, defaults, volumes);
     } finally {

@@ -126,3 +126,35 @@ export class BoundedOutput {
     return (this.truncated ? all.subarray(0, completeUtf8Length(all)) : all).toString('utf8');
   }
 }
+
+/**
+ * How much recent output of each stream a process keeps for a client that
+ * connects later (the agent keeps as much while no daemon is attached): a
+ * reconnect replays at most this, then live output follows.
+ */
+export const REPLAY_BYTES = 64 * 1024;
+
+/** The last `limit` bytes of a stream (what a reconnect replays). */
+export class TailBuffer {
+  private chunks: Buffer[] = [];
+  private size = 0;
+  constructor(private readonly limit: number = REPLAY_BYTES) {}
+
+  push(chunk: Buffer): void {
+    if (chunk.length >= this.limit) {
+      this.chunks = [Buffer.from(chunk.subarray(chunk.length - this.limit))];
+      this.size = this.limit;
+      return;
+    }
+    this.chunks.push(chunk);
+    this.size += chunk.length;
+    while (this.size - this.chunks[0]!.length >= this.limit) this.size -= this.chunks.shift()!.length;
+  }
+
+  /** At most `limit` bytes: the newest. */
+  bytes(): Buffer {
+    const all = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks, this.size);
+    this.chunks = all.length ? [all] : [];
+    return all.length > this.limit ? all.subarray(all.length - this.limit) : all;
+  }
+}

@@ -77,6 +77,8 @@ export interface ProcessRecord {
   pid: number;
   argv: string[];
   cwd: string | null;
+  /** The process's tag (migration 1 made the column; written since tags exist). */
+  tag?: string | null;
   startedAt: number;
   endedAt: number | null;
   exitCode: number | null;
@@ -244,6 +246,12 @@ export class SandboxStore {
     return ok;
   }
 
+  /** How many sandboxes are in each state (rows of every state, ended ones too). */
+  countByState(): Record<string, number> {
+    const rows = this.sql('SELECT state, COUNT(*) AS n FROM sandboxes GROUP BY state').all() as Array<{ state: string; n: number }>;
+    return Object.fromEntries(rows.map((r) => [r.state, r.n]));
+  }
+
   expiredRunning(now: number): string[] {
     const rows = this
       .sql(`SELECT id FROM sandboxes WHERE state = 'running' AND expires_at <= ?`)
@@ -270,10 +278,10 @@ export class SandboxStore {
   insertProcess(p: ProcessRecord): void {
     this
       .sql(
-        `INSERT OR REPLACE INTO processes (sandbox_id, pid, argv, cwd, started_at, ended_at, exit_code)
-         VALUES (?, ?, ?, ?, ?, ?, ?)`,
+        `INSERT OR REPLACE INTO processes (sandbox_id, pid, argv, cwd, tag, started_at, ended_at, exit_code)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
       )
-      .run(p.sandboxId, p.pid, JSON.stringify(p.argv), p.cwd, p.startedAt, p.endedAt, p.exitCode);
+      .run(p.sandboxId, p.pid, JSON.stringify(p.argv), p.cwd, p.tag ?? null, p.startedAt, p.endedAt, p.exitCode);
   }
 
   endProcess(sandboxId: string, pid: number, exitCode: number, at: number): void {
@@ -284,7 +292,7 @@ export class SandboxStore {
 
   getProcess(sandboxId: string, pid: number): ProcessRecord | undefined {
     const r = this.sql('SELECT * FROM processes WHERE sandbox_id = ? AND pid = ?').get(sandboxId, pid) as
-      | { sandbox_id: string; pid: number; argv: string; cwd: string | null; started_at: number; ended_at: number | null; exit_code: number | null }
+      | { sandbox_id: string; pid: number; argv: string; cwd: string | null; tag: string | null; started_at: number; ended_at: number | null; exit_code: number | null }
       | undefined;
     if (!r) return undefined;
     return {
@@ -292,6 +300,7 @@ export class SandboxStore {
       pid: r.pid,
       argv: JSON.parse(r.argv) as string[],
       cwd: r.cwd,
+      ...(r.tag !== null ? { tag: r.tag } : {}),
       startedAt: r.started_at,
       endedAt: r.ended_at,
       exitCode: r.exit_code,

@@ -7,3 +7,6 @@ export * from './keys.js';
 export * from './info.js';
 export * from './volumes.js';
 export * from './case.js';
+export * from './pty.js';
+export * from './watch.js';
+export * from './metrics.js';

@@ -12,7 +12,9 @@ export type { CreateOptions, ListOptions as ListSandboxesOptions, WakeOptions } 
 export { CommandHandle, Commands } from './commands.js';
 export type { ConnectOptions, OutputCallback, OutputEncoding, RunOptions, Signal, WaitOptions } from './commands.js';
 export { Files } from './files.js';
-export type { DirectoryListing, ListOptions as ListFilesOptions, ReadOptions, WriteData, WriteOptions } from './files.js';
+export type { DirectoryListing, FilesystemEvent, ListOptions as ListFilesOptions, ReadOptions, WatchHandle, WatchOptions, WriteData, WriteOptions } from './files.js';
+export { Pty, PtyHandle } from './pty.js';
+export type { PtyConnectOptions, PtyCreateOptions, PtyExit } from './pty.js';
 export { Template } from './templates.js';
 export { ApiKeys } from './keys.js';
 export { Volume } from './volumes.js';
@@ -52,6 +54,8 @@ export type {
   ProcessInfo,
   RunCommandRequest,
   Sandbox as SandboxInfo,
+  SandboxMetric,
+  WatchEvent,
 } from '../schemas/index.js';
 export type SandboxState = import('../schemas/index.js').Sandbox['state'];
 

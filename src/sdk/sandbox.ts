@@ -4,6 +4,8 @@
  */
 import { NotFoundError } from '../errors/index.js';
 import {
+  MetricsResponse,
+  type SandboxMetric,
   ListSandboxesResponse,
   Sandbox as SandboxSchema,
   type Lifecycle,
@@ -13,6 +15,7 @@ import {
 type SandboxState = SandboxInfo['state'];
 import { Commands } from './commands.js';
 import { Files } from './files.js';
+import { Pty } from './pty.js';
 import { HttpClient } from './http.js';
 import { pickConnection, resolveConnection, type ConnectionOptions } from './options.js';
 
@@ -56,8 +59,10 @@ function sandboxPath(id: string): string {
 export class Sandbox {
   /** Run commands inside the sandbox. */
   readonly commands: Commands;
-  /** Read and write the sandbox's files. */
+  /** Read and write the sandbox's files, and watch directories. */
   readonly files: Files;
+  /** Terminals: interactive shells and programs. */
+  readonly pty: Pty;
 
   private constructor(
     private readonly http: HttpClient,
@@ -65,6 +70,7 @@ export class Sandbox {
   ) {
     this.commands = new Commands(http, info.id);
     this.files = new Files(http, info.id);
+    this.pty = new Pty(http, encodeURIComponent(info.id));
   }
 
   /** Sandbox id, e.g. `sbx-4k2m9q0c7d1a`. */
@@ -162,6 +168,17 @@ export class Sandbox {
   async kill(): Promise<SandboxInfo> {
     this.info = await this.http.json('DELETE', sandboxPath(this.id), SandboxSchema);
     return this.info;
+  }
+
+  /**
+   * CPU, memory, disk and pids samples the daemon took of this sandbox (every few seconds, kept for its
+   * life, bounded), oldest first; `start` / `end` narrow the range.
+   */
+  async getMetrics(opts: { start?: Date; end?: Date } = {}): Promise<SandboxMetric[]> {
+    const res = await this.http.json('GET', `${sandboxPath(this.id)}/metrics`, MetricsResponse, {
+      query: { start: opts.start?.toISOString(), end: opts.end?.toISOString() },
+    });
+    return res.metrics;
   }
 
   /** True while the sandbox runs; false once it ended or no longer exists. */
