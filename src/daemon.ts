@@ -26,6 +26,8 @@ import { KeyStore } from './auth/keys.js';
 import { KeyService } from './auth/key-service.js';
 import { TemplateCatalog } from './templates/catalog.js';
 import { RateLimiter } from './auth/rate-limit.js';
+import { NetworkService } from './network/service.js';
+import { hostEnvironment, simulatedEnvironment } from './network/environment.js';
 
 export interface Daemon {
   url: string;
@@ -98,6 +100,17 @@ export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger 
       log,
     });
     const sandboxes = new SandboxManager(config, store, runtime, templates, connector, log, pool);
+    const network = new NetworkService(
+      db,
+      runtime,
+      sandboxes,
+      config.netTestInternet ? simulatedEnvironment(config.netTestInternet) : hostEnvironment(),
+      paths.gatewaySocket,
+      log,
+    );
+    if (config.netTestInternet) log.warn('networking uses a SIMULATED internet (CAPSULE_NET_TEST_INTERNET): for tests only');
+    await network.listen();
+    sandboxes.setNetworking(network);
     const journal = new ProcessJournal(store, { onError: (err) => log.error({ err }, 'writing process rows failed') });
     const commands = new CommandService(sandboxes, journal);
     const files = new FileService(sandboxes);
@@ -113,6 +126,7 @@ export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger 
       keys: new KeyService(keyStore),
       keyStore,
       limiter: new RateLimiter(),
+      network,
     };
 
     const recovered = await sandboxes.recover();
@@ -130,6 +144,7 @@ export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger 
     const addr = app.server.address();
     const port = typeof addr === 'object' && addr ? addr.port : config.port;
     const host = config.host.includes(':') ? `[${config.host}]` : config.host;
+    network.setDaemonAddress(config.host, port, `http://${host}:${port}`);
     return {
       url: `http://${host}:${port}`,
       services,
@@ -138,6 +153,7 @@ export async function startDaemon(config: DaemonConfig, opts: { logger?: Logger 
         // Pooled sandboxes belong to no one: unlike claimed ones they do not outlive the daemon.
         await pool.close();
         await sandboxes.close();
+        await network.close();
         journal.close();
         await runtime.close();
         db.close();

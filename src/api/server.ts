@@ -14,6 +14,8 @@ import { fileRoutes } from './routes/files.js';
 import { templateRoutes } from './routes/templates.js';
 import { keyRoutes } from './routes/keys.js';
 import { infoRoutes } from './routes/info.js';
+import { networkRoutes, registerPortProxy } from './routes/network.js';
+import { hostRoutedUrl } from '../network/ports.js';
 import { installAuth } from './auth.js';
 import { registerMcpRoutes } from '../mcp/http.js';
 
@@ -28,6 +30,8 @@ export function buildServer(services: Services, logger: Logger | boolean = false
     routerOptions: { maxParamLength: 512 },
     // One line per request is noise for a sandbox API; errors are logged by the error handler.
     logController: new LogController({ disableRequestLogging: true }),
+    // http://<port>-<id>.localhost:<daemon port>/x is the path-routed /v1/sandboxes/<id>/ports/<port>/x (src/network/ports.ts).
+    rewriteUrl: (req: import('node:http').IncomingMessage) => hostRoutedUrl(req) ?? req.url ?? '/',
   } as never) as unknown as FastifyInstance;
 
   // Raw bodies (file uploads) reach the handler as the request stream itself.
@@ -51,6 +55,7 @@ export function buildServer(services: Services, logger: Logger | boolean = false
   fileRoutes(table, services);
   templateRoutes(table, services);
   keyRoutes(table, services);
+  networkRoutes(table, services);
   let openapi: Record<string, unknown> | undefined;
   table.add({
     method: 'GET',
@@ -62,6 +67,7 @@ export function buildServer(services: Services, logger: Logger | boolean = false
   });
   table.register(app);
   registerMcpRoutes(app, services);
+  registerPortProxy(app, services);
 
   app.setNotFoundHandler((req, reply) => {
     void reply.code(404).send(new NotFoundError(`no route for ${req.method} ${req.url.split('?')[0]}`).toJSON());

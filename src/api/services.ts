@@ -6,6 +6,7 @@ import type { TemplateCatalog } from '../templates/catalog.js';
 import type { KeyStore } from '../auth/keys.js';
 import type { KeyService } from '../auth/key-service.js';
 import type { RateLimiter } from '../auth/rate-limit.js';
+import type { NetworkService } from '../network/service.js';
 
 export interface Services {
   version: string;
@@ -17,4 +18,6 @@ export interface Services {
   /** Verifies presented secrets at the edge; null when authentication is off (`--no-auth`). */
   keyStore: KeyStore | null;
   limiter: RateLimiter;
+  /** Egress policy, ledger and port exposure. */
+  network: NetworkService;
 }

@@ -25,6 +25,8 @@ import { LIVE_STATES, requireState, wrongState, type SandboxState, type Terminal
 import { newSandboxId } from './ids.js';
 import { containerSpec } from './spec.js';
 import type { Claimed, PoolStats, WarmPool } from './pool.js';
+import type { SandboxNetworking } from '../network/service.js';
+import type { NetworkConfig } from '../schemas/network.js';
 
 export interface Logger {
   info(obj: unknown, msg?: string): void;
@@ -46,6 +48,8 @@ export interface CreateOptions {
   envs?: Record<string, string> | undefined;
   metadata?: Record<string, string> | undefined;
   resources?: Partial<ResourceLimits> | undefined;
+  /** Egress policy and public ports (src/network); default: no egress. */
+  network?: NetworkConfig | undefined;
   /** Aborted when the caller gives up (the client went away): nothing is left behind. */
   signal?: AbortSignal | undefined;
 }
@@ -74,6 +78,7 @@ export class SandboxManager {
   private reaper: NodeJS.Timeout | undefined;
   private events: SandboxEvents | undefined;
   private afterDestroy: (() => void) | undefined;
+  private networking: SandboxNetworking | undefined;
 
   constructor(
     private readonly config: DaemonConfig,
@@ -90,6 +95,11 @@ export class SandboxManager {
     this.events = events;
   }
 
+  /** The network service: policies hold from a sandbox's first packet, and go with it. */
+  setNetworking(n: SandboxNetworking): void {
+    this.networking = n;
+  }
+
   /** Called after each sandbox's container and writable layer are gone (e.g. to prune replaced template trees). */
   onDestroyed(fn: () => void): void {
     this.afterDestroy = fn;
@@ -101,13 +111,26 @@ export class SandboxManager {
     const timeoutMs = this.checkTimeout(opts.timeoutMs ?? this.config.defaultTimeoutMs);
     const resources: ResourceLimits = { ...this.config.defaultResources, ...stripUndefined(opts.resources ?? {}) };
     this.checkDisk(resources.diskMb);
+    // A bad policy or an impossible mode is refused before anything is started.
+    this.networking?.specFor(opts.network);
     this.pool?.userCreateStarted();
     try {
       const layers = await this.templates.layers(opts.template, undefined, opts.signal);
       // Refused before a pooled sandbox is spent on it; checked again below, next to the insert.
       this.checkQuota(ctx, resources.memoryMb);
       const claimed = this.pool ? await this.pool.claim(opts.template, resources) : null;
-      if (claimed) return this.recordClaimed(ctx, claimed, opts, resources, timeoutMs);
+      if (claimed) {
+        const rec = this.recordClaimed(ctx, claimed, opts, resources, timeoutMs);
+        if (!this.networking) return rec;
+        try {
+          this.networking.register(rec.id, opts.network);
+          await this.networking.ready(rec.id, claimed.conn, opts.signal);
+        } catch (err) {
+          await this.end(rec.id, 'failed', `network setup failed: ${err instanceof Error ? err.message : String(err)}`.slice(0, 2000));
+          throw err;
+        }
+        return rec;
+      }
       return await this.createCold(ctx, opts, layers, resources, timeoutMs);
     } finally {
       this.pool?.userCreateEnded();
@@ -202,7 +225,7 @@ export class SandboxManager {
     timeoutMs: number,
   ): Promise<SandboxRecord> {
     const id = newSandboxId();
-    const spec = containerSpec(this.runtime, id, layers, resources);
+    const spec = containerSpec(this.runtime, id, layers, resources, this.networking?.specFor(opts.network));
     // Checked and recorded without an await in between, so concurrent creates cannot both slip under a quota.
     this.checkQuota(ctx, resources.memoryMb);
     const rec = this.newRecord(ctx, id, 'creating', opts, resources, timeoutMs);
@@ -212,8 +235,10 @@ export class SandboxManager {
     this.creating.set(id, { abort, settled: new Promise<void>((r) => (settle = r)) });
     const signal = opts.signal ? AbortSignal.any([opts.signal, abort.signal]) : abort.signal;
     try {
+      this.networking?.register(id, opts.network);
       await this.runtime.create(spec, signal);
-      await this.connection(id, signal);
+      const conn = await this.connection(id, signal);
+      await this.networking?.ready(id, conn, signal);
       // The clock starts when the sandbox is usable, not when the request came in.
       const expiresAt = Date.now() + timeoutMs;
       // The one step that makes it running: it fails when a kill (or anything else) ended it meanwhile.
@@ -224,6 +249,7 @@ export class SandboxManager {
       const reason = err instanceof Error ? err.message : String(err);
       // Nothing happens when someone else already ended it (then their reason stands).
       this.store.transition(id, ['creating'], 'failed', { reason: `create failed: ${reason}`.slice(0, 2000) });
+      this.networking?.ended(id);
       this.dropConnection(id);
       await this.destroyQuietly(id, 'cleanup after failed create');
       // Someone else ended it first (a kill): say so, rather than how the aborted create broke off.
@@ -348,6 +374,7 @@ export class SandboxManager {
     const t = this.store.transition(id, LIVE_STATES, state, { reason });
     if (!t.ok) return Promise.resolve();
     this.events?.onEnded(id);
+    this.networking?.ended(id);
     const inFlight = this.creating.get(id);
     let work: Promise<void>;
     if (t.from === 'creating' && inFlight) {
@@ -410,6 +437,7 @@ export class SandboxManager {
       try {
         const conn = await this.connection(rec.id);
         await this.events?.onAdopted(rec.id, conn);
+        await this.networking?.adopt(rec.id, conn);
         adopted.push(rec.id);
       } catch (err) {
         const why = err instanceof Error ? err.message : String(err);

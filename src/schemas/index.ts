@@ -5,4 +5,5 @@ export * from './files.js';
 export * from './templates.js';
 export * from './keys.js';
 export * from './info.js';
+export * from './network.js';
 export * from './case.js';

@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { EnvVars, Metadata, SandboxId, SandboxTimeoutMs, TemplateName, Timestamp } from './common.js';
 
 import { SANDBOX_STATES } from '../sandboxes/lifecycle.js';
+import { NetworkConfig } from './network.js';
 
 export { SANDBOX_STATES };
 export const SandboxState = z
@@ -33,6 +34,7 @@ export const CreateSandboxRequest = z
     envs: EnvVars.optional().describe('Environment variables every command in this sandbox gets'),
     metadata: Metadata.optional(),
     resources: Resources.optional(),
+    network: NetworkConfig.optional(),
   })
   .strict();
 export type CreateSandboxRequest = z.infer<typeof CreateSandboxRequest>;

@@ -60,6 +60,34 @@ const MIGRATIONS: string[] = [
   `ALTER TABLE sandboxes ADD COLUMN state_changed_at INTEGER;
    ALTER TABLE sandboxes ADD COLUMN runtime TEXT;
    UPDATE sandboxes SET state_changed_at = COALESCE(ended_at, created_at);`,
+  // Networking (src/network): each sandbox's egress policy, public ports and port token, and the egress ledger.
+  `CREATE TABLE sandbox_network (
+     sandbox_id TEXT PRIMARY KEY,
+     egress TEXT NOT NULL,
+     public_ports TEXT NOT NULL,
+     token TEXT NOT NULL,
+     gateway INTEGER NOT NULL DEFAULT 0
+   );
+   CREATE TABLE egress_log (
+     id INTEGER PRIMARY KEY AUTOINCREMENT,
+     seq INTEGER NOT NULL,
+     sandbox_id TEXT NOT NULL,
+     at INTEGER NOT NULL,
+     protocol TEXT NOT NULL,
+     name TEXT,
+     address TEXT,
+     port INTEGER,
+     pid INTEGER,
+     command TEXT,
+     verdict TEXT NOT NULL,
+     rule TEXT NOT NULL,
+     reason TEXT NOT NULL,
+     bytes_up INTEGER NOT NULL,
+     bytes_down INTEGER NOT NULL,
+     duration_ms INTEGER,
+     state TEXT NOT NULL
+   );
+   CREATE INDEX egress_log_sandbox_seq ON egress_log(sandbox_id, seq);`,
 ];
 
 export function openDb(file: string): Db {
