@@ -215,7 +215,7 @@ export class Gateway {
     let verdict: Verdict | null = null;
     let address = candidates[0]!;
     for (const c of candidates) {
-      const v = evaluate(sbx.policy, { ip: c, port: dstPort, name }, host);
+      const v = evaluate(sbx.policy, { ip: c, port: dstPort, name, dialed: this.deps.env.target(c) ?? undefined }, host);
       verdict ??= v;
       if (v.allowed) {
         verdict = v;
@@ -232,7 +232,7 @@ export class Gateway {
     let claimedName: string | undefined;
     let upstream: net.Socket | null = null;
     let finished = false;
-    const dest: Destination = { ip: address, port: dstPort, name };
+    const dest: Destination = { ip: address, port: dstPort, name, dialed: this.deps.env.target(address) ?? undefined };
     const finish = () => {
       if (finished) return;
       finished = true;
@@ -260,61 +260,75 @@ export class Gateway {
     sbx.flows.add(flowRef);
     client.once('close', finish);
 
+    // Most clients speak first (TLS, HTTP): read their opening before dialling, so a name the policy
+    // refuses never even opens a connection. A server-first protocol sends nothing: dial after a moment.
+    const opening = await collectOpening(client, first);
+    if (finished) return;
+    if (opening.sniff?.done && opening.sniff.name) {
+      claimedName = opening.sniff.name;
+      dest.claimed = opening.sniff.name;
+      const v = evaluate(this.deps.lookup(id)?.policy ?? sbx.policy, dest, host);
+      if (!v.allowed) {
+        closedWith = { rule: v.rule, reason: v.reason };
+        return finish();
+      }
+    }
     try {
       upstream = await this.deps.env.dial(address, dstPort);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
-      closedWith = undefined;
-      ledger.close(entry, id, { bytesUp: 0, bytesDown: 0, durationMs: performance.now() - started, reason: `${verdict!.reason}; the connection failed: ${code}` });
       finished = true;
       sbx.flows.delete(flowRef);
       client.destroy();
+      ledger.close(entry, id, { bytesUp: 0, bytesDown: 0, durationMs: performance.now() - started, reason: `${verdict!.reason}; the connection failed: ${code}` });
       return;
     }
     if (finished) {
       upstream.destroy();
       return;
     }
-    upstream.once('close', finish);
-    upstream.on('error', () => undefined);
-    upstream.on('data', (b: Buffer) => {
+    const up$ = upstream;
+    up$.once('close', finish);
+    up$.on('error', () => undefined);
+    up$.on('data', (b: Buffer) => {
       down += b.length;
-      if (!client.write(b)) upstream!.pause();
+      if (!client.write(b)) up$.pause();
     });
-    client.on('drain', () => upstream!.resume());
-    upstream.on('end', () => client.end());
+    client.on('drain', () => up$.resume());
+    up$.on('end', () => client.end());
 
-    // Hold the sandbox's first bytes until they say which name they are for.
-    let held = first;
+    let held = opening.held;
     let decided = false;
-    const timer = setTimeout(() => release(), SNIFF_TIMEOUT_MS);
+    let timer: NodeJS.Timeout | undefined;
     const release = () => {
       if (decided || finished) return;
       decided = true;
-      clearTimeout(timer);
+      if (timer) clearTimeout(timer);
       client.removeListener('data', onHeld);
       if (held.length) {
         up += held.length;
-        upstream!.write(held);
+        up$.write(held);
       }
       client.on('data', (b: Buffer) => {
         up += b.length;
-        if (!upstream!.write(b)) client.pause();
+        if (!up$.write(b)) client.pause();
       });
-      upstream!.on('drain', () => client.resume());
-      if (!client.readableEnded) client.on('end', () => upstream!.end());
+      up$.on('drain', () => client.resume());
+      if (opening.ended || client.readableEnded) up$.end();
+      else client.on('end', () => up$.end());
       client.resume();
     };
+    // Bytes that come only after the server spoke are judged the same way before they are forwarded.
     const judge = () => {
-      const s = sniff(held);
-      if (!s.done && held.length < SNIFF_LIMIT) return;
-      if (s.done && s.name) {
-        claimedName = s.name;
-        dest.claimed = s.name;
+      const r = sniff(held);
+      if (!r.done && held.length < SNIFF_LIMIT) return;
+      if (r.done && r.name) {
+        claimedName = r.name;
+        dest.claimed = r.name;
         const v = evaluate(this.deps.lookup(id)?.policy ?? sbx.policy, dest, host);
         if (!v.allowed) {
           closedWith = { rule: v.rule, reason: v.reason };
-          clearTimeout(timer);
+          if (timer) clearTimeout(timer);
           finish();
           return;
         }
@@ -325,13 +339,60 @@ export class Gateway {
       held = Buffer.concat([held, b]);
       judge();
     };
+    if (opening.sniff?.done || opening.ended || held.length >= SNIFF_LIMIT) return release();
+    timer = setTimeout(release, SNIFF_TIMEOUT_MS);
     client.on('data', onHeld);
     client.once('end', () => {
       if (decided) return;
       release();
-      upstream!.end();
+      up$.end();
     });
     client.resume();
     if (held.length) judge();
   }
+}
+
+/** How long a silent client is given before the server is dialled anyway (server-first protocols). */
+const QUIET_MS = 250;
+
+/**
+ * The sandbox's opening bytes: until they name a host (or say they never will), the sniff limit,
+ * SNIFF_TIMEOUT_MS, the end of the client's stream, or QUIET_MS without a first byte.
+ */
+function collectOpening(client: net.Socket, first: Buffer): Promise<{ held: Buffer; sniff: ReturnType<typeof sniff> | null; ended: boolean }> {
+  return new Promise((resolve) => {
+    let held = first;
+    let ended = false;
+    let quiet: NodeJS.Timeout | undefined;
+    const done = () => {
+      clearTimeout(quiet);
+      clearTimeout(total);
+      client.removeListener('data', onData);
+      client.removeListener('end', onEnd);
+      client.removeListener('close', onEnd);
+      client.pause();
+      resolve({ held, sniff: held.length ? sniff(held) : null, ended });
+    };
+    const check = () => {
+      if (held.length === 0) return;
+      clearTimeout(quiet);
+      const r = sniff(held);
+      if (r.done || held.length >= SNIFF_LIMIT) done();
+    };
+    const onData = (b: Buffer) => {
+      held = held.length ? Buffer.concat([held, b]) : b;
+      check();
+    };
+    const onEnd = () => {
+      ended = true;
+      done();
+    };
+    const total = setTimeout(done, SNIFF_TIMEOUT_MS);
+    if (held.length === 0) quiet = setTimeout(done, QUIET_MS);
+    client.on('data', onData);
+    client.once('end', onEnd);
+    client.once('close', onEnd);
+    client.resume();
+    check();
+  });
 }

@@ -190,6 +190,8 @@ export interface Destination {
   name?: string | undefined;
   /** The name in the TLS SNI or HTTP Host header of the connection's first bytes, when seen. */
   claimed?: string | undefined;
+  /** Where the dial really goes when that differs from `ip` (a simulated internet's loopback stand-in): this host's checks use it. */
+  dialed?: string | undefined;
 }
 
 export interface HostFacts {
@@ -217,9 +219,14 @@ export function evaluate(p: CompiledPolicy, d: Destination, host: HostFacts): Ve
   if (!a) return refuse('invalid', `${d.ip} is not an address`);
   const ip = a.toString();
   if (p.mode === 'none') return refuse('none', 'egress is none: no connection leaves this sandbox');
-  const own = host.ownAddresses.has(ip) || specialRange(a)?.label === 'loopback' || ip === '0.0.0.0' || ip === '::';
+  // This host's own addresses, judged on where the dial really lands.
+  const real = (d.dialed ? parseAddress(d.dialed) : null) ?? a;
+  const realIp = real.toString();
+  const realLoopback = specialRange(real)?.label === 'loopback';
+  const own = host.ownAddresses.has(ip) || host.ownAddresses.has(realIp) || specialRange(a)?.label === 'loopback' || ip === '0.0.0.0' || ip === '::';
   const daemonEverywhere = host.daemonHost === '0.0.0.0' || host.daemonHost === '::';
-  if (d.port === host.daemonPort && own && (daemonEverywhere || parseAddress(host.daemonHost)?.toString() === ip || specialRange(a)?.label === 'loopback')) {
+  const onThisHost = own || realLoopback || realIp === '0.0.0.0' || realIp === '::';
+  if (d.port === host.daemonPort && onThisHost && (daemonEverywhere || realLoopback || parseAddress(host.daemonHost)?.toString() === realIp || host.ownAddresses.has(realIp))) {
     return refuse('daemon', "the daemon's own port is never reachable from a sandbox");
   }
   const name = d.name ? normalizeName(d.name) ?? undefined : undefined;
