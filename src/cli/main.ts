@@ -16,6 +16,7 @@ import { registerMcpCommand } from './commands/mcp.js';
 import { registerSandboxCommands } from './commands/sandboxes.js';
 import { registerTemplateCommands } from './commands/templates.js';
 import { registerKeyCommands } from './commands/keys.js';
+import { registerNetCommands } from './commands/net.js';
 import { UsageError } from './util.js';
 
 /** The version in the repository's package.json (dist/src/cli/main.js → ../../../package.json). */
@@ -43,6 +44,7 @@ export function buildProgram(): Command {
   registerTemplateCommands(program);
   registerMcpCommand(program);
   registerKeyCommands(program);
+  registerNetCommands(program);
   // Subcommands inherit exitOverride only when added after it is set on each; set it everywhere.
   const all = (c: Command): Command[] => [c, ...c.commands.flatMap(all)];
   for (const c of all(program)) c.exitOverride();

@@ -19,7 +19,7 @@ import { wireEvents } from '../sandboxes/output.js';
 import { requestContext } from '../auth/context.js';
 import { toApiSandbox } from '../api/routes/sandboxes.js';
 import { PayloadTooLargeError } from '../errors/index.js';
-import type { CommandResult, FileEntry, Sandbox as SandboxInfo } from '../schemas/index.js';
+import type { CommandResult, FileEntry, NetworkConfig, NetworkLogEntry, PortAccess, Sandbox as SandboxInfo, SandboxNetwork } from '../schemas/index.js';
 import { Sandbox, type ConnectionOptions } from '../sdk/index.js';
 
 export type SandboxState = SandboxInfo['state'];
@@ -30,6 +30,7 @@ export interface CreateSandboxInput {
   envs?: Record<string, string> | undefined;
   metadata?: Record<string, string> | undefined;
   resources?: Partial<ResourceLimits> | undefined;
+  network?: NetworkConfig | undefined;
 }
 
 export interface CommandInput {
@@ -64,6 +65,9 @@ export interface McpBackend {
   statFile(id: string, path: string): Promise<FileEntry>;
   removeFile(id: string, path: string, recursive: boolean): Promise<void>;
   makeDir(id: string, path: string): Promise<void>;
+  setNetwork(id: string, cfg: NetworkConfig): Promise<SandboxNetwork>;
+  networkLog(id: string, q: { since?: number | undefined; limit?: number | undefined }): Promise<{ entries: NetworkLogEntry[]; cursor: number }>;
+  portAccess(id: string, port: number): Promise<PortAccess>;
 }
 
 function tooLarge(path: string, size: number, maxBytes: number): PayloadTooLargeError {
@@ -135,6 +139,15 @@ export function servicesBackend(services: Services, principal: Principal = ANONY
         parts.push(chunk);
       }
       return Buffer.concat(parts);
+    },
+    async setNetwork(id, cfg) {
+      return services.network.set(ctx, id, cfg);
+    },
+    async networkLog(id, q) {
+      return services.network.log(ctx, id, q);
+    },
+    async portAccess(id, port) {
+      return services.network.portAccess(ctx, id, port);
     },
     async writeFile(id, path, data, mode) {
       return services.files.write(ctx, id, path, Readable.from([data]), mode);
@@ -227,6 +240,15 @@ export function sdkBackend(conn: ConnectionOptions = {}): McpBackend {
     },
     async makeDir(id, path) {
       await (await sandbox(id)).files.makeDir(path);
+    },
+    async setNetwork(id, cfg) {
+      return (await sandbox(id)).network.set(cfg);
+    },
+    async networkLog(id, q) {
+      return (await sandbox(id)).network.log({ ...(q.since !== undefined ? { since: q.since } : {}), ...(q.limit !== undefined ? { limit: q.limit } : {}) });
+    },
+    async portAccess(id, port) {
+      return (await sandbox(id)).network.port(port);
     },
   };
 }

@@ -110,7 +110,14 @@ export class PortForwarder {
     const net = this.network;
     const agent = new http.Agent({ keepAlive: false });
     (agent as unknown as { createConnection: unknown }).createConnection = (_o: unknown, cb: (err: Error | null, s?: Duplex) => void) => {
-      net.openPort(t.id, t.port).then((s) => cb(null, s), (e: Error) => cb(e));
+      net.openPort(t.id, t.port).then(
+        (s) => {
+          cb(null, s);
+          // Handed over paused (no byte may be lost before the HTTP client listens); it listens now.
+          s.resume();
+        },
+        (e: Error) => cb(e),
+      );
       return undefined;
     };
     return agent;

@@ -116,7 +116,8 @@ function isLive(pid: number): boolean {
 
 /**
  * A stream to 127.0.0.1:`port` inside the sandbox, through the relay's control socket.
- * The relay answers one status byte first: 0, or the errno of its connect.
+ * The relay answers one status byte first: 0, or the errno of its connect. The stream is handed
+ * over paused: the caller attaches its reader, then resumes it.
  */
 export function connectThroughRelay(control: string, id: string, port: number, signal?: AbortSignal): Promise<Duplex> {
   return new Promise<Duplex>((resolve, reject) => {

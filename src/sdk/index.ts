@@ -12,6 +12,8 @@ export type { CreateOptions, ListOptions as ListSandboxesOptions } from './sandb
 export { CommandHandle, Commands } from './commands.js';
 export type { ConnectOptions, OutputCallback, OutputEncoding, RunOptions, Signal, WaitOptions } from './commands.js';
 export { Files } from './files.js';
+export { Network } from './network.js';
+export type { EgressPolicy, LogOptions as NetworkLogOptions, NetworkConfig, NetworkLogEntry, PortAccess, SandboxNetwork } from './network.js';
 export type { DirectoryListing, ListOptions as ListFilesOptions, ReadOptions, WriteData, WriteOptions } from './files.js';
 export { Template } from './templates.js';
 export { ApiKeys } from './keys.js';

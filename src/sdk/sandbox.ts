@@ -12,6 +12,8 @@ import {
 type SandboxState = SandboxInfo['state'];
 import { Commands } from './commands.js';
 import { Files } from './files.js';
+import { Network } from './network.js';
+import type { NetworkConfig } from '../schemas/index.js';
 import { HttpClient } from './http.js';
 import { pickConnection, resolveConnection, type ConnectionOptions } from './options.js';
 
@@ -26,6 +28,11 @@ export interface CreateOptions extends ConnectionOptions {
   metadata?: Record<string, string>;
   /** CPU (cores), memory (MiB), process and disk (MiB, ENOSPC past it) limits; defaults come from the daemon. */
   resources?: { cpus?: number; memoryMb?: number; pids?: number; diskMb?: number };
+  /**
+   * Egress policy and public ports: `{ egress: 'none' | 'all' | { allow: [...], deny: [...] }, publicPorts: [3000] }`.
+   * Default: no egress (loopback only).
+   */
+  network?: NetworkConfig;
 }
 
 export interface ListOptions extends ConnectionOptions {
@@ -44,6 +51,8 @@ export class Sandbox {
   readonly commands: Commands;
   /** Read and write the sandbox's files. */
   readonly files: Files;
+  /** Egress policy, egress ledger and port URLs. */
+  readonly network: Network;
 
   private constructor(
     private readonly http: HttpClient,
@@ -51,6 +60,22 @@ export class Sandbox {
   ) {
     this.commands = new Commands(http, info.id);
     this.files = new Files(http, info.id);
+    this.network = new Network(http, info.id);
+  }
+
+  /**
+   * The host-routed URL of a port inside the sandbox, `http://<port>-<id>.localhost:<daemon port>/`
+   * (browsers resolve *.localhost to loopback). It needs the port's token unless the port is public:
+   * `network.port(port)` gives the token and a signed URL.
+   */
+  getHost(port: number): string {
+    const u = new URL(this.http.conn.apiUrl);
+    return `${u.protocol}//${port}-${this.id}.localhost:${u.port || (u.protocol === 'https:' ? 443 : 80)}/`;
+  }
+
+  /** Change the egress policy and/or public ports (same as `network.set`). */
+  setNetwork(cfg: NetworkConfig) {
+    return this.network.set(cfg);
   }
 
   /** Sandbox id, e.g. `sbx-4k2m9q0c7d1a`. */
@@ -67,6 +92,7 @@ export class Sandbox {
       envs: opts.envs,
       metadata: opts.metadata,
       resources: opts.resources,
+      network: opts.network,
     };
     // Starting a container can take longer than an ordinary request.
     const timeoutMs = http.conn.requestTimeoutMs === 0 ? 0 : Math.max(http.conn.requestTimeoutMs, 120_000);

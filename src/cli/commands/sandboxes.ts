@@ -1,12 +1,13 @@
 /** Sandbox lifecycle: create, list, info, kill, timeout. */
 import type { Command } from 'commander';
 import { Sandbox, type SandboxInfo } from '../../sdk/index.js';
+import { egressOptions, networkFrom, type EgressFlags } from './net.js';
 import { collect, connection, parseNumber, parsePairs, printJson, printTable, relativeTime, secondsToMs, shortTime, UsageError } from '../util.js';
 
 export function registerSandboxCommands(program: Command): void {
-  program
+  egressOptions(program
     .command('create')
-    .description('start a sandbox and print its id')
+    .description('start a sandbox and print its id'))
     .option('-t, --template <name>', 'template to start from (see `capsule template list`)')
     .option('--timeout <seconds>', 'lifetime before the sandbox is killed (default 300)')
     .option('-e, --env <KEY=VALUE>', 'environment variable for every command (repeatable)', collect)
@@ -15,7 +16,7 @@ export function registerSandboxCommands(program: Command): void {
     .option('--memory <MiB>', 'memory limit in MiB')
     .option('--disk-mb <MiB>', 'disk quota in MiB for everything the sandbox writes (default 2048)')
     .option('--json', 'print the sandbox as JSON')
-    .action(async (opts: { template?: string; timeout?: string; env?: string[]; metadata?: string[]; cpus?: string; memory?: string; diskMb?: string; json?: boolean }, cmd: Command) => {
+    .action(async (opts: EgressFlags & { template?: string; timeout?: string; env?: string[]; metadata?: string[]; cpus?: string; memory?: string; diskMb?: string; json?: boolean }, cmd: Command) => {
       const resources: { cpus?: number; memoryMb?: number; diskMb?: number } = {};
       const cpus = parseNumber(opts.cpus, '--cpus');
       const memoryMb = parseNumber(opts.memory, '--memory');
@@ -30,6 +31,7 @@ export function registerSandboxCommands(program: Command): void {
         envs: parsePairs(opts.env, '--env'),
         metadata: parsePairs(opts.metadata, '--metadata'),
         resources: Object.keys(resources).length ? resources : undefined,
+        network: networkFrom(opts),
       });
       if (opts.json) printJson(await sbx.getInfo());
       else process.stdout.write(`${sbx.id}\n`);

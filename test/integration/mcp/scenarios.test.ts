@@ -21,6 +21,9 @@ const EXPECTED_TOOLS = [
   'sandbox_create',
   'sandbox_kill',
   'sandbox_list',
+  'sandbox_network_log',
+  'sandbox_port_url',
+  'sandbox_set_network',
   'sandbox_set_timeout',
   'write_file',
 ];
