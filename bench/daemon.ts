@@ -21,7 +21,7 @@ export interface BenchDaemon {
 }
 
 /** `args` are extra `capsule serve` flags, e.g. ['--pool', 'busybox=4'] for the warm-pool rows. */
-export async function startDaemon(dataDir: string, opts: { args?: string[] } = {}): Promise<BenchDaemon> {
+export async function startDaemon(dataDir: string, opts: { args?: string[]; env?: Record<string, string> } = {}): Promise<BenchDaemon> {
   const { child, url, exited, log } = await spawnServe(dataDir, {
     args: opts.args ?? [],
     env: {
@@ -30,6 +30,7 @@ export async function startDaemon(dataDir: string, opts: { args?: string[] } = {
       CAPSULE_TEMPLATE_CACHE: process.env.CAPSULE_TEMPLATE_CACHE ?? '/var/cache/capsule-test',
       // Cold rows must be cold: no pool unless `args` asks for one.
       CAPSULE_POOL: '',
+      ...opts.env,
     },
     logBytes: 100_000,
   });

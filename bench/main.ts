@@ -20,6 +20,7 @@ import { REPO_ROOT, startDaemon, type BenchDaemon } from './daemon.js';
 import { density } from './density.js';
 import { exec } from './exec.js';
 import { files } from './files.js';
+import { network } from './network.js';
 import { renderSvg } from './plot.js';
 import { run } from './proc.js';
 import { consoleTable, hostInfo, writeResults, type BenchReport } from './report.js';
@@ -35,6 +36,7 @@ export const SCENARIOS: ReadonlyArray<[string, Scenario]> = [
   // density before files: the file scenario leaves page-cache churn that skews MemAvailable.
   ['density', density],
   ['files', files],
+  ['network', network],
 ];
 
 const USAGE = `usage: node dist/bench/main.js [--quick] [--out DIR] [--only NAME[,NAME...]] [--debian]

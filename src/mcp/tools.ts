@@ -232,7 +232,7 @@ const sandboxSetNetwork = tool({
     "Change a running sandbox's egress policy (none, all, or allow/deny rules such as pypi.org, *.npmjs.org, 10.0.0.0/8, *:443) and/or its public ports. New connections follow it at once; open ones it refuses are closed.",
   input: snakeObject(NetworkConfig).extend({ sandbox_id: SandboxId.describe('The sandbox to change') }),
   output: NetworkOutput,
-  annotations: { title: 'Set sandbox network', readOnlyHint: false, destructiveHint: false, idempotentHint: true, openWorldHint: true },
+  annotations: { title: 'Set sandbox network', readOnlyHint: false, destructiveHint: false, idempotentHint: true, openWorldHint: false },
   async handler(input, ctx) {
     const n = await ctx.backend.setNetwork(input.sandbox_id, networkInput(input) ?? {});
     const egress = typeof n.egress === 'string' ? n.egress : `allow ${n.egress.allow.join(', ')}${n.egress.deny?.length ? `; deny ${n.egress.deny.join(', ')}` : ''}`;
