@@ -80,7 +80,7 @@ describe('sandboxes', () => {
       pause: true,
       checkpoint: false,
       updateResources: true,
-      network: ['none'],
+      network: ['none', 'gateway'], // gateway: the relay is built and nft installed (ADR 0006)
       maxLayers: 128,
     });
   });
