@@ -146,7 +146,7 @@ export class NetworkService implements SandboxNetworking {
     return this.gatewaySpec();
   }
 
-  register(id: string, cfg: NetworkConfig | undefined): void {
+  register(id: string, cfg: NetworkConfig | undefined, live = true): void {
     const egress = cfg?.egress ?? 'none';
     const row: Row = {
       sandbox_id: id,
@@ -159,7 +159,8 @@ export class NetworkService implements SandboxNetworking {
       `INSERT INTO sandbox_network (sandbox_id, egress, public_ports, token, gateway) VALUES (@sandbox_id, @egress, @public_ports, @token, @gateway)
        ON CONFLICT(sandbox_id) DO UPDATE SET egress = excluded.egress, public_ports = excluded.public_ports, gateway = excluded.gateway`,
     ).run(row);
-    this.load(id);
+    this.states.delete(id);
+    if (live) this.load(id);
   }
 
   async ready(id: string, conn: AgentConnection, signal?: AbortSignal): Promise<void> {
@@ -191,8 +192,7 @@ export class NetworkService implements SandboxNetworking {
 
   get(ctx: RequestContext, id: string): SandboxNetwork {
     this.sandboxes.get(ctx, id);
-    const st = this.load(id);
-    return this.view(st);
+    return this.view(this.load(id, false));
   }
 
   /** Change the policy and/or public ports of a running sandbox: effective for new connections at once, and open ones it no longer allows are closed. */
@@ -236,7 +236,11 @@ export class NetworkService implements SandboxNetworking {
   /** The URLs of a port (host-routed and path-routed), its token and a signed URL. Needs no running sandbox. */
   portAccess(ctx: RequestContext, id: string, port: number, ttlMs = DEFAULT_URL_TTL_MS): PortAccess {
     this.sandboxes.get(ctx, id);
-    const st = this.load(id) ?? (this.register(id, {}), this.load(id)!);
+    let st = this.load(id, false);
+    if (!st) {
+      this.register(id, {}, false);
+      st = this.load(id, false)!;
+    }
     const u = new URL(this.daemonUrl);
     const url = `${u.protocol}//${port}-${id}.localhost:${u.port || 80}/`;
     const exp = Math.floor((Date.now() + ttlMs) / 1000);
@@ -258,7 +262,7 @@ export class NetworkService implements SandboxNetworking {
    * sandbox's token (header) or a signed value for this port that has not expired (query or cookie).
    */
   authorizePort(id: string, port: number, presented: { header?: string | undefined; signed?: string[] }): boolean {
-    const st = this.load(id);
+    const st = this.load(id, false);
     if (!st) return false;
     if (st.publicPorts.includes(port)) return true;
     if (presented.header && safeEqual(presented.header, st.token)) return true;
@@ -291,7 +295,11 @@ export class NetworkService implements SandboxNetworking {
 
   // --- state ---------------------------------------------------------------------------------
 
-  private load(id: string): State | undefined {
+  /**
+   * A sandbox's state, from memory or its row. Only live sandboxes are kept in memory (`cache`: the
+   * create, adopt and change paths); views of an ended one read the row without reviving it for the gateway.
+   */
+  private load(id: string, cache = true): State | undefined {
     const hit = this.states.get(id);
     if (hit) return hit;
     const row = this.sql('SELECT * FROM sandbox_network WHERE sandbox_id = ?').get(id) as Row | undefined;
@@ -307,7 +315,7 @@ export class NetworkService implements SandboxNetworking {
       names: new StandIns(),
       flows: new Set(),
     };
-    this.states.set(id, st);
+    if (cache) this.states.set(id, st);
     return st;
   }
 
@@ -315,6 +323,7 @@ export class NetworkService implements SandboxNetworking {
     st.gateway = true;
     this.sql('UPDATE sandbox_network SET gateway = 1 WHERE sandbox_id = ?').run(id);
   }
+
 
   private async writeResolver(conn: AgentConnection): Promise<void> {
     // The sandbox may rewrite it; then it only loses its own DNS (UDP to anything else is dropped).
