@@ -13,6 +13,7 @@
  */
 import fs from 'node:fs';
 import http from 'node:http';
+import net from 'node:net';
 import path from 'node:path';
 import { Sandbox } from '../src/sdk/index.js';
 import { interleave, linkRatios, row, type Scenario } from './context.js';
@@ -73,21 +74,31 @@ export const network: Scenario = async (ctx) => {
   const rate = (ms: number) => mb / (ms / 1000);
   const notes: string[] = [];
 
-  // The "internet": one HTTP server that sends `bytes` bytes.
+  // The "internet": a minimal HTTP/1.0 server that sends `bytes` bytes. Raw TCP with half-open
+  // sockets, because clients like nc close their side after the request (node's http server would
+  // then cut the response short).
   const chunk = Buffer.alloc(1 << 20, 97);
-  const site = http.createServer((req, res) => {
-    const bytes = Number(new URL(req.url ?? '/', 'http://x').searchParams.get('bytes') ?? '0');
-    res.writeHead(200, { 'content-length': bytes });
-    let left = bytes;
-    const pump = () => {
-      while (left > 0) {
-        const k = Math.min(left, chunk.length);
-        left -= k;
-        if (!res.write(k === chunk.length ? chunk : chunk.subarray(0, k))) return void res.once('drain', pump);
-      }
-      res.end();
+  const site = net.createServer({ allowHalfOpen: true }, (c) => {
+    let head = '';
+    c.on('error', () => undefined);
+    const onData = (b: Buffer) => {
+      head += b.toString('latin1');
+      if (!head.includes('\r\n\r\n')) return;
+      c.removeListener('data', onData);
+      const bytes = Number(/[?&]bytes=(\d+)/.exec(head)?.[1] ?? '0');
+      c.write(`HTTP/1.0 200 OK\r\ncontent-length: ${bytes}\r\n\r\n`);
+      let left = bytes;
+      const pump = () => {
+        while (left > 0) {
+          const k = Math.min(left, chunk.length);
+          left -= k;
+          if (!c.write(k === chunk.length ? chunk : chunk.subarray(0, k))) return void c.once('drain', pump);
+        }
+        c.end();
+      };
+      pump();
     };
-    pump();
+    c.on('data', onData);
   });
   await new Promise<void>((r) => site.listen(8080, SITE.loopback, () => r()));
   // The same server program as inside the sandbox, on the host, for the exposed-port baseline.

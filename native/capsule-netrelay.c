@@ -78,7 +78,7 @@
 #endif
 
 #define MAX_PAIRS 1024
-#define BUF_SIZE (64 * 1024)
+#define BUF_SIZE (256 * 1024)
 #define MAX_DNS 4096
 #define LINE_MAX_LEN 512
 
@@ -311,6 +311,10 @@ static int connect_gateway(void) {
     return -1;
   }
   fcntl(fd, F_SETFL, O_NONBLOCK);
+  /* The default unix buffers (~208 KiB) make bulk transfers wait on the daemon every fraction of a ms. */
+  int big = 1 << 20;
+  setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
+  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
   return fd;
 }
 
