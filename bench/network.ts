@@ -30,6 +30,15 @@ function meminfo(field: string): number {
 function kernelBytes(): number {
   return ['SUnreclaim', 'KernelStack', 'PageTables', 'Percpu'].map(meminfo).filter(Number.isFinite).reduce((a, b) => a + b, 0);
 }
+/** Median of five readings 100 ms apart: the kernel frees namespaces asynchronously. */
+async function settledKernel(): Promise<number> {
+  const xs: number[] = [];
+  for (let i = 0; i < 5; i++) {
+    xs.push(kernelBytes());
+    await sleep(100);
+  }
+  return xs.sort((a, b) => a - b)[2]!;
+}
 function rssBytes(pid: number): number {
   try {
     const m = /^VmRSS:\s+(\d+) kB/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
@@ -188,19 +197,25 @@ export const network: Scenario = async (ctx) => {
     // 4. memory of N sandboxes with networking vs without.
     const count = ctx.quick ? 5 : 40;
     const memory = async (network: typeof allow | undefined) => {
-      await sleep(300);
-      const k0 = kernelBytes();
+      await sleep(1000);
+      const k0 = await settledKernel();
       const relays0 = new Set(relayPids());
       const list: Sandbox[] = [];
       for (let i = 0; i < count; i++) list.push(await Sandbox.create({ ...conn, template: 'busybox', ...(network ? { network } : {}) }));
       await sleep(500);
       const relayRss = relayPids().filter((p) => !relays0.has(p)).reduce((a, p) => a + rssBytes(p), 0);
-      const kernel = kernelBytes() - k0;
+      const kernel = (await settledKernel()) - k0;
       await Promise.all(list.map((s) => s.kill()));
       return { perSandboxMiB: (kernel + relayRss) / count / 1048576, relayMiB: relayRss / count / 1048576 };
     };
-    const memOn = await memory(allow);
-    const memOff = await memory(undefined);
+    // Twice each, alternating, so drift on a shared machine hits both.
+    const on1 = await memory(allow);
+    const off1 = await memory(undefined);
+    const on2 = await memory(allow);
+    const off2 = await memory(undefined);
+    const avg = (a: typeof on1, b: typeof on1) => ({ perSandboxMiB: (a.perSandboxMiB + b.perSandboxMiB) / 2, relayMiB: (a.relayMiB + b.relayMiB) / 2 });
+    const memOn = avg(on1, on2);
+    const memOff = avg(off1, off2);
     notes.push(
       `memory: ${count} sandboxes each; kernel memory (SUnreclaim, stacks, page tables) plus relay RSS, per sandbox: ${memOn.perSandboxMiB.toFixed(2)} MiB with egress (relay RSS ${memOn.relayMiB.toFixed(2)} MiB of it) vs ${memOff.perSandboxMiB.toFixed(2)} MiB without.`,
       `downloads: ${mb} MB over HTTP/1.0; egress client busybox nc inside the sandbox (the host baseline runs the same nc on host loopback); exposed port: node http client on the host to busybox httpd inside (baseline: the same httpd on host loopback).`,
@@ -215,6 +230,7 @@ export const network: Scenario = async (ctx) => {
       row('HTTP download, host loopback (httpd)', 'baseline', 'MB/s', ports.get('host')!),
       row('memory per sandbox, egress on', 'capsule', 'MiB', [memOn.perSandboxMiB], { vs: 'memory per sandbox, egress off', extra: { relayMiB: Number(memOn.relayMiB.toFixed(3)) } }),
       row('memory per sandbox, egress off', 'baseline', 'MiB', [memOff.perSandboxMiB]),
+      row('relay RSS per sandbox', 'capsule', 'MiB', [memOn.relayMiB]),
     ];
     linkRatios(rows);
     return { name: 'network', title: `Networking (${mb} MB transfers, ${n} rounds)`, rows, notes, errors };

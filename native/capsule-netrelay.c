@@ -768,8 +768,8 @@ int main(int argc, char **argv) {
   signal(SIGTERM, on_term);
   signal(SIGINT, on_term);
 
-  static struct pollfd pfd[5 + 2 * MAX_PAIRS];
-  static int who[5 + 2 * MAX_PAIRS]; /* pair index * 2 + side, or -1 for fixed fds */
+  static struct pollfd pfd[6 + 2 * MAX_PAIRS]; /* 5 fixed, the DNS channel, two per pair */
+  static int who[6 + 2 * MAX_PAIRS];           /* pair index * 2 + side; -2 for the DNS channel */
   while (!stop) {
     int n = 0;
     pfd[n++] = (struct pollfd){.fd = pidfd, .events = POLLIN};

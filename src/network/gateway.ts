@@ -229,36 +229,58 @@ export class Gateway {
     let up = 0;
     let down = 0;
     let closedWith: { rule: string; reason: string } | undefined;
+    let dialFailure: string | undefined;
     let claimedName: string | undefined;
     let upstream: net.Socket | null = null;
+    /** Stop: the flow was refused or aborted, or the sandbox side is gone. */
     let finished = false;
+    let clientClosed = false;
+    let upstreamClosed = false;
+    let recorded = false;
     const dest: Destination = { ip: address, port: dstPort, name, dialed: this.deps.env.target(address) ?? undefined };
-    const finish = () => {
-      if (finished) return;
-      finished = true;
+    const record = () => {
+      if (recorded) return;
+      recorded = true;
       sbx.flows.delete(flowRef);
-      client.destroy();
-      upstream?.destroy();
       ledger.close(entry, id, {
         bytesUp: up,
         bytesDown: down,
         durationMs: performance.now() - started,
         ...(closedWith ? { verdict: 'refused' as const, ...closedWith } : {}),
+        ...(dialFailure ? { reason: `${verdict!.reason}; the connection failed: ${dialFailure}` } : {}),
         ...(claimedName && !name ? { name: claimedName } : {}),
       });
+    };
+    const maybeRecord = () => {
+      if (clientClosed && (upstream === null || upstreamClosed)) record();
+    };
+    /** Refused on the way (SNI, a policy change): both sides cut at once. */
+    const abort = (why: { rule: string; reason: string }) => {
+      closedWith = why;
+      finished = true;
+      client.destroy();
+      upstream?.destroy();
     };
     const flowRef: Flow = {
       dest,
       recheck: (policy, h) => {
         const v = evaluate(policy, dest, h);
-        if (!v.allowed) {
-          closedWith = { rule: v.rule, reason: `policy changed: ${v.reason}` };
-          finish();
-        }
+        if (!v.allowed) abort({ rule: v.rule, reason: `policy changed: ${v.reason}` });
       },
     };
     sbx.flows.add(flowRef);
-    client.once('close', finish);
+    // The sandbox side went away: what it sent still reaches the server (end, then close once flushed).
+    client.once('close', () => {
+      clientClosed = true;
+      finished = true;
+      const u = upstream;
+      if (u && !u.destroyed) {
+        u.end();
+        u.once('finish', () => u.destroy());
+        setTimeout(() => u.destroy(), 10_000).unref();
+      }
+      maybeRecord();
+    });
 
     // Most clients speak first (TLS, HTTP): read their opening before dialling, so a name the policy
     // refuses never even opens a connection. A server-first protocol sends nothing: dial after a moment.
@@ -268,27 +290,32 @@ export class Gateway {
       claimedName = opening.sniff.name;
       dest.claimed = opening.sniff.name;
       const v = evaluate(this.deps.lookup(id)?.policy ?? sbx.policy, dest, host);
-      if (!v.allowed) {
-        closedWith = { rule: v.rule, reason: v.reason };
-        return finish();
-      }
+      if (!v.allowed) return abort({ rule: v.rule, reason: v.reason });
     }
+    let dialled: net.Socket;
     try {
-      upstream = await this.deps.env.dial(address, dstPort);
+      dialled = await this.deps.env.dial(address, dstPort);
     } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+      dialFailure = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
       finished = true;
-      sbx.flows.delete(flowRef);
       client.destroy();
-      ledger.close(entry, id, { bytesUp: 0, bytesDown: 0, durationMs: performance.now() - started, reason: `${verdict!.reason}; the connection failed: ${code}` });
       return;
     }
     if (finished) {
-      upstream.destroy();
+      dialled.destroy();
       return;
     }
-    const up$ = upstream;
-    up$.once('close', finish);
+    upstream = dialled;
+    const up$ = dialled;
+    // The server side went away: what it sent still reaches the sandbox (end, then the relay closes).
+    up$.once('close', () => {
+      upstreamClosed = true;
+      if (!client.destroyed) {
+        client.end();
+        setTimeout(() => client.destroy(), 30_000).unref();
+      }
+      maybeRecord();
+    });
     up$.on('error', () => undefined);
     up$.on('data', (b: Buffer) => {
       down += b.length;
@@ -327,10 +354,8 @@ export class Gateway {
         dest.claimed = r.name;
         const v = evaluate(this.deps.lookup(id)?.policy ?? sbx.policy, dest, host);
         if (!v.allowed) {
-          closedWith = { rule: v.rule, reason: v.reason };
           if (timer) clearTimeout(timer);
-          finish();
-          return;
+          return abort({ rule: v.rule, reason: v.reason });
         }
       }
       release();

@@ -9,10 +9,9 @@
  * A request needs the sandbox's port token (X-Capsule-Port-Token header), a
  * signed `capsule_token` query parameter (then, for browsers, a cookie scoped to
  * that origin or path carries it on), or a public port. The token, the signed
- * parameter and the cookie never reach the sandbox, and neither does the
- * caller's Authorization header when it holds a Capsule API key... it holds none
- * here: port requests are not API requests, so Authorization passes through
- * untouched for the sandbox's own use.
+ * parameter and the cookie never reach the sandbox. API keys are not accepted
+ * here (port requests are not API requests), so an Authorization header is the
+ * sandbox app's own and passes through untouched.
  */
 import http from 'node:http';
 import type { Duplex } from 'node:stream';
