@@ -103,6 +103,42 @@ describe('network views: CLI, SDK, REST', { timeout: 180_000 }, () => {
     }
   });
 
+  it('a sandbox made with none gets its gateway on first need: a port request, then a policy', async () => {
+    const site = web.sites['allowed.test']!;
+    const sb = await api(d.url, 'POST', '/v1/sandboxes', { template: 'busybox' });
+    const id = sb.json.id as string;
+    const sh = async (cmd: string) => (await api(d.url, 'POST', `/v1/sandboxes/${id}/commands`, { cmd })).json as { stdout: string; stderr: string };
+    assert.equal((await api(d.url, 'GET', `/v1/sandboxes/${id}/network`)).json.gateway, false);
+    await sh('mkdir -p /www && echo inside > /www/index.html && httpd -p 8000 -h /www');
+    const a = (await api(d.url, 'GET', `/v1/sandboxes/${id}/network/ports/8000`)).json;
+    const r = await fetch(`${d.url}/v1/sandboxes/${id}/ports/8000/`, { headers: { 'x-capsule-port-token': a.token } });
+    assert.equal(r.status, 200);
+    assert.equal(await r.text(), 'inside\n');
+    // Plumbed for the port, but its egress is still none: the attempt is refused (and now logged).
+    assert.doesNotMatch((await sh(`printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc ${site.address} ${site.httpPort}`)).stdout, /hello/);
+    const set = await api(d.url, 'PUT', `/v1/sandboxes/${id}/network`, { egress: { allow: ['allowed.test'] } });
+    assert.equal(set.status, 200, set.text);
+    assert.equal(set.json.gateway, true);
+    const got = await sh(`ip=$(nslookup allowed.test | awk '/^Address/ {a=$2} END {print a}'); printf 'GET / HTTP/1.0\\r\\nHost: allowed.test\\r\\n\\r\\n' | nc $ip ${site.httpPort}`);
+    assert.match(got.stdout, /hello from allowed\.test/, got.stderr);
+    await api(d.url, 'DELETE', `/v1/sandboxes/${id}`);
+  });
+
+  it('a pooled sandbox claimed with a policy gets its gateway at the claim', async () => {
+    const pd = await startTestDaemon({ env: { CAPSULE_NET_TEST_INTERNET: web.env, CAPSULE_POOL: 'busybox=1' } });
+    try {
+      for (let i = 0; i < 100 && !(await api(pd.url, 'GET', '/v1/info')).json.pools?.some((p: { ready: number }) => p.ready > 0); i++) await new Promise((r) => setTimeout(r, 50));
+      const sb = await api(pd.url, 'POST', '/v1/sandboxes', { template: 'busybox', network: { egress: { allow: ['allowed.test'] } } });
+      assert.equal(sb.status, 201, sb.text);
+      const info = (await api(pd.url, 'GET', '/v1/info')).json;
+      assert.ok(info.pools.some((p: { claims: number }) => p.claims >= 1), JSON.stringify(info.pools));
+      const r = await api(pd.url, 'POST', `/v1/sandboxes/${sb.json.id}/commands`, { cmd: 'nslookup allowed.test' });
+      assert.match(r.json.stdout, /Address:\s*198\.1[89]\./, r.text);
+    } finally {
+      await pd.stop();
+    }
+  });
+
   it('REST: bad policies and ports are 4xx, never 5xx; another owner sees nothing', async () => {
     for (const network of [{ egress: 'some' }, { egress: { allow: ['a b'] } }, { egress: { deny: ['x.test'] } }, { publicPorts: [0] }, { egress: { allow: ['x.test:99999'] } }, { other: 1 }]) {
       const r = await api(d.url, 'POST', '/v1/sandboxes', { template: 'busybox', network });
