@@ -623,6 +623,9 @@ static void accept_flow(int lfd) {
 static void accept_control(int lfd) {
   int c = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
   if (c < 0) return;
+  int big = 1 << 20; /* exposed ports: bulk responses flow to the daemon through this socket */
+  setsockopt(c, SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
+  setsockopt(c, SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
   if (!new_pair(c, -1, 1)) close(c);
 }
 

@@ -52,6 +52,23 @@ export interface GatewayDeps {
   log: Logger;
 }
 
+/** Open connections one sandbox may have through the gateway (each holds two of the daemon's descriptors). */
+export const MAX_FLOWS_PER_SANDBOX = 256;
+/** New connections plus DNS queries per second and sandbox, with bursts up to this many (each is a ledger write). */
+export const ATTEMPTS_PER_SECOND = 200;
+
+/** A token bucket per sandbox: a flood of attempts costs the daemon no more than this rate. */
+const buckets = new WeakMap<SandboxNet, { tokens: number; at: number }>();
+export function takeAttempt(sbx: SandboxNet, now = performance.now()): boolean {
+  const b = buckets.get(sbx) ?? { tokens: ATTEMPTS_PER_SECOND, at: now };
+  b.tokens = Math.min(ATTEMPTS_PER_SECOND, b.tokens + ((now - b.at) / 1000) * ATTEMPTS_PER_SECOND);
+  b.at = now;
+  buckets.set(sbx, b);
+  if (b.tokens < 1) return false;
+  b.tokens -= 1;
+  return true;
+}
+
 /** Longest wait for the first bytes that may carry a name (a server-first protocol sends none: its bytes flow meanwhile). */
 const SNIFF_TIMEOUT_MS = 5_000;
 const HEADER_LIMIT = 512;
@@ -132,6 +149,8 @@ export class Gateway {
         const addr = Buffer.from(buf.subarray(2, 21));
         const msg = Buffer.from(buf.subarray(21, 2 + len));
         buf = buf.subarray(2 + len);
+        // Over the rate: dropped unanswered, as a congested resolver would (the client retries).
+        if (!takeAttempt(sbx)) continue;
         void answerDns(msg, ctx).then(
           (answer) => {
             if (!answer || s.destroyed) return;
@@ -161,6 +180,7 @@ export class Gateway {
       while (buf.length >= 2 && buf.length >= 2 + buf.readUInt16BE(0)) {
         const msg = Buffer.from(buf.subarray(2, 2 + buf.readUInt16BE(0)));
         buf = buf.subarray(2 + msg.length);
+        if (!takeAttempt(sbx)) continue;
         void answerDns(msg, ctx).then((a) => {
           if (!a || s.destroyed) return;
           const len = Buffer.alloc(2);
@@ -199,6 +219,14 @@ export class Gateway {
     };
 
     if (dstIp === RESOLVER_ADDRESS && dstPort === 53) return this.dnsOverTcp(client, sbx, first);
+    // Floods are cut before they cost a lookup, a dial or a ledger write each.
+    if (!takeAttempt(sbx)) {
+      client.destroy();
+      return;
+    }
+    if (sbx.flows.size >= MAX_FLOWS_PER_SANDBOX) {
+      return refuse(null, dstIp, { rule: 'too-many', reason: `the sandbox already has ${MAX_FLOWS_PER_SANDBOX} open connections` });
+    }
     if (dstIp.startsWith('127.') || dstIp === '::1') {
       return refuse(null, dstIp, { rule: 'loopback', reason: "a direct connection to the relay's own port" });
     }
