@@ -1,7 +1,8 @@
 /** The gateway's flood bound: at most ATTEMPTS_PER_SECOND connections and DNS queries per sandbox, with bursts. */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { ATTEMPTS_PER_SECOND, takeAttempt, type SandboxNet } from '../../../src/network/gateway.js';
+import { ATTEMPTS_PER_SECOND, takeAttempt } from '../../../src/network/limits.js';
+import type { SandboxNet } from '../../../src/network/gateway.js';
 import { compilePolicy } from '../../../src/network/policy.js';
 import { StandIns } from '../../../src/network/names.js';
 
