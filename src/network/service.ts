@@ -207,11 +207,7 @@ export class NetworkService implements SandboxNetworking {
     }
     const egress = patch.egress ?? st.egress;
     const publicPorts = patch.publicPorts ?? st.publicPorts;
-    if (needsGateway(egress) && !st.gateway) {
-      await this.runtime.attachNetwork!(id, this.gatewaySpec());
-      await this.writeResolver(conn);
-      this.markGateway(id, st);
-    }
+    if (needsGateway(egress) && !st.gateway) await this.ensureGateway(id, st, conn);
     this.sql('UPDATE sandbox_network SET egress = ?, public_ports = ? WHERE sandbox_id = ?').run(JSON.stringify(egress), JSON.stringify(publicPorts), id);
     st.egress = egress;
     st.publicPorts = [...publicPorts];
@@ -271,7 +267,7 @@ export class NetworkService implements SandboxNetworking {
 
   /** A stream to a port of a running sandbox (made reachable on first use). */
   async openPort(id: string, port: number, signal?: AbortSignal): Promise<Duplex> {
-    const { rec } = await this.sandboxes.use(SYSTEM_FOR_PORTS, id, 'reach its ports').catch(async (e: unknown) => {
+    const { rec, conn } = await this.sandboxes.use(SYSTEM_FOR_PORTS, id, 'reach its ports').catch(async (e: unknown) => {
       // Not running: the wake hook decides (today: a conflict naming the state).
       const rec = this.sandboxes.get(SYSTEM_FOR_PORTS, id);
       await this.wake(rec);
@@ -281,8 +277,24 @@ export class NetworkService implements SandboxNetworking {
     if (!this.runtime.connectPort || !this.runtime.capabilities.network.includes('gateway')) {
       throw new UnsupportedError(`the ${this.runtime.kind} backend cannot expose sandbox ports here`, { backend: this.runtime.kind });
     }
-    await this.runtime.attachNetwork!(id, this.gatewaySpec());
+    let st = this.load(id);
+    if (!st) {
+      this.register(id, {});
+      st = this.load(id)!;
+    }
+    if (st.gateway) await this.runtime.attachNetwork!(id, this.gatewaySpec()); // cheap when the relay runs; restarts a dead one
+    else await this.ensureGateway(id, st, conn);
     return this.runtime.connectPort(id, port, signal);
+  }
+
+  /**
+   * The gateway for a running sandbox that has none yet: its relay, and its resolver file, so that even
+   * under `none` a lookup is answered (NXDOMAIN) at once instead of timing out toward the template's resolver.
+   */
+  private async ensureGateway(id: string, st: State, conn: AgentConnection): Promise<void> {
+    await this.runtime.attachNetwork!(id, this.gatewaySpec());
+    await this.writeResolver(conn);
+    this.markGateway(id, st);
   }
 
   async listen(): Promise<void> {

@@ -114,7 +114,11 @@ describe('network views: CLI, SDK, REST', { timeout: 180_000 }, () => {
     const r = await fetch(`${d.url}/v1/sandboxes/${id}/ports/8000/`, { headers: { 'x-capsule-port-token': a.token } });
     assert.equal(r.status, 200);
     assert.equal(await r.text(), 'inside\n');
-    // Plumbed for the port, but its egress is still none: the attempt is refused (and now logged).
+    // Plumbed for the port, but its egress is still none: lookups fail at once, attempts are refused (and now logged).
+    assert.equal((await api(d.url, 'GET', `/v1/sandboxes/${id}/network`)).json.gateway, true);
+    const t0 = Date.now();
+    assert.doesNotMatch((await sh('nslookup allowed.test 2>&1')).stdout, /Address:\s*198\./);
+    assert.ok(Date.now() - t0 < 2000, `the lookup was refused at once (${Date.now() - t0} ms), not left to time out`);
     assert.doesNotMatch((await sh(`printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc ${site.address} ${site.httpPort}`)).stdout, /hello/);
     const set = await api(d.url, 'PUT', `/v1/sandboxes/${id}/network`, { egress: { allow: ['allowed.test'] } });
     assert.equal(set.status, 200, set.text);
