@@ -72,6 +72,7 @@ describe('security: egress', () => {
     env.routes[DAEMON_ALIAS] = '127.0.0.1';
     env.hosts['daemon.test'] = DAEMON_ALIAS;
     env.routes[PRIVATE_ALIAS] = web.sites['allowed.test']!.loopback;
+    env.routes['2001:db8::10'] = web.sites['allowed.test']!.loopback;
     b = await startBattery({ env: { CAPSULE_NET_TEST_INTERNET: JSON.stringify(env) } });
     allowed = web.sites['allowed.test']!;
     other = web.sites['other.test']!;
@@ -154,6 +155,9 @@ describe('security: egress', () => {
     const ping = await sh(b, id, `ping -c 1 -W 1 ${allowed.address} 2>&1; echo rc=$?`);
     assert.doesNotMatch(ping.stdout, /rc=0/);
     assert.equal(await probe1(b, id, 'net', ['udp-send', '2001:db8::10', '53', '500']).then((r) => r === 'OK'), false);
+    // IPv6 is refused by policy, not broken: named by a rule, the same address answers.
+    const v6 = await createSandbox(b, { probes: ['net'], network: { egress: { allow: [`[2001:db8::/32]:${allowed.httpPort}`] } } });
+    assert.match(await probe1(b, v6, 'net', ['tcp-talk', '2001:db8::10', String(allowed.httpPort), 'GET / HTTP/1.0\r\n\r']), /^REPLY:HTTP\/1\.[01] 200/);
   });
 
   attack(B, 'a spoofed TLS SNI or HTTP Host on the allowed address is refused (no fronting)', async () => {
