@@ -17,6 +17,7 @@ import {
   SandboxParams,
 } from '../../schemas/index.js';
 import { PortForwarder, portTarget } from '../../network/ports.js';
+import { InvalidArgumentError } from '../../errors/index.js';
 
 export function networkRoutes(t: RouteTable, s: Services): void {
   t.add({
@@ -79,7 +80,7 @@ export function registerPortProxy(app: FastifyInstance, s: Services): void {
   const handler = async (req: { url: string; raw: import('node:http').IncomingMessage }, reply: { hijack(): void; raw: import('node:http').ServerResponse }) => {
     // req.url is the path-routed form (host-routed requests were rewritten to it).
     const target = portTarget(req.raw, req.url);
-    if (!target) return;
+    if (!target) throw new InvalidArgumentError('not a sandbox port URL: /v1/sandboxes/<id>/ports/<1-65535>/...');
     reply.hijack();
     // A WebSocket handshake delivered as a request (no upgrade listener saw it) is handled there instead.
     if (req.raw.headers.upgrade) return;

@@ -164,6 +164,9 @@ describe('network views: CLI, SDK, REST', { timeout: 180_000 }, () => {
       assert.equal(r.status, 400, `${m} ${p}: ${r.text}`);
     }
     assert.equal((await api(d.url, 'GET', '/v1/sandboxes/sbx-000000000000/network')).status, 404);
+    assert.equal((await api(d.url, 'GET', `/v1/sandboxes/${id}/ports/99999/`)).status, 400, 'a port out of range');
+    assert.equal((await api(d.url, 'GET', `/v1/sandboxes/${id}/ports/0`)).status, 400);
+    assert.equal((await api(d.url, 'GET', '/v1/sandboxes/sbx-000000000000/ports/80/')).status, 401, 'an unknown sandbox looks like a missing token');
     const key = await api(d.url, 'POST', '/v1/keys', { name: 'other', owner: 'other' });
     assert.equal(key.status, 201, key.text);
     const asOther = { authorization: `Bearer ${key.json.key}` };
