@@ -29,9 +29,10 @@
  * Usage: capsule-netrelay --id ID --pid INIT_PID --gateway SOCK --control SOCK
  *          --resolver IPV4 --procs CGROUP_PROCS_FILE [--pidfile F] [--nft PATH]
  * Prints "ready <tcp4-port> <tcp6-port>\n" once set up, then goes to the
- * background (the caller's process exits 0). Exits when the sandbox's init
- * exits, or on SIGTERM. Exit codes before ready: 2 usage, 3 sandbox gone,
- * 4 namespace, 5 routes, 6 sockets, 7 nftables.
+ * background (the caller's process exits 0). Serves under a seccomp allowlist
+ * (confine()). Exits when the sandbox's init exits, or on SIGTERM. Exit codes:
+ * 2 usage, 3 sandbox gone, 4 namespace, 5 routes, 6 sockets, 7 nftables,
+ * 8 (in the background) the seccomp filter could not be installed.
  *
  * Gateway wire format (relay -> daemon, one connection per flow):
  *   "FLOW 1 <id> <dst-ip> <dst-port> <src-ip> <src-port> <pid|0> <comm|->\n" then the raw stream.
@@ -68,7 +69,12 @@
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <sys/prctl.h>
+#include <stddef.h>
 #include <unistd.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
@@ -679,6 +685,44 @@ static int control_connected(struct pair *p) {
   return 0;
 }
 
+/* ------------------------------------------------------------ confinement */
+
+/*
+ * Once set up, the relay only copies bytes, accepts, connects and reads /proc: a seccomp filter
+ * (no_new_privs first) lets through just those syscalls, so a bug reached by the sandbox's bytes
+ * cannot exec, ptrace, mount, setns or load modules with the relay's root. Anything else fails
+ * with EPERM (not a kill: a forgotten libc internal then degrades one call, not the sandbox's network).
+ */
+static int confine(void) {
+#if defined(__x86_64__)
+  static const int allowed[] = {
+      SYS_read, SYS_write, SYS_close, SYS_poll, SYS_ppoll, SYS_fstat, SYS_newfstatat, SYS_lseek,
+      SYS_mmap, SYS_munmap, SYS_mremap, SYS_brk, SYS_rt_sigreturn, SYS_rt_sigprocmask, SYS_rt_sigaction,
+      SYS_socket, SYS_connect, SYS_accept4, SYS_sendto, SYS_recvfrom, SYS_sendmsg, SYS_recvmsg,
+      SYS_shutdown, SYS_getsockname, SYS_getpeername, SYS_setsockopt, SYS_getsockopt, SYS_fcntl,
+      SYS_open, SYS_openat, SYS_getdents64, SYS_readlink, SYS_readlinkat, SYS_unlink, SYS_unlinkat,
+      SYS_clock_gettime, SYS_gettimeofday, SYS_getpid, SYS_exit, SYS_exit_group, SYS_restart_syscall,
+  };
+  enum { N = sizeof allowed / sizeof allowed[0] };
+  struct sock_filter f[4 + 2 * N + 1];
+  int k = 0;
+  f[k++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
+  f[k++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0);
+  f[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS);
+  f[k++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
+  for (int i = 0; i < (int)N; i++) {
+    f[k++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)allowed[i], 0, 1);
+    f[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+  }
+  f[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA));
+  struct sock_fprog prog = {.len = (unsigned short)k, .filter = f};
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) return -1;
+  return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog);
+#else
+  return 0; /* other architectures: no filter yet (the relay still runs, unconfined) */
+#endif
+}
+
 /* ------------------------------------------------------------ main */
 
 static volatile sig_atomic_t stop;
@@ -770,6 +814,7 @@ int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
   signal(SIGTERM, on_term);
   signal(SIGINT, on_term);
+  if (confine() < 0) return 8; /* refuse to serve unconfined where confinement exists */
 
   static struct pollfd pfd[6 + 2 * MAX_PAIRS]; /* 5 fixed, the DNS channel, two per pair */
   static int who[6 + 2 * MAX_PAIRS];           /* pair index * 2 + side; -2 for the DNS channel */

@@ -12,6 +12,7 @@
  */
 import { after, before, describe } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
 import { api } from '../helpers/daemon.js';
@@ -192,6 +193,9 @@ describe('security: egress', () => {
     const ps = await sh(b, id, 'ps -o comm 2>/dev/null || ls /proc');
     assert.doesNotMatch(ps.stdout, /netrelay/, 'the relay is not visible inside');
     assert.equal(netRelays(id).length, 1, 'one relay on the host');
+    const status = fs.readFileSync(`/proc/${netRelays(id)[0]}/status`, 'utf8');
+    assert.match(status, /^NoNewPrivs:\s+1$/m);
+    assert.match(status, /^Seccomp:\s+2$/m, 'the relay serves under its seccomp allowlist');
   });
 
   attack(B, "under all: the daemon's own port, private ranges and this host stay unreachable unless named", async () => {
