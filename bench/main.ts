@@ -22,6 +22,7 @@ import { exec } from './exec.js';
 import { files } from './files.js';
 import { lifecycle } from './lifecycle.js';
 import { interactive } from './interactive.js';
+import { network } from './network.js';
 import { renderSvg } from './plot.js';
 import { run } from './proc.js';
 import { consoleTable, hostInfo, writeResults, type BenchReport } from './report.js';
@@ -41,6 +42,7 @@ export const SCENARIOS: ReadonlyArray<[string, Scenario]> = [
   ['templates', templates],
   ['lifecycle', lifecycle],
   ['interactive', interactive],
+  ['network', network],
 ];
 
 const USAGE = `usage: node dist/bench/main.js [--quick] [--out DIR] [--only NAME[,NAME...]] [--debian]

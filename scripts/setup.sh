@@ -17,6 +17,10 @@ dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 [ -f /usr/share/containers/seccomp.json ] || need+=(golang-github-containers-common)
 command -v ip >/dev/null || need+=(iproute2)
+# Sandboxes with egress: nft loads each sandbox's redirect table (native/capsule-netrelay.c).
+command -v nft >/dev/null || [ -x /usr/sbin/nft ] || need+=(nftables)
+# The networking tests make a self-signed certificate for their HTTPS "internet".
+command -v openssl >/dev/null || need+=(openssl)
 command -v musl-gcc >/dev/null || need+=(musl-tools)
 command -v mount >/dev/null || need+=(mount)
 command -v mke2fs >/dev/null || need+=(e2fsprogs)

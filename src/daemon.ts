@@ -39,6 +39,8 @@ import { LIVE_STATES } from './sandboxes/lifecycle.js';
 import { RateLimiter } from './auth/rate-limit.js';
 import { VolumeStore } from './volumes/store.js';
 import { VolumeService } from './volumes/service.js';
+import { NetworkService } from './network/service.js';
+import { hostEnvironment, simulatedEnvironment } from './network/environment.js';
 
 export interface Daemon {
   url: string;
@@ -160,6 +162,17 @@ export async function startDaemon(config: DaemonConfig, opts: StartOptions = {})
     const sandboxes = new SandboxManager(config, store, runtime, catalog, connector, log, pool);
     sandboxes.setTelemetry(prometheus);
     scrape = { store, sandboxes };
+    const network = new NetworkService(
+      db,
+      runtime,
+      sandboxes,
+      config.netTestInternet ? simulatedEnvironment(config.netTestInternet) : hostEnvironment(),
+      paths.gatewaySocket,
+      log,
+    );
+    if (config.netTestInternet) log.warn('networking uses a SIMULATED internet (CAPSULE_NET_TEST_INTERNET): for tests only');
+    await network.listen();
+    sandboxes.setNetworking(network);
     const journal = new ProcessJournal(store, { onError: (err) => log.error({ err }, 'writing process rows failed') });
     const commands = new CommandService(sandboxes, journal, prometheus);
     const metrics = new MetricsService(sandboxes, store, runtime, config.metricsIntervalMs ?? DEFAULT_METRICS_INTERVAL_MS, METRICS_HISTORY, (err, id) =>
@@ -186,6 +199,7 @@ export async function startDaemon(config: DaemonConfig, opts: StartOptions = {})
       metrics,
       prometheus,
       metricsOpen: config.metricsOpen === true,
+      network,
     };
 
     const recovered = await sandboxes.recover();
@@ -213,6 +227,7 @@ export async function startDaemon(config: DaemonConfig, opts: StartOptions = {})
     const addr = app.server.address();
     const port = typeof addr === 'object' && addr ? addr.port : config.port;
     const host = config.host.includes(':') ? `[${config.host}]` : config.host;
+    network.setDaemonAddress(config.host, port, `http://${host}:${port}`);
     return {
       url: `http://${host}:${port}`,
       services,
@@ -223,6 +238,7 @@ export async function startDaemon(config: DaemonConfig, opts: StartOptions = {})
         // Pooled sandboxes belong to no one: unlike claimed ones they do not outlive the daemon.
         await pool.close();
         await sandboxes.close();
+        await network.close();
         journal.close();
         await runtime.close();
         db.close();

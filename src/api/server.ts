@@ -18,6 +18,8 @@ import { fileRoutes } from './routes/files.js';
 import { templateRoutes } from './routes/templates.js';
 import { keyRoutes } from './routes/keys.js';
 import { infoRoutes } from './routes/info.js';
+import { networkRoutes, registerPortProxy } from './routes/network.js';
+import { hostRoutedUrl } from '../network/ports.js';
 import { installAuth } from './auth.js';
 import { registerMcpRoutes } from '../mcp/http.js';
 
@@ -32,6 +34,8 @@ export function buildServer(services: Services, logger: Logger | boolean = false
     routerOptions: { maxParamLength: 512 },
     // One line per request is noise for a sandbox API; errors are logged by the error handler.
     logController: new LogController({ disableRequestLogging: true }),
+    // http://<port>-<id>.localhost:<daemon port>/x is the path-routed /v1/sandboxes/<id>/ports/<port>/x (src/network/ports.ts).
+    rewriteUrl: (req: import('node:http').IncomingMessage) => hostRoutedUrl(req) ?? req.url ?? '/',
   } as never) as unknown as FastifyInstance;
 
   // Raw bodies (file uploads) reach the handler as the request stream itself.
@@ -60,6 +64,7 @@ export function buildServer(services: Services, logger: Logger | boolean = false
   templateRoutes(table, services);
   keyRoutes(table, services);
   volumeRoutes(table, services);
+  networkRoutes(table, services);
   let openapi: Record<string, unknown> | undefined;
   table.add({
     method: 'GET',
@@ -71,6 +76,7 @@ export function buildServer(services: Services, logger: Logger | boolean = false
   });
   table.register(app);
   registerMcpRoutes(app, services);
+  registerPortProxy(app, services);
 
   app.setNotFoundHandler((req, reply) => {
     void reply.code(404).send(new NotFoundError(`no route for ${req.method} ${req.url.split('?')[0]}`).toJSON());

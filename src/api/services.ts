@@ -11,6 +11,7 @@ import type { PtyService } from '../sandboxes/pty.js';
 import type { WatchService } from '../sandboxes/watch.js';
 import type { MetricsService } from '../sandboxes/metrics.js';
 import type { PrometheusTelemetry } from '../telemetry/prometheus.js';
+import type { NetworkService } from '../network/service.js';
 
 export interface Services {
   version: string;
@@ -30,4 +31,6 @@ export interface Services {
   prometheus?: PrometheusTelemetry;
   /** GET /metrics needs no key (`--metrics-open`). */
   metricsOpen?: boolean;
+  /** Egress policy, ledger and port exposure. */
+  network: NetworkService;
 }

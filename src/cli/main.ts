@@ -20,6 +20,7 @@ import { registerLifecycleCommands } from './commands/lifecycle.js';
 import { registerVolumeCommands } from './commands/volumes.js';
 import { registerTemplateCommands } from './commands/templates.js';
 import { registerKeyCommands } from './commands/keys.js';
+import { registerNetCommands } from './commands/net.js';
 import { UsageError } from './util.js';
 
 /** The version in the repository's package.json (dist/src/cli/main.js → ../../../package.json). */
@@ -51,6 +52,7 @@ export function buildProgram(): Command {
   registerMcpCommand(program);
   registerKeyCommands(program);
   registerVolumeCommands(program);
+  registerNetCommands(program);
   // Subcommands inherit exitOverride only when added after it is set on each; set it everywhere.
   const all = (c: Command): Command[] => [c, ...c.commands.flatMap(all)];
   for (const c of all(program)) c.exitOverride();

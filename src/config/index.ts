@@ -7,6 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
 import { InvalidArgumentError } from '../errors/index.js';
+import { TestInternet } from '../network/environment.js';
 
 export interface ResourceLimits {
   /** CPU share in cores (cgroup cpu quota = cpus * period). */
@@ -65,6 +66,11 @@ export interface DaemonConfig {
   metricsOpen?: boolean;
   /** How often each running sandbox's cgroups and disk are sampled (GET /v1/sandboxes/:id/metrics). */
   metricsIntervalMs?: number;
+  /**
+   * TESTS ONLY: a simulated internet for sandboxes' egress (names from a table, and only loopback
+   * stand-ins ever dialled), so tests never send a packet outside 127.0.0.0/8. See src/network/environment.ts.
+   */
+  netTestInternet?: TestInternet | null;
 }
 
 /** Sampling interval of per-sandbox metrics when none is set, and how many samples a sandbox keeps. */
@@ -231,6 +237,28 @@ export const SETTINGS = {
     describe: 'warm pools, e.g. busybox=4,debian=2; empty turns pools off (default debian=2)',
     emptyIsValue: true,
   },
+  netTestInternet: {
+    env: 'CAPSULE_NET_TEST_INTERNET',
+    schema: z
+      .string()
+      .transform((v, ctx) => {
+        let j: unknown;
+        try {
+          j = JSON.parse(v);
+        } catch {
+          ctx.addIssue({ code: 'custom', message: 'must be JSON: {"hosts": {name: address}, "routes": {address: 127.x.y.z}}' });
+          return z.NEVER;
+        }
+        const r = TestInternet.safeParse(j);
+        if (!r.success) {
+          ctx.addIssue({ code: 'custom', message: r.error.issues[0]?.message ?? 'invalid' });
+          return z.NEVER;
+        }
+        return r.data;
+      })
+      .optional(),
+    describe: 'TESTS ONLY: sandboxes egress to a simulated internet of loopback servers (JSON hosts and routes); nothing else is dialled',
+  },
   templateCache: {
     env: 'CAPSULE_TEMPLATE_CACHE',
     schema: z.string().refine((d) => d === '' || path.isAbsolute(d), 'must be an absolute directory path (or empty for no cache)').optional(),
@@ -333,6 +361,7 @@ export function loadConfig(
     buildPoolTemplates: s.pools !== undefined,
     metricsOpen: s.metricsOpen,
     metricsIntervalMs: s.metricsIntervalMs,
+    netTestInternet: s.netTestInternet ?? null,
     ...overrides,
   };
 }
@@ -367,6 +396,14 @@ export function dataPaths(dataDir: string) {
     seccompCache: path.join(dataDir, 'cache', 'seccomp'),
     /** The first admin key, written once (mode 0600) so the local CLI works without setup. */
     adminKey: path.join(dataDir, 'admin.key'),
+    /** Networking sockets and pid files (a folder of its own: `run/*.sock` are agents' sockets, by sandbox id). */
+    netRun: path.join(dataDir, 'run', 'net'),
+    /** The daemon's gateway: sandboxes' relays hand it every outbound flow and DNS query (src/network/gateway.ts). */
+    gatewaySocket: path.join(dataDir, 'run', 'net', 'gateway.sock'),
+    /** A sandbox's relay (native/capsule-netrelay.c): its control socket and its pid. */
+    relaySocket: (id: string) => path.join(dataDir, 'run', 'net', `${id}.sock`),
+    relayPid: (id: string) => path.join(dataDir, 'run', 'net', `${id}.pid`),
+
   };
 }
 export type DataPaths = ReturnType<typeof dataPaths>;

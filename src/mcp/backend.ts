@@ -19,7 +19,7 @@ import { wireEvents } from '../sandboxes/output.js';
 import { requestContext } from '../auth/context.js';
 import { toApiSandbox } from '../api/routes/sandboxes.js';
 import { PayloadTooLargeError } from '../errors/index.js';
-import type { CommandResult, FileEntry, Lifecycle, Sandbox as SandboxInfo } from '../schemas/index.js';
+import type { CommandResult, FileEntry, Lifecycle, NetworkConfig, NetworkLogEntry, PortAccess, Sandbox as SandboxInfo, SandboxNetwork } from '../schemas/index.js';
 import { Sandbox, type ConnectionOptions } from '../sdk/index.js';
 
 export type SandboxState = SandboxInfo['state'];
@@ -31,6 +31,7 @@ export interface CreateSandboxInput {
   metadata?: Record<string, string> | undefined;
   resources?: Partial<ResourceLimits> | undefined;
   lifecycle?: Lifecycle | undefined;
+  network?: NetworkConfig | undefined;
 }
 
 export type LifecycleVerb = 'pause' | 'resume' | 'stop' | 'start';
@@ -76,6 +77,9 @@ export interface McpBackend {
   statFile(id: string, path: string): Promise<FileEntry>;
   removeFile(id: string, path: string, recursive: boolean): Promise<void>;
   makeDir(id: string, path: string): Promise<void>;
+  setNetwork(id: string, cfg: NetworkConfig): Promise<SandboxNetwork>;
+  networkLog(id: string, q: { since?: number | undefined; limit?: number | undefined }): Promise<{ entries: NetworkLogEntry[]; cursor: number }>;
+  portAccess(id: string, port: number): Promise<PortAccess>;
 }
 
 function tooLarge(path: string, size: number, maxBytes: number): PayloadTooLargeError {
@@ -153,6 +157,15 @@ export function servicesBackend(services: Services, principal: Principal = ANONY
         parts.push(chunk);
       }
       return Buffer.concat(parts);
+    },
+    async setNetwork(id, cfg) {
+      return services.network.set(ctx, id, cfg);
+    },
+    async networkLog(id, q) {
+      return services.network.log(ctx, id, q);
+    },
+    async portAccess(id, port) {
+      return services.network.portAccess(ctx, id, port);
     },
     async writeFile(id, path, data, mode) {
       return services.files.write(ctx, id, path, Readable.from([data]), mode);
@@ -249,6 +262,15 @@ export function sdkBackend(conn: ConnectionOptions = {}): McpBackend {
     },
     async makeDir(id, path) {
       await (await sandbox(id)).files.makeDir(path);
+    },
+    async setNetwork(id, cfg) {
+      return (await sandbox(id)).network.set(cfg);
+    },
+    async networkLog(id, q) {
+      return (await sandbox(id)).network.log({ ...(q.since !== undefined ? { since: q.since } : {}), ...(q.limit !== undefined ? { limit: q.limit } : {}) });
+    },
+    async portAccess(id, port) {
+      return (await sandbox(id)).network.port(port);
     },
   };
 }

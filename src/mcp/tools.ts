@@ -36,6 +36,13 @@ import {
   WakeSandboxRequest,
   WriteFileQuery,
   fromSnake,
+  NetworkConfig,
+  NetworkLogEntry as NetworkLogEntrySchema,
+  NetworkLogQuery,
+  PortAccess as PortAccessSchema,
+  PortParams,
+  SandboxNetwork as SandboxNetworkSchema,
+  toSnake,
 } from '../schemas/index.js';
 import type { Sandbox as SandboxInfo, FileEntry } from '../schemas/index.js';
 import type { McpBackend } from './backend.js';
@@ -148,6 +155,7 @@ const sandboxCreate = tool({
     'Start a new isolated Linux sandbox and return its id. Pass the id as sandbox_id to the other tools. The sandbox is killed when its timeout passes (default 5 minutes; extend with sandbox_set_timeout). It becomes this session\'s default sandbox.',
   input: snakeObject(CreateSandboxRequest.pick({ timeoutMs: true, envs: true, metadata: true, resources: true })).extend({
     lifecycle: snakeObject(Lifecycle).optional().describe(Lifecycle.description ?? ''),
+    network: snakeObject(NetworkConfig).optional().describe('Egress policy and public ports; default: no egress (loopback only)'),
     // Without the API's default: the server's default template applies (CAPSULE_MCP_TEMPLATE).
     template: TemplateName.optional().describe(
       'Template to start from: debian (Debian with python3) or busybox (tiny, POSIX sh only). Default: the server\'s default template',
@@ -165,6 +173,7 @@ const sandboxCreate = tool({
         metadata: input.metadata,
         resources: input.resources,
         ...(input.lifecycle ? { lifecycle: fromSnake(input.lifecycle) as Lifecycle } : {}),
+        network: networkInput(input.network),
       },
       ctx.signal,
     );
@@ -261,6 +270,59 @@ const sandboxStart = lifecycleTool(
   'Start a stopped sandbox again: same id and files, no processes running yet, with the lifetime it had left (or timeout_ms).',
   '',
 );
+// --- network --------------------------------------------------------------------
+
+function networkInput(n: { egress?: NetworkConfig['egress'] | undefined; public_ports?: number[] | undefined } | undefined): NetworkConfig | undefined {
+  if (!n) return undefined;
+  return { ...(n.egress !== undefined ? { egress: n.egress } : {}), ...(n.public_ports !== undefined ? { publicPorts: n.public_ports } : {}) };
+}
+
+const NetworkOutput = snakeObject(SandboxNetworkSchema).extend({ sandbox_id: SandboxId });
+
+const sandboxSetNetwork = tool({
+  name: 'sandbox_set_network',
+  description:
+    "Change a running sandbox's egress policy (none, all, or allow/deny rules such as pypi.org, *.npmjs.org, 10.0.0.0/8, *:443) and/or its public ports. New connections follow it at once; open ones it refuses are closed.",
+  input: snakeObject(NetworkConfig).extend({ sandbox_id: SandboxId.describe('The sandbox to change') }),
+  output: NetworkOutput,
+  annotations: { title: 'Set sandbox network', readOnlyHint: false, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+  async handler(input, ctx) {
+    const n = await ctx.backend.setNetwork(input.sandbox_id, networkInput(input) ?? {});
+    const egress = typeof n.egress === 'string' ? n.egress : `allow ${n.egress.allow.join(', ')}${n.egress.deny?.length ? `; deny ${n.egress.deny.join(', ')}` : ''}`;
+    return { structured: { ...(toSnake(n) as z.infer<typeof NetworkOutput>), sandbox_id: input.sandbox_id }, text: `Sandbox ${input.sandbox_id} egress: ${egress}.` };
+  },
+});
+
+const LogEntryOutput = snakeObject(NetworkLogEntrySchema);
+
+const sandboxNetworkLog = tool({
+  name: 'sandbox_network_log',
+  description: "What a sandbox tried to reach: its egress ledger of connections and DNS lookups, each allowed or refused with the rule, process and bytes. Pass the returned cursor as since to get only newer entries.",
+  input: snakeObject(NetworkLogQuery.pick({ since: true, limit: true })).extend({ sandbox_id: SandboxId.describe('The sandbox whose ledger to read') }),
+  output: z.object({ entries: z.array(LogEntryOutput), cursor: z.number().describe('Pass as since next time') }),
+  annotations: { title: 'Sandbox network log', readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+  async handler(input, ctx) {
+    const r = await ctx.backend.networkLog(input.sandbox_id, { since: input.since, limit: input.limit });
+    const lines = r.entries.map((e) => `${e.at} ${e.verdict} ${e.protocol} ${e.name ?? ''} ${e.address ?? ''}:${e.port ?? ''} ${e.command ?? ''} (${e.rule})`);
+    return {
+      structured: { entries: r.entries.map((e) => toSnake(e) as z.infer<typeof LogEntryOutput>), cursor: r.cursor },
+      text: lines.length ? lines.join('\n') : 'No entries.',
+    };
+  },
+});
+
+const sandboxPortUrl = tool({
+  name: 'sandbox_port_url',
+  description:
+    'URLs that reach a server listening on a port inside a sandbox (HTTP and WebSocket, forwarded by the daemon): a host-routed and a path-routed URL, the token to send as X-Capsule-Port-Token, and a signed URL for browsers.',
+  input: z.object({ sandbox_id: SandboxId.describe('The sandbox'), port: PortParams.shape.port }),
+  output: snakeObject(PortAccessSchema),
+  annotations: { title: 'Sandbox port URL', readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+  async handler(input, ctx) {
+    const a = await ctx.backend.portAccess(input.sandbox_id, input.port);
+    return { structured: toSnake(a) as never, text: `${a.url} (token ${a.token}; signed: ${a.signedUrl})` };
+  },
+});
 
 // --- commands -------------------------------------------------------------------
 
@@ -552,6 +614,9 @@ export const TOOLS: readonly ToolDef[] = [
   listFiles,
   removeFile,
   makeDir,
+  sandboxSetNetwork,
+  sandboxNetworkLog,
+  sandboxPortUrl,
 ] as unknown as readonly ToolDef[];
 
 /** At most `max` UTF-16 units of `s`, never ending in half of a surrogate pair (an emoji cut in two). */

@@ -22,7 +22,9 @@ import { copyTree } from '../layers/native.js';
 import { readMountPoints, removeSandboxDir, sandboxLayout } from './overlay.js';
 import { loadDefaultSeccomp, type OciSeccomp } from './seccomp.js';
 import { SeccompBpfCompiler } from './seccomp-bpf.js';
-import type { CgroupLimits, ContainerInfo, ContainerSpec, ContainerStatus, RuntimeCapabilities, RuntimeDriver, SandboxStats } from './types.js';
+import type { CgroupLimits, ContainerInfo, ContainerSpec, ContainerStatus, NetworkMode, NetworkSpec, RuntimeCapabilities, RuntimeDriver, SandboxStats } from './types.js';
+import type { Duplex } from 'node:stream';
+import { connectThroughRelay, relayPid, RELAY_PATH, startRelay, stopRelay } from './netrelay.js';
 import type { AgentEndpoint } from '../agent/types.js';
 
 export interface RuntimeLogger {
@@ -69,6 +71,8 @@ export interface OciRuntimeDriverOptions {
    * dist/native/capsule-launcher when present; null = Node's spawn().
    */
   launcher?: Launcher | null;
+  /** The network relay (gateway mode); default dist/native/capsule-netrelay. */
+  netRelay?: string;
 }
 
 /** Send buffer of the daemon's agent sockets (the kernel caps it at net.core.wmem_max, 4 MiB by default here). */
@@ -143,9 +147,59 @@ export class OciRuntimeDriver implements RuntimeDriver {
       checkpoint: false,
       updateResources: true,
       exportChanges: true,
-      network: ['none'],
+      network: this.networkModes(),
       maxLayers: MAX_LAYERS,
     };
+  }
+
+  private modes: NetworkMode[] | null = null;
+
+  /** `gateway` needs the relay binary and nftables on the host; without them only `none` is offered. */
+  private networkModes(): NetworkMode[] {
+    if (!this.modes) {
+      const relay = this.opts.netRelay ?? RELAY_PATH;
+      const nft = ['/usr/sbin/nft', '/sbin/nft', '/usr/bin/nft'].some((p) => fs.existsSync(p));
+      this.modes = Launcher.available(relay) && nft ? ['none', 'gateway'] : ['none'];
+    }
+    return this.modes;
+  }
+
+  private relayPaths(id: string) {
+    return { control: this.opts.paths.relaySocket(id), pidFile: this.opts.paths.relayPid(id) };
+  }
+
+  async attachNetwork(id: string, spec: NetworkSpec): Promise<void> {
+    checkId(id);
+    if (spec.mode === 'none') return;
+    if (relayPid(this.relayPaths(id).pidFile) !== null) return;
+    const info = await this.inspect(id);
+    if (info.status !== 'running' || !info.pid) throw new ConflictError(`sandbox ${id} is not running (${info.status}): cannot set up its network`, { id });
+    await this.startNetwork(id, info.pid, spec);
+  }
+
+  private async startNetwork(id: string, initPid: number, spec: NetworkSpec): Promise<void> {
+    if (spec.mode !== 'gateway') return;
+    if (!this.networkModes().includes('gateway')) {
+      throw new InvalidArgumentError(`network mode gateway needs dist/native/capsule-netrelay (npm run build) and nftables (apt-get install nftables)`, { id });
+    }
+    const mem = (await cgroupMounts()).find((m) => m.version === 1 && m.controllers.includes('pids'));
+    const procsFile = mem ? path.join(mem.mountPoint, this.cgroupsPath(id), 'cgroup.procs') : null;
+    const started = performance.now();
+    await startRelay({
+      id,
+      initPid,
+      gateway: spec.gateway,
+      procsFile,
+      launcher: this.cli.launcher,
+      ...this.relayPaths(id),
+      ...(this.opts.netRelay ? { binary: this.opts.netRelay } : {}),
+    });
+    this.log.info({ id, ms: Math.round(performance.now() - started) }, 'sandbox network relay started');
+  }
+
+  connectPort(id: string, port: number, signal?: AbortSignal): Promise<Duplex> {
+    checkId(id);
+    return connectThroughRelay(this.relayPaths(id).control, id, port, signal);
   }
 
   /** Ask the runtime for its version (sets `name`, e.g. "crun 1.8.1"). */
@@ -295,7 +349,9 @@ export class OciRuntimeDriver implements RuntimeDriver {
       if (spec.layers.length === 0 || spec.layers.length > MAX_LAYERS) {
         throw new InvalidArgumentError(`a sandbox stacks 1 to ${MAX_LAYERS} layers, got ${spec.layers.length}`, { id });
       }
-      if (spec.network.mode !== 'none') throw new InvalidArgumentError(`network mode ${spec.network.mode} is not supported by ${this.kind}`, { id });
+      if (!this.networkModes().includes(spec.network.mode)) {
+        throw new InvalidArgumentError(`network mode ${spec.network.mode} is not supported by ${this.kind} here`, { id });
+      }
       const volumes = spec.volumes ?? [];
       for (const v of volumes) checkTarget(v.target);
       if (new Set(volumes.map((v) => v.target)).size !== volumes.length) throw new InvalidArgumentError('two volumes cannot share a path', { id });
@@ -342,6 +398,7 @@ export class OciRuntimeDriver implements RuntimeDriver {
       await fsp.writeFile(path.join(layout.bundle, 'config.json'), JSON.stringify(config), { mode: 0o600 });
 
       const info = await this.runContainer(id, layout.bundle, signal);
+      if (spec.network.mode !== 'none') await this.startNetwork(id, info.pid!, spec.network);
       this.log.info({ id, ms: Math.round(performance.now() - started), pid: info.pid }, 'sandbox container created');
       return info;
     } catch (e) {
@@ -574,6 +631,11 @@ export class OciRuntimeDriver implements RuntimeDriver {
     const layout = sandboxLayout(paths.sandboxDir(id));
     const problems: string[] = [];
 
+    try {
+      await stopRelay(this.relayPaths(id));
+    } catch (e) {
+      problems.push(`network relay: ${(e as Error).message}`);
+    }
     // A frozen process cannot die: thaw a paused sandbox so the kill below takes effect.
     const frozen = await freezerState(this.cgroupsPath(id));
     if (frozen === 'FROZEN' || frozen === 'FREEZING') await setFreezerState(this.cgroupsPath(id), 'THAWED').catch(() => undefined);
@@ -688,6 +750,14 @@ export class OciRuntimeDriver implements RuntimeDriver {
         if (!e.endsWith('.sock') || e.startsWith('.')) continue;
         const id = e.slice(0, -'.sock'.length);
         if (SANDBOX_ID_RE.test(id)) ids.add(id);
+      }
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+    try {
+      for (const e of await fsp.readdir(paths.netRun)) {
+        const m = /^(.+)\.(?:pid|sock)$/.exec(e);
+        if (m && SANDBOX_ID_RE.test(m[1]!) && m[1] !== 'gateway') ids.add(m[1]!);
       }
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;

@@ -12,6 +12,7 @@
  * agent (src/agent), which the driver starts as the sandbox's init.
  */
 import type { ResourceLimits } from '../config/index.js';
+import type { Duplex } from 'node:stream';
 import type { AgentEndpoint } from '../agent/types.js';
 
 /** One read-only layer of a sandbox's root filesystem. */
@@ -29,11 +30,18 @@ export interface WritableLayerSpec {
 }
 
 /**
- * What network the sandbox gets. `none`: its own network namespace with only
- * loopback (today's only mode). The networking work adds egress modes here;
- * a driver lists the modes it can make in its capabilities.
+ * What network the sandbox gets; a driver lists the modes it can make in its capabilities.
+ *
+ * - `none`: its own network namespace with only loopback. Nothing leaves it, and nothing reaches it.
+ * - `gateway`: still no interface but loopback, and no route out of the sandbox's own namespace,
+ *   yet every TCP connection it opens to anything but its own loopback, and every DNS datagram to
+ *   `gateway.resolver`, is handed to the daemon's gateway at `gateway.socket` (a host unix socket),
+ *   which decides and dials out itself. The sandbox cannot change this (no CAP_NET_ADMIN). The same
+ *   mode gives the daemon `connectPort`, a stream to a port on the sandbox's loopback.
+ *   Wire format of the hand-over: native/capsule-netrelay.c (the OCI driver's relay) and
+ *   src/network/gateway.ts (the daemon's side); another backend speaks the same format.
  */
-export type NetworkSpec = { mode: 'none' };
+export type NetworkSpec = { mode: 'none' } | { mode: 'gateway'; gateway: GatewaySpec };
 export type NetworkMode = NetworkSpec['mode'];
 
 /**
@@ -48,6 +56,13 @@ export interface VolumeAttachment {
   /** Absolute, normalized path inside the sandbox. */
   target: string;
   readOnly: boolean;
+}
+
+export interface GatewaySpec {
+  /** Host unix socket of the daemon's gateway: one connection per flow, plus one for DNS. */
+  socket: string;
+  /** IPv4 address that answers DNS on port 53 inside the sandbox (not routed anywhere). */
+  resolver: string;
 }
 
 /** Limits a running sandbox's cgroup enforces (and, where the driver can, changes in place). */
@@ -200,4 +215,16 @@ export interface RuntimeDriver {
   stats?(id: string): Promise<SandboxStats>;
   /** Where the sandbox's agent listens (for an OCI runtime: a host-root-owned unix socket, never inside the sandbox). */
   agentEndpoint(id: string): AgentEndpoint;
+  /**
+   * Give a running sandbox a network mode other than the one it was created with (today: `gateway`
+   * for a sandbox made with `none`, e.g. a pooled one); when it has it already, make sure its
+   * plumbing is alive (restarted if it died). Needs the mode in `capabilities.network`.
+   */
+  attachNetwork?(id: string, spec: NetworkSpec): Promise<void>;
+  /**
+   * A byte stream to TCP `port` on the sandbox's own loopback (127.0.0.1), for port exposure.
+   * Rejects with a SandboxError when nothing listens there. Needs `gateway` in `capabilities.network`
+   * and the sandbox attached to it.
+   */
+  connectPort?(id: string, port: number, signal?: AbortSignal): Promise<Duplex>;
 }

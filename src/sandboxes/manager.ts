@@ -31,6 +31,8 @@ import { SandboxLifecycle, type WakeOptions } from './lifecycle-service.js';
 import { resolvePolicy, type LifecycleInput } from './policy.js';
 import type { Claimed, PoolStats, WarmPool } from './pool.js';
 import { NO_TELEMETRY, type Telemetry } from './telemetry.js';
+import type { SandboxNetworking } from '../network/service.js';
+import type { NetworkConfig } from '../schemas/network.js';
 
 export interface Logger {
   info(obj: unknown, msg?: string): void;
@@ -56,6 +58,8 @@ export interface CreateOptions {
   lifecycle?: LifecycleInput | undefined;
   /** The caller's named volumes to attach (src/volumes). */
   volumes?: ReadonlyArray<{ name: string; path: string; readOnly?: boolean | undefined }> | undefined;
+  /** Egress policy and public ports (src/network); default: no egress. */
+  network?: NetworkConfig | undefined;
   /** Aborted when the caller gives up (the client went away): nothing is left behind. */
   signal?: AbortSignal | undefined;
   /**
@@ -102,6 +106,7 @@ export class SandboxManager {
   private readonly lifecycle: SandboxLifecycle;
   private volumes: VolumeResolver | undefined;
   private telemetry: Telemetry = NO_TELEMETRY;
+  private networking: SandboxNetworking | undefined;
 
   constructor(
     private readonly config: DaemonConfig,
@@ -138,6 +143,11 @@ export class SandboxManager {
     this.telemetry = telemetry;
   }
 
+  /** The network service: policies hold from a sandbox's first packet, and go with it. */
+  setNetworking(n: SandboxNetworking): void {
+    this.networking = n;
+  }
+
   /** Called after each sandbox's container and writable layer are gone (e.g. to prune replaced template trees). */
   onDestroyed(fn: () => void): void {
     this.afterDestroy = fn;
@@ -169,6 +179,8 @@ export class SandboxManager {
     const asked = (opts.volumes ?? []).map((v) => ({ name: v.name, path: v.path, readOnly: v.readOnly ?? false }));
     if (asked.length > 0 && !this.volumes) throw new UnsupportedError('this daemon has no volume service');
     const volumes = this.volumes?.resolve(ctx, asked) ?? [];
+    // A bad policy or an impossible mode is refused before anything is started.
+    this.networking?.specFor(opts.network);
     this.pool?.userCreateStarted();
     try {
       const template = await this.resolveTemplate(ctx, opts);
@@ -183,7 +195,18 @@ export class SandboxManager {
       // A pooled sandbox was started without volumes: one that attaches any is started cold.
       const claimed = this.pool && volumes.length === 0 ? await this.pool.claim(opts.template, resources) : null;
       how.pooled = claimed !== null;
-      if (claimed) return this.recordClaimed(ctx, claimed, made, resources, timeoutMs, defaults);
+      if (claimed) {
+        const rec = this.recordClaimed(ctx, claimed, made, resources, timeoutMs, defaults);
+        if (!this.networking) return rec;
+        try {
+          this.networking.register(rec.id, opts.network);
+          await this.networking.ready(rec.id, claimed.conn, opts.signal);
+        } catch (err) {
+          await this.end(rec.id, 'failed', `network setup failed: ${err instanceof Error ? err.message : String(err)}`.slice(0, 2000));
+          throw err;
+        }
+        return rec;
+      }
       return await this.createCold(ctx, made, template.layers, resources, timeoutMs, defaults, volumes);
     } finally {
       this.pool?.userCreateEnded();
@@ -352,7 +375,7 @@ export class SandboxManager {
   ): Promise<SandboxRecord> {
     const id = newSandboxId();
     const spec = {
-      ...containerSpec(this.runtime, id, layers, resources, undefined, { allowSetuid: defaults.setuid }),
+      ...containerSpec(this.runtime, id, layers, resources, this.networking?.specFor(opts.network), { allowSetuid: defaults.setuid }),
       volumes: volumes.map((v) => ({ volumeId: v.volumeId, sizeMb: v.sizeMb, target: v.path, readOnly: v.readOnly })),
     };
     // Checked and recorded without an await in between, so concurrent creates cannot both slip under a quota,
@@ -366,8 +389,10 @@ export class SandboxManager {
     this.creating.set(id, { abort, settled: new Promise<void>((r) => (settle = r)) });
     const signal = opts.signal ? AbortSignal.any([opts.signal, abort.signal]) : abort.signal;
     try {
+      this.networking?.register(id, opts.network);
       await this.runtime.create(spec, signal);
-      await this.connection(id, signal);
+      const conn = await this.connection(id, signal);
+      await this.networking?.ready(id, conn, signal);
       // The clock starts when the sandbox is usable, not when the request came in.
       const expiresAt = Date.now() + timeoutMs;
       // The one step that makes it running: it fails when a kill (or anything else) ended it meanwhile.
@@ -379,6 +404,7 @@ export class SandboxManager {
       const reason = err instanceof Error ? err.message : String(err);
       // Nothing happens when someone else already ended it (then their reason stands).
       this.store.transition(id, ['creating'], 'failed', { reason: `create failed: ${reason}`.slice(0, 2000) });
+      this.networking?.ended(id);
       this.dropConnection(id);
       await this.destroyQuietly(id, 'cleanup after failed create');
       // Someone else ended it first (a kill): say so, rather than how the aborted create broke off.
@@ -511,6 +537,7 @@ export class SandboxManager {
     if (!t.ok) return Promise.resolve();
     this.events?.onEnded(id);
     this.lifecycle.forget(id);
+    this.networking?.ended(id);
     const inFlight = this.creating.get(id);
     let work: Promise<void>;
     if (t.from === 'creating' && inFlight) {
@@ -576,6 +603,7 @@ export class SandboxManager {
       try {
         const conn = await this.connection(rec.id);
         await this.events?.onAdopted(rec.id, conn);
+        await this.networking?.adopt(rec.id, conn);
         adopted.push(rec.id);
         if (rec.lifecycle.idleMs !== null) this.lifecycle.activity.touch(rec.id);
       } catch (err) {

@@ -4,6 +4,7 @@ import { EnvVars, Metadata, SandboxId, SandboxTimeoutMs, TemplateName, Timestamp
 import { SANDBOX_STATES } from '../sandboxes/lifecycle.js';
 import { ON_TIMEOUT } from '../sandboxes/policy.js';
 import { VolumeMountRequest, VolumeName } from './volumes.js';
+import { NetworkConfig } from './network.js';
 
 export { SANDBOX_STATES };
 export const SandboxState = z
@@ -75,6 +76,7 @@ export const CreateSandboxRequest = z
       .refine((v) => new Set(v.map((m) => m.path)).size === v.length, 'two volumes cannot share a path')
       .optional()
       .describe('Named volumes to attach (see /v1/volumes); they stay attached across stop and start'),
+    network: NetworkConfig.optional(),
   })
   .strict();
 export type CreateSandboxRequest = z.infer<typeof CreateSandboxRequest>;

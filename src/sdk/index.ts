@@ -15,6 +15,8 @@ export { Files } from './files.js';
 export type { DirectoryListing, FilesystemEvent, ListOptions as ListFilesOptions, ReadOptions, WatchHandle, WatchOptions, WriteData, WriteOptions } from './files.js';
 export { Pty, PtyHandle } from './pty.js';
 export type { PtyConnectOptions, PtyCreateOptions, PtyExit } from './pty.js';
+export { Network } from './network.js';
+export type { EgressPolicy, LogOptions as NetworkLogOptions, NetworkConfig, NetworkLogEntry, PortAccess, SandboxNetwork } from './network.js';
 export { Template } from './templates.js';
 export { ApiKeys } from './keys.js';
 export { Volume } from './volumes.js';

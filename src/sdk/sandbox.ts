@@ -16,6 +16,8 @@ type SandboxState = SandboxInfo['state'];
 import { Commands } from './commands.js';
 import { Files } from './files.js';
 import { Pty } from './pty.js';
+import { Network } from './network.js';
+import type { NetworkConfig } from '../schemas/index.js';
 import { HttpClient } from './http.js';
 import { pickConnection, resolveConnection, type ConnectionOptions } from './options.js';
 
@@ -38,6 +40,11 @@ export interface CreateOptions extends ConnectionOptions {
   lifecycle?: Lifecycle;
   /** Named volumes (see `Volume.create`) to attach: `[{ name: 'data', path: '/data', readOnly: false }]`. */
   volumes?: Array<{ name: string; path: string; readOnly?: boolean }>;
+  /**
+   * Egress policy and public ports: `{ egress: 'none' | 'all' | { allow: [...], deny: [...] }, publicPorts: [3000] }`.
+   * Default: no egress (loopback only).
+   */
+  network?: NetworkConfig;
 }
 
 export interface WakeOptions {
@@ -63,6 +70,8 @@ export class Sandbox {
   readonly files: Files;
   /** Terminals: interactive shells and programs. */
   readonly pty: Pty;
+  /** Egress policy, egress ledger and port URLs. */
+  readonly network: Network;
 
   private constructor(
     private readonly http: HttpClient,
@@ -71,6 +80,22 @@ export class Sandbox {
     this.commands = new Commands(http, info.id);
     this.files = new Files(http, info.id);
     this.pty = new Pty(http, encodeURIComponent(info.id));
+    this.network = new Network(http, info.id);
+  }
+
+  /**
+   * The host-routed URL of a port inside the sandbox, `http://<port>-<id>.localhost:<daemon port>/`
+   * (browsers resolve *.localhost to loopback). It needs the port's token unless the port is public:
+   * `network.port(port)` gives the token and a signed URL.
+   */
+  getHost(port: number): string {
+    const u = new URL(this.http.conn.apiUrl);
+    return `${u.protocol}//${port}-${this.id}.localhost:${u.port || (u.protocol === 'https:' ? 443 : 80)}/`;
+  }
+
+  /** Change the egress policy and/or public ports (same as `network.set`). */
+  setNetwork(cfg: NetworkConfig) {
+    return this.network.set(cfg);
   }
 
   /** Sandbox id, e.g. `sbx-4k2m9q0c7d1a`. */
@@ -89,6 +114,7 @@ export class Sandbox {
       resources: opts.resources,
       lifecycle: opts.lifecycle,
       volumes: opts.volumes,
+      network: opts.network,
     };
     // Starting a container can take longer than an ordinary request.
     const timeoutMs = http.conn.requestTimeoutMs === 0 ? 0 : Math.max(http.conn.requestTimeoutMs, 120_000);

@@ -4,12 +4,13 @@ import { Sandbox, type SandboxInfo } from '../../sdk/index.js';
 import { SANDBOX_STATES } from '../../schemas/index.js';
 import { ON_TIMEOUT, type OnTimeout } from '../../sandboxes/policy.js';
 import { parseVolumeFlags } from './volumes.js';
+import { egressOptions, networkFrom, type EgressFlags } from './net.js';
 import { collect, connection, parseNumber, parsePairs, printJson, printTable, relativeTime, secondsToMs, shortTime, UsageError } from '../util.js';
 
 export function registerSandboxCommands(program: Command): void {
-  program
+  egressOptions(program
     .command('create')
-    .description('start a sandbox and print its id')
+    .description('start a sandbox and print its id'))
     .option('-t, --template <name>', 'template to start from (see `capsule template list`)')
     .option('--timeout <seconds>', 'lifetime before the sandbox is killed (default 300)')
     .option('-e, --env <KEY=VALUE>', 'environment variable for every command (repeatable)', collect)
@@ -23,7 +24,7 @@ export function registerSandboxCommands(program: Command): void {
     .option('-v, --volume <NAME:/path[:ro]>', 'attach a named volume (repeatable; see `capsule volume`)', collect)
     .option('--delete-after <seconds>', 'delete it this long after it was paused or stopped (default: the daemon\'s, 7 days)')
     .option('--json', 'print the sandbox as JSON')
-    .action(async (opts: { template?: string; timeout?: string; env?: string[]; metadata?: string[]; cpus?: string; memory?: string; diskMb?: string; onTimeout?: string; autoResume?: boolean; idle?: string; deleteAfter?: string; volume?: string[]; json?: boolean }, cmd: Command) => {
+    .action(async (opts: EgressFlags & { template?: string; timeout?: string; env?: string[]; metadata?: string[]; cpus?: string; memory?: string; diskMb?: string; onTimeout?: string; autoResume?: boolean; idle?: string; deleteAfter?: string; volume?: string[]; json?: boolean }, cmd: Command) => {
       const resources: { cpus?: number; memoryMb?: number; diskMb?: number } = {};
       const cpus = parseNumber(opts.cpus, '--cpus');
       const memoryMb = parseNumber(opts.memory, '--memory');
@@ -49,6 +50,7 @@ export function registerSandboxCommands(program: Command): void {
         resources: Object.keys(resources).length ? resources : undefined,
         lifecycle: Object.keys(lifecycle).length ? lifecycle : undefined,
         volumes: parseVolumeFlags(opts.volume),
+        network: networkFrom(opts),
       });
       if (opts.json) printJson(await sbx.getInfo());
       else process.stdout.write(`${sbx.id}\n`);

@@ -83,7 +83,7 @@ describe('sandboxes', () => {
       checkpoint: false,
       updateResources: true,
       exportChanges: true,
-      network: ['none'],
+      network: ['none', 'gateway'], // gateway: the relay is built and nft installed (ADR 0012)
       maxLayers: 128,
     });
   });

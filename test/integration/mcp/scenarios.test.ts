@@ -21,8 +21,11 @@ const EXPECTED_TOOLS = [
   'sandbox_create',
   'sandbox_kill',
   'sandbox_list',
+  'sandbox_network_log',
   'sandbox_pause',
+  'sandbox_port_url',
   'sandbox_resume',
+  'sandbox_set_network',
   'sandbox_set_timeout',
   'sandbox_start',
   'sandbox_stop',
@@ -96,6 +99,30 @@ for (const kind of TRANSPORTS) {
       const list = await call('sandbox_list', {});
       const ids = (list.structuredContent as { sandboxes: Array<{ sandbox_id: string }> }).sandboxes.map((s) => s.sandbox_id);
       assert.ok(ids.includes(sandboxId));
+    });
+
+    it('sets the network, reads the egress ledger and a port URL (no traffic leaves: nothing is dialled)', async () => {
+      const created = await call('sandbox_create', { template: 'busybox', network: { egress: { allow: ['allowed.test'] } } });
+      assert.notEqual(created.isError, true, text(created));
+      const id = (created.structuredContent as { sandbox_id: string }).sandbox_id;
+      try {
+        const set = await call('sandbox_set_network', { sandbox_id: id, egress: 'none', public_ports: [8000] });
+        assert.notEqual(set.isError, true, text(set));
+        assert.deepEqual(set.structuredContent, { sandbox_id: id, egress: 'none', public_ports: [8000], gateway: true, resolver: '198.18.0.53' });
+        const bad = await call('sandbox_set_network', { sandbox_id: id, egress: { allow: ['not a rule'] } });
+        assert.equal(bad.isError, true);
+        const log = await call('sandbox_network_log', { sandbox_id: id });
+        assert.notEqual(log.isError, true, text(log));
+        assert.deepEqual((log.structuredContent as { entries: unknown[] }).entries, []);
+        const port = await call('sandbox_port_url', { sandbox_id: id, port: 8000 });
+        assert.notEqual(port.isError, true, text(port));
+        const p = port.structuredContent as { url: string; public: boolean; signed_url: string; token: string };
+        assert.match(p.url, new RegExp(`^http://8000-${id}\\.localhost:\\d+/$`));
+        assert.equal(p.public, true);
+        assert.ok(p.signed_url.startsWith(p.url) && p.token.length > 20);
+      } finally {
+        await api(d.url, 'DELETE', `/v1/sandboxes/${id}`);
+      }
     });
 
     it('writes then reads a file, also as a resource', async () => {
