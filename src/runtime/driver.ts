@@ -486,6 +486,8 @@ export class OciRuntimeDriver implements RuntimeDriver {
     const layout = sandboxLayout(this.opts.paths.sandboxDir(id));
     if (!fs.existsSync(layout.diskImage)) throw new RuntimeError(`cannot stop sandbox ${id}: it has no disk (${layout.diskImage}) to keep`, { id });
     const problems: string[] = [];
+    // The relay lives in the container's network namespace, which goes with the container; start makes a new one.
+    await stopRelay(this.relayPaths(id)).catch((e: unknown) => problems.push(`network relay: ${(e as Error).message}`));
     const frozen = await freezerState(this.cgroupsPath(id));
     if (frozen === 'FROZEN' || frozen === 'FREEZING') await setFreezerState(this.cgroupsPath(id), 'THAWED').catch(() => undefined);
     await this.deleteContainer(id, problems);

@@ -48,6 +48,8 @@ export interface LifecycleHost {
   adopt(id: string, conn: AgentConnection): Promise<void>;
   /** Move to a terminal state and remove everything (waits for an operation in flight first). */
   end(id: string, state: TerminalState, reason: string): Promise<void>;
+  /** The sandbox booted again (start): a new network namespace, so its egress relay is made anew. */
+  networkBack?(id: string, conn: AgentConnection): Promise<void>;
 }
 
 export interface WakeOptions {
@@ -199,8 +201,9 @@ export class SandboxLifecycle {
     this.claim(id, ['stopped'], 'starting', 'start');
     try {
       await this.host.runtime.start(id);
-      // Running means usable: the agent answers before the sandbox says so.
-      await this.host.connect(id);
+      // Running means usable: the agent answers, and its egress works, before the sandbox says so.
+      const conn = await this.host.connect(id);
+      await this.host.networkBack?.(id, conn);
     } catch (err) {
       this.host.dropConnection(id);
       await this.host.runtime.stop(id).catch((e: unknown) => this.host.log.error({ id, err: String(e) }, 'cleanup after a failed start failed'));

@@ -127,6 +127,7 @@ export class SandboxManager {
       processesGone: (id) => this.events?.onEnded(id),
       adopt: async (id, conn) => this.events?.onAdopted(id, conn),
       end: (id, state, reason) => this.end(id, state, reason),
+      networkBack: async (id, conn) => this.networking?.adopt(id, conn),
     });
   }
 
