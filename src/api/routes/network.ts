@@ -3,6 +3,8 @@
  * route table and OpenAPI), and the port proxy itself (raw: any method, any
  * body, WebSocket upgrades), which takes port tokens instead of API keys.
  */
+import type { IncomingMessage } from 'node:http';
+import type { Socket } from 'node:net';
 import type { FastifyInstance } from 'fastify';
 import type { RouteTable } from '../route.js';
 import type { Services } from '../services.js';
@@ -78,24 +80,38 @@ export function networkRoutes(t: RouteTable, s: Services): void {
 export function registerPortProxy(app: FastifyInstance, s: Services): void {
   const forwarder = new PortForwarder(s.network);
   const handler = async (req: { url: string; raw: import('node:http').IncomingMessage }, reply: { hijack(): void; raw: import('node:http').ServerResponse }) => {
+    // A WebSocket handshake delivered as a request belongs to the upgrade dispatcher below.
+    if (req.raw.headers.upgrade) {
+      reply.hijack();
+      return;
+    }
     // req.url is the path-routed form (host-routed requests were rewritten to it).
     const target = portTarget(req.raw, req.url);
     if (!target) throw new InvalidArgumentError('not a sandbox port URL: /v1/sandboxes/<id>/ports/<1-65535>/...');
     reply.hijack();
-    // A WebSocket handshake delivered as a request (no upgrade listener saw it) is handled there instead.
-    if (req.raw.headers.upgrade) return;
     forwarder.web(req.raw, reply.raw, target);
   };
   for (const url of ['/v1/sandboxes/:id/ports/:port', '/v1/sandboxes/:id/ports/:port/*']) {
     app.route({ method: ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS'], url, onRequest: handler, handler: async () => undefined });
   }
-  app.server.on('upgrade', (req: import('node:http').IncomingMessage, socket: import('node:net').Socket, head: Buffer) => {
-    const target = portTarget(req);
-    if (target) {
-      forwarder.upgrade(req, socket, head, target);
-      return;
-    }
-    // Nobody else wants upgrades: answer instead of leaving the client hanging.
-    if (app.server.listenerCount('upgrade') === 1) socket.end('HTTP/1.1 404 Not Found\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+  // One dispatcher for every upgrade: port requests go to the forwarder and nowhere else (the WebSocket
+  // API's listener would route them through fastify as well, and answer them a second time); the rest go to
+  // the listeners the other routes installed. Installed once the server is ready, after those listeners.
+  app.addHook('onReady', async () => {
+    const others = app.server.listeners('upgrade') as Array<(req: IncomingMessage, socket: Socket, head: Buffer) => void>;
+    app.server.removeAllListeners('upgrade');
+    app.server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+      const target = portTarget(req);
+      if (target) {
+        forwarder.upgrade(req, socket, head, target);
+        return;
+      }
+      // Nobody else wants upgrades: answer instead of leaving the client hanging.
+      if (others.length === 0) {
+        socket.end('HTTP/1.1 404 Not Found\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+        return;
+      }
+      for (const l of others) l.call(app.server, req, socket, head);
+    });
   });
 }
