@@ -18,6 +18,7 @@ import { SandboxStore } from './sandboxes/store.js';
 import { SandboxManager, type AgentConnector } from './sandboxes/manager.js';
 import { WarmPool } from './sandboxes/pool.js';
 import { CommandService } from './sandboxes/commands.js';
+import { CodeInterpreterService } from './interpreter/service.js';
 import { ProcessJournal } from './sandboxes/process-journal.js';
 import { FileService } from './sandboxes/files.js';
 import { buildServer } from './api/server.js';
@@ -151,6 +152,7 @@ export async function startDaemon(config: DaemonConfig, opts: StartOptions = {})
     const journal = new ProcessJournal(store, { onError: (err) => log.error({ err }, 'writing process rows failed') });
     const commands = new CommandService(sandboxes, journal);
     const files = new FileService(sandboxes);
+    const code = new CodeInterpreterService(sandboxes);
     const volumes = new VolumeService(new VolumeStore(db), store, runtime, config.maxDiskMb, log);
     sandboxes.setVolumes(volumes);
     const keyStore = config.auth ? new KeyStore(db) : null;
@@ -161,6 +163,7 @@ export async function startDaemon(config: DaemonConfig, opts: StartOptions = {})
       sandboxes,
       commands,
       files,
+      code,
       volumes,
       templates: catalog,
       keys: new KeyService(keyStore),
@@ -197,6 +200,7 @@ export async function startDaemon(config: DaemonConfig, opts: StartOptions = {})
       services,
       close: async () => {
         await app.close();
+        await code.close();
         await catalog.close();
         // Pooled sandboxes belong to no one: unlike claimed ones they do not outlive the daemon.
         await pool.close();

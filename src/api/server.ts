@@ -11,6 +11,7 @@ import type { Services } from './services.js';
 import { sandboxRoutes, HealthResponse } from './routes/sandboxes.js';
 import { volumeRoutes } from './routes/volumes.js';
 import { commandRoutes } from './routes/commands.js';
+import { codeRoutes } from './routes/code.js';
 import { fileRoutes } from './routes/files.js';
 import { templateRoutes } from './routes/templates.js';
 import { keyRoutes } from './routes/keys.js';
@@ -49,6 +50,7 @@ export function buildServer(services: Services, logger: Logger | boolean = false
   infoRoutes(table, services);
   sandboxRoutes(table, services);
   commandRoutes(table, services);
+  codeRoutes(table, services);
   fileRoutes(table, services);
   templateRoutes(table, services);
   keyRoutes(table, services);

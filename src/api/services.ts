@@ -7,12 +7,15 @@ import type { KeyStore } from '../auth/keys.js';
 import type { KeyService } from '../auth/key-service.js';
 import type { RateLimiter } from '../auth/rate-limit.js';
 import type { VolumeService } from '../volumes/service.js';
+import type { CodeInterpreterService } from '../interpreter/service.js';
 
 export interface Services {
   version: string;
   sandboxes: SandboxManager;
   commands: CommandService;
   files: FileService;
+  /** Code contexts and cells (src/interpreter). */
+  code: CodeInterpreterService;
   volumes: VolumeService;
   templates: TemplateCatalog;
   keys: KeyService;

@@ -11,6 +11,7 @@ import { Command, CommanderError } from 'commander';
 import { isCapsuleError } from '../sdk/index.js';
 import { registerDaemonCommands } from './commands/daemon.js';
 import { registerExecCommand } from './commands/exec.js';
+import { registerCodeCommands } from './commands/code.js';
 import { registerFileCommands } from './commands/files.js';
 import { registerMcpCommand } from './commands/mcp.js';
 import { registerSandboxCommands } from './commands/sandboxes.js';
@@ -42,6 +43,7 @@ export function buildProgram(): Command {
   registerSandboxCommands(program);
   registerLifecycleCommands(program);
   registerExecCommand(program);
+  registerCodeCommands(program);
   registerFileCommands(program);
   registerTemplateCommands(program);
   registerMcpCommand(program);

@@ -7,3 +7,4 @@ export * from './keys.js';
 export * from './info.js';
 export * from './volumes.js';
 export * from './case.js';
+export * from './code.js';

@@ -12,6 +12,7 @@ export type { CreateOptions, ListOptions as ListSandboxesOptions, WakeOptions } 
 export { CommandHandle, Commands } from './commands.js';
 export type { ConnectOptions, OutputCallback, OutputEncoding, RunOptions, Signal, WaitOptions } from './commands.js';
 export { Files } from './files.js';
+export type { CodeContext, CodeLanguage, CodeResult, CreateCodeContextOptions, Execution, ExecutionError, RunCodeOptions } from './code.js';
 export type { DirectoryListing, ListOptions as ListFilesOptions, ReadOptions, WriteData, WriteOptions } from './files.js';
 export { Template } from './templates.js';
 export { ApiKeys } from './keys.js';
@@ -44,8 +45,10 @@ export {
 export type { ErrorCode } from '../errors/index.js';
 
 export type {
+  CodeEvent,
   CommandEvent,
   CommandResult,
+  RunCodeResult,
   CreateSandboxRequest,
   FileEntry,
   Lifecycle,
