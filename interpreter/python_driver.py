@@ -106,9 +106,10 @@ class Capture:
             os.set_inheritable(r, False)
             self.pipes[r] = name
             self.decoders[r] = codecs.getincrementaldecoder("utf-8")("replace")
-        # Every write goes straight to the pipe, so output streams while a cell runs.
-        sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="replace", write_through=True)
-        sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="replace", write_through=True)
+        # Python-level writes become events directly, in the order they were made across both streams;
+        # only output below Python (C code, child processes) goes through the pipes.
+        sys.stdout = Writer(self, "stdout", 1)
+        sys.stderr = Writer(self, "stderr", 2)
         threading.Thread(target=self.run, daemon=True, name="capsule-capture").start()
 
     def _read_available(self, r):
@@ -125,11 +126,8 @@ class Capture:
 
     def drain(self):
         """Everything written to fd 1 and 2 so far becomes events before the caller's next event."""
-        for f in (sys.stdout, sys.stderr):
-            try:
-                f.flush()
-            except Exception:
-                pass
+        if Writer.pending["text"]:
+            Writer.flush_pending(self)
         with self.lock:
             for r in self.pipes:
                 self._read_available(r)
@@ -141,6 +139,58 @@ class Capture:
             with self.lock:
                 for r in ready:
                     self._read_available(r)
+
+
+class Writer(io.TextIOBase):
+    """sys.stdout / sys.stderr: whole lines (or what a flush finds) as events, after any earlier fd-level output."""
+
+    pending = {"stream": None, "text": ""}
+    lock = threading.RLock()
+
+    def __init__(self, capture, name, fd):
+        self.capture = capture
+        self.name = name
+        self._fd = fd
+
+    def fileno(self):
+        return self._fd
+
+    @property
+    def encoding(self):
+        return "utf-8"
+
+    def writable(self):
+        return True
+
+    def isatty(self):
+        return False
+
+    def write(self, s):
+        if not isinstance(s, str):
+            raise TypeError("write() argument must be str, not %s" % type(s).__name__)
+        with Writer.lock:
+            p = Writer.pending
+            if p["stream"] not in (None, self.name):
+                Writer.flush_pending(self.capture)
+            p["stream"] = self.name
+            p["text"] += s
+            if "\n" in s or len(p["text"]) >= CHUNK:
+                Writer.flush_pending(self.capture)
+        return len(s)
+
+    def flush(self):
+        Writer.flush_pending(self.capture)
+
+    @staticmethod
+    def flush_pending(capture):
+        with Writer.lock:
+            p = Writer.pending
+            text, stream = p["text"], p["stream"]
+            p["text"], p["stream"] = "", None
+        if text:
+            capture.drain()
+            for i in range(0, len(text), CHUNK):
+                emit({"t": stream, "text": text[i:i + CHUNK]})
 
 
 def read_requests():
@@ -266,6 +316,8 @@ def python_context(capture):
     class Shell(InteractiveShell):
         def _showtraceback(self, etype, evalue, stb):
             capture.drain()
+            # The SIGINT handler's frame is the driver's, not the user's.
+            stb = [chunk for chunk in stb if __file__ not in str(chunk)]
             emit({
                 "t": "error",
                 "name": getattr(etype, "__name__", str(etype)),
@@ -406,7 +458,7 @@ def bash_context(capture):
         if code == 130:
             return "interrupted", count[0]
         if code != 0:
-            emit({"t": "error", "name": "ExitCode", "value": str(code), "traceback": ["bash: the last command exited with code %d" % code]})
+            emit({"t": "error", "name": "ExitCode", "value": "the last command exited with code %d" % code, "traceback": []})
             return "error", count[0]
         return "ok", count[0]
 
