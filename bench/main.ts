@@ -17,6 +17,7 @@ import { Sandbox } from '../src/sdk/index.js';
 import { CrunBaseline, hasBinary } from './baselines.js';
 import type { BenchContext, Scenario } from './context.js';
 import { REPO_ROOT, startDaemon, type BenchDaemon } from './daemon.js';
+import { code } from './code.js';
 import { density } from './density.js';
 import { exec } from './exec.js';
 import { files } from './files.js';
@@ -43,6 +44,7 @@ export const SCENARIOS: ReadonlyArray<[string, Scenario]> = [
   ['lifecycle', lifecycle],
   ['interactive', interactive],
   ['network', network],
+  ['code', code],
 ];
 
 const USAGE = `usage: node dist/bench/main.js [--quick] [--out DIR] [--only NAME[,NAME...]] [--debian]

@@ -18,6 +18,7 @@ import { SandboxStore } from './sandboxes/store.js';
 import { SandboxManager, type AgentConnector } from './sandboxes/manager.js';
 import { WarmPool } from './sandboxes/pool.js';
 import { CommandService } from './sandboxes/commands.js';
+import { CodeInterpreterService } from './interpreter/service.js';
 import { ProcessJournal } from './sandboxes/process-journal.js';
 import { FileService } from './sandboxes/files.js';
 import { PtyService } from './sandboxes/pty.js';
@@ -179,6 +180,7 @@ export async function startDaemon(config: DaemonConfig, opts: StartOptions = {})
       log.debug({ err, id }, 'sampling sandbox metrics failed'),
     );
     const files = new FileService(sandboxes);
+    const code = new CodeInterpreterService(sandboxes);
     const volumes = new VolumeService(new VolumeStore(db), store, runtime, config.maxDiskMb, log);
     sandboxes.setVolumes(volumes);
     const keyStore = config.auth ? new KeyStore(db) : null;
@@ -189,6 +191,7 @@ export async function startDaemon(config: DaemonConfig, opts: StartOptions = {})
       sandboxes,
       commands,
       files,
+      code,
       volumes,
       templates: catalog,
       keys: new KeyService(keyStore),
@@ -233,6 +236,7 @@ export async function startDaemon(config: DaemonConfig, opts: StartOptions = {})
       services,
       close: async () => {
         await app.close();
+        await code.close();
         await catalog.close();
         await metrics.close();
         // Pooled sandboxes belong to no one: unlike claimed ones they do not outlive the daemon.

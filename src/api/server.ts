@@ -14,6 +14,7 @@ import { commandRoutes, commandSocketRoutes } from './routes/commands.js';
 import { ptyRoutes } from './routes/pty.js';
 import { watchRoutes } from './routes/watch.js';
 import { metricsRoutes, PROMETHEUS_PATH } from './routes/metrics.js';
+import { codeRoutes } from './routes/code.js';
 import { fileRoutes } from './routes/files.js';
 import { templateRoutes } from './routes/templates.js';
 import { keyRoutes } from './routes/keys.js';
@@ -58,6 +59,7 @@ export function buildServer(services: Services, logger: Logger | boolean = false
   commandRoutes(table, services);
   commandSocketRoutes(table, services);
   ptyRoutes(table, services);
+  codeRoutes(table, services);
   fileRoutes(table, services);
   watchRoutes(table, services);
   metricsRoutes(table, services);

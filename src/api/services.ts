@@ -12,12 +12,15 @@ import type { WatchService } from '../sandboxes/watch.js';
 import type { MetricsService } from '../sandboxes/metrics.js';
 import type { PrometheusTelemetry } from '../telemetry/prometheus.js';
 import type { NetworkService } from '../network/service.js';
+import type { CodeInterpreterService } from '../interpreter/service.js';
 
 export interface Services {
   version: string;
   sandboxes: SandboxManager;
   commands: CommandService;
   files: FileService;
+  /** Code contexts and cells (src/interpreter). */
+  code: CodeInterpreterService;
   volumes: VolumeService;
   templates: TemplateCatalog;
   keys: KeyService;

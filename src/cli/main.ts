@@ -13,6 +13,7 @@ import { registerDaemonCommands } from './commands/daemon.js';
 import { registerExecCommand } from './commands/exec.js';
 import { registerShellCommand } from './commands/shell.js';
 import { registerTopCommand } from './commands/top.js';
+import { registerCodeCommands } from './commands/code.js';
 import { registerFileCommands } from './commands/files.js';
 import { registerMcpCommand } from './commands/mcp.js';
 import { registerSandboxCommands } from './commands/sandboxes.js';
@@ -47,6 +48,7 @@ export function buildProgram(): Command {
   registerExecCommand(program);
   registerShellCommand(program);
   registerTopCommand(program);
+  registerCodeCommands(program);
   registerFileCommands(program);
   registerTemplateCommands(program);
   registerMcpCommand(program);

@@ -19,7 +19,7 @@ import { wireEvents } from '../sandboxes/output.js';
 import { requestContext } from '../auth/context.js';
 import { toApiSandbox } from '../api/routes/sandboxes.js';
 import { PayloadTooLargeError } from '../errors/index.js';
-import type { CommandResult, FileEntry, Lifecycle, NetworkConfig, NetworkLogEntry, PortAccess, Sandbox as SandboxInfo, SandboxNetwork } from '../schemas/index.js';
+import type { CodeLanguage, CommandResult, FileEntry, Lifecycle, NetworkConfig, NetworkLogEntry, PortAccess, RunCodeResult, Sandbox as SandboxInfo, SandboxNetwork } from '../schemas/index.js';
 import { Sandbox, type ConnectionOptions } from '../sdk/index.js';
 
 export type SandboxState = SandboxInfo['state'];
@@ -46,6 +46,15 @@ export interface CommandInput {
   stdin?: string | undefined;
 }
 
+export interface CodeInput {
+  code: string;
+  language?: CodeLanguage | undefined;
+  /** A context id; default: the sandbox's default context of the language. */
+  context?: string | undefined;
+  envs?: Record<string, string> | undefined;
+  timeoutMs?: number | undefined;
+}
+
 export interface RunHooks {
   /** Output as it arrives, in order. */
   onOutput?: (stream: 'stdout' | 'stderr', data: string) => void;
@@ -70,6 +79,8 @@ export interface McpBackend {
   lifecycle(id: string, verb: LifecycleVerb, opts: { timeoutMs?: number }): Promise<SandboxInfo>;
   runCommand(id: string, input: CommandInput, hooks?: RunHooks): Promise<CommandResult>;
   startCommand(id: string, input: CommandInput): Promise<{ pid: number }>;
+  /** A cell in a stateful code context (src/interpreter). */
+  runCode(id: string, input: CodeInput, hooks?: RunHooks): Promise<RunCodeResult>;
   /** The whole file; PayloadTooLargeError when it is larger than maxBytes. */
   readFile(id: string, path: string, maxBytes: number): Promise<Buffer>;
   writeFile(id: string, path: string, data: Buffer, mode?: number): Promise<{ path: string; size: number }>;
@@ -138,6 +149,19 @@ export function servicesBackend(services: Services, principal: Principal = ANONY
     },
     async startCommand(id, input) {
       return (await services.commands.run(ctx, id, { ...input, background: true })) as { pid: number };
+    },
+    async runCode(id, input, hooks = {}) {
+      const onOutput = hooks.onOutput;
+      const sink = onOutput
+        ? {
+            write: (ev: { type: string; data?: string }) => {
+              if ((ev.type === 'stdout' || ev.type === 'stderr') && ev.data) onOutput(ev.type, ev.data);
+              return true;
+            },
+            drained: () => Promise.resolve(),
+          }
+        : undefined;
+      return services.code.run(ctx, id, input, { ...(hooks.signal ? { signal: hooks.signal } : {}), ...(sink ? { sink } : {}) });
     },
     async readFile(id, path, maxBytes) {
       const { size, stream } = await services.files.read(ctx, id, path);
@@ -231,6 +255,18 @@ export function sdkBackend(conn: ConnectionOptions = {}): McpBackend {
         user: input.user,
         timeoutMs: input.timeoutMs,
         stdin: input.stdin,
+        ...(hooks.signal ? { signal: hooks.signal } : {}),
+        ...(onOutput ? { onStdout: (d: string) => onOutput('stdout', d), onStderr: (d: string) => onOutput('stderr', d) } : {}),
+      });
+    },
+    async runCode(id, input, hooks = {}) {
+      const s = await sandbox(id);
+      const onOutput = hooks.onOutput;
+      return s.runCode(input.code, {
+        ...(input.language ? { language: input.language } : {}),
+        ...(input.context ? { context: input.context } : {}),
+        ...(input.envs ? { envs: input.envs } : {}),
+        ...(input.timeoutMs !== undefined ? { timeoutMs: input.timeoutMs } : {}),
         ...(hooks.signal ? { signal: hooks.signal } : {}),
         ...(onOutput ? { onStdout: (d: string) => onOutput('stdout', d), onStderr: (d: string) => onOutput('stderr', d) } : {}),
       });

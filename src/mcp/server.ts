@@ -90,7 +90,7 @@ function registerTool(server: McpServer, def: ToolDef, opts: McpServerOptions, s
       try {
         const out = await def.handler(args as never, { backend: opts.backend, session, defaultTemplate: opts.defaultTemplate, signal: ctx.mcpReq.signal, progress });
         return {
-          content: [{ type: 'text', text: out.text }],
+          content: [{ type: 'text', text: out.text }, ...(out.images ?? []).map((i) => ({ type: 'image' as const, data: i.data, mimeType: i.mimeType }))],
           structuredContent: out.structured as Record<string, unknown>,
           ...(out.isError ? { isError: true } : {}),
         };

@@ -13,10 +13,13 @@
  *    they use the session's default sandbox, creating one (and saying so) when
  *    there is none.
  */
-import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
-import { InvalidArgumentError, isCapsuleError } from '../errors/index.js';
+import { isCapsuleError } from '../errors/index.js';
 import {
+  CodeResult,
+  RunCodeRequest,
+  RunCodeResult,
+  toSnake,
   CommandResult,
   CreateSandboxRequest,
   FileEntry as FileEntrySchema,
@@ -42,7 +45,6 @@ import {
   PortAccess as PortAccessSchema,
   PortParams,
   SandboxNetwork as SandboxNetworkSchema,
-  toSnake,
 } from '../schemas/index.js';
 import type { Sandbox as SandboxInfo, FileEntry } from '../schemas/index.js';
 import type { McpBackend } from './backend.js';
@@ -80,6 +82,8 @@ export interface ToolAnnotations {
 export interface ToolOutcome<O> {
   structured: O;
   text: string;
+  /** Pictures shown to the user (MCP image content after the text): base64 data and its mime type. */
+  images?: Array<{ data: string; mimeType: string }>;
   /** A failure that still has a result worth returning (a command killed by its timeout). */
   isError?: boolean;
 }
@@ -392,89 +396,77 @@ function outputText(stdout: string, stderr: string): string {
   return parts.length ? parts.join('\n') : '(no output)';
 }
 
-export const LANGUAGES = {
-  python: { interpreter: 'python3', ext: 'py', hint: 'use the debian template' },
-  javascript: { interpreter: 'node', ext: 'js', hint: 'the stock templates have no Node.js; install it in the sandbox or run the code another way' },
-  bash: { interpreter: 'bash', ext: 'sh', hint: 'use the debian template (busybox has only POSIX sh: run it with run_command)' },
-} as const;
-export type Language = keyof typeof LANGUAGES;
+/** A rich result in snake_case; images travel as MCP image content instead (see run_code). */
+const CodeResultOut = snakeObject(CodeResult.pick({ text: true, html: true, markdown: true, svg: true, latex: true, json: true, isMainResult: true, formats: true }));
 
-/** Stdout minus one trailing newline: what `print(x)` / `echo x` produced. */
-function resultValue(stdout: string): string {
-  return stdout.endsWith('\n') ? stdout.slice(0, -1) : stdout;
-}
-
-/** A one-line description of why a script failed: the last stderr line, or the exit code. */
-function errorSummary(exitCode: number, stderr: string, timedOut: boolean): string {
-  if (timedOut) return `killed after its timeout (exit code ${exitCode})`;
-  const last = stderr
-    .split('\n')
-    .map((l) => l.trim())
-    .filter(Boolean)
-    .pop();
-  return last ? `${last} (exit code ${exitCode})` : `exited with code ${exitCode}`;
+/** The text an MCP client shows for a cell: output, result texts, the error. */
+function codeText(r: RunCodeResult, images: number): string {
+  const parts: string[] = [];
+  if (r.stdout) parts.push(`stdout:\n${r.stdout}`);
+  if (r.stderr) parts.push(`stderr:\n${r.stderr}`);
+  for (const x of r.results) {
+    const t = x.text ?? x.markdown ?? (x.json !== undefined ? JSON.stringify(x.json) : undefined);
+    if (t !== undefined && (x.isMainResult || (x.png === undefined && x.jpeg === undefined))) parts.push(`${x.isMainResult ? 'result' : 'display'}:\n${t}`);
+  }
+  if (images) parts.push(`(${images} image${images > 1 ? 's' : ''} attached)`);
+  if (r.error) parts.push(`error:\n${r.error.traceback.length ? r.error.traceback.join('\n') : `${r.error.name}: ${r.error.value}`}`);
+  if (r.interrupted) {
+    parts.push(
+      `interrupted (${r.interrupted.reason}): ${r.interrupted.how === 'signal' ? 'the context kept its state' : 'the interpreter was restarted; its state is gone'}`,
+    );
+  }
+  return parts.length ? parts.join('\n') : '(no output)';
 }
 
 const runCode = tool({
   name: 'run_code',
   description:
-    'Run a Python, JavaScript (Node.js) or bash script in a sandbox: the code is written to a temporary file and run with python3, node or bash. Returns stdout, stderr, result (stdout without its trailing newline, when the script succeeded) and error (why it failed, when it did). A failing script is a normal result, not a tool error.',
-  input: z.object({
+    'Run Python, JavaScript, TypeScript or bash code in a stateful context, like a notebook cell: variables, imports, functions (and for bash the working directory and exports) persist between calls in the same sandbox and language. Returns stdout, stderr, rich results (the last expression\'s value, display() calls; matplotlib figures and other images come back as image content) and the error with its traceback. A cell that raises is a normal result, not a tool error. The python template has IPython, numpy, pandas, matplotlib, scipy and Node.js; other templates need python3 (or node) and give plain-text results only.',
+  input: snakeObject(RunCodeRequest.pick({ language: true, envs: true, timeoutMs: true })).extend({
     sandbox_id: OptionalSandboxId,
-    language: z.enum(['python', 'javascript', 'bash']).describe('python (python3), javascript (node) or bash'),
-    code: z.string().min(1).max(LIMITS.maxStdinBytes).describe('The whole script'),
-    timeout_ms: RunCommandRequest.shape.timeoutMs.describe('Kill the script after this many ms (0: no limit); default 60000'),
-    envs: RunCommandRequest.shape.envs.describe('Extra environment variables for the script'),
+    code: RunCodeRequest.shape.code.min(1),
+    context_id: RunCodeRequest.shape.context,
   }),
   output: z.object({
     ...SandboxRef,
-    language: z.enum(['python', 'javascript', 'bash']),
-    exit_code: z.number().int().describe('Exit code of the interpreter; non-zero is not a tool error'),
-    stdout: z.string(),
-    stderr: z.string(),
-    result: z.string().optional().describe('stdout without its trailing newline; present when the script exited 0'),
-    error: z.string().optional().describe('Why the script failed (last stderr line and exit code); present when it exited non-zero'),
-    timed_out: z.boolean().optional(),
+    ...snakeObject(RunCodeResult.pick({ contextId: true, language: true, executionCount: true, stdout: true, stderr: true, error: true, interrupted: true, restarted: true })).shape,
+    results: z.array(CodeResultOut).describe('Rich results in order; png/jpeg data is in the image content blocks, in the same order'),
+    truncated: z.boolean().optional().describe('True when stdout or stderr was cut, or results were left out'),
   }),
   annotations: { title: 'Run code', readOnlyHint: false, destructiveHint: true, idempotentHint: false, openWorldHint: false },
   async handler(input, ctx) {
-    const lang = LANGUAGES[input.language];
     const ref = await useSandbox(input.sandbox_id, ctx);
     const note = createdNote(ref, ctx.defaultTemplate);
-    // Is the interpreter there? Asked separately so that nothing the script prints can fake the answer.
-    const probe = await ctx.backend.runCommand(ref.sandbox_id, { cmd: ['/bin/sh', '-c', 'command -v "$0"', lang.interpreter], timeoutMs: 10_000 });
-    if (probe.exitCode !== 0) {
-      const info = await ctx.backend.getSandbox(ref.sandbox_id).catch(() => undefined);
-      throw new InvalidArgumentError(
-        `${lang.interpreter} is not installed in sandbox ${ref.sandbox_id}${info ? ` (template ${info.template})` : ''}: ${lang.hint}`,
-        { sandboxId: ref.sandbox_id, interpreter: lang.interpreter },
-      );
-    }
-    const file = `/tmp/capsule-code-${randomBytes(6).toString('hex')}.${lang.ext}`;
-    await ctx.backend.writeFile(ref.sandbox_id, file, Buffer.from(input.code, 'utf8'), 0o600);
-    let r;
-    try {
-      const onOutput = progressSink(ctx);
-      r = await ctx.backend.runCommand(
-        ref.sandbox_id,
-        { cmd: [lang.interpreter, file], cwd: '/tmp', envs: input.envs, timeoutMs: input.timeout_ms },
-        { signal: ctx.signal, ...(onOutput ? { onOutput } : {}) },
-      );
-    } finally {
-      await ctx.backend.removeFile(ref.sandbox_id, file, false).catch(() => undefined);
-    }
-    const ok = r.exitCode === 0 && !r.timedOut;
+    const onOutput = progressSink(ctx);
+    const r = await ctx.backend.runCode(
+      ref.sandbox_id,
+      { code: input.code, language: input.language, context: input.context_id, envs: input.envs, timeoutMs: input.timeout_ms },
+      { signal: ctx.signal, ...(onOutput ? { onOutput } : {}) },
+    );
+    const images = r.results.flatMap((x) => [
+      ...(x.png !== undefined ? [{ data: x.png, mimeType: 'image/png' }] : []),
+      ...(x.jpeg !== undefined ? [{ data: x.jpeg, mimeType: 'image/jpeg' }] : []),
+    ]);
     const structured = {
       ...ref,
-      language: input.language,
-      exit_code: r.exitCode,
+      context_id: r.contextId,
+      language: r.language,
+      ...(r.executionCount !== undefined ? { execution_count: r.executionCount } : {}),
       stdout: r.stdout,
       stderr: r.stderr,
-      ...(ok ? { result: resultValue(r.stdout) } : { error: errorSummary(r.exitCode, r.stderr, r.timedOut === true) }),
-      ...(r.timedOut ? { timed_out: true } : {}),
+      // Parsing drops what the picked schema lacks: the images (sent as image content) and javascript.
+      results: r.results.map((x) => CodeResultOut.parse(toSnake(x))),
+      ...(r.error ? { error: r.error } : {}),
+      ...(r.interrupted ? { interrupted: r.interrupted } : {}),
+      ...(r.restarted ? { restarted: true } : {}),
+      ...(r.stdoutTruncated || r.stderrTruncated || r.resultsDropped ? { truncated: true } : {}),
     };
-    const head = ok ? 'Succeeded.' : `Failed: ${errorSummary(r.exitCode, r.stderr, r.timedOut === true)}.`;
-    return { structured, text: `${note}${head}\n${outputText(r.stdout, r.stderr)}`, ...(r.timedOut ? { isError: true } : {}) };
+    return {
+      structured,
+      text: `${note}${codeText(r, images.length)}`,
+      images,
+      ...(r.interrupted?.reason === 'timeout' ? { isError: true } : {}),
+    };
   },
 });
 

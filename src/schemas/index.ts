@@ -11,3 +11,4 @@ export * from './case.js';
 export * from './pty.js';
 export * from './watch.js';
 export * from './metrics.js';
+export * from './code.js';

@@ -17,6 +17,7 @@ export { Pty, PtyHandle } from './pty.js';
 export type { PtyConnectOptions, PtyCreateOptions, PtyExit } from './pty.js';
 export { Network } from './network.js';
 export type { EgressPolicy, LogOptions as NetworkLogOptions, NetworkConfig, NetworkLogEntry, PortAccess, SandboxNetwork } from './network.js';
+export type { CodeContext, CodeLanguage, CodeResult, CreateCodeContextOptions, Execution, ExecutionError, RunCodeOptions } from './code.js';
 export { Template } from './templates.js';
 export { ApiKeys } from './keys.js';
 export { Volume } from './volumes.js';
@@ -48,8 +49,10 @@ export {
 export type { ErrorCode } from '../errors/index.js';
 
 export type {
+  CodeEvent,
   CommandEvent,
   CommandResult,
+  RunCodeResult,
   CreateSandboxRequest,
   FileEntry,
   Lifecycle,

@@ -14,6 +14,7 @@ import {
 
 type SandboxState = SandboxInfo['state'];
 import { Commands } from './commands.js';
+import { CodeInterpreter, type CodeContext, type CreateCodeContextOptions, type Execution, type RunCodeOptions } from './code.js';
 import { Files } from './files.js';
 import { Pty } from './pty.js';
 import { Network } from './network.js';
@@ -72,6 +73,7 @@ export class Sandbox {
   readonly pty: Pty;
   /** Egress policy, egress ledger and port URLs. */
   readonly network: Network;
+  private readonly code: CodeInterpreter;
 
   private constructor(
     private readonly http: HttpClient,
@@ -81,6 +83,7 @@ export class Sandbox {
     this.files = new Files(http, info.id);
     this.pty = new Pty(http, encodeURIComponent(info.id));
     this.network = new Network(http, info.id);
+    this.code = new CodeInterpreter(http, info.id);
   }
 
   /**
@@ -188,6 +191,34 @@ export class Sandbox {
 
   private longTimeout(): number {
     return this.http.conn.requestTimeoutMs === 0 ? 0 : Math.max(this.http.conn.requestTimeoutMs, 120_000);
+  }
+
+  /**
+   * Run code in a stateful context, like a notebook cell: variables, imports and functions persist
+   * between calls. Without `context`, the sandbox's default context of `language` (python) is used.
+   * Resolves with stdout, stderr, rich results (text, html, png, ...) and the error, if the cell raised.
+   */
+  runCode(code: string, opts: RunCodeOptions = {}): Promise<Execution> {
+    return this.code.run(code, opts);
+  }
+
+  /** A new interpreter (python, javascript, typescript or bash) whose state only its own runs see. */
+  createCodeContext(opts: CreateCodeContextOptions = {}): Promise<CodeContext> {
+    return this.code.createContext(opts);
+  }
+
+  listCodeContexts(): Promise<CodeContext[]> {
+    return this.code.listContexts();
+  }
+
+  /** A fresh interpreter in the same context: every variable is gone. */
+  restartCodeContext(context: CodeContext | string): Promise<CodeContext> {
+    return this.code.restartContext(context);
+  }
+
+  /** End a context; its interpreter and whatever it started are killed. */
+  removeCodeContext(context: CodeContext | string): Promise<void> {
+    return this.code.removeContext(context);
   }
 
   /** Kill the sandbox and everything in it. Idempotent. */

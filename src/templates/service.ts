@@ -21,6 +21,7 @@ import { CapsuleError, NotFoundError, RuntimeError } from '../errors/index.js';
 import type { Db } from '../store/db.js';
 import { busyboxTemplate } from './busybox.js';
 import { baseTemplate, debianTemplate } from './debian.js';
+import { pythonTemplate } from './python.js';
 import { exists, removeTree } from './fsutil.js';
 import { shiftOwnership } from './idshift.js';
 import type { BuildProgress, BuiltinConfig, TemplateDefinition, TemplateInfo, TemplateStatus } from './types.js';
@@ -41,7 +42,7 @@ export interface TemplateServiceOptions {
   paths: DataPaths;
   idMapBase: number;
   logger?: TemplateLogger;
-  /** Replaces the built-in registry (busybox, debian, base). */
+  /** Replaces the built-in registry (busybox, debian, base, python). */
   definitions?: TemplateDefinition[];
   /**
    * When given, a forced rebuild prunes replaced trees right away with it.
@@ -60,7 +61,7 @@ export interface BuildOptions {
   signal?: AbortSignal;
 }
 
-export const BUILTIN_TEMPLATES: readonly TemplateDefinition[] = [busyboxTemplate, debianTemplate, baseTemplate];
+export const BUILTIN_TEMPLATES: readonly TemplateDefinition[] = [busyboxTemplate, debianTemplate, baseTemplate, pythonTemplate];
 
 interface Row {
   name: string;

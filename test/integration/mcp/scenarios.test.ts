@@ -165,7 +165,7 @@ for (const kind of TRANSPORTS) {
       assert.match(text(r), /not_found: sandbox sbx-000000000000 not found/);
       const py = await call('run_code', { sandbox_id: sandboxId, language: 'python', code: 'print(1)' });
       assert.equal(py.isError, true);
-      assert.match(text(py), /python3 is not installed in sandbox .* \(template busybox\): use the debian template/);
+      assert.match(text(py), /unsupported: python3 is not installed in this sandbox.*python template/);
     });
 
     it('creates a sandbox when sandbox_id is omitted; with a session it becomes the default', async () => {
@@ -267,10 +267,10 @@ for (const kind of TRANSPORTS) {
       assert.equal((r.structuredContent as { stdout: string }).stdout, 'still here\n');
     });
 
-    it('runs bash code with run_code only where bash exists (busybox has none)', async () => {
+    it('runs bash code with run_code only where its driver runs (busybox has no python3)', async () => {
       const r = await call('run_code', { sandbox_id: sandboxId, language: 'bash', code: 'echo 42' });
       assert.equal(r.isError, true);
-      assert.match(text(r), /bash is not installed/);
+      assert.match(text(r), /python3 is not installed/);
     });
   });
 }
