@@ -73,7 +73,7 @@ export const TemplateDefinition = z
       .min(1)
       .max(129)
       .regex(/^([a-z0-9][a-z0-9._-]*\/)?[a-z0-9][a-z0-9._-]*(:[a-z0-9][a-z0-9._-]*)?$/, 'a template name, e.g. debian, debian:bookworm, base, my-env')
-      .describe('What to start from: a built-in template (busybox, debian or debian:bookworm, base) or one of your templates (built or imported)'),
+      .describe('What to start from: a built-in template (busybox, debian or debian:bookworm, debian:trixie, base) or one of your templates (built or imported)'),
     steps: z.array(TemplateStep).max(200).describe('Build steps, in order'),
     cmd: z.string().max(4096).optional().describe('A start command recorded with the template (shown, not run)'),
   })

@@ -72,8 +72,8 @@ export interface CatalogDeps {
   treeInUse: (treePath: string) => boolean;
 }
 
-/** debian:bookworm is the debian template's suite; the built-ins have no other tags. */
-const BUILTIN_ALIASES: Readonly<Record<string, string>> = { 'debian:bookworm': 'debian' };
+/** Debian's suites as tags of the built-ins that hold them; the built-ins have no other tags. */
+const BUILTIN_ALIASES: Readonly<Record<string, string>> = { 'debian:bookworm': 'debian', 'debian:trixie': 'debian-trixie' };
 
 /** Most bytes one image layer may unpack to. */
 const IMPORT_MAX_BYTES = 16 * 1024 ** 3;

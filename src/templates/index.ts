@@ -3,6 +3,7 @@ export { busyboxTemplate, createBusyboxTemplate } from './busybox.js';
 export {
   createDebianTemplate,
   debianTemplate,
+  debianTrixieTemplate,
   DEFAULT_DEBIAN_MIRROR,
   findMirror,
   TEMPLATE_CACHE_ENV,

@@ -20,7 +20,7 @@ import type { DataPaths } from '../config/index.js';
 import { CapsuleError, NotFoundError, RuntimeError } from '../errors/index.js';
 import type { Db } from '../store/db.js';
 import { busyboxTemplate } from './busybox.js';
-import { baseTemplate, debianTemplate } from './debian.js';
+import { baseTemplate, debianTemplate, debianTrixieTemplate } from './debian.js';
 import { pythonTemplate } from './python.js';
 import { exists, removeTree } from './fsutil.js';
 import { shiftOwnership } from './idshift.js';
@@ -61,7 +61,7 @@ export interface BuildOptions {
   signal?: AbortSignal;
 }
 
-export const BUILTIN_TEMPLATES: readonly TemplateDefinition[] = [busyboxTemplate, debianTemplate, baseTemplate, pythonTemplate];
+export const BUILTIN_TEMPLATES: readonly TemplateDefinition[] = [busyboxTemplate, debianTemplate, debianTrixieTemplate, baseTemplate, pythonTemplate];
 
 interface Row {
   name: string;

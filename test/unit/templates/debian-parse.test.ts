@@ -49,6 +49,12 @@ test('apt sources: one-line and deb822 formats', async () => {
     assert.equal(await findMirror('bookworm', apt), 'http://mirror.local/debian');
     fs.writeFileSync(path.join(apt, 'sources.list'), 'deb http://first/debian bookworm main\n');
     assert.equal(await findMirror('bookworm', apt), 'http://first/debian');
+    // No source names trixie: the mirror of a plain release suite serves it, never the security archive.
+    assert.equal(await findMirror('trixie', apt), 'http://first/debian');
+    fs.rmSync(path.join(apt, 'sources.list'));
+    assert.equal(await findMirror('trixie', apt), 'http://mirror.local/debian');
+    fs.writeFileSync(path.join(apt, 'sources.list.d', 'a.sources'), 'Types: deb\nURIs: http://sec/debian-security\nSuites: bookworm-security\nComponents: main\n');
+    assert.equal(await findMirror('trixie', apt), 'http://deb.debian.org/debian');
   } finally {
     fs.rmSync(apt, { recursive: true, force: true });
   }
