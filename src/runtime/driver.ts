@@ -135,8 +135,9 @@ export class OciRuntimeDriver implements RuntimeDriver {
   /**
    * Containers on the host kernel (runsc: gVisor's own kernel). Pause is the
    * cgroup freezer, which every OCI runtime here has; stop keeps the
-   * sandbox's disk image and start runs the same bundle on it again; checkpoint
-   * needs CRIU, which crun 1.8.1 lacks and is not set up for runc yet.
+   * sandbox's disk image and start runs the same bundle on it again; a
+   * snapshot copies the frozen upper dir (exportChanges). Memory snapshots
+   * need CRIU, which crun 1.8.1 lacks.
    */
   get capabilities(): RuntimeCapabilities {
     return {
@@ -144,7 +145,8 @@ export class OciRuntimeDriver implements RuntimeDriver {
       pause: true,
       stop: true,
       volumes: true,
-      checkpoint: false,
+      snapshot: true,
+      memorySnapshot: false,
       updateResources: true,
       exportChanges: true,
       network: this.networkModes(),

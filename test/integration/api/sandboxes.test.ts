@@ -80,7 +80,8 @@ describe('sandboxes', () => {
       pause: true,
       stop: true,
       volumes: true,
-      checkpoint: false,
+      snapshot: true,
+      memorySnapshot: false,
       updateResources: true,
       exportChanges: true,
       network: ['none', 'gateway'], // gateway: the relay is built and nft installed (ADR 0012)
