@@ -1,6 +1,7 @@
 /**
- * `capsule snapshot <id>` takes a filesystem snapshot of a sandbox; `capsule snapshot ls|inspect|rm`
- * manage them; `capsule create --snapshot REF` starts a sandbox from one. All through the SDK.
+ * `capsule snapshot create <id>` (or `capsule snapshot <id>`) takes a filesystem snapshot of a
+ * sandbox; `capsule snapshot ls|inspect|rm` manage them; `capsule create --snapshot REF` starts a
+ * sandbox from one. All through the SDK.
  */
 import type { Command } from 'commander';
 import { Sandbox, Snapshot, type SnapshotInfo } from '../../sdk/index.js';
@@ -24,22 +25,44 @@ function describe(s: SnapshotInfo): Array<[string, string]> {
 /** `--json` after a subcommand is parsed as `snapshot`'s own option (same name): read both. */
 const json = (cmd: Command): boolean => cmd.optsWithGlobals<{ json?: boolean }>().json === true;
 
-export function registerSnapshotCommands(program: Command): void {
-  const snapshot = program
-    .command('snapshot')
-    .description("snapshot a sandbox's files (start sandboxes from it: create --snapshot REF); or: snapshot ls|inspect|rm")
-    .argument('[id]', 'sandbox to snapshot (running or paused)')
+interface TakeFlags {
+  name?: string;
+  metadata?: string[];
+}
+
+async function take(id: string, cmd: Command): Promise<void> {
+  // `snapshot` and `snapshot create` share these flags, and either may have parsed them: read both.
+  const opts = cmd.optsWithGlobals<TakeFlags>();
+  const sbx = await Sandbox.connect(id, connection(cmd));
+  const metadata = parsePairs(opts.metadata, '--metadata');
+  const s = await sbx.snapshot({ ...(opts.name !== undefined ? { name: opts.name } : {}), ...(metadata ? { metadata } : {}) });
+  if (json(cmd)) printJson(s);
+  else process.stdout.write(`${s.id}\n`);
+}
+
+const takeOptions = (c: Command): Command =>
+  c
     .option('--name <name>', 'a name for it, unique among your snapshots')
     .option('-m, --metadata <KEY=VALUE>', 'metadata label (repeatable)', collect)
-    .option('--json', 'print the snapshot as JSON')
-    .action(async (id: string | undefined, opts: { name?: string; metadata?: string[]; json?: boolean }, cmd: Command) => {
-      if (id === undefined) throw new UsageError('capsule snapshot <sandbox id> [--name NAME], or capsule snapshot ls|inspect|rm');
-      const sbx = await Sandbox.connect(id, connection(cmd));
-      const metadata = parsePairs(opts.metadata, '--metadata');
-      const s = await sbx.snapshot({ ...(opts.name !== undefined ? { name: opts.name } : {}), ...(metadata ? { metadata } : {}) });
-      if (opts.json) printJson(s);
-      else process.stdout.write(`${s.id}\n`);
-    });
+    .option('--json', 'print the snapshot as JSON');
+
+export function registerSnapshotCommands(program: Command): void {
+  const snapshot = takeOptions(
+    program
+      .command('snapshot')
+      .description("snapshot a sandbox's files (start sandboxes from it: create --snapshot REF): snapshot create|ls|inspect|rm")
+      .argument('[id]', 'sandbox to snapshot (running or paused); same as `snapshot create <id>`'),
+  ).action(async (id: string | undefined, _opts: unknown, cmd: Command) => {
+    if (id === undefined) throw new UsageError('capsule snapshot create <sandbox id> [--name NAME], or capsule snapshot ls|inspect|rm');
+    await take(id, cmd);
+  });
+
+  takeOptions(
+    snapshot
+      .command('create')
+      .description('take a filesystem snapshot of a running or paused sandbox and print its id')
+      .argument('<id>', 'sandbox to snapshot'),
+  ).action(async (id: string, _opts: unknown, cmd: Command) => take(id, cmd));
 
   snapshot
     .command('ls')

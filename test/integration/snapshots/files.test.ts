@@ -3,7 +3,7 @@
  * consistent copy of a sandbox that keeps writing, forks that share it on disk
  * and not each other's writes, deletion refused while used, chains of
  * snapshots, restart survival, owner scoping, the template's config carried
- * over, and the CLI. Ended sandboxes are checked for leftovers.
+ * over, commands and kills racing a snapshot, bad input, and the CLI. Ended sandboxes are checked for leftovers.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -123,6 +123,75 @@ describe('filesystem snapshots (real sandboxes)', () => {
     const storeAfter = fs.readdirSync(path.join(dataDir, 'layers')).filter((e) => !e.startsWith('.')).reduce((n, e) => n + du(path.join(dataDir, 'layers', e)), 0);
     assert.equal(storeAfter, storeBefore, 'forks add nothing to the layer store');
     assert.deepEqual([...(await Snapshot.get(snap.id, conn)).usedBy].sort(), forks.map((f) => f.id).sort());
+
+    // Killed forks leave nothing behind (mounts, loop devices, cgroups, processes, files), and the snapshot is free again.
+    await Promise.all(forks.map((f) => f.kill()));
+    for (const f of forks) await assertGone(f.id);
+    assert.deepEqual((await Snapshot.get(snap.id, conn)).usedBy, []);
+    assert.equal((await src.commands.run('cat /data/hello')).stdout, 'hello\n', 'the source is untouched');
+  });
+
+  it('a command asked during a snapshot waits for it; two snapshots at once both complete', async () => {
+    const src = await create();
+    await src.commands.run('head -c 67108864 /dev/urandom > /big && echo a > /a');
+    const [one, two, cmd] = await Promise.all([src.snapshot(), src.snapshot(), src.commands.run('echo b > /b; cat /a')]);
+    assert.notEqual(one.id, two.id);
+    assert.equal(cmd.stdout, 'a\n');
+    assert.equal((await src.getInfo()).state, 'running');
+    // Whether /b is in a snapshot depends on the order the queue ran them in; /a is in both.
+    for (const s of [one, two]) {
+      const f = await create({ snapshot: s.id, template: undefined });
+      assert.equal((await f.commands.run('cat /a; wc -c < /big')).stdout.replace(/ +/g, ''), 'a\n67108864\n');
+    }
+  });
+
+  it('a kill while a snapshot is being copied: the snapshot answers 409 and nothing is left of either', async () => {
+    const src = await create();
+    await src.commands.run('head -c 209715200 /dev/urandom > /big');
+    const layersDir = path.join(dataDir, 'layers');
+    const before = fs.readdirSync(layersDir).sort();
+    const taking = src.snapshot({ name: 'cut-off' }).then(
+      () => null,
+      (e: unknown) => e,
+    );
+    await sleep(30);
+    await src.kill();
+    const err = await taking;
+    assert.ok(err instanceof ConflictError, `the snapshot answered ${String(err)}`);
+    await assertGone(src.id);
+    await assert.rejects(Snapshot.get('cut-off', conn), (e: unknown) => e instanceof NotFoundError);
+    let after = fs.readdirSync(layersDir).sort();
+    for (let i = 0; i < 40 && after.join() !== before.join(); i++) {
+      await sleep(50);
+      after = fs.readdirSync(layersDir).sort();
+    }
+    assert.deepEqual(after, before, 'no layer and no draft is left in the store');
+  });
+
+  it('bad input gets typed 4xx: unknown snapshots and sandboxes 404, malformed refs 400', async () => {
+    await assert.rejects(create({ snapshot: 'no-such-snapshot', template: undefined }), (e: unknown) => e instanceof NotFoundError);
+    await assert.rejects(create({ snapshot: 'snap-000000000000', template: undefined }), (e: unknown) => e instanceof NotFoundError);
+    for (const [method, url, body, status] of [
+      ['GET', '/v1/snapshots/snap-000000000000', undefined, 404],
+      ['GET', '/v1/snapshots/no-such-name', undefined, 404],
+      ['DELETE', '/v1/snapshots/no-such-name', undefined, 404],
+      ['GET', '/v1/snapshots/Bad%20Name', undefined, 400],
+      ['POST', '/v1/sandboxes/sbx-000000000000/snapshots', {}, 404],
+      ['POST', '/v1/sandboxes', { snapshot: '../etc' }, 400],
+      ['POST', '/v1/sandboxes', { snapshot: 'no-such-snapshot' }, 404],
+      ['GET', '/v1/snapshots?sandboxId=nope', undefined, 400],
+    ] as const) {
+      const r = await api(d.url, method, url, body);
+      assert.equal(r.status, status, `${method} ${url}: ${r.text}`);
+      assert.equal(typeof r.json.error.code, 'string', `${method} ${url} names its error`);
+    }
+    const src = await create();
+    const r = await api(d.url, 'POST', `/v1/sandboxes/${src.id}/snapshots`, { name: 'x', extra: true });
+    assert.equal(r.status, 400, r.text);
+    await src.kill();
+    const dead = await api(d.url, 'POST', `/v1/sandboxes/${src.id}/snapshots`, {});
+    assert.equal(dead.status, 409, dead.text);
+    assert.equal(dead.json.error.details.state, 'killed');
   });
 
   it('delete is refused while a sandbox started from it lives (even stopped); then its layer goes', async () => {
@@ -219,7 +288,7 @@ describe('filesystem snapshots (real sandboxes)', () => {
   it('snapshots survive a daemon restart; the CLI takes, lists, inspects and removes them', async () => {
     const src = await create();
     await src.commands.run('echo durable > /d');
-    const t = await capsule(d, ['snapshot', src.id, '--name', 'cli-snap', '-m', 'k=v']);
+    const t = await capsule(d, ['snapshot', 'create', src.id, '--name', 'cli-snap', '-m', 'k=v']);
     assert.equal(t.code, 0, t.stderr);
     const id = t.stdout.trim();
     assert.match(id, /^snap-/);
