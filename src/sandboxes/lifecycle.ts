@@ -12,7 +12,7 @@
  *
  * Pause/resume, stop/start and filesystem snapshots move through these
  * states in lifecycle-service.ts (docs/adr/0007-lifecycle-pause-stop-retention.md,
- * docs/adr/0013-snapshots.md); a paused sandbox is snapshotted without
+ * docs/adr/0013-snapshots-and-forks.md); a paused sandbox is snapshotted without
  * leaving `paused`.
  */
 import { ConflictError } from '../errors/index.js';

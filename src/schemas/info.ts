@@ -32,7 +32,7 @@ export const RuntimeInfo = z
       reasons: z
         .record(z.string(), z.string())
         .optional()
-        .describe('Why a capability is false where the host could have it, and how to get it (e.g. memorySnapshot: "criu 4 not found: run capsule doctor --fix")'),
+        .describe('Why a capability is false, and what it would take (e.g. memorySnapshot: not implemented yet, needs CRIU 4 and runc)'),
     }),
   })
   .describe('The runtime backend and what it can do');
