@@ -313,3 +313,41 @@ describe('filesystem snapshots (real sandboxes)', () => {
     assert.equal((await capsule(d, ['snapshot', 'rm', 'cli-snap'])).code, 0);
   });
 });
+
+describe('filesystem snapshots and the warm pool', () => {
+  const dataDir = tempDataDir();
+  fs.chmodSync(dataDir, 0o755);
+  let d: TestDaemon;
+  const pool = async () => (await api(d.url, 'GET', '/v1/info')).json.pools.find((p: { template: string }) => p.template === 'busybox');
+
+  before(async () => {
+    d = await startTestDaemon({ dataDir, args: ['--pool', 'busybox=1'] });
+  });
+  after(async () => {
+    await d?.stop();
+    await removeDataDir(dataDir);
+  });
+
+  it('a sandbox claimed from the pool can be snapshotted (its layers were recorded at the claim); its forks start cold', async () => {
+    const conn = { apiUrl: d.url };
+    for (let i = 0; i < 400 && !((await pool())?.ready >= 1); i++) await sleep(25);
+    const claims = (await pool()).claims;
+    const src = await Sandbox.create({ ...conn, template: 'busybox' });
+    try {
+      assert.equal((await pool()).claims, claims + 1, 'the source came from the pool');
+      await src.commands.run('echo pooled > /p');
+      const snap = await src.snapshot();
+      assert.equal(snap.layers, 2);
+      const fork = await Sandbox.create({ ...conn, snapshot: snap.id });
+      try {
+        assert.equal((await pool()).claims, claims + 1, 'a fork is never a pooled sandbox');
+        assert.equal((await fork.commands.run('cat /p')).stdout, 'pooled\n');
+      } finally {
+        await fork.kill();
+      }
+      assert.deepEqual(await settledLeftovers(fork.id, dataDir), []);
+    } finally {
+      await src.kill();
+    }
+  });
+});
