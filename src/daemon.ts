@@ -41,6 +41,8 @@ import { LIVE_STATES } from './sandboxes/lifecycle.js';
 import { RateLimiter } from './auth/rate-limit.js';
 import { VolumeStore } from './volumes/store.js';
 import { VolumeService } from './volumes/service.js';
+import { SnapshotStore } from './snapshots/store.js';
+import { SnapshotService } from './snapshots/service.js';
 import { NetworkService } from './network/service.js';
 import { hostEnvironment, simulatedEnvironment } from './network/environment.js';
 
@@ -187,6 +189,18 @@ export async function startDaemon(config: DaemonConfig, opts: StartOptions = {})
     const code = new CodeInterpreterService(sandboxes);
     const volumes = new VolumeService(new VolumeStore(db), store, runtime, config.maxDiskMb, log);
     sandboxes.setVolumes(volumes);
+    const snapshots = new SnapshotService({
+      store: new SnapshotStore(db),
+      sandboxStore: store,
+      sandboxes,
+      runtime,
+      layers,
+      chainRefs: (ids) => catalog.chainRefs(ids),
+      prune: () => catalog.prune(),
+      log,
+    });
+    sandboxes.setSnapshots(snapshots);
+    catalog.addLayerHolder(() => snapshots.heldLayers());
     const keyStore = config.auth ? new KeyStore(db) : null;
     if (keyStore) bootstrapAdminKey(keyStore, paths.adminKey, log);
     else log.warn('authentication is OFF (--no-auth): anyone who can reach the port controls every sandbox');
@@ -197,6 +211,7 @@ export async function startDaemon(config: DaemonConfig, opts: StartOptions = {})
       files,
       code,
       volumes,
+      snapshots,
       templates: catalog,
       keys: new KeyService(keyStore),
       keyStore,

@@ -10,6 +10,7 @@ import { buildOpenApi } from './openapi.js';
 import type { Services } from './services.js';
 import { sandboxRoutes, HealthResponse } from './routes/sandboxes.js';
 import { volumeRoutes } from './routes/volumes.js';
+import { snapshotRoutes } from './routes/snapshots.js';
 import { commandRoutes, commandSocketRoutes } from './routes/commands.js';
 import { ptyRoutes } from './routes/pty.js';
 import { watchRoutes } from './routes/watch.js';
@@ -66,6 +67,7 @@ export function buildServer(services: Services, logger: Logger | boolean = false
   templateRoutes(table, services);
   keyRoutes(table, services);
   volumeRoutes(table, services);
+  snapshotRoutes(table, services);
   networkRoutes(table, services);
   let openapi: Record<string, unknown> | undefined;
   table.add({

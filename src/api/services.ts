@@ -7,6 +7,7 @@ import type { KeyStore } from '../auth/keys.js';
 import type { KeyService } from '../auth/key-service.js';
 import type { RateLimiter } from '../auth/rate-limit.js';
 import type { VolumeService } from '../volumes/service.js';
+import type { SnapshotService } from '../snapshots/service.js';
 import type { PtyService } from '../sandboxes/pty.js';
 import type { WatchService } from '../sandboxes/watch.js';
 import type { MetricsService } from '../sandboxes/metrics.js';
@@ -22,6 +23,8 @@ export interface Services {
   /** Code contexts and cells (src/interpreter). */
   code: CodeInterpreterService;
   volumes: VolumeService;
+  /** Filesystem snapshots (src/snapshots). */
+  snapshots: SnapshotService;
   templates: TemplateCatalog;
   keys: KeyService;
   /** Verifies presented secrets at the edge; null when authentication is off (`--no-auth`). */

@@ -19,6 +19,7 @@ import { registerMcpCommand } from './commands/mcp.js';
 import { registerSandboxCommands } from './commands/sandboxes.js';
 import { registerLifecycleCommands } from './commands/lifecycle.js';
 import { registerVolumeCommands } from './commands/volumes.js';
+import { registerSnapshotCommands } from './commands/snapshots.js';
 import { registerTemplateCommands } from './commands/templates.js';
 import { registerKeyCommands } from './commands/keys.js';
 import { registerNetCommands } from './commands/net.js';
@@ -54,6 +55,7 @@ export function buildProgram(): Command {
   registerMcpCommand(program);
   registerKeyCommands(program);
   registerVolumeCommands(program);
+  registerSnapshotCommands(program);
   registerNetCommands(program);
   // Subcommands inherit exitOverride only when added after it is set on each; set it everywhere.
   const all = (c: Command): Command[] => [c, ...c.commands.flatMap(all)];

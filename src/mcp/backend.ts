@@ -19,13 +19,16 @@ import { wireEvents } from '../sandboxes/output.js';
 import { requestContext } from '../auth/context.js';
 import { toApiSandbox } from '../api/routes/sandboxes.js';
 import { PayloadTooLargeError } from '../errors/index.js';
-import type { CodeLanguage, CommandResult, FileEntry, Lifecycle, NetworkConfig, NetworkLogEntry, PortAccess, RunCodeResult, Sandbox as SandboxInfo, SandboxNetwork } from '../schemas/index.js';
-import { Sandbox, type ConnectionOptions } from '../sdk/index.js';
+import type { CodeLanguage, CommandResult, FileEntry, Lifecycle, NetworkConfig, NetworkLogEntry, PortAccess, RunCodeResult, Sandbox as SandboxInfo, SandboxNetwork, Snapshot as SnapshotInfo } from '../schemas/index.js';
+import { Sandbox, Snapshot, type ConnectionOptions } from '../sdk/index.js';
 
 export type SandboxState = SandboxInfo['state'];
 
 export interface CreateSandboxInput {
-  template: string;
+  /** Not with `snapshot`. */
+  template?: string | undefined;
+  /** A filesystem snapshot (id or name) to start from. */
+  snapshot?: string | undefined;
   timeoutMs?: number | undefined;
   envs?: Record<string, string> | undefined;
   metadata?: Record<string, string> | undefined;
@@ -77,6 +80,10 @@ export interface McpBackend {
   setSandboxTimeout(id: string, timeoutMs: number): Promise<SandboxInfo>;
   /** Pause, resume, stop or start; `timeoutMs` only for resume and start. */
   lifecycle(id: string, verb: LifecycleVerb, opts: { timeoutMs?: number }): Promise<SandboxInfo>;
+  /** A filesystem snapshot of the sandbox (src/snapshots). */
+  snapshot(id: string, opts: { name?: string | undefined; metadata?: Record<string, string> | undefined }): Promise<SnapshotInfo>;
+  listSnapshots(filter: { sandboxId?: string | undefined }): Promise<SnapshotInfo[]>;
+  deleteSnapshot(ref: string): Promise<void>;
   runCommand(id: string, input: CommandInput, hooks?: RunHooks): Promise<CommandResult>;
   startCommand(id: string, input: CommandInput): Promise<{ pid: number }>;
   /** A cell in a stateful code context (src/interpreter). */
@@ -128,6 +135,15 @@ export function servicesBackend(services: Services, principal: Principal = ANONY
       const rec =
         verb === 'pause' ? await s.pause(ctx, id) : verb === 'resume' ? await s.resume(ctx, id, opts) : verb === 'stop' ? await s.stop(ctx, id) : await s.start(ctx, id, opts);
       return toApiSandbox(rec);
+    },
+    async snapshot(id, opts) {
+      return services.snapshots.take(ctx, id, opts);
+    },
+    async listSnapshots(filter) {
+      return services.snapshots.list(ctx, filter);
+    },
+    async deleteSnapshot(ref) {
+      await services.snapshots.remove(ctx, ref);
     },
     async runCommand(id, input, hooks = {}) {
       const onOutput = hooks.onOutput;
@@ -245,6 +261,15 @@ export function sdkBackend(conn: ConnectionOptions = {}): McpBackend {
     async lifecycle(id, verb, opts) {
       const s = await sandbox(id);
       return verb === 'pause' ? s.pause() : verb === 'resume' ? s.resume(opts) : verb === 'stop' ? s.stop() : s.start(opts);
+    },
+    async snapshot(id, opts) {
+      return (await sandbox(id)).snapshot({ ...(opts.name !== undefined ? { name: opts.name } : {}), ...(opts.metadata !== undefined ? { metadata: opts.metadata } : {}) });
+    },
+    async listSnapshots(filter) {
+      return Snapshot.list({ ...conn, ...(filter.sandboxId !== undefined ? { sandboxId: filter.sandboxId } : {}) });
+    },
+    async deleteSnapshot(ref) {
+      await Snapshot.delete(ref, conn);
     },
     async runCommand(id, input, hooks = {}) {
       const s = await sandbox(id);

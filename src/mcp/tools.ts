@@ -48,6 +48,7 @@ import {
 } from '../schemas/index.js';
 import type { Sandbox as SandboxInfo, FileEntry } from '../schemas/index.js';
 import type { McpBackend } from './backend.js';
+import { SNAPSHOT_TOOLS } from './snapshot-tools.js';
 
 /** Per-session state. Sandboxes themselves never live here: only which one is the default. */
 export interface SessionState {
@@ -157,7 +158,7 @@ const sandboxCreate = tool({
   name: 'sandbox_create',
   description:
     'Start a new isolated Linux sandbox and return its id. Pass the id as sandbox_id to the other tools. The sandbox is killed when its timeout passes (default 5 minutes; extend with sandbox_set_timeout). It becomes this session\'s default sandbox.',
-  input: snakeObject(CreateSandboxRequest.pick({ timeoutMs: true, envs: true, metadata: true, resources: true })).extend({
+  input: snakeObject(CreateSandboxRequest.pick({ timeoutMs: true, envs: true, metadata: true, resources: true, snapshot: true })).extend({
     lifecycle: snakeObject(Lifecycle).optional().describe(Lifecycle.description ?? ''),
     network: snakeObject(NetworkConfig).optional().describe('Egress policy and public ports; default: no egress (loopback only)'),
     // Without the API's default: the server's default template applies (CAPSULE_MCP_TEMPLATE).
@@ -168,10 +169,12 @@ const sandboxCreate = tool({
   output: SandboxSummary,
   annotations: { title: 'Create sandbox', readOnlyHint: false, destructiveHint: false, idempotentHint: false, openWorldHint: false },
   async handler(input, ctx) {
-    const template = input.template ?? ctx.defaultTemplate;
+    // A snapshot brings its own template.
+    const template = input.snapshot !== undefined ? input.template : (input.template ?? ctx.defaultTemplate);
     const info = await ctx.backend.createSandbox(
       {
         template,
+        snapshot: input.snapshot,
         timeoutMs: input.timeout_ms,
         envs: input.envs,
         metadata: input.metadata,
@@ -599,6 +602,7 @@ export const TOOLS: readonly ToolDef[] = [
   sandboxResume,
   sandboxStop,
   sandboxStart,
+  ...SNAPSHOT_TOOLS,
   runCommand,
   runCode,
   readFile,

@@ -135,8 +135,10 @@ export class OciRuntimeDriver implements RuntimeDriver {
   /**
    * Containers on the host kernel (runsc: gVisor's own kernel). Pause is the
    * cgroup freezer, which every OCI runtime here has; stop keeps the
-   * sandbox's disk image and start runs the same bundle on it again; checkpoint
-   * needs CRIU, which crun 1.8.1 lacks and is not set up for runc yet.
+   * sandbox's disk image and start runs the same bundle on it again; a
+   * snapshot copies the frozen upper dir (exportChanges). Memory snapshots
+   * are not implemented: they need CRIU 4 and runc (crun 1.8.1 has no CRIU
+   * support), ADR 0013; the reason says so rather than pretending.
    */
   get capabilities(): RuntimeCapabilities {
     return {
@@ -144,11 +146,16 @@ export class OciRuntimeDriver implements RuntimeDriver {
       pause: true,
       stop: true,
       volumes: true,
-      checkpoint: false,
+      snapshot: true,
+      memorySnapshot: false,
       updateResources: true,
       exportChanges: true,
       network: this.networkModes(),
       maxLayers: MAX_LAYERS,
+      reasons: {
+        memorySnapshot:
+          'not implemented yet: hibernate and fork-with-memory need CRIU 4 (Debian 12 ships 3.17, which fails `criu check` on this kernel) and the runc backend (crun 1.8.1 has no CRIU support); see docs/adr/0013-snapshots-and-forks.md',
+      },
     };
   }
 

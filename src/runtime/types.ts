@@ -138,8 +138,16 @@ export interface RuntimeCapabilities {
   stop: boolean;
   /** Named volumes: persistent quota'd disks attached read-write or read-only to any number of sandboxes. */
   volumes: boolean;
-  /** Dump a sandbox's memory and processes and restore them (memory snapshots). */
-  checkpoint: boolean;
+  /**
+   * Filesystem snapshots: a consistent copy of the writable layer (`exportChanges` with every process
+   * frozen) that new sandboxes stack as a read-only layer of their own.
+   */
+  snapshot: boolean;
+  /**
+   * Memory snapshots: dump a sandbox's processes and memory to disk and restore them, into the same
+   * sandbox (hibernate) or into new ones (fork with memory).
+   */
+  memorySnapshot: boolean;
   /** Change cpus, memory and pids of a running sandbox (`update`). */
   updateResources: boolean;
   /** Copy a sandbox's writable-layer changes out as an overlay diff (`exportChanges`): template build steps, snapshots. */
@@ -148,12 +156,14 @@ export interface RuntimeCapabilities {
   network: readonly NetworkMode[];
   /** Most read-only layers one sandbox may stack. */
   maxLayers: number;
+  /** Why a capability is false, where this host could have it (what to install or run). */
+  reasons?: Partial<Record<CapabilityName, string>>;
 }
 
 /** Optional verbs are named after their capability, so a service can check one before calling the other. */
 export type CapabilityName = {
-  [K in keyof RuntimeCapabilities]: RuntimeCapabilities[K] extends boolean ? K : never;
-}[keyof RuntimeCapabilities];
+  [K in Exclude<keyof RuntimeCapabilities, 'reasons'>]: RuntimeCapabilities[K] extends boolean ? K : never;
+}[Exclude<keyof RuntimeCapabilities, 'reasons'>];
 
 export interface RuntimeDriver {
   /** Short backend name recorded with each sandbox, e.g. "crun". */

@@ -12,6 +12,11 @@ export function newVolumeId(): string {
   return `vol-${random12()}`;
 }
 
+/** `snap-` + 12 random base36 characters: a filesystem snapshot's id. */
+export function newSnapshotId(): string {
+  return `snap-${random12()}`;
+}
+
 function random12(): string {
   const bytes = randomBytes(12);
   let s = '';

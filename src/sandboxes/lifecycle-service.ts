@@ -91,6 +91,18 @@ export class SandboxLifecycle {
   }
 
   /**
+   * A filesystem snapshot: `capture` runs while no other operation can touch
+   * the sandbox (the queue), with a running sandbox in `snapshotting` (so
+   * commands wait and the reaper leaves it alone) and back to `running` after;
+   * a paused one stays `paused` throughout, so nothing thaws it behind the
+   * state machine's back (`capture` itself freezes a running sandbox's
+   * processes while it copies, and thaws only what it froze).
+   */
+  snapshot<T>(id: string, capture: () => Promise<T>): Promise<T> {
+    return this.serial(id, () => this.snapshotNow(id, capture));
+  }
+
+  /**
    * For a call that needs the sandbox running (autoResume): once any operation
    * in flight is done, resume it if paused, start it if stopped. Any other state
    * is left for the caller to refuse.
@@ -214,6 +226,23 @@ export class SandboxLifecycle {
     this.finish(id, 'starting', 'running', { expiresAt: Date.now() + lifetimeAtWake(rec.remainingMs, rec.timeoutMs, opts.timeoutMs) });
     this.noteWake(rec);
     this.host.log.info({ id }, 'sandbox started');
+  }
+
+  private async snapshotNow<T>(id: string, capture: () => Promise<T>): Promise<T> {
+    const rec = this.record(id);
+    requireState(id, rec.state, 'snapshot', 'snapshot', rec.endReason);
+    if (rec.state === 'paused') return capture();
+    this.claim(id, ['running'], 'snapshotting', 'snapshot');
+    let result: T;
+    try {
+      result = await capture();
+    } catch (err) {
+      // Still running (capture thawed what it froze), unless a kill won meanwhile.
+      this.host.store.transition(id, ['snapshotting'], 'running');
+      throw err;
+    }
+    this.finish(id, 'snapshotting', 'running', {});
+    return result;
   }
 
   private async adoptNow(id: string): Promise<void> {
@@ -366,6 +395,14 @@ export class SandboxLifecycle {
           return 'running';
         }
         return fail(`daemon restarted while the sandbox was ${rec.state}, and its container was gone`);
+      case 'snapshotting':
+        // Cut off while copying its files: the copy's draft is gone (LayerStore.recover); thaw what it froze.
+        if (info.status === 'paused') await runtime.resume(id).catch((err: unknown) => log.warn({ id, err: String(err) }, 'could not thaw a sandbox cut off while snapshotting'));
+        if (info.status === 'paused' || info.status === 'running') {
+          store.transition(id, ['snapshotting'], 'running');
+          return 'running';
+        }
+        return fail('daemon restarted while the sandbox was snapshotting, and its container was gone');
       case 'stopping':
         return toStopped('stopping');
       case 'starting':

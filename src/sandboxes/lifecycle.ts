@@ -10,10 +10,10 @@
  *             │            └─> snapshotting ──> running
  *             └─> (any live state) ──> killed | expired | failed   (terminal)
  *
- * Pause/resume and stop/start move through these states in
- * lifecycle-service.ts (docs/adr/0007-lifecycle-pause-stop-retention.md);
- * `snapshotting` is not reachable yet (filesystem snapshots come with the
- * layer store).
+ * Pause/resume, stop/start and filesystem snapshots move through these
+ * states in lifecycle-service.ts (docs/adr/0007-lifecycle-pause-stop-retention.md,
+ * docs/adr/0013-snapshots-and-forks.md); a paused sandbox is snapshotted without
+ * leaving `paused`.
  */
 import { ConflictError } from '../errors/index.js';
 
@@ -86,6 +86,8 @@ export const OPERATION_STATES = {
   resume: ['paused', 'running'],
   stop: ['running', 'paused', 'stopped'],
   start: ['stopped', 'running'],
+  /** A filesystem snapshot: of a running sandbox (frozen meanwhile) or a paused one (it stays paused). */
+  snapshot: ['running', 'paused'],
   kill: LIVE_STATES,
 } as const satisfies Record<string, readonly SandboxState[]>;
 export type Operation = keyof typeof OPERATION_STATES;

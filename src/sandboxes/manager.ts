@@ -49,7 +49,10 @@ export interface TemplateProvider {
 export type AgentConnector = (endpoint: AgentEndpoint, opts?: { timeoutMs?: number; signal?: AbortSignal; sandboxId?: string }) => Promise<AgentConnection>;
 
 export interface CreateOptions {
-  template: string;
+  /** Template to start from; default `debian` (DEFAULT_TEMPLATE). Not with `snapshot`. */
+  template?: string | undefined;
+  /** A filesystem snapshot (id or name) to start from: its template's layers, its files, its config. Not with `template`. */
+  snapshot?: string | undefined;
   timeoutMs?: number | undefined;
   envs?: Record<string, string> | undefined;
   metadata?: Record<string, string> | undefined;
@@ -70,9 +73,32 @@ export interface CreateOptions {
   templateWaitMs?: number | undefined;
 }
 
+/** A create once its template is known (the default applied, or the snapshot's). */
+type NamedCreate = CreateOptions & { template: string };
+
+/** The template a create gets when it names neither a template nor a snapshot. */
+export const DEFAULT_TEMPLATE = 'debian';
+
 export interface ListFilter {
   state?: SandboxState | 'all' | undefined;
   metadata?: Record<string, string> | undefined;
+}
+
+/** A snapshot a create starts from (src/snapshots/service.ts): its template's layers and its own, and its config. */
+export interface ResolvedSnapshot {
+  id: string;
+  /** The template it was taken on (the new sandbox's template). */
+  template: string;
+  layers: readonly LayerRef[];
+  config: TemplateConfig;
+}
+
+/** What the manager needs from the snapshot service (src/snapshots/service.ts). */
+export interface SnapshotResolver {
+  /** The caller's snapshot by id or name; not found for any other. */
+  resolve(ctx: RequestContext, ref: string): ResolvedSnapshot;
+  /** Called in the synchronous step that writes the sandbox's row: the snapshot still exists. */
+  stillThere(id: string): void;
 }
 
 /** What the manager needs from the volume service (src/volumes/service.ts). */
@@ -105,6 +131,7 @@ export class SandboxManager {
   private afterDestroy: (() => void) | undefined;
   private readonly lifecycle: SandboxLifecycle;
   private volumes: VolumeResolver | undefined;
+  private snapshots: SnapshotResolver | undefined;
   private telemetry: Telemetry = NO_TELEMETRY;
   private networking: SandboxNetworking | undefined;
 
@@ -139,6 +166,10 @@ export class SandboxManager {
     this.volumes = volumes;
   }
 
+  setSnapshots(snapshots: SnapshotResolver): void {
+    this.snapshots = snapshots;
+  }
+
   /** Where create counts and latencies go (the daemon's Prometheus metrics). */
   setTelemetry(telemetry: Telemetry): void {
     this.telemetry = telemetry;
@@ -170,22 +201,28 @@ export class SandboxManager {
     }
   }
 
-  private async createTimed(ctx: RequestContext, opts: CreateOptions, how: { pooled: boolean }): Promise<SandboxRecord> {
+  private async createTimed(ctx: RequestContext, asked: CreateOptions, how: { pooled: boolean }): Promise<SandboxRecord> {
+    if (asked.snapshot !== undefined && asked.template !== undefined) {
+      throw new InvalidArgumentError('give template or snapshot, not both: a sandbox started from a snapshot gets the template the snapshot was taken on');
+    }
+    if (asked.snapshot !== undefined && !this.snapshots) throw new UnsupportedError('this daemon has no snapshot service');
+    const opts = { ...asked, template: asked.template ?? DEFAULT_TEMPLATE };
     const timeoutMs = this.checkTimeout(opts.timeoutMs ?? this.config.defaultTimeoutMs);
     const resources: ResourceLimits = { ...this.config.defaultResources, ...stripUndefined(opts.resources ?? {}) };
     this.checkDisk(resources.diskMb);
     const onTimeout = opts.lifecycle?.onTimeout;
     if (onTimeout === 'pause') requireCapability(this.runtime, 'pause', 'pause this sandbox when it times out');
     if (onTimeout === 'stop') requireCapability(this.runtime, 'stop', 'stop this sandbox when it times out');
-    const asked = (opts.volumes ?? []).map((v) => ({ name: v.name, path: v.path, readOnly: v.readOnly ?? false }));
-    if (asked.length > 0 && !this.volumes) throw new UnsupportedError('this daemon has no volume service');
-    const volumes = this.volumes?.resolve(ctx, asked) ?? [];
+    const mounts = (opts.volumes ?? []).map((v) => ({ name: v.name, path: v.path, readOnly: v.readOnly ?? false }));
+    if (mounts.length > 0 && !this.volumes) throw new UnsupportedError('this daemon has no volume service');
+    const volumes = this.volumes?.resolve(ctx, mounts) ?? [];
+    const snapshot = opts.snapshot !== undefined ? this.snapshots!.resolve(ctx, opts.snapshot) : null;
     // A bad policy or an impossible mode is refused before anything is started.
     this.networking?.specFor(opts.network);
     this.pool?.userCreateStarted();
     try {
-      const template = await this.resolveTemplate(ctx, opts);
-      const made = { ...opts, envs: { ...template.config.env, ...(opts.envs ?? {}) } };
+      const template = snapshot ?? (await this.resolveTemplate(ctx, opts));
+      const made = { ...opts, template: snapshot?.template ?? opts.template, envs: { ...template.config.env, ...(opts.envs ?? {}) } };
       const defaults = {
         ...(template.config.workdir ? { cwd: template.config.workdir } : {}),
         ...(template.config.user ? { user: template.config.user } : {}),
@@ -193,8 +230,9 @@ export class SandboxManager {
       };
       // Refused before a pooled sandbox is spent on it; checked again below, next to the insert.
       this.checkQuota(ctx, resources.memoryMb);
-      // A pooled sandbox was started without volumes: one that attaches any is started cold.
-      const claimed = this.pool && volumes.length === 0 ? await this.pool.claim(opts.template, resources) : null;
+      // A pooled sandbox was started without volumes, on its template alone: one that attaches any, or starts
+      // from a snapshot, is started cold.
+      const claimed = this.pool && volumes.length === 0 && !snapshot ? await this.pool.claim(opts.template, resources) : null;
       how.pooled = claimed !== null;
       if (claimed) {
         const rec = this.recordClaimed(ctx, claimed, made, resources, timeoutMs, defaults);
@@ -208,13 +246,13 @@ export class SandboxManager {
         }
         return rec;
       }
-      return await this.createCold(ctx, made, template.layers, resources, timeoutMs, defaults, volumes);
+      return await this.createCold(ctx, { ...made, snapshot: snapshot?.id }, template.layers, resources, timeoutMs, defaults, volumes);
     } finally {
       this.pool?.userCreateEnded();
     }
   }
 
-  private async resolveTemplate(ctx: RequestContext, opts: CreateOptions): ReturnType<TemplateProvider['resolve']> {
+  private async resolveTemplate(ctx: RequestContext, opts: CreateOptions & { template: string }): ReturnType<TemplateProvider['resolve']> {
     if (opts.templateWaitMs === undefined) return this.templates.resolve(ctx, opts.template, opts.signal);
     const waited = AbortSignal.timeout(opts.templateWaitMs);
     const signal = opts.signal ? AbortSignal.any([opts.signal, waited]) : waited;
@@ -245,6 +283,11 @@ export class SandboxManager {
    */
   async use(ctx: RequestContext, id: string, what: string): Promise<{ rec: SandboxRecord; conn: AgentConnection }> {
     let rec = this.get(ctx, id);
+    // A snapshot holds the sandbox frozen for as long as its copy takes: wait for it rather than refuse.
+    if (rec.state === 'snapshotting') {
+      await this.lifecycle.settled(id);
+      rec = this.get(ctx, id);
+    }
     if (rec.state !== 'running' && rec.lifecycle.autoResume) {
       await this.lifecycle.wake(id, { beforeStart: (r) => this.checkMemoryQuota(ctx, r.resources.memoryMb) });
       rec = this.get(ctx, id);
@@ -293,6 +336,17 @@ export class SandboxManager {
     if (opts.timeoutMs !== undefined) this.checkTimeout(opts.timeoutMs);
     await this.lifecycle.start(id, { ...opts, beforeStart: (r) => this.checkMemoryQuota(ctx, r.resources.memoryMb) });
     return this.get(ctx, id);
+  }
+
+  /**
+   * Run `capture` while the sandbox's files hold still, as one lifecycle operation (filesystem
+   * snapshots, src/snapshots): a running sandbox is `snapshotting` meanwhile and running after, a
+   * paused one stays paused; other states answer 409. `capture` gets the sandbox's record.
+   */
+  async snapshotFiles<T>(ctx: RequestContext, id: string, capture: (rec: SandboxRecord) => Promise<T>): Promise<T> {
+    this.get(ctx, id);
+    requireCapability(this.runtime, 'snapshot', 'snapshot the sandbox');
+    return this.lifecycle.snapshot(id, () => capture(this.store.get(id)!));
   }
 
   list(ctx: RequestContext, filter: ListFilter = {}): SandboxRecord[] {
@@ -344,7 +398,7 @@ export class SandboxManager {
   private recordClaimed(
     ctx: RequestContext,
     claimed: Claimed,
-    opts: CreateOptions,
+    opts: NamedCreate,
     resources: ResourceLimits,
     timeoutMs: number,
     defaults: SandboxRecord['defaults'],
@@ -358,7 +412,7 @@ export class SandboxManager {
       throw err;
     }
     // The clock starts at the claim, not when the pool started the container.
-    const rec = this.newRecord(ctx, claimed.id, 'running', opts, resources, timeoutMs, defaults);
+    const rec = this.newRecord(ctx, claimed.id, 'running', opts, resources, timeoutMs, defaults, [], claimed.layers);
     this.store.insert(rec);
     this.adoptConnection(claimed.id, claimed.conn);
     if (rec.lifecycle.idleMs !== null) this.lifecycle.activity.touch(rec.id);
@@ -367,7 +421,7 @@ export class SandboxManager {
 
   private async createCold(
     ctx: RequestContext,
-    opts: CreateOptions,
+    opts: NamedCreate,
     layers: readonly LayerRef[],
     resources: ResourceLimits,
     timeoutMs: number,
@@ -383,7 +437,8 @@ export class SandboxManager {
     // and a volume deleted meanwhile is not attached.
     this.checkQuota(ctx, resources.memoryMb);
     this.volumes?.stillThere(volumes);
-    const rec = this.newRecord(ctx, id, 'creating', opts, resources, timeoutMs, defaults, volumes);
+    if (opts.snapshot !== undefined) this.snapshots?.stillThere(opts.snapshot);
+    const rec = this.newRecord(ctx, id, 'creating', opts, resources, timeoutMs, defaults, volumes, layers);
     this.store.insert(rec);
     const abort = new AbortController();
     let settle!: () => void;
@@ -431,11 +486,12 @@ export class SandboxManager {
     ctx: RequestContext,
     id: string,
     state: 'creating' | 'running',
-    opts: CreateOptions,
+    opts: NamedCreate,
     resources: ResourceLimits,
     timeoutMs: number,
     defaults: SandboxRecord['defaults'],
-    volumes: SandboxVolume[] = [],
+    volumes: SandboxVolume[],
+    layers: readonly LayerRef[],
   ): SandboxRecord {
     const now = Date.now();
     return {
@@ -457,6 +513,9 @@ export class SandboxManager {
       timeoutMs,
       remainingMs: null,
       volumes,
+      // By id (a layer's digest, or builtin:<name>@<builtAt>): paths move when a built-in template is rebuilt.
+      layers: layers.map((l) => l.digest ?? l.path),
+      snapshot: opts.snapshot ?? null,
     };
   }
 

@@ -55,6 +55,8 @@ interface Pooled {
   template: string;
   /** Build of the template it was started from: a rebuilt template makes it stale. */
   builtAt: number | undefined;
+  /** The layers it was started on (its row records them: a snapshot of it builds on them). */
+  layers: readonly LayerRef[];
   resources: ResourceLimits;
   conn: AgentConnection;
   /** The agent connection dropped (the container died while pooled). */
@@ -64,6 +66,7 @@ interface Pooled {
 export interface Claimed {
   id: string;
   conn: AgentConnection;
+  layers: readonly LayerRef[];
 }
 
 export interface PoolStats {
@@ -194,7 +197,7 @@ export class WarmPool {
     }
     c.claims++;
     this.kick();
-    return { id: e.id, conn: e.conn };
+    return { id: e.id, conn: e.conn, layers: e.layers };
   }
 
   stats(): PoolStats[] {
@@ -318,7 +321,7 @@ export class WarmPool {
       const conn = await this.deps.connectAgent(this.deps.runtime.agentEndpoint(id), { timeoutMs: 5000 });
       c.started++;
       this.retryAt.delete(template);
-      const e: Pooled = { id, template, builtAt, resources, conn, lost: false };
+      const e: Pooled = { id, template, builtAt, layers, resources, conn, lost: false };
       conn.onClose(() => this.onLost(e));
       if (this.closed) this.discard(e);
       else this.ready.get(template)!.push(e);

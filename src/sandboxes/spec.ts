@@ -40,6 +40,11 @@ export function containerSpec(
 /** Throws a clear error unless the backend has the capability `what` needs. */
 export function requireCapability(runtime: RuntimeDriver, cap: CapabilityName, what: string): void {
   if (!runtime.capabilities[cap]) {
-    throw new UnsupportedError(`cannot ${what}: the ${runtime.kind} backend does not support ${cap}`, { backend: runtime.kind, capability: cap });
+    const reason = runtime.capabilities.reasons?.[cap];
+    throw new UnsupportedError(`cannot ${what}: the ${runtime.kind} backend does not support ${cap}${reason ? ` (${reason})` : ''}`, {
+      backend: runtime.kind,
+      capability: cap,
+      ...(reason ? { reason } : {}),
+    });
   }
 }

@@ -38,6 +38,13 @@ export interface SandboxRecord {
   defaults: { cwd?: string; user?: string; setuid?: true };
   /** Named volumes it attaches (src/volumes), in the order asked. */
   volumes: SandboxVolume[];
+  /**
+   * The read-only layers it stacks, as layer ids lowest first (`builtin:<name>@<builtAt>` or a
+   * layer digest): what a snapshot of it builds on. Empty for rows from before snapshots.
+   */
+  layers: string[];
+  /** The snapshot it was started from (src/snapshots), or null. */
+  snapshot: string | null;
 }
 
 export interface SandboxVolume {
@@ -70,6 +77,8 @@ interface SandboxRow {
   remaining_ms: number | null;
   volumes: string | null;
   defaults: string | null;
+  layers: string | null;
+  snapshot: string | null;
 }
 
 export interface ProcessRecord {
@@ -105,6 +114,8 @@ function fromRow(r: SandboxRow): SandboxRecord {
     remainingMs: r.remaining_ms,
     volumes: r.volumes ? (JSON.parse(r.volumes) as SandboxVolume[]) : [],
     defaults: r.defaults ? (JSON.parse(r.defaults) as SandboxRecord['defaults']) : {},
+    layers: r.layers ? (JSON.parse(r.layers) as string[]) : [],
+    snapshot: r.snapshot,
   };
 }
 
@@ -131,9 +142,9 @@ export class SandboxStore {
     this
       .sql(
         `INSERT INTO sandboxes (id, template, state, owner, created_at, expires_at, envs, metadata, resources, state_changed_at, runtime, defaults,
-           lifecycle, timeout_ms, remaining_ms, volumes)
+           lifecycle, timeout_ms, remaining_ms, volumes, layers, snapshot)
          VALUES (@id, @template, @state, @owner, @createdAt, @expiresAt, @envs, @metadata, @resources, @stateChangedAt, @runtime, @defaults,
-           @lifecycle, @timeoutMs, @remainingMs, @volumes)`,
+           @lifecycle, @timeoutMs, @remainingMs, @volumes, @layers, @snapshot)`,
       )
       .run({
         ...s,
@@ -143,6 +154,7 @@ export class SandboxStore {
         lifecycle: JSON.stringify(s.lifecycle),
         volumes: s.volumes.length > 0 ? JSON.stringify(s.volumes) : null,
         defaults: JSON.stringify(s.defaults),
+        layers: JSON.stringify(s.layers),
       });
     this.remember(s);
   }
@@ -272,6 +284,14 @@ export class SandboxStore {
     const rows = this
       .sql(`SELECT id FROM sandboxes WHERE volumes IS NOT NULL AND state NOT IN ('killed', 'expired', 'failed') AND instr(volumes, ?) > 0 ORDER BY created_at`)
       .all(`"${volumeId}"`) as Array<{ id: string }>;
+    return rows.map((r) => r.id);
+  }
+
+  /** Live sandboxes (any state but the final ones) started from the snapshot. */
+  usingSnapshot(snapshotId: string): string[] {
+    const rows = this
+      .sql(`SELECT id FROM sandboxes WHERE snapshot = ? AND state NOT IN ('killed', 'expired', 'failed') ORDER BY created_at`)
+      .all(snapshotId) as Array<{ id: string }>;
     return rows.map((r) => r.id);
   }
 

@@ -6,6 +6,7 @@ export * from './templates.js';
 export * from './keys.js';
 export * from './info.js';
 export * from './volumes.js';
+export * from './snapshots.js';
 export * from './network.js';
 export * from './case.js';
 export * from './pty.js';

@@ -23,11 +23,16 @@ export const RuntimeInfo = z
       pause: z.boolean().describe('Can freeze and thaw a sandbox'),
       volumes: z.boolean().describe('Can attach named volumes (persistent quota\'d disks) to sandboxes'),
       stop: z.boolean().describe('Can stop a sandbox keeping its files, and start it again (also after a daemon or host restart)'),
-      checkpoint: z.boolean().describe("Can dump and restore a sandbox's memory"),
+      snapshot: z.boolean().describe("Can take filesystem snapshots: a consistent copy of a sandbox's files that new sandboxes start from"),
+      memorySnapshot: z.boolean().describe("Can dump a sandbox's processes and memory to disk and restore them (hibernate; fork with memory)"),
       updateResources: z.boolean().describe('Can change cpu, memory and pids limits of a running sandbox'),
       exportChanges: z.boolean().describe("Can copy a sandbox's file changes out as a layer (template builds, snapshots)"),
       network: z.array(z.string()).describe('Network modes a sandbox can be given'),
       maxLayers: z.number().int().describe('Most read-only filesystem layers one sandbox stacks'),
+      reasons: z
+        .record(z.string(), z.string())
+        .optional()
+        .describe('Why a capability is false, and what it would take (e.g. memorySnapshot: not implemented yet, needs CRIU 4 and runc)'),
     }),
   })
   .describe('The runtime backend and what it can do');

@@ -5,6 +5,7 @@ import { SANDBOX_STATES } from '../sandboxes/lifecycle.js';
 import { ON_TIMEOUT } from '../sandboxes/policy.js';
 import { VolumeMountRequest, VolumeName } from './volumes.js';
 import { NetworkConfig } from './network.js';
+import { SnapshotRef } from './snapshots.js';
 
 export { SANDBOX_STATES };
 export const SandboxState = z
@@ -64,7 +65,10 @@ export const Resources = z
 
 export const CreateSandboxRequest = z
   .object({
-    template: TemplateName.default('debian'),
+    template: TemplateName.optional().describe('Template to start from (see GET /v1/templates); default debian. Not with snapshot'),
+    snapshot: SnapshotRef.optional().describe(
+      "A filesystem snapshot to start from (see /v1/snapshots): the template it was taken on, its files and its env, workdir and user. Not with template",
+    ),
     timeoutMs: SandboxTimeoutMs.optional().describe('Lifetime in ms before the sandbox is killed; default 5 minutes, extendable'),
     envs: EnvVars.optional().describe('Environment variables every command in this sandbox gets'),
     metadata: Metadata.optional(),
@@ -110,6 +114,7 @@ export const Sandbox = z.object({
     .array(z.object({ name: VolumeName, path: z.string().describe('Where it appears inside the sandbox'), readOnly: z.boolean() }))
     .optional()
     .describe('Attached volumes (absent when none)'),
+  snapshot: z.string().optional().describe('The snapshot it was started from (its id), if any'),
   timeoutRemainingMs: z
     .number()
     .optional()

@@ -22,6 +22,8 @@ export { Template } from './templates.js';
 export { ApiKeys } from './keys.js';
 export { Volume } from './volumes.js';
 export type { CreateVolumeOptions, VolumeInfo } from './volumes.js';
+export { Snapshot } from './snapshots.js';
+export type { SnapshotInfo, SnapshotOptions } from './snapshots.js';
 export type { ApiKeyInfo, CreateKeyOptions } from './keys.js';
 export type { BuildInfo, BuildOptions, BuildProgress, BuildTemplateOptions, CopyOptions, StepProgress, TemplateDefinition, TemplateDetails, TemplateInfo, TemplateStep } from './templates.js';
 export { DEFAULT_API_URL, DEFAULT_REQUEST_TIMEOUT_MS } from './options.js';

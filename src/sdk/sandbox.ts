@@ -20,11 +20,17 @@ import { Pty } from './pty.js';
 import { Network } from './network.js';
 import type { NetworkConfig } from '../schemas/index.js';
 import { HttpClient } from './http.js';
+import { takeSnapshot, type SnapshotInfo, type SnapshotOptions } from './snapshots.js';
 import { pickConnection, resolveConnection, type ConnectionOptions } from './options.js';
 
 export interface CreateOptions extends ConnectionOptions {
-  /** Template to start from; default: the daemon's default ('debian'). */
+  /** Template to start from; default: the daemon's default ('debian'). Not with `snapshot`. */
   template?: string;
+  /**
+   * A filesystem snapshot (id or name, see `sandbox.snapshot()`) to start from: the template it was
+   * taken on, its files, and its env, working directory and user. Not with `template`.
+   */
+  snapshot?: string;
   /** Lifetime in ms before the sandbox is killed; default 5 minutes. Extend it with setTimeout. */
   timeoutMs?: number;
   /** Environment variables every command in the sandbox gets. */
@@ -111,6 +117,7 @@ export class Sandbox {
     const http = new HttpClient(resolveConnection(pickConnection(opts)));
     const body = {
       template: opts.template,
+      snapshot: opts.snapshot,
       timeoutMs: opts.timeoutMs,
       envs: opts.envs,
       metadata: opts.metadata,
@@ -187,6 +194,15 @@ export class Sandbox {
   async start(opts: WakeOptions = {}): Promise<SandboxInfo> {
     this.info = await this.http.json('POST', `${sandboxPath(this.id)}/start`, SandboxSchema, { json: wakeBody(opts), timeoutMs: this.longTimeout() });
     return this.info;
+  }
+
+  /**
+   * A filesystem snapshot: a consistent copy of the sandbox's files (its processes are frozen while
+   * they are copied; a paused sandbox stays paused), kept as an immutable layer. Start any number of
+   * sandboxes from it with `Sandbox.create({ snapshot: info.id })` (or its name).
+   */
+  async snapshot(opts: SnapshotOptions = {}): Promise<SnapshotInfo> {
+    return takeSnapshot(this.http, this.id, opts, this.longTimeout());
   }
 
   private longTimeout(): number {

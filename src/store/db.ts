@@ -142,6 +142,27 @@ const MIGRATIONS: string[] = [
      state TEXT NOT NULL
    );
    CREATE INDEX egress_log_sandbox_seq ON egress_log(sandbox_id, seq);`,
+  // Filesystem snapshots (src/snapshots): one row each, unique per owner and name when named. A sandbox
+  // records the layer chain it stacks (ids, lowest first: what a snapshot of it builds on) and the
+  // snapshot it was started from (a snapshot cannot be deleted while a live sandbox was started from it).
+  `ALTER TABLE sandboxes ADD COLUMN layers TEXT;
+   ALTER TABLE sandboxes ADD COLUMN snapshot TEXT;
+   CREATE INDEX sandboxes_snapshot ON sandboxes(snapshot) WHERE snapshot IS NOT NULL;
+   CREATE TABLE snapshots (
+     id TEXT PRIMARY KEY,
+     owner TEXT,
+     name TEXT,
+     sandbox_id TEXT NOT NULL,
+     template TEXT NOT NULL,
+     parent_snapshot TEXT,
+     layer TEXT NOT NULL,
+     chain TEXT NOT NULL,
+     config TEXT NOT NULL,
+     metadata TEXT NOT NULL,
+     size_bytes INTEGER NOT NULL,
+     created_at INTEGER NOT NULL
+   );
+   CREATE UNIQUE INDEX snapshots_owner_name ON snapshots(COALESCE(owner, ''), name) WHERE name IS NOT NULL;`,
 ];
 
 export function openDb(file: string): Db {

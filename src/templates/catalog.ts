@@ -80,7 +80,23 @@ const IMPORT_MAX_BYTES = 16 * 1024 ** 3;
 const EMPTY_CONFIG: TemplateConfig = { env: {} };
 
 export class TemplateCatalog {
+  /** Layer ids held by something other than templates (snapshots): pruning keeps them. */
+  private readonly holders: Array<() => Iterable<string>> = [];
+
   constructor(private readonly d: CatalogDeps) {}
+
+  /** Another holder of layer ids (the snapshot service): its layers are never pruned while it names them. */
+  addLayerHolder(fn: () => Iterable<string>): void {
+    this.holders.push(fn);
+  }
+
+  /**
+   * Layer ids (a chain, lowest first: `builtin:<name>@<builtAt>` or layer digests) as the trees a
+   * sandbox stacks. A built-in template's replaced tree is found where its rebuild moved it.
+   */
+  chainRefs(ids: readonly string[]): LayerRef[] {
+    return this.chain([...ids]).map((l) => ({ path: l.path, digest: l.id }));
+  }
 
   // --- reading --------------------------------------------------------------------
 
@@ -282,12 +298,16 @@ export class TemplateCatalog {
   referencesBuiltin(name: string, builtAt: number | undefined): boolean {
     if (builtAt === undefined) return false;
     const id = `builtin:${name}@${builtAt}`;
-    return this.d.users.list(null).some((u) => u.layers?.includes(id));
+    return this.d.users.list(null).some((u) => u.layers?.includes(id)) || this.held().has(id);
   }
 
-  /** Remove layers no template references and no sandbox sits on. */
+  /** Remove layers no template or snapshot references and no sandbox sits on. */
   async prune(): Promise<string[]> {
-    return this.d.layers.prune(this.d.users.referencedLayers(), this.d.treeInUse);
+    return this.d.layers.prune(new Set([...this.d.users.referencedLayers(), ...this.held()]), this.d.treeInUse);
+  }
+
+  private held(): Set<string> {
+    return new Set(this.holders.flatMap((fn) => [...fn()]));
   }
 
   // --- internals --------------------------------------------------------------------

@@ -31,6 +31,7 @@ export function toApiSandbox(r: SandboxRecord): Sandbox {
       ...(r.lifecycle.idleMs !== null ? { idleMs: r.lifecycle.idleMs } : {}),
       deleteAfterMs: r.lifecycle.deleteAfterMs,
     },
+    ...(r.snapshot !== null ? { snapshot: r.snapshot } : {}),
     ...(r.volumes.length > 0 ? { volumes: r.volumes.map((v) => ({ name: v.name, path: v.path, readOnly: v.readOnly })) } : {}),
     ...((r.state === 'paused' || r.state === 'stopped') && r.remainingMs !== null ? { timeoutRemainingMs: r.remainingMs } : {}),
   };

@@ -12,6 +12,7 @@ export function registerSandboxCommands(program: Command): void {
     .command('create')
     .description('start a sandbox and print its id'))
     .option('-t, --template <name>', 'template to start from (see `capsule template list`)')
+    .option('--snapshot <ref>', 'start from a filesystem snapshot (id or name; see `capsule snapshot`) instead of a template')
     .option('--timeout <seconds>', 'lifetime before the sandbox is killed (default 300)')
     .option('-e, --env <KEY=VALUE>', 'environment variable for every command (repeatable)', collect)
     .option('-m, --metadata <KEY=VALUE>', 'metadata label (repeatable)', collect)
@@ -24,7 +25,7 @@ export function registerSandboxCommands(program: Command): void {
     .option('-v, --volume <NAME:/path[:ro]>', 'attach a named volume (repeatable; see `capsule volume`)', collect)
     .option('--delete-after <seconds>', 'delete it this long after it was paused or stopped (default: the daemon\'s, 7 days)')
     .option('--json', 'print the sandbox as JSON')
-    .action(async (opts: EgressFlags & { template?: string; timeout?: string; env?: string[]; metadata?: string[]; cpus?: string; memory?: string; diskMb?: string; onTimeout?: string; autoResume?: boolean; idle?: string; deleteAfter?: string; volume?: string[]; json?: boolean }, cmd: Command) => {
+    .action(async (opts: EgressFlags & { template?: string; snapshot?: string; timeout?: string; env?: string[]; metadata?: string[]; cpus?: string; memory?: string; diskMb?: string; onTimeout?: string; autoResume?: boolean; idle?: string; deleteAfter?: string; volume?: string[]; json?: boolean }, cmd: Command) => {
       const resources: { cpus?: number; memoryMb?: number; diskMb?: number } = {};
       const cpus = parseNumber(opts.cpus, '--cpus');
       const memoryMb = parseNumber(opts.memory, '--memory');
@@ -44,6 +45,7 @@ export function registerSandboxCommands(program: Command): void {
       const sbx = await Sandbox.create({
         ...connection(cmd),
         template: opts.template,
+        snapshot: opts.snapshot,
         timeoutMs: secondsToMs(opts.timeout, '--timeout'),
         envs: parsePairs(opts.env, '--env'),
         metadata: parsePairs(opts.metadata, '--metadata'),
@@ -108,6 +110,7 @@ export function registerSandboxCommands(program: Command): void {
             `${info.lifecycle.autoResume ? ', auto-resume' : ''}, kept ${Math.round(info.lifecycle.deleteAfterMs / 1000)} s when paused or stopped`,
         ],
       ];
+      if (info.snapshot) rows.push(['snapshot', `${info.snapshot} (started from it)`]);
       if (info.volumes?.length) rows.push(['volumes', info.volumes.map((v) => `${v.name}:${v.path}${v.readOnly ? ':ro' : ''}`).join(' ')]);
       if (info.timeoutRemainingMs !== undefined) rows.push(['time left', `${Math.round(info.timeoutRemainingMs / 1000)} s when woken`]);
       if (info.endedAt) rows.push(['ended', `${shortTime(info.endedAt)}${info.endReason ? ` (${info.endReason})` : ''}`]);

@@ -27,8 +27,11 @@ const EXPECTED_TOOLS = [
   'sandbox_resume',
   'sandbox_set_network',
   'sandbox_set_timeout',
+  'sandbox_snapshot',
   'sandbox_start',
   'sandbox_stop',
+  'snapshot_delete',
+  'snapshot_list',
   'write_file',
 ];
 
@@ -157,6 +160,31 @@ for (const kind of TRANSPORTS) {
       const gone = await call('read_file', { sandbox_id: sandboxId, path: '/tmp/mcp/hello.txt' });
       assert.equal(gone.isError, true);
       assert.match(text(gone), /not_found/);
+    });
+
+    it('snapshots a sandbox, starts another from it, and deletes it once nothing uses it', async () => {
+      const w = await call('write_file', { sandbox_id: sandboxId, path: '/snap/kept.txt', content: kind });
+      assert.notEqual(w.isError, true, text(w));
+      const name = `mcp-${kind}`;
+      const snap = await call('sandbox_snapshot', { sandbox_id: sandboxId, name, metadata: { via: 'mcp' } });
+      assert.notEqual(snap.isError, true, text(snap));
+      const s = snap.structuredContent as { snapshot_id: string; name: string; sandbox_id: string; template: string; size_bytes: number; used_by: string[] };
+      assert.match(s.snapshot_id, /^snap-[a-z0-9]{12}$/);
+      assert.deepEqual([s.name, s.sandbox_id, s.template, s.used_by], [name, sandboxId, 'busybox', []]);
+      const fork = await call('sandbox_create', { snapshot: name });
+      assert.notEqual(fork.isError, true, text(fork));
+      const forkId = (fork.structuredContent as { sandbox_id: string; template: string }).sandbox_id;
+      assert.equal((fork.structuredContent as { template: string }).template, 'busybox');
+      const r = await call('read_file', { sandbox_id: forkId, path: '/snap/kept.txt' });
+      assert.equal((r.structuredContent as { content: string }).content, kind);
+      const list = await call('snapshot_list', { sandbox_id: sandboxId });
+      assert.deepEqual((list.structuredContent as { snapshots: Array<{ used_by: string[] }> }).snapshots.map((x) => x.used_by), [[forkId]]);
+      const busy = await call('snapshot_delete', { snapshot: name });
+      assert.equal(busy.isError, true);
+      assert.match(text(busy), /conflict: snapshot .* is in use by sandbox/);
+      await call('sandbox_kill', { sandbox_id: forkId });
+      const del = await call('snapshot_delete', { snapshot: name });
+      assert.notEqual(del.isError, true, text(del));
     });
 
     it('reports real failures with isError: missing sandbox, missing interpreter', async () => {

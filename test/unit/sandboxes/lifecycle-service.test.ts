@@ -31,7 +31,7 @@ class Gate {
 class FakeRuntime implements RuntimeDriver {
   kind = 'fake';
   name = 'fake 1';
-  capabilities = { isolation: 'container' as const, pause: true, stop: true, volumes: false, checkpoint: false, updateResources: false, exportChanges: false, network: ['none' as const], maxLayers: 4 };
+  capabilities = { isolation: 'container' as const, pause: true, stop: true, volumes: false, snapshot: false, memorySnapshot: false, updateResources: false, exportChanges: false, network: ['none' as const], maxLayers: 4 };
   status = new Map<string, ContainerStatus>();
   calls: string[] = [];
   destroyed: string[] = [];
@@ -249,6 +249,97 @@ describe('lifecycle verbs on the state machine', () => {
     assert.equal(store.get(s.id)!.state, 'expired');
     assert.match(store.get(s.id)!.endReason!, /kept stopped for 3 s \(lifecycle.deleteAfterMs\) and deleted/);
     assert.ok(runtime.destroyed.includes(s.id));
+  });
+
+  it('a filesystem snapshot is one queued operation: snapshotting while it copies, running after; paused stays paused; stopped is 409', async () => {
+    await assert.rejects(
+      manager.snapshotFiles(SYSTEM_CONTEXT, (await manager.create(SYSTEM_CONTEXT, { template: 'busybox' })).id, async () => 'never'),
+      (e: any) => e.code === 'unsupported' && e.details.capability === 'snapshot',
+    );
+    runtime.capabilities.snapshot = true;
+    const rec = await manager.create(SYSTEM_CONTEXT, { template: 'busybox' });
+    const copying = new Gate();
+    const seen: string[] = [];
+    const snap = manager.snapshotFiles(SYSTEM_CONTEXT, rec.id, async (r) => {
+      seen.push(`${r.id} ${store.get(rec.id)!.state}`);
+      await copying.promise;
+      return 'layer';
+    });
+    await new Promise((r) => setTimeout(r, 5));
+    assert.deepEqual(seen, [`${rec.id} snapshotting`]);
+    // A command asked meanwhile waits for the copy instead of answering 409.
+    let used = false;
+    const use = manager.use(SYSTEM_CONTEXT, rec.id, 'run a command').then((u) => ((used = true), u));
+    await new Promise((r) => setTimeout(r, 5));
+    assert.equal(used, false, 'the command waits for the snapshot');
+    copying.open();
+    assert.equal(await snap, 'layer');
+    assert.equal((await use).rec.state, 'running');
+    assert.equal(store.get(rec.id)!.state, 'running');
+
+    // A pause asked meanwhile queues behind the copy: nothing freezes or thaws under it.
+    const again = new Gate();
+    const snap2 = manager.snapshotFiles(SYSTEM_CONTEXT, rec.id, async () => again.promise);
+    const pause = manager.pause(SYSTEM_CONTEXT, rec.id);
+    await new Promise((r) => setTimeout(r, 5));
+    assert.deepEqual(runtime.calls, [], 'the pause waits for the snapshot');
+    again.open();
+    await snap2;
+    assert.equal((await pause).state, 'paused');
+
+    // Paused: the capture runs on the frozen sandbox, which stays paused.
+    assert.equal(await manager.snapshotFiles(SYSTEM_CONTEXT, rec.id, async () => store.get(rec.id)!.state), 'paused');
+    assert.equal(store.get(rec.id)!.state, 'paused');
+    assert.deepEqual(runtime.calls, [`pause ${rec.id}`], 'nothing thawed it');
+
+    // A capture that fails leaves a running sandbox running.
+    await manager.resume(SYSTEM_CONTEXT, rec.id);
+    await assert.rejects(manager.snapshotFiles(SYSTEM_CONTEXT, rec.id, async () => { throw new Error('disk full'); }), /disk full/);
+    assert.equal(store.get(rec.id)!.state, 'running');
+
+    // Stopped: 409 naming the state, and the capture never runs.
+    await manager.stop(SYSTEM_CONTEXT, rec.id);
+    let ran = false;
+    await assert.rejects(
+      manager.snapshotFiles(SYSTEM_CONTEXT, rec.id, async () => (ran = true)),
+      (e: any) => e.code === 'conflict' && e.details.state === 'stopped',
+    );
+    assert.equal(ran, false);
+  });
+
+  it('a kill during a snapshot waits for the copy, then wins: the snapshot answers 409', async () => {
+    runtime.capabilities.snapshot = true;
+    const rec = await manager.create(SYSTEM_CONTEXT, { template: 'busybox' });
+    const copying = new Gate();
+    const started = new Gate();
+    const snap = manager.snapshotFiles(SYSTEM_CONTEXT, rec.id, async () => {
+      started.open();
+      await copying.promise;
+    });
+    await started.promise;
+    const kill = manager.kill(SYSTEM_CONTEXT, rec.id);
+    await new Promise((r) => setTimeout(r, 5));
+    assert.deepEqual(runtime.destroyed, [], 'no destroy while the copy runs');
+    copying.open();
+    assert.equal((await kill).state, 'killed');
+    await assert.rejects(snap, (e: any) => e.code === 'conflict');
+    assert.deepEqual(runtime.destroyed, [rec.id]);
+  });
+
+  it('a restart puts a sandbox cut off while snapshotting back to running, thawing it if still frozen', async () => {
+    const frozen = (await manager.create(SYSTEM_CONTEXT, { template: 'busybox' })).id;
+    const thawed = (await manager.create(SYSTEM_CONTEXT, { template: 'busybox' })).id;
+    const gone = (await manager.create(SYSTEM_CONTEXT, { template: 'busybox' })).id;
+    for (const id of [frozen, thawed, gone]) store.transition(id, ['running'], 'snapshotting');
+    runtime.status.set(frozen, 'paused');
+    runtime.status.delete(gone);
+    runtime.calls = [];
+    await make().recover();
+    assert.equal(store.get(frozen)!.state, 'running');
+    assert.equal(store.get(thawed)!.state, 'running');
+    assert.equal(store.get(gone)!.state, 'failed');
+    assert.deepEqual(runtime.calls, [`resume ${frozen}`]);
+    assert.equal(runtime.status.get(frozen), 'running');
   });
 
   it('a restart settles every sleeping or half-done row against what the runtime holds, without touching paused agents', async () => {

@@ -73,7 +73,7 @@ describe('SandboxStore.transition (compare-and-set)', () => {
     store.insert({
       id, template: 'busybox', state, owner: null, createdAt: now, expiresAt: now + 1000, envs: {}, metadata: {},
       resources: { cpus: 1, memoryMb: 64, pids: 64, diskMb: 64 }, endedAt: null, endReason: null, stateChangedAt: now, runtime: 'crun', defaults: {},
-      lifecycle: { ...DEFAULT_POLICY }, timeoutMs: 1000, remainingMs: null, volumes: [],
+      lifecycle: { ...DEFAULT_POLICY }, timeoutMs: 1000, remainingMs: null, volumes: [], layers: [], snapshot: null,
     });
     return id;
   }
