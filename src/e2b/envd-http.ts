@@ -121,13 +121,13 @@ async function uploadRaw(s: Services, c: EnvdCaller, req: FastifyRequest, user: 
 
 /**
  * Each file part goes where the query's path says, or, without one (several files at once), where
- * its file name says. Parts are written one after the other, as they arrive.
+ * its file name says (the whole path: busboy keeps it, preservePath). Parts are written one after the other, as they arrive.
  */
 function uploadMultipart(s: Services, c: EnvdCaller, req: FastifyRequest, user: string, target: string | undefined) {
   return new Promise<Array<{ path: string; name: string; type: 'file' }>>((resolve, reject) => {
     let bb: busboy.Busboy;
     try {
-      bb = busboy({ headers: req.headers, limits: { files: MAX_UPLOAD_FILES, fields: 100, fieldSize: 64 * 1024 } });
+      bb = busboy({ headers: req.headers, preservePath: true, limits: { files: MAX_UPLOAD_FILES, fields: 100, fieldSize: 64 * 1024 } });
     } catch (err) {
       reject(new InvalidArgumentError(`bad multipart upload: ${(err as Error).message}`));
       return;
