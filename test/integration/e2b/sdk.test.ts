@@ -9,7 +9,18 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import { after, before, describe, it } from 'node:test';
-import { AuthenticationError, CommandExitError, FilesystemEventType, NotFoundError, Sandbox, SandboxError } from 'e2b';
+import {
+  AuthenticationError,
+  CommandExitError,
+  FileNotFoundError,
+  FilesystemEventType,
+  InvalidArgumentError,
+  NotFoundError,
+  Sandbox,
+  SandboxError,
+  SandboxNotFoundError,
+  TimeoutError,
+} from 'e2b';
 import { CLI, removeDataDir, startTestDaemon, tempDataDir, type TestDaemon } from '../../helpers/daemon.js';
 
 const skip = process.getuid?.() !== 0 ? 'needs root (real crun sandboxes)' : false;
@@ -189,6 +200,63 @@ describe('E2B SDK against Capsule', { skip, timeout: 10 * 60_000 }, () => {
     await s.files.remove('/tmp/e2b');
     assert.equal(await s.files.exists('/tmp/e2b'), false);
     await assert.rejects(s.files.read('/tmp/e2b/b.bin'), (e: unknown) => e instanceof NotFoundError);
+  });
+
+  it('uploads gzip, octet-stream and streamed bodies, reads as stream and blob, and writes 20 MiB', async () => {
+    const s = sbx!;
+    await s.files.write('/tmp/gz.txt', 'gzipped body', { gzip: true });
+    assert.equal(await s.files.read('/tmp/gz.txt'), 'gzipped body');
+    await s.files.write('/tmp/octet.txt', 'raw body', { useOctetStream: true });
+    assert.equal(await s.files.read('/tmp/octet.txt'), 'raw body');
+    await s.files.write('/tmp/streamed.txt', new Blob(['streamed body']).stream());
+    assert.equal(await new Response(await s.files.read('/tmp/streamed.txt', { format: 'stream' })).text(), 'streamed body');
+    assert.equal((await s.files.read('/tmp/streamed.txt', { format: 'blob' })).size, 'streamed body'.length);
+    const big = Buffer.alloc(20 * 1024 * 1024, 7);
+    big[big.length - 1] = 9;
+    await s.files.write('/tmp/big.bin', big.buffer);
+    const back = await s.files.read('/tmp/big.bin', { format: 'bytes' });
+    assert.equal(back.length, big.length);
+    assert.equal(back[back.length - 1], 9);
+    await s.files.remove('/tmp/big.bin');
+  });
+
+  it('maps missing files, processes and directories to the SDK’s errors', async () => {
+    const s = sbx!;
+    const notFound = (e: unknown) => e instanceof FileNotFoundError;
+    await assert.rejects(s.files.read('/tmp/nope'), notFound);
+    await assert.rejects(s.files.list('/tmp/nope'), notFound);
+    await assert.rejects(s.files.getInfo('/tmp/nope'), notFound);
+    await assert.rejects(s.files.remove('/tmp/nope'), notFound);
+    await assert.rejects(s.files.rename('/tmp/nope', '/tmp/nope2'), notFound);
+    await assert.rejects(s.files.watchDir('/tmp/nope', () => undefined), notFound);
+    await assert.rejects(s.files.read('/tmp'), (e: unknown) => e instanceof InvalidArgumentError);
+    await assert.rejects(s.commands.connect(99999), (e: unknown) => e instanceof NotFoundError);
+    await assert.rejects(s.commands.sendStdin(99999, 'x'), (e: unknown) => e instanceof NotFoundError);
+    assert.equal(await s.commands.kill(99999), false);
+    await assert.rejects(s.commands.run('pwd', { cwd: '/nope' }), (e: unknown) => e instanceof NotFoundError);
+    await assert.rejects(s.commands.run('sleep 5', { timeoutMs: 500 }), (e: unknown) => e instanceof TimeoutError);
+  });
+
+  it('acts as the user the SDK names (Authorization: Basic), relative paths from that user’s home', async () => {
+    const s = sbx!;
+    assert.equal((await s.commands.run('id -un')).stdout, 'root\n', "busybox's default user");
+    assert.equal((await s.commands.run('id -un', { user: 'nobody' })).stdout, 'nobody\n');
+    await s.files.makeDir('/tmp/nobodys');
+    await s.commands.run('chown nobody /tmp/nobodys');
+    const w = await s.files.write('/tmp/nobodys/own.txt', 'mine', { user: 'nobody' });
+    assert.equal(w.path, '/tmp/nobodys/own.txt');
+    assert.equal((await s.commands.run('stat -c %U /tmp/nobodys/own.txt')).stdout, 'nobody\n');
+    const rel = await s.files.write('relative.txt', 'in home');
+    assert.equal(rel.path, '/root/relative.txt');
+    assert.equal((await s.commands.run('cat /root/relative.txt')).stdout, 'in home');
+  });
+
+  it('tells a killed sandbox from a live one on in-sandbox calls', async () => {
+    const s = await create();
+    await s.kill();
+    await assert.rejects(s.commands.run('echo hi'), (e: unknown) => e instanceof SandboxNotFoundError);
+    const h = await fetch(`${d.url}/health`, { headers: { 'e2b-sandbox-id': s.sandboxId } });
+    assert.equal(h.status, 502);
   });
 
   it('uploads and downloads through signed URLs, and refuses a forged signature', async () => {
