@@ -18,12 +18,12 @@ type Params = { id: string };
 /** E2B's result keys for the mime types Capsule's results carry under their short names. */
 const RESULT_KEYS = ['text', 'html', 'markdown', 'svg', 'png', 'jpeg', 'latex', 'json', 'javascript'] as const;
 
-/** A Capsule result as E2B's `result` line. E2B drops the quotes of a string's repr; so does this. */
+/** A Capsule result as E2B's `result` line. E2B's server drops single quotes around the text (a str's repr); so does this. */
 export function resultLine(r: CodeResult): I.OutputLine {
   const line: Record<string, unknown> = { type: 'result', is_main_result: r.isMainResult };
   for (const k of RESULT_KEYS) if (r[k] !== undefined) line[k] = r[k];
   const text = line.text;
-  if (typeof text === 'string' && text.length >= 2 && ((text.startsWith("'") && text.endsWith("'")) || (text.startsWith('"') && text.endsWith('"')))) {
+  if (typeof text === 'string' && text.length >= 2 && text.startsWith("'") && text.endsWith("'")) {
     line.text = text.slice(1, -1);
   }
   return line as I.OutputLine;
