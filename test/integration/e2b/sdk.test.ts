@@ -8,6 +8,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import http from 'node:http';
 import { after, before, describe, it } from 'node:test';
 import {
   AuthenticationError,
@@ -296,6 +297,35 @@ describe('E2B SDK against Capsule', { skip, timeout: 10 * 60_000 }, () => {
     assert.equal(((await rpc.json()) as { code: string }).code, 'unauthenticated');
     const health = await fetch(`${d.url}/health`, { headers });
     assert.equal(health.status, 204, 'health is open, as isRunning() asks it without a token');
+  });
+
+  it('serves envd on <port>-<id> host names too, with /envs and /metrics behind the access token', async () => {
+    const s = sbx!;
+    const detail = await fetch(`${d.url}/e2b/sandboxes/${s.sandboxId}`, { headers: { 'x-api-key': key } });
+    assert.equal(detail.status, 200);
+    const token = ((await detail.json()) as { envdAccessToken: string }).envdAccessToken;
+    assert.ok(token.length >= 32);
+    const port = new URL(d.url).port;
+    const byHost = (p: string, headers: Record<string, string> = {}) =>
+      new Promise<{ status: number; body: string }>((resolve, reject) => {
+        const r = http.get({ host: '127.0.0.1', port, path: p, headers: { host: `49983-${s.sandboxId}.capsule.localhost:${port}`, ...headers } }, (res) => {
+          let body = '';
+          res.setEncoding('utf8');
+          res.on('data', (c: string) => (body += c));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+        });
+        r.on('error', reject);
+      });
+    const envs = await byHost('/envs', { 'x-access-token': token });
+    assert.equal(envs.status, 200, envs.body);
+    assert.equal((JSON.parse(envs.body) as Record<string, string>).GREETING, 'hello from envs');
+    assert.equal((await byHost('/envs')).status, 401);
+    assert.equal((await byHost('/envs', { 'x-access-token': `${token}x` })).status, 401);
+    const metrics = await byHost('/metrics', { 'x-access-token': token });
+    assert.equal(metrics.status, 200, metrics.body);
+    const m = JSON.parse(metrics.body) as { cpu_count: number; mem_total: number };
+    assert.ok(m.cpu_count >= 1 && m.mem_total > 0, metrics.body);
+    assert.equal((await byHost('/health')).status, 204);
   });
 
   it('watches a directory recursively', async () => {
