@@ -22,7 +22,7 @@ import {
   NetworkUpdate,
   type E2bState,
 } from '../schemas/e2b/control.js';
-import { capsuleTemplate, detail, e2bState, lifecycleOf, listed, networkOf, sandboxAnswer, seconds } from './mapping.js';
+import { capsuleTemplate, detail, domainOf, e2bState, lifecycleOf, listed, networkOf, sandboxAnswer, seconds } from './mapping.js';
 import { decodeCursor, encodeCursor, parseMetadataQuery } from './paging.js';
 import { parse } from './parse.js';
 import type { E2bTokens } from './tokens.js';
@@ -63,7 +63,7 @@ export function controlRoutes(app: FastifyInstance, s: Services, tokens: E2bToke
       ...(body.volumeMounts ? { volumes: body.volumeMounts.map((v) => ({ name: v.name, path: v.path })) } : {}),
       signal: ac.signal,
     });
-    return reply.code(201).send(sandboxAnswer(rec, tokens));
+    return reply.code(201).send(sandboxAnswer(rec, tokens, domainOf(req.headers.host)));
   };
   app.post('/sandboxes', create);
   app.post('/v2/sandboxes', create);
@@ -97,7 +97,7 @@ export function controlRoutes(app: FastifyInstance, s: Services, tokens: E2bToke
 
   app.get('/sandboxes/:sandboxID', async (req) => {
     const { sandboxID } = parse(SandboxIdParams, req.params, 'path parameter');
-    return detail(live(s, context(req), sandboxID), tokens);
+    return detail(live(s, context(req), sandboxID), tokens, domainOf(req.headers.host));
   });
 
   app.delete('/sandboxes/:sandboxID', async (req, reply) => {
@@ -147,7 +147,7 @@ export function controlRoutes(app: FastifyInstance, s: Services, tokens: E2bToke
     const ctx = context(req);
     const rec = live(s, ctx, sandboxID);
     if (e2bState(rec.state) === 'running') throw new ConflictError(`sandbox ${sandboxID} is already running`, { state: rec.state });
-    return reply.code(201).send(sandboxAnswer(await wake(s, ctx, rec, body.timeout), tokens));
+    return reply.code(201).send(sandboxAnswer(await wake(s, ctx, rec, body.timeout), tokens, domainOf(req.headers.host)));
   });
 
   // Connect: 200 for a running sandbox (its lifetime only extended), 201 for one it resumed.
@@ -160,9 +160,9 @@ export function controlRoutes(app: FastifyInstance, s: Services, tokens: E2bToke
       if (body.timeout !== undefined && rec.state === 'running' && Date.now() + seconds(body.timeout) > rec.expiresAt) {
         s.sandboxes.setTimeout(ctx, sandboxID, seconds(body.timeout));
       }
-      return reply.code(200).send(sandboxAnswer(s.sandboxes.get(ctx, sandboxID), tokens));
+      return reply.code(200).send(sandboxAnswer(s.sandboxes.get(ctx, sandboxID), tokens, domainOf(req.headers.host)));
     }
-    return reply.code(201).send(sandboxAnswer(await wake(s, ctx, rec, body.timeout), tokens));
+    return reply.code(201).send(sandboxAnswer(await wake(s, ctx, rec, body.timeout), tokens, domainOf(req.headers.host)));
   };
   app.post('/sandboxes/:sandboxID/connect', connect);
   app.post('/v2/sandboxes/:sandboxID/connect', connect);

@@ -52,7 +52,17 @@ export function seconds(s: number): number {
   return s * 1000;
 }
 
-export function sandboxAnswer(rec: SandboxRecord, tokens: E2bTokens): E2bSandbox {
+/**
+ * The domain E2B's SDK builds sandbox host names from (`getHost(port)` is `<port>-<id>.<domain>`):
+ * `localhost:<the daemon's port>`, which the port proxy serves. Without one the SDK would fall back
+ * to E2B's own cloud domain and send the sandbox's host names, and any request to them, off the machine.
+ */
+export function domainOf(host: string | undefined): string {
+  const port = /:(\d{1,5})$/.exec(host ?? '')?.[1];
+  return port ? `localhost:${port}` : 'localhost';
+}
+
+export function sandboxAnswer(rec: SandboxRecord, tokens: E2bTokens, domain: string): E2bSandbox {
   return {
     templateID: rec.template,
     sandboxID: rec.id,
@@ -61,7 +71,7 @@ export function sandboxAnswer(rec: SandboxRecord, tokens: E2bTokens): E2bSandbox
     envdVersion: ENVD_VERSION,
     envdAccessToken: tokens.envdToken(rec.id),
     trafficAccessToken: tokens.trafficToken(rec.id),
-    domain: null,
+    domain,
   };
 }
 
@@ -83,11 +93,11 @@ export function listed(rec: SandboxRecord): ListedSandbox {
   };
 }
 
-export function detail(rec: SandboxRecord, tokens: E2bTokens): SandboxDetail {
+export function detail(rec: SandboxRecord, tokens: E2bTokens, domain: string): SandboxDetail {
   return {
     ...listed(rec),
     envdAccessToken: tokens.envdToken(rec.id),
-    domain: null,
+    domain,
     lifecycle: { autoResume: rec.lifecycle.autoResume, onTimeout: rec.lifecycle.onTimeout === 'kill' ? 'kill' : 'pause' },
   };
 }

@@ -393,6 +393,47 @@ describe('E2B SDK against Capsule', { skip, timeout: 10 * 60_000 }, () => {
     assert.equal(await Sandbox.kill(s.sandboxId), false, 'killing a killed sandbox finds nothing');
   });
 
+  it('pauses at the timeout with lifecycle onTimeout pause, and a command resumes it (autoResume)', async () => {
+    const s = await create({ timeoutMs: 2_000, lifecycle: { onTimeout: 'pause', autoResume: true } });
+    assert.deepEqual((await s.getInfo()).lifecycle, { onTimeout: 'pause', autoResume: true });
+    await s.files.write('/tmp/before.txt', 'before the pause');
+    let state = 'running';
+    for (let i = 0; i < 100 && state !== 'paused'; i++) {
+      await sleep(200);
+      state = (await s.getInfo()).state;
+    }
+    assert.equal(state, 'paused');
+    assert.equal((await s.commands.run('cat /tmp/before.txt')).stdout, 'before the pause');
+    assert.equal((await s.getInfo()).state, 'running');
+  });
+
+  it('maps allowInternetAccess and network.allowOut onto the sandbox’s egress policy', async () => {
+    const policy = async (id: string) => {
+      const r = await fetch(`${d.url}/v1/sandboxes/${id}/network`, { headers: { authorization: `Bearer ${d.adminKey}` } });
+      assert.equal(r.status, 200);
+      return ((await r.json()) as { egress: unknown }).egress;
+    };
+    const closed = await create();
+    assert.equal(await policy(closed.sandboxId), 'none');
+    const listed = await create({ network: { allowOut: ['example.com', '10.1.2.3'] } });
+    assert.deepEqual(await policy(listed.sandboxId), { allow: ['example.com', '10.1.2.3'] });
+    await closed.kill();
+    await listed.kill();
+  });
+
+  it('reports metrics, and host names that stay on this machine', async () => {
+    const s = sbx!;
+    let metrics = await s.getMetrics();
+    for (let i = 0; i < 40 && metrics.length === 0; i++) {
+      await sleep(250);
+      metrics = await s.getMetrics();
+    }
+    assert.ok(metrics.length > 0, 'a sample within 10 s');
+    assert.ok(metrics[0]!.memTotal > 0 && metrics[0]!.cpuCount >= 1, JSON.stringify(metrics[0]));
+    const port = new URL(d.url).port;
+    assert.equal(s.getHost(8080), `8080-${s.sandboxId}.localhost:${port}`);
+  });
+
   it('answers NotFoundError for an unknown sandbox and for another tenant’s', async () => {
     await assert.rejects(Sandbox.connect('sbx-000000000000'), (e: unknown) => e instanceof NotFoundError);
     await assert.rejects(Sandbox.getInfo('sbx-000000000000'), (e: unknown) => e instanceof NotFoundError);
