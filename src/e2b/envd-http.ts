@@ -12,7 +12,7 @@ import type { Services } from '../api/services.js';
 import { InvalidArgumentError } from '../errors/index.js';
 import { envd } from '../schemas/e2b/index.js';
 import type { EnvdAuth, EnvdCaller } from './envd-auth.js';
-import { giveTo, missingParents } from './ownership.js';
+import { giveTo, prepareWrite } from './ownership.js';
 import { parse } from './parse.js';
 import { effectiveUser, userPath } from './users.js';
 
@@ -93,12 +93,12 @@ function acceptsGzip(req: FastifyRequest): boolean {
   return typeof h === 'string' && /(^|,)\s*gzip\s*(;\s*q=(?!0(\.0*)?\s*($|,))[0-9.]+)?\s*($|,)/i.test(h);
 }
 
-/** Writes one file and hands it (and the directories made for it) to the user. */
+/** Writes one file as the user would: refused where the user may not write; what it creates is the user's. */
 async function writeAs(s: Services, c: EnvdCaller, user: string, target: string, data: Readable | Buffer): Promise<{ path: string; name: string; type: 'file' }> {
   const p = userPath(target, user);
-  const made = user === 'root' ? [] : await missingParents(s, c.ctx, c.id, p);
+  const created = await prepareWrite(s, c.ctx, c.id, user, p);
   await s.files.write(c.ctx, c.id, p, data);
-  await giveTo(s, c.ctx, c.id, user, [...made, p]);
+  await giveTo(s, c.ctx, c.id, user, created);
   return { path: p, name: path.posix.basename(p), type: 'file' };
 }
 

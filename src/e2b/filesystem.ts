@@ -16,7 +16,7 @@ import { isCapsuleError, RateLimitedError } from '../errors/index.js';
 import { serverStream, unary } from './connect.js';
 import { ConnectError } from './errors.js';
 import type { EnvdAuth, EnvdCaller } from './envd-auth.js';
-import { giveTo, missingParents } from './ownership.js';
+import { giveTo, missingParents, requireWritable } from './ownership.js';
 import { basicUser, effectiveUser, userPath } from './users.js';
 
 const SERVICE = '/filesystem.Filesystem';
@@ -111,6 +111,7 @@ export function filesystemService(app: FastifyInstance, s: Services, auth: EnvdA
     });
     if (existing) throw new ConnectError('already_exists', `${p} already exists`);
     const made = await missingParents(s, c.ctx, c.id, path.posix.join(p, 'x'));
+    await requireWritable(s, c.ctx, c.id, c.user, [path.posix.dirname(made[0] ?? p)]);
     await s.files.mkdir(c.ctx, c.id, p);
     await giveTo(s, c.ctx, c.id, c.user, made);
     return { entry: entryInfo(await s.files.stat(c.ctx, c.id, p)) };
@@ -119,13 +120,17 @@ export function filesystemService(app: FastifyInstance, s: Services, auth: EnvdA
   unary(app, `${SERVICE}/Move`, F.MoveRequest, async (msg, req) => {
     const c = caller(req);
     const to = userPath(msg.destination, c.user);
-    await s.files.rename(c.ctx, c.id, userPath(msg.source, c.user), to);
+    const from = userPath(msg.source, c.user);
+    await requireWritable(s, c.ctx, c.id, c.user, [path.posix.dirname(from), path.posix.dirname(to)]);
+    await s.files.rename(c.ctx, c.id, from, to);
     return { entry: entryInfo(await s.files.stat(c.ctx, c.id, to)) };
   });
 
   unary(app, `${SERVICE}/Remove`, F.RemoveRequest, async (msg, req) => {
     const c = caller(req);
-    await s.files.remove(c.ctx, c.id, userPath(msg.path, c.user), true);
+    const p = userPath(msg.path, c.user);
+    await requireWritable(s, c.ctx, c.id, c.user, [path.posix.dirname(p)]);
+    await s.files.remove(c.ctx, c.id, p, true);
     return {};
   });
 

@@ -247,6 +247,21 @@ describe('E2B SDK against Capsule', { skip, timeout: 10 * 60_000 }, () => {
     const w = await s.files.write('/tmp/nobodys/own.txt', 'mine', { user: 'nobody' });
     assert.equal(w.path, '/tmp/nobodys/own.txt');
     assert.equal((await s.commands.run('stat -c %U /tmp/nobodys/own.txt')).stdout, 'nobody\n');
+    // What the user may not change is refused, as envd refuses it; an existing file keeps its owner.
+    const denied = (e: unknown) => e instanceof SandboxError && /may not write/.test(e.message);
+    await assert.rejects(s.files.write('/etc/by-nobody', 'x', { user: 'nobody' }), denied);
+    await assert.rejects(s.files.write('/etc/passwd', 'x', { user: 'nobody' }), denied);
+    await assert.rejects(s.files.makeDir('/etc/nobodys', { user: 'nobody' }), denied);
+    await assert.rejects(s.files.remove('/etc/hostname', { user: 'nobody' }), denied);
+    await assert.rejects(s.files.rename('/tmp/nobodys/own.txt', '/etc/own.txt', { user: 'nobody' }), denied);
+    assert.equal(await s.files.exists('/etc/by-nobody'), false);
+    assert.equal((await s.commands.run('stat -c %U /etc/passwd')).stdout, 'root\n');
+    await s.files.write('/tmp/shared.txt', 'root wrote');
+    await s.commands.run('chmod 666 /tmp/shared.txt');
+    await s.files.write('/tmp/shared.txt', 'nobody wrote', { user: 'nobody' });
+    assert.equal((await s.commands.run('stat -c %U /tmp/shared.txt; cat /tmp/shared.txt')).stdout, 'root\nnobody wrote');
+    await assert.rejects(s.files.remove('/tmp/nobodys/missing', { user: 'nobody' }), (e: unknown) => e instanceof FileNotFoundError);
+
     const rel = await s.files.write('relative.txt', 'in home');
     assert.equal(rel.path, '/root/relative.txt');
     assert.equal((await s.commands.run('cat /root/relative.txt')).stdout, 'in home');
