@@ -12,7 +12,7 @@ import type { Services } from '../api/services.js';
 import { InvalidArgumentError } from '../errors/index.js';
 import { envd } from '../schemas/e2b/index.js';
 import type { EnvdAuth, EnvdCaller } from './envd-auth.js';
-import { giveTo, prepareWrite } from './ownership.js';
+import { giveTo, prepareWrite, requireAccess } from './ownership.js';
 import { parse } from './parse.js';
 import { effectiveUser, userPath } from './users.js';
 
@@ -56,7 +56,9 @@ export function envdHttpRoutes(app: FastifyInstance, s: Services, auth: EnvdAuth
     const q = parse(envd.FilesQuery, req.query, 'query');
     if (!q.path) throw new InvalidArgumentError('path is required');
     const c = fileCaller(auth, req, q, 'read');
-    const p = userPath(q.path, effectiveUser(c.rec, q.username));
+    const user = effectiveUser(c.rec, q.username);
+    const p = userPath(q.path, user);
+    await requireAccess(s, c.ctx, c.id, user, 'r', [p]);
     const { size, stream } = await s.files.read(c.ctx, c.id, p);
     void reply.header('content-type', 'application/octet-stream');
     void reply.header('content-disposition', `attachment; filename="${encodeURIComponent(path.posix.basename(p))}"`);

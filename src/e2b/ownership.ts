@@ -51,19 +51,24 @@ export async function exists(s: Services, ctx: RequestContext, id: string, p: st
   }
 }
 
-/** Refuses, as envd does, a change `user` could not make: each of `paths` that exists must be writable by the user (missing ones are the operation's own not-found). */
-export async function requireWritable(s: Services, ctx: RequestContext, id: string, user: string, paths: string[]): Promise<void> {
+/**
+ * Refuses, as envd does, what `user` could not do: each of `paths` that exists must be writable
+ * (`w`) or readable (`r`) by the user (missing ones are left to the operation's own not-found).
+ */
+export async function requireAccess(s: Services, ctx: RequestContext, id: string, user: string, mode: 'r' | 'w', paths: string[]): Promise<void> {
   if (isRoot(user) || paths.length === 0) return;
   const r = await s.commands.run(ctx, id, {
-    cmd: ['/bin/sh', '-c', 'for p in "$@"; do [ -e "$p" ] || continue; test -w "$p" || { echo "$p"; exit 1; }; done', 'writable', ...paths],
+    cmd: ['/bin/sh', '-c', `for p in "$@"; do [ -e "$p" ] || continue; test -${mode} "$p" || { echo "$p"; exit 1; }; done`, 'access', ...paths],
     user,
     timeoutMs: 30_000,
   });
   if ('exitCode' in r && r.exitCode !== 0) {
     const which = r.stdout.trim() || paths[0]!;
-    throw new PermissionDeniedError(`${user} may not write to ${which}`, { user, path: which });
+    throw new PermissionDeniedError(`${user} may not ${mode === 'w' ? 'write to' : 'read'} ${which}`, { user, path: which });
   }
 }
+
+export const requireWritable = (s: Services, ctx: RequestContext, id: string, user: string, paths: string[]) => requireAccess(s, ctx, id, user, 'w', paths);
 
 /**
  * Checks that `user` may write the file `p` and returns what the write will create for the user:

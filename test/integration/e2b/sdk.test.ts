@@ -261,6 +261,10 @@ describe('E2B SDK against Capsule', { skip, timeout: 10 * 60_000 }, () => {
     await s.files.write('/tmp/shared.txt', 'nobody wrote', { user: 'nobody' });
     assert.equal((await s.commands.run('stat -c %U /tmp/shared.txt; cat /tmp/shared.txt')).stdout, 'root\nnobody wrote');
     await assert.rejects(s.files.remove('/tmp/nobodys/missing', { user: 'nobody' }), (e: unknown) => e instanceof FileNotFoundError);
+    await s.files.write('/tmp/secret.txt', 'root only');
+    await s.commands.run('chmod 600 /tmp/secret.txt');
+    await assert.rejects(s.files.read('/tmp/secret.txt', { user: 'nobody' }), (e: unknown) => e instanceof SandboxError && /may not read/.test(e.message));
+    assert.equal(await s.files.read('/tmp/secret.txt'), 'root only');
 
     const rel = await s.files.write('relative.txt', 'in home');
     assert.equal(rel.path, '/root/relative.txt');
