@@ -316,6 +316,23 @@ describe('E2B SDK against Capsule', { skip, timeout: 10 * 60_000 }, () => {
     assert.equal(((await rpc.json()) as { code: string }).code, 'unauthenticated');
     const health = await fetch(`${d.url}/health`, { headers });
     assert.equal(health.status, 204, 'health is open, as isRunning() asks it without a token');
+
+    // One sandbox's token opens that sandbox only.
+    const other = await create();
+    const token = async (id: string) => {
+      const r = await fetch(`${d.url}/e2b/sandboxes/${id}`, { headers: { 'x-api-key': key } });
+      return ((await r.json()) as { envdAccessToken: string }).envdAccessToken;
+    };
+    const mine = await token(s.sandboxId);
+    const crossed = await fetch(`${d.url}/envs`, { headers: { 'e2b-sandbox-id': other.sandboxId, 'x-access-token': mine } });
+    assert.equal(crossed.status, 401);
+    const own = await fetch(`${d.url}/envs`, { headers: { 'e2b-sandbox-id': other.sandboxId, 'x-access-token': await token(other.sandboxId) } });
+    assert.equal(own.status, 200);
+    // A signed URL of one sandbox does not name a file of another.
+    const url = await s.downloadUrl('/etc/hostname', { useSignatureExpiration: 60 });
+    const elsewhere = await fetch(url, { headers: { 'e2b-sandbox-id': other.sandboxId } });
+    assert.equal(elsewhere.status, 401);
+    await other.kill();
   });
 
   it('serves envd on <port>-<id> host names too, with /envs and /metrics behind the access token', async () => {
