@@ -52,11 +52,27 @@ export function entryInfo(e: FileEntry): F.EntryInfo {
   };
 }
 
-function event(ev: WatchEvent): F.FilesystemEvent | undefined {
-  if (ev.type === 'create' || ev.type === 'write' || ev.type === 'remove' || ev.type === 'rename' || ev.type === 'chmod') {
-    return { name: ev.path, type: F.EVENT_TYPE[ev.type] };
-  }
-  return undefined;
+/** The agent writes a file through a temporary one beside it (agent/files.c) and renames it into place. */
+const AGENT_TEMP = /(^|\/)\.capsule-write-\d+-\d+$/;
+
+/**
+ * Capsule's watch events as envd's, one watch at a time. The agent's temporary file is not the
+ * user's: its events are dropped, and the rename that puts a written file in place (a create of
+ * the target) becomes create + write, what envd's watchers see when a file is written.
+ */
+export function eventTranslator(): (ev: WatchEvent) => F.FilesystemEvent[] {
+  const tempMovedIn = new Set<string>();
+  const dir = (p: string) => (p.includes('/') ? p.slice(0, p.lastIndexOf('/')) : '');
+  return (ev) => {
+    if (ev.type !== 'create' && ev.type !== 'write' && ev.type !== 'remove' && ev.type !== 'rename' && ev.type !== 'chmod') return [];
+    if (AGENT_TEMP.test(ev.path)) {
+      if (ev.type === 'rename') tempMovedIn.add(dir(ev.path));
+      return [];
+    }
+    const out: F.FilesystemEvent[] = [{ name: ev.path, type: F.EVENT_TYPE[ev.type] }];
+    if (ev.type === 'create' && tempMovedIn.delete(dir(ev.path))) out.push({ name: ev.path, type: F.EVENT_TYPE.write });
+    return out;
+  };
 }
 
 interface Watcher {
@@ -138,14 +154,16 @@ export function filesystemService(app: FastifyInstance, s: Services, auth: EnvdA
     const c = caller(call.req);
     if (msg.includeEntry) throw new ConnectError('unimplemented', 'watch events with entries are not supported');
     let first = true;
+    const translate = eventTranslator();
     const w = await s.watches.watch(c.ctx, c.id, userPath(msg.path, c.user), { recursive: msg.recursive === true }, {
       write: (ev) => {
         if (ev.type === 'start' && first) {
           first = false;
           return stream.send({ start: {} });
         }
-        const e = event(ev);
-        return e ? stream.send({ filesystem: e }) : true;
+        let ok = true;
+        for (const e of translate(ev)) ok = stream.send({ filesystem: e }) && ok;
+        return ok;
       },
       drained: () => stream.drained(),
     });
@@ -167,10 +185,10 @@ export function filesystemService(app: FastifyInstance, s: Services, auth: EnvdA
     }
     const id = randomBytes(12).toString('hex');
     const watcher: Watcher = { sandboxId: c.id, events: [], dropped: false, stop: () => undefined, ended: false };
+    const translate = eventTranslator();
     const w = await s.watches.watch(c.ctx, c.id, userPath(msg.path, c.user), { recursive: msg.recursive === true }, {
       write: (ev) => {
-        const e = event(ev);
-        if (e) {
+        for (const e of translate(ev)) {
           if (watcher.events.length >= WATCHER_BUFFER) {
             watcher.events.shift();
             watcher.dropped = true;

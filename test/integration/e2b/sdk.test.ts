@@ -373,10 +373,15 @@ describe('E2B SDK against Capsule', { skip, timeout: 10 * 60_000 }, () => {
       await s.files.makeDir('/tmp/watched/sub');
       await sleep(300);
       await s.commands.run('echo x > /tmp/watched/sub/f.txt; rm /tmp/watched/sub/f.txt');
-      for (let i = 0; i < 50 && !events.includes(`${FilesystemEventType.REMOVE}:sub/f.txt`); i++) await sleep(100);
+      await s.files.write('/tmp/watched/sub/api.txt', 'through the files API');
+      for (let i = 0; i < 50 && !events.includes(`${FilesystemEventType.WRITE}:sub/api.txt`); i++) await sleep(100);
     } finally {
       await w.stop();
     }
+    // The daemon's own temporary file is not the user's: a write through the API is create + write of the file.
+    assert.deepEqual(events.filter((e) => e.includes('capsule-write')), []);
+    assert.ok(events.includes(`${FilesystemEventType.CREATE}:sub/api.txt`), events.join(' '));
+    assert.ok(events.includes(`${FilesystemEventType.WRITE}:sub/api.txt`), events.join(' '));
     assert.ok(events.includes(`${FilesystemEventType.CREATE}:sub`), events.join(' '));
     assert.ok(events.includes(`${FilesystemEventType.CREATE}:sub/f.txt`), events.join(' '));
     assert.ok(events.includes(`${FilesystemEventType.WRITE}:sub/f.txt`), events.join(' '));

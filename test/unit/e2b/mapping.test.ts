@@ -11,6 +11,7 @@ import { decodeCursor, encodeCursor, parseMetadataQuery } from '../../../src/e2b
 import { E2bTokens, signFile } from '../../../src/e2b/tokens.js';
 import { resultLine } from '../../../src/e2b/interpreter.js';
 import { connectError } from '../../../src/e2b/errors.js';
+import { eventTranslator } from '../../../src/e2b/filesystem.js';
 import { ConflictError, InvalidArgumentError, NotFoundError } from '../../../src/errors/index.js';
 
 const req = (url: string, headers: Record<string, string> = {}) => ({ url, headers }) as unknown as http.IncomingMessage;
@@ -60,6 +61,17 @@ describe('E2B mapping', () => {
     assert.equal(text("'a'"), 'a');
     assert.equal(text('"it\'s"'), '"it\'s"');
     assert.equal(text('42'), '42');
+  });
+
+  it("hides the agent's temporary file in watch events, and reports the file written", () => {
+    const t = eventTranslator();
+    const ev = (type: string, path: string) => t({ type, path } as never).map((e) => `${e.type}:${e.name}`);
+    assert.deepEqual(ev('create', 'd/.capsule-write-1-1'), []);
+    assert.deepEqual(ev('write', 'd/.capsule-write-1-1'), []);
+    assert.deepEqual(ev('rename', 'd/.capsule-write-1-1'), []);
+    assert.deepEqual(ev('create', 'd/f.txt'), ['EVENT_TYPE_CREATE:d/f.txt', 'EVENT_TYPE_WRITE:d/f.txt']);
+    assert.deepEqual(ev('create', 'd/g.txt'), ['EVENT_TYPE_CREATE:d/g.txt'], 'only the rename that followed a temporary file');
+    assert.deepEqual(ev('remove', '.capsule-write-x'), ['EVENT_TYPE_REMOVE:.capsule-write-x'], "a user's own file of a similar name");
   });
 
   it('maps Capsule errors to Connect codes', () => {
