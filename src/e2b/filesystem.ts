@@ -16,7 +16,7 @@ import { isCapsuleError, RateLimitedError } from '../errors/index.js';
 import { serverStream, unary } from './connect.js';
 import { ConnectError } from './errors.js';
 import type { EnvdAuth, EnvdCaller } from './envd-auth.js';
-import { giveTo, missingParents, requireWritable } from './ownership.js';
+import { giveTo, missingParents, requireAccess, requireWritable } from './ownership.js';
 import { basicUser, effectiveUser, userPath } from './users.js';
 
 const SERVICE = '/filesystem.Filesystem';
@@ -101,7 +101,9 @@ export function filesystemService(app: FastifyInstance, s: Services, auth: EnvdA
     const c = caller(req);
     const depth = msg.depth === undefined || msg.depth === 0 ? 1 : msg.depth;
     const entries: F.EntryInfo[] = [];
-    let level = [userPath(msg.path, c.user)];
+    const top = userPath(msg.path, c.user);
+    await requireAccess(s, c.ctx, c.id, c.user, 'r', [top]);
+    let level = [top];
     for (let d = 1; d <= depth && level.length > 0; d++) {
       const next: string[] = [];
       for (const dir of level) {

@@ -265,6 +265,10 @@ describe('E2B SDK against Capsule', { skip, timeout: 10 * 60_000 }, () => {
     await s.commands.run('chmod 600 /tmp/secret.txt');
     await assert.rejects(s.files.read('/tmp/secret.txt', { user: 'nobody' }), (e: unknown) => e instanceof SandboxError && /may not read/.test(e.message));
     assert.equal(await s.files.read('/tmp/secret.txt'), 'root only');
+    await s.files.makeDir('/tmp/closed');
+    await s.commands.run('chmod 700 /tmp/closed');
+    await assert.rejects(s.files.list('/tmp/closed', { user: 'nobody' }), (e: unknown) => e instanceof SandboxError && /may not read/.test(e.message));
+    assert.deepEqual(await s.files.list('/tmp/closed'), []);
 
     const rel = await s.files.write('relative.txt', 'in home');
     assert.equal(rel.path, '/root/relative.txt');
