@@ -431,6 +431,11 @@ describe('E2B SDK against Capsule', { skip, timeout: 10 * 60_000 }, () => {
     assert.equal((await again.getInfo()).state, 'running');
     assert.equal(await again.files.read('/tmp/kept.txt'), 'still here');
     assert.equal((await again.commands.run('cat /tmp/kept.txt')).stdout, 'still here');
+    const bg = await again.commands.run('sleep 600', { background: true });
+    assert.equal(await Sandbox.pause(s.sandboxId), true);
+    assert.equal(await again.pause(), false, 'pausing a paused sandbox: 409, which the SDK answers as false');
+    const third = await Sandbox.connect(s.sandboxId);
+    assert.ok((await third.commands.list()).some((p) => p.pid === bg.pid), 'a paused sandbox keeps its processes');
 
     await again.kill();
     assert.equal(await again.isRunning(), false);
