@@ -8,7 +8,7 @@ import type { Services } from '../api/services.js';
 import type { CodeSink } from '../interpreter/context.js';
 import type { CodeContext, CodeEvent, CodeResult } from '../schemas/code.js';
 import { interpreter as I } from '../schemas/e2b/index.js';
-import { isCapsuleError } from '../errors/index.js';
+import { NotFoundError, isCapsuleError } from '../errors/index.js';
 import { startNdjson, type NdjsonWriter } from '../api/ndjson.js';
 import type { EnvdAuth } from './envd-auth.js';
 import { parse } from './parse.js';
@@ -53,6 +53,13 @@ function contextOut(c: CodeContext): { id: string; language: string; cwd: string
   return { id: c.id, language: c.language, cwd: c.cwd ?? '' };
 }
 
+/** A context id that can name one of Capsule's; any other is a context that does not exist (404, as E2B answers). */
+function known(id: string): string {
+  const ok = I.knownContextId(id);
+  if (!ok) throw new NotFoundError(`context ${id} not found`, { context: id });
+  return ok;
+}
+
 export function interpreterRoutes(app: FastifyInstance, s: Services, auth: EnvdAuth): void {
   const caller = (req: FastifyRequest) => auth.running(req, (req.params as Params).id, { traffic: true });
 
@@ -64,6 +71,7 @@ export function interpreterRoutes(app: FastifyInstance, s: Services, auth: EnvdA
   app.post('/execute', async (req, reply: FastifyReply) => {
     const c = caller(req);
     const body = parse(I.ExecuteRequest, req.body, 'body');
+    if (body.context_id) known(body.context_id);
     const ac = new AbortController();
     let out: NdjsonWriter | undefined;
     const open = () => {
@@ -76,6 +84,12 @@ export function interpreterRoutes(app: FastifyInstance, s: Services, auth: EnvdA
     };
     const sink: CodeSink = {
       write: (ev) => {
+        // The cell has started (its context is known): headers out now, as the SDK's own timeout
+        // (timeoutMs) only starts counting when they arrive.
+        if (ev.type === 'start') {
+          open();
+          reply.raw.flushHeaders();
+        }
         let ok = true;
         for (const line of outputLines(ev)) ok = open().write(line) && ok;
         return ok;
@@ -117,14 +131,14 @@ export function interpreterRoutes(app: FastifyInstance, s: Services, auth: EnvdA
   app.post('/contexts/:contextId/restart', async (req, reply) => {
     const c = caller(req);
     const { contextId } = parse(I.ContextParams, req.params, 'path parameter');
-    await s.code.restartContext(c.ctx, c.id, contextId);
+    await s.code.restartContext(c.ctx, c.id, known(contextId));
     return reply.code(204).send();
   });
 
   app.delete('/contexts/:contextId', async (req, reply) => {
     const c = caller(req);
     const { contextId } = parse(I.ContextParams, req.params, 'path parameter');
-    await s.code.removeContext(c.ctx, c.id, contextId);
+    await s.code.removeContext(c.ctx, c.id, known(contextId));
     return reply.code(204).send();
   });
 }

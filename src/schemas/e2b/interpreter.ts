@@ -16,10 +16,16 @@ export const E2bLanguage = z
   })
   .pipe(CodeLanguage);
 
+/**
+ * A context id as E2B's clients send it: any short string. One that is not of Capsule's form names
+ * no context, which E2B's server answers with 404; `knownContextId` makes that the service's not-found.
+ */
+const AnyContextId = z.string().min(1).max(128);
+
 export const ExecuteRequest = z
   .object({
     code: z.string().max(CODE_LIMITS.maxCodeBytes),
-    context_id: CodeContextId.nullish(),
+    context_id: AnyContextId.nullish(),
     language: E2bLanguage.nullish(),
     env_vars: EnvVars.nullish(),
   })
@@ -29,7 +35,12 @@ export const CreateContextRequest = z
   .object({ language: E2bLanguage.nullish(), cwd: SandboxPath.nullish() })
   .passthrough();
 
-export const ContextParams = z.object({ contextId: CodeContextId });
+export const ContextParams = z.object({ contextId: AnyContextId });
+
+/** The id as Capsule's, or undefined when it cannot name a context. */
+export function knownContextId(id: string): string | undefined {
+  return CodeContextId.safeParse(id).success ? id : undefined;
+}
 
 export const E2bContext = z.object({ id: z.string(), language: z.string(), cwd: z.string() });
 

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import { after, before, describe, it } from 'node:test';
-import { Sandbox } from '@e2b/code-interpreter';
+import { NotFoundError, Sandbox, TimeoutError } from '@e2b/code-interpreter';
 import { removeDataDir, startTestDaemon, tempDataDir, type TestDaemon } from '../../helpers/daemon.js';
 
 const haveDebootstrap = spawnSync('sh', ['-c', 'command -v debootstrap'], { env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' } }).status === 0;
@@ -95,6 +95,29 @@ describe('@e2b/code-interpreter against Capsule', { skip, timeout: 30 * 60_000 }
     assert.equal((await s.runCode('y', { context: ctx })).error?.name, 'NameError');
     await s.removeCodeContext(ctx);
     assert.equal((await s.listCodeContexts()).some((c) => c.id === ctx.id), false);
+  });
+
+  it('streams results and errors to callbacks, passes env vars, and answers an unknown context with 404', async () => {
+    const s = sbx!;
+    const results: Array<string | undefined> = [];
+    const errors: string[] = [];
+    await s.runCode('display(1)\n2', { onResult: (r) => void results.push(r.text) });
+    assert.deepEqual(results, ['1', '2']);
+    await s.runCode('raise ValueError("no")', { onError: (e) => void errors.push(`${e.name}:${e.value}`) });
+    assert.deepEqual(errors, ['ValueError:no']);
+    assert.equal((await s.runCode('import os; os.environ["FOO"]', { envs: { FOO: 'from envs' } })).text, 'from envs');
+    const nowhere = { id: 'no-such-context', language: 'python', cwd: '/' };
+    await assert.rejects(s.runCode('1', { context: nowhere }), (e: unknown) => e instanceof NotFoundError);
+    await assert.rejects(s.runCode('1', { context: { ...nowhere, id: 'ctx-000000000000' } }), (e: unknown) => e instanceof NotFoundError);
+  });
+
+  it("stops waiting at the SDK's timeoutMs, and the context goes on", async () => {
+    const s = sbx!;
+    await s.runCode('kept = "yes"');
+    const t0 = Date.now();
+    await assert.rejects(s.runCode('import time\ntime.sleep(60)', { timeoutMs: 1_500 }), (e: unknown) => e instanceof TimeoutError);
+    assert.ok(Date.now() - t0 < 15_000, `gave up after ${Date.now() - t0} ms`);
+    assert.equal((await s.runCode('kept')).text, 'yes');
   });
 
   it('runs JavaScript', async () => {
