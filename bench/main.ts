@@ -19,6 +19,7 @@ import type { BenchContext, Scenario } from './context.js';
 import { REPO_ROOT, startDaemon, type BenchDaemon } from './daemon.js';
 import { code } from './code.js';
 import { density } from './density.js';
+import { e2b } from './e2b.js';
 import { exec } from './exec.js';
 import { files } from './files.js';
 import { lifecycle } from './lifecycle.js';
@@ -45,6 +46,7 @@ export const SCENARIOS: ReadonlyArray<[string, Scenario]> = [
   ['interactive', interactive],
   ['network', network],
   ['code', code],
+  ['e2b', e2b],
 ];
 
 const USAGE = `usage: node dist/bench/main.js [--quick] [--out DIR] [--only NAME[,NAME...]] [--debian]

@@ -222,6 +222,7 @@ export async function startDaemon(config: DaemonConfig, opts: StartOptions = {})
       prometheus,
       metricsOpen: config.metricsOpen === true,
       network,
+      dataDir: config.dataDir,
     };
 
     const recovered = await sandboxes.recover();

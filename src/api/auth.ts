@@ -1,6 +1,6 @@
 /**
  * Authentication at the HTTP edge: every request except the public ones must
- * carry `Authorization: Bearer <key>`; the key resolves to a Principal that
+ * carry `Authorization: Bearer <key>` (or `X-API-Key: <key>`, as E2B's SDKs send it); the key resolves to a Principal that
  * routes pass to the services as the owner to scope by. Revocation is checked
  * on every request (one indexed SQLite lookup), so a revoked key stops at once.
  */
@@ -10,6 +10,7 @@ import { ANONYMOUS_ADMIN, type Principal } from '../auth/principal.js';
 import type { RateLimiter } from '../auth/rate-limit.js';
 import { RateLimitedError, UnauthenticatedError } from '../errors/index.js';
 import { isPortPath } from '../network/ports.js';
+import { isEnvdPath } from '../e2b/routing.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -45,12 +46,15 @@ export function installAuth(app: FastifyInstance, opts: AuthOptions): void {
 function authenticate(req: FastifyRequest, opts: AuthOptions): Principal {
   if (!opts.keys) return ANONYMOUS_ADMIN;
   const path = req.url.split('?', 1)[0]!;
-  // Port requests carry a port token, checked by the port proxy (src/network/ports.ts), not an API key.
-  if (PUBLIC_PATHS.has(path) || opts.open?.includes(path) || isPortPath(path)) return { ...ANONYMOUS_ADMIN, admin: false };
+  // Port requests carry a port token, checked by the port proxy (src/network/ports.ts), not an API key;
+  // E2B's in-sandbox requests carry the sandbox's access token, checked by the adapter (src/e2b/envd-auth.ts).
+  if (PUBLIC_PATHS.has(path) || opts.open?.includes(path) || isPortPath(path) || isEnvdPath(path)) return { ...ANONYMOUS_ADMIN, admin: false };
   const header = req.headers.authorization;
   const m = typeof header === 'string' ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null;
-  if (!m) throw new UnauthenticatedError();
-  const key = opts.keys.verify(m[1]!);
+  const apiKey = req.headers['x-api-key'];
+  const secret = m?.[1] ?? (typeof apiKey === 'string' ? apiKey.trim() : undefined);
+  if (!secret) throw new UnauthenticatedError();
+  const key = opts.keys.verify(secret);
   if (!key) throw new UnauthenticatedError('invalid or revoked API key');
   const rate = key.limits.ratePerMinute;
   if (rate !== null && !opts.limiter.take(key.id, rate)) {

@@ -24,6 +24,7 @@ import { networkRoutes, registerPortProxy } from './routes/network.js';
 import { hostRoutedUrl } from '../network/ports.js';
 import { installAuth } from './auth.js';
 import { registerMcpRoutes } from '../mcp/http.js';
+import { e2bRoutedUrl, registerE2b } from '../e2b/index.js';
 
 /** JSON bodies are small (stdin for a command at most 8 MiB); files are streamed and not counted here. */
 const JSON_BODY_LIMIT = 16 * 1024 * 1024;
@@ -36,8 +37,9 @@ export function buildServer(services: Services, logger: Logger | boolean = false
     routerOptions: { maxParamLength: 512 },
     // One line per request is noise for a sandbox API; errors are logged by the error handler.
     logController: new LogController({ disableRequestLogging: true }),
-    // http://<port>-<id>.localhost:<daemon port>/x is the path-routed /v1/sandboxes/<id>/ports/<port>/x (src/network/ports.ts).
-    rewriteUrl: (req: import('node:http').IncomingMessage) => hostRoutedUrl(req) ?? req.url ?? '/',
+    // http://<port>-<id>.localhost:<daemon port>/x is the path-routed /v1/sandboxes/<id>/ports/<port>/x (src/network/ports.ts);
+    // E2B's in-sandbox requests (E2b-Sandbox-Id header, or its ports' host names) go to the E2B adapter (src/e2b/routing.ts).
+    rewriteUrl: (req: import('node:http').IncomingMessage) => e2bRoutedUrl(req) ?? hostRoutedUrl(req) ?? req.url ?? '/',
   } as never) as unknown as FastifyInstance;
 
   // Raw bodies (file uploads) reach the handler as the request stream itself.
@@ -80,6 +82,7 @@ export function buildServer(services: Services, logger: Logger | boolean = false
   });
   table.register(app);
   registerMcpRoutes(app, services);
+  registerE2b(app, services);
   registerPortProxy(app, services);
 
   app.setNotFoundHandler((req, reply) => {

@@ -39,4 +39,6 @@ export interface Services {
   metricsOpen?: boolean;
   /** Egress policy, ledger and port exposure. */
   network: NetworkService;
+  /** The daemon's data directory (the E2B adapter keeps the secret its sandbox access tokens derive from there). */
+  dataDir: string;
 }

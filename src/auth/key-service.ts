@@ -4,7 +4,7 @@
  * stays the data layer (also used by the auth hook to verify secrets).
  */
 import type { RequestContext } from './context.js';
-import type { ApiKey, KeyLimits, KeyStore } from './keys.js';
+import type { ApiKey, KeyFormat, KeyLimits, KeyStore } from './keys.js';
 import { ConflictError, PermissionDeniedError } from '../errors/index.js';
 
 export interface CreateKeyInput {
@@ -12,6 +12,7 @@ export interface CreateKeyInput {
   owner?: string | undefined;
   admin?: boolean | undefined;
   limits?: Partial<KeyLimits> | undefined;
+  format?: KeyFormat | undefined;
 }
 
 export class KeyService {

@@ -44,6 +44,15 @@ interface KeyRow {
 export const DEFAULT_KEY_LIMITS: KeyLimits = { maxSandboxes: 50, maxMemoryMb: 16 * 1024, ratePerMinute: 3000 };
 
 const KEY_PREFIX = 'cap_';
+/** E2B's key format (`e2b_` + 40 hex digits), for clients that check it: `capsule keys create --e2b`. */
+const E2B_KEY_PREFIX = 'e2b_';
+
+/** How a new key's secret looks; both verify the same way (only the hash is stored). */
+export type KeyFormat = 'capsule' | 'e2b';
+
+function newSecret(format: KeyFormat): string {
+  return format === 'e2b' ? E2B_KEY_PREFIX + randomBytes(20).toString('hex') : KEY_PREFIX + randomBytes(32).toString('base64url');
+}
 
 export function hashKey(key: string): string {
   return createHash('sha256').update(key, 'utf8').digest('hex');
@@ -80,8 +89,8 @@ export class KeyStore {
   }
 
   /** Makes a key; the returned `secret` is never stored and cannot be shown again. */
-  create(opts: { name: string; owner?: string; admin?: boolean; limits?: Partial<KeyLimits> }): { key: ApiKey; secret: string } {
-    const secret = KEY_PREFIX + randomBytes(32).toString('base64url');
+  create(opts: { name: string; owner?: string; admin?: boolean; limits?: Partial<KeyLimits>; format?: KeyFormat }): { key: ApiKey; secret: string } {
+    const secret = newSecret(opts.format ?? 'capsule');
     const admin = opts.admin === true;
     const base: KeyLimits = admin ? { maxSandboxes: null, maxMemoryMb: null, ratePerMinute: null } : DEFAULT_KEY_LIMITS;
     const limits: KeyLimits = { ...base, ...Object.fromEntries(Object.entries(opts.limits ?? {}).filter(([, v]) => v !== undefined)) };
@@ -105,7 +114,7 @@ export class KeyStore {
 
   /** The live key for a presented secret; revoked and unknown keys are the same: undefined. */
   verify(secret: string, now = Date.now()): ApiKey | undefined {
-    if (!secret.startsWith(KEY_PREFIX) || secret.length > 200) return undefined;
+    if (!(secret.startsWith(KEY_PREFIX) || secret.startsWith(E2B_KEY_PREFIX)) || secret.length > 200) return undefined;
     const hit = this.verified.get(secret);
     if (hit && hit.until > now) return hit.key;
     const row = this.sql('SELECT * FROM api_keys WHERE hash = ? AND revoked_at IS NULL').get(hashKey(secret)) as KeyRow | undefined;

@@ -15,6 +15,7 @@ export const CreateKeyRequest = z
     owner: z.string().min(1).max(64).regex(/^[A-Za-z0-9_.-]+$/).optional().describe('Tenant the key acts for; default: the name. Keys of one owner see the same sandboxes'),
     admin: z.boolean().optional().describe('Admin keys see and manage everything, including keys'),
     limits: KeyLimitsSchema.strict().optional(),
+    format: z.enum(['capsule', 'e2b']).optional().describe("How the secret looks: capsule (cap_…, default) or e2b (e2b_ + 40 hex digits, E2B's format, for the E2B-compatible API at /e2b)"),
   })
   .strict();
 

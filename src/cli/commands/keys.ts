@@ -15,8 +15,9 @@ export function registerKeyCommands(program: Command): void {
     .option('--max-sandboxes <n>', 'live sandboxes at once')
     .option('--max-memory <mb>', 'total memory of live sandboxes, MiB')
     .option('--rate <n>', 'requests per minute')
+    .option('--e2b', "a key in E2B's format (e2b_<hex>), for E2B SDKs pointed at this daemon (E2B_API_KEY)")
     .option('--json', 'print JSON')
-    .action(async (opts: { name: string; owner?: string; admin?: boolean; maxSandboxes?: string; maxMemory?: string; rate?: string; json?: boolean }, cmd: Command) => {
+    .action(async (opts: { name: string; owner?: string; admin?: boolean; maxSandboxes?: string; maxMemory?: string; rate?: string; e2b?: boolean; json?: boolean }, cmd: Command) => {
       const limits: Record<string, number> = {};
       if (opts.maxSandboxes !== undefined) limits.maxSandboxes = parseNumber(opts.maxSandboxes, '--max-sandboxes')!;
       if (opts.maxMemory !== undefined) limits.maxMemoryMb = parseNumber(opts.maxMemory, '--max-memory')!;
@@ -25,6 +26,7 @@ export function registerKeyCommands(program: Command): void {
         name: opts.name,
         ...(opts.owner ? { owner: opts.owner } : {}),
         ...(opts.admin ? { admin: true } : {}),
+        ...(opts.e2b ? { format: 'e2b' as const } : {}),
         ...(Object.keys(limits).length ? { limits } : {}),
       };
       const k = await ApiKeys.create(body, connection(cmd));

@@ -13,7 +13,7 @@ import { after, describe, it } from 'node:test';
 import { REPO_ROOT } from '../../helpers/daemon.js';
 
 const MAIN = path.join(REPO_ROOT, 'dist', 'bench', 'main.js');
-const SCENARIO_NAMES = ['ttfc', 'exec', 'sustained', 'density', 'files', 'templates', 'lifecycle', 'interactive', 'network', 'code'];
+const SCENARIO_NAMES = ['ttfc', 'exec', 'sustained', 'density', 'files', 'templates', 'lifecycle', 'interactive', 'network', 'code', 'e2b'];
 
 describe('bench --quick', () => {
   const out = fs.mkdtempSync(path.join(os.tmpdir(), 'capsule-bench-test-'));

@@ -1,0 +1,242 @@
+/**
+ * E2B's control plane under /e2b, as the `e2b` SDK 2.x calls it: create, get, list (v1 and v2 with
+ * state and metadata filters and paging), kill, timeout, refresh, pause, resume, connect, metrics,
+ * logs, network. Each route parses E2B's request, calls the sandbox service with the caller's
+ * RequestContext (from X-API-Key or Bearer, api/auth.ts), and answers in E2B's shape (mapping.ts).
+ */
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { Services } from '../api/services.js';
+import { requestContext, type RequestContext } from '../auth/context.js';
+import { ConflictError, NotFoundError, UnsupportedError } from '../errors/index.js';
+import type { SandboxRecord } from '../sandboxes/store.js';
+import {
+  ConnectSandbox,
+  ListQuery,
+  MetricsQuery,
+  NewSandbox,
+  PauseRequest,
+  RefreshRequest,
+  ResumeSandbox,
+  SandboxIdParams,
+  TimeoutRequest,
+  NetworkUpdate,
+  type E2bState,
+} from '../schemas/e2b/control.js';
+import { capsuleTemplate, detail, domainOf, e2bState, lifecycleOf, listed, networkOf, sandboxAnswer, seconds } from './mapping.js';
+import { decodeCursor, encodeCursor, parseMetadataQuery } from './paging.js';
+import { parse } from './parse.js';
+import type { E2bTokens } from './tokens.js';
+
+/** E2B's v2 list pages hold at most this many sandboxes (its default and maximum). */
+const PAGE = 100;
+
+function context(req: FastifyRequest): RequestContext {
+  return requestContext(req.principal, String(req.id));
+}
+
+/** A sandbox E2B still knows (not ended); ended and unknown ones are 404, as E2B answers. */
+function live(s: Services, ctx: RequestContext, id: string): SandboxRecord {
+  const rec = s.sandboxes.get(ctx, id);
+  if (e2bState(rec.state) === undefined) throw new NotFoundError(`sandbox ${id} not found`, { id });
+  return rec;
+}
+
+export function controlRoutes(app: FastifyInstance, s: Services, tokens: E2bTokens): void {
+  const gateway = () => s.sandboxes.runtimeInfo().capabilities.network.includes('gateway');
+
+  const create = async (req: FastifyRequest, reply: FastifyReply) => {
+    const body = parse(NewSandbox, req.body, 'body');
+    if (body.mcp !== undefined && body.mcp !== null) throw new UnsupportedError('MCP gateways in sandboxes are not supported by Capsule');
+    const ac = new AbortController();
+    reply.raw.once('close', () => {
+      if (!reply.raw.writableFinished) ac.abort(new Error('the client closed the connection'));
+    });
+    const lifecycle = lifecycleOf(body);
+    const network = networkOf(body, gateway());
+    const rec = await s.sandboxes.create(context(req), {
+      template: capsuleTemplate(body.templateID),
+      timeoutMs: body.timeout !== undefined ? seconds(body.timeout) : undefined,
+      envs: body.envVars,
+      metadata: body.metadata,
+      ...(lifecycle ? { lifecycle } : {}),
+      ...(network ? { network } : {}),
+      ...(body.volumeMounts ? { volumes: body.volumeMounts.map((v) => ({ name: v.name, path: v.path })) } : {}),
+      signal: ac.signal,
+    });
+    return reply.code(201).send(sandboxAnswer(rec, tokens, domainOf(req.headers.host)));
+  };
+  app.post('/sandboxes', create);
+  app.post('/v2/sandboxes', create);
+
+  // v1: running sandboxes, all at once.
+  app.get('/sandboxes', async (req) => {
+    const q = parse(ListQuery.pick({ metadata: true }), req.query, 'query');
+    return select(s, context(req), { metadata: parseMetadataQuery(q.metadata), states: ['running'] }).map(listed);
+  });
+
+  // v2: newest first (or oldest with order=asc), pages of `limit` with the next page's token in X-Next-Token.
+  app.get('/v2/sandboxes', async (req, reply) => {
+    const q = parse(ListQuery, req.query, 'query');
+    const after = q.nextToken !== undefined ? decodeCursor(q.nextToken) : undefined;
+    const asc = q.order === 'asc';
+    const all = select(s, context(req), {
+      metadata: parseMetadataQuery(q.metadata),
+      states: q.state ?? ['running', 'paused'],
+      startedAfter: q.startedAfter !== undefined ? Date.parse(q.startedAfter) : undefined,
+      template: q.template !== undefined ? capsuleTemplate(q.template) : undefined,
+    }).sort((a, b) => (asc ? 1 : -1) * (a.createdAt - b.createdAt || a.id.localeCompare(b.id)));
+    const start = after === undefined ? 0 : all.findIndex((r) => (asc ? 1 : -1) * (r.createdAt - after.createdAt || r.id.localeCompare(after.id)) > 0);
+    const from = start < 0 ? all.length : start;
+    const limit = q.limit ?? PAGE;
+    const page = all.slice(from, from + limit);
+    const last = page[page.length - 1];
+    if (last && from + limit < all.length) void reply.header('x-next-token', encodeCursor(last));
+    void reply.header('x-total-running', String(all.filter((r) => e2bState(r.state) === 'running').length));
+    return page.map(listed);
+  });
+
+  app.get('/sandboxes/:sandboxID', async (req) => {
+    const { sandboxID } = parse(SandboxIdParams, req.params, 'path parameter');
+    return detail(live(s, context(req), sandboxID), tokens, domainOf(req.headers.host));
+  });
+
+  app.delete('/sandboxes/:sandboxID', async (req, reply) => {
+    const { sandboxID } = parse(SandboxIdParams, req.params, 'path parameter');
+    const ctx = context(req);
+    live(s, ctx, sandboxID);
+    await s.sandboxes.kill(ctx, sandboxID);
+    return reply.code(204).send();
+  });
+
+  app.post('/sandboxes/:sandboxID/timeout', async (req, reply) => {
+    const { sandboxID } = parse(SandboxIdParams, req.params, 'path parameter');
+    const body = parse(TimeoutRequest, req.body, 'body');
+    const ctx = context(req);
+    live(s, ctx, sandboxID);
+    s.sandboxes.setTimeout(ctx, sandboxID, seconds(body.timeout));
+    return reply.code(204).send();
+  });
+
+  // Refresh only extends: the new end is the later of the current one and now + duration.
+  app.post('/sandboxes/:sandboxID/refreshes', async (req, reply) => {
+    const { sandboxID } = parse(SandboxIdParams, req.params, 'path parameter');
+    const body = parse(RefreshRequest, req.body, 'body');
+    const ctx = context(req);
+    const rec = live(s, ctx, sandboxID);
+    const ms = body.duration !== undefined ? seconds(body.duration) : rec.timeoutMs;
+    if (rec.state === 'running' && Date.now() + ms > rec.expiresAt) s.sandboxes.setTimeout(ctx, sandboxID, ms);
+    return reply.code(204).send();
+  });
+
+  // memory: false keeps only the files: that is Capsule's stop.
+  app.post('/sandboxes/:sandboxID/pause', async (req, reply) => {
+    const { sandboxID } = parse(SandboxIdParams, req.params, 'path parameter');
+    const body = parse(PauseRequest, req.body, 'body');
+    const ctx = context(req);
+    const rec = live(s, ctx, sandboxID);
+    if (e2bState(rec.state) === 'paused') throw new ConflictError(`sandbox ${sandboxID} is already paused`, { state: rec.state });
+    if (body.memory === false) await s.sandboxes.stop(ctx, sandboxID);
+    else await s.sandboxes.pause(ctx, sandboxID);
+    return reply.code(204).send();
+  });
+
+  // Deprecated in E2B: resume a paused sandbox; a running one is a conflict.
+  app.post('/sandboxes/:sandboxID/resume', async (req, reply) => {
+    const { sandboxID } = parse(SandboxIdParams, req.params, 'path parameter');
+    const body = parse(ResumeSandbox, req.body, 'body');
+    const ctx = context(req);
+    const rec = live(s, ctx, sandboxID);
+    if (e2bState(rec.state) === 'running') throw new ConflictError(`sandbox ${sandboxID} is already running`, { state: rec.state });
+    return reply.code(201).send(sandboxAnswer(await wake(s, ctx, rec, body.timeout), tokens, domainOf(req.headers.host)));
+  });
+
+  // Connect: 200 for a running sandbox (its lifetime only extended), 201 for one it resumed.
+  const connect = async (req: FastifyRequest, reply: FastifyReply) => {
+    const { sandboxID } = parse(SandboxIdParams, req.params, 'path parameter');
+    const body = parse(ConnectSandbox, req.body, 'body');
+    const ctx = context(req);
+    const rec = live(s, ctx, sandboxID);
+    if (e2bState(rec.state) === 'running') {
+      if (body.timeout !== undefined && rec.state === 'running' && Date.now() + seconds(body.timeout) > rec.expiresAt) {
+        s.sandboxes.setTimeout(ctx, sandboxID, seconds(body.timeout));
+      }
+      return reply.code(200).send(sandboxAnswer(s.sandboxes.get(ctx, sandboxID), tokens, domainOf(req.headers.host)));
+    }
+    return reply.code(201).send(sandboxAnswer(await wake(s, ctx, rec, body.timeout), tokens, domainOf(req.headers.host)));
+  };
+  app.post('/sandboxes/:sandboxID/connect', connect);
+  app.post('/v2/sandboxes/:sandboxID/connect', connect);
+
+  app.get('/sandboxes/:sandboxID/metrics', async (req) => {
+    const { sandboxID } = parse(SandboxIdParams, req.params, 'path parameter');
+    const q = parse(MetricsQuery, req.query, 'query');
+    const ctx = context(req);
+    live(s, ctx, sandboxID);
+    const { metrics } = s.metrics.get(ctx, sandboxID, {
+      start: q.start !== undefined ? new Date(seconds(q.start)) : undefined,
+      end: q.end !== undefined ? new Date(seconds(q.end)) : undefined,
+    });
+    return metrics.map((m) => ({
+      timestamp: m.timestamp,
+      timestampUnix: Math.floor(Date.parse(m.timestamp) / 1000),
+      cpuCount: m.cpuCount,
+      cpuUsedPct: m.cpuUsedPct,
+      memUsed: m.memUsedBytes,
+      memTotal: m.memLimitBytes,
+      memCache: 0,
+      diskUsed: m.diskUsedBytes,
+      diskTotal: m.diskQuotaBytes,
+    }));
+  });
+
+  // Capsule keeps no sandbox log (commands keep their own output): an empty one, for callers that read it.
+  const logs = async (req: FastifyRequest) => {
+    const { sandboxID } = parse(SandboxIdParams, req.params, 'path parameter');
+    live(s, context(req), sandboxID);
+    return { logs: [], logEntries: [] };
+  };
+  app.get('/sandboxes/:sandboxID/logs', logs);
+  app.get('/v2/sandboxes/:sandboxID/logs', logs);
+
+  app.put('/sandboxes/:sandboxID/network', async (req, reply) => {
+    const { sandboxID } = parse(SandboxIdParams, req.params, 'path parameter');
+    const body = parse(NetworkUpdate, req.body, 'body');
+    const ctx = context(req);
+    live(s, ctx, sandboxID);
+    const n = networkOf({ templateID: '-', allow_internet_access: body.allow_internet_access, network: body }, true);
+    await s.network.set(ctx, sandboxID, n ?? { egress: 'none' });
+    return reply.code(204).send();
+  });
+
+  const notYet = async () => {
+    throw new UnsupportedError('snapshots and forks are not available through the E2B API of this Capsule yet');
+  };
+  app.post('/sandboxes/:sandboxID/fork', notYet);
+  app.post('/sandboxes/:sandboxID/snapshots', notYet);
+  app.get('/snapshots', notYet);
+}
+
+/** Resume a paused sandbox or start a stopped one, with a new lifetime when one is given. */
+async function wake(s: Services, ctx: RequestContext, rec: SandboxRecord, timeout: number | undefined): Promise<SandboxRecord> {
+  const opts = timeout !== undefined ? { timeoutMs: seconds(timeout) } : {};
+  if (rec.state === 'stopped' || rec.state === 'stopping') return s.sandboxes.start(ctx, rec.id, opts);
+  return s.sandboxes.resume(ctx, rec.id, opts);
+}
+
+interface Selection {
+  metadata: Record<string, string>;
+  states: E2bState[];
+  startedAfter?: number | undefined;
+  template?: string | undefined;
+}
+
+/** The caller's live sandboxes that match, through the service's own filter (visibility, metadata). */
+function select(s: Services, ctx: RequestContext, sel: Selection): SandboxRecord[] {
+  return s.sandboxes.list(ctx, { metadata: sel.metadata }).filter((r) => {
+    const st = e2bState(r.state);
+    if (st === undefined || !sel.states.includes(st)) return false;
+    if (sel.startedAfter !== undefined && r.createdAt < sel.startedAfter) return false;
+    if (sel.template !== undefined && r.template !== sel.template) return false;
+    return true;
+  });
+}

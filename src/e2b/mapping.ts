@@ -1,0 +1,134 @@
+/**
+ * Capsule's concepts in E2B's words: sandbox records as E2B's Sandbox / SandboxDetail /
+ * ListedSandbox, E2B's template names and network settings as Capsule's, states and seconds.
+ * Pure functions; the routes call the services and these.
+ */
+import type { SandboxRecord } from '../sandboxes/store.js';
+import type { SandboxState } from '../sandboxes/lifecycle.js';
+import type { LifecycleInput } from '../sandboxes/policy.js';
+import type { EgressPolicy, NetworkConfig } from '../schemas/network.js';
+import type { E2bSandbox, E2bState, ListedSandbox, NewSandbox, SandboxDetail } from '../schemas/e2b/control.js';
+import { InvalidArgumentError } from '../errors/index.js';
+import type { E2bTokens } from './tokens.js';
+
+/**
+ * The envd version this adapter reports. The SDK turns features on by version: 0.4.0 a default
+ * user, 0.5.2 closeStdin, 0.5.7 streamed octet-stream uploads. 0.6.2 (file metadata as xattrs),
+ * 0.6.3 (entries in watch events) and 0.6.4 (network mounts) are not implemented, so the SDK
+ * refuses those options itself.
+ */
+export const ENVD_VERSION = '0.5.7';
+
+/** What the adapter reports as the client: no E2B cluster client exists here. */
+const CLIENT_ID = 'capsule';
+
+/** E2B's template names onto Capsule's. */
+export function capsuleTemplate(e2bName: string): string {
+  const name = e2bName.trim();
+  if (name === 'code-interpreter-v1' || name === 'code-interpreter') return 'python';
+  return name;
+}
+
+/** A Capsule state as E2B's two; undefined for ended sandboxes (E2B no longer knows them). */
+export function e2bState(state: SandboxState): E2bState | undefined {
+  switch (state) {
+    case 'creating':
+    case 'running':
+    case 'resuming':
+    case 'starting':
+    case 'snapshotting':
+      return 'running';
+    case 'pausing':
+    case 'paused':
+    case 'stopping':
+    case 'stopped':
+      return 'paused';
+    default:
+      return undefined;
+  }
+}
+
+export function seconds(s: number): number {
+  return s * 1000;
+}
+
+/**
+ * The domain E2B's SDK builds sandbox host names from (`getHost(port)` is `<port>-<id>.<domain>`):
+ * `localhost:<the daemon's port>`, which the port proxy serves. Without one the SDK would fall back
+ * to E2B's own cloud domain and send the sandbox's host names, and any request to them, off the machine.
+ */
+export function domainOf(host: string | undefined): string {
+  const port = /:(\d{1,5})$/.exec(host ?? '')?.[1];
+  return port ? `localhost:${port}` : 'localhost';
+}
+
+export function sandboxAnswer(rec: SandboxRecord, tokens: E2bTokens, domain: string): E2bSandbox {
+  return {
+    templateID: rec.template,
+    sandboxID: rec.id,
+    alias: rec.template,
+    clientID: CLIENT_ID,
+    envdVersion: ENVD_VERSION,
+    envdAccessToken: tokens.envdToken(rec.id),
+    trafficAccessToken: tokens.trafficToken(rec.id),
+    domain,
+  };
+}
+
+export function listed(rec: SandboxRecord): ListedSandbox {
+  return {
+    templateID: rec.template,
+    alias: rec.template,
+    sandboxID: rec.id,
+    clientID: CLIENT_ID,
+    startedAt: new Date(rec.createdAt).toISOString(),
+    endAt: new Date(rec.expiresAt).toISOString(),
+    cpuCount: Math.max(1, Math.ceil(rec.resources.cpus)),
+    memoryMB: rec.resources.memoryMb,
+    diskSizeMB: rec.resources.diskMb ?? 0,
+    metadata: rec.metadata,
+    state: e2bState(rec.state) ?? 'paused',
+    envdVersion: ENVD_VERSION,
+    volumeMounts: rec.volumes.map((v) => ({ name: v.name, path: v.path })),
+  };
+}
+
+export function detail(rec: SandboxRecord, tokens: E2bTokens, domain: string): SandboxDetail {
+  return {
+    ...listed(rec),
+    envdAccessToken: tokens.envdToken(rec.id),
+    domain,
+    lifecycle: { autoResume: rec.lifecycle.autoResume, onTimeout: rec.lifecycle.onTimeout === 'kill' ? 'kill' : 'pause' },
+  };
+}
+
+/** autoPause and autoResume as Capsule's lifecycle policy (a filesystem-only auto-pause is a stop). */
+export function lifecycleOf(body: NewSandbox): LifecycleInput | undefined {
+  const autoResume = body.autoResume?.enabled;
+  if (autoResume === true && body.autoPause !== true) throw new InvalidArgumentError('autoResume needs autoPause: a sandbox that is killed at its timeout cannot be resumed');
+  if (body.autoPause !== true) return autoResume === undefined ? undefined : { autoResume };
+  return { onTimeout: body.autoPause && body.autoPauseMemory === false ? 'stop' : 'pause', ...(autoResume !== undefined ? { autoResume } : {}) };
+}
+
+/**
+ * E2B's internet switch and allow/deny lists as an egress policy. E2B lets allowOut win over denyOut
+ * and treats denyOut 0.0.0.0/0 as "only what allowOut names"; Capsule's deny rules win, so that case
+ * becomes an allow list alone. `gateway`: whether this daemon can enforce egress at all; without it
+ * the default (internet on) quietly becomes none, and an explicit ask is refused by the service.
+ */
+export function networkOf(body: NewSandbox, gateway: boolean): NetworkConfig | undefined {
+  const internet = body.allow_internet_access;
+  const allowOut = body.network?.allowOut ?? [];
+  const denyOut = body.network?.denyOut ?? [];
+  const explicit = internet !== undefined || allowOut.length > 0 || denyOut.length > 0;
+  if (!explicit && !gateway) return undefined;
+  const denyAll = internet === false || denyOut.some((r) => r === '0.0.0.0/0' || r === '0.0.0.0/0:*');
+  let egress: EgressPolicy;
+  if (denyAll) {
+    egress = allowOut.length > 0 ? { allow: allowOut } : 'none';
+  } else {
+    const deny = denyOut.filter((r) => !allowOut.includes(r));
+    egress = deny.length > 0 ? { allow: ['*', ...allowOut], deny } : 'all';
+  }
+  return { egress };
+}

@@ -1,0 +1,127 @@
+/**
+ * The E2B adapter's pure translations: request routing, the egress mapping, list paging and
+ * metadata filters, signed file URLs and tokens, result text, the domain answered.
+ */
+import assert from 'node:assert/strict';
+import type http from 'node:http';
+import { describe, it } from 'node:test';
+import { e2bRoutedUrl, isEnvdPath } from '../../../src/e2b/routing.js';
+import { capsuleTemplate, domainOf, e2bState, networkOf } from '../../../src/e2b/mapping.js';
+import { decodeCursor, encodeCursor, parseMetadataQuery } from '../../../src/e2b/paging.js';
+import { E2bTokens, signFile } from '../../../src/e2b/tokens.js';
+import { resultLine } from '../../../src/e2b/interpreter.js';
+import { connectError } from '../../../src/e2b/errors.js';
+import { eventTranslator } from '../../../src/e2b/filesystem.js';
+import { ConflictError, InvalidArgumentError, NotFoundError } from '../../../src/errors/index.js';
+
+const req = (url: string, headers: Record<string, string> = {}) => ({ url, headers }) as unknown as http.IncomingMessage;
+const ID = 'sbx-abcdefghijkl';
+
+describe('E2B routing', () => {
+  it('routes by E2b-Sandbox-Id and port, by host name, and signed file URLs; leaves the rest alone', () => {
+    assert.equal(e2bRoutedUrl(req('/files?path=x', { 'e2b-sandbox-id': ID })), `/e2b/envd/${ID}/files?path=x`);
+    assert.equal(e2bRoutedUrl(req('/contexts', { 'e2b-sandbox-id': ID.toUpperCase(), 'e2b-sandbox-port': '49999' })), `/e2b/jupyter/${ID}/contexts`);
+    assert.equal(e2bRoutedUrl(req('/x', { 'e2b-sandbox-id': ID, 'e2b-sandbox-port': '8080' })), undefined);
+    assert.equal(e2bRoutedUrl(req('/x', { 'e2b-sandbox-id': '../../v1/keys' })), undefined);
+    assert.equal(e2bRoutedUrl(req('/health', { host: `49983-${ID}.localhost:7878` })), `/e2b/envd/${ID}/health`);
+    assert.equal(e2bRoutedUrl(req('/', { host: `3000-${ID}.localhost:7878` })), undefined, 'user ports stay with the port proxy');
+    assert.equal(e2bRoutedUrl(req('/files?path=%2Fa&signature=v1_x')), '/e2b/envd/-/files?path=%2Fa&signature=v1_x');
+    assert.equal(e2bRoutedUrl(req('/files?path=%2Fa')), undefined, 'no signature, no sandbox: not E2B');
+    assert.equal(e2bRoutedUrl(req('/v1/sandboxes')), undefined);
+    assert.equal(isEnvdPath(`/e2b/envd/${ID}/files`), true);
+    assert.equal(isEnvdPath('/e2b/sandboxes'), false, 'the control plane takes API keys');
+  });
+});
+
+describe('E2B mapping', () => {
+  it('maps templates, states and the domain', () => {
+    assert.equal(capsuleTemplate('code-interpreter-v1'), 'python');
+    assert.equal(capsuleTemplate('base'), 'base');
+    assert.equal(capsuleTemplate('busybox'), 'busybox');
+    assert.equal(e2bState('resuming'), 'running');
+    assert.equal(e2bState('stopped'), 'paused');
+    assert.equal(e2bState('killed'), undefined);
+    assert.equal(domainOf('127.0.0.1:7878'), 'localhost:7878');
+    assert.equal(domainOf('[::1]:41000'), 'localhost:41000');
+    assert.equal(domainOf(undefined), 'localhost');
+  });
+
+  it('maps the internet switch and allow/deny lists onto an egress policy', () => {
+    const t = 'busybox';
+    assert.equal(networkOf({ templateID: t }, false), undefined, 'no gateway and nothing asked: no network');
+    assert.deepEqual(networkOf({ templateID: t }, true), { egress: 'all' }, "E2B's default is internet on");
+    assert.deepEqual(networkOf({ templateID: t, allow_internet_access: false }, true), { egress: 'none' });
+    assert.deepEqual(networkOf({ templateID: t, allow_internet_access: false, network: { allowOut: ['a.com'] } }, true), { egress: { allow: ['a.com'] } });
+    assert.deepEqual(networkOf({ templateID: t, network: { denyOut: ['0.0.0.0/0'], allowOut: ['1.2.3.4'] } }, true), { egress: { allow: ['1.2.3.4'] } });
+    assert.deepEqual(networkOf({ templateID: t, network: { denyOut: ['10.0.0.0/8'] } }, true), { egress: { allow: ['*'], deny: ['10.0.0.0/8'] } });
+  });
+
+  it('drops only single quotes around a result text, as E2B does', () => {
+    const text = (t: string) => (resultLine({ isMainResult: true, text: t } as never) as { text?: string }).text;
+    assert.equal(text("'a'"), 'a');
+    assert.equal(text('"it\'s"'), '"it\'s"');
+    assert.equal(text('42'), '42');
+  });
+
+  it("hides the agent's temporary file in watch events, and reports the file written", () => {
+    const t = eventTranslator();
+    const ev = (type: string, path: string) => t({ type, path } as never).map((e) => `${e.type}:${e.name}`);
+    assert.deepEqual(ev('create', 'd/.capsule-write-1-1'), []);
+    assert.deepEqual(ev('write', 'd/.capsule-write-1-1'), []);
+    assert.deepEqual(ev('rename', 'd/.capsule-write-1-1'), []);
+    assert.deepEqual(ev('create', 'd/f.txt'), ['EVENT_TYPE_CREATE:d/f.txt', 'EVENT_TYPE_WRITE:d/f.txt']);
+    assert.deepEqual(ev('create', 'd/g.txt'), ['EVENT_TYPE_CREATE:d/g.txt'], 'only the rename that followed a temporary file');
+    assert.deepEqual(ev('remove', '.capsule-write-x'), ['EVENT_TYPE_REMOVE:.capsule-write-x'], "a user's own file of a similar name");
+  });
+
+  it('maps Capsule errors to Connect codes', () => {
+    assert.deepEqual(connectError(new NotFoundError('gone')), { code: 'not_found', message: 'gone' });
+    assert.equal(connectError(new ConflictError('asleep', { state: 'paused' }))?.code, 'unavailable');
+    assert.equal(connectError(new InvalidArgumentError('bad'))?.code, 'invalid_argument');
+    assert.equal(connectError(new Error('bug')), undefined, 'bugs are not mapped: logged and internal');
+  });
+});
+
+describe('E2B paging and filters', () => {
+  it('reads metadata filters as the SDK encodes them', () => {
+    const sdk = new URLSearchParams(Object.entries({ app: 'a&b=c', 'k y': 'ü' }).map(([k, v]) => [encodeURIComponent(k), encodeURIComponent(v)])).toString();
+    assert.deepEqual(parseMetadataQuery(sdk), { app: 'a&b=c', 'k y': 'ü' });
+    assert.deepEqual(parseMetadataQuery(undefined), {});
+  });
+
+  it('round-trips page tokens and refuses made-up ones', () => {
+    assert.deepEqual(decodeCursor(encodeCursor({ createdAt: 5, id: ID })), { createdAt: 5, id: ID });
+    assert.throws(() => decodeCursor('not-a-token'), InvalidArgumentError);
+    assert.throws(() => decodeCursor(Buffer.from('{"a":1}').toString('base64url')), InvalidArgumentError);
+  });
+});
+
+describe('E2B tokens', () => {
+  const tokens = new E2bTokens(Buffer.alloc(32, 1));
+  const other = new E2bTokens(Buffer.alloc(32, 2));
+
+  it('derives per-sandbox tokens from the data directory key', () => {
+    assert.notEqual(tokens.envdToken(ID), tokens.envdToken('sbx-bbbbbbbbbbbb'));
+    assert.notEqual(tokens.envdToken(ID), other.envdToken(ID));
+    assert.notEqual(tokens.envdToken(ID), tokens.trafficToken(ID));
+    assert.equal(tokens.checkEnvd(ID, tokens.envdToken(ID)), true);
+    assert.equal(tokens.checkEnvd(ID, other.envdToken(ID)), false);
+    assert.equal(tokens.checkEnvd(ID, undefined), false);
+    assert.equal(tokens.checkTraffic(ID, tokens.envdToken(ID)), false);
+  });
+
+  it('checks signed file URLs: path, operation, user and expiry', () => {
+    const token = tokens.envdToken(ID);
+    const exp = Math.floor(Date.now() / 1000) + 60;
+    const sig = signFile('/a.txt', 'read', 'user', token, exp);
+    assert.match(sig, /^v1_[A-Za-z0-9+/]+$/);
+    const ok = { path: '/a.txt', operation: 'read' as const, user: 'user', signature: sig, expiration: exp };
+    assert.equal(tokens.checkSignature(ID, ok), true);
+    assert.equal(tokens.checkSignature(ID, { ...ok, path: '/b.txt' }), false);
+    assert.equal(tokens.checkSignature(ID, { ...ok, operation: 'write' }), false);
+    assert.equal(tokens.checkSignature(ID, { ...ok, user: 'root' }), false);
+    assert.equal(tokens.checkSignature(ID, { ...ok, expiration: exp + 1 }), false);
+    assert.equal(tokens.checkSignature(ID, ok, (exp + 1) * 1000), false, 'expired');
+    assert.equal(other.checkSignature(ID, ok), false);
+  });
+});
