@@ -52,26 +52,14 @@ export function entryInfo(e: FileEntry): F.EntryInfo {
   };
 }
 
-/** The agent writes a file through a temporary one beside it (agent/files.c) and renames it into place. */
-const AGENT_TEMP = /(^|\/)\.capsule-write-\d+-\d+$/;
-
 /**
- * Capsule's watch events as envd's, one watch at a time. The agent's temporary file is not the
- * user's: its events are dropped, and the rename that puts a written file in place (a create of
- * the target) becomes create + write, what envd's watchers see when a file is written.
+ * Capsule's watch events as envd's. The watch service already hides the files API's temporary
+ * file and reports a written file as create + write (src/sandboxes/watch-writes.ts), as envd does.
  */
 export function eventTranslator(): (ev: WatchEvent) => F.FilesystemEvent[] {
-  const tempMovedIn = new Set<string>();
-  const dir = (p: string) => (p.includes('/') ? p.slice(0, p.lastIndexOf('/')) : '');
   return (ev) => {
     if (ev.type !== 'create' && ev.type !== 'write' && ev.type !== 'remove' && ev.type !== 'rename' && ev.type !== 'chmod') return [];
-    if (AGENT_TEMP.test(ev.path)) {
-      if (ev.type === 'rename') tempMovedIn.add(dir(ev.path));
-      return [];
-    }
-    const out: F.FilesystemEvent[] = [{ name: ev.path, type: F.EVENT_TYPE[ev.type] }];
-    if (ev.type === 'create' && tempMovedIn.delete(dir(ev.path))) out.push({ name: ev.path, type: F.EVENT_TYPE.write });
-    return out;
+    return [{ name: ev.path, type: F.EVENT_TYPE[ev.type] }];
   };
 }
 

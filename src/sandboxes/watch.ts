@@ -16,6 +16,7 @@ import { RateLimitedError, UnsupportedError } from '../errors/index.js';
 import type { WatchEvent } from '../schemas/watch.js';
 import type { SandboxManager } from './manager.js';
 import { resolveSandboxPath } from './paths.js';
+import { hideAgentWrites } from './watch-writes.js';
 
 /** Where events go; `write` false means the consumer is full: the watch pauses until `drained()`. */
 export interface WatchSink {
@@ -60,11 +61,15 @@ export class WatchService {
     }
     sink.write({ type: 'start', path });
     let paused = false;
-    w.on('event', (ev) => {
-      const ok =
-        ev.type === 'overflow'
-          ? sink.write({ type: 'overflow', description: 'events were lost because the watch fell behind; rescan what you track' })
-          : sink.write({ type: ev.type, path: ev.path, ...(ev.isDir ? { isDir: true } : {}) });
+    const filter = hideAgentWrites();
+    w.on('event', (raw) => {
+      let ok = true;
+      for (const ev of filter(raw)) {
+        ok =
+          (ev.type === 'overflow'
+            ? sink.write({ type: 'overflow', description: 'events were lost because the watch fell behind; rescan what you track' })
+            : sink.write({ type: ev.type, path: ev.path, ...(ev.isDir ? { isDir: true } : {}) })) && ok;
+      }
       if (!ok && !paused) {
         paused = true;
         w.pause();

@@ -75,6 +75,21 @@ describe('file watches', () => {
     assert.deepEqual(await w.done, { reason: 'stopped' });
   });
 
+  it("reports a file written through the files API as create + write of that file, not the agent's temporary file", async () => {
+    await sbx.commands.run('mkdir -p /api');
+    const r = recorder();
+    const w = await sbx.files.watchDir('/api', r.on);
+    await sbx.files.write('/api/a.txt', 'one');
+    await sbx.files.write('/api/a.txt', 'two');
+    await sbx.commands.run('touch /api/done');
+    await r.until(is('create', 'done'));
+    assert.deepEqual(
+      r.events.flatMap((e) => ('path' in e ? [`${e.type} ${e.path}`] : [])),
+      ['create a.txt', 'write a.txt', 'create a.txt', 'write a.txt', 'create done'],
+    );
+    w.stop();
+  });
+
   it('a missing directory is not found; a non-recursive watch ignores subdirectories', async () => {
     await assert.rejects(sbx.files.watchDir('/no/such/dir', () => undefined), NotFoundError);
     await sbx.commands.run('mkdir -p /flat/sub');

@@ -63,15 +63,14 @@ describe('E2B mapping', () => {
     assert.equal(text('42'), '42');
   });
 
-  it("hides the agent's temporary file in watch events, and reports the file written", () => {
+  it("maps watch events to envd's kinds, and drops the ones envd has no kind for", () => {
     const t = eventTranslator();
     const ev = (type: string, path: string) => t({ type, path } as never).map((e) => `${e.type}:${e.name}`);
-    assert.deepEqual(ev('create', 'd/.capsule-write-1-1'), []);
-    assert.deepEqual(ev('write', 'd/.capsule-write-1-1'), []);
-    assert.deepEqual(ev('rename', 'd/.capsule-write-1-1'), []);
-    assert.deepEqual(ev('create', 'd/f.txt'), ['EVENT_TYPE_CREATE:d/f.txt', 'EVENT_TYPE_WRITE:d/f.txt']);
-    assert.deepEqual(ev('create', 'd/g.txt'), ['EVENT_TYPE_CREATE:d/g.txt'], 'only the rename that followed a temporary file');
-    assert.deepEqual(ev('remove', '.capsule-write-x'), ['EVENT_TYPE_REMOVE:.capsule-write-x'], "a user's own file of a similar name");
+    assert.deepEqual(ev('create', 'd/f.txt'), ['EVENT_TYPE_CREATE:d/f.txt']);
+    assert.deepEqual(ev('write', 'd/f.txt'), ['EVENT_TYPE_WRITE:d/f.txt']);
+    assert.deepEqual(ev('rename', 'f'), ['EVENT_TYPE_RENAME:f']);
+    assert.deepEqual(ev('start', '/d'), []);
+    assert.deepEqual(ev('overflow', ''), []);
   });
 
   it('maps Capsule errors to Connect codes', () => {
