@@ -330,6 +330,10 @@ export function dataPaths(dataDir: string) {
     agentSocket: (id: string) => path.join(dataDir, 'run', `${id}.sock`),
     /** The runtime's own state (`crun --root`), separate from any other user of crun on the host. */
     runtimeState: path.join(dataDir, 'runtime'),
+    /** gVisor's state (`runsc --root`), apart from the OCI runtime's (src/runtime/gvisor). */
+    gvisorState: path.join(dataDir, 'gvisor', 'state'),
+    /** Per gVisor sandbox, the host directory its agent's socket is made in (bind-mounted into that sandbox only). */
+    gvisorSocketDir: (id: string) => path.join(dataDir, 'gvisor', 'sock', id),
     /** The agent binary copied here at start and bind-mounted read-only into each sandbox. */
     bin: path.join(dataDir, 'bin'),
     /** Compiled seccomp filters (`<sha256>.bpf`), so crun need not compile the profile on every create. */

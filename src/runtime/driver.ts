@@ -17,6 +17,7 @@ import { OciCli, summarizeStderr, type OciResult } from './oci-cli.js';
 import { setupSandboxMounts, teardownSandboxMounts, type MountHelperOptions } from './mounts.js';
 import { Launcher, LAUNCHER_PATH } from './launcher.js';
 import { copyTree } from '../layers/native.js';
+import { LOWER_ID_FILE, recordLowerIds } from './lower-ids.js';
 import { readMountPoints, removeSandboxDir, sandboxLayout } from './overlay.js';
 import { loadDefaultSeccomp, type OciSeccomp } from './seccomp.js';
 import { SeccompBpfCompiler } from './seccomp-bpf.js';
@@ -69,8 +70,6 @@ export interface OciRuntimeDriverOptions {
   launcher?: Launcher | null;
 }
 
-/** In each sandbox dir: "<dev>:<ino>" of each layer tree its overlay was mounted on, one per line. */
-const LOWER_ID_FILE = 'lower.id';
 
 /** Send buffer of the daemon's agent sockets (the kernel caps it at net.core.wmem_max, 4 MiB by default here). */
 const AGENT_SOCKET_SNDBUF = 4 * 1024 * 1024;
@@ -286,13 +285,7 @@ export class OciRuntimeDriver implements RuntimeDriver {
         },
         this.mountOpts(),
       );
-      // Which layer trees this sandbox's overlay sits on, by identity: a rebuild renames a template's tree
-      // (templates/<name>/old-*), and it may only be deleted once no sandbox records it here.
-      const ids = await Promise.all(topFirst.map(async (p) => {
-        const st = await fsp.stat(p);
-        return `${st.dev}:${st.ino}`;
-      }));
-      await fsp.writeFile(path.join(layout.dir, LOWER_ID_FILE), ids.join('\n'), { mode: 0o600 });
+      await recordLowerIds(layout.dir, topFirst);
       signal?.throwIfAborted();
 
       const config = buildOciSpec({

@@ -18,6 +18,10 @@ export function leftovers(id: string, dataDir: string): string[] {
   if (fs.existsSync(`${dataDir}/sandboxes/${id}`)) found.push('sandbox dir');
   if (fs.existsSync(`${dataDir}/run/${id}.sock`)) found.push('socket');
   if (fs.existsSync(`${dataDir}/runtime/${id}`)) found.push('runtime state');
+  if (fs.existsSync(`${dataDir}/gvisor/sock/${id}`)) found.push('gvisor socket dir');
+  // runsc keeps "<sandbox>_sandbox:<container>.state" (and .lock) files per container.
+  const gvisorState = fs.existsSync(`${dataDir}/gvisor/state`) ? fs.readdirSync(`${dataDir}/gvisor/state`) : [];
+  if (gvisorState.some((f) => f.startsWith(`${id}_sandbox:`))) found.push('gvisor state');
   for (const dev of fs.readdirSync('/sys/block').filter((b) => b.startsWith('loop'))) {
     let backing = '';
     try {
