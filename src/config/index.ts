@@ -7,6 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
 import { InvalidArgumentError } from '../errors/index.js';
+import { ISOLATIONS, type Isolation } from '../runtime/isolation.js';
 
 export interface ResourceLimits {
   /** CPU share in cores (cgroup cpu quota = cpus * period). */
@@ -29,8 +30,10 @@ export interface DaemonConfig {
   port: number;
   /** Everything the daemon owns lives below this: SQLite, templates, sandboxes, sockets, crun state. */
   dataDir: string;
-  /** OCI runtime: `crun`, `runc`, `runsc` or an absolute path. */
+  /** OCI runtime of the container backend: `crun`, `runc` or an absolute path (gVisor is an isolation, not a runtime). */
   runtime: string;
+  /** Isolation of a sandbox whose create names none (src/runtime/backends.ts). */
+  isolation: Isolation;
   defaultTimeoutMs: number;
   maxTimeoutMs: number;
   defaultResources: ResourceLimits;
@@ -163,6 +166,12 @@ export const SETTINGS = {
     describe: 'where sandboxes, templates and state live (default /var/lib/capsule as root, else ~/.local/share/capsule)',
   },
   runtime: { env: 'CAPSULE_RUNTIME', flag: '--runtime', schema: Runtime.default('crun'), describe: `OCI runtime: ${KNOWN_RUNTIMES.join(', ')} or an absolute path` },
+  isolation: {
+    env: 'CAPSULE_ISOLATION',
+    flag: '--isolation',
+    schema: z.string().trim().toLowerCase().pipe(z.enum(ISOLATIONS, `must be one of ${ISOLATIONS.join(', ')}`)).default('container'),
+    describe: `isolation of a sandbox whose create names none: ${ISOLATIONS.join(', ')}`,
+  },
   logLevel: {
     env: 'CAPSULE_LOG_LEVEL',
     flag: '--log-level',
@@ -293,6 +302,7 @@ export function loadConfig(
     port: s.port,
     dataDir: s.dataDir ?? defaultDataDir(),
     runtime: s.runtime,
+    isolation: s.isolation,
     defaultTimeoutMs: s.defaultTimeoutMs,
     maxTimeoutMs: s.maxTimeoutMs,
     defaultResources: { cpus: 1, memoryMb: 512, pids: 256, diskMb: s.defaultDiskMb },

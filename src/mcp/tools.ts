@@ -99,7 +99,7 @@ const SandboxRef = {
 
 /** The API's Sandbox, in snake_case, with the id named as the other tools name it. */
 const SandboxSummary = snakeObject(
-  SandboxSchema.pick({ template: true, state: true, createdAt: true, expiresAt: true, metadata: true, resources: true, endReason: true }),
+  SandboxSchema.pick({ template: true, state: true, createdAt: true, expiresAt: true, metadata: true, resources: true, endReason: true, isolation: true }),
 ).extend({ sandbox_id: SandboxId });
 
 function summary(s: SandboxInfo): z.infer<typeof SandboxSummary> {
@@ -112,6 +112,7 @@ function summary(s: SandboxInfo): z.infer<typeof SandboxSummary> {
     metadata: s.metadata,
     resources: s.resources,
     ...(s.endReason !== undefined ? { end_reason: s.endReason } : {}),
+    isolation: s.isolation,
   };
 }
 
@@ -141,7 +142,7 @@ const sandboxCreate = tool({
   name: 'sandbox_create',
   description:
     'Start a new isolated Linux sandbox and return its id. Pass the id as sandbox_id to the other tools. The sandbox is killed when its timeout passes (default 5 minutes; extend with sandbox_set_timeout). It becomes this session\'s default sandbox.',
-  input: snakeObject(CreateSandboxRequest.pick({ timeoutMs: true, envs: true, metadata: true, resources: true })).extend({
+  input: snakeObject(CreateSandboxRequest.pick({ timeoutMs: true, envs: true, metadata: true, resources: true, isolation: true })).extend({
     // Without the API's default: the server's default template applies (CAPSULE_MCP_TEMPLATE).
     template: TemplateName.optional().describe(
       'Template to start from: debian (Debian with python3) or busybox (tiny, POSIX sh only). Default: the server\'s default template',
@@ -152,12 +153,12 @@ const sandboxCreate = tool({
   async handler(input, ctx) {
     const template = input.template ?? ctx.defaultTemplate;
     const info = await ctx.backend.createSandbox(
-      { template, timeoutMs: input.timeout_ms, envs: input.envs, metadata: input.metadata, resources: input.resources },
+      { template, timeoutMs: input.timeout_ms, envs: input.envs, metadata: input.metadata, resources: input.resources, isolation: input.isolation },
       ctx.signal,
     );
     ctx.session.defaultSandboxId = info.id;
     ctx.session.created.add(info.id);
-    return { structured: summary(info), text: `Created sandbox ${info.id} (template ${info.template}); it expires at ${info.expiresAt}.` };
+    return { structured: summary(info), text: `Created sandbox ${info.id} (template ${info.template}, isolation ${info.isolation}); it expires at ${info.expiresAt}.` };
   },
 });
 

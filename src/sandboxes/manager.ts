@@ -24,6 +24,8 @@ import type { SandboxRecord, SandboxStore } from './store.js';
 import { LIVE_STATES, requireState, wrongState, type SandboxState, type TerminalState } from './lifecycle.js';
 import { newSandboxId } from './ids.js';
 import { containerSpec } from './spec.js';
+import { backendFor, backendsInfo, type BackendInfo } from '../runtime/backends.js';
+import type { Isolation } from '../runtime/isolation.js';
 import type { Claimed, PoolStats, WarmPool } from './pool.js';
 
 export interface Logger {
@@ -46,6 +48,8 @@ export interface CreateOptions {
   envs?: Record<string, string> | undefined;
   metadata?: Record<string, string> | undefined;
   resources?: Partial<ResourceLimits> | undefined;
+  /** Which backend kind holds it (runtime/backends.ts); default: the daemon's. */
+  isolation?: Isolation | undefined;
   /** Aborted when the caller gives up (the client went away): nothing is left behind. */
   signal?: AbortSignal | undefined;
   /**
@@ -107,6 +111,8 @@ export class SandboxManager {
     const timeoutMs = this.checkTimeout(opts.timeoutMs ?? this.config.defaultTimeoutMs);
     const resources: ResourceLimits = { ...this.config.defaultResources, ...stripUndefined(opts.resources ?? {}) };
     this.checkDisk(resources.diskMb);
+    // An isolation this host lacks fails here, before a template is built for it.
+    const backend = backendFor(this.runtime, opts.isolation);
     this.pool?.userCreateStarted();
     try {
       const template = await this.resolveTemplate(ctx, opts);
@@ -118,9 +124,11 @@ export class SandboxManager {
       };
       // Refused before a pooled sandbox is spent on it; checked again below, next to the insert.
       this.checkQuota(ctx, resources.memoryMb);
-      const claimed = this.pool ? await this.pool.claim(opts.template, resources) : null;
+      // Pools hold sandboxes of the default backend only (README, warm pools).
+      const pooled = this.pool !== null && backend.capabilities.isolation === this.runtime.capabilities.isolation;
+      const claimed = pooled ? await this.pool!.claim(opts.template, resources) : null;
       if (claimed) return this.recordClaimed(ctx, claimed, made, resources, timeoutMs, defaults);
-      return await this.createCold(ctx, made, template.layers, resources, timeoutMs, defaults);
+      return await this.createCold(ctx, made, template.layers, resources, timeoutMs, defaults, backend);
     } finally {
       this.pool?.userCreateEnded();
     }
@@ -192,6 +200,11 @@ export class SandboxManager {
     return { kind: this.runtime.kind, name: this.runtime.name, capabilities: { ...this.runtime.capabilities, network: [...this.runtime.capabilities.network] } };
   }
 
+  /** Every isolation kind, with its backend or why this host has none (GET /v1/info). */
+  backends(): BackendInfo[] {
+    return backendsInfo(this.runtime);
+  }
+
   /** Warm pool state, per template (empty when no pool is configured). */
   poolStats(): PoolStats[] {
     return this.pool?.stats() ?? [];
@@ -222,7 +235,7 @@ export class SandboxManager {
       throw err;
     }
     // The clock starts at the claim, not when the pool started the container.
-    const rec = this.newRecord(ctx, claimed.id, 'running', opts, resources, timeoutMs, defaults);
+    const rec = this.newRecord(ctx, claimed.id, 'running', opts, resources, timeoutMs, defaults, this.runtime.kind);
     this.store.insert(rec);
     this.adoptConnection(claimed.id, claimed.conn);
     return rec;
@@ -235,12 +248,13 @@ export class SandboxManager {
     resources: ResourceLimits,
     timeoutMs: number,
     defaults: SandboxRecord['defaults'],
+    backend: RuntimeDriver,
   ): Promise<SandboxRecord> {
     const id = newSandboxId();
-    const spec = containerSpec(this.runtime, id, layers, resources, undefined, { allowSetuid: defaults.setuid });
+    const spec = { ...containerSpec(backend, id, layers, resources, undefined, { allowSetuid: defaults.setuid }), isolation: backend.capabilities.isolation };
     // Checked and recorded without an await in between, so concurrent creates cannot both slip under a quota.
     this.checkQuota(ctx, resources.memoryMb);
-    const rec = this.newRecord(ctx, id, 'creating', opts, resources, timeoutMs, defaults);
+    const rec = this.newRecord(ctx, id, 'creating', opts, resources, timeoutMs, defaults, backend.kind);
     this.store.insert(rec);
     const abort = new AbortController();
     let settle!: () => void;
@@ -288,6 +302,7 @@ export class SandboxManager {
     resources: ResourceLimits,
     timeoutMs: number,
     defaults: SandboxRecord['defaults'],
+    runtime: string,
   ): SandboxRecord {
     const now = Date.now();
     return {
@@ -303,7 +318,7 @@ export class SandboxManager {
       endedAt: null,
       endReason: null,
       stateChangedAt: now,
-      runtime: this.runtime.kind,
+      runtime,
       defaults,
     };
   }

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { Isolation } from './sandboxes.js';
 
 export const PoolInfo = z.object({
   template: z.string().describe('Template whose sandboxes this pool keeps started'),
@@ -14,26 +15,43 @@ export const PoolInfo = z.object({
   lastError: z.string().optional().describe('Why the last pool start failed'),
 });
 
+export const RuntimeCapabilities = z
+  .object({
+    isolation: z.enum(['container', 'gvisor', 'microvm']).describe('How sandboxes are separated from the host kernel'),
+    pause: z.boolean().describe('Can freeze and thaw a sandbox'),
+    checkpoint: z.boolean().describe("Can dump and restore a sandbox's memory"),
+    updateResources: z.boolean().describe('Can change cpu, memory and pids limits of a running sandbox'),
+    exportChanges: z.boolean().describe("Can copy a sandbox's file changes out as a layer (template builds, snapshots)"),
+    network: z.array(z.string()).describe('Network modes a sandbox can be given'),
+    maxLayers: z.number().int().describe('Most read-only filesystem layers one sandbox stacks'),
+  })
+  .describe('What a backend can do; an operation it cannot do answers 422 unsupported');
+
 export const RuntimeInfo = z
   .object({
-    kind: z.string().describe('The backend that runs sandboxes, e.g. crun'),
+    kind: z.string().describe('The backend that runs sandboxes whose create names no isolation, e.g. crun'),
     name: z.string().describe('Its version, e.g. "crun 1.8.1"'),
-    capabilities: z.object({
-      isolation: z.enum(['container', 'gvisor', 'microvm']).describe('How sandboxes are separated from the host kernel'),
-      pause: z.boolean().describe('Can freeze and thaw a sandbox'),
-      checkpoint: z.boolean().describe("Can dump and restore a sandbox's memory"),
-      updateResources: z.boolean().describe('Can change cpu, memory and pids limits of a running sandbox'),
-      exportChanges: z.boolean().describe("Can copy a sandbox's file changes out as a layer (template builds, snapshots)"),
-      network: z.array(z.string()).describe('Network modes a sandbox can be given'),
-      maxLayers: z.number().int().describe('Most read-only filesystem layers one sandbox stacks'),
-    }),
+    capabilities: RuntimeCapabilities,
   })
-  .describe('The runtime backend and what it can do');
+  .describe('The default runtime backend and what it can do');
+
+export const BackendInfo = z
+  .object({
+    isolation: Isolation,
+    available: z.boolean().describe('Whether a create may ask for this isolation on this host'),
+    default: z.boolean().describe('Whether a create that names no isolation gets this one (CAPSULE_ISOLATION)'),
+    kind: z.string().optional().describe('The backend, recorded with each of its sandboxes: crun, runc or runsc'),
+    name: z.string().optional().describe('Its version, e.g. "runsc 0.0~20221219.0"'),
+    capabilities: RuntimeCapabilities.optional(),
+    reason: z.string().optional().describe('Why it is not available here, and how to make it so'),
+  })
+  .describe('One isolation kind on this daemon');
 
 export const InfoResponse = z
   .object({
     version: z.string().describe('Daemon version'),
     runtime: RuntimeInfo,
+    backends: z.array(BackendInfo).describe('Every isolation kind (container, gvisor, microvm), with its availability here and the reason when absent'),
     pools: z.array(PoolInfo).describe('Warm pools, one per template with a size above 0; empty when pools are off'),
   })
   .describe('Daemon state that is not about one sandbox');

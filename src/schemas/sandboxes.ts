@@ -2,12 +2,19 @@ import { z } from 'zod';
 import { EnvVars, Metadata, SandboxId, SandboxTimeoutMs, TemplateName, Timestamp } from './common.js';
 
 import { SANDBOX_STATES } from '../sandboxes/lifecycle.js';
+import { ISOLATIONS } from '../runtime/isolation.js';
 
 export { SANDBOX_STATES };
 export const SandboxState = z
   .enum(SANDBOX_STATES)
   .describe(
     'Lifecycle state (docs/adr/0005-state-machine-and-runtime-boundary.md): creating, running, the pause/stop/snapshot states, or a final one: killed, expired, failed',
+  );
+
+export const Isolation = z
+  .enum(ISOLATIONS)
+  .describe(
+    "How the sandbox is kept apart from the host's kernel. container: Linux namespaces, cgroups and a seccomp filter; its processes make system calls to the host kernel (fastest). gvisor: gVisor's user-space kernel answers every system call, so the host kernel sees only gVisor's (slower system calls, ~10 MiB more memory, no pause). microvm: a virtual machine (not available yet). GET /v1/info lists which this host has",
   );
 
 export const Resources = z
@@ -33,6 +40,9 @@ export const CreateSandboxRequest = z
     envs: EnvVars.optional().describe('Environment variables every command in this sandbox gets'),
     metadata: Metadata.optional(),
     resources: Resources.optional(),
+    isolation: Isolation.optional().describe(
+      "How the sandbox is kept apart from the host's kernel: container or gvisor (microvm is not available yet); default: the daemon's (CAPSULE_ISOLATION, container unless set). An isolation this host lacks answers 422 unsupported with the reason",
+    ),
   })
   .strict();
 export type CreateSandboxRequest = z.infer<typeof CreateSandboxRequest>;
@@ -52,6 +62,7 @@ export const Sandbox = z.object({
   }),
   endedAt: Timestamp.optional(),
   endReason: z.string().optional().describe('Why a sandbox ended: killed, expired, or an error'),
+  isolation: Isolation.describe('How this sandbox is kept apart from the host kernel (container or gvisor)'),
 });
 export type Sandbox = z.infer<typeof Sandbox>;
 

@@ -14,6 +14,7 @@ export type { ConnectOptions, OutputCallback, OutputEncoding, RunOptions, Signal
 export { Files } from './files.js';
 export type { DirectoryListing, ListOptions as ListFilesOptions, ReadOptions, WriteData, WriteOptions } from './files.js';
 export { Template } from './templates.js';
+export { getDaemonInfo } from './info.js';
 export { ApiKeys } from './keys.js';
 export type { ApiKeyInfo, CreateKeyOptions } from './keys.js';
 export type { BuildInfo, BuildOptions, BuildProgress, BuildTemplateOptions, CopyOptions, StepProgress, TemplateDefinition, TemplateDetails, TemplateInfo, TemplateStep } from './templates.js';
@@ -46,6 +47,7 @@ export type {
   CommandResult,
   CreateSandboxRequest,
   FileEntry,
+  InfoResponse as DaemonInfo,
   ProcessInfo,
   RunCommandRequest,
   Sandbox as SandboxInfo,

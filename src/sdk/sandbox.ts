@@ -26,6 +26,12 @@ export interface CreateOptions extends ConnectionOptions {
   metadata?: Record<string, string>;
   /** CPU (cores), memory (MiB), process and disk (MiB, ENOSPC past it) limits; defaults come from the daemon. */
   resources?: { cpus?: number; memoryMb?: number; pids?: number; diskMb?: number };
+  /**
+   * How the sandbox is kept apart from the host kernel: 'container' (namespaces and seccomp) or 'gvisor'
+   * (gVisor's user-space kernel; slower system calls). Default: the daemon's. See `getDaemonInfo()` for
+   * what the daemon has.
+   */
+  isolation?: SandboxInfo['isolation'];
 }
 
 export interface ListOptions extends ConnectionOptions {
@@ -67,6 +73,7 @@ export class Sandbox {
       envs: opts.envs,
       metadata: opts.metadata,
       resources: opts.resources,
+      isolation: opts.isolation,
     };
     // Starting a container can take longer than an ordinary request.
     const timeoutMs = http.conn.requestTimeoutMs === 0 ? 0 : Math.max(http.conn.requestTimeoutMs, 120_000);

@@ -1,6 +1,7 @@
-/** Sandbox lifecycle: create, list, info, kill, timeout. */
+/** Sandbox lifecycle: create, list, info, kill, timeout; the backends a create may choose. */
 import type { Command } from 'commander';
-import { Sandbox, type SandboxInfo } from '../../sdk/index.js';
+import { getDaemonInfo, Sandbox, type SandboxInfo } from '../../sdk/index.js';
+import { ISOLATIONS } from '../../runtime/isolation.js';
 import { collect, connection, parseNumber, parsePairs, printJson, printTable, relativeTime, secondsToMs, shortTime, UsageError } from '../util.js';
 
 export function registerSandboxCommands(program: Command): void {
@@ -14,8 +15,12 @@ export function registerSandboxCommands(program: Command): void {
     .option('--cpus <n>', 'CPU limit in cores')
     .option('--memory <MiB>', 'memory limit in MiB')
     .option('--disk-mb <MiB>', 'disk quota in MiB for everything the sandbox writes (default 2048)')
+    .option('--isolation <kind>', `${ISOLATIONS.join(', ')}: how it is kept apart from the host kernel (default: the daemon's; see \`capsule backends\`)`)
     .option('--json', 'print the sandbox as JSON')
-    .action(async (opts: { template?: string; timeout?: string; env?: string[]; metadata?: string[]; cpus?: string; memory?: string; diskMb?: string; json?: boolean }, cmd: Command) => {
+    .action(async (opts: { template?: string; timeout?: string; env?: string[]; metadata?: string[]; cpus?: string; memory?: string; diskMb?: string; isolation?: string; json?: boolean }, cmd: Command) => {
+      if (opts.isolation !== undefined && !(ISOLATIONS as readonly string[]).includes(opts.isolation)) {
+        throw new UsageError(`--isolation must be one of ${ISOLATIONS.join(', ')}`);
+      }
       const resources: { cpus?: number; memoryMb?: number; diskMb?: number } = {};
       const cpus = parseNumber(opts.cpus, '--cpus');
       const memoryMb = parseNumber(opts.memory, '--memory');
@@ -30,6 +35,7 @@ export function registerSandboxCommands(program: Command): void {
         envs: parsePairs(opts.env, '--env'),
         metadata: parsePairs(opts.metadata, '--metadata'),
         resources: Object.keys(resources).length ? resources : undefined,
+        isolation: opts.isolation as SandboxInfo['isolation'] | undefined,
       });
       if (opts.json) printJson(await sbx.getInfo());
       else process.stdout.write(`${sbx.id}\n`);
@@ -69,6 +75,7 @@ export function registerSandboxCommands(program: Command): void {
         ['id', info.id],
         ['template', info.template],
         ['state', info.state],
+        ['isolation', info.isolation],
         ['created', shortTime(info.createdAt)],
         ['expires', `${shortTime(info.expiresAt)} (${relativeTime(info.expiresAt)})`],
         [
@@ -80,6 +87,24 @@ export function registerSandboxCommands(program: Command): void {
       ];
       if (info.endedAt) rows.push(['ended', `${shortTime(info.endedAt)}${info.endReason ? ` (${info.endReason})` : ''}`]);
       for (const [k, v] of rows) process.stdout.write(`${k.padEnd(10)} ${v}\n`);
+    });
+
+  program
+    .command('backends')
+    .description('which isolation kinds (container, gvisor, microvm) this daemon has, and why one is missing')
+    .option('--json', 'print JSON')
+    .action(async (opts: { json?: boolean }, cmd: Command) => {
+      const info = await getDaemonInfo(connection(cmd));
+      if (opts.json) return printJson(info.backends);
+      printTable(
+        ['isolation', 'available', 'backend', 'notes'],
+        info.backends.map((b) => [
+          b.isolation + (b.default ? ' (default)' : ''),
+          b.available ? 'yes' : 'no',
+          b.name ?? '-',
+          b.available ? cannot(b.capabilities) : (b.reason ?? ''),
+        ]),
+      );
     });
 
   program
@@ -106,4 +131,11 @@ export function registerSandboxCommands(program: Command): void {
       if (opts.json) printJson(info);
       else process.stdout.write(`${info.id} expires ${shortTime(info.expiresAt)} (${relativeTime(info.expiresAt)})\n`);
     });
+}
+
+/** "no pause, checkpoint" for a backend's missing optional capabilities. */
+function cannot(c: { pause: boolean; checkpoint: boolean; updateResources: boolean; exportChanges: boolean } | undefined): string {
+  if (!c) return '';
+  const missing = (['pause', 'checkpoint', 'updateResources', 'exportChanges'] as const).filter((k) => !c[k]);
+  return missing.length > 0 ? `no ${missing.join(', ')}` : '';
 }

@@ -1,0 +1,58 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { buildOciSpec } from '../../../src/runtime/bundle.js';
+import { buildGvisorSpec, GVISOR_SOCKET_MOUNT_DIR, gvisorHostTasks, type GvisorBundleInput } from '../../../src/runtime/gvisor/bundle.js';
+
+const input: GvisorBundleInput = {
+  id: 'sbx-gv',
+  rootfs: '/var/lib/capsule/sandboxes/sbx-gv/rootfs',
+  agentBinary: '/var/lib/capsule/bin/capsule-agent',
+  agentDir: '/var/lib/capsule/sandboxes/sbx-gv/disk/agent',
+  socketDir: '/var/lib/capsule/gvisor/sock/sbx-gv',
+  tmpDir: '/var/lib/capsule/sandboxes/sbx-gv/rootfs/tmp',
+  resources: { cpus: 1, memoryMb: 512, pids: 100 },
+  idMapBase: 100000,
+  idMapSize: 65536,
+  seccomp: { defaultAction: 'SCMP_ACT_ERRNO', architectures: ['SCMP_ARCH_X86_64'], syscalls: [] },
+};
+
+type AnyObj = Record<string, any>;
+
+describe('buildGvisorSpec', () => {
+  const spec = buildGvisorSpec(input);
+  const proc = spec.process as AnyObj;
+  const linux = spec.linux as AnyObj;
+
+  test('the agent binds its own socket in the bind-mounted socket dir (runsc passes no fds)', () => {
+    assert.deepEqual(proc.args, ['/.capsule/capsule-agent', '--listen', `${GVISOR_SOCKET_MOUNT_DIR}/agent.sock`]);
+    const m = spec.mounts.find((x) => x.destination === GVISOR_SOCKET_MOUNT_DIR);
+    assert.deepEqual(m, { destination: GVISOR_SOCKET_MOUNT_DIR, type: 'bind', source: input.socketDir, options: ['bind', 'rw', 'nosuid', 'nodev', 'noexec'] });
+  });
+
+  test('/tmp stays on the sandbox disk when a real directory is given, and is left to runsc otherwise', () => {
+    assert.deepEqual(spec.mounts.find((x) => x.destination === '/tmp')?.source, input.tmpDir);
+    assert.equal(buildGvisorSpec({ ...input, tmpDir: null }).mounts.find((x) => x.destination === '/tmp'), undefined);
+  });
+
+  test('pids: RLIMIT_NPROC inside, a looser cap on the host cgroup that holds the sentry and its stubs', () => {
+    assert.deepEqual(proc.rlimits.find((r: AnyObj) => r.type === 'RLIMIT_NPROC'), { type: 'RLIMIT_NPROC', soft: 100, hard: 100 });
+    assert.equal(linux.resources.pids.limit, gvisorHostTasks(100));
+    assert.ok(gvisorHostTasks(100) >= 100 * 8 + 33, 'above what ptrace stubs measured for a full sandbox');
+  });
+
+  test('otherwise the container policy: user namespace mapping, limits, capabilities, seccomp, no crun annotation', () => {
+    const base = buildOciSpec({ ...input, runtime: 'runsc' });
+    assert.deepEqual(linux.uidMappings, (base.linux as AnyObj).uidMappings);
+    assert.deepEqual(linux.resources.memory, (base.linux as AnyObj).resources.memory);
+    assert.deepEqual(linux.resources.cpu, (base.linux as AnyObj).resources.cpu);
+    assert.deepEqual(proc.capabilities, (base.process as AnyObj).capabilities);
+    assert.equal(proc.noNewPrivileges, true);
+    assert.deepEqual(linux.seccomp, input.seccomp);
+    assert.equal(spec.annotations, undefined);
+  });
+
+  test('refuses relative host paths', () => {
+    assert.throws(() => buildGvisorSpec({ ...input, socketDir: 'sock' }), /socketDir must be absolute/);
+    assert.throws(() => buildGvisorSpec({ ...input, tmpDir: 'tmp' }), /tmpDir must be absolute/);
+  });
+});
