@@ -20,6 +20,7 @@ import { REPO_ROOT, startDaemon, type BenchDaemon } from './daemon.js';
 import { density } from './density.js';
 import { exec } from './exec.js';
 import { files } from './files.js';
+import { gvisor } from './gvisor.js';
 import { renderSvg } from './plot.js';
 import { run } from './proc.js';
 import { consoleTable, hostInfo, writeResults, type BenchReport } from './report.js';
@@ -37,6 +38,7 @@ export const SCENARIOS: ReadonlyArray<[string, Scenario]> = [
   ['density', density],
   ['files', files],
   ['templates', templates],
+  ['gvisor', gvisor],
 ];
 
 const USAGE = `usage: node dist/bench/main.js [--quick] [--out DIR] [--only NAME[,NAME...]] [--debian]

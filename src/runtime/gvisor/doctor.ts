@@ -49,8 +49,28 @@ export async function checkGvisor(fix: boolean, runsc = 'runsc'): Promise<Doctor
         fix: 'run as root; ptrace must be allowed (kernel.yama.ptrace_scope below 3); see runsc --debug logs',
       };
     }
-    return { name: NAME, ok: true, ...(fixed ? { fixed: true } : {}), message: `${version}: a trial sandbox ran on the ptrace platform (isolation "gvisor" available)` };
+    return {
+      name: NAME,
+      ok: true,
+      ...(fixed ? { fixed: true } : {}),
+      message: `${version}: a trial sandbox ran on the ptrace platform (isolation "gvisor" available)${pidMaxNote()}`,
+    };
   } finally {
     fs.rmSync(root, { recursive: true, force: true });
   }
+}
+
+/**
+ * On the ptrace platform a gVisor sandbox holds host tasks for its guest's (a fork bomb held to 64 guest
+ * processes took ~1,700), up to gvisorHostTasks(pids) each: a host with the old default pid_max (32768) runs
+ * out after a few busy ones.
+ */
+function pidMaxNote(): string {
+  let max = 0;
+  try {
+    max = Number(fs.readFileSync('/proc/sys/kernel/pid_max', 'utf8').trim());
+  } catch {
+    return '';
+  }
+  return max > 0 && max < 1 << 20 ? `; note: kernel.pid_max is ${max} and each busy gVisor sandbox may hold thousands of host tasks: sysctl -w kernel.pid_max=4194304` : '';
 }

@@ -71,6 +71,9 @@ export interface GvisorDriverOptions {
  */
 const RUN_FLAGS = ['--platform=ptrace', '--network=none', '--host-uds=create', '--oci-seccomp'];
 
+/** Put in each gVisor sandbox's /tmp (see keepTmpOnDisk). */
+export const TMP_KEEP_FILE = '.capsule-tmp-on-disk';
+
 const NOT_FOUND_RE = /does not exist|not exist|no such file|not found/i;
 const noopLogger: RuntimeLogger = { info() {}, warn() {}, error() {} };
 
@@ -174,6 +177,7 @@ export class GvisorDriver implements RuntimeDriver {
         this.mountOpts(),
       );
       await recordLowerIds(layout.dir, topFirst);
+      await this.keepTmpOnDisk(layout.rootfs);
       signal?.throwIfAborted();
 
       const config = buildGvisorSpec({
@@ -182,7 +186,6 @@ export class GvisorDriver implements RuntimeDriver {
         agentBinary: this.opts.agentBinary,
         agentDir: layout.agentDir,
         socketDir,
-        tmpDir: await this.tmpOnDisk(layout.rootfs),
         resources: spec.resources,
         idMapBase: this.opts.idMapBase,
         idMapSize: this.opts.idMapSize,
@@ -226,21 +229,26 @@ export class GvisorDriver implements RuntimeDriver {
   }
 
   /**
-   * The rootfs's /tmp when it is a real directory (made when absent), so /tmp stays on the sandbox's
-   * disk; null when the template has something else there (a symlink is never handed to the host).
+   * runsc mounts a memory-backed tmpfs over an empty /tmp: files there would count against memory
+   * (filling it ends the whole sandbox, see SECURITY.md) instead of the disk quota as under crun. A
+   * file in /tmp keeps it on the sandbox's disk; a bind mount would too, but makes /tmp another
+   * mount (no hard links or renames across it). Nothing is done when /tmp is not a plain directory.
    */
-  private async tmpOnDisk(rootfs: string): Promise<string | null> {
+  private async keepTmpOnDisk(rootfs: string): Promise<void> {
     const tmp = path.join(rootfs, 'tmp');
     try {
-      const st = await fsp.lstat(tmp);
-      return st.isDirectory() ? tmp : null;
+      if (!(await fsp.lstat(tmp)).isDirectory()) return;
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      await fsp.mkdir(tmp);
+      await fsp.chmod(tmp, 0o1777);
+      await fsp.chown(tmp, this.opts.idMapBase, this.opts.idMapBase);
     }
-    await fsp.mkdir(tmp);
-    await fsp.chmod(tmp, 0o1777);
-    await fsp.chown(tmp, this.opts.idMapBase, this.opts.idMapBase);
-    return tmp;
+    const keep = path.join(tmp, TMP_KEEP_FILE);
+    await fsp.writeFile(keep, 'Keeps /tmp on this sandbox\'s disk under gVisor (runsc puts a tmpfs over an empty /tmp). Safe to delete.\n', { mode: 0o644, flag: 'wx' }).catch((e: NodeJS.ErrnoException) => {
+      if (e.code !== 'EEXIST') throw e;
+    });
+    await fsp.lchown(keep, this.opts.idMapBase, this.opts.idMapBase);
   }
 
   /**

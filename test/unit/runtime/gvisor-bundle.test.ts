@@ -9,7 +9,6 @@ const input: GvisorBundleInput = {
   agentBinary: '/var/lib/capsule/bin/capsule-agent',
   agentDir: '/var/lib/capsule/sandboxes/sbx-gv/disk/agent',
   socketDir: '/var/lib/capsule/gvisor/sock/sbx-gv',
-  tmpDir: '/var/lib/capsule/sandboxes/sbx-gv/rootfs/tmp',
   resources: { cpus: 1, memoryMb: 512, pids: 100 },
   idMapBase: 100000,
   idMapSize: 65536,
@@ -29,15 +28,14 @@ describe('buildGvisorSpec', () => {
     assert.deepEqual(m, { destination: GVISOR_SOCKET_MOUNT_DIR, type: 'bind', source: input.socketDir, options: ['bind', 'rw', 'nosuid', 'nodev', 'noexec'] });
   });
 
-  test('/tmp stays on the sandbox disk when a real directory is given, and is left to runsc otherwise', () => {
-    assert.deepEqual(spec.mounts.find((x) => x.destination === '/tmp')?.source, input.tmpDir);
-    assert.equal(buildGvisorSpec({ ...input, tmpDir: null }).mounts.find((x) => x.destination === '/tmp'), undefined);
+  test('no mount at /tmp: it stays part of the root (on the sandbox disk; the driver keeps it non-empty)', () => {
+    assert.equal(spec.mounts.find((x) => x.destination === '/tmp'), undefined);
   });
 
   test('pids: RLIMIT_NPROC inside, a looser cap on the host cgroup that holds the sentry and its stubs', () => {
     assert.deepEqual(proc.rlimits.find((r: AnyObj) => r.type === 'RLIMIT_NPROC'), { type: 'RLIMIT_NPROC', soft: 100, hard: 100 });
     assert.equal(linux.resources.pids.limit, gvisorHostTasks(100));
-    assert.ok(gvisorHostTasks(100) >= 100 * 8 + 33, 'above what ptrace stubs measured for a full sandbox');
+    assert.ok(gvisorHostTasks(64) >= 2 * 1700, 'well above what a fork bomb held to 64 guest processes took (ptrace stubs)');
   });
 
   test('otherwise the container policy: user namespace mapping, limits, capabilities, seccomp, no crun annotation', () => {
@@ -51,8 +49,7 @@ describe('buildGvisorSpec', () => {
     assert.equal(spec.annotations, undefined);
   });
 
-  test('refuses relative host paths', () => {
+  test('refuses a relative socket dir', () => {
     assert.throws(() => buildGvisorSpec({ ...input, socketDir: 'sock' }), /socketDir must be absolute/);
-    assert.throws(() => buildGvisorSpec({ ...input, tmpDir: 'tmp' }), /tmpDir must be absolute/);
   });
 });
