@@ -70,7 +70,6 @@ export interface OciRuntimeDriverOptions {
   launcher?: Launcher | null;
 }
 
-
 /** Send buffer of the daemon's agent sockets (the kernel caps it at net.core.wmem_max, 4 MiB by default here). */
 const AGENT_SOCKET_SNDBUF = 4 * 1024 * 1024;
 
