@@ -1,7 +1,7 @@
 /*
  * Shared state of the agent: connections, channels and processes, and the
  * limits that bound them. Each module's own functions are declared in its
- * header (wire.h, process.h, files.h, users.h, spawn.h).
+ * header (wire.h, process.h, files.h, users.h, spawn.h, pty.h, watch.h).
  */
 #ifndef CAPSULE_AGENT_H
 #define CAPSULE_AGENT_H
@@ -20,21 +20,22 @@
 #define MAX_CHANS 4096           /* per connection */
 
 struct conn;
+struct watch;
 
 struct ring { uint8_t *p; size_t head, len; };
 
 /*
- * One stream of a process: a pipe to or from the daemon, or /dev/null. The classic layout (1.0, or an
+ * One stream of a process: a pipe to or from the daemon, a terminal (both directions on its master), or /dev/null. The classic layout (1.0, or an
  * EXEC without a stream table) is 0 = stdin (pipe or null), 1 = stdout, 2 = stderr.
  */
 struct pstream {
   uint8_t id, kind;               /* wire stream id; SK_* */
   int fd;                         /* our end of the pipe, -1 when closed (always -1 for SK_NULL) */
-  struct ring ring;               /* SK_PIPE_OUT: output not yet sent (attached) or kept (detached) */
-  int64_t credit;                 /* SK_PIPE_OUT: what the daemon lets us send */
-  struct buf ibuf;                /* SK_PIPE_IN: input not yet written to the pipe */
+  struct ring ring;               /* SK_PIPE_OUT/SK_PTY: output not yet sent (attached) or kept (detached) */
+  int64_t credit;                 /* SK_PIPE_OUT/SK_PTY: what the daemon lets us send */
+  struct buf ibuf;                /* SK_PIPE_IN/SK_PTY: input not yet written */
   int iclose;                     /* SK_PIPE_IN: close once ibuf drained */
-  int64_t rwin;                   /* SK_PIPE_IN/SK_NULL: credit the daemon still has */
+  int64_t rwin;                   /* SK_PIPE_IN/SK_PTY/SK_NULL: credit the daemon still has */
 };
 
 struct proc {
@@ -54,7 +55,7 @@ struct proc {
   int dead;                       /* free at next sweep */
 };
 
-enum { CH_EXEC = 1, CH_READ, CH_WRITE, CH_LIST };
+enum { CH_EXEC = 1, CH_READ, CH_WRITE, CH_LIST, CH_WATCH };
 
 struct chan {
   struct chan *next;
@@ -71,6 +72,7 @@ struct chan {
   char *dpath;
   uint32_t limit, count;
   uint8_t *pend; size_t pend_len; /* LIST: encoded entry that did not fit */
+  struct watch *watch;            /* WATCH: its inotify state and event queue (watch.c) */
 };
 
 struct conn {

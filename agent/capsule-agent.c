@@ -7,7 +7,8 @@
  *
  * Single threaded: one poll() loop. No dependencies beyond libc; built static.
  * This file: connections, channels, frame dispatch and the event loop. The
- * requests themselves live in process.c (commands) and files.c (files).
+ * requests themselves live in process.c (commands, with pty.c for
+ * terminals), files.c (files) and watch.c (file watches).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -29,6 +30,7 @@
 #include "files.h"
 #include "process.h"
 #include "spawn.h"
+#include "watch.h"
 
 static struct conn *conns;
 static int nconns;
@@ -65,6 +67,7 @@ void chan_free(struct conn *c, struct chan *ch) {
   if (ch->fd >= 0) close(ch->fd);
   if (ch->tmp) unlink(ch->tmp);
   if (ch->dir) closedir(ch->dir);
+  watch_free(ch->watch);
   free(ch->tmp);
   free(ch->dst);
   free(ch->dpath);
@@ -150,6 +153,7 @@ static void handle_frame(struct conn *c, uint32_t id, uint8_t type, uint8_t stre
       case FT_MKDIR: handle_mkdir(c, id, &r); break;
       case FT_REMOVE: handle_remove(c, id, &r); break;
       case FT_RENAME: handle_rename(c, id, &r); break;
+      case FT_WATCH: handle_watch(c, id, &r); break;
       default: send_error(c, id, ENOSYS, "request type 0x%02x not supported by %s", type, AGENT_VERSION); break;
     }
     return;
@@ -160,6 +164,7 @@ static void handle_frame(struct conn *c, uint32_t id, uint8_t type, uint8_t stre
     return;
   }
   if (ch->kind == CH_EXEC) proc_frame(c, ch, type, stream, p, len);
+  else if (ch->kind == CH_WATCH) watch_frame(c, ch, type, stream, p, len);
   else file_frame(c, ch, type, stream, p, len);
 }
 
@@ -245,7 +250,9 @@ static void sweep(void) {
   proc_sweep();
 }
 
-enum { R_LISTEN, R_SIG, R_CONN, R_POUT, R_PIN };
+enum { R_LISTEN, R_SIG, R_CONN, R_POUT, R_PIN, R_PTY, R_WATCH };
+/* What a pollfd belongs to. R_WATCH: ptr is the connection, s the channel id (channels are freed at once,
+ * connections only in sweep, so the channel is looked up again). */
 struct ref { int kind; void *ptr; int s; };
 
 static void usage(void) {
@@ -313,6 +320,7 @@ int main(int argc, char **argv) {
         next = ch->next;
         if (ch->kind == CH_READ) busy |= pump_read(c, ch);
         else if (ch->kind == CH_LIST) busy |= pump_list(c, ch);
+        else if (ch->kind == CH_WATCH) busy |= pump_watch(c, ch);
       }
     }
     int64_t timeout = -1; /* µs */
@@ -337,6 +345,7 @@ int main(int argc, char **argv) {
 
     size_t need = 2 + (size_t)nconns;
     for (struct proc *p = procs; p; p = p->next) need += (size_t)p->nstreams;
+    for (struct conn *c = conns; c; c = c->next) need += (size_t)c->nchans;
     if (need > cap) {
       size_t nc = need * 2;
       struct pollfd *np = realloc(pfd, nc * sizeof *pfd);
@@ -356,6 +365,8 @@ int main(int argc, char **argv) {
       if (c->out.len < OUT_HIGH) ev |= POLLIN;
       if (c->out.len) ev |= POLLOUT;
       ADD(c->fd, ev, R_CONN, c, 0);
+      for (struct chan *ch = c->chans; ch; ch = ch->next)
+        if (ch->kind == CH_WATCH) ADD(watch_fd(ch->watch), POLLIN, R_WATCH, c, (int)ch->id);
     }
     for (struct proc *p = procs; p; p = p->next) {
       for (int s = 0; s < p->nstreams; s++) {
@@ -363,6 +374,11 @@ int main(int argc, char **argv) {
         if (st->fd < 0) continue;
         if (st->kind == SK_PIPE_OUT && (!p->conn || st->ring.len < RING_CAP)) ADD(st->fd, POLLIN, R_POUT, p, s);
         else if (st->kind == SK_PIPE_IN && st->ibuf.len) ADD(st->fd, POLLOUT, R_PIN, p, s);
+        else if (st->kind == SK_PTY) {
+          /* One descriptor, both directions: output while there is room for it, keystrokes while queued. */
+          short ev = (short)(((!p->conn || st->ring.len < RING_CAP) ? POLLIN : 0) | (st->ibuf.len ? POLLOUT : 0));
+          if (ev) ADD(st->fd, ev, R_PTY, p, s);
+        }
       }
     }
 #undef ADD
@@ -396,6 +412,21 @@ int main(int argc, char **argv) {
         case R_PIN: {
           struct proc *p = rf->ptr;
           if (!p->dead && p->st[rf->s].fd == pfd[i].fd) proc_write_in(p, rf->s);
+          break;
+        }
+        case R_PTY: {
+          struct proc *p = rf->ptr;
+          if (!p->dead && p->st[rf->s].fd == pfd[i].fd && (pfd[i].revents & POLLOUT)) proc_write_in(p, rf->s);
+          /* POLLHUP: the last holder of the terminal closed it; the read then sees EIO and closes the master. */
+          if (!p->dead && p->st[rf->s].fd == pfd[i].fd && (pfd[i].revents & (POLLIN | POLLHUP | POLLERR)) &&
+              (pfd[i].events & POLLIN))
+            proc_read(p, rf->s);
+          break;
+        }
+        case R_WATCH: {
+          struct conn *c = rf->ptr;
+          struct chan *ch = c->dead ? NULL : chan_find(c, (uint32_t)rf->s);
+          if (ch && ch->kind == CH_WATCH && watch_fd(ch->watch) == pfd[i].fd) watch_read(c, ch);
           break;
         }
       }

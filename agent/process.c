@@ -17,6 +17,7 @@
 
 #include "agent.h"
 #include "process.h"
+#include "pty.h"
 #include "spawn.h"
 #include "users.h"
 
@@ -82,10 +83,17 @@ static struct pstream *proc_stream(struct proc *p, uint8_t id) {
 static void stream_close(struct pstream *st) {
   if (st->fd >= 0) { close(st->fd); st->fd = -1; }
 }
-/* All input pipes: the process exited or is finished, nobody will read them. */
+/* Output streams: pipes from the process, and terminals (whose master carries input too). */
+static int is_output(const struct pstream *st) {
+  return st->kind == SK_PIPE_OUT || st->kind == SK_PTY;
+}
+
+/* All input: the process exited or is finished, nobody will read it. A terminal's master stays open for
+ * the output still in it; only its queued keystrokes go. */
 static void proc_close_in(struct proc *p) {
   for (int i = 0; i < p->nstreams; i++) {
     struct pstream *st = &p->st[i];
+    if (st->kind == SK_PTY) { buf_free(&st->ibuf); continue; }
     if (st->kind != SK_PIPE_IN) continue;
     stream_close(st);
     buf_free(&st->ibuf);
@@ -123,7 +131,7 @@ void proc_read(struct proc *p, int i) {
 
 int proc_open_outputs(struct proc *p) {
   int n = 0;
-  for (int i = 0; i < p->nstreams; i++) n += p->st[i].kind == SK_PIPE_OUT && p->st[i].fd >= 0;
+  for (int i = 0; i < p->nstreams; i++) n += is_output(&p->st[i]) && p->st[i].fd >= 0;
   return n;
 }
 
@@ -158,7 +166,7 @@ void proc_progress(struct proc *p, int64_t now) {
   int pending = 0;
   for (int i = 0; i < p->nstreams; i++) {
     struct pstream *st = &p->st[i];
-    if (st->kind != SK_PIPE_OUT) continue;
+    if (!is_output(st)) continue;
     struct ring *r = &st->ring;
     /* Output frames stay at MAX_DATA: the ring they come from holds no more. */
     while (c && r->len && st->credit > 0 && c->out.len < OUT_HIGH && !c->dead) {
@@ -236,10 +244,11 @@ void proc_write_in(struct proc *p, int i) {
     if (n > 0) { buf_consume(&st->ibuf, (size_t)n); done += (size_t)n; continue; }
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && errno == EAGAIN) break;
-    /* EPIPE or other: the reader is gone; drop the data */
+    /* EPIPE or other: the reader is gone; drop the data. A terminal's master still holds output: keep it. */
     done += st->ibuf.len;
     buf_consume(&st->ibuf, st->ibuf.len);
-    stream_close(st);
+    if (st->kind != SK_PTY) stream_close(st);
+    else break;
   }
   if (st->fd < 0 && st->ibuf.len) { done += st->ibuf.len; buf_consume(&st->ibuf, st->ibuf.len); }
   if (st->iclose && !st->ibuf.len) stream_close(st);
@@ -265,11 +274,11 @@ void proc_frame(struct conn *c, struct chan *ch, uint8_t type, uint8_t stream, c
       return;
     }
     case FT_DATA:
-      /* Only into an input stream (or stdin that is /dev/null, whose bytes are dropped as 1.0 did). */
-      if (!st || st->kind == SK_PIPE_OUT || st->kind == SK_PTY) { c->dead = 1; return; }
+      /* Only into an input stream or a terminal (or stdin that is /dev/null, whose bytes are dropped as 1.0 did). */
+      if (!st || st->kind == SK_PIPE_OUT) { c->dead = 1; return; }
       if ((int64_t)len > st->rwin) { c->dead = 1; return; }
       st->rwin -= len;
-      if (st->fd < 0 || st->iclose) { st->rwin += len; send_window(c, ch->id, stream, len); return; }
+      if (st->fd < 0 || st->iclose || (st->kind == SK_PTY && pr->exited)) { st->rwin += len; send_window(c, ch->id, stream, len); return; }
       if (buf_reserve(&st->ibuf, len)) { c->dead = 1; return; }
       memcpy(buf_tail(&st->ibuf), d, len);
       st->ibuf.len += len;
@@ -288,9 +297,16 @@ void proc_frame(struct conn *c, struct chan *ch, uint8_t type, uint8_t stream, c
       }
       return;
     }
-    case FT_CONTROL:
-      /* CTL_RESIZE applies to PTY streams, which 1.1 does not create: nothing to resize. */
+    case FT_CONTROL: {
+      /* Unknown kinds, and a resize of anything but an open terminal, are ignored. */
+      uint8_t kind = rd_u8(&r);
+      if (r.bad || kind != CTL_RESIZE || !st || st->kind != SK_PTY || st->fd < 0) return;
+      if (!rd_need(&r, 4)) return;
+      uint16_t rows = (uint16_t)((r.p[r.pos] << 8) | r.p[r.pos + 1]);
+      uint16_t cols = (uint16_t)((r.p[r.pos + 2] << 8) | r.p[r.pos + 3]);
+      pty_resize(st->fd, rows, cols);
       return;
+    }
     default:
       return; /* unknown frame types on a channel are ignored */
   }
@@ -302,15 +318,16 @@ static int count_running(void) {
   return n;
 }
 
-/* A stream of an EXEC request, before its pipe exists. */
-struct sspec { uint8_t id, kind, nfds; uint8_t fds[MAX_CHILD_FD + 1]; };
+/* A stream of an EXEC request, before its pipe exists; rows and cols for a terminal. */
+struct sspec { uint8_t id, kind, nfds; uint8_t fds[MAX_CHILD_FD + 1]; uint16_t rows, cols; };
 
 /*
  * The stream table of an EXEC with EXEC_STREAMS: u8 count, count x (u8 id, u8 kind, u8 nfds, nfds x u8 fd).
  * Returns the count; -1 when malformed (the connection dies), -2 with msg/err when refused.
  */
-static int read_streams(struct rd *r, struct sspec *ss, int *err, char *msg, size_t msz) {
+static int read_streams(struct rd *r, uint64_t features, struct sspec *ss, int *err, char *msg, size_t msz) {
   uint8_t n = rd_u8(r);
+  int ptys = 0;
   if (r->bad) return -1;
   if (n == 0 || n > MAX_STREAMS) { *err = EINVAL; snprintf(msg, msz, "a process has 1 to %d streams, not %u", MAX_STREAMS, n); return -2; }
   uint32_t used_fds = 0;
@@ -321,10 +338,19 @@ static int read_streams(struct rd *r, struct sspec *ss, int *err, char *msg, siz
     if (r->bad) return -1;
     if (ss[i].nfds > MAX_CHILD_FD + 1 || !rd_need(r, ss[i].nfds)) return -1;
     for (int j = 0; j < ss[i].nfds; j++) ss[i].fds[j] = rd_u8(r);
+    ss[i].rows = ss[i].cols = 0;
+    if (ss[i].kind == SK_PTY && (features & F_PTY)) {
+      /* F_PTY: a terminal's entry ends with its window size, so the process sees it from its first instruction. */
+      if (!rd_need(r, 4)) return -1;
+      ss[i].rows = (uint16_t)((r->p[r->pos] << 8) | r->p[r->pos + 1]);
+      ss[i].cols = (uint16_t)((r->p[r->pos + 2] << 8) | r->p[r->pos + 3]);
+      r->pos += 4;
+      if (++ptys > 1) { *err = EINVAL; snprintf(msg, msz, "a process has at most one terminal"); return -2; }
+    }
     for (int j = 0; j < i; j++)
       if (ss[j].id == ss[i].id) { *err = EINVAL; snprintf(msg, msz, "stream id %u is used twice", ss[i].id); return -2; }
     if (ss[i].id == 255) { *err = EINVAL; snprintf(msg, msz, "stream id 255 is reserved"); return -2; }
-    if (ss[i].kind == SK_PTY) { *err = ENOTSUP; snprintf(msg, msz, "terminal (pty) streams are not supported by %s", AGENT_VERSION); return -2; }
+    if (ss[i].kind == SK_PTY && !(features & F_PTY)) { *err = ENOTSUP; snprintf(msg, msz, "terminal (pty) streams are not supported by %s", AGENT_VERSION); return -2; }
     if (ss[i].kind > SK_PTY) { *err = EINVAL; snprintf(msg, msz, "unknown stream kind %u", ss[i].kind); return -2; }
     if (!ss[i].nfds) { *err = EINVAL; snprintf(msg, msz, "stream %u is bound to no file descriptor", ss[i].id); return -2; }
     for (int j = 0; j < ss[i].nfds; j++) {
@@ -395,13 +421,13 @@ void handle_exec(struct conn *c, uint32_t id, struct rd *r) {
     if (!(envp[i] = rd_cstr(r, MAX_PAYLOAD))) goto bad;
   /* A 1.0 agent ignored unknown flags and trailing bytes; without the feature we still do. */
   if ((flags & EXEC_STREAMS) && (c->features & F_EXEC_STREAMS)) {
-    nss = read_streams(r, ss, &perr, msg, sizeof msg);
+    nss = read_streams(r, c->features, ss, &perr, msg, sizeof msg);
     if (nss == -1) goto bad;
     if (nss == -2) { send_error(c, id, perr, "%s", msg); goto out; }
   } else {
     nss = classic_streams(ss, flags & EXEC_STDIN_PIPE);
   }
-  for (int i = 0; i < nss; i++) has_input |= ss[i].kind == SK_PIPE_IN;
+  for (int i = 0; i < nss; i++) has_input |= ss[i].kind == SK_PIPE_IN || ss[i].kind == SK_PTY;
   if (!argv[0][0]) { send_error(c, id, EINVAL, "empty command"); goto out; }
   if (cwd[0] && cwd[0] != '/') { send_error(c, id, EINVAL, "cwd must be an absolute path: %.200s", cwd); goto out; }
   if (count_running() >= MAX_RUNNING) { send_error(c, id, EAGAIN, "too many processes (%d running)", MAX_RUNNING); goto out; }
@@ -415,7 +441,7 @@ void handle_exec(struct conn *c, uint32_t id, struct rd *r) {
 
   /* The child's fds: each stream's end, /dev/null for 0-2 when no stream names them. */
   proc_init(); /* in case /dev/null could not be opened at start */
-  struct spawn sp = { .argv = argv, .envp = envp, .cwd = cwd, .cr = have_cred ? &cr : NULL };
+  struct spawn sp = { .argv = argv, .envp = envp, .cwd = cwd, .cr = have_cred ? &cr : NULL, .ctty = -1 };
   uint32_t bound = 0;
   for (int i = 0; i < nss; i++) {
     int child_end = -1;
@@ -426,6 +452,15 @@ void handle_exec(struct conn *c, uint32_t id, struct rd *r) {
         goto out;
       }
       child_end = ss[i].kind == SK_PIPE_IN ? pipes[i][0] : pipes[i][1];
+    } else if (ss[i].kind == SK_PTY) {
+      /* [0] the master (ours), [1] the slave (the child's), as for an output pipe. */
+      perr = pty_open(&pipes[i][0], &pipes[i][1], ss[i].rows, ss[i].cols);
+      if (perr) {
+        send_error(c, id, perr, "cannot open a terminal: %s", strerror(perr));
+        goto out;
+      }
+      child_end = pipes[i][1];
+      sp.ctty = ss[i].fds[0];
     }
     for (int j = 0; j < ss[i].nfds; j++) {
       int dst = ss[i].fds[j];
@@ -489,10 +524,10 @@ void handle_exec(struct conn *c, uint32_t id, struct rd *r) {
     st->fd = -1;
     st->rwin = INIT_WINDOW;
     st->credit = INIT_WINDOW;
-    if (ss[i].kind == SK_PIPE_OUT) {
+    if (ss[i].kind == SK_PIPE_OUT || ss[i].kind == SK_PTY) {
       st->fd = pipes[i][0];
       pipes[i][0] = -1;
-      set_nonblock(st->fd, O_RDONLY);
+      set_nonblock(st->fd, ss[i].kind == SK_PTY ? O_RDWR : O_RDONLY);
     } else if (ss[i].kind == SK_PIPE_IN) {
       st->fd = pipes[i][1];
       pipes[i][1] = -1;

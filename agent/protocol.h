@@ -15,19 +15,21 @@
 #define PROTO_MAJOR 1
 #endif
 #ifndef PROTO_MINOR
-#define PROTO_MINOR 1
+#define PROTO_MINOR 2
 #endif
 #define PROTO_VERSION PROTO_MAJOR
 #ifndef AGENT_VERSION
-#define AGENT_VERSION "capsule-agent/0.2.0"
+#define AGENT_VERSION "capsule-agent/0.3.0"
 #endif
 
 /* Feature bits (u64 in HELLO). Protocol 1.0 has none of them. */
 #define F_EXEC_STREAMS (1ull << 0) /* EXEC stream table, stream ids beyond 2, CONTROL frames */
 #define F_LARGE_DATA (1ull << 1)   /* DATA frames up to MAX_PAYLOAD instead of MAX_DATA */
 #define F_READ_TO_SIZE (1ull << 2) /* READ stops at the size its OK announced */
+#define F_PTY (1ull << 3)          /* 1.2: stream kind SK_PTY (a terminal), resized with CONTROL RESIZE */
+#define F_WATCH (1ull << 4)        /* 1.2: WATCH requests (inotify), events in EVENTS frames */
 #ifndef AGENT_FEATURES
-#define AGENT_FEATURES (F_EXEC_STREAMS | F_LARGE_DATA | F_READ_TO_SIZE)
+#define AGENT_FEATURES (F_EXEC_STREAMS | F_LARGE_DATA | F_READ_TO_SIZE | F_PTY | F_WATCH)
 #endif
 
 /* Header: u32 payload length, u32 channel, u8 type, u8 stream, u16 flags (big-endian). */
@@ -52,6 +54,7 @@
 #define FT_MKDIR 0x14
 #define FT_REMOVE 0x15
 #define FT_RENAME 0x16
+#define FT_WATCH 0x17 /* F_WATCH: u8 flags (WATCH_*), bytes path; OK, then EVENTS until CLOSE */
 
 /* Frames on an open channel. */
 #define FT_OK 0x40
@@ -65,9 +68,23 @@
 #define FT_ENTRIES 0x48
 #define FT_END 0x49
 #define FT_CONTROL 0x4A /* F_EXEC_STREAMS: u8 kind + fields, for one stream of a process (CTL_*) */
+#define FT_EVENTS 0x4B  /* F_WATCH: u32 count, count x watch event (WE_*), under credit like ENTRIES */
 
 /* CONTROL kinds. */
-#define CTL_RESIZE 1    /* u16 rows, u16 cols: a PTY stream's window size (reserved: no PTYs yet) */
+#define CTL_RESIZE 1    /* u16 rows, u16 cols: a PTY stream's window size (F_PTY) */
+
+/* WATCH flags (u8). */
+#define WATCH_RECURSIVE 1 /* watch every directory below, including ones made later */
+
+/* Watch event types: u8 type, u8 flags (WEF_*), bytes path relative to the watched directory. */
+#define WE_CREATE 1
+#define WE_WRITE 2
+#define WE_REMOVE 3
+#define WE_RENAME 4    /* the old name of a rename; the new name follows as WE_CREATE */
+#define WE_CHMOD 5
+#define WE_OVERFLOW 6  /* events were lost (queue full, kernel queue overflow, watch limit): rescan */
+#define WE_GONE 7      /* the watched directory itself was removed or moved away: no more events */
+#define WEF_DIR 1
 
 /* EXEC flags (u8). */
 #define EXEC_STDIN_PIPE 1  /* stdin is a pipe fed by DATA/EOF, else /dev/null */
@@ -78,7 +95,7 @@
 #define SK_NULL 0      /* the listed fds are /dev/null; no traffic */
 #define SK_PIPE_IN 1   /* daemon -> process: DATA, EOF; credit from the agent */
 #define SK_PIPE_OUT 2  /* process -> daemon: DATA; credit from the daemon */
-#define SK_PTY 3       /* reserved for terminals: refused with ENOTSUP in 1.1 */
+#define SK_PTY 3       /* F_PTY: a terminal; its table entry ends with u16 rows, u16 cols. Without F_PTY: ENOTSUP */
 #define MAX_STREAMS 8  /* entries in a stream table */
 #define MAX_CHILD_FD 9 /* highest fd of the child a stream may be bound to */
 

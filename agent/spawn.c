@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -104,6 +105,8 @@ static int child_main(void *arg) {
       if ((src[i] = (int)syscall(SYS_fcntl, s->map[i].src, F_DUPFD_CLOEXEC, MAX_CHILD_FD + 1)) < 0) child_fail(s, STAGE_STDIO, errno);
   for (int i = 0; i < s->nmap; i++)
     if (syscall(SYS_dup3, src[i], s->map[i].dst, 0) < 0) child_fail(s, STAGE_STDIO, errno);
+  /* A terminal becomes the new session's controlling terminal: ^C then signals the foreground job. */
+  if (s->ctty >= 0 && syscall(SYS_ioctl, s->ctty, TIOCSCTTY, 0) < 0) child_fail(s, STAGE_STDIO, errno);
   /* setgroups/setgid/setuid through libc would synchronise threads under a lock; we have one thread. */
   if (s->cr && (syscall(SYS_setgroups, (size_t)s->cr->ngroups, s->cr->groups) || syscall(SYS_setgid, s->cr->gid) ||
                 syscall(SYS_setuid, s->cr->uid)))

@@ -18,6 +18,7 @@ struct spawn {
   struct { int src, dst; } map[MAX_CHILD_FD + 1]; /* the child's fd dst becomes a copy of our src */
   int nmap;
   const struct cred *cr;          /* NULL: keep the agent's */
+  int ctty;                       /* the child's fd to make its controlling terminal (a PTY stream), or -1 */
   volatile int32_t stage, err;    /* set by the child when it fails before exec */
   cpu_set_t cpus;                 /* the agent's own CPUs, for the child to take back before exec */
   int pinned;

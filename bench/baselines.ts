@@ -128,6 +128,12 @@ export class CrunBaseline {
     this.live.delete(id);
   }
 
+  /** `crun pause <id>` / `crun resume <id>` (the lifecycle scenario's raw baseline). */
+  async freeze(id: string, verb: 'pause' | 'resume'): Promise<void> {
+    const r = await run('crun', this.crun([verb, id]), { capture: true });
+    if (r.code !== 0) throw new Error(`crun ${verb} ${id}: ${r.stderr.trim().slice(0, 400)}`);
+  }
+
   /** Delete every container, unmount the overlay, remove cgroups and files. Never throws. */
   async cleanup(): Promise<string[]> {
     const problems: string[] = [];

@@ -17,10 +17,14 @@ import { Sandbox } from '../src/sdk/index.js';
 import { CrunBaseline, hasBinary } from './baselines.js';
 import type { BenchContext, Scenario } from './context.js';
 import { REPO_ROOT, startDaemon, type BenchDaemon } from './daemon.js';
+import { code } from './code.js';
 import { density } from './density.js';
 import { exec } from './exec.js';
 import { files } from './files.js';
 import { gvisor } from './gvisor.js';
+import { lifecycle } from './lifecycle.js';
+import { interactive } from './interactive.js';
+import { network } from './network.js';
 import { renderSvg } from './plot.js';
 import { run } from './proc.js';
 import { consoleTable, hostInfo, writeResults, type BenchReport } from './report.js';
@@ -38,6 +42,10 @@ export const SCENARIOS: ReadonlyArray<[string, Scenario]> = [
   ['density', density],
   ['files', files],
   ['templates', templates],
+  ['lifecycle', lifecycle],
+  ['interactive', interactive],
+  ['network', network],
+  ['code', code],
   ['gvisor', gvisor],
 ];
 

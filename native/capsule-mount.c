@@ -6,6 +6,10 @@
  *
  *   capsule-mount setup SANDBOX_DIR TOP_LAYER DISK_MB UID AGENT_BINARY [--dio] [--image-cache DIR] [--lower LAYER]...
  *   capsule-mount teardown SANDBOX_DIR
+ *   capsule-mount unmount SANDBOX_DIR
+ *   capsule-mount mount SANDBOX_DIR AGENT_BINARY [--dio]
+ *   capsule-mount volume-mount VOLUME_DIR DISK_MB UID [--image-cache DIR]
+ *   capsule-mount volume-unmount VOLUME_DIR
  *
  * TOP_LAYER is the topmost read-only layer (a template's rootfs); each
  * --lower adds the next layer beneath the ones before it (at most MAX_LAYERS).
@@ -33,9 +37,27 @@
  * shut down first (EXT4_IOC_SHUTDOWN), so its dirty pages are dropped instead
  * of being written into an image that is deleted right after.
  *
+ * unmount and mount are for a stopped sandbox, whose disk outlives its
+ * mounts (and a host reboot). unmount writes everything back: it never
+ * detaches lazily (a disk still mounted somewhere and mounted again by the
+ * next start would be two filesystems on one image), retries while busy, and
+ * fsyncs disk.img. mount makes the mounts of an existing SANDBOX_DIR again
+ * from disk.img and the lower* symlinks setup left: a fresh loop device, the
+ * ext4, the current agent (replacing the copy on the disk when there is room)
+ * and the overlay.
+ *
+ * volume-mount makes a named volume's disk ready to be bind-mounted into
+ * sandboxes: VOLUME_DIR/disk.img (made on first use, like a sandbox's disk),
+ * mounted at VOLUME_DIR/mnt, holding data/ owned by UID. The mountpoint
+ * itself is mode 000 and data/ exists only inside the mounted filesystem, so
+ * a sandbox started while the volume is not mounted fails to bind it instead
+ * of writing into the host's filesystem. Mounted already: nothing to do.
+ * volume-unmount unmounts it strictly and fsyncs the image (as unmount).
+ *
  * Exit codes (the daemon maps them to errors with hints):
  *   0 done, 2 usage, 3 template, 4 sandbox dir, 5 disk image or mke2fs,
- *   6 loop device, 7 disk mount, 8 layout, 9 overlay mount, 10 unmount.
+ *   6 loop device, 7 disk mount, 8 layout, 9 overlay mount, 10 unmount
+ *   (for mount: 3 a layer is gone, 4 no such sandbox dir, 5 no disk.img).
  * On failure stderr holds one line: "capsule-mount: STEP: DETAIL".
  * setup undoes its own mounts when it fails; the files stay for the daemon
  * to remove.
@@ -105,13 +127,14 @@ enum {
 };
 
 /* Mounts setup has made so far, undone in reverse when a later step fails. */
-static int disk_mounted, rootfs_mounted;
+static int disk_mounted, rootfs_mounted, volume_mounted;
 /* A half-made cache image, removed when making it fails. */
 static char pending_tmp[PATH_MAX];
 
 static void undo(void) {
   if (rootfs_mounted) umount2("rootfs", MNT_DETACH | UMOUNT_NOFOLLOW);
   if (disk_mounted) umount2("disk", MNT_DETACH | UMOUNT_NOFOLLOW);
+  if (volume_mounted) umount2("mnt", MNT_DETACH | UMOUNT_NOFOLLOW);
   if (pending_tmp[0]) unlink(pending_tmp);
 }
 
@@ -472,8 +495,198 @@ static int teardown(int argc, char **argv) {
   return bad ? EXIT_UNMOUNT : 0;
 }
 
+/* Unmount without ever detaching lazily; EBUSY is retried for about a second (processes just killed may still hold it). */
+static int unmount_strict(const char *dir, const char *what) {
+  for (int attempt = 0; attempt < 100; attempt++) {
+    if (umount2(what, UMOUNT_NOFOLLOW) == 0) return 0;
+    if (errno == EINVAL || errno == ENOENT) return 0;
+    if (errno != EBUSY) break;
+    usleep(10000);
+  }
+  fprintf(stderr, "capsule-mount: unmount %s/%s: %s\n", dir, what, strerror(errno));
+  return -1;
+}
+
+/* A stopped sandbox: unmount both, write the image through to the host disk. */
+static int unmount_keep(int argc, char **argv) {
+  if (argc != 3 || argv[2][0] != '/') fail(EXIT_USAGE, 0, "usage: capsule-mount unmount SANDBOX_DIR");
+  const char *dir = argv[2];
+  if (chdir(dir) < 0) {
+    if (errno == ENOENT) return 0;
+    fail(EXIT_UNMOUNT, errno, "chdir %s", dir);
+  }
+  if (unmount_strict(dir, "rootfs") < 0 || unmount_strict(dir, "disk") < 0) return EXIT_UNMOUNT;
+  /* The unmount wrote the fs into the loop device, i.e. into disk.img's page cache: make it durable. */
+  int img = open("disk.img", O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (img >= 0) {
+    if (fsync(img) < 0) fail(EXIT_UNMOUNT, errno, "fsync %s/disk.img", dir);
+    close(img);
+  }
+  return 0;
+}
+
+/* True when PATH (relative to the cwd) is the root of a mount other than the cwd's own fs. */
+static int is_mounted(const char *p) {
+  struct stat here, st;
+  if (stat(".", &here) < 0 || lstat(p, &st) < 0) return 0;
+  return here.st_dev != st.st_dev;
+}
+
+/* Replace the agent on the disk with the current one (via a temporary name); keep the old one when there is no room. */
+static void refresh_agent(const char *src, const char *name) {
+  char dst[PATH_MAX], tmp[PATH_MAX];
+  snprintf(dst, sizeof dst, "disk/agent/%s", name);
+  snprintf(tmp, sizeof tmp, "disk/agent/.new-%s", name);
+  if (mkdir("disk/agent", 0755) < 0 && errno != EEXIST) fail(EXIT_LAYOUT, errno, "mkdir disk/agent");
+  unlink(tmp);
+  pid_t pid = fork();
+  if (pid < 0) fail(EXIT_LAYOUT, errno, "fork");
+  if (pid == 0) {
+    /* copy_agent exits on failure; in a child that only means "keep the old one" (and must not undo the parent's mounts). */
+    disk_mounted = rootfs_mounted = 0;
+    copy_agent(src, tmp);
+    _exit(0);
+  }
+  int status;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+    if (rename(tmp, dst) < 0) fail(EXIT_LAYOUT, errno, "rename %s to %s", tmp, dst);
+    return;
+  }
+  unlink(tmp);
+  if (access(dst, X_OK) < 0) fail(EXIT_LAYOUT, 0, "could not copy the agent onto the disk and there is no earlier copy");
+}
+
+static int remount(int argc, char **argv) {
+  static const char usage[] = "usage: capsule-mount mount SANDBOX_DIR AGENT_BINARY [--dio]";
+  if (argc < 4 || argc > 5) fail(EXIT_USAGE, 0, "%s", usage);
+  const char *dir = argv[2], *agent = argv[3];
+  int direct_io = 0;
+  if (argc == 5) {
+    if (strcmp(argv[4], "--dio") != 0) fail(EXIT_USAGE, 0, "%s", usage);
+    direct_io = 1;
+  }
+  if (dir[0] != '/' || agent[0] != '/') fail(EXIT_USAGE, 0, "usage: paths must be absolute");
+  const char *agent_name = strrchr(agent, '/') + 1;
+  if (!*agent_name) fail(EXIT_USAGE, 0, "usage: AGENT_BINARY must name a file");
+  if (chdir(dir) < 0) fail(EXIT_DIR, errno, "chdir %s", dir);
+  if (is_mounted("disk") || is_mounted("rootfs")) fail(EXIT_LAYOUT, EBUSY, "%s is still mounted: unmount it first", dir);
+
+  /* The layers, as setup linked them: lower, lower1, ... each must still be a directory. */
+  char lowers[4096] = "lower";
+  size_t used = strlen(lowers);
+  struct stat st;
+  errno = 0;
+  if (stat("lower", &st) < 0 || !S_ISDIR(st.st_mode)) fail(EXIT_TEMPLATE, errno ? errno : ENOTDIR, "the top layer of %s is gone", dir);
+  for (int i = 1; i < MAX_LAYERS; i++) {
+    char name[32];
+    snprintf(name, sizeof name, "lower%d", i);
+    if (lstat(name, &st) < 0) break;
+    errno = 0;
+    if (stat(name, &st) < 0 || !S_ISDIR(st.st_mode)) fail(EXIT_TEMPLATE, errno ? errno : ENOTDIR, "layer %s of %s is gone", name, dir);
+    int n = snprintf(lowers + used, sizeof lowers - used, ":%s", name);
+    if (n < 0 || (size_t)n >= sizeof lowers - used) fail(EXIT_USAGE, 0, "usage: too many layers");
+    used += (size_t)n;
+  }
+
+  int img = open("disk.img", O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+  if (img < 0) fail(EXIT_IMAGE, errno, "open %s/disk.img", dir);
+  char dev[64];
+  int loop = attach_loop(img, direct_io, dev, sizeof dev);
+  close(img);
+  /* The device number is new (after a reboot, or another sandbox took the old one): make the node again. */
+  const char *source = dev;
+  struct stat lo;
+  unlink("disk.dev");
+  if (fstat(loop, &lo) == 0 && mknod("disk.dev", S_IFBLK | 0600, lo.st_rdev) == 0) source = "disk.dev";
+  const unsigned long flags = MS_NOSUID | MS_NODEV | MS_NOATIME;
+  const char *opts = "noinit_itable,discard";
+  int r = mount(source, "disk", "ext4", flags, opts);
+  if (r < 0 && source != dev && errno == EACCES) r = mount(dev, "disk", "ext4", flags, opts);
+  if (r < 0) fail(EXIT_DISK_MOUNT, errno, "mount %s (ext4) on %s/disk", dev, dir);
+  disk_mounted = 1;
+  close(loop);
+
+  refresh_agent(agent, agent_name);
+
+  char ovl_opts[4096 + 64];
+  snprintf(ovl_opts, sizeof ovl_opts, "lowerdir=%s,upperdir=disk/upper,workdir=disk/work", lowers);
+  if (mount("overlay", "rootfs", "overlay", 0, ovl_opts) < 0) fail(EXIT_OVERLAY, errno, "overlay mount on %s/rootfs", dir);
+  rootfs_mounted = 1;
+  return 0;
+}
+
+static int volume_mount(int argc, char **argv) {
+  static const char usage[] = "usage: capsule-mount volume-mount VOLUME_DIR DISK_MB UID [--image-cache DIR]";
+  if (argc != 5 && argc != 7) fail(EXIT_USAGE, 0, "%s", usage);
+  const char *dir = argv[2], *cache_dir = NULL;
+  long disk_mb = parse_num(argv[3], "DISK_MB", 1, 1L << 30);
+  uid_t uid = (uid_t)parse_num(argv[4], "UID", 0, INT32_MAX);
+  if (argc == 7) {
+    if (strcmp(argv[5], "--image-cache") != 0) fail(EXIT_USAGE, 0, "%s", usage);
+    cache_dir = argv[6];
+  }
+  if (dir[0] != '/' || (cache_dir && cache_dir[0] != '/')) fail(EXIT_USAGE, 0, "usage: paths must be absolute");
+  umask(022);
+  if (mkdir(dir, 0700) < 0 && errno != EEXIST) fail(EXIT_DIR, errno, "mkdir %s", dir);
+  if (chdir(dir) < 0) fail(EXIT_DIR, errno, "chdir %s", dir);
+  if (mkdir("mnt", 0) < 0 && errno != EEXIST) fail(EXIT_DIR, errno, "mkdir %s/mnt", dir);
+  if (is_mounted("mnt")) return 0;
+  if (chmod("mnt", 0) < 0) fail(EXIT_DIR, errno, "chmod %s/mnt", dir);
+
+  int img = open("disk.img", O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+  if (img < 0 && errno == ENOENT) {
+    img = open("disk.img", O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (img < 0) fail(EXIT_IMAGE, errno, "create %s/disk.img", dir);
+    make_image(img, disk_mb, cache_dir);
+  }
+  if (img < 0) fail(EXIT_IMAGE, errno, "open %s/disk.img", dir);
+  char dev[64];
+  int loop = attach_loop(img, 0, dev, sizeof dev);
+  close(img);
+  const char *source = dev;
+  struct stat lo;
+  unlink("disk.dev");
+  if (fstat(loop, &lo) == 0 && mknod("disk.dev", S_IFBLK | 0600, lo.st_rdev) == 0) source = "disk.dev";
+  const unsigned long flags = MS_NOSUID | MS_NODEV | MS_NOATIME;
+  const char *opts = "noinit_itable,discard";
+  int r = mount(source, "mnt", "ext4", flags, opts);
+  if (r < 0 && source != dev && errno == EACCES) r = mount(dev, "mnt", "ext4", flags, opts);
+  if (r < 0) fail(EXIT_DISK_MOUNT, errno, "mount %s (ext4) on %s/mnt", dev, dir);
+  volume_mounted = 1;
+  close(loop);
+  /* The filesystem's root stays root's; data/ is what sandboxes see, owned by their root. */
+  if (chmod("mnt", 0711) < 0) fail(EXIT_LAYOUT, errno, "chmod %s/mnt", dir);
+  if (mkdir("mnt/data", 0755) == 0) {
+    if (chown("mnt/data", uid, uid) < 0) fail(EXIT_LAYOUT, errno, "chown %s/mnt/data", dir);
+  } else if (errno != EEXIST) {
+    fail(EXIT_LAYOUT, errno, "mkdir %s/mnt/data", dir);
+  }
+  return 0;
+}
+
+static int volume_unmount(int argc, char **argv) {
+  if (argc != 3 || argv[2][0] != '/') fail(EXIT_USAGE, 0, "usage: capsule-mount volume-unmount VOLUME_DIR");
+  const char *dir = argv[2];
+  if (chdir(dir) < 0) {
+    if (errno == ENOENT) return 0;
+    fail(EXIT_UNMOUNT, errno, "chdir %s", dir);
+  }
+  if (unmount_strict(dir, "mnt") < 0) return EXIT_UNMOUNT;
+  int img = open("disk.img", O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (img >= 0) {
+    if (fsync(img) < 0) fail(EXIT_UNMOUNT, errno, "fsync %s/disk.img", dir);
+    close(img);
+  }
+  return 0;
+}
+
 int main(int argc, char **argv) {
   if (argc >= 2 && strcmp(argv[1], "setup") == 0) return setup(argc, argv);
   if (argc >= 2 && strcmp(argv[1], "teardown") == 0) return teardown(argc, argv);
-  fail(EXIT_USAGE, 0, "usage: capsule-mount setup|teardown ... (see the comment at the top of native/capsule-mount.c)");
+  if (argc >= 2 && strcmp(argv[1], "unmount") == 0) return unmount_keep(argc, argv);
+  if (argc >= 2 && strcmp(argv[1], "mount") == 0) return remount(argc, argv);
+  if (argc >= 2 && strcmp(argv[1], "volume-mount") == 0) return volume_mount(argc, argv);
+  if (argc >= 2 && strcmp(argv[1], "volume-unmount") == 0) return volume_unmount(argc, argv);
+  fail(EXIT_USAGE, 0, "usage: capsule-mount setup|teardown|unmount|mount|volume-mount|volume-unmount ... (see the comment at the top of native/capsule-mount.c)");
 }

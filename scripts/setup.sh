@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 # Debian packages: the OCI runtimes, busybox for the tiny template, debootstrap
 # for the debian template, the default seccomp profile, and a static C
 # toolchain for the in-sandbox agent; e2fsprogs for per-sandbox disks and
-# libseccomp-dev to precompile the seccomp filter once instead of per sandbox.
+# libseccomp-dev to precompile the seccomp filter once instead of per sandbox;
+# tmux to test `capsule shell` as a person uses it (test/integration/cli/shell.test.ts).
 need=()
 command -v crun >/dev/null || need+=(crun)
 command -v runc >/dev/null || need+=(runc)
@@ -17,11 +18,16 @@ dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 [ -f /usr/share/containers/seccomp.json ] || need+=(golang-github-containers-common)
 command -v ip >/dev/null || need+=(iproute2)
+# Sandboxes with egress: nft loads each sandbox's redirect table (native/capsule-netrelay.c).
+command -v nft >/dev/null || [ -x /usr/sbin/nft ] || need+=(nftables)
+# The networking tests make a self-signed certificate for their HTTPS "internet".
+command -v openssl >/dev/null || need+=(openssl)
 command -v musl-gcc >/dev/null || need+=(musl-tools)
 command -v mount >/dev/null || need+=(mount)
 command -v mke2fs >/dev/null || need+=(e2fsprogs)
 [ -f /usr/include/seccomp.h ] || need+=(libseccomp-dev)
 command -v gcc >/dev/null || need+=(gcc)
+command -v tmux >/dev/null || need+=(tmux)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "capsule setup: missing Debian packages: ${need[*]}; run as root or: sudo apt-get install -y ${need[*]}" >&2

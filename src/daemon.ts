@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import pino, { type Logger } from 'pino';
-import { dataPaths, type DaemonConfig } from './config/index.js';
+import { DEFAULT_METRICS_INTERVAL_MS, METRICS_HISTORY, dataPaths, type DaemonConfig } from './config/index.js';
 import { openDb } from './store/db.js';
 import { ensureHostReady } from './runtime/doctor.js';
 import { openBackends } from './runtime/open-backends.js';
@@ -18,8 +18,13 @@ import { SandboxStore } from './sandboxes/store.js';
 import { SandboxManager, type AgentConnector } from './sandboxes/manager.js';
 import { WarmPool } from './sandboxes/pool.js';
 import { CommandService } from './sandboxes/commands.js';
+import { CodeInterpreterService } from './interpreter/service.js';
 import { ProcessJournal } from './sandboxes/process-journal.js';
 import { FileService } from './sandboxes/files.js';
+import { PtyService } from './sandboxes/pty.js';
+import { WatchService } from './sandboxes/watch.js';
+import { MetricsService } from './sandboxes/metrics.js';
+import { PrometheusTelemetry } from './telemetry/prometheus.js';
 import { buildServer } from './api/server.js';
 import type { Services } from './api/services.js';
 import { ConflictError, RuntimeError } from './errors/index.js';
@@ -33,6 +38,10 @@ import { ownerKey, UserTemplates } from './templates/user-templates.js';
 import { LayerStore } from './layers/store.js';
 import { LIVE_STATES } from './sandboxes/lifecycle.js';
 import { RateLimiter } from './auth/rate-limit.js';
+import { VolumeStore } from './volumes/store.js';
+import { VolumeService } from './volumes/service.js';
+import { NetworkService } from './network/service.js';
+import { hostEnvironment, simulatedEnvironment } from './network/environment.js';
 
 export interface Daemon {
   url: string;
@@ -83,7 +92,13 @@ export async function startDaemon(config: DaemonConfig, opts: StartOptions = {})
     // until the driver and the catalog exist, assume something does.
     let lowerInUse: (rootfs: string, info: { name: string; builtAt: number | undefined }) => boolean = () => true;
     const inUse = (rootfs: string, info: { name: string; builtAt: number | undefined }) => lowerInUse(rootfs, info);
-    const templates = new TemplateService({ db, paths, idMapBase: config.idMapBase, logger: log, inUse });
+    // Gauges are read at scrape time from services made below.
+    let scrape: { store?: SandboxStore; sandboxes?: SandboxManager } = {};
+    const prometheus = new PrometheusTelemetry({
+      sandboxesByState: () => scrape.store?.countByState() ?? {},
+      pools: () => scrape.sandboxes?.poolStats() ?? [],
+    });
+    const templates = new TemplateService({ db, paths, idMapBase: config.idMapBase, logger: log, inUse, onBuilt: (name, outcome) => prometheus.templateBuilt(name, outcome) });
     await templates.recover();
     const layers = new LayerStore(db, paths.layers);
     await layers.recover();
@@ -141,9 +156,28 @@ export async function startDaemon(config: DaemonConfig, opts: StartOptions = {})
       idMapSize: config.idMapSize,
     });
     const sandboxes = new SandboxManager(config, store, runtime, catalog, connector, log, pool);
+    sandboxes.setTelemetry(prometheus);
+    scrape = { store, sandboxes };
+    const network = new NetworkService(
+      db,
+      runtime,
+      sandboxes,
+      config.netTestInternet ? simulatedEnvironment(config.netTestInternet) : hostEnvironment(),
+      paths.gatewaySocket,
+      log,
+    );
+    if (config.netTestInternet) log.warn('networking uses a SIMULATED internet (CAPSULE_NET_TEST_INTERNET): for tests only');
+    await network.listen();
+    sandboxes.setNetworking(network);
     const journal = new ProcessJournal(store, { onError: (err) => log.error({ err }, 'writing process rows failed') });
-    const commands = new CommandService(sandboxes, journal);
+    const commands = new CommandService(sandboxes, journal, prometheus);
+    const metrics = new MetricsService(sandboxes, store, runtime, config.metricsIntervalMs ?? DEFAULT_METRICS_INTERVAL_MS, METRICS_HISTORY, (err, id) =>
+      log.debug({ err, id }, 'sampling sandbox metrics failed'),
+    );
     const files = new FileService(sandboxes);
+    const code = new CodeInterpreterService(sandboxes);
+    const volumes = new VolumeService(new VolumeStore(db), store, runtime, config.maxDiskMb, log);
+    sandboxes.setVolumes(volumes);
     const keyStore = config.auth ? new KeyStore(db) : null;
     if (keyStore) bootstrapAdminKey(keyStore, paths.adminKey, log);
     else log.warn('authentication is OFF (--no-auth): anyone who can reach the port controls every sandbox');
@@ -152,15 +186,24 @@ export async function startDaemon(config: DaemonConfig, opts: StartOptions = {})
       sandboxes,
       commands,
       files,
+      code,
+      volumes,
       templates: catalog,
       keys: new KeyService(keyStore),
       keyStore,
       limiter: new RateLimiter(),
+      pty: new PtyService(sandboxes, commands),
+      watches: new WatchService(sandboxes),
+      metrics,
+      prometheus,
+      metricsOpen: config.metricsOpen === true,
+      network,
     };
 
     const recovered = await sandboxes.recover();
-    if (recovered.adopted.length || recovered.ended.length || recovered.cleaned.length) log.info(recovered, 'recovered state from the last run');
+    if (recovered.adopted.length || recovered.kept.length || recovered.ended.length || recovered.cleaned.length) log.info(recovered, 'recovered state from the last run');
     sandboxes.startReaper();
+    metrics.start();
     const prune = () => {
       void templates.pruneOld(inUse).catch((err: unknown) => log.warn({ err }, 'pruning replaced template trees failed'));
       void catalog.prune().catch((err: unknown) => log.warn({ err }, 'pruning unused layers failed'));
@@ -182,15 +225,19 @@ export async function startDaemon(config: DaemonConfig, opts: StartOptions = {})
     const addr = app.server.address();
     const port = typeof addr === 'object' && addr ? addr.port : config.port;
     const host = config.host.includes(':') ? `[${config.host}]` : config.host;
+    network.setDaemonAddress(config.host, port, `http://${host}:${port}`);
     return {
       url: `http://${host}:${port}`,
       services,
       close: async () => {
         await app.close();
+        await code.close();
         await catalog.close();
+        await metrics.close();
         // Pooled sandboxes belong to no one: unlike claimed ones they do not outlive the daemon.
         await pool.close();
         await sandboxes.close();
+        await network.close();
         journal.close();
         await runtime.close();
         db.close();

@@ -21,7 +21,8 @@ import { ALL_FEATURES, decodeHello, encodeHello, versionString, type AgentFeatur
 import { listDir, type Listing } from './list.js';
 import { attachProcess, execProcess } from './process.js';
 import * as req from './request.js';
-import { describeEndpoint, type AgentConnection, type AgentEndpoint, type AgentProcess, type ExecRequest, type FileEntry } from './types.js';
+import { describeEndpoint, type AgentConnection, type AgentEndpoint, type AgentProcess, type AgentWatch, type ExecRequest, type FileEntry } from './types.js';
+import { watchDir } from './watch.js';
 
 export interface ConnectOptions {
   /** How long to wait for the socket and the agent's HELLO (default 5000 ms). */
@@ -230,6 +231,10 @@ class Connection implements AgentConnection, ChannelHost {
 
   attach(pid: number): Promise<AgentProcess> {
     return attachProcess(this, pid);
+  }
+
+  watch(path: string, opts?: { recursive?: boolean }): Promise<AgentWatch> {
+    return watchDir(this, path, opts);
   }
 
   listProcesses(opts?: { includeExited?: boolean }): Promise<req.ProcessInfo[]> {

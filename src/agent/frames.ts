@@ -5,7 +5,7 @@
 
 /** Protocol version this daemon speaks (docs/agent-protocol.md): it works with any agent of the same major. */
 export const PROTO_MAJOR = 1;
-export const PROTO_MINOR = 1;
+export const PROTO_MINOR = 2;
 /** The major version, as HELLO's first field has always carried it. */
 export const PROTO_VERSION = PROTO_MAJOR;
 export const HDR_LEN = 12;
@@ -33,6 +33,8 @@ export const FT = {
   MKDIR: 0x14,
   REMOVE: 0x15,
   RENAME: 0x16,
+  /** 1.2 (watch): watch a directory; EVENTS follow the OK. */
+  WATCH: 0x17,
   OK: 0x40,
   ERROR: 0x41,
   DATA: 0x42,
@@ -45,6 +47,8 @@ export const FT = {
   END: 0x49,
   /** 1.1 (exec-streams): a control message for one stream of a process, e.g. a PTY resize. */
   CONTROL: 0x4a,
+  /** 1.2 (watch): file watch events, under credit like ENTRIES. */
+  EVENTS: 0x4b,
 } as const;
 
 /** Feature bits of HELLO (u64). Protocol 1.0 has none; docs/agent-protocol.md says what each adds. */
@@ -52,10 +56,20 @@ export const FEATURE_BITS = {
   'exec-streams': 1n << 0n,
   'large-data': 1n << 1n,
   'read-to-size': 1n << 2n,
+  /** 1.2: terminal streams (kind pty, with a window size) and CONTROL RESIZE. */
+  pty: 1n << 3n,
+  /** 1.2: WATCH requests (inotify) and EVENTS frames. */
+  watch: 1n << 4n,
 } as const;
 
 /** CONTROL kinds (u8, first field of a CONTROL payload). */
 export const CTL_RESIZE = 1;
+
+/** WATCH flags (u8). */
+export const WATCH_RECURSIVE = 1;
+/** Watch event types (u8) of an EVENTS frame, and their flag bits. */
+export const WATCH_EVENT = { create: 1, write: 2, remove: 3, rename: 4, chmod: 5, overflow: 6, gone: 7 } as const;
+export const WATCH_EVENT_DIR = 1;
 
 /** EXEC flags (u8): stdin is a pipe; without one, the agent may hold its reply to send it with the exit. */
 export const EXEC_STDIN_PIPE = 1;
@@ -190,6 +204,11 @@ export class PayloadWriter {
   u8(v: number): this {
     const b = Buffer.allocUnsafe(1);
     b.writeUInt8(v, 0);
+    return this.raw(b);
+  }
+  u16(v: number): this {
+    const b = Buffer.allocUnsafe(2);
+    b.writeUInt16BE(v & 0xffff, 0);
     return this.raw(b);
   }
   u32(v: number): this {

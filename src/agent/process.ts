@@ -9,6 +9,7 @@ import os from 'node:os';
 import { InvalidArgumentError, SandboxError, type CapsuleError } from '../errors/index.js';
 import { Credit, openChannel, readError, ReplyChannel, type ChannelHost } from './channel.js';
 import {
+  CTL_RESIZE,
   EXEC_HOLD_REPLY,
   EXEC_STDIN_PIPE,
   EXEC_STREAMS,
@@ -102,9 +103,10 @@ export class ProcessChannel extends ReplyChannel implements AgentProcess {
   private setStreams(streams: StreamInfo[]): void {
     this.streams = streams;
     for (const s of streams) {
-      if (s.kind === 'pipe-out') this.outs.set(s.id, { left: INIT_WINDOW, owed: 0 });
+      // A terminal carries both directions on one stream id.
+      if (s.kind === 'pipe-out' || s.kind === 'pty') this.outs.set(s.id, { left: INIT_WINDOW, owed: 0 });
       // Stdin of the classic layout takes writes even as /dev/null: the agent drops them and returns the credit (1.0).
-      else if (s.kind === 'pipe-in' || (s.id === STREAM_IN && s.kind === 'null')) {
+      if (s.kind === 'pipe-in' || s.kind === 'pty' || (s.id === STREAM_IN && s.kind === 'null')) {
         this.ins.set(s.id, { credit: new Credit(INIT_WINDOW), chain: Promise.resolve() });
       }
     }
@@ -310,6 +312,14 @@ export class ProcessChannel extends ReplyChannel implements AgentProcess {
     this.host.send(this.id, FT.SIGNAL, 0, new PayloadWriter().u32(n).finish());
   }
 
+  async resize(rows: number, cols: number): Promise<void> {
+    const pty = this.streams.find((s) => s.kind === 'pty');
+    if (!pty) throw new InvalidArgumentError(`process ${this.pid} has no terminal to resize`, { pid: this.pid });
+    checkSize(rows, cols);
+    if (this.finished) return;
+    this.host.send(this.id, FT.CONTROL, pty.id, new PayloadWriter().u8(CTL_RESIZE).u16(rows).u16(cols).finish());
+  }
+
   /** Stop receiving this process's output; it keeps running in the sandbox (re-attach later). */
   detach(): void {
     if (this.finished) return;
@@ -333,6 +343,13 @@ function readStreamTable(r: PayloadReader): StreamInfo[] {
   return out;
 }
 
+/** A terminal's size: what a u16 holds, and at least one cell. */
+function checkSize(rows: number, cols: number): void {
+  for (const [name, v] of [['rows', rows], ['cols', cols]] as const) {
+    if (!Number.isInteger(v) || v < 1 || v > 0xffff) throw new InvalidArgumentError(`terminal ${name} must be an integer from 1 to 65535, not ${v}`);
+  }
+}
+
 /** Checks a requested stream table (the agent checks it too; this fails before anything is sent). */
 function checkStreams(streams: StreamSpec[]): void {
   if (streams.length === 0 || streams.length > MAX_STREAMS) throw new InvalidArgumentError(`a process has 1 to ${MAX_STREAMS} streams, not ${streams.length}`);
@@ -344,6 +361,7 @@ function checkStreams(streams: StreamSpec[]): void {
     ids.add(s.id);
     if (!(s.kind in STREAM_KIND)) throw new InvalidArgumentError(`unknown stream kind ${String(s.kind)}`);
     if (!Array.isArray(s.fds) || s.fds.length === 0) throw new InvalidArgumentError(`stream ${s.id} is bound to no file descriptor`);
+    if (s.kind === 'pty') checkSize(s.rows ?? 24, s.cols ?? 80);
     for (const fd of s.fds) {
       if (!Number.isInteger(fd) || fd < 0 || fd > MAX_CHILD_FD) throw new InvalidArgumentError(`fd must be 0-${MAX_CHILD_FD}, not ${fd}`);
       if (fds.has(fd)) throw new InvalidArgumentError(`fd ${fd} is bound to two streams`);
@@ -356,7 +374,9 @@ function encodeExec(host: ChannelHost, req: ExecRequest): Buffer {
   if (!Array.isArray(req.argv) || req.argv.length === 0 || !req.argv[0]) throw new InvalidArgumentError('argv must be a non-empty array');
   if (req.streams) {
     host.require('exec-streams');
+    if (req.streams.some((s) => s.kind === 'pty')) host.require('pty');
     checkStreams(req.streams);
+    if (req.streams.filter((s) => s.kind === 'pty').length > 1) throw new InvalidArgumentError('a process has at most one terminal');
   }
   const hasInput = req.streams ? req.streams.some((s) => s.kind === 'pipe-in' || s.kind === 'pty') : req.stdin;
   let flags = hasInput ? 0 : req.holdReply ? EXEC_HOLD_REPLY : 0;
@@ -379,6 +399,7 @@ function encodeExec(host: ChannelHost, req: ExecRequest): Buffer {
     for (const s of req.streams) {
       w.u8(s.id).u8(STREAM_KIND[s.kind]).u8(s.fds.length);
       for (const fd of s.fds) w.u8(fd);
+      if (s.kind === 'pty') w.u16(s.rows ?? 24).u16(s.cols ?? 80);
     }
   }
   return w.finish();

@@ -35,8 +35,9 @@ export function describeEndpoint(e: AgentEndpoint): string {
  * One stream of a process (protocol 1.1, feature `exec-streams`). `fds` are
  * the child's file descriptors (0-9) bound to it: `pipe-out` carries what the
  * process writes on them to the daemon, `pipe-in` what the daemon writes to
- * the process, `null` binds them to /dev/null. `pty` is reserved for
- * terminals and refused until the agent implements them.
+ * the process, `null` binds them to /dev/null. `pty` (1.2, feature `pty`) is a
+ * terminal: the fds get its slave side (the first one becomes the controlling
+ * terminal), and the stream carries output and keystrokes both ways.
  */
 export type StreamKind = 'null' | 'pipe-in' | 'pipe-out' | 'pty';
 export interface StreamSpec {
@@ -44,6 +45,9 @@ export interface StreamSpec {
   id: number;
   kind: StreamKind;
   fds: number[];
+  /** `pty` only: the terminal's size when the process starts (default 24 x 80). */
+  rows?: number;
+  cols?: number;
 }
 
 export interface ExecRequest {
@@ -96,12 +100,36 @@ export interface AgentProcess {
   closeStdin(): Promise<void>;
   /** Signal the process group of the command. */
   signal(signal: NodeJS.Signals | number): Promise<void>;
+  /** New window size of the process's terminal (its `pty` stream); the foreground job gets SIGWINCH. */
+  resize(rows: number, cols: number): Promise<void>;
+  /** Stop receiving output; the process keeps running in the sandbox and can be attached again. */
+  detach(): void;
   /**
    * Back-pressure: while paused, output already in flight is still delivered, but no
    * new credit goes back to the agent, so the command blocks on a full pipe.
    */
   pause(): void;
   resume(): void;
+}
+
+/** What a watch reports, relative to the watched directory (docs/agent-protocol.md, "Watches"). */
+export type WatchEventType = 'create' | 'write' | 'remove' | 'rename' | 'chmod' | 'overflow';
+export interface WatchEvent {
+  type: WatchEventType;
+  /** Relative to the watched directory, '' for the directory itself; empty for overflow. Raw bytes as UTF-8 with replacement. */
+  path: string;
+  isDir: boolean;
+}
+
+export interface AgentWatch {
+  /** Events in the order the agent saw them. */
+  on(event: 'event', listener: (ev: WatchEvent) => void): this;
+  /** Resolves when the watch ends: the watched directory went away (`gone`), or `close()`; rejects when the connection is lost. */
+  readonly ended: Promise<{ reason: 'gone' | 'closed' }>;
+  /** Back-pressure: no credit goes back while paused; the agent's bounded queue then overflows (an `overflow` event). */
+  pause(): void;
+  resume(): void;
+  close(): void;
 }
 
 export type FileType = 'file' | 'dir' | 'symlink' | 'fifo' | 'socket' | 'char' | 'block' | 'unknown';
@@ -139,6 +167,8 @@ export interface AgentConnection {
   listProcesses(opts?: { includeExited?: boolean }): Promise<Array<{ pid: number; argv: string[]; exited?: boolean; exitCode?: number }>>;
   /** Re-attach to a process started over an earlier connection. */
   attach(pid: number): Promise<AgentProcess>;
+  /** Watch a directory (feature `watch`); resolves once the kernel watches are in place. */
+  watch(path: string, opts?: { recursive?: boolean }): Promise<AgentWatch>;
 
   /** Stream a regular file's bytes (refuses FIFOs, devices, directories). */
   readFile(path: string, opts?: { maxBytes?: number }): Promise<{ size: number; stream: Readable }>;

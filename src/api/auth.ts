@@ -9,6 +9,7 @@ import type { KeyStore } from '../auth/keys.js';
 import { ANONYMOUS_ADMIN, type Principal } from '../auth/principal.js';
 import type { RateLimiter } from '../auth/rate-limit.js';
 import { RateLimitedError, UnauthenticatedError } from '../errors/index.js';
+import { isPortPath } from '../network/ports.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -23,6 +24,8 @@ export interface AuthOptions {
   /** null: authentication is off (`--no-auth`), every caller is an admin. */
   keys: KeyStore | null;
   limiter: RateLimiter;
+  /** More paths reachable without a key, by the operator's choice (/metrics with --metrics-open). */
+  open?: readonly string[];
 }
 
 export function installAuth(app: FastifyInstance, opts: AuthOptions): void {
@@ -42,7 +45,8 @@ export function installAuth(app: FastifyInstance, opts: AuthOptions): void {
 function authenticate(req: FastifyRequest, opts: AuthOptions): Principal {
   if (!opts.keys) return ANONYMOUS_ADMIN;
   const path = req.url.split('?', 1)[0]!;
-  if (PUBLIC_PATHS.has(path)) return { ...ANONYMOUS_ADMIN, admin: false };
+  // Port requests carry a port token, checked by the port proxy (src/network/ports.ts), not an API key.
+  if (PUBLIC_PATHS.has(path) || opts.open?.includes(path) || isPortPath(path)) return { ...ANONYMOUS_ADMIN, admin: false };
   const header = req.headers.authorization;
   const m = typeof header === 'string' ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null;
   if (!m) throw new UnauthenticatedError();

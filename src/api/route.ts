@@ -7,6 +7,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { z } from 'zod';
 import { InvalidArgumentError, type ErrorCode } from '../errors/index.js';
 import { requestContext, type RequestContext } from '../auth/context.js';
+import { registerSocketRoutes, type SocketSession } from './socket.js';
 
 export interface ResponseDoc {
   description: string;
@@ -40,6 +41,12 @@ export interface RouteSpec<P extends z.ZodType, Q extends z.ZodType, B extends z
     req: FastifyRequest;
     reply: FastifyReply;
   }) => Promise<unknown>;
+  /**
+   * A WebSocket route (socket.ts): `handler` is not used; `socket` runs before the upgrade, validates
+   * and looks things up (a CapsuleError there is an ordinary HTTP error answer), and returns the
+   * session the upgraded socket (or, where the session has one, a plain HTTP request) runs.
+   */
+  socket?: (ctx: { params: z.infer<P>; query: z.infer<Q>; ctx: RequestContext; req: FastifyRequest }) => Promise<SocketSession>;
 }
 
 export type AnyRoute = RouteSpec<z.ZodType, z.ZodType, z.ZodType>;
@@ -54,7 +61,18 @@ export class RouteTable {
   }
 
   register(app: FastifyInstance): void {
+    registerSocketRoutes(
+      app,
+      this.routes.filter((r) => r.socket),
+      (r, req) => ({
+        params: r.params ? parse(r.params, req.params, 'path parameter') : {},
+        query: r.query ? parse(r.query, req.query, 'query parameter') : {},
+        ctx: requestContext(req.principal, String(req.id)),
+        req,
+      }),
+    );
     for (const r of this.routes) {
+      if (r.socket) continue;
       const okStatus = Number(Object.keys(r.responses).find((s) => s.startsWith('2')) ?? 200);
       app.route({
         method: r.method,

@@ -11,11 +11,17 @@ import { Command, CommanderError } from 'commander';
 import { isCapsuleError } from '../sdk/index.js';
 import { registerDaemonCommands } from './commands/daemon.js';
 import { registerExecCommand } from './commands/exec.js';
+import { registerShellCommand } from './commands/shell.js';
+import { registerTopCommand } from './commands/top.js';
+import { registerCodeCommands } from './commands/code.js';
 import { registerFileCommands } from './commands/files.js';
 import { registerMcpCommand } from './commands/mcp.js';
 import { registerSandboxCommands } from './commands/sandboxes.js';
+import { registerLifecycleCommands } from './commands/lifecycle.js';
+import { registerVolumeCommands } from './commands/volumes.js';
 import { registerTemplateCommands } from './commands/templates.js';
 import { registerKeyCommands } from './commands/keys.js';
+import { registerNetCommands } from './commands/net.js';
 import { UsageError } from './util.js';
 
 /** The version in the repository's package.json (dist/src/cli/main.js → ../../../package.json). */
@@ -38,11 +44,17 @@ export function buildProgram(): Command {
     .exitOverride();
   registerDaemonCommands(program);
   registerSandboxCommands(program);
+  registerLifecycleCommands(program);
   registerExecCommand(program);
+  registerShellCommand(program);
+  registerTopCommand(program);
+  registerCodeCommands(program);
   registerFileCommands(program);
   registerTemplateCommands(program);
   registerMcpCommand(program);
   registerKeyCommands(program);
+  registerVolumeCommands(program);
+  registerNetCommands(program);
   // Subcommands inherit exitOverride only when added after it is set on each; set it everywhere.
   const all = (c: Command): Command[] => [c, ...c.commands.flatMap(all)];
   for (const c of all(program)) c.exitOverride();

@@ -8,6 +8,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import { InvalidArgumentError } from '../errors/index.js';
 import { ISOLATIONS, type Isolation } from '../runtime/isolation.js';
+import { TestInternet } from '../network/environment.js';
 
 export interface ResourceLimits {
   /** CPU share in cores (cgroup cpu quota = cpus * period). */
@@ -42,8 +43,10 @@ export interface DaemonConfig {
   /** Host uid/gid that container root maps to; the next 65536 ids are the sandbox's. */
   idMapBase: number;
   idMapSize: number;
-  /** How often expired sandboxes are looked for. */
+  /** How often expired sandboxes are looked for (and idle ones, and paused or stopped ones past retention). */
   reapIntervalMs: number;
+  /** How long a paused or stopped sandbox is kept when its create names no lifecycle.deleteAfterMs. */
+  defaultDeleteAfterMs: number;
   logLevel: string;
   /**
    * Require API keys (default). Off only with an explicit `--no-auth`: then
@@ -62,7 +65,20 @@ export interface DaemonConfig {
    * default pool, which waits until a first create has built debian.
    */
   buildPoolTemplates: boolean;
+  /** Serve Prometheus text at /metrics without an API key (default: admin keys only). */
+  metricsOpen?: boolean;
+  /** How often each running sandbox's cgroups and disk are sampled (GET /v1/sandboxes/:id/metrics). */
+  metricsIntervalMs?: number;
+  /**
+   * TESTS ONLY: a simulated internet for sandboxes' egress (names from a table, and only loopback
+   * stand-ins ever dialled), so tests never send a packet outside 127.0.0.0/8. See src/network/environment.ts.
+   */
+  netTestInternet?: TestInternet | null;
 }
+
+/** Sampling interval of per-sandbox metrics when none is set, and how many samples a sandbox keeps. */
+export const DEFAULT_METRICS_INTERVAL_MS = 5000;
+export const METRICS_HISTORY = 720;
 
 /**
  * The default pool: two sandboxes of the template a create gets when it names
@@ -198,7 +214,22 @@ export const SETTINGS = {
     schema: wholeNumber(...DISK_MB_RANGE, 'MiB').default(64 * 1024),
     describe: 'largest disk quota a create may ask for (images are sparse: keep quota x sandboxes within free space)',
   },
+  defaultDeleteAfterMs: {
+    env: 'CAPSULE_DEFAULT_DELETE_AFTER_MS',
+    schema: wholeNumber(1000, MAX_SETTING_TIMEOUT_MS, 'milliseconds').default(7 * 24 * 60 * 60_000),
+    describe: 'retention: a paused or stopped sandbox whose create names no lifecycle.deleteAfterMs is deleted this long after it was paused or stopped (default 7 days)',
+  },
   noAuth: { env: 'CAPSULE_NO_AUTH', schema: Flag.default(false), describe: 'accept requests without an API key (same as --no-auth)' },
+  metricsOpen: {
+    env: 'CAPSULE_METRICS_OPEN',
+    schema: Flag.default(false),
+    describe: 'serve Prometheus text at /metrics without an API key (same as --metrics-open; default: admin keys only)',
+  },
+  metricsIntervalMs: {
+    env: 'CAPSULE_METRICS_INTERVAL_MS',
+    schema: wholeNumber(100, 3_600_000, 'milliseconds').default(DEFAULT_METRICS_INTERVAL_MS),
+    describe: `how often each sandbox's CPU, memory, disk and pids are sampled (a sandbox keeps its last ${METRICS_HISTORY} samples)`,
+  },
   pools: {
     env: 'CAPSULE_POOL',
     schema: z
@@ -214,6 +245,28 @@ export const SETTINGS = {
       .optional(),
     describe: 'warm pools, e.g. busybox=4,debian=2; empty turns pools off (default debian=2)',
     emptyIsValue: true,
+  },
+  netTestInternet: {
+    env: 'CAPSULE_NET_TEST_INTERNET',
+    schema: z
+      .string()
+      .transform((v, ctx) => {
+        let j: unknown;
+        try {
+          j = JSON.parse(v);
+        } catch {
+          ctx.addIssue({ code: 'custom', message: 'must be JSON: {"hosts": {name: address}, "routes": {address: 127.x.y.z}}' });
+          return z.NEVER;
+        }
+        const r = TestInternet.safeParse(j);
+        if (!r.success) {
+          ctx.addIssue({ code: 'custom', message: r.error.issues[0]?.message ?? 'invalid' });
+          return z.NEVER;
+        }
+        return r.data;
+      })
+      .optional(),
+    describe: 'TESTS ONLY: sandboxes egress to a simulated internet of loopback servers (JSON hosts and routes); nothing else is dialled',
   },
   templateCache: {
     env: 'CAPSULE_TEMPLATE_CACHE',
@@ -310,11 +363,15 @@ export function loadConfig(
     idMapBase: 100000,
     idMapSize: 65536,
     reapIntervalMs: 1000,
+    defaultDeleteAfterMs: s.defaultDeleteAfterMs,
     logLevel: s.logLevel,
     auth: !s.noAuth,
     // Unset: the default pool; set (even empty): exactly the pools it lists.
     pools: s.pools ?? { ...DEFAULT_POOLS },
     buildPoolTemplates: s.pools !== undefined,
+    metricsOpen: s.metricsOpen,
+    metricsIntervalMs: s.metricsIntervalMs,
+    netTestInternet: s.netTestInternet ?? null,
     ...overrides,
   };
 }
@@ -335,6 +392,9 @@ export function dataPaths(dataDir: string) {
     sandboxDir: (id: string) => path.join(dataDir, 'sandboxes', id),
     /** One empty, freshly made ext4 image per common disk size; sandboxes get sparse copies (native/capsule-mount). */
     diskImages: path.join(dataDir, 'disk-images'),
+    /** Named volumes: `<id>/disk.img` mounted at `<id>/mnt`, whose `data/` sandboxes bind (src/runtime/volumes.ts). */
+    volumes: path.join(dataDir, 'volumes'),
+    volumeDir: (id: string) => path.join(dataDir, 'volumes', id),
     /** Listening sockets of the in-sandbox agents: host-root-owned, never mounted into a sandbox. */
     run: path.join(dataDir, 'run'),
     agentSocket: (id: string) => path.join(dataDir, 'run', `${id}.sock`),
@@ -350,6 +410,14 @@ export function dataPaths(dataDir: string) {
     seccompCache: path.join(dataDir, 'cache', 'seccomp'),
     /** The first admin key, written once (mode 0600) so the local CLI works without setup. */
     adminKey: path.join(dataDir, 'admin.key'),
+    /** Networking sockets and pid files (a folder of its own: `run/*.sock` are agents' sockets, by sandbox id). */
+    netRun: path.join(dataDir, 'run', 'net'),
+    /** The daemon's gateway: sandboxes' relays hand it every outbound flow and DNS query (src/network/gateway.ts). */
+    gatewaySocket: path.join(dataDir, 'run', 'net', 'gateway.sock'),
+    /** A sandbox's relay (native/capsule-netrelay.c): its control socket and its pid. */
+    relaySocket: (id: string) => path.join(dataDir, 'run', 'net', `${id}.sock`),
+    relayPid: (id: string) => path.join(dataDir, 'run', 'net', `${id}.pid`),
+
   };
 }
 export type DataPaths = ReturnType<typeof dataPaths>;

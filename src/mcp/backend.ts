@@ -20,7 +20,7 @@ import { wireEvents } from '../sandboxes/output.js';
 import { requestContext } from '../auth/context.js';
 import { toApiSandbox } from '../api/routes/sandboxes.js';
 import { PayloadTooLargeError } from '../errors/index.js';
-import type { CommandResult, FileEntry, Sandbox as SandboxInfo } from '../schemas/index.js';
+import type { CodeLanguage, CommandResult, FileEntry, Lifecycle, NetworkConfig, NetworkLogEntry, PortAccess, RunCodeResult, Sandbox as SandboxInfo, SandboxNetwork } from '../schemas/index.js';
 import { Sandbox, type ConnectionOptions } from '../sdk/index.js';
 
 export type SandboxState = SandboxInfo['state'];
@@ -32,7 +32,11 @@ export interface CreateSandboxInput {
   metadata?: Record<string, string> | undefined;
   resources?: Partial<ResourceLimits> | undefined;
   isolation?: Isolation | undefined;
+  lifecycle?: Lifecycle | undefined;
+  network?: NetworkConfig | undefined;
 }
+
+export type LifecycleVerb = 'pause' | 'resume' | 'stop' | 'start';
 
 export interface CommandInput {
   /** A shell string (run with /bin/sh -c) or an argv array. */
@@ -42,6 +46,15 @@ export interface CommandInput {
   envs?: Record<string, string> | undefined;
   timeoutMs?: number | undefined;
   stdin?: string | undefined;
+}
+
+export interface CodeInput {
+  code: string;
+  language?: CodeLanguage | undefined;
+  /** A context id; default: the sandbox's default context of the language. */
+  context?: string | undefined;
+  envs?: Record<string, string> | undefined;
+  timeoutMs?: number | undefined;
 }
 
 export interface RunHooks {
@@ -64,8 +77,12 @@ export interface McpBackend {
   listSandboxes(filter: { state?: SandboxState | 'all' | undefined; metadata?: Record<string, string> | undefined }): Promise<SandboxInfo[]>;
   killSandbox(id: string): Promise<SandboxInfo>;
   setSandboxTimeout(id: string, timeoutMs: number): Promise<SandboxInfo>;
+  /** Pause, resume, stop or start; `timeoutMs` only for resume and start. */
+  lifecycle(id: string, verb: LifecycleVerb, opts: { timeoutMs?: number }): Promise<SandboxInfo>;
   runCommand(id: string, input: CommandInput, hooks?: RunHooks): Promise<CommandResult>;
   startCommand(id: string, input: CommandInput): Promise<{ pid: number }>;
+  /** A cell in a stateful code context (src/interpreter). */
+  runCode(id: string, input: CodeInput, hooks?: RunHooks): Promise<RunCodeResult>;
   /** The whole file; PayloadTooLargeError when it is larger than maxBytes. */
   readFile(id: string, path: string, maxBytes: number): Promise<Buffer>;
   writeFile(id: string, path: string, data: Buffer, mode?: number): Promise<{ path: string; size: number }>;
@@ -73,6 +90,9 @@ export interface McpBackend {
   statFile(id: string, path: string): Promise<FileEntry>;
   removeFile(id: string, path: string, recursive: boolean): Promise<void>;
   makeDir(id: string, path: string): Promise<void>;
+  setNetwork(id: string, cfg: NetworkConfig): Promise<SandboxNetwork>;
+  networkLog(id: string, q: { since?: number | undefined; limit?: number | undefined }): Promise<{ entries: NetworkLogEntry[]; cursor: number }>;
+  portAccess(id: string, port: number): Promise<PortAccess>;
 }
 
 function tooLarge(path: string, size: number, maxBytes: number): PayloadTooLargeError {
@@ -105,6 +125,12 @@ export function servicesBackend(services: Services, principal: Principal = ANONY
     async setSandboxTimeout(id, timeoutMs) {
       return toApiSandbox(services.sandboxes.setTimeout(ctx, id, timeoutMs));
     },
+    async lifecycle(id, verb, opts) {
+      const s = services.sandboxes;
+      const rec =
+        verb === 'pause' ? await s.pause(ctx, id) : verb === 'resume' ? await s.resume(ctx, id, opts) : verb === 'stop' ? await s.stop(ctx, id) : await s.start(ctx, id, opts);
+      return toApiSandbox(rec);
+    },
     async runCommand(id, input, hooks = {}) {
       const onOutput = hooks.onOutput;
       // Progress notifications are small and few per chunk: this sink never asks the process to wait.
@@ -126,6 +152,19 @@ export function servicesBackend(services: Services, principal: Principal = ANONY
     async startCommand(id, input) {
       return (await services.commands.run(ctx, id, { ...input, background: true })) as { pid: number };
     },
+    async runCode(id, input, hooks = {}) {
+      const onOutput = hooks.onOutput;
+      const sink = onOutput
+        ? {
+            write: (ev: { type: string; data?: string }) => {
+              if ((ev.type === 'stdout' || ev.type === 'stderr') && ev.data) onOutput(ev.type, ev.data);
+              return true;
+            },
+            drained: () => Promise.resolve(),
+          }
+        : undefined;
+      return services.code.run(ctx, id, input, { ...(hooks.signal ? { signal: hooks.signal } : {}), ...(sink ? { sink } : {}) });
+    },
     async readFile(id, path, maxBytes) {
       const { size, stream } = await services.files.read(ctx, id, path);
       if (size > maxBytes) {
@@ -144,6 +183,15 @@ export function servicesBackend(services: Services, principal: Principal = ANONY
         parts.push(chunk);
       }
       return Buffer.concat(parts);
+    },
+    async setNetwork(id, cfg) {
+      return services.network.set(ctx, id, cfg);
+    },
+    async networkLog(id, q) {
+      return services.network.log(ctx, id, q);
+    },
+    async portAccess(id, port) {
+      return services.network.portAccess(ctx, id, port);
     },
     async writeFile(id, path, data, mode) {
       return services.files.write(ctx, id, path, Readable.from([data]), mode);
@@ -196,6 +244,10 @@ export function sdkBackend(conn: ConnectionOptions = {}): McpBackend {
     async setSandboxTimeout(id, timeoutMs) {
       return (await sandbox(id)).setTimeout(timeoutMs);
     },
+    async lifecycle(id, verb, opts) {
+      const s = await sandbox(id);
+      return verb === 'pause' ? s.pause() : verb === 'resume' ? s.resume(opts) : verb === 'stop' ? s.stop() : s.start(opts);
+    },
     async runCommand(id, input, hooks = {}) {
       const s = await sandbox(id);
       const onOutput = hooks.onOutput;
@@ -205,6 +257,18 @@ export function sdkBackend(conn: ConnectionOptions = {}): McpBackend {
         user: input.user,
         timeoutMs: input.timeoutMs,
         stdin: input.stdin,
+        ...(hooks.signal ? { signal: hooks.signal } : {}),
+        ...(onOutput ? { onStdout: (d: string) => onOutput('stdout', d), onStderr: (d: string) => onOutput('stderr', d) } : {}),
+      });
+    },
+    async runCode(id, input, hooks = {}) {
+      const s = await sandbox(id);
+      const onOutput = hooks.onOutput;
+      return s.runCode(input.code, {
+        ...(input.language ? { language: input.language } : {}),
+        ...(input.context ? { context: input.context } : {}),
+        ...(input.envs ? { envs: input.envs } : {}),
+        ...(input.timeoutMs !== undefined ? { timeoutMs: input.timeoutMs } : {}),
         ...(hooks.signal ? { signal: hooks.signal } : {}),
         ...(onOutput ? { onStdout: (d: string) => onOutput('stdout', d), onStderr: (d: string) => onOutput('stderr', d) } : {}),
       });
@@ -236,6 +300,15 @@ export function sdkBackend(conn: ConnectionOptions = {}): McpBackend {
     },
     async makeDir(id, path) {
       await (await sandbox(id)).files.makeDir(path);
+    },
+    async setNetwork(id, cfg) {
+      return (await sandbox(id)).network.set(cfg);
+    },
+    async networkLog(id, q) {
+      return (await sandbox(id)).network.log({ ...(q.since !== undefined ? { since: q.since } : {}), ...(q.limit !== undefined ? { limit: q.limit } : {}) });
+    },
+    async portAccess(id, port) {
+      return (await sandbox(id)).network.port(port);
     },
   };
 }

@@ -35,6 +35,7 @@ const INSTRUCTIONS = `Capsule runs code in isolated Linux sandboxes.
 Create one with sandbox_create (or just call run_command / run_code / write_file without sandbox_id: a sandbox is created and, when your client keeps an MCP session, becomes its default).
 Pass the returned sandbox_id to later calls to stay in the same sandbox. A command that exits non-zero is a normal result with its exit_code.
 Sandboxes die when their timeout passes (default 5 minutes); extend it with sandbox_set_timeout and kill them with sandbox_kill when done.
+sandbox_pause freezes a sandbox (sandbox_resume continues it); sandbox_stop ends its processes but keeps its files (sandbox_start boots it again). Both stop its timeout clock.
 Files are also resources: capsule://sandboxes/{id}/files/{path}.`;
 
 const MIME_BY_EXT: Record<string, string> = {
@@ -89,7 +90,7 @@ function registerTool(server: McpServer, def: ToolDef, opts: McpServerOptions, s
       try {
         const out = await def.handler(args as never, { backend: opts.backend, session, defaultTemplate: opts.defaultTemplate, signal: ctx.mcpReq.signal, progress });
         return {
-          content: [{ type: 'text', text: out.text }],
+          content: [{ type: 'text', text: out.text }, ...(out.images ?? []).map((i) => ({ type: 'image' as const, data: i.data, mimeType: i.mimeType }))],
           structuredContent: out.structured as Record<string, unknown>,
           ...(out.isError ? { isError: true } : {}),
         };

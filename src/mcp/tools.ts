@@ -13,13 +13,17 @@
  *    they use the session's default sandbox, creating one (and saying so) when
  *    there is none.
  */
-import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
-import { InvalidArgumentError, isCapsuleError } from '../errors/index.js';
+import { isCapsuleError } from '../errors/index.js';
 import {
+  CodeResult,
+  RunCodeRequest,
+  RunCodeResult,
+  toSnake,
   CommandResult,
   CreateSandboxRequest,
   FileEntry as FileEntrySchema,
+  Lifecycle,
   ListFilesQuery,
   ListSandboxesQuery,
   LIMITS,
@@ -32,7 +36,15 @@ import {
   ShellCommand,
   snakeObject,
   TemplateName,
+  WakeSandboxRequest,
   WriteFileQuery,
+  fromSnake,
+  NetworkConfig,
+  NetworkLogEntry as NetworkLogEntrySchema,
+  NetworkLogQuery,
+  PortAccess as PortAccessSchema,
+  PortParams,
+  SandboxNetwork as SandboxNetworkSchema,
 } from '../schemas/index.js';
 import type { Sandbox as SandboxInfo, FileEntry } from '../schemas/index.js';
 import type { McpBackend } from './backend.js';
@@ -70,6 +82,8 @@ export interface ToolAnnotations {
 export interface ToolOutcome<O> {
   structured: O;
   text: string;
+  /** Pictures shown to the user (MCP image content after the text): base64 data and its mime type. */
+  images?: Array<{ data: string; mimeType: string }>;
   /** A failure that still has a result worth returning (a command killed by its timeout). */
   isError?: boolean;
 }
@@ -99,7 +113,7 @@ const SandboxRef = {
 
 /** The API's Sandbox, in snake_case, with the id named as the other tools name it. */
 const SandboxSummary = snakeObject(
-  SandboxSchema.pick({ template: true, state: true, createdAt: true, expiresAt: true, metadata: true, resources: true, endReason: true, isolation: true }),
+  SandboxSchema.pick({ template: true, state: true, createdAt: true, expiresAt: true, metadata: true, resources: true, endReason: true, isolation: true, timeoutRemainingMs: true }),
 ).extend({ sandbox_id: SandboxId });
 
 function summary(s: SandboxInfo): z.infer<typeof SandboxSummary> {
@@ -113,6 +127,7 @@ function summary(s: SandboxInfo): z.infer<typeof SandboxSummary> {
     resources: s.resources,
     ...(s.endReason !== undefined ? { end_reason: s.endReason } : {}),
     isolation: s.isolation,
+    ...(s.timeoutRemainingMs !== undefined ? { timeout_remaining_ms: s.timeoutRemainingMs } : {}),
   };
 }
 
@@ -122,7 +137,8 @@ async function useSandbox(id: string | undefined, ctx: ToolContext): Promise<{ s
   const current = ctx.session.defaultSandboxId;
   if (current !== undefined) {
     const info = await ctx.backend.getSandbox(current).catch(() => undefined);
-    if (info?.state === 'running') return { sandbox_id: current };
+    // A sleeping default with autoResume wakes at the call; without it the session gets a new one.
+    if (info?.state === 'running' || (info?.lifecycle.autoResume && (info.state === 'paused' || info.state === 'stopped'))) return { sandbox_id: current };
   }
   const info = await ctx.backend.createSandbox({ template: ctx.defaultTemplate }, ctx.signal);
   ctx.session.defaultSandboxId = info.id;
@@ -143,6 +159,8 @@ const sandboxCreate = tool({
   description:
     'Start a new isolated Linux sandbox and return its id. Pass the id as sandbox_id to the other tools. The sandbox is killed when its timeout passes (default 5 minutes; extend with sandbox_set_timeout). It becomes this session\'s default sandbox.',
   input: snakeObject(CreateSandboxRequest.pick({ timeoutMs: true, envs: true, metadata: true, resources: true, isolation: true })).extend({
+    lifecycle: snakeObject(Lifecycle).optional().describe(Lifecycle.description ?? ''),
+    network: snakeObject(NetworkConfig).optional().describe('Egress policy and public ports; default: no egress (loopback only)'),
     // Without the API's default: the server's default template applies (CAPSULE_MCP_TEMPLATE).
     template: TemplateName.optional().describe(
       'Template to start from: debian (Debian with python3) or busybox (tiny, POSIX sh only). Default: the server\'s default template',
@@ -153,7 +171,16 @@ const sandboxCreate = tool({
   async handler(input, ctx) {
     const template = input.template ?? ctx.defaultTemplate;
     const info = await ctx.backend.createSandbox(
-      { template, timeoutMs: input.timeout_ms, envs: input.envs, metadata: input.metadata, resources: input.resources, isolation: input.isolation },
+      {
+        template,
+        timeoutMs: input.timeout_ms,
+        envs: input.envs,
+        metadata: input.metadata,
+        resources: input.resources,
+        isolation: input.isolation,
+        ...(input.lifecycle ? { lifecycle: fromSnake(input.lifecycle) as Lifecycle } : {}),
+        network: networkInput(input.network),
+      },
       ctx.signal,
     );
     ctx.session.defaultSandboxId = info.id;
@@ -207,6 +234,99 @@ const sandboxSetTimeout = tool({
   async handler(input, ctx) {
     const info = await ctx.backend.setSandboxTimeout(input.sandbox_id, input.timeout_ms);
     return { structured: summary(info), text: `Sandbox ${info.id} now expires at ${info.expiresAt}.` };
+  },
+});
+
+/** Pause, resume, stop and start: one tool per verb of the sandbox service, alike but for their words. */
+function lifecycleTool(verb: 'pause' | 'resume' | 'stop' | 'start', description: string, done: string) {
+  const wakes = verb === 'resume' || verb === 'start';
+  return tool({
+    name: `sandbox_${verb}`,
+    description,
+    input: wakes
+      ? snakeObject(WakeSandboxRequest).extend({ sandbox_id: SandboxId.describe(`The sandbox to ${verb}`) })
+      : z.object({ sandbox_id: SandboxId.describe(`The sandbox to ${verb}`) }),
+    output: SandboxSummary,
+    annotations: { title: `${verb[0]!.toUpperCase()}${verb.slice(1)} sandbox`, readOnlyHint: false, destructiveHint: verb === 'stop', idempotentHint: true, openWorldHint: false },
+    async handler(input, ctx) {
+      const timeoutMs = 'timeout_ms' in input ? (input.timeout_ms as number | undefined) : undefined;
+      const info = await ctx.backend.lifecycle(input.sandbox_id, verb, timeoutMs !== undefined ? { timeoutMs } : {});
+      return { structured: summary(info), text: `Sandbox ${info.id} is ${info.state}${done}.` };
+    },
+  });
+}
+
+const sandboxPause = lifecycleTool(
+  'pause',
+  'Pause a running sandbox: every process is frozen where it is (memory kept, no CPU) and its timeout clock stops. Commands and file calls then fail unless it was created with lifecycle.auto_resume. Resume with sandbox_resume.',
+  '; sandbox_resume continues it',
+);
+const sandboxResume = lifecycleTool(
+  'resume',
+  'Resume a paused sandbox: its processes continue exactly where they were, with the lifetime it had left (or timeout_ms).',
+  '',
+);
+const sandboxStop = lifecycleTool(
+  'stop',
+  'Stop a running or paused sandbox: its processes end and its memory is freed, but its files, envs and metadata are kept. Start it again with sandbox_start.',
+  '; its files are kept for sandbox_start',
+);
+const sandboxStart = lifecycleTool(
+  'start',
+  'Start a stopped sandbox again: same id and files, no processes running yet, with the lifetime it had left (or timeout_ms).',
+  '',
+);
+// --- network --------------------------------------------------------------------
+
+function networkInput(n: { egress?: NetworkConfig['egress'] | undefined; public_ports?: number[] | undefined } | undefined): NetworkConfig | undefined {
+  if (!n) return undefined;
+  return { ...(n.egress !== undefined ? { egress: n.egress } : {}), ...(n.public_ports !== undefined ? { publicPorts: n.public_ports } : {}) };
+}
+
+const NetworkOutput = snakeObject(SandboxNetworkSchema).extend({ sandbox_id: SandboxId });
+
+const sandboxSetNetwork = tool({
+  name: 'sandbox_set_network',
+  description:
+    "Change a running sandbox's egress policy (none, all, or allow/deny rules such as pypi.org, *.npmjs.org, 10.0.0.0/8, *:443) and/or its public ports. New connections follow it at once; open ones it refuses are closed.",
+  input: snakeObject(NetworkConfig).extend({ sandbox_id: SandboxId.describe('The sandbox to change') }),
+  output: NetworkOutput,
+  annotations: { title: 'Set sandbox network', readOnlyHint: false, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+  async handler(input, ctx) {
+    const n = await ctx.backend.setNetwork(input.sandbox_id, networkInput(input) ?? {});
+    const egress = typeof n.egress === 'string' ? n.egress : `allow ${n.egress.allow.join(', ')}${n.egress.deny?.length ? `; deny ${n.egress.deny.join(', ')}` : ''}`;
+    return { structured: { ...(toSnake(n) as z.infer<typeof NetworkOutput>), sandbox_id: input.sandbox_id }, text: `Sandbox ${input.sandbox_id} egress: ${egress}.` };
+  },
+});
+
+const LogEntryOutput = snakeObject(NetworkLogEntrySchema);
+
+const sandboxNetworkLog = tool({
+  name: 'sandbox_network_log',
+  description: "What a sandbox tried to reach: its egress ledger of connections and DNS lookups, each allowed or refused with the rule, process and bytes. Pass the returned cursor as since to get only newer entries.",
+  input: snakeObject(NetworkLogQuery.pick({ since: true, limit: true })).extend({ sandbox_id: SandboxId.describe('The sandbox whose ledger to read') }),
+  output: z.object({ entries: z.array(LogEntryOutput), cursor: z.number().describe('Pass as since next time') }),
+  annotations: { title: 'Sandbox network log', readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+  async handler(input, ctx) {
+    const r = await ctx.backend.networkLog(input.sandbox_id, { since: input.since, limit: input.limit });
+    const lines = r.entries.map((e) => `${e.at} ${e.verdict} ${e.protocol} ${e.name ?? ''} ${e.address ?? ''}:${e.port ?? ''} ${e.command ?? ''} (${e.rule})`);
+    return {
+      structured: { entries: r.entries.map((e) => toSnake(e) as z.infer<typeof LogEntryOutput>), cursor: r.cursor },
+      text: lines.length ? lines.join('\n') : 'No entries.',
+    };
+  },
+});
+
+const sandboxPortUrl = tool({
+  name: 'sandbox_port_url',
+  description:
+    'URLs that reach a server listening on a port inside a sandbox (HTTP and WebSocket, forwarded by the daemon): a host-routed and a path-routed URL, the token to send as X-Capsule-Port-Token, and a signed URL for browsers.',
+  input: z.object({ sandbox_id: SandboxId.describe('The sandbox'), port: PortParams.shape.port }),
+  output: snakeObject(PortAccessSchema),
+  annotations: { title: 'Sandbox port URL', readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+  async handler(input, ctx) {
+    const a = await ctx.backend.portAccess(input.sandbox_id, input.port);
+    return { structured: toSnake(a) as never, text: `${a.url} (token ${a.token}; signed: ${a.signedUrl})` };
   },
 });
 
@@ -278,89 +398,77 @@ function outputText(stdout: string, stderr: string): string {
   return parts.length ? parts.join('\n') : '(no output)';
 }
 
-export const LANGUAGES = {
-  python: { interpreter: 'python3', ext: 'py', hint: 'use the debian template' },
-  javascript: { interpreter: 'node', ext: 'js', hint: 'the stock templates have no Node.js; install it in the sandbox or run the code another way' },
-  bash: { interpreter: 'bash', ext: 'sh', hint: 'use the debian template (busybox has only POSIX sh: run it with run_command)' },
-} as const;
-export type Language = keyof typeof LANGUAGES;
+/** A rich result in snake_case; images travel as MCP image content instead (see run_code). */
+const CodeResultOut = snakeObject(CodeResult.pick({ text: true, html: true, markdown: true, svg: true, latex: true, json: true, isMainResult: true, formats: true }));
 
-/** Stdout minus one trailing newline: what `print(x)` / `echo x` produced. */
-function resultValue(stdout: string): string {
-  return stdout.endsWith('\n') ? stdout.slice(0, -1) : stdout;
-}
-
-/** A one-line description of why a script failed: the last stderr line, or the exit code. */
-function errorSummary(exitCode: number, stderr: string, timedOut: boolean): string {
-  if (timedOut) return `killed after its timeout (exit code ${exitCode})`;
-  const last = stderr
-    .split('\n')
-    .map((l) => l.trim())
-    .filter(Boolean)
-    .pop();
-  return last ? `${last} (exit code ${exitCode})` : `exited with code ${exitCode}`;
+/** The text an MCP client shows for a cell: output, result texts, the error. */
+function codeText(r: RunCodeResult, images: number): string {
+  const parts: string[] = [];
+  if (r.stdout) parts.push(`stdout:\n${r.stdout}`);
+  if (r.stderr) parts.push(`stderr:\n${r.stderr}`);
+  for (const x of r.results) {
+    const t = x.text ?? x.markdown ?? (x.json !== undefined ? JSON.stringify(x.json) : undefined);
+    if (t !== undefined && (x.isMainResult || (x.png === undefined && x.jpeg === undefined))) parts.push(`${x.isMainResult ? 'result' : 'display'}:\n${t}`);
+  }
+  if (images) parts.push(`(${images} image${images > 1 ? 's' : ''} attached)`);
+  if (r.error) parts.push(`error:\n${r.error.traceback.length ? r.error.traceback.join('\n') : `${r.error.name}: ${r.error.value}`}`);
+  if (r.interrupted) {
+    parts.push(
+      `interrupted (${r.interrupted.reason}): ${r.interrupted.how === 'signal' ? 'the context kept its state' : 'the interpreter was restarted; its state is gone'}`,
+    );
+  }
+  return parts.length ? parts.join('\n') : '(no output)';
 }
 
 const runCode = tool({
   name: 'run_code',
   description:
-    'Run a Python, JavaScript (Node.js) or bash script in a sandbox: the code is written to a temporary file and run with python3, node or bash. Returns stdout, stderr, result (stdout without its trailing newline, when the script succeeded) and error (why it failed, when it did). A failing script is a normal result, not a tool error.',
-  input: z.object({
+    'Run Python, JavaScript, TypeScript or bash code in a stateful context, like a notebook cell: variables, imports, functions (and for bash the working directory and exports) persist between calls in the same sandbox and language. Returns stdout, stderr, rich results (the last expression\'s value, display() calls; matplotlib figures and other images come back as image content) and the error with its traceback. A cell that raises is a normal result, not a tool error. The python template has IPython, numpy, pandas, matplotlib, scipy and Node.js; other templates need python3 (or node) and give plain-text results only.',
+  input: snakeObject(RunCodeRequest.pick({ language: true, envs: true, timeoutMs: true })).extend({
     sandbox_id: OptionalSandboxId,
-    language: z.enum(['python', 'javascript', 'bash']).describe('python (python3), javascript (node) or bash'),
-    code: z.string().min(1).max(LIMITS.maxStdinBytes).describe('The whole script'),
-    timeout_ms: RunCommandRequest.shape.timeoutMs.describe('Kill the script after this many ms (0: no limit); default 60000'),
-    envs: RunCommandRequest.shape.envs.describe('Extra environment variables for the script'),
+    code: RunCodeRequest.shape.code.min(1),
+    context_id: RunCodeRequest.shape.context,
   }),
   output: z.object({
     ...SandboxRef,
-    language: z.enum(['python', 'javascript', 'bash']),
-    exit_code: z.number().int().describe('Exit code of the interpreter; non-zero is not a tool error'),
-    stdout: z.string(),
-    stderr: z.string(),
-    result: z.string().optional().describe('stdout without its trailing newline; present when the script exited 0'),
-    error: z.string().optional().describe('Why the script failed (last stderr line and exit code); present when it exited non-zero'),
-    timed_out: z.boolean().optional(),
+    ...snakeObject(RunCodeResult.pick({ contextId: true, language: true, executionCount: true, stdout: true, stderr: true, error: true, interrupted: true, restarted: true })).shape,
+    results: z.array(CodeResultOut).describe('Rich results in order; png/jpeg data is in the image content blocks, in the same order'),
+    truncated: z.boolean().optional().describe('True when stdout or stderr was cut, or results were left out'),
   }),
   annotations: { title: 'Run code', readOnlyHint: false, destructiveHint: true, idempotentHint: false, openWorldHint: false },
   async handler(input, ctx) {
-    const lang = LANGUAGES[input.language];
     const ref = await useSandbox(input.sandbox_id, ctx);
     const note = createdNote(ref, ctx.defaultTemplate);
-    // Is the interpreter there? Asked separately so that nothing the script prints can fake the answer.
-    const probe = await ctx.backend.runCommand(ref.sandbox_id, { cmd: ['/bin/sh', '-c', 'command -v "$0"', lang.interpreter], timeoutMs: 10_000 });
-    if (probe.exitCode !== 0) {
-      const info = await ctx.backend.getSandbox(ref.sandbox_id).catch(() => undefined);
-      throw new InvalidArgumentError(
-        `${lang.interpreter} is not installed in sandbox ${ref.sandbox_id}${info ? ` (template ${info.template})` : ''}: ${lang.hint}`,
-        { sandboxId: ref.sandbox_id, interpreter: lang.interpreter },
-      );
-    }
-    const file = `/tmp/capsule-code-${randomBytes(6).toString('hex')}.${lang.ext}`;
-    await ctx.backend.writeFile(ref.sandbox_id, file, Buffer.from(input.code, 'utf8'), 0o600);
-    let r;
-    try {
-      const onOutput = progressSink(ctx);
-      r = await ctx.backend.runCommand(
-        ref.sandbox_id,
-        { cmd: [lang.interpreter, file], cwd: '/tmp', envs: input.envs, timeoutMs: input.timeout_ms },
-        { signal: ctx.signal, ...(onOutput ? { onOutput } : {}) },
-      );
-    } finally {
-      await ctx.backend.removeFile(ref.sandbox_id, file, false).catch(() => undefined);
-    }
-    const ok = r.exitCode === 0 && !r.timedOut;
+    const onOutput = progressSink(ctx);
+    const r = await ctx.backend.runCode(
+      ref.sandbox_id,
+      { code: input.code, language: input.language, context: input.context_id, envs: input.envs, timeoutMs: input.timeout_ms },
+      { signal: ctx.signal, ...(onOutput ? { onOutput } : {}) },
+    );
+    const images = r.results.flatMap((x) => [
+      ...(x.png !== undefined ? [{ data: x.png, mimeType: 'image/png' }] : []),
+      ...(x.jpeg !== undefined ? [{ data: x.jpeg, mimeType: 'image/jpeg' }] : []),
+    ]);
     const structured = {
       ...ref,
-      language: input.language,
-      exit_code: r.exitCode,
+      context_id: r.contextId,
+      language: r.language,
+      ...(r.executionCount !== undefined ? { execution_count: r.executionCount } : {}),
       stdout: r.stdout,
       stderr: r.stderr,
-      ...(ok ? { result: resultValue(r.stdout) } : { error: errorSummary(r.exitCode, r.stderr, r.timedOut === true) }),
-      ...(r.timedOut ? { timed_out: true } : {}),
+      // Parsing drops what the picked schema lacks: the images (sent as image content) and javascript.
+      results: r.results.map((x) => CodeResultOut.parse(toSnake(x))),
+      ...(r.error ? { error: r.error } : {}),
+      ...(r.interrupted ? { interrupted: r.interrupted } : {}),
+      ...(r.restarted ? { restarted: true } : {}),
+      ...(r.stdoutTruncated || r.stderrTruncated || r.resultsDropped ? { truncated: true } : {}),
     };
-    const head = ok ? 'Succeeded.' : `Failed: ${errorSummary(r.exitCode, r.stderr, r.timedOut === true)}.`;
-    return { structured, text: `${note}${head}\n${outputText(r.stdout, r.stderr)}`, ...(r.timedOut ? { isError: true } : {}) };
+    return {
+      structured,
+      text: `${note}${codeText(r, images.length)}`,
+      images,
+      ...(r.interrupted?.reason === 'timeout' ? { isError: true } : {}),
+    };
   },
 });
 
@@ -489,6 +597,10 @@ export const TOOLS: readonly ToolDef[] = [
   sandboxList,
   sandboxKill,
   sandboxSetTimeout,
+  sandboxPause,
+  sandboxResume,
+  sandboxStop,
+  sandboxStart,
   runCommand,
   runCode,
   readFile,
@@ -496,6 +608,9 @@ export const TOOLS: readonly ToolDef[] = [
   listFiles,
   removeFile,
   makeDir,
+  sandboxSetNetwork,
+  sandboxNetworkLog,
+  sandboxPortUrl,
 ] as unknown as readonly ToolDef[];
 
 /** At most `max` UTF-16 units of `s`, never ending in half of a surrogate pair (an emoji cut in two). */

@@ -2,9 +2,9 @@
  * The daemon's set of runtime backends, one per isolation kind, seen by the
  * services as one RuntimeDriver. Each sandbox belongs to the driver that made
  * it: verbs that name a sandbox go to that driver, so a service written for
- * one backend (kill, inspect, the agent endpoint, and later pause or stop)
- * works unchanged for sandboxes of every kind, and a verb a backend lacks
- * answers its own `unsupported` error.
+ * one backend (kill, inspect, the agent endpoint, pause, stop, metrics, the
+ * network relay and its ports) works unchanged for sandboxes of every kind,
+ * and a verb a backend lacks answers its own `unsupported` error.
  *
  * What a sandbox asks for is chosen with `backendFor(runtime, isolation)`,
  * which also checks availability: the capabilities to check before an
@@ -12,15 +12,21 @@
  * The `kind`, `name` and `capabilities` of the set itself are those of the
  * default backend (what a create that names no isolation gets).
  *
+ * Volumes belong to no sandbox: their disks sit in the data directory, and
+ * `prepareVolume` and `removeVolume` go to the first backend (the default
+ * first) that has the `volumes` capability (`volumesBackend`); whether a
+ * sandbox may attach them is its own backend's capability.
+ *
  * Which driver holds a sandbox is learnt at create, from the sandbox's record
  * after a restart (`recorded`: the `runtime` column holds the driver's kind),
  * and otherwise by asking each driver: ids nobody knows (orphans from a
  * crash) are destroyed by every driver, since each destroy is idempotent.
  */
+import type { Duplex } from 'node:stream';
 import { UnsupportedError } from '../errors/index.js';
 import type { AgentEndpoint } from '../agent/types.js';
 import { ISOLATIONS, type Isolation } from './isolation.js';
-import type { CgroupLimits, ContainerInfo, ContainerSpec, RuntimeCapabilities, RuntimeDriver } from './types.js';
+import type { CgroupLimits, ContainerInfo, ContainerSpec, NetworkSpec, RuntimeCapabilities, RuntimeDriver, SandboxStats } from './types.js';
 
 /** One isolation kind on this daemon: its backend when there is one, else why not. */
 export interface BackendInfo {
@@ -101,6 +107,11 @@ export class Backends implements RuntimeDriver {
   /** The backend that holds sandbox `id` (the default when nobody knows it yet). */
   of(id: string): RuntimeDriver {
     return this.known(id) ?? this.defaultDriver;
+  }
+
+  /** The backend that keeps volume disks: the default when it can, else the first that can (else the default, which refuses). */
+  forVolumes(): RuntimeDriver {
+    return this.allDrivers().find((d) => d.capabilities.volumes) ?? this.defaultDriver;
   }
 
   /** Every isolation kind, available or not (GET /v1/info). */
@@ -193,6 +204,14 @@ export class Backends implements RuntimeDriver {
     return this.of(id).resume(id);
   }
 
+  stop(id: string): Promise<void> {
+    return this.of(id).stop(id);
+  }
+
+  start(id: string, signal?: AbortSignal): Promise<ContainerInfo> {
+    return this.of(id).start(id, signal);
+  }
+
   exportChanges(id: string, dest: string, signal?: AbortSignal): Promise<void> {
     return this.of(id).exportChanges(id, dest, signal);
   }
@@ -201,8 +220,41 @@ export class Backends implements RuntimeDriver {
     return this.of(id).oomKills(id);
   }
 
+  async stats(id: string): Promise<SandboxStats> {
+    const d = this.of(id);
+    if (!d.stats) throw new UnsupportedError(`the ${d.kind} backend does not report sandbox metrics`, { id, backend: d.kind });
+    return d.stats(id);
+  }
+
   agentEndpoint(id: string): AgentEndpoint {
     return this.of(id).agentEndpoint(id);
+  }
+
+  async attachNetwork(id: string, spec: NetworkSpec): Promise<void> {
+    const d = this.of(id);
+    if (spec.mode === 'none') return;
+    if (!d.attachNetwork || !d.capabilities.network.includes(spec.mode)) {
+      throw new UnsupportedError(`the ${d.kind} backend cannot give a sandbox network mode "${spec.mode}"`, { id, backend: d.kind });
+    }
+    return d.attachNetwork(id, spec);
+  }
+
+  async connectPort(id: string, port: number, signal?: AbortSignal): Promise<Duplex> {
+    const d = this.of(id);
+    if (!d.connectPort || !d.capabilities.network.includes('gateway')) {
+      throw new UnsupportedError(`the ${d.kind} backend cannot expose sandbox ports`, { id, backend: d.kind });
+    }
+    return d.connectPort(id, port, signal);
+  }
+
+  // --- volumes: not a sandbox's -------------------------------------------------------
+
+  prepareVolume(volumeId: string, sizeMb: number): Promise<void> {
+    return this.forVolumes().prepareVolume(volumeId, sizeMb);
+  }
+
+  removeVolume(volumeId: string): Promise<void> {
+    return this.forVolumes().removeVolume(volumeId);
   }
 
   // --- daemon extras ----------------------------------------------------------------
@@ -242,6 +294,11 @@ export function backendFor(runtime: RuntimeDriver, isolation: Isolation | undefi
 /** The backend holding sandbox `id`: ask its capabilities before an optional verb. */
 export function backendOf(runtime: RuntimeDriver, id: string): RuntimeDriver {
   return runtime instanceof Backends ? runtime.of(id) : runtime;
+}
+
+/** The backend that keeps volume disks (check its `volumes` capability before making one). */
+export function volumesBackend(runtime: RuntimeDriver): RuntimeDriver {
+  return runtime instanceof Backends ? runtime.forVolumes() : runtime;
 }
 
 /** What GET /v1/info lists: every isolation kind with its availability. */

@@ -67,6 +67,8 @@ export interface BundleInput {
    */
   agentDir?: string;
   resources: Pick<ResourceLimits, 'cpus' | 'memoryMb' | 'pids'>;
+  /** Host directories bound into the sandbox (named volumes), after every other mount. */
+  binds?: ReadonlyArray<{ source: string; destination: string; readOnly: boolean }>;
   idMapBase: number;
   idMapSize: number;
   /** linux.seccomp; omitted when null (tests, or a runtime that brings its own). */
@@ -255,6 +257,12 @@ export function buildOciSpec(input: BundleInput): OciSpec {
         source: input.agentDir ?? path.dirname(input.agentBinary),
         options: ['bind', 'ro', 'nosuid', 'nodev'],
       },
+      ...(input.binds ?? []).map((b) => ({
+        destination: b.destination,
+        type: 'bind',
+        source: b.source,
+        options: ['bind', 'nosuid', 'nodev', ...(b.readOnly ? ['ro'] : [])],
+      })),
     ],
     linux,
     ...(Object.keys(annotations).length > 0 ? { annotations } : {}),

@@ -101,10 +101,16 @@ async function writeIfExists(file: string, value: string): Promise<boolean> {
  * caller told "paused" must be able to rely on nothing running. Writing the
  * file directly takes 1.5-4 ms where `crun pause` takes ~12 ms and may return
  * early. Returns false when there is no v1 freezer hierarchy (the caller then
- * asks the runtime).
+ * asks the runtime). `mounts`: the cgroup mounts when the caller has them
+ * (reading the mount table costs more than the freeze with many sandboxes).
  */
-export async function setFreezerState(cgroupsPath: string, state: 'FROZEN' | 'THAWED', timeoutMs = 5000): Promise<boolean> {
-  const freezer = (await cgroupMounts()).find((m) => m.version === 1 && m.controllers.includes('freezer'));
+export async function setFreezerState(
+  cgroupsPath: string,
+  state: 'FROZEN' | 'THAWED',
+  timeoutMs = 5000,
+  mounts?: readonly CgroupMount[],
+): Promise<boolean> {
+  const freezer = (mounts ?? (await cgroupMounts())).find((m) => m.version === 1 && m.controllers.includes('freezer'));
   if (!freezer) return false;
   const file = path.join(freezer.mountPoint, cgroupsPath.replace(/^\/+/, ''), 'freezer.state');
   await fsp.writeFile(file, state);
@@ -277,4 +283,53 @@ export async function writeCgroupV1Limits(cgroupsPath: string, limits: CgroupV1L
   if (cpuDir && limits.cpuQuotaUs !== undefined) await fsp.writeFile(path.join(cpuDir, 'cpu.cfs_quota_us'), String(limits.cpuQuotaUs));
   if (pidsDir && limits.pids !== undefined) await fsp.writeFile(path.join(pidsDir, 'pids.max'), String(limits.pids));
   return true;
+}
+
+let controllerMounts: Promise<Map<string, string>> | undefined;
+
+/** Mount point of each v1 controller (cpu and cpuacct often share one), looked up once. */
+function controllers(): Promise<Map<string, string>> {
+  controllerMounts ??= cgroupMounts().then((ms) => {
+    const m = new Map<string, string>();
+    for (const mount of ms) if (mount.version === 1) for (const c of mount.controllers) if (!m.has(c)) m.set(c, mount.mountPoint);
+    return m;
+  });
+  return controllerMounts;
+}
+
+/** A cgroup v1 counter file as a number; 0 when missing, "max" or unreadable. */
+function readNumber(mount: string | undefined, cgroupsPath: string, file: string): number {
+  if (!mount) return 0;
+  try {
+    // Synchronous: cgroupfs files are generated in memory and never block (see readOomKills).
+    const text = fs.readFileSync(path.join(mount, cgroupsPath.replace(/^\/+/, ''), file), 'utf8').trim();
+    const n = Number(text);
+    return Number.isFinite(n) ? n : 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** A sandbox's cgroup v1 counters: CPU time, memory (now, peak, limit), pids (now, limit), CPU quota. */
+export async function readCgroupStats(cgroupsPath: string): Promise<{
+  cpuUsageNs: number;
+  cpuLimitCores: number;
+  memoryBytes: number;
+  memoryPeakBytes: number;
+  memoryLimitBytes: number;
+  pids: number;
+  pidsLimit: number;
+}> {
+  const m = await controllers();
+  const quota = readNumber(m.get('cpu'), cgroupsPath, 'cpu.cfs_quota_us');
+  const period = readNumber(m.get('cpu'), cgroupsPath, 'cpu.cfs_period_us');
+  return {
+    cpuUsageNs: readNumber(m.get('cpuacct'), cgroupsPath, 'cpuacct.usage'),
+    cpuLimitCores: quota > 0 && period > 0 ? quota / period : 0,
+    memoryBytes: readNumber(m.get('memory'), cgroupsPath, 'memory.usage_in_bytes'),
+    memoryPeakBytes: readNumber(m.get('memory'), cgroupsPath, 'memory.max_usage_in_bytes'),
+    memoryLimitBytes: readNumber(m.get('memory'), cgroupsPath, 'memory.limit_in_bytes'),
+    pids: readNumber(m.get('pids'), cgroupsPath, 'pids.current'),
+    pidsLimit: readNumber(m.get('pids'), cgroupsPath, 'pids.max'),
+  };
 }

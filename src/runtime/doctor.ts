@@ -51,7 +51,7 @@ export interface DoctorOptions {
 }
 
 /** Checks whose failure makes sandboxes slower or templates unbuildable, but not unsafe: they never block the daemon. */
-const ADVISORY = new Set(['busybox-static', 'seccomp precompiled', 'gvisor']);
+const ADVISORY = new Set(['busybox-static', 'seccomp precompiled', 'egress (nftables)', 'gvisor']);
 
 /** v1 controllers a sandbox's limits and lifecycle need. */
 const REQUIRED_V1 = ['memory', 'pids', 'cpu', 'devices', 'freezer'];
@@ -250,6 +250,14 @@ function checkBusybox(file: string): DoctorCheck {
   }
 }
 
+/** Sandboxes with egress need nft for the redirect table in their namespace (ADR 0012); without it they get `none` only. */
+function checkNft(): DoctorCheck {
+  const found = ['/usr/sbin/nft', '/sbin/nft', '/usr/bin/nft'].find((p) => fs.existsSync(p));
+  return found
+    ? { name: 'egress (nftables)', ok: true, message: `${found}` }
+    : { name: 'egress (nftables)', ok: false, message: 'nft not found: sandboxes can only have egress none', fix: 'apt-get install nftables' };
+}
+
 export async function runDoctor(opts: DoctorOptions): Promise<DoctorCheck[]> {
   const checks: DoctorCheck[] = [];
   checks.push(await checkRuntime(opts.runtime));
@@ -263,6 +271,7 @@ export async function runDoctor(opts: DoctorOptions): Promise<DoctorCheck[]> {
   checks.push(checkSeccomp(opts.seccompProfile ?? DEFAULT_SECCOMP_PROFILE));
   checks.push(await checkSeccompBpf(opts.runtime, opts.seccompProfile ?? DEFAULT_SECCOMP_PROFILE, opts.seccompTool));
   checks.push(checkBusybox(opts.busybox ?? '/bin/busybox'));
+  checks.push(checkNft());
   if (opts.gvisor !== false) checks.push(await checkGvisor(opts.fix && root));
   return checks;
 }

@@ -12,16 +12,19 @@ import type { DataPaths, ResourceLimits } from '../config/index.js';
 import { ConflictError, InvalidArgumentError, isCapsuleError, RuntimeError } from '../errors/index.js';
 import { openAgentSocket, ensurePrivateDir, type PendingAgentSocket } from './agent-socket.js';
 import { buildOciSpec, cgroupsPathFor, cpuQuotaUs, memoryBytes, SANDBOX_CAPABILITIES } from './bundle.js';
-import { cgroupMounts, freezerState, killCgroupProcs, readOomKills, removeCgroupDirs, setFreezerState, writeCgroupV1Limits } from './cgroups.js';
+import { cgroupMounts, freezerState, killCgroupProcs, readCgroupStats, readOomKills, removeCgroupDirs, setFreezerState, writeCgroupV1Limits, type CgroupMount } from './cgroups.js';
 import { OciCli, summarizeStderr, type OciResult } from './oci-cli.js';
-import { setupSandboxMounts, teardownSandboxMounts, type MountHelperOptions } from './mounts.js';
+import { remountSandbox, setupSandboxMounts, teardownSandboxMounts, unmountKeepingDisk, type MountHelperOptions } from './mounts.js';
+import { relinkMovedLayers, writeLowerIds, LOWER_ID_FILE } from './lower-ids.js';
+import { checkTarget, VolumeDisks } from './volumes.js';
 import { Launcher, LAUNCHER_PATH } from './launcher.js';
 import { copyTree } from '../layers/native.js';
-import { LOWER_ID_FILE, recordLowerIds } from './lower-ids.js';
 import { readMountPoints, removeSandboxDir, sandboxLayout } from './overlay.js';
 import { loadDefaultSeccomp, type OciSeccomp } from './seccomp.js';
 import { SeccompBpfCompiler } from './seccomp-bpf.js';
-import type { CgroupLimits, ContainerInfo, ContainerSpec, ContainerStatus, RuntimeCapabilities, RuntimeDriver } from './types.js';
+import type { CgroupLimits, ContainerInfo, ContainerSpec, ContainerStatus, NetworkMode, NetworkSpec, RuntimeCapabilities, RuntimeDriver, SandboxStats } from './types.js';
+import type { Duplex } from 'node:stream';
+import { connectThroughRelay, relayPid, RELAY_PATH, startRelay, stopRelay } from './netrelay.js';
 import type { AgentEndpoint } from '../agent/types.js';
 
 export interface RuntimeLogger {
@@ -68,6 +71,8 @@ export interface OciRuntimeDriverOptions {
    * dist/native/capsule-launcher when present; null = Node's spawn().
    */
   launcher?: Launcher | null;
+  /** The network relay (gateway mode); default dist/native/capsule-netrelay. */
+  netRelay?: string;
 }
 
 /** Send buffer of the daemon's agent sockets (the kernel caps it at net.core.wmem_max, 4 MiB by default here). */
@@ -99,7 +104,10 @@ export class OciRuntimeDriver implements RuntimeDriver {
   private readonly inFlight = new Set<string>();
   private version: string | null = null;
   private swapAccounting: boolean | null = null;
+  /** The host's cgroup mounts, read once: pause and resume must not parse the mount table each time. */
+  private cgroupMountList: Promise<CgroupMount[]> | null = null;
   private readonly seccompBpf: SeccompBpfCompiler | null;
+  private readonly volumeDisks: VolumeDisks;
 
   constructor(opts: OciRuntimeDriverOptions) {
     if (!path.isAbsolute(opts.agentBinary)) {
@@ -113,6 +121,7 @@ export class OciRuntimeDriver implements RuntimeDriver {
       opts.precompileSeccomp === false || this.cli.flavor !== 'crun'
         ? null
         : new SeccompBpfCompiler({ tool: opts.seccompTool, cacheDir: opts.paths.seccompCache, logger: this.log });
+    this.volumeDisks = new VolumeDisks(opts.paths, opts.idMapBase, () => this.mountOpts());
   }
 
   get name(): string {
@@ -125,19 +134,72 @@ export class OciRuntimeDriver implements RuntimeDriver {
 
   /**
    * Containers on the host kernel (runsc: gVisor's own kernel). Pause is the
-   * cgroup freezer, which every OCI runtime here has; checkpoint needs CRIU,
-   * which crun 1.8.1 lacks and is not set up for runc yet.
+   * cgroup freezer, which every OCI runtime here has; stop keeps the
+   * sandbox's disk image and start runs the same bundle on it again; checkpoint
+   * needs CRIU, which crun 1.8.1 lacks and is not set up for runc yet.
    */
   get capabilities(): RuntimeCapabilities {
     return {
       isolation: this.cli.flavor === 'runsc' ? 'gvisor' : 'container',
       pause: true,
+      stop: true,
+      volumes: true,
       checkpoint: false,
       updateResources: true,
       exportChanges: true,
-      network: ['none'],
+      network: this.networkModes(),
       maxLayers: MAX_LAYERS,
     };
+  }
+
+  private modes: NetworkMode[] | null = null;
+
+  /** `gateway` needs the relay binary and nftables on the host; without them only `none` is offered. */
+  private networkModes(): NetworkMode[] {
+    if (!this.modes) {
+      const relay = this.opts.netRelay ?? RELAY_PATH;
+      const nft = ['/usr/sbin/nft', '/sbin/nft', '/usr/bin/nft'].some((p) => fs.existsSync(p));
+      this.modes = Launcher.available(relay) && nft ? ['none', 'gateway'] : ['none'];
+    }
+    return this.modes;
+  }
+
+  private relayPaths(id: string) {
+    return { control: this.opts.paths.relaySocket(id), pidFile: this.opts.paths.relayPid(id) };
+  }
+
+  async attachNetwork(id: string, spec: NetworkSpec): Promise<void> {
+    checkId(id);
+    if (spec.mode === 'none') return;
+    if (relayPid(this.relayPaths(id).pidFile) !== null) return;
+    const info = await this.inspect(id);
+    if (info.status !== 'running' || !info.pid) throw new ConflictError(`sandbox ${id} is not running (${info.status}): cannot set up its network`, { id });
+    await this.startNetwork(id, info.pid, spec);
+  }
+
+  private async startNetwork(id: string, initPid: number, spec: NetworkSpec): Promise<void> {
+    if (spec.mode !== 'gateway') return;
+    if (!this.networkModes().includes('gateway')) {
+      throw new InvalidArgumentError(`network mode gateway needs dist/native/capsule-netrelay (npm run build) and nftables (apt-get install nftables)`, { id });
+    }
+    const mem = (await cgroupMounts()).find((m) => m.version === 1 && m.controllers.includes('pids'));
+    const procsFile = mem ? path.join(mem.mountPoint, this.cgroupsPath(id), 'cgroup.procs') : null;
+    const started = performance.now();
+    await startRelay({
+      id,
+      initPid,
+      gateway: spec.gateway,
+      procsFile,
+      launcher: this.cli.launcher,
+      ...this.relayPaths(id),
+      ...(this.opts.netRelay ? { binary: this.opts.netRelay } : {}),
+    });
+    this.log.info({ id, ms: Math.round(performance.now() - started) }, 'sandbox network relay started');
+  }
+
+  connectPort(id: string, port: number, signal?: AbortSignal): Promise<Duplex> {
+    checkId(id);
+    return connectThroughRelay(this.relayPaths(id).control, id, port, signal);
   }
 
   /** Ask the runtime for its version (sets `name`, e.g. "crun 1.8.1"). */
@@ -168,6 +230,22 @@ export class OciRuntimeDriver implements RuntimeDriver {
     return readOomKills(this.cgroupsPath(id));
   }
 
+  /** The cgroups' counters, and the sandbox's own ext4 (mounted on the host at its layout's `disk`). */
+  async stats(id: string): Promise<SandboxStats> {
+    checkId(id);
+    const cg = await readCgroupStats(this.cgroupsPath(id));
+    let diskUsedBytes = 0;
+    let diskTotalBytes = 0;
+    try {
+      const st = await fsp.statfs(sandboxLayout(this.opts.paths.sandboxDir(id)).disk);
+      diskTotalBytes = st.blocks * st.bsize;
+      diskUsedBytes = (st.blocks - st.bfree) * st.bsize;
+    } catch {
+      /* not mounted (being destroyed): no disk figures */
+    }
+    return { ...cg, diskUsedBytes, diskTotalBytes };
+  }
+
   async pause(id: string): Promise<void> {
     checkId(id);
     await this.freeze(id, 'FROZEN', 'pause');
@@ -178,13 +256,19 @@ export class OciRuntimeDriver implements RuntimeDriver {
     await this.freeze(id, 'THAWED', 'resume');
   }
 
+  /**
+   * The freezer file straight away: a `<runtime> state` first would cost more
+   * (~7 ms) than the freeze itself, and a missing cgroup says the same thing.
+   */
   private async freeze(id: string, state: 'FROZEN' | 'THAWED', verb: 'pause' | 'resume'): Promise<void> {
-    if ((await this.inspect(id)).status === 'missing') throw new RuntimeError(`cannot ${verb} sandbox ${id}: its container does not exist`, { id });
     try {
-      if (await setFreezerState(this.cgroupsPath(id), state)) return;
+      this.cgroupMountList ??= cgroupMounts();
+      if (await setFreezerState(this.cgroupsPath(id), state, 5000, await this.cgroupMountList)) return;
     } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new RuntimeError(`cannot ${verb} sandbox ${id}: its container does not exist`, { id });
       throw new RuntimeError(`could not ${verb} sandbox ${id}: ${(e as Error).message}`, { id }, { cause: e });
     }
+    if ((await this.inspect(id)).status === 'missing') throw new RuntimeError(`cannot ${verb} sandbox ${id}: its container does not exist`, { id });
     // No v1 freezer (a cgroup v2 host): the runtime knows its layout.
     const r = await this.cli.runCaptured([verb, id], { timeoutMs: 10_000 });
     if (r.code !== 0 && !/not paused|already paused|not running/i.test(r.stderr)) {
@@ -252,7 +336,6 @@ export class OciRuntimeDriver implements RuntimeDriver {
     const paths = this.opts.paths;
     const layout = sandboxLayout(paths.sandboxDir(id));
     let made = false;
-    let sock: PendingAgentSocket | null = null;
     try {
       signal?.throwIfAborted();
       if (fs.existsSync(layout.dir) || fs.existsSync(paths.agentSocket(id))) {
@@ -266,7 +349,12 @@ export class OciRuntimeDriver implements RuntimeDriver {
       if (spec.layers.length === 0 || spec.layers.length > MAX_LAYERS) {
         throw new InvalidArgumentError(`a sandbox stacks 1 to ${MAX_LAYERS} layers, got ${spec.layers.length}`, { id });
       }
-      if (spec.network.mode !== 'none') throw new InvalidArgumentError(`network mode ${spec.network.mode} is not supported by ${this.kind}`, { id });
+      if (!this.networkModes().includes(spec.network.mode)) {
+        throw new InvalidArgumentError(`network mode ${spec.network.mode} is not supported by ${this.kind} here`, { id });
+      }
+      const volumes = spec.volumes ?? [];
+      for (const v of volumes) checkTarget(v.target);
+      if (new Set(volumes.map((v) => v.target)).size !== volumes.length) throw new InvalidArgumentError('two volumes cannot share a path', { id });
       // capsule-mount takes the topmost layer first, then the ones beneath it.
       const topFirst = [...spec.layers].reverse().map((l) => l.path);
       await fsp.mkdir(paths.sandboxes, { recursive: true, mode: 0o711 });
@@ -284,7 +372,9 @@ export class OciRuntimeDriver implements RuntimeDriver {
         },
         this.mountOpts(),
       );
-      await recordLowerIds(layout.dir, topFirst);
+      await writeLowerIds(layout.dir, topFirst);
+      await this.volumeDisks.record(layout.dir, volumes);
+      for (const v of volumes) await this.volumeDisks.prepare(v.volumeId, v.sizeMb);
       signal?.throwIfAborted();
 
       const config = buildOciSpec({
@@ -293,6 +383,7 @@ export class OciRuntimeDriver implements RuntimeDriver {
         agentBinary: this.opts.agentBinary,
         agentDir: layout.agentDir,
         resources: spec.resources,
+        binds: volumes.map((v) => ({ source: this.volumeDisks.source(v.volumeId), destination: v.target, readOnly: v.readOnly })),
         idMapBase: this.opts.idMapBase,
         idMapSize: this.opts.idMapSize,
         seccomp,
@@ -304,34 +395,11 @@ export class OciRuntimeDriver implements RuntimeDriver {
       await fsp.mkdir(layout.bundle, { mode: 0o700 });
       await fsp.writeFile(path.join(layout.bundle, 'config.json'), JSON.stringify(config), { mode: 0o600 });
 
-      const pidFile = path.join(layout.bundle, 'init.pid');
-      const runArgs = ['run', '--detach', '--preserve-fds', '1', '--pid-file', pidFile, '--bundle', layout.bundle, id];
-      const timeoutMs = this.opts.createTimeoutMs ?? 60_000;
-      let r: OciResult;
-      if (this.cli.launcher) {
-        // The launcher binds the agent's socket itself and hands it to the runtime as fd 3.
-        await ensurePrivateDir(path.dirname(paths.agentSocket(id)));
-        r = await this.cli.runDetached(runArgs, { listenPath: paths.agentSocket(id), timeoutMs, ...(signal ? { signal } : {}) });
-      } else {
-        sock = await openAgentSocket(paths.agentSocket(id));
-        const s = sock;
-        r = await this.cli.runDetached(runArgs, { extraFds: [s.fd], onSpawned: () => s.handOff(), timeoutMs, ...(signal ? { signal } : {}) });
-      }
-      if (r.code !== 0) throw this.createError(id, r);
-      signal?.throwIfAborted(); // the container runs: the catch below deletes it
-
-      // The pid file instead of `<runtime> state`: one file read instead of a ~7 ms runtime call.
-      const info = await this.initFromPidFile(id, pidFile);
-      if (info.status !== 'running') {
-        throw new RuntimeError(
-          `sandbox ${id} did not stay up (${info.status}): the agent ${this.opts.agentBinary} exited at once; run it by hand to see why`,
-          { id, status: info.status },
-        );
-      }
+      const info = await this.runContainer(id, layout.bundle, signal);
+      if (spec.network.mode !== 'none') await this.startNetwork(id, info.pid!, spec.network);
       this.log.info({ id, ms: Math.round(performance.now() - started), pid: info.pid }, 'sandbox container created');
       return info;
     } catch (e) {
-      sock?.discard();
       if (made) {
         try {
           await this.destroyUnlocked(id);
@@ -347,6 +415,145 @@ export class OciRuntimeDriver implements RuntimeDriver {
     } finally {
       this.inFlight.delete(id);
     }
+  }
+
+  /**
+   * `<runtime> run --detach` of a sandbox's bundle with the agent's listening
+   * socket as fd 3; resolves once its init runs. Leaves the container behind
+   * on failure (the caller removes it).
+   */
+  private async runContainer(id: string, bundle: string, signal?: AbortSignal): Promise<ContainerInfo> {
+    const paths = this.opts.paths;
+    const pidFile = path.join(bundle, 'init.pid');
+    await fsp.rm(pidFile, { force: true });
+    const runArgs = ['run', '--detach', '--preserve-fds', '1', '--pid-file', pidFile, '--bundle', bundle, id];
+    const timeoutMs = this.opts.createTimeoutMs ?? 60_000;
+    let r: OciResult;
+    let sock: PendingAgentSocket | null = null;
+    try {
+      if (this.cli.launcher) {
+        // The launcher binds the agent's socket itself and hands it to the runtime as fd 3.
+        await ensurePrivateDir(path.dirname(paths.agentSocket(id)));
+        r = await this.cli.runDetached(runArgs, { listenPath: paths.agentSocket(id), timeoutMs, ...(signal ? { signal } : {}) });
+      } else {
+        sock = await openAgentSocket(paths.agentSocket(id));
+        const s = sock;
+        r = await this.cli.runDetached(runArgs, { extraFds: [s.fd], onSpawned: () => s.handOff(), timeoutMs, ...(signal ? { signal } : {}) });
+      }
+    } catch (e) {
+      sock?.discard();
+      throw e;
+    }
+    if (r.code !== 0) {
+      sock?.discard();
+      throw this.createError(id, r);
+    }
+    signal?.throwIfAborted(); // the container runs: the caller's cleanup deletes it
+
+    // The pid file instead of `<runtime> state`: one file read instead of a ~7 ms runtime call.
+    const info = await this.initFromPidFile(id, pidFile);
+    if (info.status !== 'running') {
+      throw new RuntimeError(
+        `sandbox ${id} did not stay up (${info.status}): the agent ${this.opts.agentBinary} exited at once; run it by hand to see why`,
+        { id, status: info.status },
+      );
+    }
+    return info;
+  }
+
+  /**
+   * Stop: every process ends (a paused sandbox is thawed first), the container,
+   * its cgroups and the agent's socket go, and the disk is unmounted and
+   * written through to the host's disk; the sandbox dir (disk.img, bundle,
+   * layer links) stays for start. Idempotent.
+   */
+  async stop(id: string): Promise<void> {
+    checkId(id);
+    if (this.inFlight.has(id)) throw new ConflictError(`sandbox ${id} is being created, started, stopped or destroyed`);
+    this.inFlight.add(id);
+    try {
+      const started = performance.now();
+      await this.stopUnlocked(id);
+      this.log.info({ id, ms: Math.round(performance.now() - started) }, 'sandbox container stopped');
+    } finally {
+      this.inFlight.delete(id);
+    }
+  }
+
+  private async stopUnlocked(id: string): Promise<void> {
+    const layout = sandboxLayout(this.opts.paths.sandboxDir(id));
+    if (!fs.existsSync(layout.diskImage)) throw new RuntimeError(`cannot stop sandbox ${id}: it has no disk (${layout.diskImage}) to keep`, { id });
+    const problems: string[] = [];
+    // The relay lives in the container's network namespace, which goes with the container; start makes a new one.
+    await stopRelay(this.relayPaths(id)).catch((e: unknown) => problems.push(`network relay: ${(e as Error).message}`));
+    const frozen = await freezerState(this.cgroupsPath(id));
+    if (frozen === 'FROZEN' || frozen === 'FREEZING') await setFreezerState(this.cgroupsPath(id), 'THAWED').catch(() => undefined);
+    await this.deleteContainer(id, problems);
+    const stray = await killCgroupProcs(this.cgroupsPath(id));
+    if (stray.length > 0) problems.push(`processes ${stray.join(', ')} survive SIGKILL in cgroup ${this.cgroupsPath(id)}`);
+    // Never lazily: a disk still mounted and mounted again by the next start would be two filesystems on one image.
+    if (problems.length === 0) {
+      try {
+        await unmountKeepingDisk(layout.dir, this.mountOpts());
+      } catch (e) {
+        problems.push((e as Error).message);
+      }
+    }
+    await fsp.rm(this.opts.paths.agentSocket(id), { force: true });
+    const leftCgroups = await removeCgroupDirs(this.cgroupsPath(id));
+    if (leftCgroups.length > 0) problems.push(`cgroup dirs still busy: ${leftCgroups.join(', ')}`);
+    if (problems.length > 0) throw new RuntimeError(`stopping sandbox ${id} failed: ${problems.join('; ')}`, { id });
+  }
+
+  /**
+   * Start a stopped sandbox: whatever a crash left of an earlier run is
+   * removed (the disk kept), moved layers are linked again, the disk and the
+   * overlay are mounted afresh (new loop device: after a reboot the old ones
+   * are gone), and the same bundle runs. On failure it is stopped again.
+   */
+  async start(id: string, signal?: AbortSignal): Promise<ContainerInfo> {
+    checkId(id);
+    if (this.inFlight.has(id)) throw new ConflictError(`sandbox ${id} is being created, started, stopped or destroyed`);
+    this.inFlight.add(id);
+    const started = performance.now();
+    const layout = sandboxLayout(this.opts.paths.sandboxDir(id));
+    try {
+      if (!fs.existsSync(layout.diskImage) || !fs.existsSync(path.join(layout.bundle, 'config.json'))) {
+        throw new RuntimeError(`cannot start sandbox ${id}: its disk or bundle is gone from ${layout.dir}`, { id });
+      }
+      // Cheap checks first: a clean stop left no runtime state and no mounts, and needs no cleanup call.
+      if (fs.existsSync(path.join(this.opts.paths.runtimeState, id)) || mountedOn(layout.disk, layout.dir) || mountedOn(layout.rootfs, layout.dir)) {
+        await this.stopUnlocked(id);
+      }
+      // Its volumes first: after a host reboot they are not mounted, and an unmounted one must not be bound.
+      for (const v of this.volumeDisks.recorded(layout.dir)) await this.volumeDisks.prepare(v.volumeId, v.sizeMb);
+      const relinked = await relinkMovedLayers(layout.dir);
+      if (relinked.length > 0) this.log.info({ id, relinked }, 'layers of a stopped sandbox had moved; linked them again');
+      signal?.throwIfAborted();
+      await remountSandbox({ dir: layout.dir, agentBinary: this.opts.agentBinary, directIo: this.opts.directIo ?? false }, this.mountOpts());
+      try {
+        const info = await this.runContainer(id, layout.bundle, signal);
+        this.log.info({ id, ms: Math.round(performance.now() - started), pid: info.pid }, 'sandbox container started');
+        return info;
+      } catch (e) {
+        await this.stopUnlocked(id).catch((err: unknown) => this.log.error({ id, err: String(err) }, 'cleanup after a failed start failed'));
+        if (signal?.aborted && !isCapsuleError(e)) {
+          const why = signal.reason instanceof Error ? signal.reason.message : String(signal.reason);
+          throw new RuntimeError(`starting sandbox ${id} was aborted (${why}); it is stopped`, { id }, { cause: e });
+        }
+        throw e;
+      }
+    } finally {
+      this.inFlight.delete(id);
+    }
+  }
+
+  prepareVolume(volumeId: string, sizeMb: number): Promise<void> {
+    return this.volumeDisks.prepare(volumeId, sizeMb);
+  }
+
+  removeVolume(volumeId: string): Promise<void> {
+    return this.volumeDisks.remove(volumeId);
   }
 
   private mountOpts(): MountHelperOptions {
@@ -424,6 +631,11 @@ export class OciRuntimeDriver implements RuntimeDriver {
     const layout = sandboxLayout(paths.sandboxDir(id));
     const problems: string[] = [];
 
+    try {
+      await stopRelay(this.relayPaths(id));
+    } catch (e) {
+      problems.push(`network relay: ${(e as Error).message}`);
+    }
     // A frozen process cannot die: thaw a paused sandbox so the kill below takes effect.
     const frozen = await freezerState(this.cgroupsPath(id));
     if (frozen === 'FROZEN' || frozen === 'FREEZING') await setFreezerState(this.cgroupsPath(id), 'THAWED').catch(() => undefined);
@@ -482,7 +694,17 @@ export class OciRuntimeDriver implements RuntimeDriver {
     checkId(id);
     const r = await this.cli.runCaptured(['state', id], { timeoutMs: 10_000 });
     if (r.code !== 0) {
-      if (NOT_FOUND_RE.test(r.stderr) || r.stderr.trim() === '') return { id, status: 'missing' };
+      if (NOT_FOUND_RE.test(r.stderr) || r.stderr.trim() === '') {
+        // No container, nothing mounted, but a disk and a bundle to start from: a stopped sandbox (also after a
+        // host reboot). Mounts without a container are a crash's leftovers, not a stop.
+        const layout = sandboxLayout(this.opts.paths.sandboxDir(id));
+        const kept =
+          fs.existsSync(layout.diskImage) &&
+          fs.existsSync(path.join(layout.bundle, 'config.json')) &&
+          !mountedOn(layout.disk, layout.dir) &&
+          !mountedOn(layout.rootfs, layout.dir);
+        return { id, status: kept ? 'stopped' : 'missing' };
+      }
       throw new RuntimeError(`${this.cli.flavor} state ${id} failed: ${summarizeStderr(r.stderr)}`, { id });
     }
     let st: { status?: string; pid?: number };
@@ -532,6 +754,23 @@ export class OciRuntimeDriver implements RuntimeDriver {
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
     }
+    try {
+      for (const e of await fsp.readdir(paths.netRun)) {
+        const m = /^(.+)\.(?:pid|sock)$/.exec(e);
+        if (m && SANDBOX_ID_RE.test(m[1]!) && m[1] !== 'gateway') ids.add(m[1]!);
+      }
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
     return [...ids].sort();
+  }
+}
+
+/** True when `p` is a mount point on top of `parent`'s filesystem (a different device). */
+function mountedOn(p: string, parent: string): boolean {
+  try {
+    return fs.statSync(p).dev !== fs.statSync(parent).dev;
+  } catch {
+    return false;
   }
 }

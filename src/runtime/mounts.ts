@@ -102,6 +102,45 @@ export async function teardownSandboxMounts(dir: string, opts: MountHelperOption
   if (r.code !== 0) throw helperError(`unmounting ${dir} failed`, r, { dir });
 }
 
+/**
+ * A stopped sandbox's disk: unmount the overlay and the disk without ever
+ * detaching lazily (retrying while busy), and fsync the image, so the next
+ * start (also after a host reboot) finds every write.
+ */
+export async function unmountKeepingDisk(dir: string, opts: MountHelperOptions = {}): Promise<void> {
+  const r = await runHelper(opts.helper ?? MOUNT_HELPER_PATH, ['unmount', dir], opts.timeoutMs ?? 30_000, opts.launcher);
+  if (r.code !== 0) throw helperError(`unmounting the kept disk of ${dir} failed`, r, { dir });
+}
+
+/**
+ * Mount a stopped sandbox's kept disk and its overlay again (a new loop
+ * device, the current agent copied onto the disk). On failure no mount is left.
+ */
+export async function remountSandbox(s: { dir: string; agentBinary: string; directIo: boolean }, opts: MountHelperOptions = {}): Promise<void> {
+  const args = ['mount', s.dir, s.agentBinary];
+  if (s.directIo) args.push('--dio');
+  const r = await runHelper(opts.helper ?? MOUNT_HELPER_PATH, args, opts.timeoutMs ?? 30_000, opts.launcher);
+  if (r.code !== 0) throw helperError(`mounting the kept disk of ${s.dir} failed`, r, { dir: s.dir });
+}
+
+/**
+ * A named volume's disk, ready to be bound into sandboxes: `<dir>/disk.img`
+ * (made on first use) mounted at `<dir>/mnt`, whose `data/` (owned by
+ * `owner`) is what a sandbox sees. Mounted already: nothing happens.
+ */
+export async function mountVolume(s: { dir: string; diskMb: number; owner: number; imageCache?: string }, opts: MountHelperOptions = {}): Promise<void> {
+  const args = ['volume-mount', s.dir, String(s.diskMb), String(s.owner)];
+  if (s.imageCache) args.push('--image-cache', s.imageCache);
+  const r = await runHelper(opts.helper ?? MOUNT_HELPER_PATH, args, opts.timeoutMs ?? 30_000, opts.launcher);
+  if (r.code !== 0) throw helperError(`mounting the volume disk ${s.dir} failed`, r, { dir: s.dir });
+}
+
+/** Unmount a volume's disk (never lazily) and fsync its image; not mounted is success. */
+export async function unmountVolume(dir: string, opts: MountHelperOptions = {}): Promise<void> {
+  const r = await runHelper(opts.helper ?? MOUNT_HELPER_PATH, ['volume-unmount', dir], opts.timeoutMs ?? 30_000, opts.launcher);
+  if (r.code !== 0) throw helperError(`unmounting the volume disk ${dir} failed`, r, { dir });
+}
+
 /** True when the helper has been built (doctor and startup checks). */
 export function mountHelperExists(helper = MOUNT_HELPER_PATH): boolean {
   try {

@@ -12,6 +12,7 @@
  * agent (src/agent), which the driver starts as the sandbox's init.
  */
 import type { ResourceLimits } from '../config/index.js';
+import type { Duplex } from 'node:stream';
 import type { AgentEndpoint } from '../agent/types.js';
 import type { Isolation } from './isolation.js';
 
@@ -30,12 +31,40 @@ export interface WritableLayerSpec {
 }
 
 /**
- * What network the sandbox gets. `none`: its own network namespace with only
- * loopback (today's only mode). The networking work adds egress modes here;
- * a driver lists the modes it can make in its capabilities.
+ * What network the sandbox gets; a driver lists the modes it can make in its capabilities.
+ *
+ * - `none`: its own network namespace with only loopback. Nothing leaves it, and nothing reaches it.
+ * - `gateway`: still no interface but loopback, and no route out of the sandbox's own namespace,
+ *   yet every TCP connection it opens to anything but its own loopback, and every DNS datagram to
+ *   `gateway.resolver`, is handed to the daemon's gateway at `gateway.socket` (a host unix socket),
+ *   which decides and dials out itself. The sandbox cannot change this (no CAP_NET_ADMIN). The same
+ *   mode gives the daemon `connectPort`, a stream to a port on the sandbox's loopback.
+ *   Wire format of the hand-over: native/capsule-netrelay.c (the OCI driver's relay) and
+ *   src/network/gateway.ts (the daemon's side); another backend speaks the same format.
  */
-export type NetworkSpec = { mode: 'none' };
+export type NetworkSpec = { mode: 'none' } | { mode: 'gateway'; gateway: GatewaySpec };
 export type NetworkMode = NetworkSpec['mode'];
+
+/**
+ * A named volume attached to a sandbox: its own quota'd disk, made and kept by
+ * the driver (`prepareVolume`), seen inside the sandbox at `target`.
+ */
+export interface VolumeAttachment {
+  /** The volume's id (`vol-…`): the driver keeps its disk under this name. */
+  volumeId: string;
+  /** Its disk quota in MiB (used when its disk is first made). */
+  sizeMb: number;
+  /** Absolute, normalized path inside the sandbox. */
+  target: string;
+  readOnly: boolean;
+}
+
+export interface GatewaySpec {
+  /** Host unix socket of the daemon's gateway: one connection per flow, plus one for DNS. */
+  socket: string;
+  /** IPv4 address that answers DNS on port 53 inside the sandbox (not routed anywhere). */
+  resolver: string;
+}
 
 /** Limits a running sandbox's cgroup enforces (and, where the driver can, changes in place). */
 export type CgroupLimits = Pick<ResourceLimits, 'cpus' | 'memoryMb' | 'pids'>;
@@ -53,6 +82,8 @@ export interface ContainerSpec {
   writable: WritableLayerSpec;
   resources: CgroupLimits;
   network: NetworkSpec;
+  /** Named volumes to attach (needs `capabilities.volumes`); the same ones come back at every start. */
+  volumes?: readonly VolumeAttachment[];
   /**
    * Let setuid programs (sudo) take effect: the init runs without
    * no_new_privs. Only for templates that ask for it (base): becoming root in
@@ -69,6 +100,11 @@ export interface ContainerSpec {
   isolation?: Isolation;
 }
 
+/**
+ * `stopped`: nothing runs, and what the runtime kept (for an OCI runtime: the
+ * sandbox's disk) is there; `start` can boot it again when the backend has the
+ * `stop` capability. `missing`: the runtime knows nothing of it.
+ */
 export type ContainerStatus = 'running' | 'paused' | 'stopped' | 'missing';
 
 export interface ContainerInfo {
@@ -78,12 +114,37 @@ export interface ContainerInfo {
   pid?: number;
 }
 
+/** What a running sandbox uses now: its cgroups' counters and its disk. */
+export interface SandboxStats {
+  /** CPU time used since start, in ns (all cores together). */
+  cpuUsageNs: number;
+  /** The CPU limit in cores (quota / period); 0 when unlimited. */
+  cpuLimitCores: number;
+  memoryBytes: number;
+  memoryPeakBytes: number;
+  memoryLimitBytes: number;
+  pids: number;
+  /** 0 when unlimited. */
+  pidsLimit: number;
+  /** Used and total bytes of the sandbox's writable disk. */
+  diskUsedBytes: number;
+  diskTotalBytes: number;
+}
+
 /** What a backend can do beyond create/inspect/destroy. Services consult it; they never ask "is this crun?". */
 export interface RuntimeCapabilities {
   /** How strongly the sandbox is separated from the host kernel. */
   isolation: Isolation;
   /** Freeze and thaw every process of a sandbox (pause/resume). */
   pause: boolean;
+  /**
+   * End every process and free the sandbox's memory while keeping its writable
+   * layer, and boot it again from that layer later (stop/start), also after
+   * the daemon or the host restarted.
+   */
+  stop: boolean;
+  /** Named volumes: persistent quota'd disks attached read-write or read-only to any number of sandboxes. */
+  volumes: boolean;
   /** Dump a sandbox's memory and processes and restore them (memory snapshots). */
   checkpoint: boolean;
   /** Change cpus, memory and pids of a running sandbox (`update`). */
@@ -129,6 +190,27 @@ export interface RuntimeDriver {
   /** Thaw a paused sandbox. Needs `capabilities.pause`. */
   resume(id: string): Promise<void>;
   /**
+   * End every process (a paused sandbox too) and release its memory, cgroups,
+   * mounts and agent endpoint, keeping its writable layer and what `start`
+   * needs, durably (a host reboot keeps it). Idempotent. Needs `capabilities.stop`.
+   */
+  stop(id: string): Promise<void>;
+  /**
+   * Boot a stopped sandbox again from its kept writable layer and the layers
+   * it was created with, with the same id, limits and agent endpoint; resolves
+   * once it runs. Works after a host reboot (mounts and devices are re-made).
+   * On failure it leaves the sandbox stopped. Needs `capabilities.stop`.
+   */
+  start(id: string, signal?: AbortSignal): Promise<ContainerInfo>;
+  /**
+   * Make a volume's disk (`sizeMb`, once) and have it ready to attach; idempotent, and what a
+   * create or start does itself for the volumes it attaches (after a host reboot, too).
+   * Needs `capabilities.volumes`.
+   */
+  prepareVolume(volumeId: string, sizeMb: number): Promise<void>;
+  /** Delete a volume's disk and everything on it. The caller makes sure no sandbox attaches it. Idempotent. */
+  removeVolume(volumeId: string): Promise<void>;
+  /**
    * Copy what the sandbox changed (its writable layer, as an overlay diff with whiteouts and opaque
    * markers) into the empty directory `dest`, with its processes frozen meanwhile so no file is torn.
    * Needs `capabilities.exportChanges`.
@@ -136,6 +218,20 @@ export interface RuntimeDriver {
   exportChanges(id: string, dest: string, signal?: AbortSignal): Promise<void>;
   /** OOM kills so far inside the sandbox's memory cgroup (0 when the backend cannot tell). */
   oomKills(id: string): Promise<number>;
+  /** What the sandbox uses now (per-sandbox metrics); absent when the backend cannot tell. */
+  stats?(id: string): Promise<SandboxStats>;
   /** Where the sandbox's agent listens (for an OCI runtime: a host-root-owned unix socket, never inside the sandbox). */
   agentEndpoint(id: string): AgentEndpoint;
+  /**
+   * Give a running sandbox a network mode other than the one it was created with (today: `gateway`
+   * for a sandbox made with `none`, e.g. a pooled one); when it has it already, make sure its
+   * plumbing is alive (restarted if it died). Needs the mode in `capabilities.network`.
+   */
+  attachNetwork?(id: string, spec: NetworkSpec): Promise<void>;
+  /**
+   * A byte stream to TCP `port` on the sandbox's own loopback (127.0.0.1), for port exposure.
+   * Rejects with a SandboxError when nothing listens there. Needs `gateway` in `capabilities.network`
+   * and the sandbox attached to it.
+   */
+  connectPort?(id: string, port: number, signal?: AbortSignal): Promise<Duplex>;
 }

@@ -1,17 +1,21 @@
 /**
  * Commands inside sandboxes: foreground runs (buffered or streamed), background
  * processes with bounded output, stdin, signals, waiting, and re-attaching to
- * processes that were started before a daemon restart.
+ * processes that were started before a daemon restart. Terminals (pty.ts) are
+ * processes too: started through `start`, listed, followed, fed and killed here.
+ * A process may carry a tag, unique among the sandbox's running processes, and
+ * every call that names a process takes its pid or its tag.
  *
  * Output stays bytes here; each consumer encodes it for its own wire
  * (output.ts), so no view decodes a chunk on its own.
  */
-import type { AgentConnection, AgentProcess, ExitStatus } from '../agent/types.js';
+import type { AgentConnection, AgentProcess, ExitStatus, StreamSpec } from '../agent/types.js';
 import type { CommandResult, ProcessInfo, RunCommandRequest } from '../schemas/commands.js';
 import { LIMITS } from '../schemas/common.js';
 import type { RequestContext } from '../auth/context.js';
-import { InvalidArgumentError, NotFoundError, RateLimitedError, TimeoutError } from '../errors/index.js';
-import { BoundedOutput, type OutputEncoding, type ProcessEvent } from './output.js';
+import { ConflictError, InvalidArgumentError, NotFoundError, RateLimitedError, TimeoutError } from '../errors/index.js';
+import { BoundedOutput, TailBuffer, type OutputEncoding, type ProcessEvent } from './output.js';
+import { NO_TELEMETRY, type Telemetry } from './telemetry.js';
 import type { SandboxManager, SandboxEvents } from './manager.js';
 import type { ProcessJournal } from './process-journal.js';
 import { buildEnv, resolveSandboxPath } from './paths.js';
@@ -25,14 +29,35 @@ export interface EventSink {
   drained(): Promise<void>;
 }
 
+/** A pid, or the tag of a running process (else of the latest finished one with it). */
+export type ProcessSelector = number | string;
+
+/** A process to start through `start` (terminals): what the agent gets, and how the daemon tracks it. */
+export interface StartSpec {
+  argv: string[];
+  env: Record<string, string>;
+  cwd?: string | undefined;
+  user?: string | undefined;
+  /** The agent's stream table; a `pty` stream makes it a terminal, fed through that stream. */
+  streams: StreamSpec[];
+  tag?: string | undefined;
+  timeoutMs?: number | undefined;
+}
+
 interface Tracked {
   sandboxId: string;
   pid: number;
   argv: string[];
   cwd: string | undefined;
+  tag: string | undefined;
+  /** A terminal: its output is `stdout`, and input goes to stream `inputStream`. */
+  pty: boolean;
+  inputStream: number;
   startedAt: number;
   stdout: BoundedOutput;
   stderr: BoundedOutput;
+  /** The newest output, replayed to a client that connects later (REPLAY_BYTES per stream). */
+  recent: { stdout: TailBuffer; stderr: TailBuffer };
   proc: AgentProcess | undefined;
   timedOut: boolean;
   /** OOM kills in the sandbox's cgroup when the command started; more at a SIGKILL exit means it was OOM-killed. */
@@ -57,6 +82,7 @@ export class CommandService implements SandboxEvents {
   constructor(
     private readonly sandboxes: SandboxManager,
     private readonly journal: ProcessJournal,
+    private readonly telemetry: Telemetry = NO_TELEMETRY,
   ) {
     sandboxes.setEvents(this);
   }
@@ -72,6 +98,22 @@ export class CommandService implements SandboxEvents {
     req: RunCommandRequest,
     opts: { sink?: EventSink; signal?: AbortSignal } = {},
   ): Promise<CommandResult | { pid: number }> {
+    // A caller waiting on a foreground command is not idle: its sandbox's idle policy must not pause it meanwhile.
+    const release = req.background === true ? undefined : this.sandboxes.hold(sandboxId);
+    try {
+      return await this.runHeld(ctx, sandboxId, req, opts);
+    } finally {
+      release?.();
+    }
+  }
+
+  private async runHeld(
+    ctx: RequestContext,
+    sandboxId: string,
+    req: RunCommandRequest,
+    opts: { sink?: EventSink; signal?: AbortSignal },
+  ): Promise<CommandResult | { pid: number }> {
+    const t0 = performance.now();
     const argv = typeof req.cmd === 'string' ? ['/bin/sh', '-c', req.cmd] : req.cmd;
     const { rec: sb, conn } = await this.sandboxes.use(ctx, sandboxId, 'run a command');
     // The template's workdir and user apply to commands that name none.
@@ -82,6 +124,7 @@ export class CommandService implements SandboxEvents {
     if (table.running >= MAX_LIVE_PER_SANDBOX) {
       throw new RateLimitedError(`sandbox ${sandboxId} already runs ${MAX_LIVE_PER_SANDBOX} commands`);
     }
+    const releaseTag = this.reserveTag(sandboxId, table, req.tag);
     const started = conn.exec({
       argv,
       env: buildEnv(sb.envs, req.envs, user),
@@ -93,11 +136,16 @@ export class CommandService implements SandboxEvents {
     });
     // The EXEC frame is on its way: the OOM counter is read while the agent forks, not before.
     const oomRead = this.sandboxes.oomKills(sandboxId);
-    const proc = await started;
+    let proc: AgentProcess;
+    try {
+      proc = await started;
+    } finally {
+      releaseTag();
+    }
     // Listeners go on before anything else is awaited: output that came with the reply is delivered
     // right after this turn (see AgentProcess), and would be missed otherwise.
     const limit = req.maxOutputBytes ?? LIMITS.defaultOutputBytes;
-    const t = this.track(sandboxId, proc.pid, argv, cwd, limit, req.background === true);
+    const t = this.track(sandboxId, proc.pid, argv, cwd, limit, req.background === true, undefined, { tag: req.tag });
     if (opts.sink) t.followers.add(opts.sink);
     opts.sink?.write({ type: 'start', pid: proc.pid });
     this.bind(t, proc);
@@ -117,7 +165,10 @@ export class CommandService implements SandboxEvents {
     } else if (req.stdin !== undefined) {
       await proc.writeStdin(Buffer.from(req.stdin, 'utf8'));
     }
-    if (req.background) return { pid: proc.pid };
+    if (req.background) {
+      this.telemetry.commandRan((performance.now() - t0) / 1000, 'background');
+      return { pid: proc.pid };
+    }
 
     const onAbort = () => void proc.signal('SIGKILL').catch(() => undefined);
     opts.signal?.addEventListener('abort', onAbort, { once: true });
@@ -127,36 +178,94 @@ export class CommandService implements SandboxEvents {
       opts.signal?.removeEventListener('abort', onAbort);
       if (opts.sink) this.unfollow(t, opts.sink);
     }
+    this.telemetry.commandRan((performance.now() - t0) / 1000, 'foreground');
     return this.result(t, req.encoding ?? 'utf8');
   }
 
-  list(ctx: RequestContext, sandboxId: string): ProcessInfo[] {
+  /**
+   * Start a process with its own stream table (a terminal) and track it like a background command:
+   * it keeps running without a client, and is listed, followed, fed and killed here. Resolves with its pid.
+   */
+  async start(ctx: RequestContext, sandboxId: string, spec: StartSpec, what: string): Promise<{ pid: number }> {
+    const { conn } = await this.sandboxes.use(ctx, sandboxId, what);
+    const table = this.table(sandboxId);
+    if (table.running >= MAX_LIVE_PER_SANDBOX) {
+      throw new RateLimitedError(`sandbox ${sandboxId} already runs ${MAX_LIVE_PER_SANDBOX} processes`);
+    }
+    const releaseTag = this.reserveTag(sandboxId, table, spec.tag);
+    let proc: AgentProcess;
+    try {
+      proc = await conn.exec({
+        argv: spec.argv,
+        env: spec.env,
+        ...(spec.cwd !== undefined ? { cwd: spec.cwd } : {}),
+        ...(spec.user !== undefined ? { user: spec.user } : {}),
+        stdin: false,
+        streams: spec.streams,
+      });
+    } finally {
+      releaseTag();
+    }
+    const t = this.track(sandboxId, proc.pid, spec.argv, spec.cwd, LIMITS.defaultOutputBytes, true, undefined, { tag: spec.tag });
+    this.bind(t, proc);
+    if (spec.timeoutMs) {
+      t.timer = setTimeout(() => {
+        t.timedOut = true;
+        void proc.signal('SIGKILL').catch(() => undefined);
+      }, spec.timeoutMs);
+    }
+    return { pid: proc.pid };
+  }
+
+  list(ctx: RequestContext, sandboxId: string, filter: { tag?: string | undefined } = {}): ProcessInfo[] {
     this.sandboxes.get(ctx, sandboxId);
-    return [...this.table(sandboxId).procs.values()].map((t) => ({
-      pid: t.pid,
-      cmd: t.argv,
-      ...(t.cwd !== undefined ? { cwd: t.cwd } : {}),
-      startedAt: new Date(t.startedAt).toISOString(),
-      running: !t.exit,
-      ...(t.exit ? { exitCode: t.exit.exitCode } : {}),
-    }));
+    return [...this.table(sandboxId).procs.values()]
+      .filter((t) => filter.tag === undefined || t.tag === filter.tag)
+      .map((t) => ({
+        pid: t.pid,
+        cmd: t.argv,
+        ...(t.cwd !== undefined ? { cwd: t.cwd } : {}),
+        ...(t.tag !== undefined ? { tag: t.tag } : {}),
+        ...(t.pty ? { pty: true } : {}),
+        startedAt: new Date(t.startedAt).toISOString(),
+        running: !t.exit,
+        ...(t.exit ? { exitCode: t.exit.exitCode } : {}),
+      }));
   }
 
-  async sendStdin(ctx: RequestContext, sandboxId: string, pid: number, data: Buffer, eof: boolean): Promise<void> {
-    const t = this.live(ctx, sandboxId, pid);
-    if (!t.proc) throw new NotFoundError(`process ${pid} has no stdin`);
-    if (data.length > 0) await t.proc.writeStdin(data);
-    if (eof) await t.proc.closeStdin();
+  /** Write to a process's stdin (a terminal's keystrokes); `eof` closes a pipe (a terminal has no end of input). */
+  async sendStdin(ctx: RequestContext, sandboxId: string, sel: ProcessSelector, data: Buffer, eof: boolean): Promise<void> {
+    // Through use(): a frozen agent reads nothing, so a paused sandbox answers 409 (or wakes, with autoResume).
+    await this.sandboxes.use(ctx, sandboxId, 'send input');
+    const t = this.live(ctx, sandboxId, sel);
+    if (!t.proc) throw new NotFoundError(`process ${t.pid} has no stdin`);
+    if (data.length > 0) await t.proc.writeStream(t.inputStream, data);
+    if (eof && !t.pty) await t.proc.closeStdin();
   }
 
-  async signal(ctx: RequestContext, sandboxId: string, pid: number, signal: NodeJS.Signals): Promise<void> {
-    const t = this.live(ctx, sandboxId, pid);
+  async signal(ctx: RequestContext, sandboxId: string, sel: ProcessSelector, signal: NodeJS.Signals): Promise<void> {
+    await this.sandboxes.use(ctx, sandboxId, 'signal a process');
+    const t = this.live(ctx, sandboxId, sel);
     await t.proc?.signal(signal);
   }
 
+  /** New window size of a terminal; the program in it gets SIGWINCH. */
+  async resize(ctx: RequestContext, sandboxId: string, sel: ProcessSelector, size: { cols: number; rows: number }): Promise<void> {
+    const t = this.live(ctx, sandboxId, sel);
+    if (!t.pty) throw new InvalidArgumentError(`process ${t.pid} is not a terminal`, { pid: t.pid });
+    await t.proc?.resize(size.rows, size.cols);
+  }
+
+  /** Which process a selector names (its pid), and whether it is a terminal; for transports that hold a connection. */
+  resolve(ctx: RequestContext, sandboxId: string, sel: ProcessSelector): { pid: number; pty: boolean; running: boolean } {
+    const t = this.find(ctx, sandboxId, sel);
+    return { pid: t.pid, pty: t.pty, running: !t.exit };
+  }
+
   /** Waits for exit; `timeoutMs` bounds the wait, not the process. */
-  async wait(ctx: RequestContext, sandboxId: string, pid: number, opts: { timeoutMs?: number | undefined; encoding?: OutputEncoding | undefined } = {}): Promise<CommandResult> {
-    const t = this.find(ctx, sandboxId, pid);
+  async wait(ctx: RequestContext, sandboxId: string, sel: ProcessSelector, opts: { timeoutMs?: number | undefined; encoding?: OutputEncoding | undefined } = {}): Promise<CommandResult> {
+    const t = this.find(ctx, sandboxId, sel);
+    const pid = t.pid;
     const timeoutMs = opts.timeoutMs;
     if (!t.exit) {
       let timer: NodeJS.Timeout | undefined;
@@ -175,24 +284,35 @@ export class CommandService implements SandboxEvents {
   }
 
   /**
-   * Replays what was kept, then follows live output until exit. Returns an unsubscribe function.
-   * When nothing was dropped, the replay and the live output are one contiguous byte stream.
+   * Replays the recent output (at most REPLAY_BYTES per stream, output.ts), then follows live output
+   * until exit. When the process wrote no more than that, the replay and the live output are its whole
+   * output as one contiguous byte stream.
    */
-  follow(ctx: RequestContext, sandboxId: string, pid: number, sink: EventSink): { done: Promise<void>; stop: () => void } {
-    const t = this.find(ctx, sandboxId, pid);
+  follow(ctx: RequestContext, sandboxId: string, sel: ProcessSelector, sink: EventSink): { pid: number; pty: boolean; replayBytes: number; done: Promise<void>; stop: () => void } {
+    const t = this.find(ctx, sandboxId, sel);
+    const pid = t.pid;
     sink.write({ type: 'start', pid });
-    const out = t.stdout.bytes();
-    const err = t.stderr.bytes();
+    const out = t.recent.stdout.bytes();
+    const err = t.recent.stderr.bytes();
     if (out.length) sink.write({ type: 'stdout', data: out });
     if (err.length) sink.write({ type: 'stderr', data: err });
+    const replayBytes = out.length + err.length;
     if (t.exit) {
       sink.write(exitEvent(t));
-      return { done: Promise.resolve(), stop: () => undefined };
+      return { pid, pty: t.pty, replayBytes, done: Promise.resolve(), stop: () => undefined };
     }
     t.followers.add(sink);
+    // A follower waits on the sandbox: it is not idle meanwhile.
+    const release = this.sandboxes.hold(sandboxId);
     return {
-      done: t.done.then(() => undefined),
-      stop: () => this.unfollow(t, sink),
+      pid,
+      pty: t.pty,
+      replayBytes,
+      done: t.done.then(() => undefined).finally(release),
+      stop: () => {
+        release();
+        this.unfollow(t, sink);
+      },
     };
   }
 
@@ -217,7 +337,7 @@ export class CommandService implements SandboxEvents {
       try {
         // Attaching replays the output the agent kept (its last 64 KiB), then the exit.
         const proc = await conn.attach(p.pid);
-        const t = this.track(id, p.pid, rec?.argv ?? p.argv, rec?.cwd ?? undefined, LIMITS.defaultOutputBytes, true, rec?.startedAt);
+        const t = this.track(id, p.pid, rec?.argv ?? p.argv, rec?.cwd ?? undefined, LIMITS.defaultOutputBytes, true, rec?.startedAt, { tag: rec?.tag ?? undefined });
         this.bind(t, proc);
       } catch {
         if (p.exited) {
@@ -233,7 +353,7 @@ export class CommandService implements SandboxEvents {
   private table(sandboxId: string): ProcessTable {
     let m = this.bySandbox.get(sandboxId);
     if (!m) {
-      m = { procs: new Map(), running: 0, finished: 0 };
+      m = { procs: new Map(), running: 0, finished: 0, startingTags: new Set() };
       this.bySandbox.set(sandboxId, m);
     }
     return m;
@@ -248,6 +368,7 @@ export class CommandService implements SandboxEvents {
     limit: number,
     durable: boolean,
     startedAt = Date.now(),
+    extra: { tag?: string | undefined } = {},
   ): Tracked {
     let finish!: (s: ExitStatus) => void;
     const done = new Promise<ExitStatus>((resolve) => {
@@ -258,9 +379,13 @@ export class CommandService implements SandboxEvents {
       pid,
       argv,
       cwd,
+      tag: extra.tag,
+      pty: false,
+      inputStream: 0,
       startedAt,
       stdout: new BoundedOutput(limit),
       stderr: new BoundedOutput(limit),
+      recent: { stdout: new TailBuffer(), stderr: new TailBuffer() },
       proc: undefined,
       timedOut: false,
       oomBefore: 0,
@@ -297,7 +422,7 @@ export class CommandService implements SandboxEvents {
     }
     table.procs.set(pid, t);
     table.running++;
-    this.journal.started({ sandboxId, pid, argv, cwd: cwd ?? null, startedAt, endedAt: null, exitCode: null }, durable);
+    this.journal.started({ sandboxId, pid, argv, cwd: cwd ?? null, tag: extra.tag ?? null, startedAt, endedAt: null, exitCode: null }, durable);
     return t;
   }
 
@@ -305,10 +430,19 @@ export class CommandService implements SandboxEvents {
     t.proc = proc;
     const deliver = (type: 'stdout' | 'stderr', chunk: Buffer) => {
       t[type].push(chunk);
+      t.recent[type].push(chunk);
       if (!t.followers.size) return;
       const ev: ProcessEvent = { type, data: chunk };
       for (const f of t.followers) if (!f.write(ev)) this.throttle(t, f);
     };
+    // A terminal's one stream is its output and its input; the agent reports it on ATTACH too (after a restart).
+    const pty = proc.streams.find((s) => s.kind === 'pty');
+    if (pty) {
+      t.pty = true;
+      t.inputStream = pty.id;
+      // Stream 1 already arrives as stdout; a terminal on another id is its output all the same.
+      if (pty.id !== 1) proc.on('data', (stream, chunk) => stream === pty.id && deliver('stdout', chunk));
+    }
     proc.on('stdout', (chunk) => deliver('stdout', chunk));
     proc.on('stderr', (chunk) => deliver('stderr', chunk));
     proc.exited.then(
@@ -355,17 +489,43 @@ export class CommandService implements SandboxEvents {
     };
   }
 
-  private find(ctx: RequestContext, sandboxId: string, pid: number): Tracked {
+  private find(ctx: RequestContext, sandboxId: string, sel: ProcessSelector): Tracked {
     this.sandboxes.get(ctx, sandboxId);
-    const t = this.bySandbox.get(sandboxId)?.procs.get(pid);
-    if (!t) throw new NotFoundError(`no process ${pid} in sandbox ${sandboxId}`, { pid });
+    const procs = this.bySandbox.get(sandboxId)?.procs;
+    if (typeof sel === 'number') {
+      const t = procs?.get(sel);
+      if (!t) throw new NotFoundError(`no process ${sel} in sandbox ${sandboxId}`, { pid: sel });
+      return t;
+    }
+    // The running one (tags are unique among those), else the one that finished last.
+    let found: Tracked | undefined;
+    for (const t of procs?.values() ?? []) {
+      if (t.tag !== sel) continue;
+      if (!t.exit) return t;
+      found = t;
+    }
+    if (!found) throw new NotFoundError(`no process tagged ${sel} in sandbox ${sandboxId}`, { tag: sel });
+    return found;
+  }
+
+  private live(ctx: RequestContext, sandboxId: string, sel: ProcessSelector): Tracked {
+    const t = this.find(ctx, sandboxId, sel);
+    if (t.exit) throw new InvalidArgumentError(`process ${t.pid} has already exited (code ${t.exit.exitCode})`, { pid: t.pid });
     return t;
   }
 
-  private live(ctx: RequestContext, sandboxId: string, pid: number): Tracked {
-    const t = this.find(ctx, sandboxId, pid);
-    if (t.exit) throw new InvalidArgumentError(`process ${pid} has already exited (code ${t.exit.exitCode})`, { pid });
-    return t;
+  /**
+   * Holds a tag for a process being started: a second start with it, or one while a process that has it
+   * runs, is a conflict. Returns the release, called once the process is tracked (or failed to start).
+   */
+  private reserveTag(sandboxId: string, table: ProcessTable, tag: string | undefined): () => void {
+    if (tag === undefined) return () => undefined;
+    const holder = [...table.procs.values()].find((t) => t.tag === tag && !t.exit);
+    if (holder || table.startingTags.has(tag)) {
+      throw new ConflictError(`sandbox ${sandboxId} already runs a process tagged ${tag}${holder ? ` (pid ${holder.pid})` : ''}`, { tag, ...(holder ? { pid: holder.pid } : {}) });
+    }
+    table.startingTags.add(tag);
+    return () => table.startingTags.delete(tag);
   }
 
   private forgetOldFinished(sandboxId: string): void {
@@ -387,6 +547,8 @@ interface ProcessTable {
   procs: Map<number, Tracked>;
   running: number;
   finished: number;
+  /** Tags of processes being started (not tracked yet). */
+  startingTags: Set<string>;
 }
 
 function exitEvent(t: Tracked): ProcessEvent {

@@ -10,9 +10,10 @@
  *             │            └─> snapshotting ──> running
  *             └─> (any live state) ──> killed | expired | failed   (terminal)
  *
- * Only creating, running and the terminal states are reachable today; the
- * others are here so the lifecycle work (pause/resume, stop/start, snapshots)
- * adds transitions to a table rather than states to every module.
+ * Pause/resume and stop/start move through these states in
+ * lifecycle-service.ts (docs/adr/0007-lifecycle-pause-stop-retention.md);
+ * `snapshotting` is not reachable yet (filesystem snapshots come with the
+ * layer store).
  */
 import { ConflictError } from '../errors/index.js';
 
@@ -72,11 +73,19 @@ export function canTransition(from: SandboxState, to: SandboxState): boolean {
   return TRANSITIONS[from].includes(to);
 }
 
-/** What each operation needs; the manager refuses the rest with a conflict naming the state. */
+/**
+ * What each operation needs; the services refuse the rest with a conflict
+ * naming the state. A lifecycle verb asked of a sandbox already where it leads
+ * (pause of a paused one, start of a running one) is admitted and does nothing.
+ */
 export const OPERATION_STATES = {
   /** Commands, files, code: anything that talks to the agent. */
   use: ['running'],
   setTimeout: ['running'],
+  pause: ['running', 'paused'],
+  resume: ['paused', 'running'],
+  stop: ['running', 'paused', 'stopped'],
+  start: ['stopped', 'running'],
   kill: LIVE_STATES,
 } as const satisfies Record<string, readonly SandboxState[]>;
 export type Operation = keyof typeof OPERATION_STATES;

@@ -13,20 +13,28 @@
  *  - `connections`: agent connections of running sandboxes only.
  *  - `ending`: cleanups in flight after a move to a terminal state; a second
  *    kill waits for the first one's cleanup.
+ * Pause/resume, stop/start and the automatic policies live in
+ * lifecycle-service.ts; this file exposes its verbs with the caller's context,
+ * and use() wakes a sandbox whose policy says autoResume.
  */
 import type { DaemonConfig, ResourceLimits } from '../config/index.js';
 import type { LayerRef, RuntimeCapabilities, RuntimeDriver } from '../runtime/types.js';
 import type { AgentConnection, AgentEndpoint } from '../agent/types.js';
 import type { TemplateConfig } from '../schemas/templates.js';
 import { canSee, ownerFor, type RequestContext } from '../auth/context.js';
-import { ConflictError, InvalidArgumentError, NotFoundError, RateLimitedError, SandboxError, UnavailableError, isCapsuleError } from '../errors/index.js';
-import type { SandboxRecord, SandboxStore } from './store.js';
+import { ConflictError, InvalidArgumentError, NotFoundError, RateLimitedError, SandboxError, UnavailableError, UnsupportedError, isCapsuleError } from '../errors/index.js';
+import type { SandboxRecord, SandboxStore, SandboxVolume } from './store.js';
 import { LIVE_STATES, requireState, wrongState, type SandboxState, type TerminalState } from './lifecycle.js';
 import { newSandboxId } from './ids.js';
-import { containerSpec } from './spec.js';
+import { containerSpec, requireCapability } from './spec.js';
+import { SandboxLifecycle, type WakeOptions } from './lifecycle-service.js';
+import { resolvePolicy, type LifecycleInput } from './policy.js';
 import { backendFor, backendsInfo, type BackendInfo } from '../runtime/backends.js';
 import type { Isolation } from '../runtime/isolation.js';
 import type { Claimed, PoolStats, WarmPool } from './pool.js';
+import { NO_TELEMETRY, type Telemetry } from './telemetry.js';
+import type { SandboxNetworking } from '../network/service.js';
+import type { NetworkConfig } from '../schemas/network.js';
 
 export interface Logger {
   info(obj: unknown, msg?: string): void;
@@ -50,6 +58,12 @@ export interface CreateOptions {
   resources?: Partial<ResourceLimits> | undefined;
   /** Which backend kind holds it (runtime/backends.ts); default: the daemon's. */
   isolation?: Isolation | undefined;
+  /** What its timeout and idleness do, whether calls wake it, how long it is kept paused or stopped (policy.ts). */
+  lifecycle?: LifecycleInput | undefined;
+  /** The caller's named volumes to attach (src/volumes). */
+  volumes?: ReadonlyArray<{ name: string; path: string; readOnly?: boolean | undefined }> | undefined;
+  /** Egress policy and public ports (src/network); default: no egress. */
+  network?: NetworkConfig | undefined;
   /** Aborted when the caller gives up (the client went away): nothing is left behind. */
   signal?: AbortSignal | undefined;
   /**
@@ -65,8 +79,17 @@ export interface ListFilter {
   metadata?: Record<string, string> | undefined;
 }
 
+/** What the manager needs from the volume service (src/volumes/service.ts). */
+export interface VolumeResolver {
+  /** The caller's volumes behind the names asked; not found for any other. */
+  resolve(ctx: RequestContext, mounts: ReadonlyArray<{ name: string; path: string; readOnly: boolean }>): SandboxVolume[];
+  /** Called in the synchronous step that writes the sandbox's row: each volume still exists. */
+  stillThere(volumes: readonly SandboxVolume[]): void;
+}
+
 /** Listeners the command service registers to learn about sandbox ends and new connections. */
 export interface SandboxEvents {
+  /** Every process of the sandbox is gone: it ended, or it was stopped. */
   onEnded(id: string): void;
   onAdopted(id: string, conn: AgentConnection): Promise<void>;
 }
@@ -84,6 +107,10 @@ export class SandboxManager {
   private reaper: NodeJS.Timeout | undefined;
   private events: SandboxEvents | undefined;
   private afterDestroy: (() => void) | undefined;
+  private readonly lifecycle: SandboxLifecycle;
+  private volumes: VolumeResolver | undefined;
+  private telemetry: Telemetry = NO_TELEMETRY;
+  private networking: SandboxNetworking | undefined;
 
   constructor(
     private readonly config: DaemonConfig,
@@ -94,10 +121,36 @@ export class SandboxManager {
     private readonly log: Logger,
     /** Started sandboxes to claim instead of starting one per create; null = no pools. */
     private readonly pool: WarmPool | null = null,
-  ) {}
+  ) {
+    this.lifecycle = new SandboxLifecycle({
+      store,
+      runtime,
+      log,
+      connect: (id, signal) => this.connection(id, signal),
+      dropConnection: (id) => this.dropConnection(id),
+      processesGone: (id) => this.events?.onEnded(id),
+      adopt: async (id, conn) => this.events?.onAdopted(id, conn),
+      end: (id, state, reason) => this.end(id, state, reason),
+      networkBack: async (id, conn) => this.networking?.adopt(id, conn),
+    });
+  }
 
   setEvents(events: SandboxEvents): void {
     this.events = events;
+  }
+
+  setVolumes(volumes: VolumeResolver): void {
+    this.volumes = volumes;
+  }
+
+  /** Where create counts and latencies go (the daemon's Prometheus metrics). */
+  setTelemetry(telemetry: Telemetry): void {
+    this.telemetry = telemetry;
+  }
+
+  /** The network service: policies hold from a sandbox's first packet, and go with it. */
+  setNetworking(n: SandboxNetworking): void {
+    this.networking = n;
   }
 
   /** Called after each sandbox's container and writable layer are gone (e.g. to prune replaced template trees). */
@@ -108,11 +161,35 @@ export class SandboxManager {
   // --- for callers (every method takes the caller's context) ----------------------
 
   async create(ctx: RequestContext, opts: CreateOptions): Promise<SandboxRecord> {
+    const t0 = performance.now();
+    const how = { pooled: false };
+    try {
+      const rec = await this.createTimed(ctx, opts, how);
+      this.telemetry.sandboxCreated(rec.template, (performance.now() - t0) / 1000, 'ok', how.pooled);
+      return rec;
+    } catch (err) {
+      // No template label on failures: the name came from the caller and may not exist (unbounded labels).
+      this.telemetry.sandboxCreated('', (performance.now() - t0) / 1000, 'error', how.pooled);
+      throw err;
+    }
+  }
+
+  private async createTimed(ctx: RequestContext, opts: CreateOptions, how: { pooled: boolean }): Promise<SandboxRecord> {
     const timeoutMs = this.checkTimeout(opts.timeoutMs ?? this.config.defaultTimeoutMs);
     const resources: ResourceLimits = { ...this.config.defaultResources, ...stripUndefined(opts.resources ?? {}) };
     this.checkDisk(resources.diskMb);
-    // An isolation this host lacks fails here, before a template is built for it.
+    // An isolation this host lacks fails here, before a template is built for it; what the sandbox
+    // asks of its backend (a timeout policy, volumes, egress) is checked against that backend.
     const backend = backendFor(this.runtime, opts.isolation);
+    const onTimeout = opts.lifecycle?.onTimeout;
+    if (onTimeout === 'pause') requireCapability(backend, 'pause', 'pause this sandbox when it times out');
+    if (onTimeout === 'stop') requireCapability(backend, 'stop', 'stop this sandbox when it times out');
+    const asked = (opts.volumes ?? []).map((v) => ({ name: v.name, path: v.path, readOnly: v.readOnly ?? false }));
+    if (asked.length > 0 && !this.volumes) throw new UnsupportedError('this daemon has no volume service');
+    if (asked.length > 0) requireCapability(backend, 'volumes', 'attach volumes to this sandbox');
+    const volumes = this.volumes?.resolve(ctx, asked) ?? [];
+    // A bad policy or an impossible mode is refused before anything is started.
+    this.networking?.specFor(opts.network, backend);
     this.pool?.userCreateStarted();
     try {
       const template = await this.resolveTemplate(ctx, opts);
@@ -124,11 +201,24 @@ export class SandboxManager {
       };
       // Refused before a pooled sandbox is spent on it; checked again below, next to the insert.
       this.checkQuota(ctx, resources.memoryMb);
-      // Pools hold sandboxes of the default backend only (README, warm pools).
-      const pooled = this.pool !== null && backend.capabilities.isolation === this.runtime.capabilities.isolation;
+      // Pools hold sandboxes of the default backend only (README, warm pools), started without
+      // volumes: one of another isolation, or that attaches any, is started cold.
+      const pooled = this.pool !== null && backend.capabilities.isolation === this.runtime.capabilities.isolation && volumes.length === 0;
       const claimed = pooled ? await this.pool!.claim(opts.template, resources) : null;
-      if (claimed) return this.recordClaimed(ctx, claimed, made, resources, timeoutMs, defaults);
-      return await this.createCold(ctx, made, template.layers, resources, timeoutMs, defaults, backend);
+      how.pooled = claimed !== null;
+      if (claimed) {
+        const rec = this.recordClaimed(ctx, claimed, made, resources, timeoutMs, defaults);
+        if (!this.networking) return rec;
+        try {
+          this.networking.register(rec.id, opts.network);
+          await this.networking.ready(rec.id, claimed.conn, opts.signal);
+        } catch (err) {
+          await this.end(rec.id, 'failed', `network setup failed: ${err instanceof Error ? err.message : String(err)}`.slice(0, 2000));
+          throw err;
+        }
+        return rec;
+      }
+      return await this.createCold(ctx, made, template.layers, resources, timeoutMs, defaults, backend, volumes);
     } finally {
       this.pool?.userCreateEnded();
     }
@@ -159,12 +249,60 @@ export class SandboxManager {
   /**
    * A running sandbox of this caller and its agent connection, for anything
    * that acts inside it (commands, files). `what` names the operation in the
-   * conflict error a sandbox in another state gets.
+   * conflict error a sandbox in another state gets. A paused or stopped
+   * sandbox whose policy says autoResume is resumed or started first; this is
+   * the one place every command and file call passes through.
    */
   async use(ctx: RequestContext, id: string, what: string): Promise<{ rec: SandboxRecord; conn: AgentConnection }> {
-    const rec = this.get(ctx, id);
+    let rec = this.get(ctx, id);
+    if (rec.state !== 'running' && rec.lifecycle.autoResume) {
+      await this.lifecycle.wake(id, { beforeStart: (r) => this.checkMemoryQuota(ctx, r.resources.memoryMb) });
+      rec = this.get(ctx, id);
+    }
     requireState(id, rec.state, 'use', what, rec.endReason);
+    if (rec.lifecycle.idleMs !== null) this.lifecycle.activity.touch(id);
     return { rec, conn: await this.connection(id) };
+  }
+
+  /**
+   * Marks the sandbox busy for its idle policy until the returned function is
+   * called (a foreground command or an output stream: the caller is waiting on
+   * it, so it is not idle). Does nothing for sandboxes without idleMs.
+   */
+  hold(id: string): () => void {
+    const rec = this.store.get(id);
+    if (!rec || rec.lifecycle.idleMs === null) return () => undefined;
+    return this.lifecycle.activity.hold(id);
+  }
+
+  /** Freeze every process (memory stays, CPU stops); its timeout clock stops too. Pausing a paused sandbox does nothing. */
+  async pause(ctx: RequestContext, id: string): Promise<SandboxRecord> {
+    this.get(ctx, id);
+    await this.lifecycle.pause(id);
+    return this.get(ctx, id);
+  }
+
+  /** Thaw a paused sandbox: it continues where it was, with the lifetime it had left (or `timeoutMs`). */
+  async resume(ctx: RequestContext, id: string, opts: Pick<WakeOptions, 'timeoutMs'> = {}): Promise<SandboxRecord> {
+    this.get(ctx, id);
+    if (opts.timeoutMs !== undefined) this.checkTimeout(opts.timeoutMs);
+    await this.lifecycle.resume(id, opts);
+    return this.get(ctx, id);
+  }
+
+  /** End every process and free its memory, keeping its files (and envs, metadata, limits) for start. */
+  async stop(ctx: RequestContext, id: string): Promise<SandboxRecord> {
+    this.get(ctx, id);
+    await this.lifecycle.stop(id);
+    return this.get(ctx, id);
+  }
+
+  /** Boot a stopped sandbox again, same id and files; its memory counts against the caller's quota again. */
+  async start(ctx: RequestContext, id: string, opts: Pick<WakeOptions, 'timeoutMs'> = {}): Promise<SandboxRecord> {
+    this.get(ctx, id);
+    if (opts.timeoutMs !== undefined) this.checkTimeout(opts.timeoutMs);
+    await this.lifecycle.start(id, { ...opts, beforeStart: (r) => this.checkMemoryQuota(ctx, r.resources.memoryMb) });
+    return this.get(ctx, id);
   }
 
   list(ctx: RequestContext, filter: ListFilter = {}): SandboxRecord[] {
@@ -181,11 +319,11 @@ export class SandboxManager {
     const rec = this.get(ctx, id);
     requireState(id, rec.state, 'setTimeout', 'set the timeout', rec.endReason);
     const expiresAt = Date.now() + this.checkTimeout(timeoutMs);
-    if (!this.store.setExpiry(id, rec.state, expiresAt)) {
+    if (!this.store.setExpiry(id, rec.state, expiresAt, timeoutMs)) {
       const now = this.store.get(id);
       throw wrongState(id, now?.state ?? 'killed', 'set the timeout', now?.endReason);
     }
-    return { ...rec, expiresAt };
+    return { ...rec, expiresAt, timeoutMs };
   }
 
   /** Kill a sandbox in any live state; killing an ended one answers its record (idempotent). */
@@ -238,6 +376,7 @@ export class SandboxManager {
     const rec = this.newRecord(ctx, claimed.id, 'running', opts, resources, timeoutMs, defaults, this.runtime.kind);
     this.store.insert(rec);
     this.adoptConnection(claimed.id, claimed.conn);
+    if (rec.lifecycle.idleMs !== null) this.lifecycle.activity.touch(rec.id);
     return rec;
   }
 
@@ -249,30 +388,41 @@ export class SandboxManager {
     timeoutMs: number,
     defaults: SandboxRecord['defaults'],
     backend: RuntimeDriver,
+    volumes: SandboxVolume[] = [],
   ): Promise<SandboxRecord> {
     const id = newSandboxId();
-    const spec = { ...containerSpec(backend, id, layers, resources, undefined, { allowSetuid: defaults.setuid }), isolation: backend.capabilities.isolation };
-    // Checked and recorded without an await in between, so concurrent creates cannot both slip under a quota.
+    const spec = {
+      ...containerSpec(backend, id, layers, resources, this.networking?.specFor(opts.network, backend), { allowSetuid: defaults.setuid }),
+      volumes: volumes.map((v) => ({ volumeId: v.volumeId, sizeMb: v.sizeMb, target: v.path, readOnly: v.readOnly })),
+      isolation: backend.capabilities.isolation,
+    };
+    // Checked and recorded without an await in between, so concurrent creates cannot both slip under a quota,
+    // and a volume deleted meanwhile is not attached.
     this.checkQuota(ctx, resources.memoryMb);
-    const rec = this.newRecord(ctx, id, 'creating', opts, resources, timeoutMs, defaults, backend.kind);
+    this.volumes?.stillThere(volumes);
+    const rec = this.newRecord(ctx, id, 'creating', opts, resources, timeoutMs, defaults, backend.kind, volumes);
     this.store.insert(rec);
     const abort = new AbortController();
     let settle!: () => void;
     this.creating.set(id, { abort, settled: new Promise<void>((r) => (settle = r)) });
     const signal = opts.signal ? AbortSignal.any([opts.signal, abort.signal]) : abort.signal;
     try {
+      this.networking?.register(id, opts.network);
       await this.runtime.create(spec, signal);
-      await this.connection(id, signal);
+      const conn = await this.connection(id, signal);
+      await this.networking?.ready(id, conn, signal);
       // The clock starts when the sandbox is usable, not when the request came in.
       const expiresAt = Date.now() + timeoutMs;
       // The one step that makes it running: it fails when a kill (or anything else) ended it meanwhile.
       const t = this.store.transition(id, ['creating'], 'running', { expiresAt });
       if (!t.ok) throw this.lostCreate(id);
+      if (rec.lifecycle.idleMs !== null) this.lifecycle.activity.touch(id);
       return { ...rec, state: 'running', expiresAt, stateChangedAt: Date.now() };
     } catch (err) {
       const reason = err instanceof Error ? err.message : String(err);
       // Nothing happens when someone else already ended it (then their reason stands).
       this.store.transition(id, ['creating'], 'failed', { reason: `create failed: ${reason}`.slice(0, 2000) });
+      this.networking?.ended(id);
       this.dropConnection(id);
       await this.destroyQuietly(id, 'cleanup after failed create');
       // Someone else ended it first (a kill): say so, rather than how the aborted create broke off.
@@ -303,6 +453,7 @@ export class SandboxManager {
     timeoutMs: number,
     defaults: SandboxRecord['defaults'],
     runtime: string,
+    volumes: SandboxVolume[] = [],
   ): SandboxRecord {
     const now = Date.now();
     return {
@@ -320,6 +471,10 @@ export class SandboxManager {
       stateChangedAt: now,
       runtime,
       defaults,
+      lifecycle: resolvePolicy(opts.lifecycle, this.config.defaultDeleteAfterMs),
+      timeoutMs,
+      remainingMs: null,
+      volumes,
     };
   }
 
@@ -400,6 +555,8 @@ export class SandboxManager {
     const t = this.store.transition(id, LIVE_STATES, state, { reason });
     if (!t.ok) return Promise.resolve();
     this.events?.onEnded(id);
+    this.lifecycle.forget(id);
+    this.networking?.ended(id);
     const inFlight = this.creating.get(id);
     let work: Promise<void>;
     if (t.from === 'creating' && inFlight) {
@@ -407,6 +564,8 @@ export class SandboxManager {
       work = inFlight.settled;
     } else {
       work = (async () => {
+        // A pause, resume, stop or start in flight finishes first (its own next step then fails): one actor cleans up.
+        await this.lifecycle.settled(id);
         this.dropConnection(id);
         await this.destroyQuietly(id, 'destroying sandbox failed');
         this.log.info({ id, state, reason }, 'sandbox ended');
@@ -433,25 +592,26 @@ export class SandboxManager {
     this.reaper.unref();
   }
 
+  /** Timeouts and idleness (lifecycle.onTimeout: kill, pause or stop), and retention of paused and stopped sandboxes. */
   async reapExpired(now = Date.now()): Promise<void> {
-    for (const id of this.store.expiredRunning(now)) {
-      await this.end(id, 'expired', 'timeout passed');
-    }
+    await this.lifecycle.tick(now);
   }
 
   /**
    * After a (re)start: adopt sandboxes whose containers still run, end the ones
    * that died or were half-made, and remove runtime leftovers nobody owns.
    */
-  async recover(): Promise<{ adopted: string[]; ended: string[]; cleaned: string[] }> {
+  async recover(): Promise<{ adopted: string[]; kept: string[]; ended: string[]; cleaned: string[] }> {
     const adopted: string[] = [];
+    const kept: string[] = [];
     const ended: string[] = [];
     for (const rec of this.store.listByStates(LIVE_STATES)) {
       if (rec.state !== 'running') {
-        // Nothing but the dead daemon knew how far that step got.
-        await this.end(rec.id, 'failed', `daemon restarted while the sandbox was ${rec.state === 'creating' ? 'being created' : rec.state}`);
-        ended.push(rec.id);
-        continue;
+        // Paused and stopped ones are kept without a word to their agent; cut-short operations are settled.
+        const r = await this.lifecycle.recover(rec);
+        if (r === 'kept') kept.push(rec.id);
+        if (r === 'ended') ended.push(rec.id);
+        if (r !== 'running') continue;
       }
       const info = await this.runtime.inspect(rec.id).catch(() => ({ status: 'missing' as const }));
       if (info.status !== 'running') {
@@ -462,7 +622,9 @@ export class SandboxManager {
       try {
         const conn = await this.connection(rec.id);
         await this.events?.onAdopted(rec.id, conn);
+        await this.networking?.adopt(rec.id, conn);
         adopted.push(rec.id);
+        if (rec.lifecycle.idleMs !== null) this.lifecycle.activity.touch(rec.id);
       } catch (err) {
         const why = err instanceof Error ? err.message : String(err);
         this.log.warn({ err, id: rec.id }, 'could not reach the agent of a running sandbox');
@@ -470,7 +632,7 @@ export class SandboxManager {
         ended.push(rec.id);
       }
     }
-    const live = new Set(adopted);
+    const live = new Set([...adopted, ...kept]);
     const cleaned: string[] = [];
     const known = new Set([...(await this.runtime.list()), ...(await this.runtime.listLeftovers())]);
     for (const id of known) {
@@ -478,14 +640,14 @@ export class SandboxManager {
       await this.runtime.destroy(id).catch((err: unknown) => this.log.error({ err, id }, 'cleanup of leftover failed'));
       cleaned.push(id);
     }
-    return { adopted, ended, cleaned };
+    return { adopted, kept, ended, cleaned };
   }
 
   /** Stop timers and connections; sandboxes keep running (they are re-adopted at next start). */
   async close(): Promise<void> {
     if (this.reaper) clearInterval(this.reaper);
     this.reaper = undefined;
-    await Promise.allSettled([...this.ending.values(), ...[...this.creating.values()].map((c) => c.settled)]);
+    await Promise.allSettled([...this.ending.values(), ...[...this.creating.values()].map((c) => c.settled), this.lifecycle.allSettled()]);
     for (const p of this.connections.values()) p.then((c) => c.close(), () => undefined);
     this.connections.clear();
   }
@@ -503,8 +665,17 @@ export class SandboxManager {
         maxSandboxes: limits.maxSandboxes,
       });
     }
-    const used = live.reduce((sum, r) => sum + r.resources.memoryMb, 0);
-    if (limits.maxMemoryMb !== null && used + memoryMb > limits.maxMemoryMb) {
+    this.checkMemoryQuota(ctx, memoryMb, live);
+  }
+
+  /** The memory quota alone (a start brings a stopped sandbox's memory back). Stopped sandboxes hold none. */
+  private checkMemoryQuota(ctx: RequestContext, memoryMb: number, owned?: SandboxRecord[]): void {
+    const { admin, limits } = ctx.principal;
+    if (admin || limits.maxMemoryMb === null) return;
+    const owner = ownerFor(ctx);
+    const live = owned ?? this.store.listByStates(LIVE_STATES).filter((r) => r.owner === owner);
+    const used = live.filter((r) => r.state !== 'stopped').reduce((sum, r) => sum + r.resources.memoryMb, 0);
+    if (used + memoryMb > limits.maxMemoryMb) {
       throw new RateLimitedError(`quota reached: ${used} MiB of ${limits.maxMemoryMb} MiB in use, ${memoryMb} MiB more asked`, {
         maxMemoryMb: limits.maxMemoryMb,
       });

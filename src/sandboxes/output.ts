@@ -126,3 +126,53 @@ export class BoundedOutput {
     return (this.truncated ? all.subarray(0, completeUtf8Length(all)) : all).toString('utf8');
   }
 }
+
+/**
+ * How much recent output of each stream a process keeps for a client that
+ * connects later (the agent keeps as much while no daemon is attached): a
+ * reconnect replays at most this, then live output follows.
+ */
+export const REPLAY_BYTES = 64 * 1024;
+
+/**
+ * The last `limit` bytes of a stream (what a reconnect replays). Once older
+ * output was dropped, the replay starts at the first byte that is not a UTF-8
+ * continuation byte (skipping at most 3): the cut is arbitrary anyway, and a
+ * text follower then gets a whole first character rather than U+FFFD.
+ */
+export class TailBuffer {
+  private chunks: Buffer[] = [];
+  private size = 0;
+  private dropped = false;
+  constructor(private readonly limit: number = REPLAY_BYTES) {}
+
+  push(chunk: Buffer): void {
+    if (chunk.length >= this.limit) {
+      this.dropped ||= this.size > 0 || chunk.length > this.limit;
+      this.chunks = [Buffer.from(chunk.subarray(chunk.length - this.limit))];
+      this.size = this.limit;
+      return;
+    }
+    this.chunks.push(chunk);
+    this.size += chunk.length;
+    while (this.size - this.chunks[0]!.length >= this.limit) {
+      this.size -= this.chunks.shift()!.length;
+      this.dropped = true;
+    }
+  }
+
+  /** At most `limit` bytes: the newest. */
+  bytes(): Buffer {
+    const all = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks, this.size);
+    this.chunks = all.length ? [all] : [];
+    let out = all;
+    if (all.length > this.limit) {
+      out = all.subarray(all.length - this.limit);
+      this.dropped = true;
+    }
+    if (!this.dropped) return out;
+    let skip = 0;
+    while (skip < 3 && skip < out.length && (out[skip]! & 0xc0) === 0x80) skip++;
+    return out.subarray(skip);
+  }
+}

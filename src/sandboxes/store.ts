@@ -7,6 +7,7 @@ import type { Db } from '../store/db.js';
 import { statementCache, type Statements } from '../store/statements.js';
 import type { ResourceLimits } from '../config/index.js';
 import { canTransition, isTerminal, type SandboxState } from './lifecycle.js';
+import { parseStoredPolicy, type LifecyclePolicy } from './policy.js';
 
 export type SandboxStateName = SandboxState;
 
@@ -26,9 +27,25 @@ export interface SandboxRecord {
   stateChangedAt: number;
   /** The runtime backend that holds it (e.g. "crun"); null for rows from before backends were recorded. */
   runtime: string | null;
+  /** What its timeout and idleness do, whether calls wake it, how long it is kept paused or stopped. */
+  lifecycle: LifecyclePolicy;
+  /** The lifetime it was given (at create or by the last setTimeout), in ms. */
+  timeoutMs: number;
+  /** Paused or stopped: what was left of its lifetime when its clock stopped. */
+  remainingMs: number | null;
   /** Working directory and user of commands that name none (from the template's config). */
   /** From the template: commands' default directory and user; setuid: the container was made with setuid programs working. */
   defaults: { cwd?: string; user?: string; setuid?: true };
+  /** Named volumes it attaches (src/volumes), in the order asked. */
+  volumes: SandboxVolume[];
+}
+
+export interface SandboxVolume {
+  volumeId: string;
+  name: string;
+  sizeMb: number;
+  path: string;
+  readOnly: boolean;
 }
 
 /** The outcome of a compare-and-set transition. */
@@ -48,6 +65,10 @@ interface SandboxRow {
   end_reason: string | null;
   state_changed_at: number | null;
   runtime: string | null;
+  lifecycle: string | null;
+  timeout_ms: number | null;
+  remaining_ms: number | null;
+  volumes: string | null;
   defaults: string | null;
 }
 
@@ -56,6 +77,8 @@ export interface ProcessRecord {
   pid: number;
   argv: string[];
   cwd: string | null;
+  /** The process's tag (migration 1 made the column; written since tags exist). */
+  tag?: string | null;
   startedAt: number;
   endedAt: number | null;
   exitCode: number | null;
@@ -76,6 +99,11 @@ function fromRow(r: SandboxRow): SandboxRecord {
     endReason: r.end_reason,
     stateChangedAt: r.state_changed_at ?? r.created_at,
     runtime: r.runtime,
+    lifecycle: parseStoredPolicy(r.lifecycle),
+    // Rows from before lifetimes were recorded: the span they were created with.
+    timeoutMs: r.timeout_ms ?? Math.max(1000, r.expires_at - r.created_at),
+    remainingMs: r.remaining_ms,
+    volumes: r.volumes ? (JSON.parse(r.volumes) as SandboxVolume[]) : [],
     defaults: r.defaults ? (JSON.parse(r.defaults) as SandboxRecord['defaults']) : {},
   };
 }
@@ -102,14 +130,18 @@ export class SandboxStore {
   insert(s: SandboxRecord): void {
     this
       .sql(
-        `INSERT INTO sandboxes (id, template, state, owner, created_at, expires_at, envs, metadata, resources, state_changed_at, runtime, defaults)
-         VALUES (@id, @template, @state, @owner, @createdAt, @expiresAt, @envs, @metadata, @resources, @stateChangedAt, @runtime, @defaults)`,
+        `INSERT INTO sandboxes (id, template, state, owner, created_at, expires_at, envs, metadata, resources, state_changed_at, runtime, defaults,
+           lifecycle, timeout_ms, remaining_ms, volumes)
+         VALUES (@id, @template, @state, @owner, @createdAt, @expiresAt, @envs, @metadata, @resources, @stateChangedAt, @runtime, @defaults,
+           @lifecycle, @timeoutMs, @remainingMs, @volumes)`,
       )
       .run({
         ...s,
         envs: JSON.stringify(s.envs),
         metadata: JSON.stringify(s.metadata),
         resources: JSON.stringify(s.resources),
+        lifecycle: JSON.stringify(s.lifecycle),
+        volumes: s.volumes.length > 0 ? JSON.stringify(s.volumes) : null,
         defaults: JSON.stringify(s.defaults),
       });
     this.remember(s);
@@ -148,9 +180,15 @@ export class SandboxStore {
    * that move and the current state is one of `from`. The UPDATE names the state
    * it read, so it changes nothing when someone else moved the sandbox first
    * (compare-and-set); the caller learns who won from the result. Entering a
-   * terminal state records the reason and the time.
+   * terminal state records the reason and the time. `expiresAt` and
+   * `remainingMs` change with the state when given (a pause stops the clock).
    */
-  transition(id: string, from: readonly SandboxStateName[], to: SandboxStateName, opts: { reason?: string; at?: number; expiresAt?: number } = {}): TransitionResult {
+  transition(
+    id: string,
+    from: readonly SandboxStateName[],
+    to: SandboxStateName,
+    opts: { reason?: string; at?: number; expiresAt?: number; remainingMs?: number } = {},
+  ): TransitionResult {
     const row = this.sql('SELECT state FROM sandboxes WHERE id = ?').get(id) as { state: SandboxStateName } | undefined;
     const current = row?.state;
     if (current === undefined || !from.includes(current) || !canTransition(current, to)) return { ok: false, current };
@@ -161,10 +199,20 @@ export class SandboxStore {
         `UPDATE sandboxes SET state = @to, state_changed_at = @at,
            end_reason = CASE WHEN @end THEN @reason ELSE end_reason END,
            ended_at = CASE WHEN @end THEN @at ELSE ended_at END,
-           expires_at = COALESCE(@expiresAt, expires_at)
+           expires_at = COALESCE(@expiresAt, expires_at),
+           remaining_ms = COALESCE(@remainingMs, remaining_ms)
          WHERE id = @id AND state = @current`,
       )
-      .run({ id, to, at, current, end: end ? 1 : 0, reason: opts.reason ?? null, expiresAt: opts.expiresAt ?? null });
+      .run({
+        id,
+        to,
+        at,
+        current,
+        end: end ? 1 : 0,
+        reason: opts.reason ?? null,
+        expiresAt: opts.expiresAt ?? null,
+        remainingMs: opts.remainingMs ?? null,
+      });
     if (r.changes !== 1) {
       this.live.delete(id);
       return { ok: false, current: this.get(id)?.state };
@@ -176,19 +224,32 @@ export class SandboxStore {
         state: to,
         stateChangedAt: at,
         ...(opts.expiresAt !== undefined ? { expiresAt: opts.expiresAt } : {}),
+        ...(opts.remainingMs !== undefined ? { remainingMs: opts.remainingMs } : {}),
         ...(end ? { endReason: opts.reason ?? null, endedAt: at } : {}),
       });
     }
     return { ok: true, from: current };
   }
 
-  /** Only for a sandbox in `state` (a CAS on the state, so an ended sandbox's clock never moves). */
-  setExpiry(id: string, state: SandboxStateName, expiresAt: number): boolean {
-    const ok = this.sql('UPDATE sandboxes SET expires_at = ? WHERE id = ? AND state = ?').run(expiresAt, id, state).changes === 1;
+  /**
+   * Only for a sandbox in `state` (a CAS on the state, so an ended sandbox's clock never moves).
+   * `timeoutMs`, when given, becomes the lifetime a later wake falls back to.
+   */
+  setExpiry(id: string, state: SandboxStateName, expiresAt: number, timeoutMs?: number): boolean {
+    const ok =
+      this
+        .sql('UPDATE sandboxes SET expires_at = ?, timeout_ms = COALESCE(?, timeout_ms) WHERE id = ? AND state = ?')
+        .run(expiresAt, timeoutMs ?? null, id, state).changes === 1;
     const cached = this.live.get(id);
-    if (ok && cached) this.remember({ ...cached, expiresAt });
+    if (ok && cached) this.remember({ ...cached, expiresAt, ...(timeoutMs !== undefined ? { timeoutMs } : {}) });
     else if (!ok) this.live.delete(id);
     return ok;
+  }
+
+  /** How many sandboxes are in each state (rows of every state, ended ones too). */
+  countByState(): Record<string, number> {
+    const rows = this.sql('SELECT state, COUNT(*) AS n FROM sandboxes GROUP BY state').all() as Array<{ state: string; n: number }>;
+    return Object.fromEntries(rows.map((r) => [r.state, r.n]));
   }
 
   expiredRunning(now: number): string[] {
@@ -198,13 +259,29 @@ export class SandboxStore {
     return rows.map((r) => r.id);
   }
 
+  /** Paused and stopped sandboxes whose retention (expires_at while they sleep) has passed. */
+  expiredAsleep(now: number): string[] {
+    const rows = this
+      .sql(`SELECT id FROM sandboxes WHERE state IN ('paused', 'stopped') AND expires_at <= ?`)
+      .all(now) as Array<{ id: string }>;
+    return rows.map((r) => r.id);
+  }
+
+  /** Live sandboxes (any state but the final ones) that attach the volume. */
+  usingVolume(volumeId: string): string[] {
+    const rows = this
+      .sql(`SELECT id FROM sandboxes WHERE volumes IS NOT NULL AND state NOT IN ('killed', 'expired', 'failed') AND instr(volumes, ?) > 0 ORDER BY created_at`)
+      .all(`"${volumeId}"`) as Array<{ id: string }>;
+    return rows.map((r) => r.id);
+  }
+
   insertProcess(p: ProcessRecord): void {
     this
       .sql(
-        `INSERT OR REPLACE INTO processes (sandbox_id, pid, argv, cwd, started_at, ended_at, exit_code)
-         VALUES (?, ?, ?, ?, ?, ?, ?)`,
+        `INSERT OR REPLACE INTO processes (sandbox_id, pid, argv, cwd, tag, started_at, ended_at, exit_code)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
       )
-      .run(p.sandboxId, p.pid, JSON.stringify(p.argv), p.cwd, p.startedAt, p.endedAt, p.exitCode);
+      .run(p.sandboxId, p.pid, JSON.stringify(p.argv), p.cwd, p.tag ?? null, p.startedAt, p.endedAt, p.exitCode);
   }
 
   endProcess(sandboxId: string, pid: number, exitCode: number, at: number): void {
@@ -215,7 +292,7 @@ export class SandboxStore {
 
   getProcess(sandboxId: string, pid: number): ProcessRecord | undefined {
     const r = this.sql('SELECT * FROM processes WHERE sandbox_id = ? AND pid = ?').get(sandboxId, pid) as
-      | { sandbox_id: string; pid: number; argv: string; cwd: string | null; started_at: number; ended_at: number | null; exit_code: number | null }
+      | { sandbox_id: string; pid: number; argv: string; cwd: string | null; tag: string | null; started_at: number; ended_at: number | null; exit_code: number | null }
       | undefined;
     if (!r) return undefined;
     return {
@@ -223,6 +300,7 @@ export class SandboxStore {
       pid: r.pid,
       argv: JSON.parse(r.argv) as string[],
       cwd: r.cwd,
+      ...(r.tag !== null ? { tag: r.tag } : {}),
       startedAt: r.started_at,
       endedAt: r.ended_at,
       exitCode: r.exit_code,

@@ -9,6 +9,19 @@ export const OutputEncodingSchema = z
 
 const Arg = z.string().max(LIMITS.maxArg).refine((s) => !s.includes('\0'), 'must not contain NUL');
 
+/** A process's tag: never all digits, so a path segment is a pid or a tag, never both. */
+export const ProcessTag = z
+  .string()
+  .min(1)
+  .max(64)
+  .regex(/^[A-Za-z_][A-Za-z0-9_.-]*$/, 'tags are letters, digits, _ . - and start with a letter or _')
+  .describe('A name for the process, unique among the sandbox\'s running processes: list, connect to and kill it by this name');
+
+/** Where a path says which process: its pid, or the tag of a running (else the latest finished) process. */
+export const ProcessSelector = z
+  .union([z.string().regex(/^\d{1,10}$/).transform(Number).pipe(z.number().int().min(1).max(2 ** 31 - 1)), ProcessTag])
+  .describe('A pid, or a process tag');
+
 /** A command line for /bin/sh -c. */
 export const ShellCommand = Arg.min(1).describe('Shell command line, run with /bin/sh -c, e.g. "ls -la /tmp && echo done"');
 
@@ -26,6 +39,7 @@ export const RunCommandRequest = z
     stream: z.boolean().optional().describe('Stream output as NDJSON events (start, stdout, stderr, exit) instead of one JSON result'),
     maxOutputBytes: z.number().int().min(0).max(LIMITS.maxOutputBytes).optional().describe('Keep at most this many bytes of each of stdout and stderr in buffered results; default 1 MiB'),
     encoding: OutputEncodingSchema.optional().describe('How stdout and stderr are carried in the result and stream events: utf8 (default) or base64 of the exact bytes'),
+    tag: ProcessTag.optional(),
   })
   .strict();
 export type RunCommandRequest = z.infer<typeof RunCommandRequest>;
@@ -66,6 +80,8 @@ export const ProcessInfo = z.object({
   pid: z.number().int(),
   cmd: z.array(z.string()).describe('argv of the process'),
   cwd: z.string().optional(),
+  tag: z.string().optional().describe('The tag it was started with'),
+  pty: z.boolean().optional().describe('True for a terminal (started with POST /v1/sandboxes/:id/pty)'),
   startedAt: Timestamp,
   running: z.boolean(),
   exitCode: z.number().int().optional(),
@@ -75,8 +91,10 @@ export const ListProcessesResponse = z.object({ processes: z.array(ProcessInfo) 
 
 export const ProcessParams = z.object({
   id: z.string(),
-  pid: z.coerce.number().int().min(1).max(2 ** 31 - 1),
+  pid: ProcessSelector,
 });
+
+export const ListProcessesQuery = z.object({ tag: ProcessTag.optional().describe('Only processes with this tag') });
 
 export const SendStdinRequest = z
   .object({
@@ -95,3 +113,10 @@ export const WaitQuery = z.object({
 });
 
 export const StreamQuery = z.object({ encoding: OutputEncodingSchema.optional() });
+
+/** Text frames a client sends on a process's WebSocket (GET .../commands/:pid/connect); binary frames are stdin. */
+export const ProcessClientMessage = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('eof') }).strict().describe('Close the process\'s stdin'),
+  z.object({ type: z.literal('signal'), signal: z.enum(SIGNALS) }).strict().describe('Signal the process group'),
+]);
+export type ProcessClientMessage = z.infer<typeof ProcessClientMessage>;

@@ -19,6 +19,8 @@ export const RuntimeCapabilities = z
   .object({
     isolation: z.enum(['container', 'gvisor', 'microvm']).describe('How sandboxes are separated from the host kernel'),
     pause: z.boolean().describe('Can freeze and thaw a sandbox'),
+    volumes: z.boolean().describe("Can attach named volumes (persistent quota'd disks) to sandboxes"),
+    stop: z.boolean().describe('Can stop a sandbox keeping its files, and start it again (also after a daemon or host restart)'),
     checkpoint: z.boolean().describe("Can dump and restore a sandbox's memory"),
     updateResources: z.boolean().describe('Can change cpu, memory and pids limits of a running sandbox'),
     exportChanges: z.boolean().describe("Can copy a sandbox's file changes out as a layer (template builds, snapshots)"),

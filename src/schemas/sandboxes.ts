@@ -3,19 +3,55 @@ import { EnvVars, Metadata, SandboxId, SandboxTimeoutMs, TemplateName, Timestamp
 
 import { SANDBOX_STATES } from '../sandboxes/lifecycle.js';
 import { ISOLATIONS } from '../runtime/isolation.js';
+import { ON_TIMEOUT } from '../sandboxes/policy.js';
+import { VolumeMountRequest, VolumeName } from './volumes.js';
+import { NetworkConfig } from './network.js';
 
 export { SANDBOX_STATES };
 export const SandboxState = z
   .enum(SANDBOX_STATES)
   .describe(
-    'Lifecycle state (docs/adr/0005-state-machine-and-runtime-boundary.md): creating, running, the pause/stop/snapshot states, or a final one: killed, expired, failed',
+    'Lifecycle state (docs/adr/0005-state-machine-and-runtime-boundary.md): creating, running, paused, stopped, their transitional states (pausing, resuming, stopping, starting), or a final one: killed, expired, failed',
   );
 
 export const Isolation = z
   .enum(ISOLATIONS)
   .describe(
-    "How the sandbox is kept apart from the host's kernel. container: Linux namespaces, cgroups and a seccomp filter; its processes make system calls to the host kernel (fastest). gvisor: gVisor's user-space kernel answers every system call, so the host kernel sees only gVisor's (slower system calls, ~10 MiB more memory, no pause). microvm: a virtual machine (not available yet). GET /v1/info lists which this host has",
+    "How the sandbox is kept apart from the host's kernel. container: Linux namespaces, cgroups and a seccomp filter; its processes make system calls to the host kernel (fastest). gvisor: gVisor's user-space kernel answers every system call, so the host kernel sees only gVisor's (slower system calls, ~10 MiB more memory; no pause, stop/start, volumes or egress: each answers 422 unsupported). microvm: a virtual machine (not available yet). GET /v1/info lists which this host has, with each one's capabilities",
   );
+
+/** Longest span a lifecycle clock may be set to: a year (keeps expiry times valid dates). */
+const MAX_LIFECYCLE_MS = 365 * 24 * 60 * 60_000;
+
+export const OnTimeout = z
+  .enum(ON_TIMEOUT)
+  .describe('What the timeout (or idleMs without API activity) does to a running sandbox: kill it (default), pause it (frozen, memory kept) or stop it (processes end, files kept)');
+
+export const Lifecycle = z
+  .object({
+    onTimeout: OnTimeout.optional(),
+    autoResume: z
+      .boolean()
+      .optional()
+      .describe('A command or file call to a paused or stopped sandbox resumes or starts it first, then answers; without it such a call answers 409. Default false'),
+    idleMs: z
+      .number()
+      .int()
+      .min(1000)
+      .max(MAX_LIFECYCLE_MS)
+      .optional()
+      .describe('Apply onTimeout after this many ms without API activity (commands, files; a running foreground command or stream counts as activity). Default: only the timeout counts'),
+    deleteAfterMs: z
+      .number()
+      .int()
+      .min(1000)
+      .max(MAX_LIFECYCLE_MS)
+      .optional()
+      .describe("Delete a paused or stopped sandbox this many ms after it was paused or stopped (retention). Default: the daemon's CAPSULE_DEFAULT_DELETE_AFTER_MS, 7 days"),
+  })
+  .strict()
+  .describe('What happens when the sandbox times out or sits idle, whether calls wake it, and how long it is kept paused or stopped');
+export type Lifecycle = z.infer<typeof Lifecycle>;
 
 export const Resources = z
   .object({
@@ -43,6 +79,14 @@ export const CreateSandboxRequest = z
     isolation: Isolation.optional().describe(
       "How the sandbox is kept apart from the host's kernel: container or gvisor (microvm is not available yet); default: the daemon's (CAPSULE_ISOLATION, container unless set). An isolation this host lacks answers 422 unsupported with the reason",
     ),
+    lifecycle: Lifecycle.optional(),
+    volumes: z
+      .array(VolumeMountRequest)
+      .max(16)
+      .refine((v) => new Set(v.map((m) => m.path)).size === v.length, 'two volumes cannot share a path')
+      .optional()
+      .describe('Named volumes to attach (see /v1/volumes); they stay attached across stop and start'),
+    network: NetworkConfig.optional(),
   })
   .strict();
 export type CreateSandboxRequest = z.infer<typeof CreateSandboxRequest>;
@@ -52,7 +96,9 @@ export const Sandbox = z.object({
   template: z.string(),
   state: SandboxState,
   createdAt: Timestamp,
-  expiresAt: Timestamp.describe('When the sandbox will be killed unless its timeout is extended'),
+  expiresAt: Timestamp.describe(
+    'Running: when its timeout passes (then lifecycle.onTimeout applies: kill by default) unless extended. Paused or stopped: when retention deletes it (lifecycle.deleteAfterMs) unless resumed or started first',
+  ),
   metadata: z.record(z.string(), z.string()),
   resources: z.object({
     cpus: z.number(),
@@ -63,12 +109,28 @@ export const Sandbox = z.object({
   endedAt: Timestamp.optional(),
   endReason: z.string().optional().describe('Why a sandbox ended: killed, expired, or an error'),
   isolation: Isolation.describe('How this sandbox is kept apart from the host kernel (container or gvisor)'),
+  lifecycle: z
+    .object({
+      onTimeout: OnTimeout,
+      autoResume: z.boolean().describe('Whether command and file calls wake it when paused or stopped'),
+      idleMs: z.number().optional().describe('Idle time after which onTimeout applies (absent: only the timeout)'),
+      deleteAfterMs: z.number().describe('How long it is kept paused or stopped before it is deleted'),
+    })
+    .describe('Its lifecycle policy, with the defaults filled in'),
+  volumes: z
+    .array(z.object({ name: VolumeName, path: z.string().describe('Where it appears inside the sandbox'), readOnly: z.boolean() }))
+    .optional()
+    .describe('Attached volumes (absent when none)'),
+  timeoutRemainingMs: z
+    .number()
+    .optional()
+    .describe('Paused or stopped: the lifetime left when its clock stopped; it gets this back when resumed or started (its whole timeout when none was left)'),
 });
 export type Sandbox = z.infer<typeof Sandbox>;
 
 export const ListSandboxesQuery = z
   .object({
-    state: z.union([SandboxState, z.literal('all')]).optional().describe('Only sandboxes in this state; default: creating and running'),
+    state: z.union([SandboxState, z.literal('all')]).optional().describe('Only sandboxes in this state; default: every live one (not killed, expired or failed)'),
   })
   .catchall(z.string().max(1024))
   .describe('Filter by metadata with metadata.<key>=<value> query parameters');
@@ -78,5 +140,15 @@ export const ListSandboxesResponse = z.object({ sandboxes: z.array(Sandbox) });
 export const SetTimeoutRequest = z
   .object({ timeoutMs: SandboxTimeoutMs.describe('New lifetime from now, in ms') })
   .strict();
+
+export const WakeSandboxRequest = z
+  .object({
+    timeoutMs: SandboxTimeoutMs.optional().describe(
+      'Lifetime from now once it runs again; default: what it had left when it was paused or stopped (its whole timeout when nothing was left)',
+    ),
+  })
+  .strict()
+  .describe('Resume or start: an empty body is fine');
+export type WakeSandboxRequest = z.infer<typeof WakeSandboxRequest>;
 
 export const SandboxParams = z.object({ id: SandboxId });

@@ -16,8 +16,10 @@ import {
   type ProcessInfo,
   type SIGNALS,
 } from '../schemas/index.js';
+import type WebSocket from 'ws';
 import { abortError, isAbortError, type HttpClient, type StreamedBody } from './http.js';
 import { readNdjson } from './ndjson.js';
+import { openSocket, sendOn, socketLines } from './socket.js';
 
 export type Signal = (typeof SIGNALS)[number];
 
@@ -63,6 +65,13 @@ export interface RunOptions {
    * For background commands it only cancels starting it.
    */
   signal?: AbortSignal;
+  /** A name for the process, unique among the sandbox's running processes: connect to, list and kill it by this. */
+  tag?: string;
+  /**
+   * Background only: follow the command over one WebSocket that also carries its stdin, so
+   * `sendStdin` streams over it instead of sending one request per chunk.
+   */
+  streamStdin?: boolean;
 }
 
 export interface WaitOptions {
@@ -78,6 +87,8 @@ export interface ConnectOptions {
   onStderr?: OutputCallback;
   /** See RunOptions.encoding. */
   encoding?: OutputEncoding;
+  /** Connect over one WebSocket that carries output and stdin (`sendStdin` streams over it). */
+  streamStdin?: boolean;
 }
 
 /** Appends output up to a byte limit, as the daemon does for buffered results. */
@@ -197,6 +208,8 @@ export class CommandHandle {
     readonly pid: number,
     follow?: { stream: StreamedBody; abort: AbortController; callbacks: ConnectOptions },
     private readonly encoding?: OutputEncoding,
+    /** The process's WebSocket, when connected with streamStdin: stdin goes over it. */
+    private readonly socket?: WebSocket,
   ) {
     if (follow) {
       this.followAbort = follow.abort;
@@ -252,9 +265,12 @@ export class CommandHandle {
     await this.http.empty('POST', `${this.base}/${this.pid}/signal`, { json: { signal } });
   }
 
-  /** Write to the command's stdin; `eof: true` closes it afterwards. */
+  /** Write to the command's stdin; `eof: true` closes it afterwards. Streams over the handle's WebSocket when it has one. */
   async sendStdin(data: string | Uint8Array, opts: { eof?: boolean } = {}): Promise<void> {
-    await sendStdin(this.http, this.base, this.pid, data, opts);
+    if (!this.socket) return sendStdin(this.http, this.base, this.pid, data, opts);
+    const bytes = typeof data === 'string' ? Buffer.from(data, 'utf8') : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+    if (bytes.length > 0) await sendOn(this.socket, bytes, true);
+    if (opts.eof) await sendOn(this.socket, JSON.stringify({ type: 'eof' }), false);
   }
 
   /** Stop following output (callbacks are no longer called); the command keeps running. */
@@ -309,14 +325,14 @@ export class Commands {
     };
     if (opts.background) {
       const started = await this.http.json('POST', this.base, BackgroundStarted, {
-        json: { ...request, background: true },
+        json: { ...request, background: true, ...(opts.tag !== undefined ? { tag: opts.tag } : {}) },
         signal: opts.signal,
       });
       const handle = await this.attach(started.pid, opts);
       if (opts.stdin !== undefined) await handle.sendStdin(opts.stdin, { eof: true });
       return handle;
     }
-    const body = { ...request, stdin: opts.stdin };
+    const body = { ...request, stdin: opts.stdin, ...(opts.tag !== undefined ? { tag: opts.tag } : {}) };
     if (!opts.onStdout && !opts.onStderr && !opts.signal) {
       return this.http.json('POST', this.base, CommandResult, {
         json: body,
@@ -365,15 +381,15 @@ export class Commands {
     }
   }
 
-  /** Processes started in this sandbox (running, and recently exited). */
-  async list(): Promise<ProcessInfo[]> {
-    const res = await this.http.json('GET', this.base, ListProcessesResponse);
+  /** Processes started in this sandbox (running, and recently exited), optionally only those with a tag. */
+  async list(opts: { tag?: string } = {}): Promise<ProcessInfo[]> {
+    const res = await this.http.json('GET', this.base, ListProcessesResponse, opts.tag !== undefined ? { query: { tag: opts.tag } } : {});
     return res.processes;
   }
 
-  /** Kill a process (SIGKILL to its process group). */
-  async kill(pid: number): Promise<void> {
-    await this.http.empty('DELETE', `${this.base}/${pid}`);
+  /** Kill a process by pid or tag (SIGKILL to its process group). */
+  async kill(pidOrTag: number | string): Promise<void> {
+    await this.http.empty('DELETE', `${this.base}/${encodeURIComponent(String(pidOrTag))}`);
   }
 
   /** Write to a background process's stdin; `eof: true` closes it afterwards. */
@@ -382,29 +398,70 @@ export class Commands {
   }
 
   /**
-   * Attach to a running (or recently exited) process. With callbacks, the
-   * output so far is replayed to them, then live output follows.
+   * Attach to a running (or recently exited) process by pid or tag. With callbacks, its recent output
+   * (at most 64 KiB per stream) is replayed to them, then live output follows.
    */
-  async connect(pid: number, opts: ConnectOptions = {}): Promise<CommandHandle> {
-    if (!opts.onStdout && !opts.onStderr) {
-      const known = await this.list();
-      if (!known.some((p) => p.pid === pid)) throw new NotFoundError(`no process ${pid} in this sandbox (see commands.list())`, { pid });
+  async connect(pidOrTag: number | string, opts: ConnectOptions = {}): Promise<CommandHandle> {
+    if (!opts.onStdout && !opts.onStderr && !opts.streamStdin) {
+      const known = await this.list(typeof pidOrTag === 'string' ? { tag: pidOrTag } : {});
+      const found = typeof pidOrTag === 'string' ? (known.find((p) => p.running) ?? known.at(-1)) : known.find((p) => p.pid === pidOrTag);
+      if (!found) throw new NotFoundError(`no process ${pidOrTag} in this sandbox (see commands.list())`, typeof pidOrTag === 'string' ? { tag: pidOrTag } : { pid: pidOrTag });
+      return this.attach(found.pid, opts);
     }
-    return this.attach(pid, opts);
+    return this.attach(pidOrTag, opts);
   }
 
   /** Make a handle; with callbacks, open the output stream first so a bad pid fails here. */
-  private async attach(pid: number, callbacks: ConnectOptions): Promise<CommandHandle> {
-    if (!callbacks.onStdout && !callbacks.onStderr) return new CommandHandle(this.http, this.base, pid, undefined, callbacks.encoding);
+  private async attach(pidOrTag: number | string, callbacks: ConnectOptions): Promise<CommandHandle> {
+    if (callbacks.streamStdin) return this.attachSocket(pidOrTag, callbacks);
+    const pid = pidOrTag;
+    if (!callbacks.onStdout && !callbacks.onStderr) return new CommandHandle(this.http, this.base, Number(pid), undefined, callbacks.encoding);
     const abort = new AbortController();
-    const stream = await this.http.stream('GET', `${this.base}/${pid}/stream`, {
+    const stream = await this.http.stream('GET', `${this.base}/${encodeURIComponent(String(pid))}/stream`, {
       signal: abort.signal,
       ...(callbacks.encoding ? { query: { encoding: callbacks.encoding } } : {}),
     });
+    if (typeof pid === 'string') {
+      // A tag: the stream's first event names the pid.
+      const [a, b] = stream.body.tee();
+      const it = readNdjson(a, CommandEvent, { what: `GET ${this.base}/${pid}/stream` });
+      const first = await it.next();
+      await it.return(undefined); // cancels this branch of the tee, so it keeps nothing
+      const resolved = !first.done && first.value.type === 'start' ? first.value.pid : 0;
+      return new CommandHandle(this.http, this.base, resolved, { stream: { body: b, fail: stream.fail }, abort, callbacks: { onStdout: callbacks.onStdout, onStderr: callbacks.onStderr, encoding: callbacks.encoding } }, callbacks.encoding);
+    }
     return new CommandHandle(this.http, this.base, pid, {
       stream,
       abort,
       callbacks: { onStdout: callbacks.onStdout, onStderr: callbacks.onStderr, encoding: callbacks.encoding },
     }, callbacks.encoding);
+  }
+
+  /** One WebSocket for output (CommandEvent text frames, read like the NDJSON stream) and stdin. */
+  private async attachSocket(pidOrTag: number | string, callbacks: ConnectOptions): Promise<CommandHandle> {
+    const abort = new AbortController();
+    const path = `${this.base}/${encodeURIComponent(String(pidOrTag))}/connect`;
+    const sock = await openSocket(this.http, path, callbacks.encoding ? { encoding: callbacks.encoding } : undefined);
+    const ws = sock.ws;
+    abort.signal.addEventListener('abort', () => ws.close(1000), { once: true });
+    const lines = socketLines(sock);
+    // The first event names the pid (a tag was given, or to check the process is there).
+    const [a, b] = lines.tee();
+    const it = readNdjson(a, CommandEvent, { what: `GET ${path}` });
+    const first = await it.next();
+    await it.return(undefined); // cancels this branch of the tee, so it keeps nothing
+    if (first.done || first.value.type !== 'start') {
+      ws.close();
+      throw new UnavailableError(`GET ${path}: the connection closed before the process was found`);
+    }
+    const fail = (e: unknown) => (e instanceof Error ? e : new UnavailableError(String(e)));
+    return new CommandHandle(
+      this.http,
+      this.base,
+      first.value.pid,
+      { stream: { body: b, fail }, abort, callbacks: { onStdout: callbacks.onStdout, onStderr: callbacks.onStderr, encoding: callbacks.encoding } },
+      callbacks.encoding,
+      ws,
+    );
   }
 }

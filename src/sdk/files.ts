@@ -4,9 +4,10 @@
  * memory on either side.
  */
 import { Readable } from 'node:stream';
-import { NotFoundError } from '../errors/index.js';
-import { FileEntry, ListFilesResponse, WriteFileResponse } from '../schemas/index.js';
-import type { HttpClient } from './http.js';
+import { NotFoundError, UnavailableError, errorFromWire } from '../errors/index.js';
+import { FileEntry, ListFilesResponse, WatchEvent, WriteFileResponse } from '../schemas/index.js';
+import { isAbortError, type HttpClient } from './http.js';
+import { readNdjson } from './ndjson.js';
 import { getBytes, type RequestBody } from './transport.js';
 
 /** Anything `files.write` accepts as content. */
@@ -40,6 +41,29 @@ export interface DirectoryListing {
   entries: FileEntry[];
   /** True when the directory has more entries than were returned. */
   truncated: boolean;
+}
+
+/** What `watchDir` calls: a change under the watched directory, or `overflow` (events were lost: rescan). */
+export type FilesystemEvent =
+  | { type: 'create' | 'write' | 'remove' | 'rename' | 'chmod'; path: string; isDir: boolean }
+  | { type: 'overflow' };
+
+export interface WatchOptions {
+  /** Also watch every directory below, including ones made later; default false. */
+  recursive?: boolean;
+  /** Stops the watch, like `stop()`. */
+  signal?: AbortSignal;
+}
+
+/** A running watch. */
+export interface WatchHandle {
+  /** Stop watching (the daemon ends the watch in the sandbox). */
+  stop(): void;
+  /**
+   * Resolves when the watch ends: `stop()`, the watched directory was removed (`gone`), or the sandbox
+   * ended (`ended`); rejects when the connection fails or a callback throws.
+   */
+  readonly done: Promise<{ reason: 'stopped' | 'gone' | 'ended' }>;
 }
 
 function isWebStream(d: unknown): d is ReadableStream<Uint8Array> {
@@ -139,6 +163,58 @@ export class Files {
   }
 
   /** Entries of a directory (see listDetailed for whether the limit cut it short). */
+  /**
+   * Watch a directory: `onEvent` gets create, write, remove, rename (the old name; the new one comes as
+   * create) and chmod events with paths relative to it, and `overflow` when events were lost. Resolves
+   * once the watch is in place: every change after that is reported.
+   */
+  async watchDir(path: string, onEvent: (ev: FilesystemEvent) => void | Promise<void>, opts: WatchOptions = {}): Promise<WatchHandle> {
+    const abort = new AbortController();
+    const stopFromCaller = () => abort.abort();
+    opts.signal?.addEventListener('abort', stopFromCaller, { once: true });
+    const what = `GET ${this.base}/watch`;
+    const stream = await this.http.stream('GET', `${this.base}/watch`, {
+      query: { path, recursive: opts.recursive ? 'true' : undefined },
+      signal: abort.signal,
+    });
+    const events = readNdjson(stream.body, WatchEvent, { what, onReadError: stream.fail })[Symbol.asyncIterator]();
+    const first = await events.next();
+    if (first.done || first.value.type !== 'start') {
+      abort.abort();
+      throw first.done ? new UnavailableError(`${what}: the stream ended before the watch started`) : new UnavailableError(`${what}: unexpected first event ${first.value.type}`);
+    }
+    const done = (async (): Promise<{ reason: 'stopped' | 'gone' | 'ended' }> => {
+      try {
+        for (;;) {
+          const r = await events.next();
+          if (r.done) return { reason: abort.signal.aborted ? 'stopped' : 'ended' };
+          const ev = r.value;
+          switch (ev.type) {
+            case 'start':
+              break;
+            case 'end':
+              return { reason: ev.reason };
+            case 'error':
+              throw errorFromWire(ev.error.code, ev.error.message);
+            case 'overflow':
+              await onEvent({ type: 'overflow' });
+              break;
+            default:
+              await onEvent({ type: ev.type, path: ev.path, isDir: ev.isDir === true });
+          }
+        }
+      } catch (e) {
+        if (abort.signal.aborted && (isAbortError(e) || e instanceof UnavailableError)) return { reason: 'stopped' };
+        throw e;
+      } finally {
+        opts.signal?.removeEventListener('abort', stopFromCaller);
+        abort.abort();
+      }
+    })();
+    done.catch(() => undefined);
+    return { stop: () => abort.abort(), done };
+  }
+
   async list(path: string, opts: ListOptions = {}): Promise<FileEntry[]> {
     return (await this.listDetailed(path, opts)).entries;
   }

@@ -96,7 +96,7 @@ async function errorFromResponse(res: TransportResponse, what: string): Promise<
 }
 
 /** The domain error for a non-2xx answer whose body (at most MAX_ERROR_BODY_BYTES of it) is `text`. */
-function errorFromText(status: number, text: string, what: string): CapsuleError {
+export function errorFromText(status: number, text: string, what: string): CapsuleError {
   try {
     const parsed = ErrorBody.safeParse(JSON.parse(text));
     if (parsed.success) {

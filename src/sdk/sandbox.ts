@@ -4,14 +4,21 @@
  */
 import { NotFoundError } from '../errors/index.js';
 import {
+  MetricsResponse,
+  type SandboxMetric,
   ListSandboxesResponse,
   Sandbox as SandboxSchema,
+  type Lifecycle,
   type Sandbox as SandboxInfo,
 } from '../schemas/index.js';
 
 type SandboxState = SandboxInfo['state'];
 import { Commands } from './commands.js';
+import { CodeInterpreter, type CodeContext, type CreateCodeContextOptions, type Execution, type RunCodeOptions } from './code.js';
 import { Files } from './files.js';
+import { Pty } from './pty.js';
+import { Network } from './network.js';
+import type { NetworkConfig } from '../schemas/index.js';
 import { HttpClient } from './http.js';
 import { pickConnection, resolveConnection, type ConnectionOptions } from './options.js';
 
@@ -32,10 +39,28 @@ export interface CreateOptions extends ConnectionOptions {
    * what the daemon has.
    */
   isolation?: SandboxInfo['isolation'];
+  /**
+   * What the timeout (or `idleMs` without API activity) does: `onTimeout` 'kill' (default), 'pause' or 'stop';
+   * `autoResume`: commands and file calls wake a paused or stopped sandbox instead of failing with ConflictError;
+   * `deleteAfterMs`: how long it is kept paused or stopped (the daemon's default is 7 days).
+   */
+  lifecycle?: Lifecycle;
+  /** Named volumes (see `Volume.create`) to attach: `[{ name: 'data', path: '/data', readOnly: false }]`. */
+  volumes?: Array<{ name: string; path: string; readOnly?: boolean }>;
+  /**
+   * Egress policy and public ports: `{ egress: 'none' | 'all' | { allow: [...], deny: [...] }, publicPorts: [3000] }`.
+   * Default: no egress (loopback only).
+   */
+  network?: NetworkConfig;
+}
+
+export interface WakeOptions {
+  /** Lifetime from now once it runs; default: what it had left when it was paused or stopped. */
+  timeoutMs?: number;
 }
 
 export interface ListOptions extends ConnectionOptions {
-  /** Only sandboxes in this state, or 'all'; default: creating and running. */
+  /** Only sandboxes in this state, or 'all'; default: every live one (running, paused, stopped, ...). */
   state?: SandboxState | 'all';
   /** Only sandboxes whose metadata has all of these key/value pairs. */
   metadata?: Record<string, string>;
@@ -48,8 +73,13 @@ function sandboxPath(id: string): string {
 export class Sandbox {
   /** Run commands inside the sandbox. */
   readonly commands: Commands;
-  /** Read and write the sandbox's files. */
+  /** Read and write the sandbox's files, and watch directories. */
   readonly files: Files;
+  /** Terminals: interactive shells and programs. */
+  readonly pty: Pty;
+  /** Egress policy, egress ledger and port URLs. */
+  readonly network: Network;
+  private readonly code: CodeInterpreter;
 
   private constructor(
     private readonly http: HttpClient,
@@ -57,6 +87,24 @@ export class Sandbox {
   ) {
     this.commands = new Commands(http, info.id);
     this.files = new Files(http, info.id);
+    this.pty = new Pty(http, encodeURIComponent(info.id));
+    this.network = new Network(http, info.id);
+    this.code = new CodeInterpreter(http, info.id);
+  }
+
+  /**
+   * The host-routed URL of a port inside the sandbox, `http://<port>-<id>.localhost:<daemon port>/`
+   * (browsers resolve *.localhost to loopback). It needs the port's token unless the port is public:
+   * `network.port(port)` gives the token and a signed URL.
+   */
+  getHost(port: number): string {
+    const u = new URL(this.http.conn.apiUrl);
+    return `${u.protocol}//${port}-${this.id}.localhost:${u.port || (u.protocol === 'https:' ? 443 : 80)}/`;
+  }
+
+  /** Change the egress policy and/or public ports (same as `network.set`). */
+  setNetwork(cfg: NetworkConfig) {
+    return this.network.set(cfg);
   }
 
   /** Sandbox id, e.g. `sbx-4k2m9q0c7d1a`. */
@@ -74,6 +122,9 @@ export class Sandbox {
       metadata: opts.metadata,
       resources: opts.resources,
       isolation: opts.isolation,
+      lifecycle: opts.lifecycle,
+      volumes: opts.volumes,
+      network: opts.network,
     };
     // Starting a container can take longer than an ordinary request.
     const timeoutMs = http.conn.requestTimeoutMs === 0 ? 0 : Math.max(http.conn.requestTimeoutMs, 120_000);
@@ -116,10 +167,82 @@ export class Sandbox {
     return this.info;
   }
 
+  /**
+   * Freeze every process (memory is kept, no CPU is used); the timeout clock
+   * stops until resume. Commands and file calls then fail with ConflictError,
+   * unless the sandbox was created with `lifecycle.autoResume`.
+   */
+  async pause(): Promise<SandboxInfo> {
+    this.info = await this.http.json('POST', `${sandboxPath(this.id)}/pause`, SandboxSchema);
+    return this.info;
+  }
+
+  /** Thaw a paused sandbox: its processes continue where they were. */
+  async resume(opts: WakeOptions = {}): Promise<SandboxInfo> {
+    this.info = await this.http.json('POST', `${sandboxPath(this.id)}/resume`, SandboxSchema, { json: wakeBody(opts) });
+    return this.info;
+  }
+
+  /** End every process and free the memory, keeping the files (and envs, metadata, limits) for start(). */
+  async stop(): Promise<SandboxInfo> {
+    // Unmounting and writing back the disk can outlast an ordinary request on a busy host.
+    this.info = await this.http.json('POST', `${sandboxPath(this.id)}/stop`, SandboxSchema, { timeoutMs: this.longTimeout() });
+    return this.info;
+  }
+
+  /** Boot a stopped sandbox again: the same id and files, no processes but a fresh start. */
+  async start(opts: WakeOptions = {}): Promise<SandboxInfo> {
+    this.info = await this.http.json('POST', `${sandboxPath(this.id)}/start`, SandboxSchema, { json: wakeBody(opts), timeoutMs: this.longTimeout() });
+    return this.info;
+  }
+
+  private longTimeout(): number {
+    return this.http.conn.requestTimeoutMs === 0 ? 0 : Math.max(this.http.conn.requestTimeoutMs, 120_000);
+  }
+
+  /**
+   * Run code in a stateful context, like a notebook cell: variables, imports and functions persist
+   * between calls. Without `context`, the sandbox's default context of `language` (python) is used.
+   * Resolves with stdout, stderr, rich results (text, html, png, ...) and the error, if the cell raised.
+   */
+  runCode(code: string, opts: RunCodeOptions = {}): Promise<Execution> {
+    return this.code.run(code, opts);
+  }
+
+  /** A new interpreter (python, javascript, typescript or bash) whose state only its own runs see. */
+  createCodeContext(opts: CreateCodeContextOptions = {}): Promise<CodeContext> {
+    return this.code.createContext(opts);
+  }
+
+  listCodeContexts(): Promise<CodeContext[]> {
+    return this.code.listContexts();
+  }
+
+  /** A fresh interpreter in the same context: every variable is gone. */
+  restartCodeContext(context: CodeContext | string): Promise<CodeContext> {
+    return this.code.restartContext(context);
+  }
+
+  /** End a context; its interpreter and whatever it started are killed. */
+  removeCodeContext(context: CodeContext | string): Promise<void> {
+    return this.code.removeContext(context);
+  }
+
   /** Kill the sandbox and everything in it. Idempotent. */
   async kill(): Promise<SandboxInfo> {
     this.info = await this.http.json('DELETE', sandboxPath(this.id), SandboxSchema);
     return this.info;
+  }
+
+  /**
+   * CPU, memory, disk and pids samples the daemon took of this sandbox (every few seconds, kept for its
+   * life, bounded), oldest first; `start` / `end` narrow the range.
+   */
+  async getMetrics(opts: { start?: Date; end?: Date } = {}): Promise<SandboxMetric[]> {
+    const res = await this.http.json('GET', `${sandboxPath(this.id)}/metrics`, MetricsResponse, {
+      query: { start: opts.start?.toISOString(), end: opts.end?.toISOString() },
+    });
+    return res.metrics;
   }
 
   /** True while the sandbox runs; false once it ended or no longer exists. */
@@ -131,4 +254,8 @@ export class Sandbox {
       throw e;
     }
   }
+}
+
+function wakeBody(opts: WakeOptions): { timeoutMs?: number } {
+  return opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {};
 }

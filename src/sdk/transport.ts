@@ -162,8 +162,39 @@ export function discard(res: TransportResponse): void {
 }
 
 /** The body as a web ReadableStream of bytes; cancelling it closes the response. */
+/** What a web stream of a response body holds before it stops reading the socket. */
+const WEB_STREAM_BUFFER = 256 * 1024;
+
+/**
+ * The body as a web stream that reads the socket only as fast as its consumer: on Node 20,
+ * Readable.toWeb reads the whole body into memory ahead of a slow consumer, so a slow watcher or
+ * reader would buffer without bound and the daemon would never see back-pressure.
+ */
 export function webStream(res: TransportResponse): ReadableStream<Uint8Array> {
-  return Readable.toWeb(res.body) as unknown as ReadableStream<Uint8Array>;
+  const body = res.body;
+  return new ReadableStream<Uint8Array>(
+    {
+      start(controller) {
+        body.on('data', (chunk: Buffer) => {
+          controller.enqueue(new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength));
+          if ((controller.desiredSize ?? 0) <= 0) body.pause();
+        });
+        body.once('end', () => controller.close());
+        body.once('error', (e) => controller.error(e));
+        body.once('close', () => {
+          // Closed before its end (aborted, connection lost): an error for the reader, not a clean end.
+          if (!body.complete) controller.error(Object.assign(new Error('the connection closed before the response ended'), { code: 'ECONNRESET' }));
+        });
+      },
+      pull() {
+        body.resume();
+      },
+      cancel(reason) {
+        body.destroy(reason instanceof Error ? reason : undefined);
+      },
+    },
+    { highWaterMark: WEB_STREAM_BUFFER, size: (c) => c.byteLength },
+  );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -99,6 +99,49 @@ const MIGRATIONS: string[] = [
      error TEXT
    );
    ALTER TABLE sandboxes ADD COLUMN defaults TEXT;`,
+  // Pause/stop and retention (src/sandboxes/lifecycle-service.ts): the sandbox's lifecycle policy (JSON),
+  // the lifetime it was given, and what was left of it when it was paused or stopped (its clock stops).
+  // Named volumes (src/volumes): one row each, unique per owner and name; a sandbox lists those it attaches.
+  `ALTER TABLE sandboxes ADD COLUMN lifecycle TEXT;
+   ALTER TABLE sandboxes ADD COLUMN timeout_ms INTEGER;
+   ALTER TABLE sandboxes ADD COLUMN remaining_ms INTEGER;
+   ALTER TABLE sandboxes ADD COLUMN volumes TEXT;
+   CREATE TABLE volumes (
+     id TEXT PRIMARY KEY,
+     owner TEXT,
+     name TEXT NOT NULL,
+     size_mb INTEGER NOT NULL,
+     created_at INTEGER NOT NULL
+   );
+   CREATE UNIQUE INDEX volumes_owner_name ON volumes(COALESCE(owner, ''), name);`,
+  // Networking (src/network): each sandbox's egress policy, public ports and port token, and the egress ledger.
+  `CREATE TABLE sandbox_network (
+     sandbox_id TEXT PRIMARY KEY,
+     egress TEXT NOT NULL,
+     public_ports TEXT NOT NULL,
+     token TEXT NOT NULL,
+     gateway INTEGER NOT NULL DEFAULT 0
+   );
+   CREATE TABLE egress_log (
+     id INTEGER PRIMARY KEY AUTOINCREMENT,
+     seq INTEGER NOT NULL,
+     sandbox_id TEXT NOT NULL,
+     at INTEGER NOT NULL,
+     protocol TEXT NOT NULL,
+     name TEXT,
+     address TEXT,
+     port INTEGER,
+     pid INTEGER,
+     command TEXT,
+     verdict TEXT NOT NULL,
+     rule TEXT NOT NULL,
+     reason TEXT NOT NULL,
+     bytes_up INTEGER NOT NULL,
+     bytes_down INTEGER NOT NULL,
+     duration_ms INTEGER,
+     state TEXT NOT NULL
+   );
+   CREATE INDEX egress_log_sandbox_seq ON egress_log(sandbox_id, seq);`,
 ];
 
 export function openDb(file: string): Db {

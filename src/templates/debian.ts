@@ -59,6 +59,12 @@ export interface DebianTemplateOptions {
   sudo?: boolean;
   /** What the sandboxes get: default user, working directory, env. */
   config?: import('./types.js').BuiltinConfig;
+  /**
+   * A last step on the finished tree (host root, before it is cached), e.g. warming caches with
+   * a chroot. `postInstallId` names it in the cache recipe: change it when the step changes.
+   */
+  postInstall?: (rootfsDir: string, signal?: AbortSignal) => Promise<void>;
+  postInstallId?: string;
 }
 
 // ---------------------------------------------------------------------------
@@ -396,12 +402,14 @@ interface Recipe {
   include: string[];
   /** Bumped when finish() changes what ends up in the tree. */
   version: number;
+  /** The template's own last step (DebianTemplateOptions.postInstallId), when it has one. */
+  postInstall?: string;
 }
 
 async function cacheMatches(cacheDir: string, recipe: Recipe): Promise<boolean> {
   try {
     const saved = JSON.parse(await fs.readFile(path.join(cacheDir, `${recipe.name}-rootfs.json`), 'utf8')) as Partial<Recipe>;
-    return JSON.stringify({ ...recipe }) === JSON.stringify({ name: saved.name ?? 'debian', sudo: saved.sudo ?? false, suite: saved.suite, variant: saved.variant, include: saved.include, version: saved.version });
+    return JSON.stringify({ ...recipe }) === JSON.stringify({ name: saved.name ?? 'debian', sudo: saved.sudo ?? false, suite: saved.suite, variant: saved.variant, include: saved.include, version: saved.version, ...(saved.postInstall !== undefined ? { postInstall: saved.postInstall } : {}) });
   } catch {
     return true; // no recipe file: a tar or directory placed there by hand; trust it
   }
@@ -443,7 +451,7 @@ export function createDebianTemplate(opts: DebianTemplateOptions = {}): Template
   const include = opts.include ?? ['python3'];
   const name = opts.name ?? 'debian';
   const sudo = opts.sudo === true;
-  const recipe: Recipe = { name, sudo, suite, variant: 'minbase', include, version: 1 };
+  const recipe: Recipe = { name, sudo, suite, variant: 'minbase', include, version: 1, ...(opts.postInstall ? { postInstall: opts.postInstallId ?? 'unnamed' } : {}) };
   return {
     name,
     description: opts.description ?? `Debian ${suite} (minbase) with ${include.join(', ')}; first build runs debootstrap (~1 min, ~260 MB)`,
@@ -469,6 +477,11 @@ export function createDebianTemplate(opts: DebianTemplateOptions = {}): Template
       signal?.throwIfAborted();
       onProgress({ phase: 'finishing', fraction: 0.96 });
       await finish(rootfsDir, sudo);
+      if (opts.postInstall) {
+        onProgress({ phase: 'post-install', fraction: 0.965 });
+        await opts.postInstall(rootfsDir, signal);
+        signal?.throwIfAborted();
+      }
       if (include.includes('python3') && !(await exists(path.join(rootfsDir, 'usr/bin/python3')))) {
         throw new RuntimeError('debootstrap finished but usr/bin/python3 is missing from the tree; check the mirror and rebuild with --force');
       }

@@ -12,7 +12,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Db } from '../store/db.js';
 import { statementCache, type Statements } from '../store/statements.js';
-import { CapsuleError, NotFoundError } from '../errors/index.js';
+import { CapsuleError, ConflictError, NotFoundError } from '../errors/index.js';
 import type { BuildEvent, BuildInfo } from '../schemas/templates.js';
 import type { BuildReporter } from './builder.js';
 
@@ -171,7 +171,12 @@ export class BuildJobs {
    * work and reports through the job; its rejection fails the job.
    */
   start(owner: string, name: string, key: string, steps: number, run: (reporter: BuildReporter, job: BuildJob) => Promise<void>): BuildJob {
-    for (const j of this.jobs.values()) if (j.status === 'running' && j.key === key) return j;
+    for (const j of this.jobs.values()) {
+      if (j.status !== 'running' || j.owner !== owner || j.name !== name) continue;
+      if (j.key === key) return j;
+      // Two different definitions racing for one name would leave whichever ends last: refuse the second.
+      throw new ConflictError(`template ${name} is being built from another definition (build ${j.id}); wait for it to end`, { template: name, build: j.id });
+    }
     fs.mkdirSync(this.logDir, { recursive: true, mode: 0o700 });
     const id = `bld_${randomBytes(8).toString('hex')}`;
     const job = new Job(id, owner, name, key, steps, path.join(this.logDir, `${id}.log`), (j) => this.save(j));

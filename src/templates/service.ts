@@ -21,6 +21,7 @@ import { CapsuleError, NotFoundError, RuntimeError } from '../errors/index.js';
 import type { Db } from '../store/db.js';
 import { busyboxTemplate } from './busybox.js';
 import { baseTemplate, debianTemplate } from './debian.js';
+import { pythonTemplate } from './python.js';
 import { exists, removeTree } from './fsutil.js';
 import { shiftOwnership } from './idshift.js';
 import type { BuildProgress, BuiltinConfig, TemplateDefinition, TemplateInfo, TemplateStatus } from './types.js';
@@ -41,7 +42,7 @@ export interface TemplateServiceOptions {
   paths: DataPaths;
   idMapBase: number;
   logger?: TemplateLogger;
-  /** Replaces the built-in registry (busybox, debian, base). */
+  /** Replaces the built-in registry (busybox, debian, base, python). */
   definitions?: TemplateDefinition[];
   /**
    * When given, a forced rebuild prunes replaced trees right away with it.
@@ -49,6 +50,8 @@ export interface TemplateServiceOptions {
    * lower layer under a mounted overlay breaks the sandboxes using it.
    */
   inUse?: InUsePredicate;
+  /** Told when a build finishes (the daemon's Prometheus counters). */
+  onBuilt?: (name: string, outcome: 'ok' | 'error') => void;
 }
 
 export interface BuildOptions {
@@ -58,7 +61,7 @@ export interface BuildOptions {
   signal?: AbortSignal;
 }
 
-export const BUILTIN_TEMPLATES: readonly TemplateDefinition[] = [busyboxTemplate, debianTemplate, baseTemplate];
+export const BUILTIN_TEMPLATES: readonly TemplateDefinition[] = [busyboxTemplate, debianTemplate, baseTemplate, pythonTemplate];
 
 interface Row {
   name: string;
@@ -113,8 +116,10 @@ export class TemplateService {
   private readonly inUse: InUsePredicate | undefined;
   private readonly inflight = new Map<string, InFlight>();
   private readonly stmts: Statements;
+  private readonly onBuilt: ((name: string, outcome: 'ok' | 'error') => void) | undefined;
 
   constructor(opts: TemplateServiceOptions) {
+    this.onBuilt = opts.onBuilt;
     this.db = opts.db;
     this.paths = opts.paths;
     this.idMapBase = opts.idMapBase;
@@ -309,6 +314,7 @@ export class TemplateService {
       const ms = Math.round(performance.now() - started);
       this.log.info({ template: name, ms, sizeBytes: shifted.bytes, entries: shifted.entries }, 'template ready');
       emit({ phase: 'ready', fraction: 1, message: `${(shifted.bytes / 1e6).toFixed(1)} MB in ${(ms / 1000).toFixed(1)} s` });
+      this.onBuilt?.(name, 'ok');
       if (old && this.inUse) await this.pruneOld(this.inUse).catch((e: unknown) => this.log.warn({ err: e }, 'pruning old templates failed'));
       return final;
     } catch (e) {
@@ -323,6 +329,7 @@ export class TemplateService {
       // A failed forced rebuild leaves the previous tree in service.
       this.stmts.setStatus.run({ name, status: stillUsable ? 'ready' : 'failed', error: stillUsable ? `last rebuild failed: ${message}` : message });
       this.log.warn({ template: name, err: message }, 'template build failed');
+      this.onBuilt?.(name, 'error');
       if (aborted || e instanceof CapsuleError) throw e;
       throw new RuntimeError(`building template "${name}" failed: ${message}. Fix the cause and build it again (it is retried on next use).`, { template: name }, { cause: e });
     }

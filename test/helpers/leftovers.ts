@@ -22,6 +22,9 @@ export function leftovers(id: string, dataDir: string): string[] {
   // runsc keeps "<sandbox>_sandbox:<container>.state" (and .lock) files per container.
   const gvisorState = fs.existsSync(`${dataDir}/gvisor/state`) ? fs.readdirSync(`${dataDir}/gvisor/state`) : [];
   if (gvisorState.some((f) => f.startsWith(`${id}_sandbox:`))) found.push('gvisor state');
+  // Networking: the relay's control socket and pid file, and the relay itself (its netns is the sandbox's own and goes with it).
+  for (const f of [`${id}.sock`, `${id}.pid`]) if (fs.existsSync(`${dataDir}/run/net/${f}`)) found.push(`network file ${f}`);
+  for (const pid of netRelays(id)) found.push(`network relay ${pid}`);
   for (const dev of fs.readdirSync('/sys/block').filter((b) => b.startsWith('loop'))) {
     let backing = '';
     try {
@@ -41,6 +44,24 @@ export function leftovers(id: string, dataDir: string): string[] {
     if (cg.includes(`/capsule/${id}\n`) || cg.includes(`/capsule/${id}/`)) found.push(`process ${pid}`);
   }
   return found;
+}
+
+/** Pids of live network relays (native/capsule-netrelay.c) of sandbox `id`, or of every sandbox when id is omitted. */
+export function netRelays(id?: string): number[] {
+  const out: number[] = [];
+  for (const pid of fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+    let cmd: string[];
+    let stat = '';
+    try {
+      cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+      stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    } catch {
+      continue;
+    }
+    if (!cmd[0]?.endsWith('capsule-netrelay') || /\) Z /.test(stat)) continue;
+    if (id === undefined || cmd[cmd.indexOf('--id') + 1] === id) out.push(Number(pid));
+  }
+  return out;
 }
 
 /** leftovers() once the kernel had a moment to detach loop devices and reap (it does both in work items). */

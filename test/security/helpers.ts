@@ -48,10 +48,10 @@ export interface Battery {
 
 // ---------------------------------------------------------------- daemon
 
-export async function startBattery(isolation: BatteryIsolation = 'container'): Promise<Battery> {
+export async function startBattery(isolation: BatteryIsolation = 'container', opts: { env?: Record<string, string> } = {}): Promise<Battery> {
   const guard = new HostGuard();
   const daemonCanary = `canary-${crypto.randomBytes(8).toString('hex')}`;
-  const d = await startTestDaemon({ env: { CAPSULE_SECURITY_CANARY: daemonCanary }, args: ['--isolation', isolation] });
+  const d = await startTestDaemon({ env: { CAPSULE_SECURITY_CANARY: daemonCanary, ...opts.env }, args: ['--isolation', isolation] });
   const port = Number(new URL(d.url).port);
   guard.snapshot();
   return { d, url: d.url, port, guard, sandboxes: [], daemonCanary, isolation };
@@ -101,11 +101,15 @@ export interface SandboxOptions {
   resources?: { cpus?: number; memoryMb?: number; pids?: number; diskMb?: number };
   /** Upload these probes to /probes after creating it; default all. */
   probes?: readonly ProbeName[];
+  /** The create's network settings (egress policy, public ports). */
+  network?: Record<string, unknown>;
+  template?: string;
 }
 
 export async function createSandbox(b: Battery, opts: SandboxOptions = {}): Promise<string> {
-  const body: Record<string, unknown> = { template: 'busybox', timeoutMs: 600_000 };
+  const body: Record<string, unknown> = { template: opts.template ?? 'busybox', timeoutMs: 600_000 };
   if (opts.envs) body.envs = opts.envs;
+  if (opts.network) body.network = opts.network;
   if (opts.resources) body.resources = opts.resources;
   const r = await api(b.url, 'POST', '/v1/sandboxes', body);
   assert.equal(r.status, 201, `create sandbox: ${r.text}\n${b.d.log().slice(-2000)}`);

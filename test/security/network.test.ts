@@ -1,26 +1,29 @@
 /**
- * Escape battery, network: a sandbox has a private network namespace with
- * loopback only. The daemon's API on the host's 127.0.0.1, the host's other
- * addresses, the slirp-style gateway 10.0.2.2 and the internet are unreachable;
- * raw and packet sockets are refused; ports opened inside are not on the host.
+ * Escape battery, network: a sandbox without egress (the default, `none`) has a
+ * private network namespace with loopback only. The daemon's API on the host's
+ * 127.0.0.1, the slirp-style gateway 10.0.2.2, metadata and "internet"
+ * addresses are unreachable; raw and packet sockets are refused; ports opened
+ * inside are not on the host.
+ *
+ * No probe may send a packet outside 127.0.0.0/8 even if isolation broke: the
+ * daemon runs with a simulated internet (test/helpers/internet.ts) in which
+ * every address probed here leads to a loopback server that counts what reaches
+ * it, and the daemon dials nothing else. (test/security/egress.test.ts attacks
+ * sandboxes that do have egress.)
  */
 import { after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import os from 'node:os';
 import { attack, assertDaemonAnswers, createSandbox, per, probe1, sh, sleepMs, forEachIsolation, startBattery, stopBattery, type Battery } from './helpers.js';
+import { startInternet, type Internet } from '../helpers/internet.js';
+import { api } from '../helpers/daemon.js';
 
 let b: Battery;
 let id: string;
+let web: Internet;
 const B = () => b;
-
-function hostAddresses(): string[] {
-  const out: string[] = [];
-  for (const list of Object.values(os.networkInterfaces())) {
-    for (const a of list ?? []) if (!a.internal && a.family === 'IPv4') out.push(a.address);
-  }
-  return out;
-}
+/** Addresses a sandbox might try for the host, its gateway, cloud metadata and the internet: each one leads to a loopback server here. */
+const PROBED = ['10.0.2.2', '10.0.2.3', '172.17.0.1', '169.254.169.254', '1.1.1.1', '8.8.8.8', '203.0.113.10'];
 
 function hostConnect(port: number): Promise<string> {
   return new Promise((resolve) => {
@@ -40,11 +43,15 @@ function hostConnect(port: number): Promise<string> {
 
 forEachIsolation('security: network', (isolation) => {
   before(async () => {
-    b = await startBattery(isolation);
+    web = await startInternet(['internet.test']);
+    const env = JSON.parse(web.env) as { hosts: Record<string, string>; routes: Record<string, string> };
+    for (const ip of PROBED) env.routes[ip] = web.sites['internet.test']!.loopback;
+    b = await startBattery(isolation, { env: { CAPSULE_NET_TEST_INTERNET: JSON.stringify(env) } });
     id = await createSandbox(b, { probes: ['net'] });
   });
   after(async () => {
     await stopBattery(b);
+    await web?.close();
   });
 
   attack(B, 'interfaces: only loopback exists inside', async () => {
@@ -71,18 +78,23 @@ forEachIsolation('security: network', (isolation) => {
     await assertDaemonAnswers(b);
   });
 
-  attack(B, 'the host gateway (10.0.2.2), the host addresses and the internet are unreachable', async () => {
-    const targets = ['10.0.2.2', '10.0.2.3', '172.17.0.1', '169.254.169.254', '1.1.1.1', '8.8.8.8', ...hostAddresses()];
-    for (const ip of targets) {
-      const r = await probe1(b, id, 'net', ['connect', ip, String(b.port), '1000']);
-      assert.ok(['ENETUNREACH', 'EHOSTUNREACH', 'ETIMEDOUT', 'ECONNREFUSED'].includes(r) && r !== 'OK', `${ip}: ${r}`);
-      // gVisor's netstack (--network=none) says EHOSTUNREACH for the same thing: no route, nothing sent.
-      assert.equal(r, per(b, { container: 'ENETUNREACH', gvisor: 'EHOSTUNREACH' }), `${ip}: no route at all`);
+  attack(B, 'the host gateway (10.0.2.2), cloud metadata and the internet are unreachable', async () => {
+    const site = web.sites['internet.test']!;
+    for (const ip of PROBED) {
+      for (const port of [b.port, site.httpPort]) {
+        const r = await probe1(b, id, 'net', ['connect', ip, String(port), '1000']);
+        // gVisor's netstack (--network=none) says EHOSTUNREACH for the same thing: no route, nothing sent.
+        assert.equal(r, per(b, { container: 'ENETUNREACH', gvisor: 'EHOSTUNREACH' }), `${ip}:${port}: no route at all`);
+      }
     }
     const nc = await sh(b, id, `nc -w 2 10.0.2.2 ${b.port} </dev/null; echo rc=$?`);
     assert.doesNotMatch(nc.stdout, /rc=0/);
-    const dns = await sh(b, id, 'nslookup example.com 1.1.1.1 >/dev/null 2>&1; echo rc=$?');
+    const dns = await sh(b, id, 'nslookup internet.test 203.0.113.53 >/dev/null 2>&1; echo rc=$?');
     assert.doesNotMatch(dns.stdout, /rc=0/);
+    assert.equal(site.hits.http + site.hits.echo + site.hits.tlsConnections, 0, 'no stand-in server saw anything');
+    assert.equal(web.udpHits(), 0);
+    const log = await api(b.url, 'GET', `/v1/sandboxes/${id}/network/log`);
+    assert.deepEqual(log.json.entries, [], 'a sandbox without egress has no gateway, so nothing even reaches the daemon');
   });
 
   attack(B, 'network configuration changes are refused (no CAP_NET_ADMIN): addresses, routes, link state', async () => {

@@ -5,7 +5,9 @@ import {
   BackgroundStarted,
   CommandEvent,
   CommandResult,
+  ListProcessesQuery,
   ListProcessesResponse,
+  ProcessClientMessage,
   ProcessParams,
   RunCommandRequest,
   SandboxParams,
@@ -16,7 +18,7 @@ import {
   StreamQuery,
 } from '../../schemas/index.js';
 import { wireEvents } from '../../sandboxes/output.js';
-import { isCapsuleError } from '../../errors/index.js';
+import { InvalidArgumentError, isCapsuleError } from '../../errors/index.js';
 import { z } from 'zod';
 
 const ProcParams = ProcessParams.extend({ id: SandboxId });
@@ -72,11 +74,12 @@ export function commandRoutes(t: RouteTable, s: Services): void {
   t.add({
     method: 'GET',
     url: '/v1/sandboxes/:id/commands',
-    summary: 'List processes started through the API (running and recently finished)',
+    summary: 'List processes started through the API (running and recently finished), optionally those with a tag',
     tag: 'commands',
     params: SandboxParams,
+    query: ListProcessesQuery,
     responses: { 200: { description: 'Processes', schema: ListProcessesResponse } },
-    handler: async ({ params, ctx }) => ({ processes: s.commands.list(ctx, params.id) }),
+    handler: async ({ params, query, ctx }) => ({ processes: s.commands.list(ctx, params.id, query) }),
   });
 
   t.add({
@@ -132,7 +135,7 @@ export function commandRoutes(t: RouteTable, s: Services): void {
   t.add({
     method: 'GET',
     url: '/v1/sandboxes/:id/commands/:pid/stream',
-    summary: 'NDJSON stream of a process: kept output first, then live output, then exit',
+    summary: 'NDJSON stream of a process (pid or tag): its recent output first (at most 64 KiB per stream), then live output, then exit',
     tag: 'commands',
     params: ProcParams,
     query: StreamQuery,
@@ -150,6 +153,53 @@ export function commandRoutes(t: RouteTable, s: Services): void {
       await f.done;
       out.end();
       return reply;
+    },
+  });
+}
+
+/** GET .../commands/:pid/connect: one WebSocket for a process's output (CommandEvent text frames) and its stdin (binary frames). */
+export function commandSocketRoutes(t: RouteTable, s: Services): void {
+  t.add({
+    method: 'GET',
+    url: '/v1/sandboxes/:id/commands/:pid/connect',
+    summary:
+      'WebSocket to a process (pid or tag): text frames of CommandEvent (start, its recent output, live output, exit); ' +
+      'the client sends stdin as binary frames, and `{"type":"eof"}` or `{"type":"signal","signal"}` as text. Closing it leaves the process running.',
+    tag: 'commands',
+    params: ProcParams,
+    query: StreamQuery,
+    responses: { 101: { description: 'Switching to the WebSocket protocol; text frames are CommandEvent', schema: CommandEvent } },
+    handler: async () => undefined,
+    socket: async ({ params, query, ctx }) => {
+      const { pid } = s.commands.resolve(ctx, params.id, params.pid);
+      return {
+        cancel: () => undefined,
+        socket: (ch) => {
+          let f: ReturnType<Services['commands']['follow']>;
+          const write = wireEvents(query.encoding ?? 'utf8', (ev: CommandEvent) => {
+            const ok = ch.sendJson(ev);
+            if (ev.type === 'exit') ch.close(1000, 'exited');
+            return ok;
+          });
+          try {
+            f = s.commands.follow(ctx, params.id, pid, { write, drained: () => ch.drained() });
+          } catch (err) {
+            ch.fail(err);
+            return;
+          }
+          ch.onClose(() => f.stop());
+          ch.onMessage((msg) => {
+            if ('bytes' in msg) {
+              s.commands.sendStdin(ctx, params.id, pid, msg.bytes, false).catch((err: unknown) => ch.fail(err));
+              return;
+            }
+            const m = ProcessClientMessage.safeParse(msg.text);
+            if (!m.success) return ch.fail(new InvalidArgumentError('a text frame must be {"type":"eof"} or {"type":"signal","signal":"SIGTERM"}'));
+            const done = m.data.type === 'eof' ? s.commands.sendStdin(ctx, params.id, pid, Buffer.alloc(0), true) : s.commands.signal(ctx, params.id, pid, m.data.signal);
+            done.catch((err: unknown) => ch.fail(err));
+          });
+        },
+      };
     },
   });
 }

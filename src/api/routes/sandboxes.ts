@@ -10,6 +10,7 @@ import {
   SandboxParams,
   SetTimeoutRequest,
 } from '../../schemas/index.js';
+import { lifecycleRoutes } from './lifecycle.js';
 import { InvalidArgumentError } from '../../errors/index.js';
 import { isolationOfRuntime } from '../../runtime/isolation.js';
 
@@ -26,6 +27,14 @@ export function toApiSandbox(r: SandboxRecord): Sandbox {
     ...(r.endedAt !== null ? { endedAt: new Date(r.endedAt).toISOString() } : {}),
     ...(r.endReason !== null ? { endReason: r.endReason } : {}),
     isolation: isolationOfRuntime(r.runtime),
+    lifecycle: {
+      onTimeout: r.lifecycle.onTimeout,
+      autoResume: r.lifecycle.autoResume,
+      ...(r.lifecycle.idleMs !== null ? { idleMs: r.lifecycle.idleMs } : {}),
+      deleteAfterMs: r.lifecycle.deleteAfterMs,
+    },
+    ...(r.volumes.length > 0 ? { volumes: r.volumes.map((v) => ({ name: v.name, path: v.path, readOnly: v.readOnly })) } : {}),
+    ...((r.state === 'paused' || r.state === 'stopped') && r.remainingMs !== null ? { timeoutRemainingMs: r.remainingMs } : {}),
   };
 }
 
@@ -97,6 +106,8 @@ export function sandboxRoutes(t: RouteTable, s: Services): void {
     responses: { 200: { description: 'The sandbox with its new expiry', schema: Sandbox } },
     handler: async ({ params, body, ctx }) => toApiSandbox(s.sandboxes.setTimeout(ctx, params.id, body.timeoutMs)),
   });
+
+  lifecycleRoutes(t, s);
 }
 
 export const HealthResponse = z.object({ status: z.literal('ok'), version: z.string() });

@@ -32,17 +32,19 @@ export function registerDaemonCommands(program: Command): void {
   for (const name of SERVE_FLAGS) serve.option(...flagHelp(name));
   serve
     .option('--no-auth', 'accept requests without an API key (every caller is an admin; loopback only)')
+    .option('--metrics-open', 'serve Prometheus text at /metrics without an API key (env CAPSULE_METRICS_OPEN; default: admin keys only)')
     .option(
       '--pool <template=size>',
       'keep <size> started sandboxes of <template> ready to claim, e.g. busybox=4; 0 = off (repeatable; env CAPSULE_POOL=busybox=4,debian=2; default without either: debian=2)',
       collect,
     )
     .option('--prebuild <templates>', 'build these built-in templates (comma-separated, e.g. debian) before listening, with a progress bar on stderr; npm start uses it for the default template')
-    .action(async (opts: { host?: string; port?: string; dataDir?: string; runtime?: string; isolation?: string; logLevel?: string; auth: boolean; pool?: string[]; prebuild?: string }) => {
+    .action(async (opts: { host?: string; port?: string; dataDir?: string; runtime?: string; isolation?: string; logLevel?: string; auth: boolean; metricsOpen?: boolean; pool?: string[]; prebuild?: string }) => {
       const flags: Partial<Record<SettingName, string>> = {};
       for (const name of SERVE_FLAGS) if (opts[name] !== undefined) flags[name] = opts[name];
       const overrides: Partial<DaemonConfig> = {};
       if (!opts.auth) overrides.auth = false;
+      if (opts.metricsOpen) overrides.metricsOpen = true;
       const config = configFrom(flags, overrides);
       if (!config.auth) {
         const by = opts.auth ? 'CAPSULE_NO_AUTH' : '--no-auth';

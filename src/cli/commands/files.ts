@@ -63,6 +63,39 @@ export function registerFileCommands(program: Command): void {
     });
 
   files
+    .command('watch')
+    .description('print changes under a directory as they happen (create, write, remove, rename, chmod), until Ctrl-C')
+    .argument('<id>', 'sandbox id')
+    .argument('<path>', 'directory inside the sandbox')
+    .option('-r, --recursive', 'also watch every directory below, including ones made later')
+    .option('--json', 'one JSON event per line')
+    .action(async (id: string, p: string, opts: { recursive?: boolean; json?: boolean }, cmd: Command) => {
+      const sbx = await Sandbox.connect(id, connection(cmd));
+      const stop = new AbortController();
+      const onSignal = () => stop.abort();
+      process.once('SIGINT', onSignal);
+      process.once('SIGTERM', onSignal);
+      try {
+        const w = await sbx.files.watchDir(
+          p,
+          async (ev) => {
+            if (opts.json) await writeOut(process.stdout, `${JSON.stringify(ev)}\n`);
+            else if (ev.type === 'overflow') await writeOut(process.stdout, 'overflow  (events were lost; rescan)\n');
+            else await writeOut(process.stdout, `${ev.type.padEnd(8)}  ${ev.path}${ev.isDir ? '/' : ''}\n`);
+          },
+          { recursive: opts.recursive === true, signal: stop.signal },
+        );
+        process.stderr.write(`watching ${p}${opts.recursive ? ' and below' : ''}; Ctrl-C stops\n`);
+        const end = await w.done;
+        if (end.reason === 'gone') process.stderr.write(`capsule: ${p} was removed or moved away\n`);
+        if (end.reason === 'ended') process.stderr.write('capsule: the sandbox ended\n');
+      } finally {
+        process.off('SIGINT', onSignal);
+        process.off('SIGTERM', onSignal);
+      }
+    });
+
+  files
     .command('ls')
     .alias('list')
     .description('list a directory')

@@ -15,8 +15,9 @@
  * - runsc runs through capsule-launcher, a subreaper: `runsc delete` waits
  *   until the sandbox process is reaped, 1.1-1.8 s unless someone reaps it at
  *   once (~130 ms with the launcher);
- * - no pause, checkpoint, in-place limit changes or change export: each
- *   answers `unsupported` (the capabilities say so first).
+ * - no pause, stop/start, volumes, egress (the `gateway` network mode),
+ *   checkpoint, in-place limit changes or change export: each answers
+ *   `unsupported` (the capabilities say so first; ADR 0010 says why).
  *
  * Files: the sandbox dir (disk, overlay, bundle) is <data>/sandboxes/<id>
  * like a container's, so template-in-use scans see both; runsc's state and
@@ -32,15 +33,15 @@ import type { AgentEndpoint } from '../../agent/types.js';
 import { ConflictError, InvalidArgumentError, isCapsuleError, RuntimeError, UnsupportedError } from '../../errors/index.js';
 import { ensurePrivateDir } from '../agent-socket.js';
 import { cgroupsPathFor, SANDBOX_CAPABILITIES } from '../bundle.js';
-import { cgroupMounts, killCgroupProcs, readOomKills, removeCgroupDirs } from '../cgroups.js';
+import { cgroupMounts, killCgroupProcs, readCgroupStats, readOomKills, removeCgroupDirs } from '../cgroups.js';
 import { MAX_LAYERS, MIN_DISK_MB, SANDBOX_ID_RE, type RuntimeLogger } from '../driver.js';
 import { Launcher, LAUNCHER_PATH } from '../launcher.js';
-import { recordLowerIds } from '../lower-ids.js';
+import { writeLowerIds } from '../lower-ids.js';
 import { setupSandboxMounts, teardownSandboxMounts, type MountHelperOptions } from '../mounts.js';
 import { OciCli, summarizeStderr, type OciResult } from '../oci-cli.js';
 import { removeSandboxDir, sandboxLayout } from '../overlay.js';
 import { loadDefaultSeccomp, type OciSeccomp } from '../seccomp.js';
-import type { CapabilityName, CgroupLimits, ContainerInfo, ContainerSpec, ContainerStatus, RuntimeCapabilities, RuntimeDriver } from '../types.js';
+import type { CapabilityName, CgroupLimits, ContainerInfo, ContainerSpec, ContainerStatus, RuntimeCapabilities, RuntimeDriver, SandboxStats } from '../types.js';
 import { buildGvisorSpec, GVISOR_SOCKET_NAME } from './bundle.js';
 
 export interface GvisorDriverOptions {
@@ -88,6 +89,8 @@ export class GvisorDriver implements RuntimeDriver {
   readonly capabilities: RuntimeCapabilities = {
     isolation: 'gvisor',
     pause: false,
+    stop: false,
+    volumes: false,
     checkpoint: false,
     updateResources: false,
     exportChanges: false,
@@ -151,7 +154,10 @@ export class GvisorDriver implements RuntimeDriver {
       if (spec.layers.length === 0 || spec.layers.length > MAX_LAYERS) {
         throw new InvalidArgumentError(`a sandbox stacks 1 to ${MAX_LAYERS} layers, got ${spec.layers.length}`, { id });
       }
-      if (spec.network.mode !== 'none') throw new InvalidArgumentError(`network mode ${spec.network.mode} is not supported by gVisor here`, { id });
+      if (spec.network.mode !== 'none') {
+        throw new UnsupportedError(`network mode ${spec.network.mode} is not supported by gVisor here (it runs --network=none)`, { id, backend: this.kind });
+      }
+      if ((spec.volumes?.length ?? 0) > 0) throw new UnsupportedError('the gVisor backend cannot attach volumes', { id, backend: this.kind, capability: 'volumes' });
       const seccomp = this.opts.seccomp === undefined ? loadDefaultSeccomp(SANDBOX_CAPABILITIES) : this.opts.seccomp;
 
       // The socket dir first (see the file comment). runsc's gofer opens it as the sandbox's mapped root,
@@ -176,7 +182,7 @@ export class GvisorDriver implements RuntimeDriver {
         },
         this.mountOpts(),
       );
-      await recordLowerIds(layout.dir, topFirst);
+      await writeLowerIds(layout.dir, topFirst);
       await this.keepTmpOnDisk(layout.rootfs);
       signal?.throwIfAborted();
 
@@ -386,6 +392,43 @@ export class GvisorDriver implements RuntimeDriver {
 
   exportChanges(id: string, _dest: string, _signal?: AbortSignal): Promise<void> {
     return this.unsupported(id, 'exportChanges', "export a sandbox's file changes");
+  }
+
+  stop(id: string): Promise<void> {
+    return this.unsupported(id, 'stop', 'stop a sandbox');
+  }
+
+  start(id: string, _signal?: AbortSignal): Promise<ContainerInfo> {
+    return this.unsupported(id, 'stop', 'start a sandbox');
+  }
+
+  prepareVolume(volumeId: string, _sizeMb: number): Promise<void> {
+    return this.unsupported(volumeId, 'volumes', 'make a volume');
+  }
+
+  removeVolume(volumeId: string): Promise<void> {
+    return this.unsupported(volumeId, 'volumes', 'remove a volume');
+  }
+
+  /**
+   * The host's view: the sandbox's cgroup holds the sentry, the gofer and the ptrace stubs, so
+   * memory is what the whole gVisor sandbox costs the host, and `pids` / `pidsLimit` count host
+   * tasks against the loose host cap (gvisorHostTasks), not the processes inside (their limit is
+   * RLIMIT_NPROC inside gVisor). The disk is the sandbox's own ext4, as under crun.
+   */
+  async stats(id: string): Promise<SandboxStats> {
+    checkId(id);
+    const cg = await readCgroupStats(cgroupsPathFor(id));
+    let diskUsedBytes = 0;
+    let diskTotalBytes = 0;
+    try {
+      const st = await fsp.statfs(sandboxLayout(this.opts.paths.sandboxDir(id)).disk);
+      diskTotalBytes = st.blocks * st.bsize;
+      diskUsedBytes = (st.blocks - st.bfree) * st.bsize;
+    } catch {
+      /* not mounted (being destroyed): no disk figures */
+    }
+    return { ...cg, diskUsedBytes, diskTotalBytes };
   }
 
   private unsupported(id: string, capability: CapabilityName, what: string): Promise<never> {

@@ -96,6 +96,68 @@ describe('isolation per sandbox', { skip: gvisorSkip() }, () => {
     }
   });
 
+  it("what gVisor cannot do answers 422 unsupported, and the sandbox runs on: pause, stop/start, such timeout policies, volumes, egress, ports", async () => {
+    const unsupported = (r: { status: number; text: string; json: any }, re: RegExp) => {
+      assert.equal(r.status, 422, r.text);
+      assert.equal(r.json.error.code, 'unsupported', r.text);
+      assert.match(r.json.error.message, re);
+    };
+    const info = await api(d.url, 'GET', '/v1/info');
+    const gvCaps = (info.json.backends as Array<{ isolation: string; capabilities?: Record<string, unknown> }>).find((b) => b.isolation === 'gvisor')!.capabilities!;
+    assert.deepEqual([gvCaps.pause, gvCaps.stop, gvCaps.volumes, gvCaps.network], [false, false, false, ['none']]);
+    // Refused at create, before anything is started.
+    for (const onTimeout of ['pause', 'stop']) {
+      unsupported(await api(d.url, 'POST', '/v1/sandboxes', { template: 'busybox', isolation: 'gvisor', lifecycle: { onTimeout } }), new RegExp(`runsc backend does not support ${onTimeout}`));
+    }
+    unsupported(await api(d.url, 'POST', '/v1/sandboxes', { template: 'busybox', isolation: 'gvisor', network: { egress: 'all' } }), /runsc backend cannot give sandboxes egress/);
+    const vol = await api(d.url, 'POST', '/v1/volumes', { name: 'iso-vol', sizeMb: 16 });
+    assert.equal(vol.status, 201, vol.text);
+    try {
+      unsupported(
+        await api(d.url, 'POST', '/v1/sandboxes', { template: 'busybox', isolation: 'gvisor', volumes: [{ name: 'iso-vol', path: '/data' }] }),
+        /attach volumes .*runsc backend does not support volumes/,
+      );
+      // A container sandbox of the same daemon attaches it.
+      const ct = await create({ volumes: [{ name: 'iso-vol', path: '/data' }] });
+      assert.equal((await sh(ct.id, 'echo v > /data/f && cat /data/f')).stdout, 'v\n');
+      await api(d.url, 'DELETE', `/v1/sandboxes/${ct.id}`);
+    } finally {
+      await api(d.url, 'DELETE', '/v1/volumes/iso-vol');
+    }
+    const gv = await create({ isolation: 'gvisor' });
+    try {
+      unsupported(await api(d.url, 'POST', `/v1/sandboxes/${gv.id}/pause`), /cannot pause the sandbox: the runsc backend does not support pause/);
+      unsupported(await api(d.url, 'POST', `/v1/sandboxes/${gv.id}/stop`), /cannot stop the sandbox: the runsc backend does not support stop/);
+      unsupported(await api(d.url, 'PUT', `/v1/sandboxes/${gv.id}/network`, { egress: 'all' }), /runsc backend cannot give sandboxes egress/);
+      const token = (await api(d.url, 'GET', `/v1/sandboxes/${gv.id}/network/ports/8080`)).json.token as string;
+      const port = await api(d.url, 'GET', `/v1/sandboxes/${gv.id}/ports/8080/`, undefined, { 'x-capsule-port-token': token });
+      unsupported(port, /runsc backend cannot expose sandbox ports/);
+      const now = await api(d.url, 'GET', `/v1/sandboxes/${gv.id}`);
+      assert.equal(now.json.state, 'running');
+      assert.equal((await sh(gv.id, 'echo still')).stdout, 'still\n');
+    } finally {
+      await api(d.url, 'DELETE', `/v1/sandboxes/${gv.id}`);
+    }
+  });
+
+  it("a gVisor sandbox's metrics come from its own cgroup and disk (the backend set routes stats)", async () => {
+    const gv = await create({ isolation: 'gvisor' });
+    try {
+      let m: any[] = [];
+      for (let i = 0; i < 50 && m.length === 0; i++) {
+        const r = await api(d.url, 'GET', `/v1/sandboxes/${gv.id}/metrics`);
+        assert.equal(r.status, 200, r.text);
+        m = r.json.metrics;
+        if (m.length === 0) await new Promise((res) => setTimeout(res, 200));
+      }
+      assert.ok(m.length > 0, 'sampled');
+      assert.ok(m[0].memUsedBytes > 0, JSON.stringify(m[0]));
+      assert.ok(m[0].diskQuotaBytes > 0, JSON.stringify(m[0]));
+    } finally {
+      await api(d.url, 'DELETE', `/v1/sandboxes/${gv.id}`);
+    }
+  });
+
   it('an isolation this host lacks answers 422 unsupported with the reason; an unknown one 400', async () => {
     const vm = await api(d.url, 'POST', '/v1/sandboxes', { template: 'busybox', isolation: 'microvm' });
     assert.equal(vm.status, 422, vm.text);

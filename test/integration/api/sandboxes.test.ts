@@ -78,10 +78,12 @@ describe('sandboxes', () => {
     assert.deepEqual(info.json.runtime.capabilities, {
       isolation: 'container',
       pause: true,
+      stop: true,
+      volumes: true,
       checkpoint: false,
       updateResources: true,
       exportChanges: true,
-      network: ['none'],
+      network: ['none', 'gateway'], // gateway: the relay is built and nft installed (ADR 0012)
       maxLayers: 128,
     });
   });

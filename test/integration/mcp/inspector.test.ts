@@ -55,7 +55,7 @@ after(async () => {
   if (d) await removeDataDir(d.dataDir);
 });
 
-async function inspectRunCode(language: string, code: string): Promise<{ structuredContent: { exit_code: number; result?: string; stdout: string }; isError?: boolean }> {
+async function inspectRunCode(language: string, code: string): Promise<{ structuredContent: { stdout: string; results: Array<{ text?: string }>; error?: unknown }; isError?: boolean }> {
   const env = { CAPSULE_URL: d!.url, CAPSULE_API_KEY: d!.adminKey ?? '' };
   const r = await npx(
     [
@@ -80,7 +80,7 @@ async function inspectRunCode(language: string, code: string): Promise<{ structu
   assert.equal(r.code, 0, `inspector failed:\n${r.stderr}\n${r.stdout}`);
   // The CLI prints the JSON result of the call.
   const start = r.stdout.indexOf('{');
-  return JSON.parse(r.stdout.slice(start)) as { structuredContent: { exit_code: number; result?: string; stdout: string }; isError?: boolean };
+  return JSON.parse(r.stdout.slice(start)) as { structuredContent: { stdout: string; results: Array<{ text?: string }>; error?: unknown }; isError?: boolean };
 }
 
 test('MCP Inspector CLI calls run_code over stdio', { timeout: 300_000 }, async (t) => {
@@ -91,9 +91,10 @@ test('MCP Inspector CLI calls run_code over stdio', { timeout: 300_000 }, async 
   }
   const bash = await inspectRunCode('bash', 'echo 42');
   assert.notEqual(bash.isError, true);
-  assert.equal(bash.structuredContent.exit_code, 0);
-  assert.equal(bash.structuredContent.result, '42');
+  assert.equal(bash.structuredContent.error, undefined);
+  assert.equal(bash.structuredContent.stdout, '42\n');
 
-  const py = await inspectRunCode('python', 'print(6 * 7)');
-  assert.equal(py.structuredContent.result, '42');
+  // debian has python3 without IPython: the plain driver, still stateful, text results.
+  const py = await inspectRunCode('python', '6 * 7');
+  assert.equal(py.structuredContent.results[0]?.text, '42');
 });

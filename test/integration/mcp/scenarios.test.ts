@@ -21,7 +21,14 @@ const EXPECTED_TOOLS = [
   'sandbox_create',
   'sandbox_kill',
   'sandbox_list',
+  'sandbox_network_log',
+  'sandbox_pause',
+  'sandbox_port_url',
+  'sandbox_resume',
+  'sandbox_set_network',
   'sandbox_set_timeout',
+  'sandbox_start',
+  'sandbox_stop',
   'write_file',
 ];
 
@@ -94,6 +101,30 @@ for (const kind of TRANSPORTS) {
       assert.ok(ids.includes(sandboxId));
     });
 
+    it('sets the network, reads the egress ledger and a port URL (no traffic leaves: nothing is dialled)', async () => {
+      const created = await call('sandbox_create', { template: 'busybox', network: { egress: { allow: ['allowed.test'] } } });
+      assert.notEqual(created.isError, true, text(created));
+      const id = (created.structuredContent as { sandbox_id: string }).sandbox_id;
+      try {
+        const set = await call('sandbox_set_network', { sandbox_id: id, egress: 'none', public_ports: [8000] });
+        assert.notEqual(set.isError, true, text(set));
+        assert.deepEqual(set.structuredContent, { sandbox_id: id, egress: 'none', public_ports: [8000], gateway: true, resolver: '198.18.0.53' });
+        const bad = await call('sandbox_set_network', { sandbox_id: id, egress: { allow: ['not a rule'] } });
+        assert.equal(bad.isError, true);
+        const log = await call('sandbox_network_log', { sandbox_id: id });
+        assert.notEqual(log.isError, true, text(log));
+        assert.deepEqual((log.structuredContent as { entries: unknown[] }).entries, []);
+        const port = await call('sandbox_port_url', { sandbox_id: id, port: 8000 });
+        assert.notEqual(port.isError, true, text(port));
+        const p = port.structuredContent as { url: string; public: boolean; signed_url: string; token: string };
+        assert.match(p.url, new RegExp(`^http://8000-${id}\\.localhost:\\d+/$`));
+        assert.equal(p.public, true);
+        assert.ok(p.signed_url.startsWith(p.url) && p.token.length > 20);
+      } finally {
+        await api(d.url, 'DELETE', `/v1/sandboxes/${id}`);
+      }
+    });
+
     it('writes then reads a file, also as a resource', async () => {
       const w = await call('write_file', { sandbox_id: sandboxId, path: '/tmp/mcp/hello.txt', content: `hi from ${kind}\n` });
       assert.notEqual(w.isError, true, text(w));
@@ -134,7 +165,7 @@ for (const kind of TRANSPORTS) {
       assert.match(text(r), /not_found: sandbox sbx-000000000000 not found/);
       const py = await call('run_code', { sandbox_id: sandboxId, language: 'python', code: 'print(1)' });
       assert.equal(py.isError, true);
-      assert.match(text(py), /python3 is not installed in sandbox .* \(template busybox\): use the debian template/);
+      assert.match(text(py), /unsupported: python3 is not installed in this sandbox.*python template/);
     });
 
     it('creates a sandbox when sandbox_id is omitted; with a session it becomes the default', async () => {
@@ -236,10 +267,10 @@ for (const kind of TRANSPORTS) {
       assert.equal((r.structuredContent as { stdout: string }).stdout, 'still here\n');
     });
 
-    it('runs bash code with run_code only where bash exists (busybox has none)', async () => {
+    it('runs bash code with run_code only where its driver runs (busybox has no python3)', async () => {
       const r = await call('run_code', { sandbox_id: sandboxId, language: 'bash', code: 'echo 42' });
       assert.equal(r.isError, true);
-      assert.match(text(r), /bash is not installed/);
+      assert.match(text(r), /python3 is not installed/);
     });
   });
 }

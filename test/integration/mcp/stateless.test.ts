@@ -9,6 +9,7 @@ import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
 import { CLI, api, authHeaders, removeDataDir, type TestDaemon } from '../../helpers/daemon.js';
 import { startMcpDaemon } from './fixture.js';
+import { TOOLS } from '../../../src/mcp/tools.js';
 import { MODERN, envelope, modernRequest, openSse, type SseEvent } from './wire.js';
 
 let d: TestDaemon;
@@ -46,7 +47,7 @@ describe('mcp 2026-07-28 over http (no initialize, no session)', () => {
     assert.equal(r.status, 200);
     const res = response(r.events, 1);
     const tools = (res.result!.tools as Array<{ name: string }>).map((t) => t.name);
-    assert.ok(tools.includes('run_command') && tools.includes('sandbox_create') && tools.length === 11, tools.join(','));
+    assert.ok(tools.includes('run_command') && tools.includes('sandbox_create') && tools.length === TOOLS.length, tools.join(','));
     assert.equal(res.result!.resultType, 'complete');
   });
 
@@ -173,7 +174,7 @@ describe('mcp 2026-07-28 over stdio (no initialize)', () => {
 
   it('answers tools/list and tools/call without a handshake', async () => {
     const list = await rpc(1, 'tools/list');
-    assert.equal((list.result!.tools as unknown[]).length, 11, JSON.stringify(list));
+    assert.equal((list.result!.tools as unknown[]).length, TOOLS.length, JSON.stringify(list));
     const made = await api(d.url, 'POST', '/v1/sandboxes', { template: 'busybox' });
     cleanup.push(made.json.id as string);
     const call = await rpc(2, 'tools/call', { name: 'run_command', arguments: { sandbox_id: made.json.id, command: 'echo $((6*7))' } });

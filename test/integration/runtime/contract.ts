@@ -193,6 +193,112 @@ export function driverContract(name: string, make: (fx: Fixture) => Promise<Cont
       await assertGone(id);
     });
 
+    it('stops a sandbox keeping only its files, and starts it again with them when it declares stop', async (tc) => {
+      if (!t.driver.capabilities.stop) return tc.skip(`${name} does not declare stop`);
+      const id = newId();
+      let conn = await start(spec(id));
+      try {
+        // Written without a sync: the stop must write it back itself.
+        const w = await run(conn, ['sh', '-c', 'echo kept > /root/f; mkdir -p /data/d; echo deep > /data/d/g; sleep 1000 & true']);
+        assert.equal(w.code, 0, w.out);
+      } finally {
+        conn.close();
+      }
+      await t.driver.stop(id);
+      assert.equal((await t.driver.inspect(id)).status, 'stopped');
+      assert.ok(!(await t.driver.list()).includes(id), 'no container while stopped');
+      assert.ok((await t.driver.listLeftovers()).includes(id), 'its files are listed as leftovers (restart cleanup must be told to keep them)');
+      // No processes, mounts, loop device, cgroups, socket or runtime state: what a host reboot leaves is what a stop leaves.
+      assert.deepEqual(leftovers(id, t.dataDir), ['sandbox dir']);
+      await t.driver.stop(id); // idempotent
+
+      const info = await t.driver.start(id);
+      assert.equal(info.status, 'running');
+      conn = await connectAgent(t.driver.agentEndpoint(id), { timeoutMs: 5000 });
+      try {
+        const r = await run(conn, ['sh', '-c', 'cat /root/f /data/d/g; hostname; ps -o comm | grep -c sleep; true']);
+        assert.equal(r.out, `kept\ndeep\n${id}\n0\n`, 'files kept, same hostname, no process of the earlier run');
+      } finally {
+        conn.close();
+      }
+      await t.driver.destroy(id);
+      await assertGone(id);
+    });
+
+    it('stops a paused sandbox, and starts it on the layer trees it was made on even after they moved', async (tc) => {
+      if (!t.driver.capabilities.stop || !t.driver.capabilities.pause) return tc.skip(`${name} does not declare stop and pause`);
+      const moving = layer(fx, `moving-${n}`, { 'etc/which': 'made on this one\n' });
+      const id = newId();
+      const conn = await start(spec(id, { layers: [{ path: fx.templateRootfs }, moving] }));
+      conn.close();
+      await t.driver.pause(id);
+      await t.driver.stop(id);
+      assert.equal((await t.driver.inspect(id)).status, 'stopped');
+      // A template rebuild: the old tree is renamed aside and a new one takes its path.
+      const aside = `${moving.path}-old`;
+      fs.renameSync(moving.path, aside);
+      const fresh = layer(fx, path.basename(moving.path), { 'etc/which': 'rebuilt\n' });
+      assert.equal(fresh.path, moving.path);
+      await t.driver.start(id);
+      const c2 = await connectAgent(t.driver.agentEndpoint(id), { timeoutMs: 5000 });
+      try {
+        assert.equal((await run(c2, ['cat', '/etc/which'])).out, 'made on this one\n');
+      } finally {
+        c2.close();
+      }
+      await t.driver.destroy(id);
+      await assertGone(id);
+    });
+
+    it('attaches a volume read-write to one sandbox and read-only to another; its data outlives both, within its quota', async (tc) => {
+      if (!t.driver.capabilities.volumes) return tc.skip(`${name} does not declare volumes`);
+      const vid = `vol-${Math.random().toString(36).slice(2).padEnd(12, '0').slice(0, 12)}`;
+      await t.driver.prepareVolume(vid, 32);
+      await t.driver.prepareVolume(vid, 32); // idempotent
+      const rw = newId();
+      const ro = newId();
+      const a = await start(spec(rw, { volumes: [{ volumeId: vid, sizeMb: 32, target: '/data', readOnly: false }] }));
+      const b = await start(spec(ro, { volumes: [{ volumeId: vid, sizeMb: 32, target: '/mnt/shared', readOnly: true }] }));
+      try {
+        assert.equal((await run(a, ['sh', '-c', 'echo from-a > /data/x && id -u > /data/owner && cat /data/x'])).out, 'from-a\n');
+        assert.equal((await run(b, ['cat', '/mnt/shared/x'])).out, 'from-a\n', 'the other sandbox sees it');
+        const w = await run(b, ['sh', '-c', 'echo no > /mnt/shared/y; mount -o remount,rw /mnt/shared; echo no > /mnt/shared/y']);
+        assert.match(w.out, /Read-only file system/);
+        assert.equal((await run(a, ['ls', '/data'])).out, 'owner\nx\n', 'nothing was written through the read-only mount');
+        const quota = await run(a, ['sh', '-c', 'dd if=/dev/zero of=/data/big bs=1M count=64 2>&1; rm -f /data/big']);
+        assert.match(quota.out, /No space left on device/, 'the volume has its own quota');
+      } finally {
+        a.close();
+        b.close();
+      }
+      await t.driver.destroy(rw);
+      await t.driver.destroy(ro);
+      await assertGone(rw);
+      await assertGone(ro);
+      const again = newId();
+      const c = await start(spec(again, { volumes: [{ volumeId: vid, sizeMb: 32, target: '/data', readOnly: false }] }));
+      try {
+        assert.equal((await run(c, ['cat', '/data/x'])).out, 'from-a\n', 'the data outlived both sandboxes');
+      } finally {
+        c.close();
+      }
+      await t.driver.destroy(again);
+      await t.driver.removeVolume(vid);
+      await t.driver.removeVolume(vid); // idempotent
+      assert.ok(!fs.existsSync(path.join(t.dataDir, 'volumes', vid)), 'its disk is gone');
+      assert.deepEqual(leftovers(vid, t.dataDir), [], 'no mount or loop device of it is left');
+    });
+
+    it('refuses a volume over a reserved or unnormalized path', async (tc) => {
+      if (!t.driver.capabilities.volumes) return tc.skip(`${name} does not declare volumes`);
+      for (const target of ['/', '/proc/x', '/.capsule', 'data', '/a/../b', '/a/']) {
+        const id = newId();
+        made.add(id);
+        await assert.rejects(t.driver.create(spec(id, { volumes: [{ volumeId: 'vol-000000000000', sizeMb: 32, target, readOnly: false }] })), (e: any) => e.code === 'invalid_argument', target);
+        await assertGone(id);
+      }
+    });
+
     it('destroy is idempotent, and an unknown id is quietly missing', async () => {
       const ghost = newId();
       await t.driver.destroy(ghost);

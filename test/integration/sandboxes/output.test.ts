@@ -72,7 +72,8 @@ describe('command output encoding (real sandboxes)', () => {
 
   it('a follower of a background process gets the kept output and the live output as one text', async () => {
     const bg = await api(d.url, 'POST', `/v1/sandboxes/${sbx.id}/commands`, {
-      cmd: ['sh', '-c', `head -c 100000 ${FILE}; sleep 0.3; tail -c 170000 ${FILE}`],
+      // The kept part is under the 64 KiB a follower is replayed (REPLAY_BYTES).
+      cmd: ['sh', '-c', `head -c 50000 ${FILE}; sleep 0.3; tail -c 220000 ${FILE}`],
       background: true,
       maxOutputBytes: 16 * 1024 * 1024,
     });
@@ -80,6 +81,30 @@ describe('command output encoding (real sandboxes)', () => {
     await new Promise((r) => setTimeout(r, 150)); // the first part is kept by then; the rest comes live
     const events = await ndjson(d, 'GET', `/v1/sandboxes/${sbx.id}/commands/${bg.json.pid}/stream`);
     assert.equal(joined(events, 'stdout'), TEXT);
+  });
+
+  it('a follower that joins after more than the replay was written starts on a whole character', async () => {
+    const bg = await api(d.url, 'POST', `/v1/sandboxes/${sbx.id}/commands`, { cmd: ['sh', '-c', `cat ${FILE}; printf x; sleep 30`], background: true });
+    assert.equal(bg.status, 202, bg.text);
+    await new Promise((r) => setTimeout(r, 300));
+    const ac = new AbortController();
+    const r = await fetch(`${d.url}/v1/sandboxes/${sbx.id}/commands/${bg.json.pid}/stream`, { headers: authHeaders(d.url), signal: ac.signal });
+    const reader = r.body!.getReader();
+    let text = '';
+    // The replay is the first stdout event (after `start`).
+    while (!/"type":"stdout".*\n/.test(text)) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += Buffer.from(value).toString('utf8');
+    }
+    ac.abort();
+    const first = text.split('\n').filter(Boolean).map((l) => JSON.parse(l)).find((e) => e.type === 'stdout');
+    assert.ok(first, text.slice(0, 300));
+    assert.ok(!first.data.includes('\uFFFD'), 'no replacement character');
+    // 270,001 bytes: the last 65,536 start 3 bytes into a 9-byte group, inside a '€'.
+    assert.ok(`${TEXT}x`.endsWith(first.data), 'the replay is the end of the output so far');
+    assert.ok(first.data.length > 20_000);
+    await api(d.url, 'DELETE', `/v1/sandboxes/${sbx.id}/commands/${bg.json.pid}`);
   });
 
   it('base64: bytes that are not UTF-8 come through exactly, buffered, streamed and waited for', async () => {

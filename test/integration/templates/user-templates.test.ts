@@ -157,6 +157,19 @@ describe('user templates', () => {
     assert.equal(retry.build.cacheHits, 1);
   });
 
+  it('joins a build of the same definition, and refuses another definition for the same name while one builds', async () => {
+    const def = { from: 'busybox', steps: [{ type: 'run', command: 'sleep 1; echo once >> /runs' }] };
+    const a = await api(d.url, 'POST', '/v1/templates', { name: 'racy', definition: def });
+    const b = await api(d.url, 'POST', '/v1/templates', { name: 'racy', definition: def });
+    assert.equal(a.status, 202, a.text);
+    assert.equal(b.json.id, a.json.id, 'the same build');
+    const other = await api(d.url, 'POST', '/v1/templates', { name: 'racy', definition: { ...def, steps: [{ type: 'run', command: 'echo other' }] } });
+    assert.equal(other.status, 409, other.text);
+    assert.equal(other.json.error.details.build, a.json.id);
+    const events = await api(d.url, 'GET', `/v1/builds/${a.json.id}/events`);
+    assert.equal(JSON.parse(events.text.trim().split('\n').pop()!).build.status, 'succeeded');
+  });
+
   it('refuses bad definitions with 400 before building', async () => {
     const missing = await api(d.url, 'POST', '/v1/templates', { name: 'x', definition: { from: 'busybox', steps: [{ type: 'copy', source: `sha256:${'0'.repeat(64)}`, dest: '/x' }] } });
     assert.equal(missing.status, 400);

@@ -37,7 +37,7 @@ static int tcp_connect(const char *ip, int port, int ms) {
   }
   int fd = socket(fam, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return -1;
-  if (connect(fd, (struct sockaddr *)&ss, len) == 0) return 0;
+  if (connect(fd, (struct sockaddr *)&ss, len) == 0) return fd;
   if (errno != EINPROGRESS) return -1;
   struct pollfd p = {fd, POLLOUT, 0};
   int n = poll(&p, 1, ms);
@@ -46,7 +46,7 @@ static int tcp_connect(const char *ip, int port, int ms) {
   socklen_t el = sizeof err;
   getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el);
   if (err) { errno = err; return -1; }
-  return 0;
+  return fd;
 }
 
 static socklen_t abstract_addr(struct sockaddr_un *u, const char *name) {
@@ -111,6 +111,64 @@ int main(int argc, char **argv) {
     fclose(stderr);
     sleep((unsigned)atoi(ARG(3)));
     return 0;
+  }
+  if (!strcmp(a, "tcp-talk")) {
+    /* Connect, send ARG(4) (\n-terminated), print what comes back within ms: "REPLY:<first line>", "EOF" or an errno.
+     * A relay accepts every connection of a sandbox with egress, so only an answer proves the far end was reached. */
+    int ms = argc > 5 ? atoi(ARG(5)) : 3000;
+    int fd = tcp_connect(ARG(2), atoi(ARG(3)), ms);
+    if (fd < 0) return report(-1) < 0;
+    char msg[512];
+    int n = snprintf(msg, sizeof msg, "%s\n", ARG(4));
+    if (send(fd, msg, (size_t)n, MSG_NOSIGNAL) < 0) return report(-1) < 0;
+    char buf[512];
+    size_t got = 0;
+    struct pollfd p = {fd, POLLIN, 0};
+    while (got < sizeof buf - 1 && !memchr(buf, '\n', got)) {
+      if (poll(&p, 1, ms) == 0) { errno = ETIMEDOUT; return report(-1) < 0; }
+      ssize_t r = recv(fd, buf + got, sizeof buf - 1 - got, 0);
+      if (r < 0) return report(-1) < 0;
+      if (r == 0) break;
+      got += (size_t)r;
+    }
+    if (got == 0) { printf("EOF\n"); return 1; }
+    buf[got] = 0;
+    char *nl = strchr(buf, '\n');
+    if (nl) *nl = 0;
+    char *cr = strchr(buf, '\r');
+    if (cr) *cr = 0;
+    printf("REPLY:%s\n", buf);
+    return 0;
+  }
+  if (!strcmp(a, "udp-send")) {
+    /* Send one datagram to ip:port and wait ms for any answer: OK (answered), ETIMEDOUT, or the send errno. */
+    int ms = argc > 4 ? atoi(ARG(4)) : 1500;
+    const char *ip = ARG(2);
+    int fam = strchr(ip, ':') ? AF_INET6 : AF_INET;
+    int fd = socket(fam, SOCK_DGRAM, 0);
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    socklen_t len;
+    if (fam == AF_INET) {
+      struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+      s4->sin_family = AF_INET;
+      s4->sin_port = htons((uint16_t)atoi(ARG(3)));
+      inet_pton(AF_INET, ip, &s4->sin_addr);
+      len = sizeof *s4;
+    } else {
+      struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+      s6->sin6_family = AF_INET6;
+      s6->sin6_port = htons((uint16_t)atoi(ARG(3)));
+      inet_pton(AF_INET6, ip, &s6->sin6_addr);
+      len = sizeof *s6;
+    }
+    if (sendto(fd, "capsule-probe", 13, 0, (struct sockaddr *)&ss, len) < 0) return report(-1) < 0;
+    struct pollfd p = {fd, POLLIN, 0};
+    int n = poll(&p, 1, ms);
+    if (n == 0) { errno = ETIMEDOUT; return report(-1) < 0; }
+    char buf[64];
+    if (recv(fd, buf, sizeof buf, 0) < 0) return report(-1) < 0;
+    return report(0) < 0;
   }
   fprintf(stderr, "net: unknown action %s\n", a);
   return 2;

@@ -26,6 +26,8 @@ export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url
 export const AGENT_VARIANTS = {
   /** Protocol 1.0 as the first release spoke it: no HELLO extension, no features. */
   'v1.0': ['-DPROTO_MINOR=0', '-DAGENT_FEATURES=0', '-DAGENT_VERSION="capsule-agent/0.1.0"'],
+  /** Protocol 1.1 (exec-streams, large-data, read-to-size): no terminals, no watches. */
+  'v1.1': ['-DPROTO_MINOR=1', '-DAGENT_FEATURES=7', '-DAGENT_VERSION="capsule-agent/0.2.0"'],
   /** A later major version: a daemon of major 1 must refuse it. */
   'v2.0': ['-DPROTO_MAJOR=2', '-DPROTO_MINOR=0', '-DAGENT_VERSION="capsule-agent/2.0.0"'],
 } as const;

@@ -1,8 +1,8 @@
 /**
  * A variable set of streams per process (protocol 1.1, exec-streams): an EXEC
  * may list its streams, each a pipe to or from the daemon or /dev/null bound
- * to any of the child's fds 0-9, with ids beyond 2. PTY streams are reserved
- * and refused; CONTROL frames (resize) are accepted and ignored.
+ * to any of the child's fds 0-9, with ids beyond 2. PTY streams (pty.test.ts) are
+ * refused where that feature is not in effect; CONTROL frames of unknown kinds are ignored.
  */
 import assert from 'node:assert/strict';
 import net from 'node:net';
@@ -127,10 +127,16 @@ describe('agent process streams', () => {
     assert.deepEqual([...out], [[2, 'kept\n']]);
   });
 
-  it('refuses pty streams (reserved) and malformed tables', async () => {
+  it('refuses pty streams where the feature is not in effect, two terminals, and malformed tables', async () => {
+    const noPty = await connectAgent(agent.socketPath, { timeoutMs: 3000, offer: ['exec-streams', 'large-data', 'read-to-size'] });
     await assert.rejects(
-      conn.exec({ argv: ['true'], env: ENV, stdin: false, streams: [{ id: 3, kind: 'pty', fds: [0, 1, 2] }] }),
-      (e: unknown) => e instanceof SandboxError && /pty/.test(e.message) && (e.details as { errno?: string }).errno === 'ENOTSUP',
+      noPty.exec({ argv: ['true'], env: ENV, stdin: false, streams: [{ id: 3, kind: 'pty', fds: [0, 1, 2] }] }),
+      (e: unknown) => e instanceof SandboxError && /does not support pty/.test(e.message),
+    );
+    noPty.close();
+    await assert.rejects(
+      conn.exec({ argv: ['true'], env: ENV, stdin: false, streams: [{ id: 1, kind: 'pty', fds: [0] }, { id: 2, kind: 'pty', fds: [1] }] }),
+      InvalidArgumentError,
     );
     const bad: Array<[string, Parameters<AgentConnection['exec']>[0]['streams']]> = [
       ['empty', []],

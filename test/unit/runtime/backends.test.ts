@@ -1,9 +1,10 @@
 /** The backend set: routing each sandbox to the driver that holds it, and what it says about missing ones. Fake drivers: pure logic. */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { Backends, backendFor, backendOf, backendsInfo } from '../../../src/runtime/backends.js';
+import { Backends, backendFor, backendOf, backendsInfo, volumesBackend } from '../../../src/runtime/backends.js';
 import type { Isolation } from '../../../src/runtime/isolation.js';
-import type { ContainerInfo, ContainerSpec, RuntimeCapabilities, RuntimeDriver } from '../../../src/runtime/types.js';
+import type { ContainerInfo, ContainerSpec, NetworkSpec, RuntimeCapabilities, RuntimeDriver, SandboxStats } from '../../../src/runtime/types.js';
+import { PassThrough, type Duplex } from 'node:stream';
 import { UnsupportedError } from '../../../src/errors/index.js';
 
 class FakeDriver implements RuntimeDriver {
@@ -14,7 +15,26 @@ class FakeDriver implements RuntimeDriver {
     readonly kind: string,
     isolation: Isolation,
   ) {
-    this.capabilities = { isolation, pause: isolation === 'container', checkpoint: false, updateResources: true, exportChanges: true, network: ['none'], maxLayers: 8 };
+    const container = isolation === 'container';
+    this.capabilities = {
+      isolation,
+      pause: container,
+      stop: container,
+      volumes: container,
+      checkpoint: false,
+      updateResources: true,
+      exportChanges: true,
+      network: container ? ['none', 'gateway'] : ['none'],
+      maxLayers: 8,
+    };
+    // Like the gVisor driver: no network verbs at all.
+    if (container) {
+      this.attachNetwork = async (id: string, spec: NetworkSpec) => void this.calls.push(`attach ${id} ${spec.mode}`);
+      this.connectPort = async (id: string, port: number) => {
+        this.calls.push(`port ${id} ${port}`);
+        return new PassThrough();
+      };
+    }
   }
   readonly capabilities: RuntimeCapabilities;
   get name() {
@@ -53,6 +73,25 @@ class FakeDriver implements RuntimeDriver {
   async exportChanges(id: string) {
     this.calls.push(`export ${id}`);
   }
+  async stop(id: string) {
+    this.calls.push(`stop ${id}`);
+  }
+  async start(id: string): Promise<ContainerInfo> {
+    this.calls.push(`start ${id}`);
+    return { id, status: 'running' };
+  }
+  async prepareVolume(volumeId: string) {
+    this.calls.push(`prepare ${volumeId}`);
+  }
+  async removeVolume(volumeId: string) {
+    this.calls.push(`remove ${volumeId}`);
+  }
+  async stats(id: string): Promise<SandboxStats> {
+    this.calls.push(`stats ${id}`);
+    return { cpuUsageNs: 0, cpuLimitCores: 1, memoryBytes: 0, memoryPeakBytes: 0, memoryLimitBytes: 0, pids: 1, pidsLimit: 0, diskUsedBytes: 0, diskTotalBytes: 0 };
+  }
+  attachNetwork?: (id: string, spec: NetworkSpec) => Promise<void>;
+  connectPort?: (id: string, port: number) => Promise<Duplex>;
   async oomKills() {
     return 0;
   }
@@ -91,6 +130,47 @@ describe('Backends', () => {
     assert.deepEqual(runsc.calls.slice(1), ['pause g', 'destroy g']);
     assert.deepEqual(crun.calls.slice(1), ['update a']);
     assert.equal(backendOf(b, 'a'), crun);
+  });
+
+  test('stop, start and stats follow the sandbox; its own capabilities are what backendOf answers', async () => {
+    const { crun, runsc, b } = setup();
+    await b.create(spec('a'));
+    await b.create(spec('g', 'gvisor'));
+    await b.stop('a');
+    await b.start('a');
+    await b.stats('g');
+    await b.stats('a');
+    assert.deepEqual(crun.calls.slice(1), ['stop a', 'start a', 'stats a']);
+    assert.deepEqual(runsc.calls.slice(1), ['stats g']);
+    assert.equal(backendOf(b, 'g').capabilities.stop, false);
+    assert.equal(backendOf(b, 'a').capabilities.stop, true);
+  });
+
+  test('attachNetwork and connectPort go to the sandbox driver; one without them answers unsupported', async () => {
+    const { crun, runsc, b } = setup();
+    await b.create(spec('a'));
+    await b.create(spec('g', 'gvisor'));
+    const gw: NetworkSpec = { mode: 'gateway', gateway: { socket: '/gw.sock', resolver: '10.0.0.53' } };
+    await b.attachNetwork('a', gw);
+    (await b.connectPort('a', 8080)).destroy();
+    assert.deepEqual(crun.calls.slice(1), ['attach a gateway', 'port a 8080']);
+    await assert.rejects(b.attachNetwork('g', gw), (e: unknown) => e instanceof UnsupportedError && /runsc backend cannot give a sandbox network mode "gateway"/.test(e.message));
+    await assert.rejects(b.connectPort('g', 8080), (e: unknown) => e instanceof UnsupportedError && /runsc backend cannot expose sandbox ports/.test(e.message));
+    await b.attachNetwork('g', { mode: 'none' });
+    assert.deepEqual(runsc.calls.slice(1), []);
+  });
+
+  test('volumes go to a backend that has them, even when the default lacks them', async () => {
+    const crun = new FakeDriver('crun', 'container');
+    const runsc = new FakeDriver('runsc', 'gvisor');
+    const b = new Backends({ drivers: [crun, runsc], defaultIsolation: 'gvisor' });
+    assert.equal(b.capabilities.volumes, false, 'the default (gVisor) has none');
+    assert.equal(volumesBackend(b), crun);
+    await b.prepareVolume('vol-1', 16);
+    await b.removeVolume('vol-1');
+    assert.deepEqual(crun.calls, ['prepare vol-1', 'remove vol-1']);
+    assert.deepEqual(runsc.calls, []);
+    assert.equal(volumesBackend(crun), crun);
   });
 
   test('a failed create forgets the sandbox', async () => {

@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { openDb } from '../../../src/store/db.js';
+import { DEFAULT_POLICY } from '../../../src/sandboxes/policy.js';
 import { SandboxStore, type SandboxRecord } from '../../../src/sandboxes/store.js';
 import {
   canTransition,
@@ -72,6 +73,7 @@ describe('SandboxStore.transition (compare-and-set)', () => {
     store.insert({
       id, template: 'busybox', state, owner: null, createdAt: now, expiresAt: now + 1000, envs: {}, metadata: {},
       resources: { cpus: 1, memoryMb: 64, pids: 64, diskMb: 64 }, endedAt: null, endReason: null, stateChangedAt: now, runtime: 'crun', defaults: {},
+      lifecycle: { ...DEFAULT_POLICY }, timeoutMs: 1000, remainingMs: null, volumes: [],
     });
     return id;
   }

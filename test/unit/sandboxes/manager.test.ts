@@ -29,7 +29,7 @@ class Gate {
 class FakeRuntime implements RuntimeDriver {
   kind = 'fake';
   name = 'fake 1';
-  capabilities = { isolation: 'container' as const, pause: false, checkpoint: false, updateResources: false, exportChanges: false, network: ['none' as const], maxLayers: 4 };
+  capabilities = { isolation: 'container' as const, pause: false, stop: false, volumes: false, checkpoint: false, updateResources: false, network: ['none' as const], exportChanges: false, maxLayers: 4 };
   running = new Set<string>();
   destroyed: string[] = [];
   createGate: Gate | undefined;
@@ -61,6 +61,12 @@ class FakeRuntime implements RuntimeDriver {
   async update(): Promise<void> {}
   async pause(): Promise<void> {}
   async resume(): Promise<void> {}
+  async stop(): Promise<void> {}
+  async start(id: string): Promise<ContainerInfo> {
+    return { id, status: 'running' };
+  }
+  async prepareVolume(): Promise<void> {}
+  async removeVolume(): Promise<void> {}
   async exportChanges(): Promise<void> {}
   async oomKills(): Promise<number> {
     return 0;

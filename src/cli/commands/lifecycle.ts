@@ -1,0 +1,36 @@
+/** `capsule pause|resume|stop|start <id>`: the sandbox service's lifecycle verbs, through the SDK. */
+import type { Command } from 'commander';
+import { Sandbox, type SandboxInfo } from '../../sdk/index.js';
+import { connection, printJson, relativeTime, secondsToMs, shortTime } from '../util.js';
+
+function report(info: SandboxInfo, json: boolean | undefined): void {
+  if (json) return printJson(info);
+  const left = info.timeoutRemainingMs !== undefined ? `, ${Math.round(info.timeoutRemainingMs / 1000)} s of its timeout left` : '';
+  const when =
+    info.state === 'running'
+      ? ` (expires ${shortTime(info.expiresAt)}, ${relativeTime(info.expiresAt)})`
+      : info.state === 'paused' || info.state === 'stopped'
+        ? ` (deleted ${shortTime(info.expiresAt)} unless woken${left})`
+        : '';
+  process.stdout.write(`${info.id} ${info.state}${when}\n`);
+}
+
+export function registerLifecycleCommands(program: Command): void {
+  const verbs: Array<{ name: 'pause' | 'resume' | 'stop' | 'start'; description: string; wakes: boolean }> = [
+    { name: 'pause', description: 'freeze every process of a sandbox (memory kept); its timeout clock stops', wakes: false },
+    { name: 'resume', description: 'thaw a paused sandbox: its processes continue where they were', wakes: true },
+    { name: 'stop', description: 'end every process and free the memory of a sandbox, keeping its files', wakes: false },
+    { name: 'start', description: 'boot a stopped sandbox again with the same id and files', wakes: true },
+  ];
+  for (const v of verbs) {
+    const c = program.command(v.name).description(v.description).argument('<id>', 'sandbox id').option('--json', 'print the sandbox as JSON');
+    if (v.wakes) c.option('--timeout <seconds>', 'lifetime from now (default: what it had left)');
+    c.action(async (id: string, opts: { json?: boolean; timeout?: string }, cmd: Command) => {
+      const sbx = await Sandbox.connect(id, connection(cmd));
+      const timeoutMs = secondsToMs(opts.timeout, '--timeout');
+      const wake = timeoutMs !== undefined ? { timeoutMs } : {};
+      const info = v.name === 'pause' ? await sbx.pause() : v.name === 'resume' ? await sbx.resume(wake) : v.name === 'stop' ? await sbx.stop() : await sbx.start(wake);
+      report(info, opts.json);
+    });
+  }
+}
