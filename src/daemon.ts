@@ -32,6 +32,7 @@ import { KeyStore } from './auth/keys.js';
 import { KeyService } from './auth/key-service.js';
 import { TemplateCatalog } from './templates/catalog.js';
 import { TemplateBuilder } from './templates/builder.js';
+import { packageHosts } from './templates/package-hosts.js';
 import { BuildJobs } from './templates/jobs.js';
 import { BlobStore } from './templates/blobs.js';
 import { ownerKey, UserTemplates } from './templates/user-templates.js';
@@ -110,7 +111,7 @@ export async function startDaemon(config: DaemonConfig, opts: StartOptions = {})
     const store = new SandboxStore(db);
     // Every isolation kind this host has (runtime/backends.ts); a restarted daemon hands each sandbox
     // back to the backend its row names.
-    const { backends: runtime, container } = await openBackends(config, { paths, agentBinary, log, recorded: (id) => store.get(id)?.runtime });
+    const { backends: runtime } = await openBackends(config, { paths, agentBinary, log, recorded: (id) => store.get(id)?.runtime });
     log.info({ backends: runtime.info().map((b) => (b.available ? `${b.isolation}: ${b.name}` : `${b.isolation}: no (${b.reason})`)) }, 'runtime backends');
     lowerInUse = (rootfs, info) => runtime.templateInUse(rootfs) || catalog.referencesBuiltin(info.name, info.builtAt);
     // Unknown template names in the pool settings fail the start, with the list of known ones.
@@ -132,14 +133,15 @@ export async function startDaemon(config: DaemonConfig, opts: StartOptions = {})
       buildTemplates: config.buildPoolTemplates,
       log,
     });
+    let builder: TemplateBuilder;
     const catalog = new TemplateCatalog({
       builtins: templates,
       users: userTemplates,
       layers,
       blobs,
-      builder: new TemplateBuilder({
-        // Build steps run in containers whatever the default isolation: they need exportChanges.
-        runtime: container,
+      builder: (builder = new TemplateBuilder({
+        // Build steps run in containers whatever the default isolation (the builder asks for that backend).
+        runtime,
         connectAgent: connector,
         layers,
         blobs,
@@ -147,7 +149,7 @@ export async function startDaemon(config: DaemonConfig, opts: StartOptions = {})
         idMapSize: config.idMapSize,
         log,
         resources: { cpus: 1, memoryMb: 2048, pids: 1024, diskMb: 16 * 1024 },
-      }),
+      })),
       jobs,
       sandboxesUsing: (owner, name) =>
         store.listByStates(LIVE_STATES).filter((r) => (r.template === name && ownerKey(r.owner) === owner) || r.template === `${owner}/${name}`).length,
@@ -169,6 +171,8 @@ export async function startDaemon(config: DaemonConfig, opts: StartOptions = {})
     if (config.netTestInternet) log.warn('networking uses a SIMULATED internet (CAPSULE_NET_TEST_INTERNET): for tests only');
     await network.listen();
     sandboxes.setNetworking(network);
+    // Template builds' apt and npm steps: egress to the host's mirrors and the npm registry only.
+    builder!.useNetworking(network, () => packageHosts());
     const journal = new ProcessJournal(store, { onError: (err) => log.error({ err }, 'writing process rows failed') });
     const commands = new CommandService(sandboxes, journal, prometheus);
     const metrics = new MetricsService(sandboxes, store, runtime, config.metricsIntervalMs ?? DEFAULT_METRICS_INTERVAL_MS, METRICS_HISTORY, (err, id) =>

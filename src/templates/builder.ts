@@ -27,6 +27,9 @@ import { StringDecoder } from 'node:string_decoder';
 import { promisify } from 'node:util';
 import type { ResourceLimits } from '../config/index.js';
 import { CapsuleError, InvalidArgumentError, SandboxError, UnsupportedError } from '../errors/index.js';
+import type { SandboxNetworking } from '../network/service.js';
+import type { NetworkConfig } from '../schemas/network.js';
+import { backendFor } from '../runtime/backends.js';
 import type { LayerRef, RuntimeDriver } from '../runtime/types.js';
 import type { AgentConnector, Logger } from '../sandboxes/manager.js';
 import { containerSpec, requireCapability } from '../sandboxes/spec.js';
@@ -67,6 +70,11 @@ export interface BuildReporter {
 }
 
 export interface BuilderDeps {
+  /**
+   * The daemon's runtime (its backend set): build sandboxes are always made on
+   * the `container` backend (they need exportChanges and egress), whatever the
+   * default isolation, and their verbs are routed there by id.
+   */
   runtime: RuntimeDriver;
   connectAgent: AgentConnector;
   layers: LayerStore;
@@ -78,6 +86,13 @@ export interface BuilderDeps {
   resources: ResourceLimits;
   /** Longest a run/apt/npm step may take (default 30 min). */
   stepTimeoutMs?: number;
+  /**
+   * Egress for package steps, through the same policy machinery as any sandbox (src/network).
+   * Without it apt and npm steps answer `unsupported`.
+   */
+  networking?: SandboxNetworking;
+  /** The only destinations package steps may reach: the host's Debian mirrors, the npm registry. */
+  packageHosts?: () => Promise<{ apt: string[]; npm: string[] }>;
 }
 
 export interface BuildResult {
@@ -130,7 +145,11 @@ function stepCommand(s: Extract<TemplateStep, { type: 'run' | 'apt' | 'npm' }>):
         'rm -rf /var/lib/apt/lists/*',
       ].join('\n');
     case 'npm':
-      return `set -e\nnpm install --no-audit --no-fund ${s.global ? '-g ' : ''}${s.packages.map(q).join(' ')}`;
+      return [
+        'set -e',
+        'command -v npm >/dev/null 2>&1 || { echo "npm is not in this template: install nodejs and npm first (an apt step)" >&2; exit 127; }',
+        `npm install --no-audit --no-fund ${s.global ? '-g ' : ''}${s.packages.map(q).join(' ')}`,
+      ].join('\n');
   }
 }
 
@@ -148,6 +167,12 @@ class Tail {
 
 export class TemplateBuilder {
   constructor(private readonly deps: BuilderDeps) {}
+
+  /** Give package steps egress (the network service is made after the builder, next to the sandbox service). */
+  useNetworking(networking: SandboxNetworking, packageHosts: () => Promise<{ apt: string[]; npm: string[] }>): void {
+    this.deps.networking = networking;
+    this.deps.packageHosts = packageHosts;
+  }
 
   async build(owner: string, start: BuildStart, def: TemplateDefinition, report: BuildReporter, signal: AbortSignal): Promise<BuildResult> {
     const steps = def.steps;
@@ -234,23 +259,38 @@ export class TemplateBuilder {
     signal: AbortSignal,
   ): Promise<void> {
     const { runtime } = this.deps;
-    requireCapability(runtime, 'exportChanges', 'build a template step');
+    const backend = backendFor(runtime, 'container');
+    requireCapability(backend, 'exportChanges', 'build a template step');
+    // Package steps reach their mirrors and nothing else; run steps have no network at all.
+    let network: NetworkConfig | undefined;
     if (step.type !== 'run') {
-      // Package steps reach the package mirrors through the sandbox egress policy (the networking work).
-      throw new UnsupportedError(`step ${n} (${what}) needs network egress to the package mirror, which this daemon cannot give a sandbox yet; use a run step, or a base that has the packages`, { step: n });
+      const { networking, packageHosts } = this.deps;
+      if (!networking || !packageHosts) {
+        throw new UnsupportedError(`step ${n} (${what}) needs egress to the package mirror, which this daemon cannot give a sandbox; use a run step, or a base that has the packages`, { step: n });
+      }
+      const hosts = await packageHosts();
+      const allow = step.type === 'apt' ? hosts.apt : hosts.npm;
+      if (allow.length === 0) throw new UnsupportedError(`step ${n} (${what}): this host names no ${step.type === 'apt' ? 'Debian mirror' : 'npm registry'} to allow`, { step: n });
+      network = { egress: { allow } };
     }
+    const { networking } = this.deps;
     const id = `bld-${randomBytes(6).toString('hex')}`;
     // Package steps install for the whole system, as root; run steps run as the template's user so far.
     const stepUser = step.type === 'run' ? config.user : undefined;
     const layers: LayerRef[] = chain.map((l) => ({ path: l.path, digest: l.id }));
-    const spec = containerSpec(runtime, id, layers, this.deps.resources, undefined, { allowSetuid: config.sudo });
+    const spec = {
+      ...containerSpec(backend, id, layers, this.deps.resources, network ? networking!.specFor(network, backend) : undefined, { allowSetuid: config.sudo }),
+      isolation: 'container' as const,
+    };
     let created = false;
     const tail = new Tail(8192);
     try {
+      if (network) networking!.register(id, network);
       await runtime.create(spec, signal);
       created = true;
       const conn = await this.deps.connectAgent(runtime.agentEndpoint(id), { timeoutMs: 10_000, signal, sandboxId: id });
       try {
+        if (network) await networking!.ready(id, conn, signal);
         const proc = await conn.exec({
           argv: ['/bin/sh', '-c', stepCommand(step)],
           env: buildEnv(config.env, undefined, stepUser),
@@ -286,6 +326,8 @@ export class TemplateBuilder {
         if (timedOut) throw new BuildStepError(n, what, `ran past its ${Math.round(limit / 1000)} s limit and was killed`, tail.lines(20));
         if (status.exitCode !== 0) throw new BuildStepError(n, what, `exited with ${status.exitCode}${status.signal ? ` (${status.signal})` : ''}`, tail.lines(20));
         await runtime.exportChanges(id, dest, signal);
+        // The resolver the network service wrote for the build is not part of the template.
+        if (network) await fsp.rm(path.join(dest, 'etc', 'resolv.conf'), { force: true });
       } finally {
         conn.close();
       }
@@ -295,6 +337,7 @@ export class TemplateBuilder {
     } finally {
       // Idempotent, and also what a create cut off by the abort left behind.
       void created;
+      if (network) networking!.ended(id);
       await runtime.destroy(id).catch((err: unknown) => this.deps.log.error({ err, id }, 'removing a build sandbox failed; the next start removes it'));
     }
   }
