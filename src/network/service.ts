@@ -141,6 +141,12 @@ export class NetworkService implements SandboxNetworking {
   specFor(cfg: NetworkConfig | undefined, backend: RuntimeDriver = this.runtime): NetworkSpec {
     const egress = cfg?.egress ?? 'none';
     compilePolicy(egress);
+    if ((cfg?.publicPorts?.length ?? 0) > 0 && (!backend.connectPort || !backend.capabilities.network.includes('gateway'))) {
+      throw new UnsupportedError(`the ${backend.kind} backend cannot expose sandbox ports here, so it has no public ports`, {
+        backend: backend.kind,
+        isolation: backend.capabilities.isolation,
+      });
+    }
     if (!needsGateway(egress)) return { mode: 'none' };
     if (!backend.capabilities.network.includes('gateway')) {
       throw new UnsupportedError(`the ${backend.kind} backend cannot give sandboxes egress here (no gateway network mode; see capsule doctor)`, {
@@ -203,7 +209,7 @@ export class NetworkService implements SandboxNetworking {
   /** Change the policy and/or public ports of a running sandbox: effective for new connections at once, and open ones it no longer allows are closed. */
   async set(ctx: RequestContext, id: string, patch: NetworkConfig): Promise<SandboxNetwork> {
     const { conn } = await this.sandboxes.use(ctx, id, 'change its network');
-    if (patch.egress !== undefined && needsGateway(patch.egress)) this.specFor(patch, backendOf(this.runtime, id));
+    if ((patch.egress !== undefined && needsGateway(patch.egress)) || (patch.publicPorts?.length ?? 0) > 0) this.specFor(patch, backendOf(this.runtime, id));
     if (patch.egress !== undefined) compilePolicy(patch.egress);
     let st = this.load(id);
     if (!st) {

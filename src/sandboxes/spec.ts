@@ -40,6 +40,9 @@ export function containerSpec(
 /** Throws a clear error unless the backend has the capability `what` needs. */
 export function requireCapability(runtime: RuntimeDriver, cap: CapabilityName, what: string): void {
   if (!runtime.capabilities[cap]) {
-    throw new UnsupportedError(`cannot ${what}: the ${runtime.kind} backend does not support ${cap}`, { backend: runtime.kind, capability: cap });
+    // Name the isolation too: a caller asked for "gvisor", not for "runsc".
+    const isolation = runtime.capabilities.isolation;
+    const hint = isolation === 'container' ? '' : ` (isolation "${isolation}"; use isolation "container" for that)`;
+    throw new UnsupportedError(`cannot ${what}: the ${runtime.kind} backend does not support ${cap}${hint}`, { backend: runtime.kind, isolation, capability: cap });
   }
 }

@@ -110,6 +110,7 @@ describe('isolation per sandbox', { skip: gvisorSkip() }, () => {
       unsupported(await api(d.url, 'POST', '/v1/sandboxes', { template: 'busybox', isolation: 'gvisor', lifecycle: { onTimeout } }), new RegExp(`runsc backend does not support ${onTimeout}`));
     }
     unsupported(await api(d.url, 'POST', '/v1/sandboxes', { template: 'busybox', isolation: 'gvisor', network: { egress: 'all' } }), /runsc backend cannot give sandboxes egress/);
+    unsupported(await api(d.url, 'POST', '/v1/sandboxes', { template: 'busybox', isolation: 'gvisor', network: { publicPorts: [8080] } }), /runsc backend cannot expose sandbox ports/);
     const vol = await api(d.url, 'POST', '/v1/volumes', { name: 'iso-vol', sizeMb: 16 });
     assert.equal(vol.status, 201, vol.text);
     try {
@@ -126,9 +127,10 @@ describe('isolation per sandbox', { skip: gvisorSkip() }, () => {
     }
     const gv = await create({ isolation: 'gvisor' });
     try {
-      unsupported(await api(d.url, 'POST', `/v1/sandboxes/${gv.id}/pause`), /cannot pause the sandbox: the runsc backend does not support pause/);
+      unsupported(await api(d.url, 'POST', `/v1/sandboxes/${gv.id}/pause`), /cannot pause the sandbox: the runsc backend does not support pause \(isolation "gvisor"/);
       unsupported(await api(d.url, 'POST', `/v1/sandboxes/${gv.id}/stop`), /cannot stop the sandbox: the runsc backend does not support stop/);
       unsupported(await api(d.url, 'PUT', `/v1/sandboxes/${gv.id}/network`, { egress: 'all' }), /runsc backend cannot give sandboxes egress/);
+      unsupported(await api(d.url, 'PUT', `/v1/sandboxes/${gv.id}/network`, { publicPorts: [8080] }), /runsc backend cannot expose sandbox ports/);
       const token = (await api(d.url, 'GET', `/v1/sandboxes/${gv.id}/network/ports/8080`)).json.token as string;
       const port = await api(d.url, 'GET', `/v1/sandboxes/${gv.id}/ports/8080/`, undefined, { 'x-capsule-port-token': token });
       unsupported(port, /runsc backend cannot expose sandbox ports/);
@@ -210,6 +212,21 @@ describe('the default isolation is a daemon setting; SDK, CLI and MCP pass isola
     assert.deepEqual(info.backends.filter((b) => b.default).map((b) => b.isolation), ['gvisor']);
     assert.equal(info.runtime.capabilities.isolation, 'gvisor');
     await api(d.url, 'DELETE', `/v1/sandboxes/${sb.id}`);
+  });
+
+  it('template builds run in container sandboxes under a gVisor default; sandboxes of the result get gVisor', async () => {
+    const r = await api(d.url, 'POST', '/v1/templates?follow=true', { name: 'iso-built', definition: { from: 'busybox', steps: [{ type: 'run', command: 'echo built > /built' }] } });
+    assert.equal(r.status, 200, r.text);
+    const last = JSON.parse(r.text.trim().split('\n').pop()!);
+    assert.equal(last.build?.status, 'succeeded', r.text.slice(-2000));
+    const sb = await create({ template: 'iso-built' });
+    try {
+      assert.equal(sb.isolation, 'gvisor');
+      assert.equal((await sh(sb.id, 'cat /built; dmesg | head -1')).stdout.split('\n')[0], 'built');
+    } finally {
+      await api(d.url, 'DELETE', `/v1/sandboxes/${sb.id}`);
+      await api(d.url, 'DELETE', '/v1/templates/iso-built');
+    }
   });
 
   it('the SDK creates either kind and reports it', async () => {
