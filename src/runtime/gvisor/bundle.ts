@@ -20,6 +20,7 @@
  */
 import path from 'node:path';
 import { buildOciSpec, type BundleInput, type OciSpec } from '../bundle.js';
+import type { OciSeccomp } from '../seccomp.js';
 
 /** Where the agent's socket directory appears inside a gVisor sandbox. */
 export const GVISOR_SOCKET_MOUNT_DIR = '/.capsule-sock';
@@ -48,4 +49,26 @@ export function buildGvisorSpec(input: GvisorBundleInput): OciSpec {
   spec.process.args = [args[0]!, '--listen', path.posix.join(GVISOR_SOCKET_MOUNT_DIR, GVISOR_SOCKET_NAME)];
   spec.mounts.push({ destination: GVISOR_SOCKET_MOUNT_DIR, type: 'bind', source: socketDir, options: ['bind', 'rw', 'nosuid', 'nodev', 'noexec'] });
   return spec;
+}
+
+/**
+ * The sandbox's seccomp policy as gVisor must be given it. runsc (Debian's
+ * 20221219) applies `--oci-seccomp` rules but ignores `errnoRet`: every
+ * refusal is EPERM. The tightened profile answers clone3 with ENOSYS so that
+ * libc falls back to clone, whose flags the filter can see; as EPERM, glibc
+ * (2.34+ tries clone3 first and falls back only on ENOSYS) cannot start a
+ * single thread: Python's threading, the code interpreter, Node all fail.
+ * So clone3 is let through to gVisor's kernel, which in this release does not
+ * implement it and answers ENOSYS itself (the security battery's clone3 probe
+ * asserts exactly that, so a runsc that implements clone3, and with it
+ * namespace flags the filter cannot see, fails the battery). Every other
+ * rule is unchanged. Pure; returns a new object.
+ */
+export function gvisorSeccomp(base: OciSeccomp): OciSeccomp {
+  const syscalls = base.syscalls.flatMap((rule) => {
+    if (!rule.names.includes('clone3') || rule.action === 'SCMP_ACT_ALLOW') return [rule];
+    const rest = rule.names.filter((n) => n !== 'clone3');
+    return [...(rest.length > 0 ? [{ ...rule, names: rest }] : []), { names: ['clone3'], action: 'SCMP_ACT_ALLOW' }];
+  });
+  return { ...base, syscalls };
 }

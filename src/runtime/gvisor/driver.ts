@@ -42,7 +42,7 @@ import { OciCli, summarizeStderr, type OciResult } from '../oci-cli.js';
 import { removeSandboxDir, sandboxLayout } from '../overlay.js';
 import { loadDefaultSeccomp, type OciSeccomp } from '../seccomp.js';
 import type { CapabilityName, CgroupLimits, ContainerInfo, ContainerSpec, ContainerStatus, RuntimeCapabilities, RuntimeDriver, SandboxStats } from '../types.js';
-import { buildGvisorSpec, GVISOR_SOCKET_NAME } from './bundle.js';
+import { buildGvisorSpec, GVISOR_SOCKET_NAME, gvisorSeccomp } from './bundle.js';
 
 export interface GvisorDriverOptions {
   /** `runsc` (found on PATH) or an absolute path. */
@@ -158,7 +158,7 @@ export class GvisorDriver implements RuntimeDriver {
         throw new UnsupportedError(`network mode ${spec.network.mode} is not supported by gVisor here (it runs --network=none)`, { id, backend: this.kind });
       }
       if ((spec.volumes?.length ?? 0) > 0) throw new UnsupportedError('the gVisor backend cannot attach volumes', { id, backend: this.kind, capability: 'volumes' });
-      const seccomp = this.opts.seccomp === undefined ? loadDefaultSeccomp(SANDBOX_CAPABILITIES) : this.opts.seccomp;
+      const seccomp = this.opts.seccomp === undefined ? gvisorSeccomp(loadDefaultSeccomp(SANDBOX_CAPABILITIES)) : this.opts.seccomp;
 
       // The socket dir first (see the file comment). runsc's gofer opens it as the sandbox's mapped root,
       // so the dirs above it are traversable (o+x) but not listable; the dir itself is that root's, 0700.

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { buildOciSpec } from '../../../src/runtime/bundle.js';
-import { buildGvisorSpec, GVISOR_SOCKET_MOUNT_DIR, gvisorHostTasks, type GvisorBundleInput } from '../../../src/runtime/gvisor/bundle.js';
+import { buildGvisorSpec, GVISOR_SOCKET_MOUNT_DIR, gvisorHostTasks, gvisorSeccomp, type GvisorBundleInput } from '../../../src/runtime/gvisor/bundle.js';
+import { tightenSeccomp } from '../../../src/runtime/seccomp.js';
 
 const input: GvisorBundleInput = {
   id: 'sbx-gv',
@@ -51,5 +52,21 @@ describe('buildGvisorSpec', () => {
 
   test('refuses a relative socket dir', () => {
     assert.throws(() => buildGvisorSpec({ ...input, socketDir: 'sock' }), /socketDir must be absolute/);
+  });
+});
+
+describe('gvisorSeccomp', () => {
+  test('clone3 goes through to gVisor (runsc would turn its ENOSYS into EPERM); every other rule stays', () => {
+    const tight = tightenSeccomp({
+      defaultAction: 'SCMP_ACT_ERRNO',
+      architectures: ['SCMP_ARCH_X86_64'],
+      syscalls: [{ names: ['read', 'clone', 'clone3', 'unshare'], action: 'SCMP_ACT_ALLOW' }],
+    });
+    const g = gvisorSeccomp(tight);
+    const clone3 = g.syscalls.filter((r) => r.names.includes('clone3'));
+    assert.deepEqual(clone3, [{ names: ['clone3'], action: 'SCMP_ACT_ALLOW' }]);
+    const others = (s: typeof g) => s.syscalls.filter((r) => !r.names.includes('clone3'));
+    assert.deepEqual(others(g), others(tight));
+    assert.ok(tight.syscalls.some((r) => r.names.includes('clone3') && r.action === 'SCMP_ACT_ERRNO'), 'the input is unchanged');
   });
 });
