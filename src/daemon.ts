@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import pino, { type Logger } from 'pino';
-import { DEFAULT_METRICS_INTERVAL_MS, METRICS_HISTORY, dataPaths, type DaemonConfig } from './config/index.js';
+import { DEFAULT_METRICS_INTERVAL_MS, METRICS_HISTORY, dataPaths, splitPoolKey, type DaemonConfig } from './config/index.js';
 import { openDb } from './store/db.js';
 import { ensureHostReady } from './runtime/doctor.js';
 import { openBackends } from './runtime/open-backends.js';
@@ -115,7 +115,7 @@ export async function startDaemon(config: DaemonConfig, opts: StartOptions = {})
     log.info({ backends: runtime.info().map((b) => (b.available ? `${b.isolation}: ${b.name}` : `${b.isolation}: no (${b.reason})`)) }, 'runtime backends');
     lowerInUse = (rootfs, info) => runtime.templateInUse(rootfs) || catalog.referencesBuiltin(info.name, info.builtAt);
     // Unknown template names in the pool settings fail the start, with the list of known ones.
-    for (const [name, size] of Object.entries(config.pools)) if (size > 0) templates.get(name);
+    for (const [key, size] of Object.entries(config.pools)) if (size > 0) templates.get(splitPoolKey(key).template);
     // Every agent connection the daemon makes gets a wide send buffer (uploads; see tuneAgentSocket).
     const connector: AgentConnector = async (endpoint, opts) => {
       const conn = await connectAgent(endpoint, opts);

@@ -91,22 +91,33 @@ export const MAX_POOL_SIZE = 256;
 
 /**
  * Parse `name=size` pairs (`busybox=4,debian=2`; `--pool` takes one pair per
- * flag). Later pairs win; size 0 turns a template's pool off. Throws a plain
+ * flag). A name may add an isolation (`busybox:gvisor=2`): that pool keeps
+ * sandboxes of that isolation; without one, of the daemon's default isolation
+ * (`isolation`). Later pairs win; size 0 turns a pool off. Throws a plain
  * Error with the offending pair so the CLI can report it as a usage error.
+ * Keys are `<template>` or `<template>:<isolation>` (see poolKey).
  */
 export function parsePools(pairs: readonly string[]): Record<string, number> {
   const out: Record<string, number> = {};
   for (const raw of pairs.flatMap((p) => p.split(','))) {
     const pair = raw.trim();
     if (pair === '') continue;
-    const m = /^([a-z0-9][a-z0-9._-]{0,63})=(\d{1,6})$/.exec(pair);
-    const size = m ? Number(m[2]) : NaN;
-    if (!m || size > MAX_POOL_SIZE) {
-      throw new Error(`pool "${pair}" must look like <template>=<size> with size 0..${MAX_POOL_SIZE}, e.g. busybox=4`);
+    const m = /^([a-z0-9][a-z0-9._-]{0,63})(?::([a-z]+))?=(\d{1,6})$/.exec(pair);
+    const size = m ? Number(m[3]) : NaN;
+    if (!m || size > MAX_POOL_SIZE || (m[2] !== undefined && !(ISOLATIONS as readonly string[]).includes(m[2]))) {
+      throw new Error(
+        `pool "${pair}" must look like <template>[:<isolation>]=<size> with size 0..${MAX_POOL_SIZE} and isolation one of ${ISOLATIONS.join(', ')}, e.g. busybox=4 or busybox:gvisor=2`,
+      );
     }
-    out[m[1]!] = size;
+    out[m[2] ? `${m[1]!}:${m[2]}` : m[1]!] = size;
   }
   return out;
+}
+
+/** A pool setting's key split: its template, and its isolation when the key names one. */
+export function splitPoolKey(key: string): { template: string; isolation: Isolation | undefined } {
+  const i = key.indexOf(':');
+  return i < 0 ? { template: key, isolation: undefined } : { template: key.slice(0, i), isolation: key.slice(i + 1) as Isolation };
 }
 
 export function defaultDataDir(): string {
@@ -243,7 +254,7 @@ export const SETTINGS = {
         }
       })
       .optional(),
-    describe: 'warm pools, e.g. busybox=4,debian=2; empty turns pools off (default debian=2)',
+    describe: 'warm pools, e.g. busybox=4,debian=2,busybox:gvisor=2 (template[:isolation]=size); empty turns pools off (default debian=2)',
     emptyIsValue: true,
   },
   netTestInternet: {

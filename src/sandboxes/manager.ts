@@ -201,13 +201,14 @@ export class SandboxManager {
       };
       // Refused before a pooled sandbox is spent on it; checked again below, next to the insert.
       this.checkQuota(ctx, resources.memoryMb);
-      // Pools hold sandboxes of the default backend only (README, warm pools), started without
-      // volumes: one of another isolation, or that attaches any, is started cold.
-      const pooled = this.pool !== null && backend.capabilities.isolation === this.runtime.capabilities.isolation && volumes.length === 0;
-      const claimed = pooled ? await this.pool!.claim(opts.template, resources) : null;
+      // Pools are per template and isolation (README, warm pools), started without volumes: a
+      // create claims from the pool of its own template and isolation, and one that attaches
+      // volumes is started cold.
+      const pooled = this.pool !== null && volumes.length === 0;
+      const claimed = pooled ? await this.pool!.claim(opts.template, resources, backend.capabilities.isolation) : null;
       how.pooled = claimed !== null;
       if (claimed) {
-        const rec = this.recordClaimed(ctx, claimed, made, resources, timeoutMs, defaults);
+        const rec = this.recordClaimed(ctx, claimed, made, resources, timeoutMs, defaults, backend);
         if (!this.networking) return rec;
         try {
           this.networking.register(rec.id, opts.network);
@@ -363,6 +364,7 @@ export class SandboxManager {
     resources: ResourceLimits,
     timeoutMs: number,
     defaults: SandboxRecord['defaults'],
+    backend: RuntimeDriver,
   ): SandboxRecord {
     try {
       // Checked and recorded without an await in between, so concurrent creates cannot both slip under a quota.
@@ -373,7 +375,7 @@ export class SandboxManager {
       throw err;
     }
     // The clock starts at the claim, not when the pool started the container.
-    const rec = this.newRecord(ctx, claimed.id, 'running', opts, resources, timeoutMs, defaults, this.runtime.kind);
+    const rec = this.newRecord(ctx, claimed.id, 'running', opts, resources, timeoutMs, defaults, backend.kind);
     this.store.insert(rec);
     this.adoptConnection(claimed.id, claimed.conn);
     if (rec.lifecycle.idleMs !== null) this.lifecycle.activity.touch(rec.id);

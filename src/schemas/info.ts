@@ -3,7 +3,8 @@ import { Isolation } from './sandboxes.js';
 
 export const PoolInfo = z.object({
   template: z.string().describe('Template whose sandboxes this pool keeps started'),
-  size: z.number().int().describe('Configured size (`capsule serve --pool <template>=<size>`, env CAPSULE_POOL)'),
+  isolation: Isolation.describe("Isolation of the pool's sandboxes: a create claims only from the pool of its own template and isolation"),
+  size: z.number().int().describe('Configured size (`capsule serve --pool <template>[:<isolation>]=<size>`, env CAPSULE_POOL)'),
   ready: z.number().int().describe('Started sandboxes waiting to be claimed by a create'),
   starting: z.boolean().describe('A pooled sandbox is being started now (refills run one at a time, never during a user create)'),
   claims: z.number().int().describe('Creates served from the pool since the daemon started'),

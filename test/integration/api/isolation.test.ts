@@ -277,3 +277,46 @@ describe('the default isolation is a daemon setting; SDK, CLI and MCP pass isola
     }
   });
 });
+
+describe('warm pools per template and isolation', { skip: gvisorSkip() }, () => {
+  const poolOf = async (isolation: string) =>
+    ((await api(d.url, 'GET', '/v1/info')).json.pools as Array<{ template: string; isolation: string; ready: number; claims: number; misses: number }>).find(
+      (p) => p.template === 'busybox' && p.isolation === isolation,
+    )!;
+  const filled = async () => {
+    for (let i = 0; i < 300; i++) {
+      const [g, c] = await Promise.all([poolOf('gvisor'), poolOf('container')]);
+      if (g?.ready === 1 && c?.ready === 1) return;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    throw new Error(`pools did not fill: ${JSON.stringify((await api(d.url, 'GET', '/v1/info')).json.pools)}\n${d.log().slice(-2000)}`);
+  };
+  before(async () => {
+    d = await startTestDaemon({ args: ['--pool', 'busybox=1', '--pool', 'busybox:gvisor=1'] });
+  });
+  after(async () => {
+    await d?.stop();
+  });
+
+  it('a create claims from the pool of its own isolation; limits gVisor cannot change in place go cold', async () => {
+    await filled();
+    const gv = await create({ isolation: 'gvisor' });
+    const ct = await create();
+    try {
+      assert.equal(gv.isolation, 'gvisor');
+      assert.equal(ct.isolation, 'container');
+      assert.equal((await poolOf('gvisor')).claims, 1);
+      assert.equal((await poolOf('container')).claims, 1);
+      assert.match((await sh(gv.id, 'dmesg | head -1')).stdout, /gVisor/, 'the claimed sandbox is a gVisor one');
+      assert.equal((await api(d.url, 'GET', `/v1/sandboxes/${gv.id}`)).json.isolation, 'gvisor', 'its record names its backend');
+      await filled();
+      // gVisor has no in-place limit changes: a create asking other limits is started cold.
+      const cold = await create({ isolation: 'gvisor', resources: { pids: 64 } });
+      assert.equal((await poolOf('gvisor')).misses, 1);
+      assert.equal((await poolOf('gvisor')).ready, 1, 'the pooled one is kept');
+      await api(d.url, 'DELETE', `/v1/sandboxes/${cold.id}`);
+    } finally {
+      for (const s of [gv, ct]) await api(d.url, 'DELETE', `/v1/sandboxes/${s.id}`);
+    }
+  });
+});

@@ -93,7 +93,7 @@ describe('settings', () => {
     ['CAPSULE_DEFAULT_DISK_MB', '0', /MiB from 16/],
     ['CAPSULE_MAX_DISK_MB', 'lots', /whole number of MiB/],
     ['CAPSULE_NO_AUTH', 'yes', /1 \(or true\)/],
-    ['CAPSULE_POOL', 'busybox', /<template>=<size>/],
+    ['CAPSULE_POOL', 'busybox', /<template>\[:<isolation>\]=<size>/],
     ['CAPSULE_TEMPLATE_CACHE', 'cache', /absolute directory path/],
   ];
   for (const [name, value, why] of bad) {
