@@ -124,6 +124,30 @@ export const gvisor: Scenario = async (ctx) => {
         if (u !== null) idle.push(u / 1048576);
         await new Promise((r) => setTimeout(r, 100));
       }
+      // A file written and read back through the SDK in each kind (MB/s, 1 MB = 10^6 bytes), interleaved.
+      const mb = ctx.quick ? 20 : 100;
+      const data = new Uint8Array(mb * 1_000_000).fill(7);
+      const kinds = [['gvisor', gv], ['container', ct]] as const;
+      const xfer = new Map<string, number[]>(kinds.flatMap(([k]) => [[`sdk write ${mb} MB (${k})`, []], [`sdk read ${mb} MB (${k})`, []]] as const));
+      await interleave(
+        ctx.quick ? 2 : 5,
+        kinds.map(([kind, sbx]) => ({
+          name: `files ${kind}`,
+          run: async (i: number) => {
+            const p = `/tmp/bench-${i}.bin`;
+            let t0 = now();
+            await sbx.files.write(p, data);
+            xfer.get(`sdk write ${mb} MB (${kind})`)!.push((mb * 1000) / (now() - t0));
+            t0 = now();
+            const back = await sbx.files.read(p, { format: 'bytes' });
+            xfer.get(`sdk read ${mb} MB (${kind})`)!.push((mb * 1000) / (now() - t0));
+            if (back.length !== data.length) throw new Error(`${kind}: read ${back.length} bytes of ${data.length}`);
+            await sbx.files.remove(p);
+            return 0;
+          },
+        })),
+        errors,
+      );
       const rows = [
         row('ttfc.gvisor', 'capsule', 'ms', got.get('ttfc.gvisor')!, { vs: 'runsc run -d + exec echo' }),
         row('runsc run -d + exec echo', 'baseline', 'ms', got.get('runsc run -d + exec echo')!, { vs: 'crun run -d + exec echo' }),
@@ -134,12 +158,18 @@ export const gvisor: Scenario = async (ctx) => {
         row('exec true (sdk, container)', 'capsule', 'ms', ex.get('exec true (sdk, container)')!),
         row('runsc exec true', 'baseline', 'ms', ex.get('runsc exec true')!, { vs: 'exec true (sdk, gvisor)' }),
       ];
+      for (const dir of ['write', 'read']) {
+        const [g, c] = [`sdk ${dir} ${mb} MB (gvisor)`, `sdk ${dir} ${mb} MB (container)`];
+        if (xfer.get(g)!.length > 0) rows.push(row(g, 'capsule', 'MB/s', xfer.get(g)!, { vs: c }));
+        if (xfer.get(c)!.length > 0) rows.push(row(c, 'capsule', 'MB/s', xfer.get(c)!));
+      }
       if (idle.length > 0) rows.push(row('idle memory (gvisor, cgroup)', 'capsule', 'MiB', idle));
       linkRatios(rows);
       notes.push(
         'ttfc rows: create + `echo hi` through the SDK (teardown not timed), interleaved with raw `runsc run --detach` + `runsc exec echo hi` on the same bundle (buildGvisorSpec, sleep as init) and the container pair.',
         'exec rows: `true` in one long-lived sandbox of each kind; the agent row is a direct connection to the gVisor sandbox agent\'s socket (no HTTP); `runsc exec` forks runsc per call.',
         'ratios: ttfc.gvisor / raw runsc; raw runsc / raw crun; exec (sdk, gvisor) / the agent alone; the agent over gVisor / the container SDK exec; runsc exec / exec (sdk, gvisor).',
+        `file rows: ${mb} MB written (PUT) and read back (files.read bytes) through the SDK in the same two sandboxes, interleaved; ratio: gVisor / container.`,
       );
       return { name: 'gvisor', title: 'gVisor backend next to raw runsc (same bundle) and the container backend', rows, notes, errors };
     } finally {
