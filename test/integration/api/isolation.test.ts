@@ -196,6 +196,43 @@ describe('isolation per sandbox', { skip: gvisorSkip() }, () => {
   });
 });
 
+describe('mixed lifecycle states across a daemon restart', { skip: gvisorSkip() }, () => {
+  before(async () => {
+    d = await startTestDaemon();
+  });
+  after(async () => {
+    const dir = d?.dataDir;
+    await d?.stop();
+    if (dir) await removeDataDir(dir);
+  });
+
+  it('a stopped and a paused container stay so next to a running gVisor sandbox; each backend recovers its own', async () => {
+    const gv = await create({ isolation: 'gvisor', timeoutMs: 120_000 });
+    const stopped = await create({ timeoutMs: 120_000 });
+    const paused = await create({ timeoutMs: 120_000 });
+    await sh(stopped.id, 'echo kept > /root/f');
+    assert.equal((await api(d.url, 'POST', `/v1/sandboxes/${stopped.id}/stop`)).json.state, 'stopped');
+    assert.equal((await api(d.url, 'POST', `/v1/sandboxes/${paused.id}/pause`)).json.state, 'paused');
+    const dataDir = d.dataDir;
+    await d.kill();
+    d = await startTestDaemon({ dataDir });
+    const state = async (id: string) => (await api(d.url, 'GET', `/v1/sandboxes/${id}`)).json.state;
+    assert.equal(await state(gv.id), 'running', d.log());
+    assert.equal(await state(stopped.id), 'stopped', d.log());
+    assert.equal(await state(paused.id), 'paused', d.log());
+    assert.match((await sh(gv.id, 'dmesg | head -1')).stdout, /gVisor/);
+    assert.equal((await api(d.url, 'POST', `/v1/sandboxes/${stopped.id}/start`)).json.state, 'running');
+    assert.equal((await sh(stopped.id, 'cat /root/f')).stdout, 'kept\n');
+    assert.equal((await api(d.url, 'POST', `/v1/sandboxes/${paused.id}/resume`)).json.state, 'running');
+    // The gVisor sandbox still refuses what its backend cannot do after the restart (its backend came from its record).
+    assert.equal((await api(d.url, 'POST', `/v1/sandboxes/${gv.id}/pause`)).status, 422);
+    for (const s of [gv, stopped, paused]) {
+      await api(d.url, 'DELETE', `/v1/sandboxes/${s.id}`);
+      assert.deepEqual(await settledLeftovers(s.id, dataDir), []);
+    }
+  });
+});
+
 describe('the default isolation is a daemon setting; SDK, CLI and MCP pass isolation through', { skip: gvisorSkip() }, () => {
   before(async () => {
     d = await startTestDaemon({ args: ['--isolation', 'gvisor'], env: { CAPSULE_MCP_TEMPLATE: 'busybox' } });
