@@ -380,6 +380,12 @@ void handle_remove(struct conn *c, uint32_t id, struct rd *r) {
   if (is_root_path(path)) { send_error(c, id, EINVAL, "refusing to remove /"); goto out; }
   if (lstat(path, &st)) { send_error(c, id, errno, "%.300s: %s", path, strerror(errno)); goto out; }
   if (S_ISDIR(st.st_mode)) {
+    /* The path may name the root after resolution: gVisor (runsc 20221219) resolves "<symlink to />/x" as "/". */
+    struct stat root;
+    if (!stat("/", &root) && root.st_dev == st.st_dev && root.st_ino == st.st_ino) {
+      send_error(c, id, EINVAL, "refusing to remove %.300s: it resolves to /", path);
+      goto out;
+    }
     if (flags & 1) {
       int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
       if (fd < 0 || rm_tree(fd, 0)) { send_error(c, id, errno, "remove %.300s: %s", path, strerror(errno)); goto out; }

@@ -22,6 +22,7 @@ import { density } from './density.js';
 import { e2b } from './e2b.js';
 import { exec } from './exec.js';
 import { files } from './files.js';
+import { gvisor } from './gvisor.js';
 import { lifecycle } from './lifecycle.js';
 import { interactive } from './interactive.js';
 import { network } from './network.js';
@@ -47,6 +48,7 @@ export const SCENARIOS: ReadonlyArray<[string, Scenario]> = [
   ['network', network],
   ['code', code],
   ['e2b', e2b],
+  ['gvisor', gvisor],
 ];
 
 const USAGE = `usage: node dist/bench/main.js [--quick] [--out DIR] [--only NAME[,NAME...]] [--debian]

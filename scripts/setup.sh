@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v crun >/dev/null || need+=(crun)
 command -v runc >/dev/null || need+=(runc)
+command -v runsc >/dev/null || need+=(runsc) # gVisor: isolation "gvisor" (optional for the daemon, tested by the suite)
 command -v bwrap >/dev/null || need+=(bubblewrap)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v debootstrap >/dev/null || need+=(debootstrap)

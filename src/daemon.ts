@@ -7,10 +7,10 @@ import fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import pino, { type Logger } from 'pino';
-import { DEFAULT_METRICS_INTERVAL_MS, METRICS_HISTORY, dataPaths, type DaemonConfig } from './config/index.js';
+import { DEFAULT_METRICS_INTERVAL_MS, METRICS_HISTORY, dataPaths, splitPoolKey, type DaemonConfig } from './config/index.js';
 import { openDb } from './store/db.js';
 import { ensureHostReady } from './runtime/doctor.js';
-import { OciRuntimeDriver } from './runtime/driver.js';
+import { openBackends } from './runtime/open-backends.js';
 import { TemplateService } from './templates/service.js';
 import type { BuildProgress } from './templates/types.js';
 import { connectAgent } from './agent/client.js';
@@ -110,20 +110,14 @@ export async function startDaemon(config: DaemonConfig, opts: StartOptions = {})
     const jobs = new BuildJobs(db, paths.buildLogs);
     jobs.recover();
     const blobs = new BlobStore(paths.blobs);
-    const runtime = new OciRuntimeDriver({
-      runtime: config.runtime,
-      paths,
-      idMapBase: config.idMapBase,
-      idMapSize: config.idMapSize,
-      agentBinary,
-      logger: log,
-    });
-    lowerInUse = (rootfs, info) => runtime.templateInUse(rootfs) || catalog.referencesBuiltin(info.name, info.builtAt);
-    // Its version, for GET /v1/info and the logs; a runtime that cannot say is still usable.
-    await runtime.probe().catch((err: unknown) => log.warn({ err }, 'could not read the runtime version'));
     const store = new SandboxStore(db);
+    // Every isolation kind this host has (runtime/backends.ts); a restarted daemon hands each sandbox
+    // back to the backend its row names.
+    const { backends: runtime } = await openBackends(config, { paths, agentBinary, log, recorded: (id) => store.get(id)?.runtime });
+    log.info({ backends: runtime.info().map((b) => (b.available ? `${b.isolation}: ${b.name}` : `${b.isolation}: no (${b.reason})`)) }, 'runtime backends');
+    lowerInUse = (rootfs, info) => runtime.templateInUse(rootfs) || catalog.referencesBuiltin(info.name, info.builtAt);
     // Unknown template names in the pool settings fail the start, with the list of known ones.
-    for (const [name, size] of Object.entries(config.pools)) if (size > 0) templates.get(name);
+    for (const [key, size] of Object.entries(config.pools)) if (size > 0) templates.get(splitPoolKey(key).template);
     // Every agent connection the daemon makes gets a wide send buffer (uploads; see tuneAgentSocket).
     const connector: AgentConnector = async (endpoint, opts) => {
       const conn = await connectAgent(endpoint, opts);
@@ -148,6 +142,7 @@ export async function startDaemon(config: DaemonConfig, opts: StartOptions = {})
       layers,
       blobs,
       builder: (builder = new TemplateBuilder({
+        // Build steps run in containers whatever the default isolation (the builder asks for that backend).
         runtime,
         connectAgent: connector,
         layers,

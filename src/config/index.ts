@@ -7,6 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
 import { InvalidArgumentError } from '../errors/index.js';
+import { ISOLATIONS, type Isolation } from '../runtime/isolation.js';
 import { TestInternet } from '../network/environment.js';
 
 export interface ResourceLimits {
@@ -30,8 +31,10 @@ export interface DaemonConfig {
   port: number;
   /** Everything the daemon owns lives below this: SQLite, templates, sandboxes, sockets, crun state. */
   dataDir: string;
-  /** OCI runtime: `crun`, `runc`, `runsc` or an absolute path. */
+  /** OCI runtime of the container backend: `crun`, `runc` or an absolute path (gVisor is an isolation, not a runtime). */
   runtime: string;
+  /** Isolation of a sandbox whose create names none (src/runtime/backends.ts). */
+  isolation: Isolation;
   defaultTimeoutMs: number;
   maxTimeoutMs: number;
   defaultResources: ResourceLimits;
@@ -88,22 +91,33 @@ export const MAX_POOL_SIZE = 256;
 
 /**
  * Parse `name=size` pairs (`busybox=4,debian=2`; `--pool` takes one pair per
- * flag). Later pairs win; size 0 turns a template's pool off. Throws a plain
+ * flag). A name may add an isolation (`busybox:gvisor=2`): that pool keeps
+ * sandboxes of that isolation; without one, of the daemon's default isolation
+ * (`isolation`). Later pairs win; size 0 turns a pool off. Throws a plain
  * Error with the offending pair so the CLI can report it as a usage error.
+ * Keys are `<template>` or `<template>:<isolation>` (see poolKey).
  */
 export function parsePools(pairs: readonly string[]): Record<string, number> {
   const out: Record<string, number> = {};
   for (const raw of pairs.flatMap((p) => p.split(','))) {
     const pair = raw.trim();
     if (pair === '') continue;
-    const m = /^([a-z0-9][a-z0-9._-]{0,63})=(\d{1,6})$/.exec(pair);
-    const size = m ? Number(m[2]) : NaN;
-    if (!m || size > MAX_POOL_SIZE) {
-      throw new Error(`pool "${pair}" must look like <template>=<size> with size 0..${MAX_POOL_SIZE}, e.g. busybox=4`);
+    const m = /^([a-z0-9][a-z0-9._-]{0,63})(?::([a-z]+))?=(\d{1,6})$/.exec(pair);
+    const size = m ? Number(m[3]) : NaN;
+    if (!m || size > MAX_POOL_SIZE || (m[2] !== undefined && !(ISOLATIONS as readonly string[]).includes(m[2]))) {
+      throw new Error(
+        `pool "${pair}" must look like <template>[:<isolation>]=<size> with size 0..${MAX_POOL_SIZE} and isolation one of ${ISOLATIONS.join(', ')}, e.g. busybox=4 or busybox:gvisor=2`,
+      );
     }
-    out[m[1]!] = size;
+    out[m[2] ? `${m[1]!}:${m[2]}` : m[1]!] = size;
   }
   return out;
+}
+
+/** A pool setting's key split: its template, and its isolation when the key names one. */
+export function splitPoolKey(key: string): { template: string; isolation: Isolation | undefined } {
+  const i = key.indexOf(':');
+  return i < 0 ? { template: key, isolation: undefined } : { template: key.slice(0, i), isolation: key.slice(i + 1) as Isolation };
 }
 
 export function defaultDataDir(): string {
@@ -179,6 +193,12 @@ export const SETTINGS = {
     describe: 'where sandboxes, templates and state live (default /var/lib/capsule as root, else ~/.local/share/capsule)',
   },
   runtime: { env: 'CAPSULE_RUNTIME', flag: '--runtime', schema: Runtime.default('crun'), describe: `OCI runtime: ${KNOWN_RUNTIMES.join(', ')} or an absolute path` },
+  isolation: {
+    env: 'CAPSULE_ISOLATION',
+    flag: '--isolation',
+    schema: z.string().trim().toLowerCase().pipe(z.enum(ISOLATIONS, `must be one of ${ISOLATIONS.join(', ')}`)).default('container'),
+    describe: `isolation of a sandbox whose create names none: ${ISOLATIONS.join(', ')}`,
+  },
   logLevel: {
     env: 'CAPSULE_LOG_LEVEL',
     flag: '--log-level',
@@ -234,7 +254,7 @@ export const SETTINGS = {
         }
       })
       .optional(),
-    describe: 'warm pools, e.g. busybox=4,debian=2; empty turns pools off (default debian=2)',
+    describe: 'warm pools, e.g. busybox=4,debian=2,busybox:gvisor=2 (template[:isolation]=size); empty turns pools off (default debian=2)',
     emptyIsValue: true,
   },
   netTestInternet: {
@@ -346,6 +366,7 @@ export function loadConfig(
     port: s.port,
     dataDir: s.dataDir ?? defaultDataDir(),
     runtime: s.runtime,
+    isolation: s.isolation,
     defaultTimeoutMs: s.defaultTimeoutMs,
     maxTimeoutMs: s.maxTimeoutMs,
     defaultResources: { cpus: 1, memoryMb: 512, pids: 256, diskMb: s.defaultDiskMb },
@@ -390,6 +411,10 @@ export function dataPaths(dataDir: string) {
     agentSocket: (id: string) => path.join(dataDir, 'run', `${id}.sock`),
     /** The runtime's own state (`crun --root`), separate from any other user of crun on the host. */
     runtimeState: path.join(dataDir, 'runtime'),
+    /** gVisor's state (`runsc --root`), apart from the OCI runtime's (src/runtime/gvisor). */
+    gvisorState: path.join(dataDir, 'gvisor', 'state'),
+    /** Per gVisor sandbox, the host directory its agent's socket is made in (bind-mounted into that sandbox only). */
+    gvisorSocketDir: (id: string) => path.join(dataDir, 'gvisor', 'sock', id),
     /** The agent binary copied here at start and bind-mounted read-only into each sandbox. */
     bin: path.join(dataDir, 'bin'),
     /** Compiled seccomp filters (`<sha256>.bpf`), so crun need not compile the profile on every create. */

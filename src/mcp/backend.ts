@@ -12,6 +12,7 @@
  */
 import { Readable } from 'node:stream';
 import type { ResourceLimits } from '../config/index.js';
+import type { Isolation } from '../runtime/isolation.js';
 import type { Services } from '../api/services.js';
 import { ANONYMOUS_ADMIN, type Principal } from '../auth/principal.js';
 import type { EventSink } from '../sandboxes/commands.js';
@@ -33,6 +34,7 @@ export interface CreateSandboxInput {
   envs?: Record<string, string> | undefined;
   metadata?: Record<string, string> | undefined;
   resources?: Partial<ResourceLimits> | undefined;
+  isolation?: Isolation | undefined;
   lifecycle?: Lifecycle | undefined;
   network?: NetworkConfig | undefined;
 }

@@ -114,7 +114,7 @@ const SandboxRef = {
 
 /** The API's Sandbox, in snake_case, with the id named as the other tools name it. */
 const SandboxSummary = snakeObject(
-  SandboxSchema.pick({ template: true, state: true, createdAt: true, expiresAt: true, metadata: true, resources: true, endReason: true, timeoutRemainingMs: true }),
+  SandboxSchema.pick({ template: true, state: true, createdAt: true, expiresAt: true, metadata: true, resources: true, endReason: true, isolation: true, timeoutRemainingMs: true }),
 ).extend({ sandbox_id: SandboxId });
 
 function summary(s: SandboxInfo): z.infer<typeof SandboxSummary> {
@@ -127,6 +127,7 @@ function summary(s: SandboxInfo): z.infer<typeof SandboxSummary> {
     metadata: s.metadata,
     resources: s.resources,
     ...(s.endReason !== undefined ? { end_reason: s.endReason } : {}),
+    isolation: s.isolation,
     ...(s.timeoutRemainingMs !== undefined ? { timeout_remaining_ms: s.timeoutRemainingMs } : {}),
   };
 }
@@ -158,7 +159,7 @@ const sandboxCreate = tool({
   name: 'sandbox_create',
   description:
     'Start a new isolated Linux sandbox and return its id. Pass the id as sandbox_id to the other tools. The sandbox is killed when its timeout passes (default 5 minutes; extend with sandbox_set_timeout). It becomes this session\'s default sandbox.',
-  input: snakeObject(CreateSandboxRequest.pick({ timeoutMs: true, envs: true, metadata: true, resources: true, snapshot: true })).extend({
+  input: snakeObject(CreateSandboxRequest.pick({ timeoutMs: true, envs: true, metadata: true, resources: true, snapshot: true, isolation: true })).extend({
     lifecycle: snakeObject(Lifecycle).optional().describe(Lifecycle.description ?? ''),
     network: snakeObject(NetworkConfig).optional().describe('Egress policy and public ports; default: no egress (loopback only)'),
     // Without the API's default: the server's default template applies (CAPSULE_MCP_TEMPLATE).
@@ -179,6 +180,7 @@ const sandboxCreate = tool({
         envs: input.envs,
         metadata: input.metadata,
         resources: input.resources,
+        isolation: input.isolation,
         ...(input.lifecycle ? { lifecycle: fromSnake(input.lifecycle) as Lifecycle } : {}),
         network: networkInput(input.network),
       },
@@ -186,7 +188,7 @@ const sandboxCreate = tool({
     );
     ctx.session.defaultSandboxId = info.id;
     ctx.session.created.add(info.id);
-    return { structured: summary(info), text: `Created sandbox ${info.id} (template ${info.template}); it expires at ${info.expiresAt}.` };
+    return { structured: summary(info), text: `Created sandbox ${info.id} (template ${info.template}, isolation ${info.isolation}); it expires at ${info.expiresAt}.` };
   },
 });
 

@@ -17,6 +17,7 @@ import { SYSTEM_CONTEXT, type RequestContext } from '../auth/context.js';
 import { ConflictError, UnsupportedError } from '../errors/index.js';
 import type { AgentConnection } from '../agent/types.js';
 import type { NetworkSpec, RuntimeDriver } from '../runtime/types.js';
+import { backendOf } from '../runtime/backends.js';
 import type { SandboxRecord } from '../sandboxes/store.js';
 import type { EgressPolicy, NetworkConfig, NetworkLogEntry, PortAccess, SandboxNetwork } from '../schemas/network.js';
 import { compilePolicy, type CompiledPolicy, type HostFacts } from './policy.js';
@@ -33,8 +34,11 @@ export interface SandboxAccess {
 
 /** The half of the service the sandbox manager calls while it creates, ends and re-adopts sandboxes. */
 export interface SandboxNetworking {
-  /** Check a create's network settings and say what the runtime must make (`none` unless egress is needed now). */
-  specFor(cfg: NetworkConfig | undefined): NetworkSpec;
+  /**
+   * Check a create's network settings and say what the runtime must make (`none` unless egress is needed now);
+   * `backend` is the driver that will hold the sandbox (runtime/backends.ts `backendFor`), default the daemon's.
+   */
+  specFor(cfg: NetworkConfig | undefined, backend?: RuntimeDriver): NetworkSpec;
   /** Before the container starts, so its policy holds from its first packet. */
   register(id: string, cfg: NetworkConfig | undefined): void;
   /** Once the sandbox runs and its agent answers: the gateway for one started without it (a pooled one), and its resolver. */
@@ -134,13 +138,20 @@ export class NetworkService implements SandboxNetworking {
 
   // --- for the sandbox manager ---------------------------------------------------------
 
-  specFor(cfg: NetworkConfig | undefined): NetworkSpec {
+  specFor(cfg: NetworkConfig | undefined, backend: RuntimeDriver = this.runtime): NetworkSpec {
     const egress = cfg?.egress ?? 'none';
     compilePolicy(egress);
+    if ((cfg?.publicPorts?.length ?? 0) > 0 && (!backend.connectPort || !backend.capabilities.network.includes('gateway'))) {
+      throw new UnsupportedError(`the ${backend.kind} backend cannot expose sandbox ports here, so it has no public ports`, {
+        backend: backend.kind,
+        isolation: backend.capabilities.isolation,
+      });
+    }
     if (!needsGateway(egress)) return { mode: 'none' };
-    if (!this.runtime.capabilities.network.includes('gateway')) {
-      throw new UnsupportedError(`the ${this.runtime.kind} backend cannot give sandboxes egress here (no gateway network mode; see capsule doctor)`, {
-        backend: this.runtime.kind,
+    if (!backend.capabilities.network.includes('gateway')) {
+      throw new UnsupportedError(`the ${backend.kind} backend cannot give sandboxes egress here (no gateway network mode; see capsule doctor)`, {
+        backend: backend.kind,
+        isolation: backend.capabilities.isolation,
       });
     }
     return this.gatewaySpec();
@@ -198,7 +209,7 @@ export class NetworkService implements SandboxNetworking {
   /** Change the policy and/or public ports of a running sandbox: effective for new connections at once, and open ones it no longer allows are closed. */
   async set(ctx: RequestContext, id: string, patch: NetworkConfig): Promise<SandboxNetwork> {
     const { conn } = await this.sandboxes.use(ctx, id, 'change its network');
-    if (patch.egress !== undefined && needsGateway(patch.egress)) this.specFor(patch);
+    if ((patch.egress !== undefined && needsGateway(patch.egress)) || (patch.publicPorts?.length ?? 0) > 0) this.specFor(patch, backendOf(this.runtime, id));
     if (patch.egress !== undefined) compilePolicy(patch.egress);
     let st = this.load(id);
     if (!st) {
@@ -274,8 +285,10 @@ export class NetworkService implements SandboxNetworking {
       throw e;
     });
     await this.wake(rec);
-    if (!this.runtime.connectPort || !this.runtime.capabilities.network.includes('gateway')) {
-      throw new UnsupportedError(`the ${this.runtime.kind} backend cannot expose sandbox ports here`, { backend: this.runtime.kind });
+    // The sandbox's own backend (runtime/backends.ts): a gVisor sandbox has no relay to reach its ports through.
+    const backend = backendOf(this.runtime, id);
+    if (!this.runtime.connectPort || !backend.connectPort || !backend.capabilities.network.includes('gateway')) {
+      throw new UnsupportedError(`the ${backend.kind} backend cannot expose sandbox ports here`, { backend: backend.kind, isolation: backend.capabilities.isolation });
     }
     let st = this.load(id);
     if (!st) {

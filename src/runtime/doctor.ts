@@ -15,6 +15,7 @@ import { runTool } from './overlay.js';
 import { SANDBOX_CAPABILITIES } from './bundle.js';
 import { DEFAULT_SECCOMP_PROFILE, loadDefaultSeccomp } from './seccomp.js';
 import { SeccompBpfCompiler } from './seccomp-bpf.js';
+import { checkGvisor } from './gvisor/doctor.js';
 
 export interface DoctorCheck {
   name: string;
@@ -45,10 +46,12 @@ export interface DoctorOptions {
   /** The daemon's data dir: checked to be reachable by sandbox root (host uid/gid `idMapBase`). */
   dataDir?: string;
   idMapBase?: number;
+  /** Check gVisor (runsc) too, with a trial sandbox; `fix` then installs it. Default true; daemon start skips it. */
+  gvisor?: boolean;
 }
 
 /** Checks whose failure makes sandboxes slower or templates unbuildable, but not unsafe: they never block the daemon. */
-const ADVISORY = new Set(['busybox-static', 'seccomp precompiled', 'egress (nftables)']);
+const ADVISORY = new Set(['busybox-static', 'seccomp precompiled', 'egress (nftables)', 'gvisor']);
 
 /** v1 controllers a sandbox's limits and lifecycle need. */
 const REQUIRED_V1 = ['memory', 'pids', 'cpu', 'devices', 'freezer'];
@@ -269,6 +272,7 @@ export async function runDoctor(opts: DoctorOptions): Promise<DoctorCheck[]> {
   checks.push(await checkSeccompBpf(opts.runtime, opts.seccompProfile ?? DEFAULT_SECCOMP_PROFILE, opts.seccompTool));
   checks.push(checkBusybox(opts.busybox ?? '/bin/busybox'));
   checks.push(checkNft());
+  if (opts.gvisor !== false) checks.push(await checkGvisor(opts.fix && root));
   return checks;
 }
 
@@ -285,7 +289,8 @@ export function formatDoctor(checks: DoctorCheck[]): string {
  * Returns the checks (for a startup log line).
  */
 export async function ensureHostReady(runtime: string, opts: Omit<DoctorOptions, 'runtime' | 'fix'> = {}): Promise<DoctorCheck[]> {
-  const checks = await runDoctor({ runtime, fix: true, ...opts });
+  // gVisor is optional (the daemon probes runsc itself) and its check installs packages with fix: not at every start.
+  const checks = await runDoctor({ runtime, fix: true, gvisor: false, ...opts });
   // busybox is only needed to build templates and the precompiled filter only saves time; everything else blocks sandboxes.
   const blocking = checks.filter((c) => !c.ok && !ADVISORY.has(c.name));
   if (blocking.length > 0) {

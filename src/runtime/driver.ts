@@ -379,8 +379,6 @@ export class OciRuntimeDriver implements RuntimeDriver {
         },
         this.mountOpts(),
       );
-      // Which layer trees this sandbox's overlay sits on, by identity: a rebuild renames a template's tree
-      // (templates/<name>/old-*), and it may only be deleted once no sandbox records it here.
       await writeLowerIds(layout.dir, topFirst);
       await this.volumeDisks.record(layout.dir, volumes);
       for (const v of volumes) await this.volumeDisks.prepare(v.volumeId, v.sizeMb);

@@ -1,6 +1,9 @@
 /**
  * Which layer trees a sandbox's overlay sits on, by identity (`<dev>:<ino>`,
- * one line per layer, topmost first, in `<sandboxDir>/lower.id`).
+ * one line per layer, topmost first, in `<sandboxDir>/lower.id`). Every driver
+ * that stacks layers in the shared sandboxes directory (crun and gVisor) writes
+ * this file, so one scan (OciRuntimeDriver.templateInUse) covers sandboxes of
+ * every backend.
  *
  * Two readers: template pruning (a rebuilt template's old tree, renamed to
  * `templates/<name>/old-*`, may only be deleted once no sandbox records it),

@@ -14,6 +14,7 @@
 import type { ResourceLimits } from '../config/index.js';
 import type { Duplex } from 'node:stream';
 import type { AgentEndpoint } from '../agent/types.js';
+import type { Isolation } from './isolation.js';
 
 /** One read-only layer of a sandbox's root filesystem. */
 export interface LayerRef {
@@ -91,6 +92,12 @@ export interface ContainerSpec {
    * capability set and seccomp filter.
    */
   allowSetuid?: boolean;
+  /**
+   * The kind of backend that must hold it. A driver refuses a spec for
+   * another kind; the daemon's backend set (backends.ts) routes by it, and
+   * absent means the daemon's default.
+   */
+  isolation?: Isolation;
 }
 
 /**
@@ -127,7 +134,7 @@ export interface SandboxStats {
 /** What a backend can do beyond create/inspect/destroy. Services consult it; they never ask "is this crun?". */
 export interface RuntimeCapabilities {
   /** How strongly the sandbox is separated from the host kernel. */
-  isolation: 'container' | 'gvisor' | 'microvm';
+  isolation: Isolation;
   /** Freeze and thaw every process of a sandbox (pause/resume). */
   pause: boolean;
   /**

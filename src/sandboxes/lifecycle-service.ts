@@ -25,6 +25,7 @@ import { isTerminal, requireState, wrongState, type SandboxState, type TerminalS
 import { ActivityTracker } from './activity.js';
 import { dueReason, lifetimeAtWake, remainingAt } from './policy.js';
 import { requireCapability } from './spec.js';
+import { backendOf } from '../runtime/backends.js';
 import type { SandboxRecord, SandboxStore } from './store.js';
 
 interface Logger {
@@ -144,7 +145,7 @@ export class SandboxLifecycle {
     const rec = this.record(id);
     if (rec.state === 'paused') return;
     requireState(id, rec.state, 'pause', 'pause', rec.endReason);
-    requireCapability(this.host.runtime, 'pause', 'pause the sandbox');
+    requireCapability(backendOf(this.host.runtime, id), 'pause', 'pause the sandbox');
     const remainingMs = remainingAt(rec.expiresAt, Date.now());
     this.claim(id, ['running'], 'pausing', 'pause', { remainingMs });
     try {
@@ -182,7 +183,7 @@ export class SandboxLifecycle {
     const rec = this.record(id);
     if (rec.state === 'stopped') return;
     requireState(id, rec.state, 'stop', 'stop', rec.endReason);
-    requireCapability(this.host.runtime, 'stop', 'stop the sandbox');
+    requireCapability(backendOf(this.host.runtime, id), 'stop', 'stop the sandbox');
     // A paused sandbox's clock stopped at its pause.
     const remainingMs = rec.state === 'running' ? remainingAt(rec.expiresAt, Date.now()) : (rec.remainingMs ?? 0);
     this.claim(id, ['running', 'paused'], 'stopping', 'stop', { remainingMs });
@@ -208,7 +209,7 @@ export class SandboxLifecycle {
     const rec = this.record(id);
     if (rec.state === 'running') return;
     requireState(id, rec.state, 'start', 'start', rec.endReason);
-    requireCapability(this.host.runtime, 'stop', 'start the sandbox');
+    requireCapability(backendOf(this.host.runtime, id), 'stop', 'start the sandbox');
     opts.beforeStart?.(rec);
     this.claim(id, ['stopped'], 'starting', 'start');
     try {
@@ -231,6 +232,7 @@ export class SandboxLifecycle {
   private async snapshotNow<T>(id: string, capture: () => Promise<T>): Promise<T> {
     const rec = this.record(id);
     requireState(id, rec.state, 'snapshot', 'snapshot', rec.endReason);
+    requireCapability(backendOf(this.host.runtime, id), 'snapshot', 'snapshot the sandbox');
     if (rec.state === 'paused') return capture();
     this.claim(id, ['running'], 'snapshotting', 'snapshot');
     let result: T;
@@ -350,9 +352,11 @@ export class SandboxLifecycle {
       return 'ended';
     };
     const info = await runtime.inspect(id).catch(() => ({ status: 'missing' as const }));
+    // What its own backend can do (runtime/backends.ts): a gVisor sandbox cannot be kept stopped.
+    const backend = backendOf(runtime, id);
     const asleep = { expiresAt: Date.now() + rec.lifecycle.deleteAfterMs };
     const toStopped = async (from: 'paused' | 'stopped' | 'stopping' | 'starting'): Promise<Recovered> => {
-      if (!runtime.capabilities.stop) return fail(`daemon restarted while the sandbox was ${rec.state}, and the ${runtime.kind} backend cannot keep it stopped`);
+      if (!backend.capabilities.stop) return fail(`daemon restarted while the sandbox was ${rec.state}, and the ${backend.kind} backend cannot keep it stopped`);
       try {
         await runtime.stop(id);
       } catch (err) {
@@ -382,7 +386,7 @@ export class SandboxLifecycle {
         return fail('its container was gone when the daemon started');
       case 'stopped':
         if (info.status === 'missing') return fail('its disk was gone when the daemon started');
-        if (info.status === 'stopped' && runtime.capabilities.stop) return 'kept';
+        if (info.status === 'stopped' && backend.capabilities.stop) return 'kept';
         return toStopped('stopped');
       case 'pausing':
       case 'resuming':

@@ -29,6 +29,8 @@ import { newSandboxId } from './ids.js';
 import { containerSpec, requireCapability } from './spec.js';
 import { SandboxLifecycle, type WakeOptions } from './lifecycle-service.js';
 import { resolvePolicy, type LifecycleInput } from './policy.js';
+import { backendFor, backendsInfo, type BackendInfo } from '../runtime/backends.js';
+import type { Isolation } from '../runtime/isolation.js';
 import type { Claimed, PoolStats, WarmPool } from './pool.js';
 import { NO_TELEMETRY, type Telemetry } from './telemetry.js';
 import type { SandboxNetworking } from '../network/service.js';
@@ -57,6 +59,8 @@ export interface CreateOptions {
   envs?: Record<string, string> | undefined;
   metadata?: Record<string, string> | undefined;
   resources?: Partial<ResourceLimits> | undefined;
+  /** Which backend kind holds it (runtime/backends.ts); default: the daemon's. */
+  isolation?: Isolation | undefined;
   /** What its timeout and idleness do, whether calls wake it, how long it is kept paused or stopped (policy.ts). */
   lifecycle?: LifecycleInput | undefined;
   /** The caller's named volumes to attach (src/volumes). */
@@ -210,15 +214,19 @@ export class SandboxManager {
     const timeoutMs = this.checkTimeout(opts.timeoutMs ?? this.config.defaultTimeoutMs);
     const resources: ResourceLimits = { ...this.config.defaultResources, ...stripUndefined(opts.resources ?? {}) };
     this.checkDisk(resources.diskMb);
+    // An isolation this host lacks fails here, before a template is built for it; what the sandbox
+    // asks of its backend (a timeout policy, volumes, egress) is checked against that backend.
+    const backend = backendFor(this.runtime, opts.isolation);
     const onTimeout = opts.lifecycle?.onTimeout;
-    if (onTimeout === 'pause') requireCapability(this.runtime, 'pause', 'pause this sandbox when it times out');
-    if (onTimeout === 'stop') requireCapability(this.runtime, 'stop', 'stop this sandbox when it times out');
+    if (onTimeout === 'pause') requireCapability(backend, 'pause', 'pause this sandbox when it times out');
+    if (onTimeout === 'stop') requireCapability(backend, 'stop', 'stop this sandbox when it times out');
     const mounts = (opts.volumes ?? []).map((v) => ({ name: v.name, path: v.path, readOnly: v.readOnly ?? false }));
     if (mounts.length > 0 && !this.volumes) throw new UnsupportedError('this daemon has no volume service');
+    if (mounts.length > 0) requireCapability(backend, 'volumes', 'attach volumes to this sandbox');
     const volumes = this.volumes?.resolve(ctx, mounts) ?? [];
     const snapshot = opts.snapshot !== undefined ? this.snapshots!.resolve(ctx, opts.snapshot) : null;
     // A bad policy or an impossible mode is refused before anything is started.
-    this.networking?.specFor(opts.network);
+    this.networking?.specFor(opts.network, backend);
     this.pool?.userCreateStarted();
     try {
       const template = snapshot ?? (await this.resolveTemplate(ctx, opts));
@@ -230,12 +238,14 @@ export class SandboxManager {
       };
       // Refused before a pooled sandbox is spent on it; checked again below, next to the insert.
       this.checkQuota(ctx, resources.memoryMb);
-      // A pooled sandbox was started without volumes, on its template alone: one that attaches any, or starts
-      // from a snapshot, is started cold.
-      const claimed = this.pool && volumes.length === 0 && !snapshot ? await this.pool.claim(opts.template, resources) : null;
+      // Pools are per template and isolation (README, warm pools), started on the template alone, without
+      // volumes: a create claims from the pool of its own template and isolation, and one that attaches
+      // volumes or starts from a snapshot is started cold.
+      const pooled = this.pool !== null && volumes.length === 0 && !snapshot;
+      const claimed = pooled ? await this.pool!.claim(opts.template, resources, backend.capabilities.isolation) : null;
       how.pooled = claimed !== null;
       if (claimed) {
-        const rec = this.recordClaimed(ctx, claimed, made, resources, timeoutMs, defaults);
+        const rec = this.recordClaimed(ctx, claimed, made, resources, timeoutMs, defaults, backend);
         if (!this.networking) return rec;
         try {
           this.networking.register(rec.id, opts.network);
@@ -246,7 +256,7 @@ export class SandboxManager {
         }
         return rec;
       }
-      return await this.createCold(ctx, { ...made, snapshot: snapshot?.id }, template.layers, resources, timeoutMs, defaults, volumes);
+      return await this.createCold(ctx, { ...made, snapshot: snapshot?.id }, template.layers, resources, timeoutMs, defaults, backend, volumes);
     } finally {
       this.pool?.userCreateEnded();
     }
@@ -382,6 +392,11 @@ export class SandboxManager {
     return { kind: this.runtime.kind, name: this.runtime.name, capabilities: { ...this.runtime.capabilities, network: [...this.runtime.capabilities.network] } };
   }
 
+  /** Every isolation kind, with its backend or why this host has none (GET /v1/info). */
+  backends(): BackendInfo[] {
+    return backendsInfo(this.runtime);
+  }
+
   /** Warm pool state, per template (empty when no pool is configured). */
   poolStats(): PoolStats[] {
     return this.pool?.stats() ?? [];
@@ -402,6 +417,7 @@ export class SandboxManager {
     resources: ResourceLimits,
     timeoutMs: number,
     defaults: SandboxRecord['defaults'],
+    backend: RuntimeDriver,
   ): SandboxRecord {
     try {
       // Checked and recorded without an await in between, so concurrent creates cannot both slip under a quota.
@@ -412,7 +428,7 @@ export class SandboxManager {
       throw err;
     }
     // The clock starts at the claim, not when the pool started the container.
-    const rec = this.newRecord(ctx, claimed.id, 'running', opts, resources, timeoutMs, defaults, [], claimed.layers);
+    const rec = this.newRecord(ctx, claimed.id, 'running', opts, resources, timeoutMs, defaults, backend.kind, [], claimed.layers);
     this.store.insert(rec);
     this.adoptConnection(claimed.id, claimed.conn);
     if (rec.lifecycle.idleMs !== null) this.lifecycle.activity.touch(rec.id);
@@ -426,19 +442,21 @@ export class SandboxManager {
     resources: ResourceLimits,
     timeoutMs: number,
     defaults: SandboxRecord['defaults'],
+    backend: RuntimeDriver,
     volumes: SandboxVolume[] = [],
   ): Promise<SandboxRecord> {
     const id = newSandboxId();
     const spec = {
-      ...containerSpec(this.runtime, id, layers, resources, this.networking?.specFor(opts.network), { allowSetuid: defaults.setuid }),
+      ...containerSpec(backend, id, layers, resources, this.networking?.specFor(opts.network, backend), { allowSetuid: defaults.setuid }),
       volumes: volumes.map((v) => ({ volumeId: v.volumeId, sizeMb: v.sizeMb, target: v.path, readOnly: v.readOnly })),
+      isolation: backend.capabilities.isolation,
     };
     // Checked and recorded without an await in between, so concurrent creates cannot both slip under a quota,
     // and a volume deleted meanwhile is not attached.
     this.checkQuota(ctx, resources.memoryMb);
     this.volumes?.stillThere(volumes);
     if (opts.snapshot !== undefined) this.snapshots?.stillThere(opts.snapshot);
-    const rec = this.newRecord(ctx, id, 'creating', opts, resources, timeoutMs, defaults, volumes, layers);
+    const rec = this.newRecord(ctx, id, 'creating', opts, resources, timeoutMs, defaults, backend.kind, volumes, layers);
     this.store.insert(rec);
     const abort = new AbortController();
     let settle!: () => void;
@@ -490,6 +508,7 @@ export class SandboxManager {
     resources: ResourceLimits,
     timeoutMs: number,
     defaults: SandboxRecord['defaults'],
+    runtime: string,
     volumes: SandboxVolume[],
     layers: readonly LayerRef[],
   ): SandboxRecord {
@@ -507,7 +526,7 @@ export class SandboxManager {
       endedAt: null,
       endReason: null,
       stateChangedAt: now,
-      runtime: this.runtime.kind,
+      runtime,
       defaults,
       lifecycle: resolvePolicy(opts.lifecycle, this.config.defaultDeleteAfterMs),
       timeoutMs,

@@ -1,7 +1,10 @@
 /**
- * Warm pools: per template, a few containers started ahead of time, so a
- * create can claim one instead of paying for the container start (~30 ms of
- * runtime work on two cores).
+ * Warm pools: per template and isolation, a few sandboxes started ahead of
+ * time, so a create can claim one instead of paying for the start (~30 ms of
+ * runtime work on two cores for a container, ~200 ms for gVisor). A pool
+ * setting names a template (the daemon's default isolation) or
+ * `<template>:<isolation>`; a create claims only from the pool of its own
+ * template and isolation.
  *
  * A pooled container is started exactly as a fresh sandbox (same bundle,
  * daemon-default limits, an id from newSandboxId that nobody has seen), and
@@ -17,7 +20,9 @@
  * flight, so they never compete with a request for the runtime and the CPUs
  * more than one container start.
  */
-import type { ResourceLimits } from '../config/index.js';
+import { splitPoolKey, type ResourceLimits } from '../config/index.js';
+import { backendFor, backendOf } from '../runtime/backends.js';
+import type { Isolation } from '../runtime/isolation.js';
 import type { AgentConnection } from '../agent/types.js';
 import type { LayerRef, RuntimeDriver } from '../runtime/types.js';
 import { containerSpec } from './spec.js';
@@ -52,6 +57,8 @@ export interface WarmPoolDeps {
 /** A started, unclaimed sandbox. */
 interface Pooled {
   id: string;
+  /** Its pool: `<template>:<isolation>`. */
+  key: string;
   template: string;
   /** Build of the template it was started from: a rebuilt template makes it stale. */
   builtAt: number | undefined;
@@ -71,6 +78,8 @@ export interface Claimed {
 
 export interface PoolStats {
   template: string;
+  /** The isolation of the pool's sandboxes. */
+  isolation: Isolation;
   /** Configured size. */
   size: number;
   /** Started sandboxes waiting to be claimed. */
@@ -92,7 +101,7 @@ export interface PoolStats {
   lastError?: string;
 }
 
-type Counters = Omit<PoolStats, 'template' | 'size' | 'ready' | 'starting'>;
+type Counters = Omit<PoolStats, 'template' | 'isolation' | 'size' | 'ready' | 'starting'>;
 
 const MAX_BACKOFF_MS = 60_000;
 /** An idle agent answers a ping in well under a millisecond; this only bounds a hung one. */
@@ -118,11 +127,20 @@ export class WarmPool {
     sizes: Record<string, number>,
     private readonly deps: WarmPoolDeps,
   ) {
-    this.sizes = new Map(Object.entries(sizes).filter(([, n]) => n > 0));
+    // Keys as the settings give them (`debian`, `busybox:gvisor`), made explicit: `<template>:<isolation>`.
+    const normalized = new Map<string, number>();
+    for (const [key, n] of Object.entries(sizes)) normalized.set(this.keyOf(key), n);
+    this.sizes = new Map([...normalized].filter(([, n]) => n > 0));
     for (const t of this.sizes.keys()) {
       this.ready.set(t, []);
       this.counters.set(t, { claims: 0, misses: 0, fallbacks: 0, lost: 0, started: 0, startFailures: 0 });
     }
+  }
+
+  /** `<template>:<isolation>` of a pool setting's key (`debian` is the default isolation's). */
+  private keyOf(setting: string): string {
+    const { template, isolation } = splitPoolKey(setting);
+    return `${template}:${isolation ?? this.deps.runtime.capabilities.isolation}`;
   }
 
   /** Begin filling, and look again every tick for work nobody announced. */
@@ -156,27 +174,29 @@ export class WarmPool {
   }
 
   /**
-   * Take a pooled sandbox of `template` that can be given `resources`, with
-   * those limits applied. null = none fits or the claim failed: the caller
-   * makes a cold one (the reason is counted and logged here).
+   * Take a pooled sandbox of `template` and `isolation` (default: the
+   * daemon's) that can be given `resources`, with those limits applied.
+   * null = none fits or the claim failed: the caller makes a cold one (the
+   * reason is counted and logged here).
    */
-  async claim(template: string, resources: ResourceLimits): Promise<Claimed | null> {
-    const list = this.ready.get(template);
-    const c = this.counters.get(template);
+  async claim(template: string, resources: ResourceLimits, isolation?: Isolation): Promise<Claimed | null> {
+    const key = this.keyOf(isolation ? `${template}:${isolation}` : template);
+    const list = this.ready.get(key);
+    const c = this.counters.get(key);
     if (!list || !c) return null;
     const builtAt = this.currentBuild(template);
-    this.dropStale(template, builtAt);
+    this.dropStale(key, builtAt);
     const e = list[0];
     if (!e) {
       c.misses++;
       this.kick();
       return null;
     }
-    const fit = poolFit(e.resources, resources, this.deps.runtime.capabilities.updateResources);
+    const fit = poolFit(e.resources, resources, backendOf(this.deps.runtime, e.id).capabilities.updateResources);
     if (!fit.ok) {
       // Every entry was started with the same limits: none fits. Keep them for the next request.
       c.misses++;
-      this.deps.log.info({ template, reason: fit.reason }, 'warm pool cannot serve these limits: cold create');
+      this.deps.log.info({ template, pool: e.key, reason: fit.reason }, 'warm pool cannot serve these limits: cold create');
       return null;
     }
     list.shift();
@@ -201,13 +221,17 @@ export class WarmPool {
   }
 
   stats(): PoolStats[] {
-    return [...this.sizes].map(([template, size]) => ({
-      template,
-      size,
-      ready: this.ready.get(template)?.length ?? 0,
-      starting: this.starting === template,
-      ...this.counters.get(template)!,
-    }));
+    return [...this.sizes].map(([key, size]) => {
+      const { template, isolation } = splitPoolKey(key);
+      return {
+        template,
+        isolation: isolation!,
+        size,
+        ready: this.ready.get(key)?.length ?? 0,
+        starting: this.starting === key,
+        ...this.counters.get(key)!,
+      };
+    });
   }
 
   /** Stop refilling and destroy every pooled container (a graceful daemon stop). */
@@ -252,25 +276,25 @@ export class WarmPool {
         this.again = true; // kicked again once `filling` clears, which then waits out the window
         return;
       }
-      const template = this.nextToFill();
-      if (!template) return;
-      await this.fillOne(template);
+      const key = this.nextToFill();
+      if (!key) return;
+      await this.fillOne(key);
     }
   }
 
-  /** The template furthest below its size, among those ready to be started from. */
+  /** The pool furthest below its size, among those whose template is ready to be started from. */
   private nextToFill(): string | undefined {
     let best: string | undefined;
     let bestShare = 1;
     const now = Date.now();
-    for (const [template, size] of this.sizes) {
-      if ((this.retryAt.get(template)?.at ?? 0) > now) continue;
-      const builtAt = this.currentBuild(template);
+    for (const [key, size] of this.sizes) {
+      if ((this.retryAt.get(key)?.at ?? 0) > now) continue;
+      const builtAt = this.currentBuild(splitPoolKey(key).template);
       if (builtAt === null) continue;
-      this.dropStale(template, builtAt);
-      const share = this.ready.get(template)!.length / size;
+      this.dropStale(key, builtAt);
+      const share = this.ready.get(key)!.length / size;
       if (share < bestShare) {
-        best = template;
+        best = key;
         bestShare = share;
       }
     }
@@ -294,44 +318,48 @@ export class WarmPool {
   }
 
   /** Pooled sandboxes of an older build than the current one are of no use: a fresh sandbox would get the new tree. */
-  private dropStale(template: string, builtAt: number | undefined | null): void {
+  private dropStale(key: string, builtAt: number | undefined | null): void {
     if (builtAt === null) return;
-    const list = this.ready.get(template)!;
+    const list = this.ready.get(key)!;
     for (let i = list.length - 1; i >= 0; i--) {
       const e = list[i]!;
       if (e.builtAt === builtAt) continue;
       list.splice(i, 1);
-      this.deps.log.info({ template, id: e.id }, 'template was rebuilt: discarding a pooled sandbox of the old build');
+      this.deps.log.info({ template: e.template, pool: key, id: e.id }, 'template was rebuilt: discarding a pooled sandbox of the old build');
       this.discard(e);
     }
   }
 
-  private async fillOne(template: string): Promise<void> {
-    const c = this.counters.get(template)!;
+  private async fillOne(key: string): Promise<void> {
+    const c = this.counters.get(key)!;
+    const { template, isolation } = splitPoolKey(key);
     const id = newSandboxId();
     const resources = { ...this.deps.defaultResources };
-    this.starting = template;
+    this.starting = key;
     let created = false;
     try {
+      // An isolation this host lacks fails here, like any failed start (counted, retried with backoff, lastError).
+      const backend = backendFor(this.deps.runtime, isolation);
       const layers = await this.deps.templates.layers(template);
       const builtAt = this.deps.templates.get(template).builtAt;
       const allowSetuid = this.deps.templates.config(template).sudo;
-      await this.deps.runtime.create(containerSpec(this.deps.runtime, id, layers, resources, undefined, { allowSetuid }));
+      const spec = containerSpec(backend, id, layers, resources, undefined, { allowSetuid });
+      await this.deps.runtime.create({ ...spec, isolation: backend.capabilities.isolation });
       created = true;
       const conn = await this.deps.connectAgent(this.deps.runtime.agentEndpoint(id), { timeoutMs: 5000 });
       c.started++;
-      this.retryAt.delete(template);
-      const e: Pooled = { id, template, builtAt, layers, resources, conn, lost: false };
+      this.retryAt.delete(key);
+      const e: Pooled = { id, key, template, builtAt, layers, resources, conn, lost: false };
       conn.onClose(() => this.onLost(e));
       if (this.closed) this.discard(e);
-      else this.ready.get(template)!.push(e);
+      else this.ready.get(key)!.push(e);
     } catch (err) {
       c.startFailures++;
       c.lastError = errMessage(err).slice(0, 500);
-      const failures = (this.retryAt.get(template)?.failures ?? 0) + 1;
+      const failures = (this.retryAt.get(key)?.failures ?? 0) + 1;
       const wait = Math.min(MAX_BACKOFF_MS, 1000 * 2 ** (failures - 1));
-      this.retryAt.set(template, { at: Date.now() + wait, failures });
-      this.deps.log.warn({ template, id, err: c.lastError, retryInMs: wait }, 'starting a pooled sandbox failed');
+      this.retryAt.set(key, { at: Date.now() + wait, failures });
+      this.deps.log.warn({ template, isolation, id, err: c.lastError, retryInMs: wait }, 'starting a pooled sandbox failed');
       if (created) this.track(this.deps.runtime.destroy(id));
     } finally {
       this.starting = undefined;
@@ -341,12 +369,12 @@ export class WarmPool {
   /** The agent of a pooled sandbox went away: it cannot be claimed, so replace it. */
   private onLost(e: Pooled): void {
     e.lost = true;
-    const list = this.ready.get(e.template);
+    const list = this.ready.get(e.key);
     const i = list?.indexOf(e) ?? -1;
     if (i < 0) return; // claimed or already discarded: not the pool's any more
     list!.splice(i, 1);
-    this.deps.log.warn({ template: e.template, id: e.id }, 'a pooled sandbox died while waiting; replacing it');
-    this.counters.get(e.template)!.lost++;
+    this.deps.log.warn({ template: e.template, pool: e.key, id: e.id }, 'a pooled sandbox died while waiting; replacing it');
+    this.counters.get(e.key)!.lost++;
     this.discard(e);
     this.kick();
   }

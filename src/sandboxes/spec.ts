@@ -41,8 +41,12 @@ export function containerSpec(
 export function requireCapability(runtime: RuntimeDriver, cap: CapabilityName, what: string): void {
   if (!runtime.capabilities[cap]) {
     const reason = runtime.capabilities.reasons?.[cap];
-    throw new UnsupportedError(`cannot ${what}: the ${runtime.kind} backend does not support ${cap}${reason ? ` (${reason})` : ''}`, {
+    // Name the isolation too: a caller asked for "gvisor", not for "runsc".
+    const isolation = runtime.capabilities.isolation;
+    const hint = isolation === 'container' ? '' : ` (isolation "${isolation}"; use isolation "container" for that)`;
+    throw new UnsupportedError(`cannot ${what}: the ${runtime.kind} backend does not support ${cap}${reason ? ` (${reason})` : ''}${hint}`, {
       backend: runtime.kind,
+      isolation,
       capability: cap,
       ...(reason ? { reason } : {}),
     });

@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { EnvVars, Metadata, SandboxId, SandboxTimeoutMs, TemplateName, Timestamp } from './common.js';
 
 import { SANDBOX_STATES } from '../sandboxes/lifecycle.js';
+import { ISOLATIONS } from '../runtime/isolation.js';
 import { ON_TIMEOUT } from '../sandboxes/policy.js';
 import { VolumeMountRequest, VolumeName } from './volumes.js';
 import { NetworkConfig } from './network.js';
@@ -12,6 +13,12 @@ export const SandboxState = z
   .enum(SANDBOX_STATES)
   .describe(
     'Lifecycle state (docs/adr/0005-state-machine-and-runtime-boundary.md): creating, running, paused, stopped, their transitional states (pausing, resuming, stopping, starting), or a final one: killed, expired, failed',
+  );
+
+export const Isolation = z
+  .enum(ISOLATIONS)
+  .describe(
+    "How the sandbox is kept apart from the host's kernel. container: Linux namespaces, cgroups and a seccomp filter; its processes make system calls to the host kernel (fastest). gvisor: gVisor's user-space kernel answers every system call, so the host kernel sees only gVisor's (slower system calls, ~10 MiB more memory; no pause, stop/start, volumes or egress: each answers 422 unsupported). microvm: a virtual machine (not available yet). GET /v1/info lists which this host has, with each one's capabilities",
   );
 
 /** Longest span a lifecycle clock may be set to: a year (keeps expiry times valid dates). */
@@ -73,6 +80,9 @@ export const CreateSandboxRequest = z
     envs: EnvVars.optional().describe('Environment variables every command in this sandbox gets'),
     metadata: Metadata.optional(),
     resources: Resources.optional(),
+    isolation: Isolation.optional().describe(
+      "How the sandbox is kept apart from the host's kernel: container or gvisor (microvm is not available yet); default: the daemon's (CAPSULE_ISOLATION, container unless set). An isolation this host lacks answers 422 unsupported with the reason",
+    ),
     lifecycle: Lifecycle.optional(),
     volumes: z
       .array(VolumeMountRequest)
@@ -102,6 +112,7 @@ export const Sandbox = z.object({
   }),
   endedAt: Timestamp.optional(),
   endReason: z.string().optional().describe('Why a sandbox ended: killed, expired, or an error'),
+  isolation: Isolation.describe('How this sandbox is kept apart from the host kernel (container or gvisor)'),
   lifecycle: z
     .object({
       onTimeout: OnTimeout,

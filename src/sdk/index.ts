@@ -19,6 +19,7 @@ export { Network } from './network.js';
 export type { EgressPolicy, LogOptions as NetworkLogOptions, NetworkConfig, NetworkLogEntry, PortAccess, SandboxNetwork } from './network.js';
 export type { CodeContext, CodeLanguage, CodeResult, CreateCodeContextOptions, Execution, ExecutionError, RunCodeOptions } from './code.js';
 export { Template } from './templates.js';
+export { getDaemonInfo } from './info.js';
 export { ApiKeys } from './keys.js';
 export { Volume } from './volumes.js';
 export type { CreateVolumeOptions, VolumeInfo } from './volumes.js';
@@ -57,6 +58,7 @@ export type {
   RunCodeResult,
   CreateSandboxRequest,
   FileEntry,
+  InfoResponse as DaemonInfo,
   Lifecycle,
   ProcessInfo,
   RunCommandRequest,

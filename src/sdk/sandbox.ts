@@ -40,6 +40,12 @@ export interface CreateOptions extends ConnectionOptions {
   /** CPU (cores), memory (MiB), process and disk (MiB, ENOSPC past it) limits; defaults come from the daemon. */
   resources?: { cpus?: number; memoryMb?: number; pids?: number; diskMb?: number };
   /**
+   * How the sandbox is kept apart from the host kernel: 'container' (namespaces and seccomp) or 'gvisor'
+   * (gVisor's user-space kernel; slower system calls). Default: the daemon's. See `getDaemonInfo()` for
+   * what the daemon has.
+   */
+  isolation?: SandboxInfo['isolation'];
+  /**
    * What the timeout (or `idleMs` without API activity) does: `onTimeout` 'kill' (default), 'pause' or 'stop';
    * `autoResume`: commands and file calls wake a paused or stopped sandbox instead of failing with ConflictError;
    * `deleteAfterMs`: how long it is kept paused or stopped (the daemon's default is 7 days).
@@ -122,6 +128,7 @@ export class Sandbox {
       envs: opts.envs,
       metadata: opts.metadata,
       resources: opts.resources,
+      isolation: opts.isolation,
       lifecycle: opts.lifecycle,
       volumes: opts.volumes,
       network: opts.network,

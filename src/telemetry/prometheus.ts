@@ -64,22 +64,22 @@ export class PrometheusTelemetry implements Telemetry {
     });
     new Gauge({
       name: 'capsule_pool_size',
-      help: 'Warm pool target size per template',
-      labelNames: ['template'],
+      help: 'Warm pool target size per template and isolation',
+      labelNames: ['template', 'isolation'],
       registers,
       collect() {
         this.reset();
-        for (const p of sources.pools()) this.set({ template: p.template }, p.size);
+        for (const p of sources.pools()) this.set({ template: p.template, isolation: p.isolation }, p.size);
       },
     });
     new Gauge({
       name: 'capsule_pool_ready',
-      help: 'Started, unclaimed sandboxes in the warm pool per template',
-      labelNames: ['template'],
+      help: 'Started, unclaimed sandboxes in the warm pool per template and isolation',
+      labelNames: ['template', 'isolation'],
       registers,
       collect() {
         this.reset();
-        for (const p of sources.pools()) this.set({ template: p.template }, p.ready);
+        for (const p of sources.pools()) this.set({ template: p.template, isolation: p.isolation }, p.ready);
       },
     });
   }

@@ -29,6 +29,7 @@ import type { ResourceLimits } from '../config/index.js';
 import { CapsuleError, InvalidArgumentError, SandboxError, UnsupportedError } from '../errors/index.js';
 import type { SandboxNetworking } from '../network/service.js';
 import type { NetworkConfig } from '../schemas/network.js';
+import { backendFor } from '../runtime/backends.js';
 import type { LayerRef, RuntimeDriver } from '../runtime/types.js';
 import type { AgentConnector, Logger } from '../sandboxes/manager.js';
 import { containerSpec, requireCapability } from '../sandboxes/spec.js';
@@ -69,6 +70,11 @@ export interface BuildReporter {
 }
 
 export interface BuilderDeps {
+  /**
+   * The daemon's runtime (its backend set): build sandboxes are always made on
+   * the `container` backend (they need exportChanges and egress), whatever the
+   * default isolation, and their verbs are routed there by id.
+   */
   runtime: RuntimeDriver;
   connectAgent: AgentConnector;
   layers: LayerStore;
@@ -253,7 +259,8 @@ export class TemplateBuilder {
     signal: AbortSignal,
   ): Promise<void> {
     const { runtime } = this.deps;
-    requireCapability(runtime, 'exportChanges', 'build a template step');
+    const backend = backendFor(runtime, 'container');
+    requireCapability(backend, 'exportChanges', 'build a template step');
     // Package steps reach their mirrors and nothing else; run steps have no network at all.
     let network: NetworkConfig | undefined;
     if (step.type !== 'run') {
@@ -271,7 +278,10 @@ export class TemplateBuilder {
     // Package steps install for the whole system, as root; run steps run as the template's user so far.
     const stepUser = step.type === 'run' ? config.user : undefined;
     const layers: LayerRef[] = chain.map((l) => ({ path: l.path, digest: l.id }));
-    const spec = containerSpec(runtime, id, layers, this.deps.resources, network ? networking!.specFor(network) : undefined, { allowSetuid: config.sudo });
+    const spec = {
+      ...containerSpec(backend, id, layers, this.deps.resources, network ? networking!.specFor(network, backend) : undefined, { allowSetuid: config.sudo }),
+      isolation: 'container' as const,
+    };
     let created = false;
     const tail = new Tail(8192);
     try {

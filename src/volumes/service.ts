@@ -17,6 +17,7 @@ import { canSee, ownerFor, type RequestContext } from '../auth/context.js';
 import { ConflictError, InvalidArgumentError, NotFoundError } from '../errors/index.js';
 import { newVolumeId } from '../sandboxes/ids.js';
 import { requireCapability } from '../sandboxes/spec.js';
+import { volumesBackend } from '../runtime/backends.js';
 import type { SandboxStore, SandboxVolume } from '../sandboxes/store.js';
 import type { Volume, VolumeMountRequest } from '../schemas/volumes.js';
 import type { VolumeRecord, VolumeStore } from './store.js';
@@ -36,7 +37,7 @@ export class VolumeService {
   ) {}
 
   async create(ctx: RequestContext, req: { name: string; sizeMb: number }): Promise<Volume> {
-    requireCapability(this.runtime, 'volumes', 'create a volume');
+    requireCapability(volumesBackend(this.runtime), 'volumes', 'create a volume');
     if (req.sizeMb > this.maxDiskMb) {
       throw new InvalidArgumentError(`sizeMb must be at most ${this.maxDiskMb} on this daemon (CAPSULE_MAX_DISK_MB)`, { max: this.maxDiskMb });
     }
@@ -80,7 +81,8 @@ export class VolumeService {
   /** For a create: the caller's volumes behind the names asked, as the sandbox records them. */
   resolve(ctx: RequestContext, mounts: readonly VolumeMountRequest[]): SandboxVolume[] {
     if (mounts.length === 0) return [];
-    requireCapability(this.runtime, 'volumes', 'attach volumes');
+    // Whether this sandbox's own backend can attach them is the manager's check (backendFor).
+    requireCapability(volumesBackend(this.runtime), 'volumes', 'attach volumes');
     return mounts.map((m) => {
       const v = this.find(ctx, m.name);
       return { volumeId: v.id, name: v.name, sizeMb: v.sizeMb, path: m.path, readOnly: m.readOnly };

@@ -18,6 +18,10 @@ export function leftovers(id: string, dataDir: string): string[] {
   if (fs.existsSync(`${dataDir}/sandboxes/${id}`)) found.push('sandbox dir');
   if (fs.existsSync(`${dataDir}/run/${id}.sock`)) found.push('socket');
   if (fs.existsSync(`${dataDir}/runtime/${id}`)) found.push('runtime state');
+  if (fs.existsSync(`${dataDir}/gvisor/sock/${id}`)) found.push('gvisor socket dir');
+  // runsc keeps "<sandbox>_sandbox:<container>.state" (and .lock) files per container.
+  const gvisorState = fs.existsSync(`${dataDir}/gvisor/state`) ? fs.readdirSync(`${dataDir}/gvisor/state`) : [];
+  if (gvisorState.some((f) => f.startsWith(`${id}_sandbox:`))) found.push('gvisor state');
   // Networking: the relay's control socket and pid file, and the relay itself (its netns is the sandbox's own and goes with it).
   for (const f of [`${id}.sock`, `${id}.pid`]) if (fs.existsSync(`${dataDir}/run/net/${f}`)) found.push(`network file ${f}`);
   for (const pid of netRelays(id)) found.push(`network relay ${pid}`);

@@ -15,7 +15,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { it } from 'node:test';
+import { describe, it } from 'node:test';
 import { api, authHeaders, REPO_ROOT, startTestDaemon, type TestDaemon } from '../helpers/daemon.js';
 
 export const PROBES_SRC = path.join(REPO_ROOT, 'test', 'security', 'probes');
@@ -42,17 +42,51 @@ export interface Battery {
   sandboxes: string[];
   /** A secret only in the daemon's environment: it must never show up inside a sandbox. */
   daemonCanary: string;
+  /** What every sandbox of this battery runs under (the daemon's default isolation). */
+  isolation: BatteryIsolation;
 }
 
 // ---------------------------------------------------------------- daemon
 
-export async function startBattery(opts: { env?: Record<string, string> } = {}): Promise<Battery> {
+export async function startBattery(isolation: BatteryIsolation = 'container', opts: { env?: Record<string, string> } = {}): Promise<Battery> {
   const guard = new HostGuard();
   const daemonCanary = `canary-${crypto.randomBytes(8).toString('hex')}`;
-  const d = await startTestDaemon({ env: { CAPSULE_SECURITY_CANARY: daemonCanary, ...opts.env } });
+  const d = await startTestDaemon({ env: { CAPSULE_SECURITY_CANARY: daemonCanary, ...opts.env }, args: ['--isolation', isolation] });
   const port = Number(new URL(d.url).port);
   guard.snapshot();
-  return { d, url: d.url, port, guard, sandboxes: [], daemonCanary };
+  return { d, url: d.url, port, guard, sandboxes: [], daemonCanary, isolation };
+}
+
+/** The isolation kinds the battery attacks. */
+export const BATTERY_ISOLATIONS = ['container', 'gvisor'] as const;
+export type BatteryIsolation = (typeof BATTERY_ISOLATIONS)[number];
+
+function runscMissing(): string | false {
+  try {
+    execFileSync('runsc', ['--version'], { stdio: 'ignore' });
+    return false;
+  } catch {
+    return 'needs runsc (apt-get install runsc, or capsule doctor --fix)';
+  }
+}
+
+/**
+ * The same attacks against every isolation kind: `body` is a describe() body
+ * that starts its battery with startBattery(isolation). CAPSULE_SECURITY_ISOLATION
+ * (container or gvisor) narrows it to one kind.
+ */
+export function forEachIsolation(name: string, body: (isolation: BatteryIsolation) => void): void {
+  const only = process.env.CAPSULE_SECURITY_ISOLATION;
+  for (const isolation of BATTERY_ISOLATIONS) {
+    if (only && only !== isolation) continue;
+    const skip = isolation === 'gvisor' ? runscMissing() : false;
+    describe(`${name} [${isolation}]`, { skip }, () => body(isolation));
+  }
+}
+
+/** The outcome an attack has under each isolation kind, where they differ (README/SECURITY.md list why). */
+export function per<T>(b: Battery, outcomes: Record<BatteryIsolation, T>): T {
+  return outcomes[b.isolation];
 }
 
 export async function stopBattery(b: Battery | undefined): Promise<void> {

@@ -3,9 +3,10 @@
  * seccomp filter must stop, devices, clocks, hostnames and credentials. Each
  * attack runs inside a real busybox sandbox; afterwards the host must be unchanged.
  */
-import { after, before, describe } from 'node:test';
+import { after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { SANDBOX_CAPABILITIES } from '../../src/runtime/bundle.js';
 import {
@@ -14,7 +15,9 @@ import {
   probe,
   probe1,
   sandboxHostPids,
+  per,
   sh,
+  forEachIsolation,
   startBattery,
   stopBattery,
   type Battery,
@@ -36,9 +39,9 @@ const CAP_NUMBERS: Record<string, number> = {
   CAP_BLOCK_SUSPEND: 36, CAP_AUDIT_READ: 37, CAP_PERFMON: 38, CAP_BPF: 39, CAP_CHECKPOINT_RESTORE: 40,
 };
 
-describe('security: kernel surface', () => {
+forEachIsolation('security: kernel surface', (isolation) => {
   before(async () => {
-    b = await startBattery();
+    b = await startBattery(isolation);
     id = await createSandbox(b, { probes: ['kernel', 'procs'] });
     await sh(b, id, 'mkdir -p /tmp/m /tmp/old');
   });
@@ -50,9 +53,10 @@ describe('security: kernel surface', () => {
     assert.equal(await probe1(b, id, 'kernel', ['mount-tmpfs', '/tmp/m']), 'EPERM');
     assert.equal(await probe1(b, id, 'kernel', ['mount-proc', '/tmp/m']), 'EPERM');
     assert.equal(await probe1(b, id, 'kernel', ['mount-bind', '/', '/tmp/m']), 'EPERM');
-    // The new mount API too.
-    assert.equal(await probe1(b, id, 'kernel', ['fsopen', 'tmpfs']), 'EPERM');
-    assert.equal(await probe1(b, id, 'kernel', ['open-tree', '/']), 'EPERM');
+    // The new mount API too (gVisor's kernel does not have it).
+    const newApi = per(b, { container: 'EPERM', gvisor: 'ENOSYS' });
+    assert.equal(await probe1(b, id, 'kernel', ['fsopen', 'tmpfs']), newApi);
+    assert.equal(await probe1(b, id, 'kernel', ['open-tree', '/']), newApi);
     const bb = await sh(b, id, 'mount -t tmpfs none /tmp/m; echo rc=$?; grep -c " /tmp/m " /proc/self/mountinfo');
     assert.match(bb.stdout, /rc=[1-9]/);
     assert.match(bb.stdout, /^0$/m, 'nothing got mounted on /tmp/m');
@@ -66,7 +70,8 @@ describe('security: kernel surface', () => {
     assert.equal(await probe1(b, id, 'kernel', ['remount-rw', '/proc/sys']), 'EPERM');
     const bb = await sh(b, id, 'umount /proc/keys; echo rc=$?; wc -c < /proc/keys');
     assert.match(bb.stdout, /rc=[1-9]/);
-    assert.match(bb.stdout, /^0$/m, '/proc/keys is still masked');
+    if (b.isolation === 'gvisor') assert.match(bb.stderr, /no such file/i, "gVisor's /proc has no keys file");
+    else assert.match(bb.stdout, /^0$/m, '/proc/keys is still masked');
   });
 
   attack(B, 'pivot_root is refused', async () => {
@@ -94,6 +99,9 @@ describe('security: kernel surface', () => {
     for (const ns of ['user', 'mount', 'net', 'pid', 'uts', 'ipc', 'cgroup']) {
       assert.equal(await probe1(b, id, 'kernel', ['clone', ns]), 'EPERM', `clone(CLONE_NEW${ns})`);
     }
+    // Under gVisor the filter lets clone3 through (runsc would make its ENOSYS an EPERM, and glibc could start
+    // no thread: gvisor/bundle.ts gvisorSeccomp); gVisor's kernel does not implement it. If a runsc release
+    // does, namespace flags would pass where the filter cannot see them: this fails first.
     assert.equal(await probe1(b, id, 'kernel', ['clone3', 'user']), 'ENOSYS');
     assert.equal(await probe1(b, id, 'kernel', ['clone3']), 'ENOSYS');
     assert.equal(await probe1(b, id, 'kernel', ['fork']), 'OK');
@@ -101,7 +109,9 @@ describe('security: kernel surface', () => {
 
   attack(B, 'setns into namespace files is refused', async () => {
     for (const ns of ['user', 'mnt', 'net', 'pid', 'uts', 'cgroup']) {
-      assert.equal(await probe1(b, id, 'kernel', ['setns', `/proc/1/ns/${ns}`]), 'EPERM', `setns ${ns}`);
+      // gVisor's /proc/<pid>/ns has only some entries (no mnt, uts, ...): the others are ENOENT.
+      const got = await probe1(b, id, 'kernel', ['setns', `/proc/1/ns/${ns}`]);
+      assert.ok(per(b, { container: ['EPERM'], gvisor: ['EPERM', 'ENOENT'] }).includes(got), `setns ${ns}: ${got}`);
     }
     // The host's namespaces are not even nameable: host pids do not exist here.
     assert.equal(await probe1(b, id, 'kernel', ['setns', `/proc/${b.guard.victimPid}/ns/mnt`]), 'ENOENT');
@@ -173,16 +183,27 @@ describe('security: kernel surface', () => {
     assert.equal(await probe1(b, id, 'kernel', ['mknod', '/tmp/vda', 'b', '254', '0']), 'EPERM');
     assert.equal(await probe1(b, id, 'kernel', ['mknod', '/tmp/mem', 'c', '1', '1']), 'EPERM');
     assert.equal(await probe1(b, id, 'kernel', ['mknod', '/tmp/kmsg', 'c', '1', '11']), 'EPERM');
-    assert.equal(await probe1(b, id, 'kernel', ['mknod', '/dev/sda', 'b', '8', '0']), 'EPERM');
+    if (b.isolation === 'gvisor') {
+      // gVisor's own /dev (a tmpfs inside its kernel) takes the node, but a node names one of gVisor's devices,
+      // and it has no disks: opening it is ENXIO. Nothing reaches a host device.
+      assert.equal(await probe1(b, id, 'kernel', ['mknod', '/dev/sda', 'b', '8', '0']), 'OK');
+      assert.equal(await probe1(b, id, 'kernel', ['read', '/dev/sda']), 'ENXIO');
+      await sh(b, id, 'rm -f /dev/sda');
+    } else {
+      assert.equal(await probe1(b, id, 'kernel', ['mknod', '/dev/sda', 'b', '8', '0']), 'EPERM');
+    }
   });
 
   attack(B, 'device access: /dev/mem, /dev/kmsg, /dev/sda, /dev/vda are absent; /dev holds only the safe set', async () => {
+    // gVisor has its own FUSE and TUN devices (in its kernel, not the host's): opening them is refused without privilege.
+    const gvisorOwn: Record<string, string> = { '/dev/fuse': 'EPERM', '/dev/net/tun': 'E77' };
     for (const dev of ['/dev/mem', '/dev/kmem', '/dev/port', '/dev/kmsg', '/dev/sda', '/dev/vda', '/dev/nvme0n1', '/dev/fuse', '/dev/net/tun']) {
-      assert.equal(await probe1(b, id, 'kernel', ['read', dev]), 'ENOENT', dev);
+      const want = b.isolation === 'gvisor' ? (gvisorOwn[dev] ?? 'ENOENT') : 'ENOENT';
+      assert.equal(await probe1(b, id, 'kernel', ['read', dev]), want, dev);
     }
     const ls = await sh(b, id, 'ls /dev');
     const names = ls.stdout.split('\n').filter(Boolean).sort();
-    const allowed = new Set(['core', 'fd', 'full', 'mqueue', 'null', 'ptmx', 'pts', 'random', 'shm', 'stderr', 'stdin', 'stdout', 'tty', 'urandom', 'zero']);
+    const allowed = new Set(['core', 'fd', 'full', 'mqueue', 'null', 'ptmx', 'pts', 'random', 'shm', 'stderr', 'stdin', 'stdout', 'tty', 'urandom', 'zero', ...per(b, { container: [], gvisor: ['fuse', 'net'] })]);
     assert.deepEqual(names.filter((n) => !allowed.has(n)), [], 'no unexpected device nodes');
   });
 
@@ -191,7 +212,14 @@ describe('security: kernel surface', () => {
     assert.equal(await probe1(b, id, 'kernel', ['iopl']), 'EPERM');
   });
 
-  attack(B, 'kernel log: syslog(READ_ALL) and dmesg are refused', async () => {
+  attack(B, "kernel log: syslog(READ_ALL) and dmesg are refused (gVisor: its own made-up log, nothing of the host's)", async () => {
+    if (b.isolation === 'gvisor') {
+      assert.equal(await probe1(b, id, 'kernel', ['syslog']), 'OK');
+      const log = (await sh(b, id, 'dmesg')).stdout;
+      assert.match(log, /Starting gVisor/);
+      assert.ok(!log.includes(os.hostname()) && !/Linux version|Command line:|BIOS/.test(log), `host kernel log lines inside:\n${log}`);
+      return;
+    }
     assert.equal(await probe1(b, id, 'kernel', ['syslog']), 'EPERM');
     const bb = await sh(b, id, 'dmesg >/dev/null; echo rc=$?');
     assert.doesNotMatch(bb.stdout, /rc=0/);
@@ -208,8 +236,11 @@ describe('security: kernel surface', () => {
     const mask = SANDBOX_CAPABILITIES.reduce((m, c) => m | (1n << BigInt(CAP_NUMBERS[c]!)), 0n);
     assert.equal(BigInt(`0x${f.CapBnd}`), mask);
     assert.equal(BigInt(`0x${f.CapEff}`), mask);
-    assert.equal(BigInt(`0x${f.CapAmb}`), 0n);
-    assert.equal(f.NoNewPrivs, '1');
+    // gVisor's /proc/self/status has no CapAmb or NoNewPrivs lines (the setuid attack below checks the effect).
+    if (b.isolation === 'container') {
+      assert.equal(BigInt(`0x${f.CapAmb}`), 0n);
+      assert.equal(f.NoNewPrivs, '1');
+    }
     assert.equal(f.Seccomp, '2');
     for (const c of ['CAP_SYS_ADMIN', 'CAP_NET_RAW', 'CAP_NET_ADMIN', 'CAP_SYS_MODULE', 'CAP_SYS_PTRACE', 'CAP_MKNOD', 'CAP_SYS_TIME', 'CAP_SYS_BOOT', 'CAP_DAC_READ_SEARCH', 'CAP_SYS_RAWIO', 'CAP_BPF', 'CAP_PERFMON', 'CAP_SYSLOG']) {
       assert.equal((mask >> BigInt(CAP_NUMBERS[c]!)) & 1n, 0n, `${c} must not be granted`);
@@ -225,7 +256,7 @@ describe('security: kernel surface', () => {
     const out = r.stdout;
     assert.match(out, /^uid=1000 euid=1000$/m, 'the setuid bit is ignored');
     assert.match(out, /^CapEff:\s+0+$/m);
-    assert.match(out, /^NoNewPrivs:\s+1$/m);
+    if (b.isolation === 'container') assert.match(out, /^NoNewPrivs:\s+1$/m);
     assert.match(out, /^setuid0=EPERM$/m);
     // busybox su is not setuid here and cannot switch without privilege either.
     const su = await sh(b, id, 'su -c id root </dev/null; echo rc=$?', { user: 'user' });
@@ -235,18 +266,22 @@ describe('security: kernel surface', () => {
   attack(B, 'root in the sandbox is host uid 100000: processes and files it makes are unprivileged on the host', async () => {
     const map = await sh(b, id, 'cat /proc/self/uid_map /proc/self/gid_map');
     const rows = map.stdout.trim().split('\n').map((l) => l.trim().split(/\s+/).map(Number));
-    for (const row of rows) {
-      assert.equal(row[0], 0);
-      assert.ok(row[1]! >= 1, 'container root maps to a non-zero host id');
-      assert.ok(row[1]! + row[2]! <= 2 ** 32 - 1);
+    // Inside gVisor the map is gVisor's own (identity); the host mapping applies to its gofer, which writes the files.
+    const hostBase = per(b, { container: rows[0]![1]!, gvisor: 100000 });
+    if (b.isolation === 'container') {
+      for (const row of rows) {
+        assert.equal(row[0], 0);
+        assert.ok(row[1]! >= 1, 'container root maps to a non-zero host id');
+        assert.ok(row[1]! + row[2]! <= 2 ** 32 - 1);
+      }
     }
-    const hostBase = rows[0]![1]!;
     const pids = sandboxHostPids(id);
     assert.ok(pids.length > 0, 'the sandbox has processes in its cgroup');
     for (const pid of pids) {
       const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
       const uid = Number(/^Uid:\s+(\d+)/m.exec(status)![1]);
-      assert.ok(uid >= hostBase, `host pid ${pid} runs as host uid ${uid}, not root`);
+      // gVisor's kernel and its ptrace stubs run as nobody (65534), its gofer as the mapped root.
+      assert.ok(uid >= hostBase || (b.isolation === 'gvisor' && uid === 65534), `host pid ${pid} runs as host uid ${uid}, not root`);
     }
     await sh(b, id, 'echo x > /tmp/owned-by-root-inside');
     const upper = path.join(b.d.dataDir, 'sandboxes', id, 'disk', 'upper', 'tmp', 'owned-by-root-inside');

@@ -4,18 +4,22 @@
  * daemon keeps answering and, where the limit is recoverable, the sandbox
  * stays usable afterwards.
  */
-import { after, before, describe } from 'node:test';
+import { after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { api } from '../helpers/daemon.js';
+import { gvisorHostTasks } from '../../src/runtime/gvisor/bundle.js';
+import { settledLeftovers } from '../helpers/leftovers.js';
 import {
   assertDaemonAnswers,
   assertSandboxUsable,
   attack,
   createSandbox,
+  per,
   probe,
   sandboxHostPids,
   sh,
+  forEachIsolation,
   startBattery,
   stopBattery,
   type Battery,
@@ -26,6 +30,23 @@ let id: string;
 const B = () => b;
 const PIDS = 64;
 const MEMORY_MB = 64;
+/**
+ * gVisor on the ptrace platform spends ~0.8 MiB of host memory (a stub process) per guest process in the
+ * sandbox's memory cgroup: with 64 MiB a fork bomb would exhaust memory (which ends the whole sandbox, see
+ * the memory hog) before the pids limit. The battery sandbox gets room for PIDS processes.
+ */
+const GVISOR_MEMORY_MB = 256;
+
+/** Under gVisor, exhausting memory ends the whole sandbox (the host's OOM killer picks gVisor's kernel process). */
+async function assertSandboxEnded(b: Battery, sid: string): Promise<void> {
+  let rec: { state: string; endReason?: string } = { state: 'running' };
+  for (let i = 0; i < 100 && rec.state === 'running'; i++) {
+    rec = (await api(b.url, 'GET', `/v1/sandboxes/${sid}`)).json;
+    if (rec.state === 'running') await new Promise((r) => setTimeout(r, 50));
+  }
+  assert.equal(rec.state, 'failed', JSON.stringify(rec));
+  assert.match(rec.endReason ?? '', /init process died/);
+}
 
 function cgroupValue(controller: string, id: string, file: string): string | null {
   try {
@@ -35,10 +56,10 @@ function cgroupValue(controller: string, id: string, file: string): string | nul
   }
 }
 
-describe('security: resource exhaustion', () => {
+forEachIsolation('security: resource exhaustion', (isolation) => {
   before(async () => {
-    b = await startBattery();
-    id = await createSandbox(b, { probes: ['res', 'procs'], resources: { pids: PIDS, memoryMb: MEMORY_MB, cpus: 0.5 } });
+    b = await startBattery(isolation);
+    id = await createSandbox(b, { probes: ['res', 'procs'], resources: { pids: PIDS, memoryMb: per(b, { container: MEMORY_MB, gvisor: GVISOR_MEMORY_MB }), cpus: 0.5 } });
   });
   after(async () => {
     await stopBattery(b);
@@ -54,8 +75,9 @@ describe('security: resource exhaustion', () => {
     assert.equal(m[2], 'EAGAIN');
     assert.equal((await during).status, 200);
     await assertSandboxUsable(b, id);
+    // Under gVisor the limit is RLIMIT_NPROC inside its kernel; the host cgroup only bounds gVisor's own tasks.
     const max = cgroupValue('pids', id, 'pids.max');
-    if (max !== null) assert.equal(max, String(PIDS));
+    if (max !== null) assert.equal(max, String(per(b, { container: PIDS, gvisor: gvisorHostTasks(PIDS) })));
   });
 
   attack(B, 'fork bomb (shell): stops at the pids limit, is killed with its command, sandbox usable afterwards', async () => {
@@ -64,18 +86,43 @@ describe('security: resource exhaustion', () => {
     // fork" (exit 2) before the timeout. So the timeout's SIGKILL to the command's process group is
     // what ends whatever the bomb still has running.
     const r = await sh(b, id, 'bomb() { bomb | bomb & }; bomb 2>/dev/null; exec sleep 30', { timeoutMs: 3000 });
+    if (b.isolation === 'gvisor') {
+      // gVisor's kernel lets a process forked while the group kill is being delivered escape it (Linux does not):
+      // the bomb goes on, held to `pids` processes by RLIMIT_NPROC, until the sandbox is killed. Killing it
+      // removes everything; the next attacks get a fresh sandbox.
+      await assertDaemonAnswers(b);
+      const k = await api(b.url, 'DELETE', `/v1/sandboxes/${id}`);
+      assert.equal(k.json.state, 'killed', k.text);
+      assert.deepEqual(await settledLeftovers(id, b.d.dataDir), []);
+      id = await createSandbox(b, { probes: ['res', 'procs'], resources: { pids: PIDS, memoryMb: GVISOR_MEMORY_MB, cpus: 0.5 } });
+      return;
+    }
     assert.equal(r.timedOut, true, JSON.stringify(r));
     await assertDaemonAnswers(b);
     await assertSandboxUsable(b, id);
-    let left = sandboxHostPids(id).length;
+    // Under gVisor the host cgroup holds gVisor's own tasks: count the sandbox's processes inside instead.
+    const count = async () =>
+      b.isolation === 'gvisor' ? Number((await sh(b, id, 'ls /proc | grep -c "^[0-9]"')).stdout.trim()) : sandboxHostPids(id).length;
+    let left = await count();
     for (let i = 0; i < 40 && left >= 8; i++) {
       await new Promise((res) => setTimeout(res, 50)); // killed processes take a moment to be reaped
-      left = sandboxHostPids(id).length;
+      left = await count();
     }
     assert.ok(left < 8, `${left} processes left in the sandbox after the bomb`);
   });
 
-  attack(B, 'memory hog: OOM-killed inside its own cgroup (exit 137); daemon fine; sandbox usable', async () => {
+  attack(B, 'memory hog: OOM-killed inside its own cgroup (exit 137); daemon fine; sandbox usable (gVisor: the sandbox ends)', async () => {
+    if (b.isolation === 'gvisor') {
+      // The hog's memory is gVisor's (its kernel maps it), so the host's OOM killer takes gVisor's kernel process:
+      // the whole sandbox ends, and only it. The daemon and other sandboxes go on.
+      const victim = await createSandbox(b, { probes: ['res'], resources: { pids: PIDS, memoryMb: MEMORY_MB } });
+      const r = await api(b.url, 'POST', `/v1/sandboxes/${victim}/commands`, { cmd: ['/probes/res', 'memhog', String(MEMORY_MB * 4)], timeoutMs: 30_000 });
+      assert.ok(r.status !== 200 || r.json.exitCode !== 0, r.text);
+      await assertSandboxEnded(b, victim);
+      await assertDaemonAnswers(b);
+      await assertSandboxUsable(b, id);
+      return;
+    }
     const r = await sh(b, id, ['/probes/res', 'memhog', String(MEMORY_MB * 4)], { timeoutMs: 30_000 });
     assert.equal(r.exitCode, 137, `${r.stdout.slice(-200)} ${r.stderr}`);
     assert.equal(r.signal, 'SIGKILL');
@@ -96,9 +143,16 @@ describe('security: resource exhaustion', () => {
     await assertDaemonAnswers(b);
   });
 
-  attack(B, 'inodes: creating files in /dev/shm stops at the tmpfs inode limit; the sandbox (and its agent) survive', async () => {
+  attack(B, 'inodes: creating files in /dev/shm stops at the tmpfs inode limit; the sandbox (and its agent) survive (gVisor: the sandbox ends)', async () => {
     // A fresh sandbox: before the fix this killed the agent, and later tests need a live one.
     const id = await createSandbox(b, { probes: ['res'], resources: { pids: PIDS, memoryMb: MEMORY_MB } });
+    if (b.isolation === 'gvisor') {
+      // gVisor's tmpfs has no inode limit: the files fill memory, which ends the sandbox (as the memory hog).
+      await api(b.url, 'POST', `/v1/sandboxes/${id}/commands`, { cmd: '/probes/res fill-files /dev/shm 2000000', timeoutMs: 60_000 });
+      await assertSandboxEnded(b, id);
+      await assertDaemonAnswers(b);
+      return;
+    }
     const r = await sh(b, id, '/probes/res fill-files /dev/shm 2000000', { timeoutMs: 60_000 });
     assert.equal(r.exitCode, 0, `the filler was killed (${r.signal}): the tmpfs inodes pinned the memcg`);
     const m = /^files=(\d+) err=(\w+)$/m.exec(r.stdout);
@@ -112,7 +166,8 @@ describe('security: resource exhaustion', () => {
 
   attack(B, 'tmpfs space: /dev/shm and /dev fill up with ENOSPC below the memory limit; the sandbox survives', async () => {
     const id = await createSandbox(b, { probes: ['res'], resources: { pids: PIDS, memoryMb: MEMORY_MB } });
-    for (const target of ['/dev/shm/fill', '/dev/fill']) {
+    // gVisor sizes /dev/shm as asked, but makes /dev its own, unbounded: filling it ends the sandbox (as the memory hog).
+    for (const target of per(b, { container: ['/dev/shm/fill', '/dev/fill'], gvisor: ['/dev/shm/fill'] })) {
       const r = await sh(b, id, `/probes/res fill-bytes ${target} 1024`, { timeoutMs: 60_000 });
       assert.equal(r.exitCode, 0, `${target}: the filler was killed (${r.signal}): tmpfs pages pinned the memcg`);
       const m = /^mib=(\d+) err=(\w+)$/m.exec(r.stdout);
@@ -121,6 +176,10 @@ describe('security: resource exhaustion', () => {
       assert.ok(Number(m[1]) < MEMORY_MB, `${target}: ${m[1]} MiB with a ${MEMORY_MB} MiB memory limit`);
       await assertSandboxUsable(b, id);
       await sh(b, id, `rm -f ${target}`);
+    }
+    if (b.isolation === 'gvisor') {
+      await api(b.url, 'POST', `/v1/sandboxes/${id}/commands`, { cmd: '/probes/res fill-bytes /dev/fill 1024', timeoutMs: 60_000 });
+      await assertSandboxEnded(b, id);
     }
     await assertDaemonAnswers(b);
   });

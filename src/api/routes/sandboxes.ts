@@ -12,6 +12,7 @@ import {
 } from '../../schemas/index.js';
 import { lifecycleRoutes } from './lifecycle.js';
 import { InvalidArgumentError } from '../../errors/index.js';
+import { isolationOfRuntime } from '../../runtime/isolation.js';
 
 /** The API's view of a sandbox record (also used by the MCP view). */
 export function toApiSandbox(r: SandboxRecord): Sandbox {
@@ -25,6 +26,7 @@ export function toApiSandbox(r: SandboxRecord): Sandbox {
     resources: r.resources,
     ...(r.endedAt !== null ? { endedAt: new Date(r.endedAt).toISOString() } : {}),
     ...(r.endReason !== null ? { endReason: r.endReason } : {}),
+    isolation: isolationOfRuntime(r.runtime),
     lifecycle: {
       onTimeout: r.lifecycle.onTimeout,
       autoResume: r.lifecycle.autoResume,

@@ -8,7 +8,7 @@ import { SETTINGS, SettingError, loadConfig, parsePools, settingDefault, type Da
 import { collect, printJson, UsageError } from '../util.js';
 
 /** The settings `capsule serve` takes as flags, with their help from the one settings table. */
-const SERVE_FLAGS = ['host', 'port', 'dataDir', 'runtime', 'logLevel'] as const satisfies readonly SettingName[];
+const SERVE_FLAGS = ['host', 'port', 'dataDir', 'runtime', 'isolation', 'logLevel'] as const satisfies readonly SettingName[];
 
 function flagHelp(name: SettingName & (typeof SERVE_FLAGS)[number]): [string, string] {
   const s = SETTINGS[name];
@@ -39,7 +39,7 @@ export function registerDaemonCommands(program: Command): void {
       collect,
     )
     .option('--prebuild <templates>', 'build these built-in templates (comma-separated, e.g. debian) before listening, with a progress bar on stderr; npm start uses it for the default template')
-    .action(async (opts: { host?: string; port?: string; dataDir?: string; runtime?: string; logLevel?: string; auth: boolean; metricsOpen?: boolean; pool?: string[]; prebuild?: string }) => {
+    .action(async (opts: { host?: string; port?: string; dataDir?: string; runtime?: string; isolation?: string; logLevel?: string; auth: boolean; metricsOpen?: boolean; pool?: string[]; prebuild?: string }) => {
       const flags: Partial<Record<SettingName, string>> = {};
       for (const name of SERVE_FLAGS) if (opts[name] !== undefined) flags[name] = opts[name];
       const overrides: Partial<DaemonConfig> = {};

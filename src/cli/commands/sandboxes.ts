@@ -1,6 +1,7 @@
-/** Sandbox lifecycle: create, list, info, kill, timeout. */
+/** Sandbox lifecycle: create, list, info, kill, timeout; the backends a create may choose. */
 import type { Command } from 'commander';
-import { Sandbox, type SandboxInfo } from '../../sdk/index.js';
+import { getDaemonInfo, Sandbox, type SandboxInfo } from '../../sdk/index.js';
+import { ISOLATIONS } from '../../runtime/isolation.js';
 import { SANDBOX_STATES } from '../../schemas/index.js';
 import { ON_TIMEOUT, type OnTimeout } from '../../sandboxes/policy.js';
 import { parseVolumeFlags } from './volumes.js';
@@ -19,13 +20,17 @@ export function registerSandboxCommands(program: Command): void {
     .option('--cpus <n>', 'CPU limit in cores')
     .option('--memory <MiB>', 'memory limit in MiB')
     .option('--disk-mb <MiB>', 'disk quota in MiB for everything the sandbox writes (default 2048)')
+    .option('--isolation <kind>', `${ISOLATIONS.join(', ')}: how it is kept apart from the host kernel (default: the daemon's; see \`capsule backends\`)`)
     .option('--on-timeout <action>', `what the timeout (or --idle) does: ${ON_TIMEOUT.join(', ')} (default kill)`)
     .option('--auto-resume', 'commands and file calls wake the sandbox when it is paused or stopped')
     .option('--idle <seconds>', 'apply --on-timeout after this long without API calls')
     .option('-v, --volume <NAME:/path[:ro]>', 'attach a named volume (repeatable; see `capsule volume`)', collect)
     .option('--delete-after <seconds>', 'delete it this long after it was paused or stopped (default: the daemon\'s, 7 days)')
     .option('--json', 'print the sandbox as JSON')
-    .action(async (opts: EgressFlags & { template?: string; snapshot?: string; timeout?: string; env?: string[]; metadata?: string[]; cpus?: string; memory?: string; diskMb?: string; onTimeout?: string; autoResume?: boolean; idle?: string; deleteAfter?: string; volume?: string[]; json?: boolean }, cmd: Command) => {
+    .action(async (opts: EgressFlags & { template?: string; snapshot?: string; timeout?: string; env?: string[]; metadata?: string[]; cpus?: string; memory?: string; diskMb?: string; isolation?: string; onTimeout?: string; autoResume?: boolean; idle?: string; deleteAfter?: string; volume?: string[]; json?: boolean }, cmd: Command) => {
+      if (opts.isolation !== undefined && !(ISOLATIONS as readonly string[]).includes(opts.isolation)) {
+        throw new UsageError(`--isolation must be one of ${ISOLATIONS.join(', ')}`);
+      }
       const resources: { cpus?: number; memoryMb?: number; diskMb?: number } = {};
       const cpus = parseNumber(opts.cpus, '--cpus');
       const memoryMb = parseNumber(opts.memory, '--memory');
@@ -50,6 +55,7 @@ export function registerSandboxCommands(program: Command): void {
         envs: parsePairs(opts.env, '--env'),
         metadata: parsePairs(opts.metadata, '--metadata'),
         resources: Object.keys(resources).length ? resources : undefined,
+        isolation: opts.isolation as SandboxInfo['isolation'] | undefined,
         lifecycle: Object.keys(lifecycle).length ? lifecycle : undefined,
         volumes: parseVolumeFlags(opts.volume),
         network: networkFrom(opts),
@@ -93,6 +99,7 @@ export function registerSandboxCommands(program: Command): void {
         ['id', info.id],
         ['template', info.template],
         ['state', info.state],
+        ['isolation', info.isolation],
         ['created', shortTime(info.createdAt)],
         // Asleep, its expiry is its retention deadline.
         info.state === 'paused' || info.state === 'stopped'
@@ -115,6 +122,24 @@ export function registerSandboxCommands(program: Command): void {
       if (info.timeoutRemainingMs !== undefined) rows.push(['time left', `${Math.round(info.timeoutRemainingMs / 1000)} s when woken`]);
       if (info.endedAt) rows.push(['ended', `${shortTime(info.endedAt)}${info.endReason ? ` (${info.endReason})` : ''}`]);
       for (const [k, v] of rows) process.stdout.write(`${k.padEnd(10)} ${v}\n`);
+    });
+
+  program
+    .command('backends')
+    .description('which isolation kinds (container, gvisor, microvm) this daemon has, and why one is missing')
+    .option('--json', 'print JSON')
+    .action(async (opts: { json?: boolean }, cmd: Command) => {
+      const info = await getDaemonInfo(connection(cmd));
+      if (opts.json) return printJson(info.backends);
+      printTable(
+        ['isolation', 'available', 'backend', 'notes'],
+        info.backends.map((b) => [
+          b.isolation + (b.default ? ' (default)' : ''),
+          b.available ? 'yes' : 'no',
+          b.name ?? '-',
+          b.available ? cannot(b.capabilities) : (b.reason ?? ''),
+        ]),
+      );
     });
 
   program
@@ -141,4 +166,14 @@ export function registerSandboxCommands(program: Command): void {
       if (opts.json) printJson(info);
       else process.stdout.write(`${info.id} expires ${shortTime(info.expiresAt)} (${relativeTime(info.expiresAt)})\n`);
     });
+}
+
+/** "no pause, stop, volumes, egress" for a backend's missing optional capabilities. */
+function cannot(
+  c: { pause: boolean; stop: boolean; volumes: boolean; snapshot: boolean; updateResources: boolean; exportChanges: boolean; network: string[] } | undefined,
+): string {
+  if (!c) return '';
+  const missing: string[] = (['pause', 'stop', 'volumes', 'snapshot', 'updateResources', 'exportChanges'] as const).filter((k) => !c[k]);
+  if (!c.network.includes('gateway')) missing.push('egress');
+  return missing.length > 0 ? `no ${missing.join(', ')}` : '';
 }

@@ -12,6 +12,7 @@ import { connectClient } from '../mcp/fixture.js';
 
 const haveDebootstrap = spawnSync('sh', ['-c', 'command -v debootstrap'], { env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' } }).status === 0;
 const skip = process.getuid?.() !== 0 ? 'needs root' : !haveDebootstrap ? 'needs debootstrap' : false;
+const runscMissing = () => (spawnSync('runsc', ['--version'], { stdio: 'ignore' }).status === 0 ? false : 'needs runsc (apt-get install runsc)');
 
 let d: TestDaemon;
 
@@ -58,6 +59,24 @@ describe('the base template', { skip, timeout: 15 * 60_000 }, () => {
       assert.ok(bnd && (BigInt(`0x${bnd}`) & (1n << 21n)) === 0n, `CAP_SYS_ADMIN must stay out of the bounding set (${bnd})`);
       // An explicit user still wins over the template's.
       assert.equal((await exec(id, 'id -u', { user: 'root' })).stdout, '0\n');
+    } finally {
+      await api(d.url, 'DELETE', `/v1/sandboxes/${id}`);
+    }
+  });
+
+  it('under gVisor a base sandbox is made and runs as user, but sudo fails (runsc always sets no_new_privs; README, ADR 0010)', { skip: runscMissing() }, async () => {
+    const r = await api(d.url, 'POST', '/v1/sandboxes', { template: 'base', isolation: 'gvisor' });
+    assert.equal(r.status, 201, r.text);
+    const id = r.json.id as string;
+    try {
+      assert.equal(r.json.isolation, 'gvisor');
+      // (gVisor's /proc/<pid>/status has no NoNewPrivs line to check.)
+      const who = await exec(id, 'id -un; pwd; python3 -c "print(6*7)"');
+      assert.equal(who.exitCode, 0, JSON.stringify(who));
+      assert.equal(who.stdout, 'user\n/home/user\n42\n');
+      const sudo = await exec(id, 'sudo -n id -u');
+      assert.notEqual(sudo.exitCode, 0, `sudo cannot raise privileges under gVisor: ${JSON.stringify(sudo)}`);
+      assert.doesNotMatch(sudo.stdout, /^0$/m);
     } finally {
       await api(d.url, 'DELETE', `/v1/sandboxes/${id}`);
     }

@@ -86,6 +86,15 @@ int main(int argc, char **argv) {
     int fd = socket(AF_UNIX, SOCK_STREAM, 0);
     return report(connect(fd, (struct sockaddr *)&u, l)) < 0;
   }
+  if (!strcmp(a, "unix-connect-path")) {
+    /* connect(2) to a unix socket by its path (the agent's, under gVisor). */
+    struct sockaddr_un u;
+    memset(&u, 0, sizeof u);
+    u.sun_family = AF_UNIX;
+    strncpy(u.sun_path, ARG(2), sizeof u.sun_path - 1);
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    return report(connect(fd, (struct sockaddr *)&u, sizeof u)) < 0;
+  }
   if (!strcmp(a, "tcp-listen")) {
     /* Listen on 127.0.0.1:port for N seconds (another sandbox then tries to reach it). */
     struct sockaddr_in s;

@@ -20,6 +20,7 @@ describe('settings', () => {
     assert.equal(c.host, '127.0.0.1');
     assert.equal(c.port, 7878);
     assert.equal(c.runtime, 'crun');
+    assert.equal(c.isolation, 'container');
     assert.equal(c.logLevel, 'info');
     assert.equal(c.defaultTimeoutMs, 300_000);
     assert.equal(c.maxTimeoutMs, 86_400_000);
@@ -38,6 +39,7 @@ describe('settings', () => {
       CAPSULE_DATA_DIR: 'rel/dir',
       CAPSULE_RUNTIME: '/usr/local/bin/runsc',
       CAPSULE_LOG_LEVEL: 'DEBUG',
+      CAPSULE_ISOLATION: 'gVisor',
       CAPSULE_DEFAULT_TIMEOUT_MS: '60000',
       CAPSULE_MAX_TIMEOUT_MS: '120000',
       CAPSULE_DEFAULT_DISK_MB: '512',
@@ -51,6 +53,7 @@ describe('settings', () => {
     assert.equal(c.dataDir, path.resolve('rel/dir'), 'a relative data dir is made absolute');
     assert.equal(c.runtime, '/usr/local/bin/runsc');
     assert.equal(c.logLevel, 'debug');
+    assert.equal(c.isolation, 'gvisor');
     assert.equal(c.defaultTimeoutMs, 60_000);
     assert.equal(c.maxTimeoutMs, 120_000);
     assert.equal(c.defaultResources.diskMb, 512);
@@ -82,6 +85,7 @@ describe('settings', () => {
     ['CAPSULE_HOST', 'bad host', /IP address or a host name/],
     ['CAPSULE_RUNTIME', 'crunx', /crun, runc, runsc.*absolute path/],
     ['CAPSULE_RUNTIME', 'bin/crun', /absolute path/],
+    ['CAPSULE_ISOLATION', 'vm', /container, gvisor, microvm/],
     ['CAPSULE_LOG_LEVEL', 'verbose', /fatal, error, warn, info, debug, trace, silent/],
     ['CAPSULE_DEFAULT_TIMEOUT_MS', '0', /milliseconds from 1000/],
     ['CAPSULE_DEFAULT_TIMEOUT_MS', '5m', /whole number of milliseconds/],
@@ -89,7 +93,7 @@ describe('settings', () => {
     ['CAPSULE_DEFAULT_DISK_MB', '0', /MiB from 16/],
     ['CAPSULE_MAX_DISK_MB', 'lots', /whole number of MiB/],
     ['CAPSULE_NO_AUTH', 'yes', /1 \(or true\)/],
-    ['CAPSULE_POOL', 'busybox', /<template>=<size>/],
+    ['CAPSULE_POOL', 'busybox', /<template>\[:<isolation>\]=<size>/],
     ['CAPSULE_TEMPLATE_CACHE', 'cache', /absolute directory path/],
   ];
   for (const [name, value, why] of bad) {

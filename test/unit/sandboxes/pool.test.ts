@@ -53,8 +53,12 @@ describe('parsePools', () => {
     assert.deepEqual(parsePools(['']), {});
   });
 
+  test('a pool may name its isolation: <template>:<isolation>=<size>', () => {
+    assert.deepEqual(parsePools(['busybox=4,busybox:gvisor=2', 'debian:container=1']), { busybox: 4, 'busybox:gvisor': 2, 'debian:container': 1 });
+  });
+
   test('bad pairs are refused with the pair in the message', () => {
-    for (const bad of ['busybox', 'busybox=-1', 'busybox=x', 'Bad=1', 'busybox=100000']) {
+    for (const bad of ['busybox', 'busybox=-1', 'busybox=x', 'Bad=1', 'busybox=100000', 'busybox:vm=1', 'busybox:=1', 'busybox:gvisor:x=1']) {
       assert.throws(() => parsePools([bad]), new RegExp(bad.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
     }
   });
@@ -149,6 +153,21 @@ async function until(cond: () => boolean, ms = 2000): Promise<void> {
 const readyOf = (pool: WarmPool) => pool.stats()[0]!.ready;
 
 describe('WarmPool', () => {
+  test('pools are per template and isolation; one for an isolation the host lacks fails its starts, not the others', async () => {
+    const { pool, runtime } = setup({ busybox: 1, 'busybox:container': 2, 'busybox:microvm': 1 });
+    pool.start();
+    // `busybox` is the default isolation's pool, the same as `busybox:container`: the later setting wins.
+    const byIso = () => Object.fromEntries(pool.stats().map((p) => [p.isolation, p]));
+    await until(() => byIso().container?.ready === 2 && (byIso().microvm?.startFailures ?? 0) > 0);
+    assert.deepEqual(pool.stats().map((p) => [p.template, p.isolation, p.size]), [['busybox', 'container', 2], ['busybox', 'microvm', 1]]);
+    assert.match(byIso().microvm!.lastError ?? '', /isolation "microvm" is not available here/);
+    assert.equal(runtime.created.length, 2);
+    assert.equal(await pool.claim('busybox', BASE, 'microvm'), null, 'nothing of that isolation');
+    assert.ok(await pool.claim('busybox', BASE, 'container'));
+    assert.ok(await pool.claim('busybox', BASE), 'no isolation: the default');
+    await pool.close();
+  });
+
   test('fills to its size one container at a time', async () => {
     const { pool, runtime } = setup({ busybox: 3 });
     pool.start();

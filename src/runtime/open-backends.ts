@@ -1,0 +1,72 @@
+/**
+ * Which backends this daemon serves: the container backend always (its OCI
+ * runtime is `--runtime`), gVisor when runsc is installed and runs, and the
+ * reason for each one that is missing (GET /v1/info shows it, and a create
+ * asking for it gets it in its `unsupported` error).
+ */
+import type { DaemonConfig, DataPaths } from '../config/index.js';
+import { InvalidArgumentError } from '../errors/index.js';
+import { Backends } from './backends.js';
+import { OciRuntimeDriver, type RuntimeLogger } from './driver.js';
+import { GvisorDriver } from './gvisor/driver.js';
+import type { Isolation } from './isolation.js';
+import { Launcher, LAUNCHER_PATH } from './launcher.js';
+import { resolveBinary, runtimeFlavor } from './oci-cli.js';
+
+export interface OpenedBackends {
+  backends: Backends;
+  /** The container backend itself: template builds need its exportChanges whatever the default isolation is. */
+  container: OciRuntimeDriver;
+}
+
+/** Why the microVM isolation is not served (yet): named so the API can say so. */
+export const MICROVM_MISSING = 'not built yet: the microVM backend (QEMU -M microvm) is planned, see issue 16';
+
+export async function openBackends(
+  config: Pick<DaemonConfig, 'runtime' | 'isolation' | 'idMapBase' | 'idMapSize'>,
+  deps: {
+    paths: DataPaths;
+    agentBinary: string;
+    log: RuntimeLogger & { warn(obj: unknown, msg?: string): void };
+    /** The driver kind a sandbox was recorded with (its row), for re-adoption after a restart. */
+    recorded?: (id: string) => string | null | undefined;
+    /** runsc to use (tests); default runsc on PATH. */
+    runsc?: string;
+  },
+): Promise<OpenedBackends> {
+  if (runtimeFlavor(config.runtime) === 'runsc') {
+    throw new InvalidArgumentError(
+      'CAPSULE_RUNTIME / --runtime runsc: gVisor is an isolation kind now, next to the container runtime: keep --runtime crun (or runc) and pass --isolation gvisor (CAPSULE_ISOLATION=gvisor) to make it the default, or isolation "gvisor" per create',
+    );
+  }
+  // One launcher for both drivers: it runs their tools and is the subreaper of every sandbox's processes.
+  const launcher = Launcher.available(LAUNCHER_PATH) ? new Launcher(LAUNCHER_PATH) : null;
+  const common = { paths: deps.paths, idMapBase: config.idMapBase, idMapSize: config.idMapSize, agentBinary: deps.agentBinary, logger: deps.log, launcher };
+  const container = new OciRuntimeDriver({ runtime: config.runtime, ...common });
+  // Its version, for GET /v1/info and the logs; a runtime that cannot say is still usable.
+  await container.probe().catch((err: unknown) => deps.log.warn({ err }, 'could not read the runtime version'));
+  const unavailable: Partial<Record<Isolation, string>> = { microvm: MICROVM_MISSING };
+  const drivers: Array<OciRuntimeDriver | GvisorDriver> = [container];
+  const gvisor = await openGvisor(common, deps.runsc);
+  if (gvisor instanceof GvisorDriver) drivers.push(gvisor);
+  else unavailable.gvisor = gvisor;
+  const backends = new Backends({
+    drivers,
+    unavailable,
+    defaultIsolation: config.isolation,
+    ...(deps.recorded ? { recorded: deps.recorded } : {}),
+  });
+  return { backends, container };
+}
+
+/** The gVisor driver, or why there is none. */
+async function openGvisor(common: ConstructorParameters<typeof GvisorDriver>[0], runsc = 'runsc'): Promise<GvisorDriver | string> {
+  if (!resolveBinary(runsc)) return 'runsc (gVisor) is not installed: apt-get install runsc, or capsule doctor --fix';
+  const d = new GvisorDriver({ ...common, runsc });
+  try {
+    await d.probe();
+    return d;
+  } catch (e) {
+    return `runsc does not run: ${(e as Error).message}; see capsule doctor`;
+  }
+}
