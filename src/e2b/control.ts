@@ -1,8 +1,9 @@
 /**
  * E2B's control plane under /e2b, as the `e2b` SDK 2.x calls it: create, get, list (v1 and v2 with
  * state and metadata filters and paging), kill, timeout, refresh, pause, resume, connect, metrics,
- * logs, network. Each route parses E2B's request, calls the sandbox service with the caller's
- * RequestContext (from X-API-Key or Bearer, api/auth.ts), and answers in E2B's shape (mapping.ts).
+ * logs, network, and snapshots (Capsule's filesystem snapshots; fork is refused, as it needs memory
+ * snapshots). Each route parses E2B's request, calls the services with the caller's RequestContext
+ * (from X-API-Key or Bearer, api/auth.ts), and answers in E2B's shape (mapping.ts).
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Services } from '../api/services.js';
@@ -18,12 +19,16 @@ import {
   RefreshRequest,
   ResumeSandbox,
   SandboxIdParams,
+  SnapshotListQuery,
+  SnapshotRequest,
+  TemplateIdParams,
   TimeoutRequest,
   NetworkUpdate,
   type E2bState,
 } from '../schemas/e2b/control.js';
-import { capsuleTemplate, detail, domainOf, e2bState, lifecycleOf, listed, networkOf, sandboxAnswer, seconds } from './mapping.js';
-import { decodeCursor, encodeCursor, parseMetadataQuery } from './paging.js';
+import { SNAPSHOT_ID_RE, SnapshotName, type Snapshot } from '../schemas/snapshots.js';
+import { capsuleTemplate, detail, domainOf, e2bState, lifecycleOf, listed, networkOf, sandboxAnswer, seconds, snapshotInfo } from './mapping.js';
+import { pageOf, parseMetadataQuery } from './paging.js';
 import { parse } from './parse.js';
 import type { E2bTokens } from './tokens.js';
 
@@ -53,8 +58,11 @@ export function controlRoutes(app: FastifyInstance, s: Services, tokens: E2bToke
     });
     const lifecycle = lifecycleOf(body);
     const network = networkOf(body, gateway());
-    const rec = await s.sandboxes.create(context(req), {
-      template: capsuleTemplate(body.templateID),
+    const ctx = context(req);
+    // E2B boots a snapshot by naming it as the template: that is a fork of the filesystem snapshot.
+    const snap = snapshotFor(s, ctx, body.templateID.trim());
+    const rec = await s.sandboxes.create(ctx, {
+      ...(snap ? { snapshot: snap.id } : { template: capsuleTemplate(body.templateID) }),
       timeoutMs: body.timeout !== undefined ? seconds(body.timeout) : undefined,
       envs: body.envVars,
       metadata: body.metadata,
@@ -77,20 +85,14 @@ export function controlRoutes(app: FastifyInstance, s: Services, tokens: E2bToke
   // v2: newest first (or oldest with order=asc), pages of `limit` with the next page's token in X-Next-Token.
   app.get('/v2/sandboxes', async (req, reply) => {
     const q = parse(ListQuery, req.query, 'query');
-    const after = q.nextToken !== undefined ? decodeCursor(q.nextToken) : undefined;
-    const asc = q.order === 'asc';
     const all = select(s, context(req), {
       metadata: parseMetadataQuery(q.metadata),
       states: q.state ?? ['running', 'paused'],
       startedAfter: q.startedAfter !== undefined ? Date.parse(q.startedAfter) : undefined,
       template: q.template !== undefined ? capsuleTemplate(q.template) : undefined,
-    }).sort((a, b) => (asc ? 1 : -1) * (a.createdAt - b.createdAt || a.id.localeCompare(b.id)));
-    const start = after === undefined ? 0 : all.findIndex((r) => (asc ? 1 : -1) * (r.createdAt - after.createdAt || r.id.localeCompare(after.id)) > 0);
-    const from = start < 0 ? all.length : start;
-    const limit = q.limit ?? PAGE;
-    const page = all.slice(from, from + limit);
-    const last = page[page.length - 1];
-    if (last && from + limit < all.length) void reply.header('x-next-token', encodeCursor(last));
+    });
+    const { page, next } = pageOf(all, { asc: q.order === 'asc', limit: q.limit ?? PAGE, nextToken: q.nextToken });
+    if (next !== undefined) void reply.header('x-next-token', next);
     void reply.header('x-total-running', String(all.filter((r) => e2bState(r.state) === 'running').length));
     return page.map(listed);
   });
@@ -208,12 +210,65 @@ export function controlRoutes(app: FastifyInstance, s: Services, tokens: E2bToke
     return reply.code(204).send();
   });
 
-  const notYet = async () => {
-    throw new UnsupportedError('snapshots and forks are not available through the E2B API of this Capsule yet');
-  };
-  app.post('/sandboxes/:sandboxID/fork', notYet);
-  app.post('/sandboxes/:sandboxID/snapshots', notYet);
-  app.get('/snapshots', notYet);
+  // Snapshots are Capsule's filesystem snapshots (src/snapshots/service.ts); Sandbox.create(snapshotID) forks one.
+  app.post('/sandboxes/:sandboxID/snapshots', async (req, reply) => {
+    const { sandboxID } = parse(SandboxIdParams, req.params, 'path parameter');
+    const body = parse(SnapshotRequest, req.body ?? {}, 'body');
+    const ctx = context(req);
+    live(s, ctx, sandboxID);
+    const snap = await s.snapshots.take(ctx, sandboxID, { name: body.name });
+    return reply.code(201).send(snapshotInfo(snap));
+  });
+
+  // Newest first, in pages of `limit` with the next page's token in X-Next-Token, as sandboxes are listed.
+  app.get('/snapshots', async (req, reply) => {
+    const q = parse(SnapshotListQuery, req.query, 'query');
+    const all = s.snapshots
+      .list(context(req), { sandboxId: q.sandboxID })
+      .filter((snap) => q.name === undefined || snap.id === q.name || snap.name === q.name)
+      .map((snap) => ({ snap, id: snap.id, createdAt: Date.parse(snap.createdAt) }));
+    const { page, next } = pageOf(all, { limit: q.limit ?? PAGE, nextToken: q.nextToken });
+    if (next !== undefined) void reply.header('x-next-token', next);
+    return page.map((p) => snapshotInfo(p.snap));
+  });
+
+  // The SDK's Sandbox.deleteSnapshot deletes "the template" (E2B's snapshots are templates). Only
+  // snapshots are deleted here; 409 while a sandbox started from it lives, as the native API answers.
+  app.delete('/templates/:templateID', async (req, reply) => {
+    const { templateID } = parse(TemplateIdParams, req.params, 'path parameter');
+    const ctx = context(req);
+    const snap = snapshotFor(s, ctx, templateID);
+    if (!snap) throw new NotFoundError(`snapshot ${templateID} not found (templates are not deleted through the E2B API: use capsule templates)`, { snapshot: templateID });
+    await s.snapshots.remove(ctx, snap.id);
+    return reply.code(204).send();
+  });
+
+  // E2B's fork carries the running sandbox's memory and processes into the forks. Capsule has no
+  // memory snapshots (ADR 0013), and a fork that silently lost its processes would not be one.
+  app.post('/sandboxes/:sandboxID/fork', async (req) => {
+    const { sandboxID } = parse(SandboxIdParams, req.params, 'path parameter');
+    live(s, context(req), sandboxID);
+    throw new UnsupportedError(
+      'fork needs memory snapshots, which are not available in this Capsule (processes would not carry over): ' +
+        'take a filesystem snapshot with sandbox.createSnapshot() and start sandboxes from it with Sandbox.create(snapshotId)',
+      { memorySnapshot: false },
+    );
+  });
+}
+
+/**
+ * The caller's snapshot that an E2B template id names, if any: a snapshot id, or the name of one of
+ * the caller's snapshots. A snapshot id that the caller cannot see is 404 (it is never a template).
+ */
+function snapshotFor(s: Services, ctx: RequestContext, ref: string): Snapshot | undefined {
+  if (SNAPSHOT_ID_RE.test(ref)) return s.snapshots.get(ctx, ref);
+  if (!SnapshotName.safeParse(ref).success) return undefined;
+  try {
+    return s.snapshots.get(ctx, ref);
+  } catch (err) {
+    if (err instanceof NotFoundError) return undefined;
+    throw err;
+  }
 }
 
 /** Resume a paused sandbox or start a stopped one, with a new lifetime when one is given. */

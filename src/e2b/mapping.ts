@@ -7,7 +7,8 @@ import type { SandboxRecord } from '../sandboxes/store.js';
 import type { SandboxState } from '../sandboxes/lifecycle.js';
 import type { LifecycleInput } from '../sandboxes/policy.js';
 import type { EgressPolicy, NetworkConfig } from '../schemas/network.js';
-import type { E2bSandbox, E2bState, ListedSandbox, NewSandbox, SandboxDetail } from '../schemas/e2b/control.js';
+import type { E2bSandbox, E2bState, ListedSandbox, NewSandbox, SandboxDetail, SnapshotInfo } from '../schemas/e2b/control.js';
+import type { Snapshot } from '../schemas/snapshots.js';
 import { InvalidArgumentError } from '../errors/index.js';
 import type { E2bTokens } from './tokens.js';
 
@@ -131,4 +132,12 @@ export function networkOf(body: NewSandbox, gateway: boolean): NetworkConfig | u
     egress = deny.length > 0 ? { allow: ['*', ...allowOut], deny } : 'all';
   }
   return { egress };
+}
+
+/**
+ * A Capsule snapshot as E2B's SnapshotInfo. E2B's ids are template ids with a tag; Capsule's snapshot
+ * id (snap-…) is what Sandbox.create() gets back here, and the name, when there is one, works too.
+ */
+export function snapshotInfo(snap: Snapshot): SnapshotInfo {
+  return { snapshotID: snap.id, names: snap.name !== undefined ? [snap.name] : [] };
 }

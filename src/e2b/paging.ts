@@ -32,3 +32,22 @@ export function decodeCursor(token: string): { createdAt: number; id: string } {
   }
   throw new InvalidArgumentError('nextToken is not a token this server gave out');
 }
+
+/**
+ * One page of a list in E2B's way: sorted by start time and id (newest first, or oldest with `asc`),
+ * `limit` items after the token's position, and the token for the next page when there is one.
+ */
+export function pageOf<T extends { createdAt: number; id: string }>(
+  items: readonly T[],
+  opts: { asc?: boolean | undefined; limit: number; nextToken?: string | undefined },
+): { page: T[]; next: string | undefined } {
+  const dir = opts.asc === true ? 1 : -1;
+  const cmp = (a: { createdAt: number; id: string }, b: { createdAt: number; id: string }) => dir * (a.createdAt - b.createdAt || a.id.localeCompare(b.id));
+  const all = [...items].sort(cmp);
+  const after = opts.nextToken !== undefined ? decodeCursor(opts.nextToken) : undefined;
+  const start = after === undefined ? 0 : all.findIndex((r) => cmp(r, after) > 0);
+  const from = start < 0 ? all.length : start;
+  const page = all.slice(from, from + opts.limit);
+  const last = page[page.length - 1];
+  return { page, next: last && from + opts.limit < all.length ? encodeCursor(last) : undefined };
+}

@@ -8,6 +8,7 @@ import { EnvVars, Metadata } from '../common.js';
 import { EgressRule } from '../network.js';
 import { VolumeName } from '../volumes.js';
 import { SandboxPath } from '../common.js';
+import { CreateSnapshotRequest } from '../snapshots.js';
 
 /** Seconds, as E2B counts a sandbox's lifetime. */
 const Seconds = z.number().int().min(0).max(365 * 24 * 3600);
@@ -125,3 +126,26 @@ export const E2bMetric = z.object({
 /** E2B's error body: the HTTP status again, and a message. */
 export const E2bError = z.object({ code: z.number().int(), message: z.string() });
 export type E2bError = z.infer<typeof E2bError>;
+
+// --- snapshots: Capsule's filesystem snapshots (src/schemas/snapshots.ts) in E2B's words ---------
+
+/** POST /sandboxes/:id/snapshots (E2B's SandboxSnapshotRequest): the name is Capsule's snapshot name. */
+export const SnapshotRequest = CreateSnapshotRequest.pick({ name: true }).passthrough();
+
+/** GET /snapshots as the SDK's SnapshotPaginator sends it. */
+export const SnapshotListQuery = z.object({
+  sandboxID: z.string().min(1).max(64).optional().describe('Only snapshots taken of this sandbox'),
+  name: z.string().min(1).max(128).optional().describe('Only the snapshot with this id or name'),
+  limit: z.coerce.number().int().min(1).max(100).optional(),
+  nextToken: z.string().max(256).optional(),
+});
+
+/** DELETE /templates/:templateID, which the SDK's Sandbox.deleteSnapshot calls with a snapshot id. */
+export const TemplateIdParams = z.object({ templateID: z.string().min(1).max(128) });
+
+/** E2B's SnapshotInfo: what Sandbox.create() takes (snapshotID) and the snapshot's names. */
+export const SnapshotInfo = z.object({
+  snapshotID: z.string().describe("The Capsule snapshot id (snap-…): Sandbox.create() takes it, or the snapshot's name"),
+  names: z.array(z.string()).describe('Its name, when it has one'),
+});
+export type SnapshotInfo = z.infer<typeof SnapshotInfo>;

@@ -6,8 +6,8 @@ import assert from 'node:assert/strict';
 import type http from 'node:http';
 import { describe, it } from 'node:test';
 import { e2bRoutedUrl, isEnvdPath } from '../../../src/e2b/routing.js';
-import { capsuleTemplate, domainOf, e2bState, networkOf } from '../../../src/e2b/mapping.js';
-import { decodeCursor, encodeCursor, parseMetadataQuery } from '../../../src/e2b/paging.js';
+import { capsuleTemplate, domainOf, e2bState, networkOf, snapshotInfo } from '../../../src/e2b/mapping.js';
+import { decodeCursor, encodeCursor, pageOf, parseMetadataQuery } from '../../../src/e2b/paging.js';
 import { E2bTokens, signFile } from '../../../src/e2b/tokens.js';
 import { resultLine } from '../../../src/e2b/interpreter.js';
 import { connectError } from '../../../src/e2b/errors.js';
@@ -92,6 +92,30 @@ describe('E2B paging and filters', () => {
     assert.deepEqual(decodeCursor(encodeCursor({ createdAt: 5, id: ID })), { createdAt: 5, id: ID });
     assert.throws(() => decodeCursor('not-a-token'), InvalidArgumentError);
     assert.throws(() => decodeCursor(Buffer.from('{"a":1}').toString('base64url')), InvalidArgumentError);
+  });
+
+  it('pages newest first (or oldest first), ties broken by id, with a token only when more follow', () => {
+    const items = [
+      { id: 'a', createdAt: 1 },
+      { id: 'c', createdAt: 2 },
+      { id: 'b', createdAt: 2 },
+      { id: 'd', createdAt: 3 },
+    ];
+    const p1 = pageOf(items, { limit: 2 });
+    assert.deepEqual(p1.page.map((x) => x.id), ['d', 'c']);
+    assert.ok(p1.next);
+    const p2 = pageOf(items, { limit: 2, nextToken: p1.next });
+    assert.deepEqual(p2.page.map((x) => x.id), ['b', 'a']);
+    assert.equal(p2.next, undefined);
+    assert.deepEqual(pageOf(items, { limit: 3, asc: true }).page.map((x) => x.id), ['a', 'b', 'c']);
+    assert.deepEqual(pageOf(items, { limit: 9 }), { page: [items[3], items[1], items[2], items[0]], next: undefined });
+    assert.deepEqual(pageOf([], { limit: 1 }), { page: [], next: undefined });
+  });
+
+  it('answers a snapshot as E2B\'s SnapshotInfo: the Capsule id, and the name when it has one', () => {
+    const snap = { id: 'snap-abcdefghijkl', sandboxId: ID, template: 'busybox', sizeBytes: 0, layers: 2, createdAt: new Date(0).toISOString(), metadata: {}, usedBy: [] };
+    assert.deepEqual(snapshotInfo(snap), { snapshotID: 'snap-abcdefghijkl', names: [] });
+    assert.deepEqual(snapshotInfo({ ...snap, name: 'prepared' }), { snapshotID: 'snap-abcdefghijkl', names: ['prepared'] });
   });
 });
 
