@@ -14,9 +14,15 @@ import { Sandbox } from '../../../src/sdk/index.js';
 
 const hasTmux = spawnSync('tmux', ['-V']).status === 0;
 const SESSION = `capsule-shell-test-${process.pid}`;
+/**
+ * Each window gets its own tmux server (socket): a new server started on the socket of one that is
+ * still shutting down after kill-server fails with "server exited unexpectedly".
+ */
+let server = SESSION;
+let servers = 0;
 
 function tmux(...args: string[]): string {
-  return execFileSync('tmux', ['-L', SESSION, ...args], { encoding: 'utf8' });
+  return execFileSync('tmux', ['-L', server, ...args], { encoding: 'utf8' });
 }
 
 /** The visible screen (and some scrollback). */
@@ -50,7 +56,7 @@ describe('capsule shell (under tmux)', { skip: hasTmux ? false : 'tmux is not in
     sbx = await Sandbox.create({ apiUrl: d.url, template: 'busybox' });
   });
   after(async () => {
-    spawnSync('tmux', ['-L', SESSION, 'kill-server']);
+    spawnSync('tmux', ['-L', server, 'kill-server']);
     await sbx?.kill().catch(() => {});
     await d?.stop();
     if (dataDir) await removeDataDir(dataDir);
@@ -58,8 +64,9 @@ describe('capsule shell (under tmux)', { skip: hasTmux ? false : 'tmux is not in
 
   /** A tmux window running a shell of ours, so the CLI's exit code can be printed after it. */
   function open(cols: number, rows: number): void {
-    spawnSync('tmux', ['-L', SESSION, 'kill-server']);
-    execFileSync('tmux', ['-L', SESSION, '-f', '/dev/null', 'new-session', '-d', '-s', SESSION, '-x', String(cols), '-y', String(rows), 'sh'], {
+    spawnSync('tmux', ['-L', server, 'kill-server']);
+    server = `${SESSION}-${++servers}`;
+    execFileSync('tmux', ['-L', server, '-f', '/dev/null', 'new-session', '-d', '-s', SESSION, '-x', String(cols), '-y', String(rows), 'sh'], {
       env: { ...process.env, CAPSULE_URL: d.url, CAPSULE_API_KEY: d.adminKey ?? '', PS1: 'host$ ' },
     });
   }
