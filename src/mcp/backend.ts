@@ -210,7 +210,7 @@ export function servicesBackend(services: Services, principal: Principal = ANONY
       return services.network.portAccess(ctx, id, port);
     },
     async writeFile(id, path, data, mode) {
-      return services.files.write(ctx, id, path, Readable.from([data]), mode);
+      return services.files.write(ctx, id, path, Readable.from([data]), mode !== undefined ? { mode } : {});
     },
     async listFiles(id, path, limit) {
       return services.files.list(ctx, id, path, limit);
