@@ -217,7 +217,12 @@ void handle_write(struct conn *c, uint32_t id, struct rd *r) {
   if (xa) {
     fchmod(fd, 0600); /* writable while its attributes are set, whatever the final mode */
     int e = xattr_apply(fd, xa);
-    if (e) { close(fd); unlink(tmp); send_error(c, id, e, "set attributes of %.300s: %s", path, strerror(e)); goto out; }
+    if (e) {
+      close(fd);
+      unlink(tmp);
+      send_error(c, id, e, "set attributes of %.300s: %s", path, e == E2BIG ? "they do not fit the file system's attribute space" : strerror(e));
+      goto out;
+    }
   }
   fchmod(fd, mode);
   struct chan *ch = chan_new(c, id, CH_WRITE);
