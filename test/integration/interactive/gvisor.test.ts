@@ -100,6 +100,15 @@ describe('agent features on gVisor', { skip: gvisorSkip(), timeout: 10 * 60_000 
     }
   });
 
+  it('file metadata: set on write, replaced, shown by stat and list', async () => {
+    const w = await sbx.files.write('/tmp/meta/g.txt', 'g', { metadata: { Where: 'gvisor' } });
+    assert.deepEqual(w.metadata, { where: 'gvisor' });
+    assert.deepEqual((await sbx.files.stat('/tmp/meta/g.txt')).metadata, { where: 'gvisor' });
+    assert.deepEqual((await sbx.files.list('/tmp/meta')).find((e) => e.name === 'g.txt')?.metadata, { where: 'gvisor' });
+    await sbx.files.write('/tmp/meta/g.txt', 'g2');
+    assert.equal((await sbx.files.stat('/tmp/meta/g.txt')).metadata, undefined);
+  });
+
   it('the code interpreter runs python cells with state (python template, when cached)', async (t) => {
     const cached = process.env.CAPSULE_TEMPLATE_CACHE ?? '/var/cache/capsule-test';
     if (!fs.existsSync(path.join(cached, 'python-rootfs.tar'))) {
