@@ -220,7 +220,8 @@ void handle_write(struct conn *c, uint32_t id, struct rd *r) {
     if (e) {
       close(fd);
       unlink(tmp);
-      send_error(c, id, e, "set attributes of %.300s: %s", path, e == E2BIG ? "they do not fit the file system's attribute space" : strerror(e));
+      send_error(c, id, e, "set attributes of %.300s: %s", path, e == E2BIG ? "they do not fit the file system's attribute space"
+                                       : e == ENOTSUP ? "the file system there has no user extended attributes" : strerror(e));
       goto out;
     }
   }
