@@ -15,7 +15,7 @@ function collectMeta(kv: string, prev: Record<string, string> | undefined): Reco
   const at = kv.indexOf('=');
   if (at <= 0) throw new UsageError(`--meta takes key=value, got ${JSON.stringify(kv)}`);
   const out = { ...prev };
-  const key = kv.slice(0, at);
+  const key = kv.slice(0, at).toLowerCase(); // keys are stored lowercased: Owner and owner are one key
   if (!(key in out)) out[key] = kv.slice(at + 1);
   return out;
 }

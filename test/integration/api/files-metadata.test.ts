@@ -110,6 +110,24 @@ describe('file metadata', { skip, timeout: 10 * 60_000 }, () => {
     if (r === 'refused') assert.equal(await native.files.read('/tmp/m/long.txt'), 'f');
   });
 
+  it('CLI: files write --meta (repeatable, the first value of a key wins) and files stat show it', () => {
+    const env = { ...process.env, CAPSULE_URL: d.url, CAPSULE_API_KEY: d.adminKey ?? '' };
+    const w = spawnSync(process.execPath, [CLI, 'files', 'write', native.id, '/tmp/m/cli.txt', '--meta', 'Owner=cli', '--meta', 'owner=second', '--meta', 'eq=a=b', '--json'], {
+      env,
+      input: 'from the cli',
+      encoding: 'utf8',
+    });
+    assert.equal(w.status, 0, w.stderr);
+    assert.deepEqual((JSON.parse(w.stdout) as { metadata: unknown }).metadata, { owner: 'cli', eq: 'a=b' });
+    const st = spawnSync(process.execPath, [CLI, 'files', 'stat', native.id, '/tmp/m/cli.txt'], { env, encoding: 'utf8' });
+    assert.equal(st.status, 0, st.stderr);
+    assert.match(st.stdout, /^ {2}owner=cli$/m);
+    assert.match(st.stdout, /^ {2}eq=a=b$/m);
+    const bad = spawnSync(process.execPath, [CLI, 'files', 'write', native.id, '/tmp/m/cli2.txt', '--meta', 'novalue'], { env, input: 'x', encoding: 'utf8' });
+    assert.notEqual(bad.status, 0);
+    assert.match(bad.stderr, /--meta takes key=value/);
+  });
+
   it('REST: metadata that is not a JSON object of strings is a 400', async () => {
     for (const q of ['not-json', '[1]', '{"k":1}', 'null']) {
       const r = await api(d.url, 'PUT', `/v1/sandboxes/${native.id}/files?path=/tmp/m/rest.txt&metadata=${encodeURIComponent(q)}`, Buffer.from('x'));
