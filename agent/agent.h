@@ -72,6 +72,7 @@ struct chan {
   char *dpath;
   uint32_t limit, count;
   uint8_t *pend; size_t pend_len; /* LIST: encoded entry that did not fit */
+  char *xprefix;                  /* LIST with F_XATTR: entries carry the attributes under this prefix */
   struct watch *watch;            /* WATCH: its inotify state and event queue (watch.c) */
 };
 

@@ -72,6 +72,7 @@ void chan_free(struct conn *c, struct chan *ch) {
   free(ch->dst);
   free(ch->dpath);
   free(ch->pend);
+  free(ch->xprefix);
   free(ch);
 }
 

@@ -17,9 +17,10 @@
 
 #include "agent.h"
 #include "files.h"
+#include "xattr.h"
 
 #define TARGET_MAX 4096
-#define ENTRY_MAX (1 + 4 + 8 + 8 + 4 + 512 + 4 + TARGET_MAX)
+#define ENTRY_MAX (1 + 4 + 8 + 8 + 4 + 512 + 4 + TARGET_MAX + XA_BLOCK_MAX + 1) /* + xattr.c's block and its spare byte */
 #define MAX_LIST 1000000u
 #define RM_DEPTH 256
 
@@ -86,14 +87,18 @@ static size_t encode_entry(uint8_t *out, int dirfd, const char *name, const char
 void handle_stat(struct conn *c, uint32_t id, struct rd *r) {
   char *path = get_path(c, id, r);
   if (!path) return;
+  char *xprefix;
+  if (xattr_read_prefix(c, id, r, &xprefix)) { free(path); return; }
   const char *base = strrchr(path, '/') + 1;
   uint8_t *e = malloc(ENTRY_MAX);
-  if (!e) { send_error(c, id, ENOMEM, "out of memory"); free(path); return; }
+  if (!e) { send_error(c, id, ENOMEM, "out of memory"); free(path); free(xprefix); return; }
   size_t n = encode_entry(e, AT_FDCWD, path, *base ? base : "/");
+  if (n && xprefix) n += xattr_entry(e, n, NULL, path, xprefix);
   if (!n) send_error(c, id, errno, "stat %.300s: %s", path, strerror(errno));
   else send_simple(c, id, FT_OK, 0, e, n);
   free(e);
   free(path);
+  free(xprefix);
 }
 
 void handle_read(struct conn *c, uint32_t id, struct rd *r) {
@@ -188,6 +193,8 @@ void handle_write(struct conn *c, uint32_t id, struct rd *r) {
   uint32_t mode = rd_u32(r) & 07777;
   char *path = get_path(c, id, r);
   if (!path) return;
+  struct xattrs *xa;
+  if (xattr_read_set(c, id, r, &xa)) { free(path); return; }
   char *slash = strrchr(path, '/');
   struct stat st;
   char *tmp = NULL;
@@ -207,6 +214,17 @@ void handle_write(struct conn *c, uint32_t id, struct rd *r) {
   snprintf(tmp + dl, 64, "/.capsule-write-%d-%u", (int)getpid(), ++tmp_counter);
   int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
   if (fd < 0) { send_error(c, id, errno, "create %.300s: %s", path, strerror(errno)); goto out; }
+  if (xa) {
+    fchmod(fd, 0600); /* writable while its attributes are set, whatever the final mode */
+    int e = xattr_apply(fd, xa);
+    if (e) {
+      close(fd);
+      unlink(tmp);
+      send_error(c, id, e, "set attributes of %.300s: %s", path, e == E2BIG ? "they do not fit the file system's attribute space"
+                                       : e == ENOTSUP ? "the file system there has no user extended attributes" : strerror(e));
+      goto out;
+    }
+  }
   fchmod(fd, mode);
   struct chan *ch = chan_new(c, id, CH_WRITE);
   if (!ch) { close(fd); unlink(tmp); send_error(c, id, ENOMEM, "out of memory"); goto out; }
@@ -219,8 +237,10 @@ void handle_write(struct conn *c, uint32_t id, struct rd *r) {
     ch->rwin += WRITE_WINDOW - INIT_WINDOW;
     send_window(c, id, S_IN, WRITE_WINDOW - INIT_WINDOW);
   }
+  xattr_free(xa);
   return;
 out:
+  xattr_free(xa);
   free(tmp);
   free(path);
 }
@@ -264,9 +284,11 @@ void handle_list(struct conn *c, uint32_t id, struct rd *r) {
   uint32_t limit = rd_u32(r);
   char *path = get_path(c, id, r);
   if (!path) return;
+  char *xprefix;
+  if (xattr_read_prefix(c, id, r, &xprefix)) { free(path); return; }
   if (limit == 0 || limit > MAX_LIST) limit = MAX_LIST;
   int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) { send_error(c, id, errno, "%.300s: %s", path, strerror(errno)); free(path); return; }
+  if (fd < 0) { send_error(c, id, errno, "%.300s: %s", path, strerror(errno)); free(path); free(xprefix); return; }
   DIR *d = fdopendir(fd);
   struct chan *ch = d ? chan_new(c, id, CH_LIST) : NULL;
   uint8_t *pend = ch ? malloc(ENTRY_MAX) : NULL;
@@ -275,8 +297,10 @@ void handle_list(struct conn *c, uint32_t id, struct rd *r) {
     if (d) closedir(d); else close(fd);
     send_error(c, id, ENOMEM, "out of memory");
     free(path);
+    free(xprefix);
     return;
   }
+  ch->xprefix = xprefix;
   ch->dir = d;
   ch->dpath = path;
   ch->limit = limit;
@@ -315,6 +339,7 @@ int pump_list(struct conn *c, struct chan *ch) {
         if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
         ch->pend_len = encode_entry(ch->pend, dirfd(ch->dir), de->d_name, de->d_name);
         if (!ch->pend_len) continue;
+        if (ch->xprefix) ch->pend_len += xattr_entry(ch->pend, ch->pend_len, ch->dpath, de->d_name, ch->xprefix);
       }
       if (c->out.len - count_at + ch->pend_len > budget) break;
       put(c, ch->pend, ch->pend_len);

@@ -15,11 +15,11 @@
 #define PROTO_MAJOR 1
 #endif
 #ifndef PROTO_MINOR
-#define PROTO_MINOR 2
+#define PROTO_MINOR 3
 #endif
 #define PROTO_VERSION PROTO_MAJOR
 #ifndef AGENT_VERSION
-#define AGENT_VERSION "capsule-agent/0.3.0"
+#define AGENT_VERSION "capsule-agent/0.4.0"
 #endif
 
 /* Feature bits (u64 in HELLO). Protocol 1.0 has none of them. */
@@ -28,8 +28,9 @@
 #define F_READ_TO_SIZE (1ull << 2) /* READ stops at the size its OK announced */
 #define F_PTY (1ull << 3)          /* 1.2: stream kind SK_PTY (a terminal), resized with CONTROL RESIZE */
 #define F_WATCH (1ull << 4)        /* 1.2: WATCH requests (inotify), events in EVENTS frames */
+#define F_XATTR (1ull << 5)        /* 1.3: WRITE sets user.* attributes; STAT/LIST entries carry them (xattr.c) */
 #ifndef AGENT_FEATURES
-#define AGENT_FEATURES (F_EXEC_STREAMS | F_LARGE_DATA | F_READ_TO_SIZE | F_PTY | F_WATCH)
+#define AGENT_FEATURES (F_EXEC_STREAMS | F_LARGE_DATA | F_READ_TO_SIZE | F_PTY | F_WATCH | F_XATTR)
 #endif
 
 /* Header: u32 payload length, u32 channel, u8 type, u8 stream, u16 flags (big-endian). */

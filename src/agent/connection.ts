@@ -21,7 +21,7 @@ import { ALL_FEATURES, decodeHello, encodeHello, versionString, type AgentFeatur
 import { listDir, type Listing } from './list.js';
 import { attachProcess, execProcess } from './process.js';
 import * as req from './request.js';
-import { describeEndpoint, type AgentConnection, type AgentEndpoint, type AgentProcess, type AgentWatch, type ExecRequest, type FileEntry } from './types.js';
+import { describeEndpoint, type AgentConnection, type AgentEndpoint, type AgentProcess, type AgentWatch, type ExecRequest, type FileEntry, type XattrSet } from './types.js';
 import { watchDir } from './watch.js';
 
 export interface ConnectOptions {
@@ -245,16 +245,16 @@ class Connection implements AgentConnection, ChannelHost {
     return readFile(this, path, opts);
   }
 
-  writeFile(path: string, data: Readable | Buffer, opts?: { mode?: number }): Promise<{ size: number }> {
+  writeFile(path: string, data: Readable | Buffer, opts?: { mode?: number; xattrs?: XattrSet }): Promise<{ size: number }> {
     return writeFile(this, path, data, opts);
   }
 
-  list(path: string, opts?: { limit?: number }): Promise<Listing> {
+  list(path: string, opts?: { limit?: number; xattrPrefix?: string }): Promise<Listing> {
     return listDir(this, path, opts);
   }
 
-  stat(path: string): Promise<FileEntry> {
-    return req.stat(this, path);
+  stat(path: string, opts?: { xattrPrefix?: string }): Promise<FileEntry> {
+    return req.stat(this, path, opts);
   }
 
   mkdir(path: string): Promise<void> {

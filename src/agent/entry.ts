@@ -1,6 +1,7 @@
 /** The directory entry codec shared by LIST and STAT (docs/agent-protocol.md, "Entry"). */
 import { MAX_NAME_BYTES, MAX_TARGET_BYTES, PayloadReader, ProtocolError } from './frames.js';
 import type { FileEntry, FileType } from './types.js';
+import { readXattrBlock } from './xattr.js';
 
 const FILE_TYPES: FileType[] = ['unknown', 'file', 'dir', 'symlink', 'fifo', 'socket', 'char', 'block'];
 const utf8Strict = new TextDecoder('utf-8', { fatal: true });
@@ -13,8 +14,11 @@ function decodeName(raw: Buffer): { name: string; nameBase64?: string } {
   }
 }
 
-/** One entry; a LIST entry's name must be a single path component, and its path is joined to the listed directory. */
-export function readEntry(r: PayloadReader, parentOrPath: string, isList: boolean): FileEntry {
+/**
+ * One entry; a LIST entry's name must be a single path component, and its path is joined to the listed
+ * directory. With `xattrPrefix` (the request asked for it) a metadata block follows the entry.
+ */
+export function readEntry(r: PayloadReader, parentOrPath: string, isList: boolean, xattrPrefix?: string): FileEntry {
   const typeNum = r.u8();
   const mode = r.u32();
   const size = r.u64();
@@ -29,5 +33,10 @@ export function readEntry(r: PayloadReader, parentOrPath: string, isList: boolea
   const entry: FileEntry = { name, path, type, size, mode, mtimeMs };
   if (nameBase64 !== undefined) entry.nameBase64 = nameBase64;
   if (type === 'symlink') entry.symlinkTarget = rawTarget.toString('utf8');
+  if (xattrPrefix !== undefined) {
+    const { xattrs, partial } = readXattrBlock(r, Buffer.byteLength(xattrPrefix));
+    entry.xattrs = xattrs;
+    if (partial) entry.xattrsPartial = true;
+  }
   return entry;
 }

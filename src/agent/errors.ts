@@ -6,6 +6,7 @@ import {
   NotFoundError,
   PermissionDeniedError,
   SandboxError,
+  UnsupportedError,
 } from '../errors/index.js';
 
 export function agentError(errno: string, message: string, path?: string): CapsuleError {
@@ -23,7 +24,10 @@ export function agentError(errno: string, message: string, path?: string): Capsu
     case 'ENOTDIR':
     case 'ENAMETOOLONG':
     case 'ELOOP':
+    case 'E2BIG': // more than fits: arguments, or file attributes over the file system's room
       return new InvalidArgumentError(message, details);
+    case 'ENOTSUP': // e.g. a file system without user extended attributes
+      return new UnsupportedError(message, details);
     case 'EACCES':
     case 'EPERM':
       return new PermissionDeniedError(message, details);

@@ -7,6 +7,8 @@ import type { Readable } from 'node:stream';
 
 import { InvalidArgumentError, SandboxError, type CapsuleError } from '../errors/index.js';
 import { checkPath, Credit, openChannel, readError, ReplyChannel, type ChannelHost } from './channel.js';
+import type { XattrSet } from './types.js';
+import { encodeXattrSet } from './xattr.js';
 import { FT, INIT_WINDOW, PayloadReader, PayloadWriter, ProtocolError, STREAM_IN, type Frame } from './frames.js';
 
 /**
@@ -185,7 +187,8 @@ class WriteChannel extends ReplyChannel {
   }
 }
 
-export function writeFile(host: ChannelHost, path: string, data: Readable | Buffer, opts?: { mode?: number }): Promise<{ size: number }> {
+/** With `xattrs` (feature `xattr`, required when it has entries) the new file gets those attributes before it appears. */
+export function writeFile(host: ChannelHost, path: string, data: Readable | Buffer, opts?: { mode?: number; xattrs?: XattrSet }): Promise<{ size: number }> {
   const mode = opts?.mode ?? 0o644;
   return openChannel<{ size: number }>(
     host,
@@ -193,7 +196,13 @@ export function writeFile(host: ChannelHost, path: string, data: Readable | Buff
     () => {
       checkPath(path);
       if (!Number.isInteger(mode) || mode < 0 || mode > 0o7777) throw new InvalidArgumentError(`invalid mode ${mode}`);
-      return new PayloadWriter().u32(mode).bytes(path).finish();
+      const w = new PayloadWriter().u32(mode).bytes(path);
+      // A write makes a new file, which has no attributes: an empty set needs nothing on the wire (any agent).
+      if (opts?.xattrs && opts.xattrs.entries.length > 0) {
+        host.require('xattr');
+        encodeXattrSet(w, opts.xattrs);
+      }
+      return w.finish();
     },
     (id, resolve, reject) => new WriteChannel(host, id, path, data, resolve, reject),
   );

@@ -5,7 +5,7 @@
 
 /** Protocol version this daemon speaks (docs/agent-protocol.md): it works with any agent of the same major. */
 export const PROTO_MAJOR = 1;
-export const PROTO_MINOR = 2;
+export const PROTO_MINOR = 3;
 /** The major version, as HELLO's first field has always carried it. */
 export const PROTO_VERSION = PROTO_MAJOR;
 export const HDR_LEN = 12;
@@ -60,6 +60,8 @@ export const FEATURE_BITS = {
   pty: 1n << 3n,
   /** 1.2: WATCH requests (inotify) and EVENTS frames. */
   watch: 1n << 4n,
+  /** 1.3: WRITE sets user.* extended attributes; STAT and LIST entries carry them when asked. */
+  xattr: 1n << 5n,
 } as const;
 
 /** CONTROL kinds (u8, first field of a CONTROL payload). */

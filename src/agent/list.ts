@@ -4,6 +4,7 @@ import { checkPath, openChannel, readError, ReplyChannel, type ChannelHost } fro
 import { readEntry } from './entry.js';
 import { FT, INIT_WINDOW, PayloadReader, PayloadWriter, ProtocolError, STREAM_OUT, type Frame } from './frames.js';
 import type { FileEntry } from './types.js';
+import { checkXattrPrefix } from './xattr.js';
 
 const DEFAULT_LIST_LIMIT = 10_000;
 const MAX_LIST_LIMIT = 1_000_000;
@@ -22,6 +23,7 @@ class ListChannel extends ReplyChannel {
     id: number,
     path: string,
     private readonly limit: number,
+    private readonly xattrPrefix: string | undefined,
     private readonly resolve: (v: Listing) => void,
     private readonly reject: (e: Error) => void,
   ) {
@@ -44,7 +46,7 @@ class ListChannel extends ReplyChannel {
         const r = new PayloadReader(f.payload, 'ENTRIES');
         const count = r.u32();
         if (this.entries.length + count > this.limit) throw new ProtocolError('more directory entries than the requested limit');
-        for (let i = 0; i < count; i++) this.entries.push(readEntry(r, this.path!, true));
+        for (let i = 0; i < count; i++) this.entries.push(readEntry(r, this.path!, true, this.xattrPrefix));
         r.done();
         this.recvLeft += f.payload.length;
         this.host.send(this.id, FT.WINDOW, STREAM_OUT, new PayloadWriter().u32(f.payload.length).finish());
@@ -70,7 +72,9 @@ class ListChannel extends ReplyChannel {
   }
 }
 
-export function listDir(host: ChannelHost, path: string, opts?: { limit?: number }): Promise<Listing> {
+/** With `xattrPrefix` (feature `xattr`, required) each entry carries the attributes under it. */
+export function listDir(host: ChannelHost, path: string, opts?: { limit?: number; xattrPrefix?: string }): Promise<Listing> {
+  const prefix = opts?.xattrPrefix;
   const want = opts?.limit !== undefined && Number.isFinite(opts.limit) ? Math.floor(opts.limit) : DEFAULT_LIST_LIMIT;
   const limit = Math.min(Math.max(1, want), MAX_LIST_LIMIT);
   return openChannel<Listing>(
@@ -78,8 +82,14 @@ export function listDir(host: ChannelHost, path: string, opts?: { limit?: number
     FT.LIST,
     () => {
       checkPath(path);
-      return new PayloadWriter().u32(limit).bytes(path).finish();
+      const w = new PayloadWriter().u32(limit).bytes(path);
+      if (prefix !== undefined) {
+        host.require('xattr');
+        checkXattrPrefix(prefix);
+        w.bytes(prefix);
+      }
+      return w.finish();
     },
-    (id, resolve, reject) => new ListChannel(host, id, path, limit, resolve, reject),
+    (id, resolve, reject) => new ListChannel(host, id, path, limit, prefix, resolve, reject),
   );
 }

@@ -2,6 +2,7 @@
 import { SandboxError, type CapsuleError } from '../errors/index.js';
 import { checkPath, openChannel, ReplyChannel, type ChannelHost } from './channel.js';
 import { readEntry } from './entry.js';
+import { checkXattrPrefix } from './xattr.js';
 import { FT, PayloadReader, PayloadWriter } from './frames.js';
 import type { FileEntry } from './types.js';
 
@@ -79,9 +80,23 @@ function withPath(path: string, build: () => Buffer): () => Buffer {
   };
 }
 
-export function stat(host: ChannelHost, path: string): Promise<FileEntry> {
-  return request(host, FT.STAT, 'STAT', withPath(path, () => new PayloadWriter().bytes(path).finish()),
-    (p) => readEntry(new PayloadReader(p, 'STAT'), path, false), path);
+/** With `xattrPrefix` (feature `xattr`, required) the entry carries the attributes under it. */
+export function stat(host: ChannelHost, path: string, opts?: { xattrPrefix?: string }): Promise<FileEntry> {
+  const prefix = opts?.xattrPrefix;
+  return request(host, FT.STAT, 'STAT', withPath(path, () => {
+    const w = new PayloadWriter().bytes(path);
+    if (prefix !== undefined) {
+      host.require('xattr');
+      checkXattrPrefix(prefix);
+      w.bytes(prefix);
+    }
+    return w.finish();
+  }), (p) => {
+    const r = new PayloadReader(p, 'STAT');
+    const e = readEntry(r, path, false, prefix);
+    if (prefix !== undefined) r.done();
+    return e;
+  }, path);
 }
 
 export function mkdir(host: ChannelHost, path: string): Promise<void> {

@@ -147,6 +147,20 @@ export interface FileEntry {
   mtimeMs: number;
   /** Target of a symlink (bounded), when type is symlink. */
   symlinkTarget?: string;
+  /**
+   * Feature `xattr`, when asked with a prefix: the extended attributes under it (names without the
+   * prefix). Only pairs that are valid UTF-8; bounded by the agent (XATTR_LIMITS) and checked again here.
+   */
+  xattrs?: Record<string, string>;
+  /** Some attributes under the prefix were left out (over the bounds, unreadable, or not UTF-8). */
+  xattrsPartial?: boolean;
+}
+
+/** Extended attributes a write sets on the new file (feature `xattr`): full names are prefix + key. */
+export interface XattrSet {
+  /** Starts with `user.`; at most 64 bytes. */
+  prefix: string;
+  entries: ReadonlyArray<readonly [key: string, value: string]>;
 }
 
 export interface AgentConnection {
@@ -173,9 +187,10 @@ export interface AgentConnection {
   /** Stream a regular file's bytes (refuses FIFOs, devices, directories). */
   readFile(path: string, opts?: { maxBytes?: number }): Promise<{ size: number; stream: Readable }>;
   /** Write a file from a stream; creates parent directories; replaces atomically-ish (write then rename). */
-  writeFile(path: string, data: Readable | Buffer, opts?: { mode?: number }): Promise<{ size: number }>;
-  list(path: string, opts?: { limit?: number }): Promise<{ entries: FileEntry[]; truncated: boolean }>;
-  stat(path: string): Promise<FileEntry>;
+  writeFile(path: string, data: Readable | Buffer, opts?: { mode?: number; xattrs?: XattrSet }): Promise<{ size: number }>;
+  /** With `xattrPrefix` (feature `xattr`), entries carry the extended attributes under it. */
+  list(path: string, opts?: { limit?: number; xattrPrefix?: string }): Promise<{ entries: FileEntry[]; truncated: boolean }>;
+  stat(path: string, opts?: { xattrPrefix?: string }): Promise<FileEntry>;
   mkdir(path: string): Promise<void>;
   remove(path: string, opts?: { recursive?: boolean }): Promise<void>;
   rename(from: string, to: string): Promise<void>;

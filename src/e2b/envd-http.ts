@@ -11,6 +11,8 @@ import busboy from 'busboy';
 import type { Services } from '../api/services.js';
 import { InvalidArgumentError } from '../errors/index.js';
 import { envd } from '../schemas/e2b/index.js';
+import type { FileMetadata } from '../schemas/files.js';
+import { normalizeMetadata } from '../sandboxes/files.js';
 import type { EnvdAuth, EnvdCaller } from './envd-auth.js';
 import { giveTo, prepareWrite, requireAccess } from './ownership.js';
 import { parse } from './parse.js';
@@ -75,10 +77,12 @@ export function envdHttpRoutes(app: FastifyInstance, s: Services, auth: EnvdAuth
     const q = parse(envd.FilesQuery, req.query, 'query');
     const c = fileCaller(auth, req, q, 'write');
     const user = effectiveUser(c.rec, q.username);
+    // Checked before anything is touched: a bad key or value is a 400 and the file stays as it was.
+    const metadata = normalizeMetadata(metadataHeaders(req));
     const type = String(req.headers['content-type'] ?? '').toLowerCase();
     const written = type.startsWith('multipart/form-data')
-      ? await uploadMultipart(s, c, req, user, q.path)
-      : [await uploadRaw(s, c, req, user, q.path)];
+      ? await uploadMultipart(s, c, req, user, q.path, metadata)
+      : [await uploadRaw(s, c, req, user, q.path, metadata)];
     return reply.code(200).send(written);
   });
 }
@@ -90,21 +94,39 @@ function fileCaller(auth: EnvdAuth, req: FastifyRequest, q: envd.FilesQuery & ob
   });
 }
 
+const METADATA_HEADER = 'x-metadata-';
+
+/**
+ * envd 0.6.2's `X-Metadata-<key>: <value>` headers as metadata: the key is the rest of the (lowercased)
+ * header name, and of a header sent twice the first value counts. None at all is an empty map: the
+ * upload then leaves the file without metadata, as every upload replaces it.
+ */
+function metadataHeaders(req: FastifyRequest): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [name, values] of Object.entries(req.raw.headersDistinct)) {
+    if (!name.startsWith(METADATA_HEADER) || !values || values.length === 0) continue;
+    out[name.slice(METADATA_HEADER.length)] = values[0]!;
+  }
+  return out;
+}
+
 function acceptsGzip(req: FastifyRequest): boolean {
   const h = req.headers['accept-encoding'];
   return typeof h === 'string' && /(^|,)\s*gzip\s*(;\s*q=(?!0(\.0*)?\s*($|,))[0-9.]+)?\s*($|,)/i.test(h);
 }
 
 /** Writes one file as the user would: refused where the user may not write; what it creates is the user's. */
-async function writeAs(s: Services, c: EnvdCaller, user: string, target: string, data: Readable | Buffer): Promise<{ path: string; name: string; type: 'file' }> {
+type Written = { path: string; name: string; type: 'file'; metadata?: FileMetadata };
+
+async function writeAs(s: Services, c: EnvdCaller, user: string, target: string, data: Readable | Buffer, metadata: FileMetadata): Promise<Written> {
   const p = userPath(target, user);
   const created = await prepareWrite(s, c.ctx, c.id, user, p);
-  await s.files.write(c.ctx, c.id, p, data);
+  await s.files.write(c.ctx, c.id, p, data, { metadata });
   await giveTo(s, c.ctx, c.id, user, created);
-  return { path: p, name: path.posix.basename(p), type: 'file' };
+  return { path: p, name: path.posix.basename(p), type: 'file', ...(Object.keys(metadata).length > 0 ? { metadata } : {}) };
 }
 
-async function uploadRaw(s: Services, c: EnvdCaller, req: FastifyRequest, user: string, target: string | undefined) {
+async function uploadRaw(s: Services, c: EnvdCaller, req: FastifyRequest, user: string, target: string | undefined, metadata: FileMetadata) {
   if (!target) throw new InvalidArgumentError('path is required for an application/octet-stream upload');
   const body = req.body as Readable | Buffer | string | undefined | null;
   let data: Readable | Buffer =
@@ -118,15 +140,15 @@ async function uploadRaw(s: Services, c: EnvdCaller, req: FastifyRequest, user: 
   } else if (encoding !== '' && encoding !== 'identity') {
     throw new InvalidArgumentError(`content encoding ${encoding} is not supported (gzip or none)`);
   }
-  return writeAs(s, c, user, target, data);
+  return writeAs(s, c, user, target, data, metadata);
 }
 
 /**
  * Each file part goes where the query's path says, or, without one (several files at once), where
  * its file name says (the whole path: busboy keeps it, preservePath). Parts are written one after the other, as they arrive.
  */
-function uploadMultipart(s: Services, c: EnvdCaller, req: FastifyRequest, user: string, target: string | undefined) {
-  return new Promise<Array<{ path: string; name: string; type: 'file' }>>((resolve, reject) => {
+function uploadMultipart(s: Services, c: EnvdCaller, req: FastifyRequest, user: string, target: string | undefined, metadata: FileMetadata) {
+  return new Promise<Written[]>((resolve, reject) => {
     let bb: busboy.Busboy;
     try {
       bb = busboy({ headers: req.headers, preservePath: true, limits: { files: MAX_UPLOAD_FILES, fields: 100, fieldSize: 64 * 1024 } });
@@ -134,7 +156,7 @@ function uploadMultipart(s: Services, c: EnvdCaller, req: FastifyRequest, user: 
       reject(new InvalidArgumentError(`bad multipart upload: ${(err as Error).message}`));
       return;
     }
-    const out: Array<{ path: string; name: string; type: 'file' }> = [];
+    const out: Written[] = [];
     let chain: Promise<void> = Promise.resolve();
     let failed: unknown;
     bb.on('file', (_field, stream, info) => {
@@ -148,7 +170,7 @@ function uploadMultipart(s: Services, c: EnvdCaller, req: FastifyRequest, user: 
           stream.resume();
           throw new InvalidArgumentError('a file part needs a file name when the query names no path');
         }
-        out.push(await writeAs(s, c, user, where, stream));
+        out.push(await writeAs(s, c, user, where, stream, metadata));
       }).catch((err: unknown) => {
         failed ??= err;
         stream.resume();

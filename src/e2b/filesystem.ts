@@ -49,6 +49,7 @@ export function entryInfo(e: FileEntry): F.EntryInfo {
     group: '',
     modifiedTime: timestamp(Date.parse(e.mtime)),
     ...(e.symlinkTarget !== undefined ? { symlinkTarget: e.symlinkTarget } : {}),
+    ...(e.metadata !== undefined ? { metadata: e.metadata } : {}),
   };
 }
 

@@ -14,11 +14,11 @@ import type { E2bTokens } from './tokens.js';
 
 /**
  * The envd version this adapter reports. The SDK turns features on by version: 0.4.0 a default
- * user, 0.5.2 closeStdin, 0.5.7 streamed octet-stream uploads. 0.6.2 (file metadata as xattrs),
- * 0.6.3 (entries in watch events) and 0.6.4 (network mounts) are not implemented, so the SDK
- * refuses those options itself.
+ * user, 0.5.2 closeStdin, 0.5.7 streamed octet-stream uploads, 0.6.2 file metadata (X-Metadata-*
+ * upload headers, `metadata` in entries; the only thing the SDK gates on 0.6.2). 0.6.3 (entries in
+ * watch events) and 0.6.4 (network mounts) are not implemented, so the SDK refuses those options itself.
  */
-export const ENVD_VERSION = '0.5.7';
+export const ENVD_VERSION = '0.6.2';
 
 /** What the adapter reports as the client: no E2B cluster client exists here. */
 const CLIENT_ID = 'capsule';

@@ -92,7 +92,7 @@ export interface McpBackend {
   runCode(id: string, input: CodeInput, hooks?: RunHooks): Promise<RunCodeResult>;
   /** The whole file; PayloadTooLargeError when it is larger than maxBytes. */
   readFile(id: string, path: string, maxBytes: number): Promise<Buffer>;
-  writeFile(id: string, path: string, data: Buffer, mode?: number): Promise<{ path: string; size: number }>;
+  writeFile(id: string, path: string, data: Buffer, opts: { mode?: number; metadata?: Record<string, string> }): Promise<{ path: string; size: number; metadata?: Record<string, string> }>;
   listFiles(id: string, path: string, limit?: number): Promise<{ entries: FileEntry[]; truncated: boolean }>;
   statFile(id: string, path: string): Promise<FileEntry>;
   removeFile(id: string, path: string, recursive: boolean): Promise<void>;
@@ -209,8 +209,8 @@ export function servicesBackend(services: Services, principal: Principal = ANONY
     async portAccess(id, port) {
       return services.network.portAccess(ctx, id, port);
     },
-    async writeFile(id, path, data, mode) {
-      return services.files.write(ctx, id, path, Readable.from([data]), mode);
+    async writeFile(id, path, data, opts) {
+      return services.files.write(ctx, id, path, Readable.from([data]), opts);
     },
     async listFiles(id, path, limit) {
       return services.files.list(ctx, id, path, limit);
@@ -311,8 +311,8 @@ export function sdkBackend(conn: ConnectionOptions = {}): McpBackend {
       if (bytes.byteLength > maxBytes) throw tooLarge(path, bytes.byteLength, maxBytes);
       return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     },
-    async writeFile(id, path, data, mode) {
-      return (await sandbox(id)).files.write(path, data, mode !== undefined ? { mode } : {});
+    async writeFile(id, path, data, opts) {
+      return (await sandbox(id)).files.write(path, data, opts);
     },
     async listFiles(id, path, limit) {
       return (await sandbox(id)).files.listDetailed(path, limit !== undefined ? { limit } : {});

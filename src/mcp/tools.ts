@@ -23,6 +23,7 @@ import {
   CommandResult,
   CreateSandboxRequest,
   FileEntry as FileEntrySchema,
+  FileMetadata,
   Lifecycle,
   ListFilesQuery,
   ListSandboxesQuery,
@@ -520,23 +521,41 @@ const writeFile = tool({
   input: snakeObject(WriteFileQuery).extend({
     sandbox_id: OptionalSandboxId,
     path: WriteFileQuery.shape.path.describe('File to write, e.g. /tmp/main.py'),
+    // An object here, where the REST query carries it as JSON text.
+    metadata: FileMetadata.optional(),
     content: z.string().max(MAX_READ_BYTES * 2).describe('The file\'s content: text, or base64 when encoding is base64'),
     encoding: z.enum(['utf8', 'base64']).optional().describe('How content is encoded; default utf8'),
   }),
-  output: z.object({ ...SandboxRef, path: z.string().describe('Absolute path written'), size: z.number().int().describe('Bytes written') }),
+  output: z.object({
+    ...SandboxRef,
+    path: z.string().describe('Absolute path written'),
+    size: z.number().int().describe('Bytes written'),
+    metadata: FileMetadata.optional().describe('The metadata the write set, when it was given one'),
+  }),
   annotations: { title: 'Write file', readOnlyHint: false, destructiveHint: true, idempotentHint: true, openWorldHint: false },
   async handler(input, ctx) {
     const data = input.encoding === 'base64' ? Buffer.from(input.content, 'base64') : Buffer.from(input.content, 'utf8');
     const ref = await useSandbox(input.sandbox_id, ctx);
-    const r = await ctx.backend.writeFile(ref.sandbox_id, input.path, data, input.mode !== undefined ? parseInt(input.mode, 8) : undefined);
-    return { structured: { ...ref, path: r.path, size: r.size }, text: `${createdNote(ref, ctx.defaultTemplate)}Wrote ${r.size} bytes to ${r.path}.` };
+    const r = await ctx.backend.writeFile(ref.sandbox_id, input.path, data, {
+      ...(input.mode !== undefined ? { mode: parseInt(input.mode, 8) } : {}),
+      ...(input.metadata !== undefined ? { metadata: input.metadata } : {}),
+    });
+    return { structured: { ...ref, path: r.path, size: r.size, ...(r.metadata ? { metadata: r.metadata } : {}) }, text: `${createdNote(ref, ctx.defaultTemplate)}Wrote ${r.size} bytes to ${r.path}.` };
   },
 });
 
-const Entry = snakeObject(FileEntrySchema.pick({ name: true, path: true, type: true, size: true, mtime: true, symlinkTarget: true }));
+const Entry = snakeObject(FileEntrySchema.pick({ name: true, path: true, type: true, size: true, mtime: true, symlinkTarget: true, metadata: true }));
 
 function entry(e: FileEntry): z.infer<typeof Entry> {
-  return { name: e.name, path: e.path, type: e.type, size: e.size, mtime: e.mtime, ...(e.symlinkTarget !== undefined ? { symlink_target: e.symlinkTarget } : {}) };
+  return {
+    name: e.name,
+    path: e.path,
+    type: e.type,
+    size: e.size,
+    mtime: e.mtime,
+    ...(e.symlinkTarget !== undefined ? { symlink_target: e.symlinkTarget } : {}),
+    ...(e.metadata !== undefined ? { metadata: e.metadata } : {}),
+  };
 }
 
 const listFiles = tool({

@@ -22,6 +22,12 @@ export interface ReadOptions {
 export interface WriteOptions {
   /** Permission bits: a number (0o755) or an octal string ('755'); default 644. */
   mode?: number | string;
+  /**
+   * Metadata for the file (kept as extended attributes, shown by stat and list): replaces what the
+   * file had. Keys are HTTP token characters, stored lowercased; values printable ASCII; at most 128
+   * keys and 4096 bytes per file. Without it the written file has no metadata.
+   */
+  metadata?: Record<string, string>;
   signal?: AbortSignal;
   /**
    * Limit for the upload in ms (0: none). Default: the connection's
@@ -138,7 +144,7 @@ export class Files {
    * uploaded as they are read, never buffered whole. Returns the path and
    * the size written.
    */
-  async write(path: string, data: WriteData, opts: WriteOptions = {}): Promise<{ path: string; size: number }> {
+  async write(path: string, data: WriteData, opts: WriteOptions = {}): Promise<WriteFileResponse> {
     let body: RequestBody;
     let streamed = false;
     if (typeof data === 'string' || data instanceof Uint8Array || data instanceof ArrayBuffer || data instanceof Blob) {
@@ -155,7 +161,7 @@ export class Files {
     }
     const timeoutMs = opts.timeoutMs ?? (streamed ? 0 : undefined);
     return this.http.json('PUT', this.base, WriteFileResponse, {
-      query: { path, mode: modeString(opts.mode) },
+      query: { path, mode: modeString(opts.mode), metadata: opts.metadata !== undefined ? JSON.stringify(opts.metadata) : undefined },
       body,
       signal: opts.signal,
       ...(timeoutMs !== undefined ? { timeoutMs } : {}),

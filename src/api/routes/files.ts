@@ -16,6 +16,18 @@ import {
 } from '../../schemas/index.js';
 import { InvalidArgumentError } from '../../errors/index.js';
 
+/** The `metadata` query parameter: a JSON object of strings (its rules are checked by the file service). */
+function metadataParam(raw: string): Record<string, string> {
+  let v: unknown;
+  try {
+    v = JSON.parse(raw);
+  } catch {
+    throw new InvalidArgumentError('metadata must be a JSON object of strings, e.g. {"owner":"ci"}', { field: 'metadata' });
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new InvalidArgumentError('metadata must be a JSON object of strings', { field: 'metadata' });
+  return v as Record<string, string>;
+}
+
 export function fileRoutes(t: RouteTable, s: Services): void {
   t.add({
     method: 'GET',
@@ -61,7 +73,10 @@ export function fileRoutes(t: RouteTable, s: Services): void {
               : null;
       if (data === null) throw new InvalidArgumentError('send the file as the raw request body (Content-Type: application/octet-stream)');
       try {
-        return await s.files.write(ctx, params.id, query.path, data, query.mode ? parseInt(query.mode, 8) : undefined);
+        return await s.files.write(ctx, params.id, query.path, data, {
+          ...(query.mode ? { mode: parseInt(query.mode, 8) } : {}),
+          ...(query.metadata !== undefined ? { metadata: metadataParam(query.metadata) } : {}),
+        });
       } catch (err) {
         // The upload may still be arriving: answer, then close rather than read the rest.
         if (!Buffer.isBuffer(data) && !data.readableEnded) {

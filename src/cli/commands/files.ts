@@ -10,6 +10,16 @@ import type { Command } from 'commander';
 import { InvalidArgumentError, NotFoundError, Sandbox, schemas, type FileEntry } from '../../sdk/index.js';
 import { connection, humanSize, parseNumber, printJson, printTable, shortTime, UsageError, writeOut } from '../util.js';
 
+/** `--meta key=value`, repeatable, into one object (the first value of a key wins, as with E2B's headers). */
+function collectMeta(kv: string, prev: Record<string, string> | undefined): Record<string, string> {
+  const at = kv.indexOf('=');
+  if (at <= 0) throw new UsageError(`--meta takes key=value, got ${JSON.stringify(kv)}`);
+  const out = { ...prev };
+  const key = kv.slice(0, at).toLowerCase(); // keys are stored lowercased: Owner and owner are one key
+  if (!(key in out)) out[key] = kv.slice(at + 1);
+  return out;
+}
+
 const TYPE_CHAR: Record<FileEntry['type'], string> = {
   file: '-',
   dir: 'd',
@@ -54,10 +64,11 @@ export function registerFileCommands(program: Command): void {
     .argument('<id>', 'sandbox id')
     .argument('<path>', 'path inside the sandbox')
     .option('--mode <octal>', 'permission bits, e.g. 755')
+    .option('--meta <key=value>', 'file metadata (repeat for more keys); replaces what the file had', collectMeta, undefined)
     .option('--json', 'print {path, size} as JSON')
-    .action(async (id: string, p: string, opts: { mode?: string; json?: boolean }, cmd: Command) => {
+    .action(async (id: string, p: string, opts: { mode?: string; meta?: Record<string, string>; json?: boolean }, cmd: Command) => {
       const sbx = await Sandbox.connect(id, connection(cmd));
-      const res = await sbx.files.write(p, process.stdin, { mode: opts.mode });
+      const res = await sbx.files.write(p, process.stdin, { mode: opts.mode, ...(opts.meta ? { metadata: opts.meta } : {}) });
       if (opts.json) printJson(res);
       else process.stderr.write(`wrote ${res.size} bytes to ${res.path}\n`);
     });
@@ -127,6 +138,7 @@ export function registerFileCommands(program: Command): void {
       const e = await sbx.files.stat(p);
       if (opts.json) return printJson(e);
       process.stdout.write(`${modeString(e)}  ${e.size}  ${shortTime(e.mtime)}  ${e.path}${e.symlinkTarget ? ` -> ${e.symlinkTarget}` : ''}\n`);
+      for (const [k, v] of Object.entries(e.metadata ?? {})) process.stdout.write(`  ${k}=${v}\n`);
     });
 
   files

@@ -43,6 +43,8 @@ export interface EntryInfo {
   group: string;
   modifiedTime: string;
   symlinkTarget?: string;
+  /** Field 11 (envd 0.6.2): the file's `user.e2b.*` extended attributes, keys without the prefix. */
+  metadata?: Record<string, string>;
 }
 
 export interface FilesystemEvent {

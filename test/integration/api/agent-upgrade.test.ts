@@ -92,7 +92,7 @@ describe('daemon upgrade with sandboxes of older agents', () => {
     // A sandbox created now gets the new agent.
     const fresh = await api(d.url, 'POST', '/v1/sandboxes', { template: 'busybox' });
     assert.equal(fresh.status, 201, fresh.text);
-    assert.equal(await agentVersion(d, fresh.json.id), 'capsule-agent/0.3.0');
+    assert.equal(await agentVersion(d, fresh.json.id), 'capsule-agent/0.4.0');
     await api(d.url, 'DELETE', `/v1/sandboxes/${fresh.json.id}`);
     await api(d.url, 'DELETE', `/v1/sandboxes/${id}`);
   });
@@ -106,7 +106,7 @@ describe('daemon upgrade with sandboxes of older agents', () => {
       assert.ok(Date.now() - t0 < 15_000, 'the create failed at the handshake, not by a timeout');
       assert.equal(r.status, 422, r.text);
       assert.equal(r.json.error.code, 'sandbox_error');
-      assert.match(r.json.error.message, /\(capsule-agent\/2\.0\.0, protocol 2\.0\) is not compatible with this daemon \(protocol 1\.2\)/);
+      assert.match(r.json.error.message, /\(capsule-agent\/2\.0\.0, protocol 2\.0\) is not compatible with this daemon \(protocol 1\.3\)/);
       const failed = await api(d.url, 'GET', '/v1/sandboxes?state=failed');
       const rec = (failed.json.sandboxes as Array<{ id: string; state: string; endReason?: string }>).find((s) => /capsule-agent\/2\.0\.0/.test(s.endReason ?? ''));
       assert.ok(rec, `a failed record with the reason: ${failed.text}`);

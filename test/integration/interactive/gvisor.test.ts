@@ -11,7 +11,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { removeDataDir, startTestDaemon, tempDataDir, type TestDaemon } from '../../helpers/daemon.js';
 import { settledLeftovers } from '../../helpers/leftovers.js';
-import { Sandbox, type ConnectionOptions, type FilesystemEvent } from '../../../src/sdk/index.js';
+import { Sandbox, UnsupportedError, type ConnectionOptions, type FilesystemEvent } from '../../../src/sdk/index.js';
 import { Screen } from './terminal.js';
 
 function gvisorSkip(): string | false {
@@ -98,6 +98,19 @@ describe('agent features on gVisor', { skip: gvisorSkip(), timeout: 10 * 60_000 
     } finally {
       await w.stop();
     }
+  });
+
+  it('file metadata: works on tmpfs (/dev/shm); the gofer root file system has no user attributes: 422, nothing written', async () => {
+    const w = await sbx.files.write('/dev/shm/meta/g.txt', 'g', { metadata: { Where: 'gvisor' } });
+    assert.deepEqual(w.metadata, { where: 'gvisor' });
+    assert.deepEqual((await sbx.files.stat('/dev/shm/meta/g.txt')).metadata, { where: 'gvisor' });
+    assert.deepEqual((await sbx.files.list('/dev/shm/meta')).find((e) => e.name === 'g.txt')?.metadata, { where: 'gvisor' });
+    await sbx.files.write('/dev/shm/meta/g.txt', 'g2');
+    assert.equal((await sbx.files.stat('/dev/shm/meta/g.txt')).metadata, undefined);
+    await assert.rejects(sbx.files.write('/tmp/g.txt', 'g', { metadata: { k: 'v' } }), (e: unknown) => e instanceof UnsupportedError && /extended attributes/.test((e as Error).message));
+    assert.equal(await sbx.files.exists('/tmp/g.txt'), false);
+    await sbx.files.write('/tmp/g.txt', 'plain');
+    assert.equal((await sbx.files.stat('/tmp/g.txt')).metadata, undefined);
   });
 
   it('the code interpreter runs python cells with state (python template, when cached)', async (t) => {

@@ -129,9 +129,10 @@ for (const kind of TRANSPORTS) {
     });
 
     it('writes then reads a file, also as a resource', async () => {
-      const w = await call('write_file', { sandbox_id: sandboxId, path: '/tmp/mcp/hello.txt', content: `hi from ${kind}\n` });
+      const w = await call('write_file', { sandbox_id: sandboxId, path: '/tmp/mcp/hello.txt', content: `hi from ${kind}\n`, metadata: { Via: 'mcp' } });
       assert.notEqual(w.isError, true, text(w));
       assert.equal((w.structuredContent as { size: number }).size, `hi from ${kind}\n`.length);
+      assert.deepEqual((w.structuredContent as { metadata?: unknown }).metadata, { via: 'mcp' });
       const r = await call('read_file', { sandbox_id: sandboxId, path: '/tmp/mcp/hello.txt' });
       assert.deepEqual(
         { content: (r.structuredContent as { content: string }).content, encoding: (r.structuredContent as { encoding: string }).encoding },
@@ -139,6 +140,7 @@ for (const kind of TRANSPORTS) {
       );
       const ls = await call('list_files', { sandbox_id: sandboxId, path: '/tmp/mcp' });
       assert.deepEqual((ls.structuredContent as { entries: Array<{ name: string }> }).entries.map((e) => e.name), ['hello.txt']);
+      assert.deepEqual((ls.structuredContent as { entries: Array<{ metadata?: unknown }> }).entries[0]!.metadata, { via: 'mcp' });
 
       const res = await c.client.readResource(`capsule://sandboxes/${sandboxId}/files/tmp/mcp/hello.txt`);
       assert.equal((res.contents[0] as { text?: string }).text, `hi from ${kind}\n`);

@@ -28,6 +28,8 @@ export const AGENT_VARIANTS = {
   'v1.0': ['-DPROTO_MINOR=0', '-DAGENT_FEATURES=0', '-DAGENT_VERSION="capsule-agent/0.1.0"'],
   /** Protocol 1.1 (exec-streams, large-data, read-to-size): no terminals, no watches. */
   'v1.1': ['-DPROTO_MINOR=1', '-DAGENT_FEATURES=7', '-DAGENT_VERSION="capsule-agent/0.2.0"'],
+  /** Protocol 1.2 (adds pty, watch): no extended attributes. */
+  'v1.2': ['-DPROTO_MINOR=2', '-DAGENT_FEATURES=31', '-DAGENT_VERSION="capsule-agent/0.3.0"'],
   /** A later major version: a daemon of major 1 must refuse it. */
   'v2.0': ['-DPROTO_MAJOR=2', '-DPROTO_MINOR=0', '-DAGENT_VERSION="capsule-agent/2.0.0"'],
 } as const;
