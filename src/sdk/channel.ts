@@ -10,8 +10,8 @@
  *    down) `run` answers undefined having sent nothing, and the caller uses HTTP; it tries again later;
  *  - when the socket drops, the runs waiting on it fail with UnavailableError, as a broken HTTP
  *    connection fails a POST (a command is never sent twice), and the next run opens a new socket;
- *  - the client's timeout and the connection's AbortSignal cancel the run (the daemon kills the
- *    command, as when an HTTP client hangs up) and reject as HTTP would;
+ *  - the client's timeout (checked every SWEEP_MS) and the connection's AbortSignal cancel the run
+ *    (the daemon kills the command, as when an HTTP client hangs up) and reject as HTTP would;
  *  - while nothing is in flight the socket does not keep the process alive, and it closes after
  *    IDLE_CLOSE_MS without use; `close()` (Sandbox.close/kill) closes it at once.
  */
@@ -38,7 +38,18 @@ const OPEN_TIMEOUT_MS = 5_000;
 interface Pending {
   resolve: (r: CommandResult) => void;
   reject: (e: Error) => void;
+  /** performance.now() after which the run is given up (Infinity: never). */
+  deadline: number;
+  /** Give up: kill the command and reject with the client's timeout error. */
+  expire: () => void;
 }
+
+/**
+ * How often an open channel looks for runs past their client timeout and for idleness. One interval per
+ * open channel instead of a timer per run: timers cost more than the rest of the SDK's work on a run, and
+ * the client timeout is a safety net with requestTimeoutMs of slack on top of the command's own limit.
+ */
+const SWEEP_MS = 250;
 
 interface Open {
   ws: WebSocket;
@@ -51,7 +62,9 @@ export class CommandChannel {
   private readonly pending = new Map<number, Pending>();
   private nextId = 1;
   private downUntil = 0;
-  private idleTimer: NodeJS.Timeout | undefined;
+  private sweeper: NodeJS.Timeout | undefined;
+  /** performance.now() when the last run ended (for the idle close). */
+  private lastUsed = 0;
   private closed = false;
   /** Sockets opened so far (tests look at it to tell a reconnect). */
   opened = 0;
@@ -83,9 +96,7 @@ export class CommandChannel {
     if (!open || open.ws.readyState !== open.ws.OPEN) return undefined;
     const what = `POST /sandboxes/${sandboxId}/commands (command channel)`;
     return new Promise<CommandResult>((resolve, reject) => {
-      let timer: NodeJS.Timeout | undefined;
       const settle = (): void => {
-        if (timer) clearTimeout(timer);
         signal?.removeEventListener('abort', onAbort);
         this.pending.delete(id);
         if (this.pending.size === 0) this.idle();
@@ -106,9 +117,10 @@ export class CommandChannel {
           settle();
           reject(e);
         },
+        deadline: timeoutMs > 0 ? performance.now() + timeoutMs : Infinity,
+        expire: () => cancel(clientTimeout(what, timeoutMs)),
       });
       if (this.pending.size === 1) this.busy();
-      if (timeoutMs > 0) timer = setTimeout(() => cancel(clientTimeout(what, timeoutMs)), timeoutMs);
       signal?.addEventListener('abort', onAbort, { once: true });
       open.ws.send(text, (err) => {
         if (err) this.pending.get(id)?.reject(new UnavailableError(`${what}: sending to the daemon failed: ${err.message}`));
@@ -134,11 +146,18 @@ export class CommandChannel {
       this.open = open;
       sock.onMessage((data, isBinary) => this.answer(data, isBinary));
       sock.ws.on('close', (code) => {
-        if (this.open === open) this.open = undefined;
+        if (this.open === open) {
+          this.open = undefined;
+          if (this.sweeper) clearInterval(this.sweeper);
+          this.sweeper = undefined;
+        }
         this.failAll(`the connection to the daemon closed (code ${code}) before the command's result`);
       });
       sock.ws.on('error', () => undefined); // followed by close
       this.idle();
+      // Never keeps the process alive: while a run waits, its socket does.
+      this.sweeper = setInterval(() => this.sweep(), SWEEP_MS);
+      this.sweeper.unref();
       return open;
     } catch (e) {
       const status = (e as { details?: { status?: unknown } }).details?.status;
@@ -172,8 +191,8 @@ export class CommandChannel {
   }
 
   private drop(code: number): void {
-    if (this.idleTimer) clearTimeout(this.idleTimer);
-    this.idleTimer = undefined;
+    if (this.sweeper) clearInterval(this.sweeper);
+    this.sweeper = undefined;
     const open = this.open;
     this.open = undefined;
     if (open) {
@@ -186,20 +205,19 @@ export class CommandChannel {
 
   /** Something is in flight: keep the process alive for its answer. */
   private busy(): void {
-    if (this.idleTimer) clearTimeout(this.idleTimer);
-    this.idleTimer = undefined;
     this.open?.raw?.ref();
   }
 
-  /** Nothing in flight: the socket no longer holds the process open, and closes if it stays unused. */
+  /** Nothing in flight: the socket no longer holds the process open (the sweep closes it once unused long enough). */
   private idle(): void {
-    const open = this.open;
-    if (!open) return;
-    open.raw?.unref();
-    if (this.idleTimer) clearTimeout(this.idleTimer);
-    this.idleTimer = setTimeout(() => {
-      if (this.pending.size === 0 && this.open === open) this.drop(1000);
-    }, IDLE_CLOSE_MS);
-    this.idleTimer.unref();
+    this.lastUsed = performance.now();
+    this.open?.raw?.unref();
+  }
+
+  /** Runs past their deadline give up; a channel unused for IDLE_CLOSE_MS closes. */
+  private sweep(): void {
+    const now = performance.now();
+    for (const p of [...this.pending.values()]) if (now >= p.deadline) p.expire();
+    if (this.pending.size === 0 && now - this.lastUsed >= IDLE_CLOSE_MS) this.drop(1000);
   }
 }
