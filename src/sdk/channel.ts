@@ -68,6 +68,8 @@ export class CommandChannel {
   private closed = false;
   /** Sockets opened so far (tests look at it to tell a reconnect). */
   opened = 0;
+  /** Runs sent over the channel so far. */
+  sent = 0;
 
   constructor(private readonly http: HttpClient) {}
 
@@ -121,6 +123,7 @@ export class CommandChannel {
         expire: () => cancel(clientTimeout(what, timeoutMs)),
       });
       if (this.pending.size === 1) this.busy();
+      this.sent++;
       signal?.addEventListener('abort', onAbort, { once: true });
       open.ws.send(text, (err) => {
         if (err) this.pending.get(id)?.reject(new UnavailableError(`${what}: sending to the daemon failed: ${err.message}`));
