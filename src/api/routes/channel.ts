@@ -37,7 +37,7 @@ export function channelRoutes(t: RouteTable, s: Services): void {
       'each answer is {"id","result": CommandResult} or {"id","error"}. Closing it kills the commands still running on it.',
     tag: 'commands',
     responses: { 101: { description: 'Switching to the WebSocket protocol; text frames are answers', schema: ChannelServerMessage } },
-    errors: ['not_found', 'conflict', 'rate_limited'],
+    errors: ['invalid_argument', 'not_found', 'conflict', 'rate_limited'],
     handler: async () => undefined,
     socket: async ({ req }) => {
       // The upgrade itself was authenticated by the onRequest hook; messages authenticate again with this key.
