@@ -125,7 +125,8 @@ export class CommandChannel {
       if (this.pending.size === 1) this.busy();
       this.sent++;
       signal?.addEventListener('abort', onAbort, { once: true });
-      open.ws.send(text, (err) => {
+      // As a Buffer, ws masks it into one frame buffer (one write, not a header and a body in a writev).
+      open.ws.send(Buffer.from(text, 'utf8'), { binary: false }, (err) => {
         if (err) this.pending.get(id)?.reject(new UnavailableError(`${what}: sending to the daemon failed: ${err.message}`));
       });
     });

@@ -22,7 +22,34 @@ import { ChannelClientMessage, ChannelServerMessage, RunCommandRequest, SandboxP
 import { presentedSecret, principalOf } from '../auth.js';
 import { parse, type RouteTable } from '../route.js';
 import type { SocketChannel } from '../socket.js';
+import type { CancelSignal } from '../../sandboxes/commands.js';
 import type { Services } from '../services.js';
+
+/**
+ * A run's cancellation: what CommandService.run needs of an AbortSignal (CancelSignal), without the
+ * EventTarget machinery. Cancelled before the service listens, it calls the listener as soon as it is added.
+ */
+class RunCancel implements CancelSignal {
+  private listener: (() => void) | undefined;
+  private cancelled = false;
+
+  addEventListener(_type: 'abort', listener: () => void): void {
+    if (this.cancelled) listener();
+    else this.listener = listener;
+  }
+
+  removeEventListener(_type: 'abort', listener: () => void): void {
+    if (this.listener === listener) this.listener = undefined;
+  }
+
+  cancel(): void {
+    if (this.cancelled) return;
+    this.cancelled = true;
+    const l = this.listener;
+    this.listener = undefined;
+    l?.();
+  }
+}
 
 /** Runs one channel may have in flight; more are answered rate_limited. */
 export const MAX_CHANNEL_IN_FLIGHT = 1024;
@@ -49,9 +76,9 @@ export function channelRoutes(t: RouteTable, s: Services): void {
 }
 
 function serveChannel(ch: SocketChannel, s: Services, secret: string | undefined, channelId: string, log: FastifyBaseLogger): void {
-  const inFlight = new Map<number, AbortController>();
+  const inFlight = new Map<number, RunCancel>();
   ch.onClose(() => {
-    for (const ac of inFlight.values()) ac.abort();
+    for (const c of inFlight.values()) c.cancel();
     inFlight.clear();
   });
 
@@ -63,7 +90,7 @@ function serveChannel(ch: SocketChannel, s: Services, secret: string | undefined
     ch.sendJson({ id, ...e.toJSON() });
   };
 
-  const run = async (id: number, sandboxId: string, body: unknown, ac: AbortController): Promise<void> => {
+  const run = async (id: number, sandboxId: string, body: unknown, cancel: RunCancel): Promise<void> => {
     let result: CommandResult;
     try {
       const principal = principalOf(secret, { keys: s.keyStore, limiter: s.limiter });
@@ -73,7 +100,7 @@ function serveChannel(ch: SocketChannel, s: Services, secret: string | undefined
         throw new InvalidArgumentError('the command channel runs buffered foreground commands; start background or streamed ones with POST /v1/sandboxes/:id/commands');
       }
       const ctx = requestContext(principal, `${channelId}/${id}`);
-      result = (await s.commands.run(ctx, params.id, req, { signal: ac.signal })) as CommandResult;
+      result = (await s.commands.run(ctx, params.id, req, { signal: cancel })) as CommandResult;
     } catch (err) {
       answerError(id, err);
       return;
@@ -97,15 +124,15 @@ function serveChannel(ch: SocketChannel, s: Services, secret: string | undefined
     }
     const data = m.data;
     if (data.op === 'cancel') {
-      inFlight.get(data.id)?.abort();
+      inFlight.get(data.id)?.cancel();
       return;
     }
     if (inFlight.has(data.id)) return ch.fail(new InvalidArgumentError(`request id ${data.id} is already in flight on this channel`));
     if (inFlight.size >= MAX_CHANNEL_IN_FLIGHT) {
       return answerError(data.id, new RateLimitedError(`this channel already runs ${MAX_CHANNEL_IN_FLIGHT} commands; wait for some to finish`));
     }
-    const ac = new AbortController();
-    inFlight.set(data.id, ac);
-    void run(data.id, data.sandboxId, data.body, ac);
+    const cancel = new RunCancel();
+    inFlight.set(data.id, cancel);
+    void run(data.id, data.sandboxId, data.body, cancel);
   });
 }
