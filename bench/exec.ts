@@ -129,9 +129,11 @@ export const exec: Scenario = async (ctx) => {
       title: 'Exec round trip of `true` in a running sandbox',
       rows,
       notes: [
-        'SDK → HTTP → daemon → agent (fork+exec in the sandbox) → exit → HTTP response; buffered (non-streaming) run.',
+        "exec true (sdk): the SDK's default path, SDK → command channel (one WebSocket per Sandbox, GET /v1/channel) → daemon → agent (fork+exec in the sandbox) → exit → one message back; buffered (non-streaming) run.",
+        'exec true (sdk, http): the same sandbox and run through a Sandbox with commandChannel: false (one POST per run).',
         'agent exec true (socket): the bench process talks to the agent directly over its unix socket; exec (sdk) minus this is the cost of HTTP, the daemon and the SDK.',
-        'exec (sdk), agent alone and the http floor are interleaved with each other; crun exec and spawn in a second interleaved series (their forks left the sub-millisecond rows ~30% slower from cold caches when mixed in).',
+        'exec (sdk, both paths), agent alone and the two floors are interleaved with each other; crun exec and spawn in a second interleaved series (their forks left the sub-millisecond rows ~30% slower from cold caches when mixed in).',
+        'ws floor (bare proxy): the same in front of the same agent over one open WebSocket, one JSON message each way (the least the command channel could cost).',
         'http floor (bare proxy): a bare node:http client and a bare node:http server in another process that forwards to the same agent (no auth, validation, state or framework): the least an HTTP hop adds on this machine.',
       ],
       errors,
