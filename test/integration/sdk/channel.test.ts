@@ -17,6 +17,7 @@ import {
   ConflictError,
   InvalidArgumentError,
   NotFoundError,
+  RateLimitedError,
   Sandbox,
   UnauthenticatedError,
   UnavailableError,
@@ -106,6 +107,11 @@ describe('sdk command channel', () => {
       assert.equal(channel.connected, true);
       assert.equal(channel.opened, 1);
       assert.equal(rest.commands.commandChannel, undefined);
+      // A request too large for one channel message (a big stdin) goes over HTTP, with the same result.
+      const big = 'x'.repeat(300 * 1024);
+      const viaHttp = await ch.commands.run('wc -c', { stdin: big });
+      assert.equal(viaHttp.stdout.trim(), String(big.length));
+      assert.equal(channel.sent, cases.length, 'not sent over the channel');
       const timed = await ch.commands.run('sleep 5', { timeoutMs: 200 });
       assert.equal(timed.timedOut, true);
       assert.equal(timed.exitCode, 137);
@@ -188,6 +194,20 @@ describe('sdk command channel', () => {
       // The fixture's own kill uses the revoked key; the sandbox was killed above with the admin key.
       if (!(e instanceof UnauthenticatedError)) throw e;
     });
+    // Every message counts against the key's request rate, like a request: with 4 a minute, the create,
+    // the channel's upgrade and two runs pass, and the third run is refused over the channel.
+    const limited = await ApiKeys.create({ name: 'chan-limited', limits: { ratePerMinute: 4 } }, conn);
+    const lim = await Sandbox.create({ ...conn, apiKey: limited.key, template: 'busybox' });
+    try {
+      assert.equal((await lim.commands.run(['true'])).exitCode, 0);
+      assert.equal((await lim.commands.run(['true'])).exitCode, 0);
+      const e = await errorOf(lim.commands.run(['true']));
+      assert.ok(e instanceof RateLimitedError, String(e));
+      assert.equal(lim.commands.commandChannel!.sent, 3);
+    } finally {
+      lim.close();
+      await Sandbox.kill(lim.id, conn);
+    }
     // A key the daemon does not know: the channel cannot open, and HTTP gives the typed error.
     const stranger = new CommandChannel(new HttpClient(resolveConnection({ ...conn, apiKey: 'cap_not-a-real-key' })));
     assert.equal(await stranger.run('sbx-000000000000', { cmd: ['true'] }, 5000), undefined, 'nothing sent: HTTP takes it');
