@@ -49,10 +49,24 @@ function authenticate(req: FastifyRequest, opts: AuthOptions): Principal {
   // Port requests carry a port token, checked by the port proxy (src/network/ports.ts), not an API key;
   // E2B's in-sandbox requests carry the sandbox's access token, checked by the adapter (src/e2b/envd-auth.ts).
   if (PUBLIC_PATHS.has(path) || opts.open?.includes(path) || isPortPath(path) || isEnvdPath(path)) return { ...ANONYMOUS_ADMIN, admin: false };
+  return principalOf(presentedSecret(req), opts);
+}
+
+/** The key a request presents: `Authorization: Bearer <key>`, or `X-API-Key: <key>`. */
+export function presentedSecret(req: Pick<FastifyRequest, 'headers'>): string | undefined {
   const header = req.headers.authorization;
   const m = typeof header === 'string' ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null;
   const apiKey = req.headers['x-api-key'];
-  const secret = m?.[1] ?? (typeof apiKey === 'string' ? apiKey.trim() : undefined);
+  return m?.[1] ?? (typeof apiKey === 'string' ? apiKey.trim() || undefined : undefined);
+}
+
+/**
+ * The principal of a presented key: verified (a revoked key stops at once) and charged one request
+ * against its rate limit. Every HTTP request comes here, and so does every message on the command
+ * channel (api/channel.ts), which keeps the key it was opened with.
+ */
+export function principalOf(secret: string | undefined, opts: Pick<AuthOptions, 'keys' | 'limiter'>): Principal {
+  if (!opts.keys) return ANONYMOUS_ADMIN;
   if (!secret) throw new UnauthenticatedError();
   const key = opts.keys.verify(secret);
   if (!key) throw new UnauthenticatedError('invalid or revoked API key');

@@ -12,6 +12,7 @@ import { sandboxRoutes, HealthResponse } from './routes/sandboxes.js';
 import { volumeRoutes } from './routes/volumes.js';
 import { snapshotRoutes } from './routes/snapshots.js';
 import { commandRoutes, commandSocketRoutes } from './routes/commands.js';
+import { channelRoutes } from './routes/channel.js';
 import { ptyRoutes } from './routes/pty.js';
 import { watchRoutes } from './routes/watch.js';
 import { metricsRoutes, PROMETHEUS_PATH } from './routes/metrics.js';
@@ -61,6 +62,7 @@ export function buildServer(services: Services, logger: Logger | boolean = false
   sandboxRoutes(table, services);
   commandRoutes(table, services);
   commandSocketRoutes(table, services);
+  channelRoutes(table, services);
   ptyRoutes(table, services);
   codeRoutes(table, services);
   fileRoutes(table, services);

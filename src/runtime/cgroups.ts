@@ -177,6 +177,7 @@ export async function killCgroupProcs(cgroupsPath: string, timeoutMs = 2000): Pr
  * Returns the ones that could not be removed.
  */
 export async function removeCgroupDirs(cgroupsPath: string, attempts = 8): Promise<string[]> {
+  forgetOomFd(cgroupsPath);
   const left: string[] = [];
   for (const dir of await sandboxCgroupDirs(cgroupsPath)) {
     if (!(await removeTree(dir, attempts))) left.push(dir);
@@ -218,14 +219,60 @@ export async function readOomKills(cgroupsPath: string): Promise<number> {
   memoryMount ??= cgroupMounts().then((ms) => ms.find((m) => m.controllers.includes('memory'))?.mountPoint ?? null);
   const mountPoint = await memoryMount;
   if (!mountPoint) return 0;
+  const text = readOomControl(cgroupsPath, path.join(mountPoint, cgroupsPath.replace(/^\/+/, ''), 'memory.oom_control'));
+  const m = text === undefined ? null : /^oom_kill (\d+)$/m.exec(text);
+  return m ? Number(m[1]) : 0;
+}
+
+/**
+ * memory.oom_control of a sandbox, read with one pread on a descriptor kept open per sandbox (cgroupfs
+ * regenerates the file on every read from offset 0). Opening, reading to the end and closing it took
+ * four system calls per command, each expensive on a paravirtualised VM. Synchronous on purpose: a
+ * cgroupfs file is generated in memory and never blocks, while fs/promises costs thread-pool round trips.
+ * Descriptors are closed when the sandbox's cgroups are removed (removeCgroupDirs), on any read error
+ * (a cgroup made again under the same path), and beyond OOM_FDS_MAX, oldest first.
+ */
+function readOomControl(cgroupsPath: string, file: string): string | undefined {
+  const cached = oomFds.get(cgroupsPath);
+  if (cached !== undefined) {
+    try {
+      const n = fs.readSync(cached, oomScratch, 0, oomScratch.length, 0);
+      return oomScratch.toString('latin1', 0, n);
+    } catch {
+      forgetOomFd(cgroupsPath);
+    }
+  }
+  let fd: number;
   try {
-    // Synchronous on purpose: a cgroupfs file is generated in memory and never blocks (about 10 µs), while
-    // fs/promises' readFile costs four thread-pool round trips (about 0.25 ms), which was a tenth of every exec.
-    const text = fs.readFileSync(path.join(mountPoint, cgroupsPath.replace(/^\/+/, ''), 'memory.oom_control'), 'utf8');
-    const m = /^oom_kill (\d+)$/m.exec(text);
-    return m ? Number(m[1]) : 0;
+    fd = fs.openSync(file, 'r');
   } catch {
-    return 0;
+    return undefined;
+  }
+  try {
+    const n = fs.readSync(fd, oomScratch, 0, oomScratch.length, 0);
+    if (oomFds.size >= OOM_FDS_MAX) forgetOomFd(oomFds.keys().next().value as string);
+    oomFds.set(cgroupsPath, fd);
+    return oomScratch.toString('latin1', 0, n);
+  } catch {
+    fs.closeSync(fd);
+    return undefined;
+  }
+}
+
+/** Open memory.oom_control descriptors by cgroupsPath, oldest first (see readOomControl). */
+const oomFds = new Map<string, number>();
+const OOM_FDS_MAX = 256;
+/** memory.oom_control is three short lines. */
+const oomScratch = Buffer.alloc(4096);
+
+function forgetOomFd(cgroupsPath: string): void {
+  const fd = oomFds.get(cgroupsPath);
+  if (fd === undefined) return;
+  oomFds.delete(cgroupsPath);
+  try {
+    fs.closeSync(fd);
+  } catch {
+    /* already closed */
   }
 }
 

@@ -29,6 +29,16 @@ export interface EventSink {
   drained(): Promise<void>;
 }
 
+/**
+ * What `run` needs of a cancellation signal: an AbortSignal (REST), or something as small that behaves
+ * like one (the command channel makes one per run, where an AbortController and its EventTarget were a
+ * measurable part of the exec path).
+ */
+export interface CancelSignal {
+  addEventListener(type: 'abort', listener: () => void, opts: { once: true }): void;
+  removeEventListener(type: 'abort', listener: () => void): void;
+}
+
 /** A pid, or the tag of a running process (else of the latest finished one with it). */
 export type ProcessSelector = number | string;
 
@@ -96,7 +106,7 @@ export class CommandService implements SandboxEvents {
     ctx: RequestContext,
     sandboxId: string,
     req: RunCommandRequest,
-    opts: { sink?: EventSink; signal?: AbortSignal } = {},
+    opts: { sink?: EventSink; signal?: CancelSignal } = {},
   ): Promise<CommandResult | { pid: number }> {
     // A caller waiting on a foreground command is not idle: its sandbox's idle policy must not pause it meanwhile.
     const release = req.background === true ? undefined : this.sandboxes.hold(sandboxId);
@@ -111,7 +121,7 @@ export class CommandService implements SandboxEvents {
     ctx: RequestContext,
     sandboxId: string,
     req: RunCommandRequest,
-    opts: { sink?: EventSink; signal?: AbortSignal },
+    opts: { sink?: EventSink; signal?: CancelSignal },
   ): Promise<CommandResult | { pid: number }> {
     const t0 = performance.now();
     const argv = typeof req.cmd === 'string' ? ['/bin/sh', '-c', req.cmd] : req.cmd;
@@ -178,7 +188,9 @@ export class CommandService implements SandboxEvents {
       opts.signal?.removeEventListener('abort', onAbort);
       if (opts.sink) this.unfollow(t, opts.sink);
     }
-    this.telemetry.commandRan((performance.now() - t0) / 1000, 'foreground');
+    // Recorded after the answer is on its way: not part of the round trip it measures.
+    const seconds = (performance.now() - t0) / 1000;
+    setImmediate(() => this.telemetry.commandRan(seconds, 'foreground'));
     return this.result(t, req.encoding ?? 'utf8');
   }
 

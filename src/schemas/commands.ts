@@ -120,3 +120,32 @@ export const ProcessClientMessage = z.discriminatedUnion('type', [
   z.object({ type: z.literal('signal'), signal: z.enum(SIGNALS) }).strict().describe('Signal the process group'),
 ]);
 export type ProcessClientMessage = z.infer<typeof ProcessClientMessage>;
+
+/** A request's id on the command channel: chosen by the client, unique among its requests in flight. */
+const ChannelRequestId = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).describe('Chosen by the client; the answer carries it back');
+
+/**
+ * Text frames a client sends on the command channel (GET /v1/channel). `run` is the body of POST
+ * /v1/sandboxes/:id/commands for a buffered foreground command, validated by the same schema
+ * (RunCommandRequest, as `body`) with the same errors; `cancel` kills a run in flight, as hanging up
+ * on that POST does.
+ */
+export const ChannelClientMessage = z.discriminatedUnion('op', [
+  z
+    .object({
+      op: z.literal('run'),
+      id: ChannelRequestId,
+      sandboxId: z.string().max(512).describe('The sandbox, as in the path of POST /v1/sandboxes/:id/commands'),
+      body: z.unknown().describe('A RunCommandRequest without background or stream'),
+    })
+    .strict(),
+  z.object({ op: z.literal('cancel'), id: ChannelRequestId }).strict().describe('Kill the command of a run in flight; its answer still comes'),
+]);
+export type ChannelClientMessage = z.infer<typeof ChannelClientMessage>;
+
+/** What the daemon answers on the command channel: one message per `run`, the result or the error that POST would answer. */
+export const ChannelServerMessage = z.union([
+  z.object({ id: ChannelRequestId, result: CommandResult }),
+  z.object({ id: ChannelRequestId, error: z.object({ code: z.string(), message: z.string(), details: z.record(z.string(), z.unknown()).optional() }) }),
+]);
+export type ChannelServerMessage = z.infer<typeof ChannelServerMessage>;

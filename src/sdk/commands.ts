@@ -20,6 +20,7 @@ import type WebSocket from 'ws';
 import { abortError, isAbortError, type HttpClient, type StreamedBody } from './http.js';
 import { readNdjson } from './ndjson.js';
 import { openSocket, sendOn, socketLines } from './socket.js';
+import { CommandChannel } from './channel.js';
 
 export type Signal = (typeof SIGNALS)[number];
 
@@ -293,13 +294,26 @@ async function sendStdin(http: HttpClient, base: string, pid: number, data: stri
 
 export class Commands {
   private readonly base: string;
+  /** Buffered foreground runs go over it when it can be opened (channel.ts); undefined: HTTP only. */
+  private readonly channel: CommandChannel | undefined;
 
   /** @internal */
   constructor(
     private readonly http: HttpClient,
-    sandboxId: string,
+    private readonly sandboxId: string,
   ) {
     this.base = `/sandboxes/${encodeURIComponent(sandboxId)}/commands`;
+    this.channel = http.conn.commandChannel ? new CommandChannel(http) : undefined;
+  }
+
+  /** @internal The command channel (tests look at it); undefined when turned off. */
+  get commandChannel(): CommandChannel | undefined {
+    return this.channel;
+  }
+
+  /** @internal Close the command channel (Sandbox.close and kill); later runs use HTTP. */
+  closeChannel(): void {
+    this.channel?.close();
   }
 
   /**
@@ -334,10 +348,10 @@ export class Commands {
     }
     const body = { ...request, stdin: opts.stdin, ...(opts.tag !== undefined ? { tag: opts.tag } : {}) };
     if (!opts.onStdout && !opts.onStderr && !opts.signal) {
-      return this.http.json('POST', this.base, CommandResult, {
-        json: body,
-        timeoutMs: commandRequestTimeout(this.http, opts.timeoutMs),
-      });
+      const timeoutMs = commandRequestTimeout(this.http, opts.timeoutMs);
+      const viaChannel = await this.channel?.run(this.sandboxId, body, timeoutMs);
+      if (viaChannel) return viaChannel;
+      return this.http.json('POST', this.base, CommandResult, { json: body, timeoutMs });
     }
     return this.runStreaming(body, opts);
   }

@@ -76,7 +76,7 @@ export function abortError(signal?: AbortSignal): Error {
 }
 
 /** A timeout measured by the SDK itself (details.clientTimeoutMs tells it from the daemon's own). */
-function clientTimeout(what: string, timeoutMs: number): TimeoutError {
+export function clientTimeout(what: string, timeoutMs: number): TimeoutError {
   return new TimeoutError(`${what} timed out after ${timeoutMs} ms (requestTimeoutMs / CAPSULE_REQUEST_TIMEOUT_MS)`, { clientTimeoutMs: timeoutMs });
 }
 

@@ -34,6 +34,13 @@ export interface ConnectionOptions {
    * caller shuts down). Individual calls can take their own signal as well.
    */
   signal?: AbortSignal;
+  /**
+   * Run buffered foreground commands (`commands.run` without callbacks, signal or background) over one
+   * WebSocket per Sandbox (GET /v1/channel), opened on first use, instead of one HTTP request each: the
+   * same results and errors, a shorter round trip. When it cannot be opened the SDK uses HTTP; after a
+   * drop it opens a new one. `false` always uses HTTP. Fallback: CAPSULE_COMMAND_CHANNEL (`0` turns it off), then true.
+   */
+  commandChannel?: boolean;
 }
 
 /** ConnectionOptions with every default filled in. */
@@ -42,6 +49,7 @@ export interface ResolvedConnection {
   apiKey: string | undefined;
   requestTimeoutMs: number;
   signal: AbortSignal | undefined;
+  commandChannel: boolean;
 }
 
 function envTimeout(): number | undefined {
@@ -56,12 +64,13 @@ export function resolveConnection(opts: ConnectionOptions = {}): ResolvedConnect
   const apiUrl = (opts.apiUrl ?? (process.env.CAPSULE_URL || undefined) ?? DEFAULT_API_URL).replace(/\/+$/, '');
   const apiKey = opts.apiKey ?? (process.env.CAPSULE_API_KEY || undefined);
   const requestTimeoutMs = opts.requestTimeoutMs ?? envTimeout() ?? DEFAULT_REQUEST_TIMEOUT_MS;
-  return { apiUrl, apiKey, requestTimeoutMs, signal: opts.signal };
+  const commandChannel = opts.commandChannel ?? !/^(0|false|no|off)$/i.test(process.env.CAPSULE_COMMAND_CHANNEL?.trim() ?? '');
+  return { apiUrl, apiKey, requestTimeoutMs, signal: opts.signal, commandChannel };
 }
 
 /** Split a bag of options into the connection part and the rest. */
 export function pickConnection<T extends ConnectionOptions>(opts: T | undefined): ConnectionOptions {
   if (!opts) return {};
-  const { apiUrl, apiKey, requestTimeoutMs, signal } = opts;
-  return { apiUrl, apiKey, requestTimeoutMs, signal };
+  const { apiUrl, apiKey, requestTimeoutMs, signal, commandChannel } = opts;
+  return { apiUrl, apiKey, requestTimeoutMs, signal, commandChannel };
 }

@@ -247,7 +247,16 @@ export class Sandbox {
   /** Kill the sandbox and everything in it. Idempotent. */
   async kill(): Promise<SandboxInfo> {
     this.info = await this.http.json('DELETE', sandboxPath(this.id), SandboxSchema);
+    this.commands.closeChannel();
     return this.info;
+  }
+
+  /**
+   * Let go of this Sandbox object without touching the sandbox: closes its command channel (the one
+   * WebSocket that `commands.run` keeps open). The sandbox keeps running; later calls still work, over HTTP.
+   */
+  close(): void {
+    this.commands.closeChannel();
   }
 
   /**

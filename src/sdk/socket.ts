@@ -4,6 +4,7 @@
  * like every request; an answer that refuses the upgrade becomes the same
  * typed error a plain request would get.
  */
+import type net from 'node:net';
 import WebSocket from 'ws';
 import { UnavailableError, errorFromWire } from '../errors/index.js';
 import { abortError, errorFromText, type HttpClient, type QueryValue } from './http.js';
@@ -18,6 +19,8 @@ export type SocketMessageListener = (data: Buffer, isBinary: boolean) => void;
 /** An open socket. Messages are held from the start until `onMessage` takes them, so none is lost in between. */
 export interface OpenSocket {
   ws: WebSocket;
+  /** The TCP socket under it (to unref while idle). */
+  raw: net.Socket | undefined;
   onMessage(l: SocketMessageListener): void;
 }
 
@@ -26,14 +29,29 @@ export interface OpenSocket {
  * message in the same packet as the upgrade's answer, before the caller had a turn to listen: every
  * message is held from the very start and handed to the listener given to `onMessage`.
  */
-export function openSocket(http: HttpClient, path: string, query?: Record<string, QueryValue>, signal?: AbortSignal): Promise<OpenSocket> {
+export function openSocket(
+  http: HttpClient,
+  path: string,
+  query?: Record<string, QueryValue>,
+  signal?: AbortSignal,
+  opts: { maxPayload?: number; timeoutMs?: number } = {},
+): Promise<OpenSocket> {
   const url = http.url(path, query).replace(/^http/, 'ws');
   const what = `GET ${path} (WebSocket)`;
   const headers: Record<string, string> = {};
   if (http.conn.apiKey) headers.authorization = `Bearer ${http.conn.apiKey}`;
   return new Promise<OpenSocket>((resolve, reject) => {
     if (signal?.aborted) return reject(abortError(signal));
-    const ws = new WebSocket(url, { headers, maxPayload: MAX_MESSAGE, perMessageDeflate: false });
+    const ws = new WebSocket(url, {
+      headers,
+      maxPayload: opts.maxPayload ?? MAX_MESSAGE,
+      perMessageDeflate: false,
+      ...(opts.timeoutMs ? { handshakeTimeout: opts.timeoutMs } : {}),
+    });
+    let raw: net.Socket | undefined;
+    ws.once('upgrade', (res) => {
+      raw = res.socket;
+    });
     let held: Array<[Buffer, boolean]> | null = [];
     let listener: SocketMessageListener | undefined;
     ws.on('message', (data: Buffer, isBinary: boolean) => {
@@ -42,6 +60,9 @@ export function openSocket(http: HttpClient, path: string, query?: Record<string
     });
     const opened: OpenSocket = {
       ws,
+      get raw() {
+        return raw;
+      },
       onMessage(l) {
         listener = l;
         const early = held ?? [];

@@ -133,7 +133,7 @@ describe('sdk download path', () => {
   });
 
   it('files.read takes it for bytes and text, and the general path for errors', async () => {
-    const files = new Files(new HttpClient({ apiUrl: base, apiKey: 'k1', requestTimeoutMs: 5000, signal: undefined }), 's1');
+    const files = new Files(new HttpClient({ apiUrl: base, apiKey: 'k1', requestTimeoutMs: 5000, signal: undefined, commandChannel: false }), 's1');
     assert.equal(await files.read('/a.txt'), 'hello');
     assert.deepEqual(Buffer.from(await files.read('/a.txt', { format: 'bytes' })), Buffer.from('hello'));
     assert.equal(seenHeaders.at(-1)!.authorization, 'Bearer k1');
@@ -147,7 +147,7 @@ describe('sdk download path', () => {
     await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
     try {
       const url = `http://127.0.0.1:${(silent.address() as AddressInfo).port}`;
-      const files = new Files(new HttpClient({ apiUrl: url, apiKey: undefined, requestTimeoutMs: 100, signal: undefined }), 's1');
+      const files = new Files(new HttpClient({ apiUrl: url, apiKey: undefined, requestTimeoutMs: 100, signal: undefined, commandChannel: false }), 's1');
       const t0 = Date.now();
       await assert.rejects(files.read('/a.txt'), (e: Error) => e.name === 'TimeoutError' && /timed out after 100 ms/.test(e.message));
       assert.ok(Date.now() - t0 < 1000, 'not retried on the general path after timing out');

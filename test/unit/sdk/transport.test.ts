@@ -130,13 +130,13 @@ describe('sdk transport', () => {
 
 describe('sdk HttpClient over the transport', () => {
   it('maps a timeout, an abort and an unreachable daemon to the documented errors', async () => {
-    const client = new HttpClient({ apiUrl: base, apiKey: undefined, requestTimeoutMs: 50, signal: undefined });
+    const client = new HttpClient({ apiUrl: base, apiKey: undefined, requestTimeoutMs: 50, signal: undefined, commandChannel: false });
     await assert.rejects(client.bytes('GET', '/../slow'), (e: Error) => e.name === 'TimeoutError' || /timed out/.test(e.message));
     const ac = new AbortController();
     const p = client.bytes('GET', '/../slow', { signal: ac.signal, timeoutMs: 0 });
     setTimeout(() => ac.abort(), 20);
     await assert.rejects(p, (e: Error) => e.name === 'AbortError');
-    const dead = new HttpClient({ apiUrl: 'http://127.0.0.1:1', apiKey: undefined, requestTimeoutMs: 1000, signal: undefined });
+    const dead = new HttpClient({ apiUrl: 'http://127.0.0.1:1', apiKey: undefined, requestTimeoutMs: 1000, signal: undefined, commandChannel: false });
     await assert.rejects(dead.bytes('GET', '/x'), UnavailableError);
   });
 });

@@ -1,0 +1,71 @@
+/**
+ * A floor for a WebSocket exec channel: like http-floor.ts, a bare server in another process that
+ * forwards each message straight to the sandbox's agent, but over one long-lived WebSocket carrying
+ * small JSON messages with ids (no HTTP request per exec).
+ */
+import { fork, type ChildProcess } from 'node:child_process';
+import http from 'node:http';
+import { fileURLToPath } from 'node:url';
+import WebSocket, { WebSocketServer } from 'ws';
+import { connectAgent } from '../src/agent/client.js';
+
+export interface WsFloor {
+  exec(argv: string[]): Promise<number>;
+  close(): void;
+}
+
+export async function startWsFloor(socketPath: string): Promise<WsFloor> {
+  const child: ChildProcess = fork(fileURLToPath(import.meta.url), ['serve', socketPath], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+  const port = await new Promise<number>((resolve, reject) => {
+    child.once('message', (m) => resolve(Number(m)));
+    child.once('exit', (code) => reject(new Error(`ws floor proxy exited with ${code}`)));
+  });
+  const ws = new WebSocket(`ws://127.0.0.1:${port}/`, { perMessageDeflate: false });
+  await new Promise<void>((resolve, reject) => {
+    ws.once('open', () => resolve());
+    ws.once('error', reject);
+  });
+  let next = 1;
+  const waiting = new Map<number, (code: number) => void>();
+  ws.on('message', (data: Buffer) => {
+    const m = JSON.parse(data.toString()) as { id: number; exitCode: number };
+    const w = waiting.get(m.id);
+    waiting.delete(m.id);
+    w?.(m.exitCode);
+  });
+  return {
+    exec(argv) {
+      const id = next++;
+      return new Promise<number>((resolve) => {
+        waiting.set(id, resolve);
+        ws.send(JSON.stringify({ id, argv }));
+      });
+    },
+    close() {
+      ws.terminate();
+      child.kill();
+    },
+  };
+}
+
+async function serve(socketPath: string): Promise<void> {
+  const conn = await connectAgent(socketPath);
+  const server = http.createServer((_req, res) => res.end());
+  const wss = new WebSocketServer({ server, perMessageDeflate: false });
+  wss.on('connection', (ws) => {
+    ws.on('message', (data: Buffer) => {
+      void (async () => {
+        const { id, argv } = JSON.parse(data.toString()) as { id: number; argv: string[] };
+        const p = await conn.exec({ argv, env: {}, stdin: false, holdReply: true });
+        let stdout = '';
+        p.on('stdout', (d) => (stdout += d.toString()));
+        const st = await p.exited;
+        ws.send(JSON.stringify({ id, pid: p.pid, exitCode: st.exitCode, stdout }));
+      })();
+    });
+  });
+  server.listen(0, '127.0.0.1', () => process.send?.((server.address() as { port: number }).port));
+  process.on('disconnect', () => process.exit(0));
+}
+
+if (process.argv[2] === 'serve' && process.argv[3]) void serve(process.argv[3]);
