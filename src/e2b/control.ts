@@ -27,7 +27,7 @@ import {
   type E2bState,
 } from '../schemas/e2b/control.js';
 import { SNAPSHOT_ID_RE, SnapshotName, type Snapshot } from '../schemas/snapshots.js';
-import { capsuleTemplate, detail, domainOf, e2bState, lifecycleOf, listed, networkOf, sandboxAnswer, seconds, snapshotInfo } from './mapping.js';
+import { capsuleTemplate, detail, domainOf, e2bState, egressOf, lifecycleOf, listed, networkOf, sandboxAnswer, seconds, snapshotInfo } from './mapping.js';
 import { pageOf, parseMetadataQuery } from './paging.js';
 import { parse } from './parse.js';
 import type { E2bTokens } from './tokens.js';
@@ -48,6 +48,8 @@ function live(s: Services, ctx: RequestContext, id: string): SandboxRecord {
 
 export function controlRoutes(app: FastifyInstance, s: Services, tokens: E2bTokens): void {
   const gateway = () => s.sandboxes.runtimeInfo().capabilities.network.includes('gateway');
+  // E2B's trafficAccessToken is the sandbox's port token: it opens getHost(port) URLs when traffic is not public.
+  const answer = (ctx: RequestContext, rec: SandboxRecord, domain: string) => sandboxAnswer(rec, tokens, s.network.portToken(ctx, rec.id), domain);
 
   const create = async (req: FastifyRequest, reply: FastifyReply) => {
     const body = parse(NewSandbox, req.body, 'body');
@@ -71,7 +73,7 @@ export function controlRoutes(app: FastifyInstance, s: Services, tokens: E2bToke
       ...(body.volumeMounts ? { volumes: body.volumeMounts.map((v) => ({ name: v.name, path: v.path })) } : {}),
       signal: ac.signal,
     });
-    return reply.code(201).send(sandboxAnswer(rec, tokens, domainOf(req.headers.host)));
+    return reply.code(201).send(answer(ctx, rec, domainOf(req.headers.host)));
   };
   app.post('/sandboxes', create);
   app.post('/v2/sandboxes', create);
@@ -149,7 +151,7 @@ export function controlRoutes(app: FastifyInstance, s: Services, tokens: E2bToke
     const ctx = context(req);
     const rec = live(s, ctx, sandboxID);
     if (e2bState(rec.state) === 'running') throw new ConflictError(`sandbox ${sandboxID} is already running`, { state: rec.state });
-    return reply.code(201).send(sandboxAnswer(await wake(s, ctx, rec, body.timeout), tokens, domainOf(req.headers.host)));
+    return reply.code(201).send(answer(ctx, await wake(s, ctx, rec, body.timeout), domainOf(req.headers.host)));
   });
 
   // Connect: 200 for a running sandbox (its lifetime only extended), 201 for one it resumed.
@@ -162,9 +164,9 @@ export function controlRoutes(app: FastifyInstance, s: Services, tokens: E2bToke
       if (body.timeout !== undefined && rec.state === 'running' && Date.now() + seconds(body.timeout) > rec.expiresAt) {
         s.sandboxes.setTimeout(ctx, sandboxID, seconds(body.timeout));
       }
-      return reply.code(200).send(sandboxAnswer(s.sandboxes.get(ctx, sandboxID), tokens, domainOf(req.headers.host)));
+      return reply.code(200).send(answer(ctx, s.sandboxes.get(ctx, sandboxID), domainOf(req.headers.host)));
     }
-    return reply.code(201).send(sandboxAnswer(await wake(s, ctx, rec, body.timeout), tokens, domainOf(req.headers.host)));
+    return reply.code(201).send(answer(ctx, await wake(s, ctx, rec, body.timeout), domainOf(req.headers.host)));
   };
   app.post('/sandboxes/:sandboxID/connect', connect);
   app.post('/v2/sandboxes/:sandboxID/connect', connect);
@@ -205,8 +207,9 @@ export function controlRoutes(app: FastifyInstance, s: Services, tokens: E2bToke
     const body = parse(NetworkUpdate, req.body, 'body');
     const ctx = context(req);
     live(s, ctx, sandboxID);
-    const n = networkOf({ templateID: '-', allow_internet_access: body.allow_internet_access, network: body }, true);
-    await s.network.set(ctx, sandboxID, n ?? { egress: 'none' });
+    // E2B's update replaces the egress rules only (its body has no allowPublicTraffic): public ports stay.
+    const egress = egressOf({ allow_internet_access: body.allow_internet_access, network: body }, true);
+    await s.network.set(ctx, sandboxID, { egress: egress ?? 'none' });
     return reply.code(204).send();
   });
 

@@ -63,7 +63,8 @@ export function domainOf(host: string | undefined): string {
   return port ? `localhost:${port}` : 'localhost';
 }
 
-export function sandboxAnswer(rec: SandboxRecord, tokens: E2bTokens, domain: string): E2bSandbox {
+/** `trafficToken`: the sandbox's port token (NetworkService.portToken), E2B's trafficAccessToken. */
+export function sandboxAnswer(rec: SandboxRecord, tokens: E2bTokens, trafficToken: string, domain: string): E2bSandbox {
   return {
     templateID: rec.template,
     sandboxID: rec.id,
@@ -71,7 +72,7 @@ export function sandboxAnswer(rec: SandboxRecord, tokens: E2bTokens, domain: str
     clientID: CLIENT_ID,
     envdVersion: ENVD_VERSION,
     envdAccessToken: tokens.envdToken(rec.id),
-    trafficAccessToken: tokens.trafficToken(rec.id),
+    trafficAccessToken: trafficToken,
     domain,
   };
 }
@@ -112,12 +113,27 @@ export function lifecycleOf(body: NewSandbox): LifecycleInput | undefined {
 }
 
 /**
+ * E2B's network settings as Capsule's: the internet switch and allow/deny lists as an egress policy
+ * (egressOf), and allowPublicTraffic as the public ports: true (E2B's default) is every port, false none,
+ * so each getHost(port) URL then needs the trafficAccessToken (Capsule's port token). `gateway`: whether
+ * this daemon can give sandboxes egress and ports at all; without it the defaults quietly stay off, and
+ * an explicit ask is refused by the service.
+ */
+export function networkOf(body: NewSandbox, gateway: boolean): NetworkConfig | undefined {
+  const egress = egressOf(body, gateway);
+  const allowPublic = body.network?.allowPublicTraffic;
+  const publicPorts = allowPublic === false ? [] : allowPublic === true || gateway ? ('all' as const) : undefined;
+  if (egress === undefined && publicPorts === undefined) return undefined;
+  return { ...(egress !== undefined ? { egress } : {}), ...(publicPorts !== undefined ? { publicPorts } : {}) };
+}
+
+/**
  * E2B's internet switch and allow/deny lists as an egress policy. E2B lets allowOut win over denyOut
  * and treats denyOut 0.0.0.0/0 as "only what allowOut names"; Capsule's deny rules win, so that case
  * becomes an allow list alone. `gateway`: whether this daemon can enforce egress at all; without it
  * the default (internet on) quietly becomes none, and an explicit ask is refused by the service.
  */
-export function networkOf(body: NewSandbox, gateway: boolean): NetworkConfig | undefined {
+export function egressOf(body: Pick<NewSandbox, 'allow_internet_access' | 'network'>, gateway: boolean): EgressPolicy | undefined {
   const internet = body.allow_internet_access;
   const allowOut = body.network?.allowOut ?? [];
   const denyOut = body.network?.denyOut ?? [];
@@ -131,7 +147,7 @@ export function networkOf(body: NewSandbox, gateway: boolean): NetworkConfig | u
     const deny = denyOut.filter((r) => !allowOut.includes(r));
     egress = deny.length > 0 ? { allow: ['*', ...allowOut], deny } : 'all';
   }
-  return { egress };
+  return egress;
 }
 
 /**

@@ -281,7 +281,7 @@ const sandboxStart = lifecycleTool(
 );
 // --- network --------------------------------------------------------------------
 
-function networkInput(n: { egress?: NetworkConfig['egress'] | undefined; public_ports?: number[] | undefined } | undefined): NetworkConfig | undefined {
+function networkInput(n: { egress?: NetworkConfig['egress'] | undefined; public_ports?: NetworkConfig['publicPorts'] | undefined } | undefined): NetworkConfig | undefined {
   if (!n) return undefined;
   return { ...(n.egress !== undefined ? { egress: n.egress } : {}), ...(n.public_ports !== undefined ? { publicPorts: n.public_ports } : {}) };
 }

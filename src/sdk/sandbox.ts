@@ -54,7 +54,8 @@ export interface CreateOptions extends ConnectionOptions {
   /** Named volumes (see `Volume.create`) to attach: `[{ name: 'data', path: '/data', readOnly: false }]`. */
   volumes?: Array<{ name: string; path: string; readOnly?: boolean }>;
   /**
-   * Egress policy and public ports: `{ egress: 'none' | 'all' | { allow: [...], deny: [...] }, publicPorts: [3000] }`.
+   * Egress policy and public ports: `{ egress: 'none' | 'all' | { allow: [...], deny: [...] }, publicPorts: [3000] }`
+   * (`publicPorts: 'all'`: every port's URL needs no token).
    * Default: no egress (loopback only).
    */
   network?: NetworkConfig;

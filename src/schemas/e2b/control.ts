@@ -15,7 +15,10 @@ const Seconds = z.number().int().min(0).max(365 * 24 * 3600);
 
 export const E2bNetwork = z
   .object({
-    allowPublicTraffic: z.boolean().optional().describe('Ignored: ports need a port token or a public port (see README, Coming from E2B)'),
+    allowPublicTraffic: z
+      .boolean()
+      .optional()
+      .describe("true (the default): every port's URL is public (publicPorts: 'all'); false: each needs the trafficAccessToken in the E2B-Traffic-Access-Token header"),
     allowOut: z.array(EgressRule).max(256).optional().describe('Destinations allowed out: domains, *.domains, addresses, CIDRs'),
     denyOut: z.array(EgressRule).max(256).optional().describe('Destinations refused; 0.0.0.0/0 refuses everything allowOut does not name'),
   })
