@@ -24,16 +24,20 @@ import {
   TemplateIdParams,
   TimeoutRequest,
   NetworkUpdate,
+  LogsQuery,
+  LogsV2Query,
   type E2bState,
 } from '../schemas/e2b/control.js';
 import { SNAPSHOT_ID_RE, SnapshotName, type Snapshot } from '../schemas/snapshots.js';
-import { capsuleTemplate, detail, domainOf, e2bState, egressOf, lifecycleOf, listed, networkOf, sandboxAnswer, seconds, snapshotInfo } from './mapping.js';
+import { capsuleTemplate, detail, domainOf, e2bState, egressOf, lifecycleOf, listed, logEntry, networkOf, sandboxAnswer, seconds, snapshotInfo } from './mapping.js';
 import { pageOf, parseMetadataQuery } from './paging.js';
 import { parse } from './parse.js';
 import type { E2bTokens } from './tokens.js';
 
 /** E2B's v2 list pages hold at most this many sandboxes (its default and maximum). */
 const PAGE = 100;
+/** E2B's log routes answer at most this many entries (its default and maximum). */
+const LOG_PAGE = 1000;
 
 function context(req: FastifyRequest): RequestContext {
   return requestContext(req.principal, String(req.id));
@@ -193,14 +197,29 @@ export function controlRoutes(app: FastifyInstance, s: Services, tokens: E2bToke
     }));
   });
 
-  // Capsule keeps no sandbox log (commands keep their own output): an empty one, for callers that read it.
-  const logs = async (req: FastifyRequest) => {
+  // The sandbox log (src/sandboxes/events.ts): lifecycle and command events, as E2B's log entries.
+  app.get('/sandboxes/:sandboxID/logs', async (req) => {
     const { sandboxID } = parse(SandboxIdParams, req.params, 'path parameter');
-    live(s, context(req), sandboxID);
-    return { logs: [], logEntries: [] };
-  };
-  app.get('/sandboxes/:sandboxID/logs', logs);
-  app.get('/v2/sandboxes/:sandboxID/logs', logs);
+    const q = parse(LogsQuery, req.query, 'query');
+    const ctx = context(req);
+    live(s, ctx, sandboxID);
+    const { entries } = s.logs.list(ctx, sandboxID, { start: q.start, limit: q.limit ?? LOG_PAGE });
+    return { logs: entries.map((e) => ({ timestamp: e.at, line: e.message })), logEntries: entries.map(logEntry) };
+  });
+  app.get('/v2/sandboxes/:sandboxID/logs', async (req) => {
+    const { sandboxID } = parse(SandboxIdParams, req.params, 'path parameter');
+    const q = parse(LogsV2Query, req.query, 'query');
+    const ctx = context(req);
+    live(s, ctx, sandboxID);
+    const { entries } = s.logs.list(ctx, sandboxID, {
+      start: q.cursor,
+      limit: q.limit ?? LOG_PAGE,
+      level: q.level,
+      search: q.search,
+      order: q.direction === 'backward' ? 'desc' : 'asc',
+    });
+    return { logs: entries.map(logEntry) };
+  });
 
   app.put('/sandboxes/:sandboxID/network', async (req, reply) => {
     const { sandboxID } = parse(SandboxIdParams, req.params, 'path parameter');

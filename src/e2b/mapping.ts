@@ -9,6 +9,7 @@ import type { LifecycleInput } from '../sandboxes/policy.js';
 import type { EgressPolicy, NetworkConfig } from '../schemas/network.js';
 import type { E2bSandbox, E2bState, ListedSandbox, NewSandbox, SandboxDetail, SnapshotInfo } from '../schemas/e2b/control.js';
 import type { Snapshot } from '../schemas/snapshots.js';
+import type { SandboxLogEntry } from '../schemas/logs.js';
 import { InvalidArgumentError } from '../errors/index.js';
 import type { E2bTokens } from './tokens.js';
 
@@ -156,4 +157,9 @@ export function egressOf(body: Pick<NewSandbox, 'allow_internet_access' | 'netwo
  */
 export function snapshotInfo(snap: Snapshot): SnapshotInfo {
   return { snapshotID: snap.id, names: snap.name !== undefined ? [snap.name] : [] };
+}
+
+/** A sandbox log entry (src/sandboxes/events.ts) as E2B's SandboxLogEntry; what happened is also a field. */
+export function logEntry(e: SandboxLogEntry): { timestamp: string; level: SandboxLogEntry['level']; message: string; fields: Record<string, string> } {
+  return { timestamp: e.at, level: e.level, message: e.message, fields: { event: e.event, ...e.fields } };
 }

@@ -64,6 +64,8 @@ export type {
   RunCommandRequest,
   Sandbox as SandboxInfo,
   SandboxMetric,
+  SandboxLogEntry,
+  SandboxLogLevel,
   WatchEvent,
 } from '../schemas/index.js';
 export type SandboxState = import('../schemas/index.js').Sandbox['state'];

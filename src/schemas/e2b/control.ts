@@ -9,6 +9,7 @@ import { EgressRule } from '../network.js';
 import { VolumeName } from '../volumes.js';
 import { SandboxPath } from '../common.js';
 import { CreateSnapshotRequest } from '../snapshots.js';
+import { SandboxLogLevel } from '../logs.js';
 
 /** Seconds, as E2B counts a sandbox's lifetime. */
 const Seconds = z.number().int().min(0).max(365 * 24 * 3600);
@@ -51,6 +52,25 @@ export const ResumeSandbox = z.object({ timeout: Seconds.optional(), autoPause: 
 export const TimeoutRequest = z.object({ timeout: Seconds }).passthrough();
 export const RefreshRequest = z.object({ duration: Seconds.max(3600).optional() }).passthrough();
 export const PauseRequest = z.object({ memory: z.boolean().optional() }).passthrough();
+
+/** GET /sandboxes/:id/logs (deprecated in E2B): from a time on, oldest first. */
+export const LogsQuery = z
+  .object({
+    start: z.coerce.number().int().min(0).optional().describe('Only entries at or after this time (ms since the epoch)'),
+    limit: z.coerce.number().int().min(0).max(1000).optional().describe('Most entries; default 1000'),
+  })
+  .passthrough();
+
+/** GET /v2/sandboxes/:id/logs. */
+export const LogsV2Query = z
+  .object({
+    cursor: z.coerce.number().int().min(0).optional().describe('A time (ms since the epoch): entries from it on (forward) or up to it (backward)'),
+    limit: z.coerce.number().int().min(0).max(1000).optional().describe('Most entries; default 1000'),
+    direction: z.enum(['forward', 'backward']).optional().describe('forward (default): oldest first; backward: newest first'),
+    level: SandboxLogLevel.optional().describe('This level and above'),
+    search: z.string().max(256).optional().describe('Entries whose message contains this (case-sensitive)'),
+  })
+  .passthrough();
 
 export const E2bState = z.enum(['running', 'paused']);
 export type E2bState = z.infer<typeof E2bState>;
