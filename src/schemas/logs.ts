@@ -26,7 +26,7 @@ export const SandboxLogQuery = z
   .object({
     since: z.coerce.number().int().min(0).optional().describe('Cursor: only entries after it (the `cursor` of the previous answer); default 0'),
     limit: z.coerce.number().int().min(1).max(1000).optional().describe('Most entries to return; default 200'),
-    level: SandboxLogLevel.optional().describe('Only entries at this level or above'),
+    level: SandboxLogLevel.optional().describe('Only entries at this level or above; default debug (all)'),
   })
   .strict();
 export type SandboxLogQuery = z.infer<typeof SandboxLogQuery>;

@@ -153,4 +153,51 @@ describe('E2B port traffic and sandbox logs against Capsule', { skip, timeout: 5
     assert.equal(set.status, 0, set.stderr);
     assert.equal((await get(host)).status, 401);
   });
+
+  it("answers E2B's sandbox log routes (v2 and v1) from Capsule's sandbox log", async () => {
+    const s = await create();
+    await s.commands.run('echo e2b-log');
+    await s.commands.run('exit 4').catch(() => undefined);
+    await s.pause();
+    await Sandbox.connect(s.sandboxId);
+    const logs = async (p: string, k = key) => {
+      const r = await fetch(`${d.url}/e2b${p}`, { headers: { 'x-api-key': k } });
+      return { status: r.status, json: (await r.json()) as any };
+    };
+    type Entry = { timestamp: string; level: string; message: string; fields: Record<string, string> };
+    const v2 = await logs(`/v2/sandboxes/${s.sandboxId}/logs`);
+    assert.equal(v2.status, 200, JSON.stringify(v2.json));
+    const entries = v2.json.logs as Entry[];
+    assert.ok(entries.length >= 6, `${s.sandboxId}: ${JSON.stringify(entries)}`);
+    for (const e of entries) {
+      assert.ok(!Number.isNaN(Date.parse(e.timestamp)));
+      assert.ok(['debug', 'info', 'warn', 'error'].includes(e.level));
+      assert.equal(typeof e.fields.event, 'string');
+    }
+    const events = entries.map((e) => e.fields.event);
+    assert.equal(events[0], 'state.creating');
+    assert.ok(events.includes('state.paused') && events.lastIndexOf('state.running') > events.indexOf('state.paused'), events.join(','));
+    assert.ok(entries.some((e) => e.fields.event === 'command.start' && e.message.includes('echo e2b-log')));
+    assert.deepEqual(
+      entries.filter((e) => e.fields.event === 'command.end').map((e) => e.fields.exitCode),
+      ['0', '4'],
+    );
+    // E2B's filters: a minimum level, a substring, and newest first from a time.
+    const infoUp = (await logs(`/v2/sandboxes/${s.sandboxId}/logs?level=info`)).json.logs as Entry[];
+    assert.ok(infoUp.length < entries.length && infoUp.every((e) => e.level !== 'debug'));
+    const search = (await logs(`/v2/sandboxes/${s.sandboxId}/logs?search=code%204`)).json.logs as Entry[];
+    assert.deepEqual(search.map((e) => e.fields.exitCode), ['4']);
+    const last = (await logs(`/v2/sandboxes/${s.sandboxId}/logs?direction=backward&limit=1&cursor=${Date.now() + 1000}`)).json.logs as Entry[];
+    assert.deepEqual(last, [entries.at(-1)]);
+    const none = (await logs(`/v2/sandboxes/${s.sandboxId}/logs?cursor=${Date.now() + 60_000}`)).json.logs as Entry[];
+    assert.deepEqual(none, [], 'nothing from a time in the future on');
+    assert.equal((await logs(`/v2/sandboxes/${s.sandboxId}/logs?direction=sideways`)).status, 400);
+    // v1: lines and structured entries.
+    const v1 = await logs(`/sandboxes/${s.sandboxId}/logs?limit=3`);
+    assert.equal(v1.status, 200);
+    assert.deepEqual(v1.json.logs, entries.slice(0, 3).map((e) => ({ timestamp: e.timestamp, line: e.message })));
+    assert.deepEqual(v1.json.logEntries, entries.slice(0, 3));
+    // Another tenant: 404.
+    assert.equal((await logs(`/v2/sandboxes/${s.sandboxId}/logs`, e2bKey('e2b-net-other', 'someone-else'))).status, 404);
+  });
 });
