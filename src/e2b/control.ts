@@ -58,6 +58,12 @@ export function controlRoutes(app: FastifyInstance, s: Services, tokens: E2bToke
   const create = async (req: FastifyRequest, reply: FastifyReply) => {
     const body = parse(NewSandbox, req.body, 'body');
     if (body.mcp !== undefined && body.mcp !== null) throw new UnsupportedError('MCP gateways in sandboxes are not supported by Capsule');
+    const net = body.network as Record<string, unknown> | undefined;
+    for (const k of ['maskRequestHost', 'httpsPorts', 'egressProxy'] as const) {
+      if (net?.[k] !== undefined && net[k] !== null && !(Array.isArray(net[k]) && net[k].length === 0)) {
+        throw new UnsupportedError(`network.${k} is not supported by Capsule (its port proxy speaks plain HTTP to the sandbox and routes by <port>-<id>.localhost)`, { option: k });
+      }
+    }
     const ac = new AbortController();
     reply.raw.once('close', () => {
       if (!reply.raw.writableFinished) ac.abort(new Error('the client closed the connection'));
