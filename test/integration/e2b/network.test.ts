@@ -120,6 +120,19 @@ describe('E2B port traffic and sandbox logs against Capsule', { skip, timeout: 5
     assert.equal((await get(host)).status, 401, 'still private after a network update');
   });
 
+  it('refuses the port options Capsule does not have (httpsPorts, maskRequestHost) instead of ignoring them', async () => {
+    for (const network of [{ httpsPorts: [3000] }, { maskRequestHost: 'x-${PORT}.example.test' }]) {
+      const e = await Sandbox.create('busybox', { allowInternetAccess: false, network }).then(
+        (s) => {
+          made.push(s);
+          return assert.fail(`created ${s.sandboxId} with ${JSON.stringify(network)}`);
+        },
+        (x: unknown) => x as Error,
+      );
+      assert.match(String(e.message), /is not supported by Capsule/, String(e));
+    }
+  });
+
   it('native API: every port public (publicPorts: "all") at create and while running, and back to none', async () => {
     const c = await api(d.url, 'POST', '/v1/sandboxes', { template: 'busybox', network: { publicPorts: 'all' } });
     assert.equal(c.status, 201, c.text);
