@@ -111,7 +111,8 @@ export function controlRoutes(app: FastifyInstance, s: Services, tokens: E2bToke
 
   app.get('/sandboxes/:sandboxID', async (req) => {
     const { sandboxID } = parse(SandboxIdParams, req.params, 'path parameter');
-    return detail(live(s, context(req), sandboxID), tokens, domainOf(req.headers.host));
+    const ctx = context(req);
+    return detail(live(s, ctx, sandboxID), tokens, domainOf(req.headers.host), s.network.get(ctx, sandboxID));
   });
 
   app.delete('/sandboxes/:sandboxID', async (req, reply) => {

@@ -6,7 +6,7 @@
 import type { SandboxRecord } from '../sandboxes/store.js';
 import type { SandboxState } from '../sandboxes/lifecycle.js';
 import type { LifecycleInput } from '../sandboxes/policy.js';
-import type { EgressPolicy, NetworkConfig } from '../schemas/network.js';
+import type { EgressPolicy, NetworkConfig, SandboxNetwork } from '../schemas/network.js';
 import type { E2bSandbox, E2bState, ListedSandbox, NewSandbox, SandboxDetail, SnapshotInfo } from '../schemas/e2b/control.js';
 import type { Snapshot } from '../schemas/snapshots.js';
 import type { SandboxLogEntry } from '../schemas/logs.js';
@@ -96,12 +96,30 @@ export function listed(rec: SandboxRecord): ListedSandbox {
   };
 }
 
-export function detail(rec: SandboxRecord, tokens: E2bTokens, domain: string): SandboxDetail {
+export function detail(rec: SandboxRecord, tokens: E2bTokens, domain: string, net: SandboxNetwork): SandboxDetail {
   return {
     ...listed(rec),
     envdAccessToken: tokens.envdToken(rec.id),
+    ...networkInfo(net),
     domain,
     lifecycle: { autoResume: rec.lifecycle.autoResume, onTimeout: rec.lifecycle.onTimeout === 'kill' ? 'kill' : 'pause' },
+  };
+}
+
+/**
+ * A sandbox's network as E2B's getInfo() reports it: the internet switch, allow/deny lists (an allow list
+ * without `*` is E2B's "deny 0.0.0.0/0 except these") and whether every port is public.
+ */
+export function networkInfo(n: SandboxNetwork): Pick<SandboxDetail, 'allowInternetAccess' | 'network'> {
+  const allowPublicTraffic = n.publicPorts === 'all';
+  if (n.egress === 'none') return { allowInternetAccess: false, network: { allowPublicTraffic, denyOut: ['0.0.0.0/0'] } };
+  if (n.egress === 'all') return { allowInternetAccess: true, network: { allowPublicTraffic } };
+  const open = n.egress.allow.includes('*');
+  const allowOut = n.egress.allow.filter((r) => r !== '*');
+  const denyOut = open ? (n.egress.deny ?? []) : ['0.0.0.0/0', ...(n.egress.deny ?? [])];
+  return {
+    allowInternetAccess: true,
+    network: { allowPublicTraffic, ...(allowOut.length ? { allowOut } : {}), ...(denyOut.length ? { denyOut } : {}) },
   };
 }
 

@@ -129,6 +129,10 @@ export type ListedSandbox = z.infer<typeof ListedSandbox>;
 
 export const SandboxDetail = ListedSandbox.extend({
   envdAccessToken: z.string().optional(),
+  allowInternetAccess: z.boolean().optional(),
+  network: z
+    .object({ allowPublicTraffic: z.boolean(), allowOut: z.array(z.string()).optional(), denyOut: z.array(z.string()).optional() })
+    .optional(),
   domain: z.string().nullable().optional(),
   lifecycle: z.object({ autoResume: z.boolean(), onTimeout: z.enum(['kill', 'pause']) }),
 });

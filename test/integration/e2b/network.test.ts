@@ -87,6 +87,10 @@ describe('E2B port traffic and sandbox logs against Capsule', { skip, timeout: 5
     assert.equal(r.body, 'public-page\n');
     const net = await api(d.url, 'GET', `/v1/sandboxes/${s.sandboxId}/network`);
     assert.equal(net.json.publicPorts, 'all', 'the native view shows every port public');
+    const info = await s.getInfo();
+    assert.equal(info.network?.allowPublicTraffic, true);
+    assert.equal(info.allowInternetAccess, false);
+    assert.deepEqual(info.network?.denyOut, ['0.0.0.0/0']);
     // Every port, not only one: a second server is public too.
     await serve(s, 8001, 'second');
     assert.equal((await get(s.getHost(8001))).body, 'second\n');
@@ -95,6 +99,7 @@ describe('E2B port traffic and sandbox logs against Capsule', { skip, timeout: 5
   it('with allowPublicTraffic: false, refuses getHost(port) without the traffic token and serves it with the token', async () => {
     const s = await create({ network: { allowPublicTraffic: false } });
     assert.ok(s.trafficAccessToken, `${s.sandboxId}: the create answer carries trafficAccessToken`);
+    assert.equal((await s.getInfo()).network?.allowPublicTraffic, false);
     await serve(s, 8000, 'private-page');
     const host = s.getHost(8000);
     const none = await get(host);

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import type http from 'node:http';
 import { describe, it } from 'node:test';
 import { e2bRoutedUrl, isEnvdPath } from '../../../src/e2b/routing.js';
-import { capsuleTemplate, domainOf, e2bState, networkOf, snapshotInfo } from '../../../src/e2b/mapping.js';
+import { capsuleTemplate, domainOf, e2bState, networkInfo, networkOf, snapshotInfo } from '../../../src/e2b/mapping.js';
 import { decodeCursor, encodeCursor, pageOf, parseMetadataQuery } from '../../../src/e2b/paging.js';
 import { E2bTokens, signFile } from '../../../src/e2b/tokens.js';
 import { resultLine } from '../../../src/e2b/interpreter.js';
@@ -63,6 +63,23 @@ describe('E2B mapping', () => {
     assert.deepEqual(networkOf({ templateID: t, network: { allowPublicTraffic: false } }, true)?.publicPorts, []);
     assert.equal(networkOf({ templateID: t, network: { allowPublicTraffic: true } }, false)?.publicPorts, 'all', 'an explicit ask goes to the service (which refuses it without a gateway)');
     assert.deepEqual(networkOf({ templateID: t, network: { allowPublicTraffic: false } }, false), { publicPorts: [] });
+  });
+
+  it("reports a sandbox's network as E2B's getInfo() does: internet switch, lists, public traffic", () => {
+    assert.deepEqual(networkInfo({ egress: 'all', publicPorts: 'all', gateway: true }), { allowInternetAccess: true, network: { allowPublicTraffic: true } });
+    assert.deepEqual(networkInfo({ egress: 'none', publicPorts: [], gateway: false }), {
+      allowInternetAccess: false,
+      network: { allowPublicTraffic: false, denyOut: ['0.0.0.0/0'] },
+    });
+    assert.deepEqual(networkInfo({ egress: { allow: ['a.com'] }, publicPorts: [8000], gateway: true }).network, {
+      allowPublicTraffic: false,
+      allowOut: ['a.com'],
+      denyOut: ['0.0.0.0/0'],
+    });
+    assert.deepEqual(networkInfo({ egress: { allow: ['*'], deny: ['10.0.0.0/8'] }, publicPorts: 'all', gateway: true }).network, {
+      allowPublicTraffic: true,
+      denyOut: ['10.0.0.0/8'],
+    });
   });
 
   it('drops only single quotes around a result text, as E2B does', () => {
