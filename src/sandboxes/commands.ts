@@ -446,7 +446,7 @@ export class CommandService implements SandboxEvents {
           ? `killed by ${s.signal}`
           : `exited with code ${s.exitCode}`;
     this.log.record(t.sandboxId, {
-      level: t.oomKilled || t.timedOut || (s.signal !== undefined && s.signal !== null) ? 'warn' : 'info',
+      level: t.oomKilled || t.timedOut || s.signal !== undefined ? 'warn' : 'info',
       event: 'command.end',
       message: `pid ${t.pid} ${how}`,
       fields: {
