@@ -20,6 +20,7 @@ import { WarmPool } from './sandboxes/pool.js';
 import { CommandService } from './sandboxes/commands.js';
 import { CodeInterpreterService } from './interpreter/service.js';
 import { ProcessJournal } from './sandboxes/process-journal.js';
+import { SandboxEventLog } from './sandboxes/events.js';
 import { FileService } from './sandboxes/files.js';
 import { PtyService } from './sandboxes/pty.js';
 import { WatchService } from './sandboxes/watch.js';
@@ -176,7 +177,9 @@ export async function startDaemon(config: DaemonConfig, opts: StartOptions = {})
     // Template builds' apt and npm steps: egress to the host's mirrors and the npm registry only.
     builder!.useNetworking(network, () => packageHosts());
     const journal = new ProcessJournal(store, { onError: (err) => log.error({ err }, 'writing process rows failed') });
-    const commands = new CommandService(sandboxes, journal, prometheus);
+    const logs = new SandboxEventLog(db, sandboxes, { onError: (err) => log.error({ err }, 'writing sandbox log entries failed') });
+    logs.attach(store);
+    const commands = new CommandService(sandboxes, journal, prometheus, logs);
     const metrics = new MetricsService(sandboxes, store, runtime, config.metricsIntervalMs ?? DEFAULT_METRICS_INTERVAL_MS, METRICS_HISTORY, (err, id) =>
       log.debug({ err, id }, 'sampling sandbox metrics failed'),
     );
@@ -217,6 +220,7 @@ export async function startDaemon(config: DaemonConfig, opts: StartOptions = {})
       prometheus,
       metricsOpen: config.metricsOpen === true,
       network,
+      logs,
       dataDir: config.dataDir,
     };
 
@@ -259,6 +263,7 @@ export async function startDaemon(config: DaemonConfig, opts: StartOptions = {})
         await sandboxes.close();
         await network.close();
         journal.close();
+        logs.close();
         await runtime.close();
         db.close();
         releaseLock();

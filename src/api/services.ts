@@ -14,6 +14,7 @@ import type { MetricsService } from '../sandboxes/metrics.js';
 import type { PrometheusTelemetry } from '../telemetry/prometheus.js';
 import type { NetworkService } from '../network/service.js';
 import type { CodeInterpreterService } from '../interpreter/service.js';
+import type { SandboxEventLog } from '../sandboxes/events.js';
 
 export interface Services {
   version: string;
@@ -39,6 +40,8 @@ export interface Services {
   metricsOpen?: boolean;
   /** Egress policy, ledger and port exposure. */
   network: NetworkService;
+  /** Each sandbox's log: lifecycle and command events (src/sandboxes/events.ts). */
+  logs: SandboxEventLog;
   /** The daemon's data directory (the E2B adapter keeps the secret its sandbox access tokens derive from there). */
   dataDir: string;
 }

@@ -12,6 +12,7 @@ import { isCapsuleError } from '../sdk/index.js';
 import { registerDaemonCommands } from './commands/daemon.js';
 import { registerExecCommand } from './commands/exec.js';
 import { registerShellCommand } from './commands/shell.js';
+import { registerLogsCommand } from './commands/logs.js';
 import { registerTopCommand } from './commands/top.js';
 import { registerCodeCommands } from './commands/code.js';
 import { registerFileCommands } from './commands/files.js';
@@ -49,6 +50,7 @@ export function buildProgram(): Command {
   registerExecCommand(program);
   registerShellCommand(program);
   registerTopCommand(program);
+  registerLogsCommand(program);
   registerCodeCommands(program);
   registerFileCommands(program);
   registerTemplateCommands(program);

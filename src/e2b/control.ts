@@ -24,16 +24,20 @@ import {
   TemplateIdParams,
   TimeoutRequest,
   NetworkUpdate,
+  LogsQuery,
+  LogsV2Query,
   type E2bState,
 } from '../schemas/e2b/control.js';
 import { SNAPSHOT_ID_RE, SnapshotName, type Snapshot } from '../schemas/snapshots.js';
-import { capsuleTemplate, detail, domainOf, e2bState, lifecycleOf, listed, networkOf, sandboxAnswer, seconds, snapshotInfo } from './mapping.js';
+import { capsuleTemplate, detail, domainOf, e2bState, egressOf, lifecycleOf, listed, logEntry, networkOf, sandboxAnswer, seconds, snapshotInfo } from './mapping.js';
 import { pageOf, parseMetadataQuery } from './paging.js';
 import { parse } from './parse.js';
 import type { E2bTokens } from './tokens.js';
 
 /** E2B's v2 list pages hold at most this many sandboxes (its default and maximum). */
 const PAGE = 100;
+/** E2B's log routes answer at most this many entries (its default and maximum). */
+const LOG_PAGE = 1000;
 
 function context(req: FastifyRequest): RequestContext {
   return requestContext(req.principal, String(req.id));
@@ -48,10 +52,18 @@ function live(s: Services, ctx: RequestContext, id: string): SandboxRecord {
 
 export function controlRoutes(app: FastifyInstance, s: Services, tokens: E2bTokens): void {
   const gateway = () => s.sandboxes.runtimeInfo().capabilities.network.includes('gateway');
+  // E2B's trafficAccessToken is the sandbox's port token: it opens getHost(port) URLs when traffic is not public.
+  const answer = (ctx: RequestContext, rec: SandboxRecord, domain: string) => sandboxAnswer(rec, tokens, s.network.portToken(ctx, rec.id), domain);
 
   const create = async (req: FastifyRequest, reply: FastifyReply) => {
     const body = parse(NewSandbox, req.body, 'body');
     if (body.mcp !== undefined && body.mcp !== null) throw new UnsupportedError('MCP gateways in sandboxes are not supported by Capsule');
+    const net = body.network as Record<string, unknown> | undefined;
+    for (const k of ['maskRequestHost', 'httpsPorts', 'egressProxy'] as const) {
+      if (net?.[k] !== undefined && net[k] !== null && !(Array.isArray(net[k]) && net[k].length === 0)) {
+        throw new UnsupportedError(`network.${k} is not supported by Capsule (its port proxy speaks plain HTTP to the sandbox and routes by <port>-<id>.localhost)`, { option: k });
+      }
+    }
     const ac = new AbortController();
     reply.raw.once('close', () => {
       if (!reply.raw.writableFinished) ac.abort(new Error('the client closed the connection'));
@@ -71,7 +83,7 @@ export function controlRoutes(app: FastifyInstance, s: Services, tokens: E2bToke
       ...(body.volumeMounts ? { volumes: body.volumeMounts.map((v) => ({ name: v.name, path: v.path })) } : {}),
       signal: ac.signal,
     });
-    return reply.code(201).send(sandboxAnswer(rec, tokens, domainOf(req.headers.host)));
+    return reply.code(201).send(answer(ctx, rec, domainOf(req.headers.host)));
   };
   app.post('/sandboxes', create);
   app.post('/v2/sandboxes', create);
@@ -99,7 +111,8 @@ export function controlRoutes(app: FastifyInstance, s: Services, tokens: E2bToke
 
   app.get('/sandboxes/:sandboxID', async (req) => {
     const { sandboxID } = parse(SandboxIdParams, req.params, 'path parameter');
-    return detail(live(s, context(req), sandboxID), tokens, domainOf(req.headers.host));
+    const ctx = context(req);
+    return detail(live(s, ctx, sandboxID), tokens, domainOf(req.headers.host), s.network.get(ctx, sandboxID));
   });
 
   app.delete('/sandboxes/:sandboxID', async (req, reply) => {
@@ -149,7 +162,7 @@ export function controlRoutes(app: FastifyInstance, s: Services, tokens: E2bToke
     const ctx = context(req);
     const rec = live(s, ctx, sandboxID);
     if (e2bState(rec.state) === 'running') throw new ConflictError(`sandbox ${sandboxID} is already running`, { state: rec.state });
-    return reply.code(201).send(sandboxAnswer(await wake(s, ctx, rec, body.timeout), tokens, domainOf(req.headers.host)));
+    return reply.code(201).send(answer(ctx, await wake(s, ctx, rec, body.timeout), domainOf(req.headers.host)));
   });
 
   // Connect: 200 for a running sandbox (its lifetime only extended), 201 for one it resumed.
@@ -162,9 +175,9 @@ export function controlRoutes(app: FastifyInstance, s: Services, tokens: E2bToke
       if (body.timeout !== undefined && rec.state === 'running' && Date.now() + seconds(body.timeout) > rec.expiresAt) {
         s.sandboxes.setTimeout(ctx, sandboxID, seconds(body.timeout));
       }
-      return reply.code(200).send(sandboxAnswer(s.sandboxes.get(ctx, sandboxID), tokens, domainOf(req.headers.host)));
+      return reply.code(200).send(answer(ctx, s.sandboxes.get(ctx, sandboxID), domainOf(req.headers.host)));
     }
-    return reply.code(201).send(sandboxAnswer(await wake(s, ctx, rec, body.timeout), tokens, domainOf(req.headers.host)));
+    return reply.code(201).send(answer(ctx, await wake(s, ctx, rec, body.timeout), domainOf(req.headers.host)));
   };
   app.post('/sandboxes/:sandboxID/connect', connect);
   app.post('/v2/sandboxes/:sandboxID/connect', connect);
@@ -191,22 +204,38 @@ export function controlRoutes(app: FastifyInstance, s: Services, tokens: E2bToke
     }));
   });
 
-  // Capsule keeps no sandbox log (commands keep their own output): an empty one, for callers that read it.
-  const logs = async (req: FastifyRequest) => {
+  // The sandbox log (src/sandboxes/events.ts): lifecycle and command events, as E2B's log entries.
+  app.get('/sandboxes/:sandboxID/logs', async (req) => {
     const { sandboxID } = parse(SandboxIdParams, req.params, 'path parameter');
-    live(s, context(req), sandboxID);
-    return { logs: [], logEntries: [] };
-  };
-  app.get('/sandboxes/:sandboxID/logs', logs);
-  app.get('/v2/sandboxes/:sandboxID/logs', logs);
+    const q = parse(LogsQuery, req.query, 'query');
+    const ctx = context(req);
+    live(s, ctx, sandboxID);
+    const { entries } = s.logs.list(ctx, sandboxID, { start: q.start, limit: q.limit ?? LOG_PAGE });
+    return { logs: entries.map((e) => ({ timestamp: e.at, line: e.message })), logEntries: entries.map(logEntry) };
+  });
+  app.get('/v2/sandboxes/:sandboxID/logs', async (req) => {
+    const { sandboxID } = parse(SandboxIdParams, req.params, 'path parameter');
+    const q = parse(LogsV2Query, req.query, 'query');
+    const ctx = context(req);
+    live(s, ctx, sandboxID);
+    const { entries } = s.logs.list(ctx, sandboxID, {
+      start: q.cursor,
+      limit: q.limit ?? LOG_PAGE,
+      level: q.level,
+      search: q.search,
+      order: q.direction === 'backward' ? 'desc' : 'asc',
+    });
+    return { logs: entries.map(logEntry) };
+  });
 
   app.put('/sandboxes/:sandboxID/network', async (req, reply) => {
     const { sandboxID } = parse(SandboxIdParams, req.params, 'path parameter');
     const body = parse(NetworkUpdate, req.body, 'body');
     const ctx = context(req);
     live(s, ctx, sandboxID);
-    const n = networkOf({ templateID: '-', allow_internet_access: body.allow_internet_access, network: body }, true);
-    await s.network.set(ctx, sandboxID, n ?? { egress: 'none' });
+    // E2B's update replaces the egress rules only (its body has no allowPublicTraffic): public ports stay.
+    const egress = egressOf({ allow_internet_access: body.allow_internet_access, network: body }, true);
+    await s.network.set(ctx, sandboxID, { egress: egress ?? 'none' });
     return reply.code(204).send();
   });
 

@@ -21,7 +21,7 @@ export interface EnvdCaller {
 
 /** What a request may present besides the access token. */
 export interface Credentials {
-  /** The code interpreter's calls: the traffic token opens them too. */
+  /** The code interpreter's calls: the traffic token (the sandbox's port token) opens them too. */
   traffic?: boolean;
   /** A file route: a signed URL for this path, operation and user opens it too. */
   file?: { path: string; operation: FileOperation; user: string | undefined; signature: string | undefined; expiration: number | undefined };
@@ -60,7 +60,7 @@ export class EnvdAuth {
     const token = header(req, 'x-access-token');
     const ok =
       this.tokens.checkEnvd(rec.id, token) ||
-      (creds.traffic === true && this.tokens.checkTraffic(rec.id, header(req, 'e2b-traffic-access-token'))) ||
+      (creds.traffic === true && this.s.network.checkPortToken(rec.id, header(req, 'e2b-traffic-access-token'))) ||
       (creds.file?.signature !== undefined && this.tokens.checkSignature(rec.id, { ...creds.file, signature: creds.file.signature }));
     if (!ok) {
       const expired = creds.file?.expiration !== undefined && creds.file.expiration * 1000 < Date.now();

@@ -6,9 +6,10 @@
 import type { SandboxRecord } from '../sandboxes/store.js';
 import type { SandboxState } from '../sandboxes/lifecycle.js';
 import type { LifecycleInput } from '../sandboxes/policy.js';
-import type { EgressPolicy, NetworkConfig } from '../schemas/network.js';
+import type { EgressPolicy, NetworkConfig, SandboxNetwork } from '../schemas/network.js';
 import type { E2bSandbox, E2bState, ListedSandbox, NewSandbox, SandboxDetail, SnapshotInfo } from '../schemas/e2b/control.js';
 import type { Snapshot } from '../schemas/snapshots.js';
+import type { SandboxLogEntry } from '../schemas/logs.js';
 import { InvalidArgumentError } from '../errors/index.js';
 import type { E2bTokens } from './tokens.js';
 
@@ -63,7 +64,8 @@ export function domainOf(host: string | undefined): string {
   return port ? `localhost:${port}` : 'localhost';
 }
 
-export function sandboxAnswer(rec: SandboxRecord, tokens: E2bTokens, domain: string): E2bSandbox {
+/** `trafficToken`: the sandbox's port token (NetworkService.portToken), E2B's trafficAccessToken. */
+export function sandboxAnswer(rec: SandboxRecord, tokens: E2bTokens, trafficToken: string, domain: string): E2bSandbox {
   return {
     templateID: rec.template,
     sandboxID: rec.id,
@@ -71,7 +73,7 @@ export function sandboxAnswer(rec: SandboxRecord, tokens: E2bTokens, domain: str
     clientID: CLIENT_ID,
     envdVersion: ENVD_VERSION,
     envdAccessToken: tokens.envdToken(rec.id),
-    trafficAccessToken: tokens.trafficToken(rec.id),
+    trafficAccessToken: trafficToken,
     domain,
   };
 }
@@ -94,12 +96,30 @@ export function listed(rec: SandboxRecord): ListedSandbox {
   };
 }
 
-export function detail(rec: SandboxRecord, tokens: E2bTokens, domain: string): SandboxDetail {
+export function detail(rec: SandboxRecord, tokens: E2bTokens, domain: string, net: SandboxNetwork): SandboxDetail {
   return {
     ...listed(rec),
     envdAccessToken: tokens.envdToken(rec.id),
+    ...networkInfo(net),
     domain,
     lifecycle: { autoResume: rec.lifecycle.autoResume, onTimeout: rec.lifecycle.onTimeout === 'kill' ? 'kill' : 'pause' },
+  };
+}
+
+/**
+ * A sandbox's network as E2B's getInfo() reports it: the internet switch, allow/deny lists (an allow list
+ * without `*` is E2B's "deny 0.0.0.0/0 except these") and whether every port is public.
+ */
+export function networkInfo(n: SandboxNetwork): Pick<SandboxDetail, 'allowInternetAccess' | 'network'> {
+  const allowPublicTraffic = n.publicPorts === 'all';
+  if (n.egress === 'none') return { allowInternetAccess: false, network: { allowPublicTraffic, denyOut: ['0.0.0.0/0'] } };
+  if (n.egress === 'all') return { allowInternetAccess: true, network: { allowPublicTraffic } };
+  const open = n.egress.allow.includes('*');
+  const allowOut = n.egress.allow.filter((r) => r !== '*');
+  const denyOut = open ? (n.egress.deny ?? []) : ['0.0.0.0/0', ...(n.egress.deny ?? [])];
+  return {
+    allowInternetAccess: true,
+    network: { allowPublicTraffic, ...(allowOut.length ? { allowOut } : {}), ...(denyOut.length ? { denyOut } : {}) },
   };
 }
 
@@ -112,12 +132,27 @@ export function lifecycleOf(body: NewSandbox): LifecycleInput | undefined {
 }
 
 /**
+ * E2B's network settings as Capsule's: the internet switch and allow/deny lists as an egress policy
+ * (egressOf), and allowPublicTraffic as the public ports: true (E2B's default) is every port, false none,
+ * so each getHost(port) URL then needs the trafficAccessToken (Capsule's port token). `gateway`: whether
+ * this daemon can give sandboxes egress and ports at all; without it the defaults quietly stay off, and
+ * an explicit ask is refused by the service.
+ */
+export function networkOf(body: NewSandbox, gateway: boolean): NetworkConfig | undefined {
+  const egress = egressOf(body, gateway);
+  const allowPublic = body.network?.allowPublicTraffic;
+  const publicPorts = allowPublic === false ? [] : allowPublic === true || gateway ? ('all' as const) : undefined;
+  if (egress === undefined && publicPorts === undefined) return undefined;
+  return { ...(egress !== undefined ? { egress } : {}), ...(publicPorts !== undefined ? { publicPorts } : {}) };
+}
+
+/**
  * E2B's internet switch and allow/deny lists as an egress policy. E2B lets allowOut win over denyOut
  * and treats denyOut 0.0.0.0/0 as "only what allowOut names"; Capsule's deny rules win, so that case
  * becomes an allow list alone. `gateway`: whether this daemon can enforce egress at all; without it
  * the default (internet on) quietly becomes none, and an explicit ask is refused by the service.
  */
-export function networkOf(body: NewSandbox, gateway: boolean): NetworkConfig | undefined {
+export function egressOf(body: Pick<NewSandbox, 'allow_internet_access' | 'network'>, gateway: boolean): EgressPolicy | undefined {
   const internet = body.allow_internet_access;
   const allowOut = body.network?.allowOut ?? [];
   const denyOut = body.network?.denyOut ?? [];
@@ -131,7 +166,7 @@ export function networkOf(body: NewSandbox, gateway: boolean): NetworkConfig | u
     const deny = denyOut.filter((r) => !allowOut.includes(r));
     egress = deny.length > 0 ? { allow: ['*', ...allowOut], deny } : 'all';
   }
-  return { egress };
+  return egress;
 }
 
 /**
@@ -140,4 +175,9 @@ export function networkOf(body: NewSandbox, gateway: boolean): NetworkConfig | u
  */
 export function snapshotInfo(snap: Snapshot): SnapshotInfo {
   return { snapshotID: snap.id, names: snap.name !== undefined ? [snap.name] : [] };
+}
+
+/** A sandbox log entry (src/sandboxes/events.ts) as E2B's SandboxLogEntry; what happened is also a field. */
+export function logEntry(e: SandboxLogEntry): { timestamp: string; level: SandboxLogEntry['level']; message: string; fields: Record<string, string> } {
+  return { timestamp: e.at, level: e.level, message: e.message, fields: { event: e.event, ...e.fields } };
 }

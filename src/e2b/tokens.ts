@@ -1,10 +1,8 @@
 /**
- * The secrets E2B's SDK carries for a sandbox. Both derive from one random key per data directory
- * (`e2b.key`, 0600), so they survive daemon restarts as sandboxes do, and no table holds them:
- *
- *  - envdAccessToken (`X-Access-Token`): opens the sandbox's in-sandbox API (commands, files);
- *  - trafficAccessToken (`E2B-Traffic-Access-Token`): opens its code interpreter, which is what
- *    `@e2b/code-interpreter` sends on the calls where it sends no access token.
+ * The envd secret E2B's SDK carries for a sandbox: envdAccessToken (`X-Access-Token`), which opens
+ * the sandbox's in-sandbox API (commands, files). It derives from one random key per data directory
+ * (`e2b.key`, 0600), so it survives daemon restarts as sandboxes do, and no table holds it.
+ * (E2B's other one, trafficAccessToken, is Capsule's port token: NetworkService.portToken.)
  *
  * Signed file URLs are E2B's: `v1_` + base64(sha256("path:operation:user:token[:expiry]")).
  */
@@ -49,16 +47,8 @@ export class E2bTokens {
     return this.derive(`envd:${sandboxId}`);
   }
 
-  trafficToken(sandboxId: string): string {
-    return this.derive(`traffic:${sandboxId}`);
-  }
-
   checkEnvd(sandboxId: string, presented: string | undefined): boolean {
     return presented !== undefined && safeEqual(presented, this.envdToken(sandboxId));
-  }
-
-  checkTraffic(sandboxId: string, presented: string | undefined): boolean {
-    return presented !== undefined && safeEqual(presented, this.trafficToken(sandboxId));
   }
 
   /**

@@ -20,7 +20,7 @@ import { wireEvents } from '../sandboxes/output.js';
 import { requestContext } from '../auth/context.js';
 import { toApiSandbox } from '../api/routes/sandboxes.js';
 import { PayloadTooLargeError } from '../errors/index.js';
-import type { CodeLanguage, CommandResult, FileEntry, Lifecycle, NetworkConfig, NetworkLogEntry, PortAccess, RunCodeResult, Sandbox as SandboxInfo, SandboxNetwork, Snapshot as SnapshotInfo } from '../schemas/index.js';
+import type { CodeLanguage, CommandResult, FileEntry, Lifecycle, NetworkConfig, NetworkLogEntry, PortAccess, RunCodeResult, Sandbox as SandboxInfo, SandboxLogQuery, SandboxLogResponse, SandboxNetwork, Snapshot as SnapshotInfo } from '../schemas/index.js';
 import { Sandbox, Snapshot, type ConnectionOptions } from '../sdk/index.js';
 
 export type SandboxState = SandboxInfo['state'];
@@ -100,6 +100,8 @@ export interface McpBackend {
   setNetwork(id: string, cfg: NetworkConfig): Promise<SandboxNetwork>;
   networkLog(id: string, q: { since?: number | undefined; limit?: number | undefined }): Promise<{ entries: NetworkLogEntry[]; cursor: number }>;
   portAccess(id: string, port: number): Promise<PortAccess>;
+  /** The sandbox log (src/sandboxes/events.ts). */
+  logs(id: string, q: SandboxLogQuery): Promise<SandboxLogResponse>;
 }
 
 function tooLarge(path: string, size: number, maxBytes: number): PayloadTooLargeError {
@@ -208,6 +210,9 @@ export function servicesBackend(services: Services, principal: Principal = ANONY
     },
     async portAccess(id, port) {
       return services.network.portAccess(ctx, id, port);
+    },
+    async logs(id, q) {
+      return services.logs.list(ctx, id, q);
     },
     async writeFile(id, path, data, opts) {
       return services.files.write(ctx, id, path, Readable.from([data]), opts);
@@ -334,6 +339,13 @@ export function sdkBackend(conn: ConnectionOptions = {}): McpBackend {
     },
     async portAccess(id, port) {
       return (await sandbox(id)).network.port(port);
+    },
+    async logs(id, q) {
+      return (await sandbox(id)).logs({
+        ...(q.since !== undefined ? { since: q.since } : {}),
+        ...(q.limit !== undefined ? { limit: q.limit } : {}),
+        ...(q.level !== undefined ? { level: q.level } : {}),
+      });
     },
   };
 }

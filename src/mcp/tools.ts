@@ -46,6 +46,8 @@ import {
   PortAccess as PortAccessSchema,
   PortParams,
   SandboxNetwork as SandboxNetworkSchema,
+  SandboxLogEntry as SandboxLogEntrySchema,
+  SandboxLogQuery,
 } from '../schemas/index.js';
 import type { Sandbox as SandboxInfo, FileEntry } from '../schemas/index.js';
 import type { McpBackend } from './backend.js';
@@ -282,7 +284,7 @@ const sandboxStart = lifecycleTool(
 );
 // --- network --------------------------------------------------------------------
 
-function networkInput(n: { egress?: NetworkConfig['egress'] | undefined; public_ports?: number[] | undefined } | undefined): NetworkConfig | undefined {
+function networkInput(n: { egress?: NetworkConfig['egress'] | undefined; public_ports?: NetworkConfig['publicPorts'] | undefined } | undefined): NetworkConfig | undefined {
   if (!n) return undefined;
   return { ...(n.egress !== undefined ? { egress: n.egress } : {}), ...(n.public_ports !== undefined ? { publicPorts: n.public_ports } : {}) };
 }
@@ -317,6 +319,24 @@ const sandboxNetworkLog = tool({
     return {
       structured: { entries: r.entries.map((e) => toSnake(e) as z.infer<typeof LogEntryOutput>), cursor: r.cursor },
       text: lines.length ? lines.join('\n') : 'No entries.',
+    };
+  },
+});
+
+const SandboxLogOutput = snakeObject(SandboxLogEntrySchema);
+
+const sandboxLogs = tool({
+  name: 'sandbox_logs',
+  description:
+    "What happened to a sandbox: created, running, paused, resumed, stopped, killed, expired or failed (with the reason), and each command started and ended with its exit code, signal, OOM kill or timeout. Oldest first; pass the returned cursor as since to get only newer entries; level keeps that level and above.",
+  input: snakeObject(SandboxLogQuery).extend({ sandbox_id: SandboxId.describe('The sandbox whose log to read') }),
+  output: z.object({ entries: z.array(SandboxLogOutput), cursor: z.number().describe('Pass as since next time') }),
+  annotations: { title: 'Sandbox log', readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+  async handler(input, ctx) {
+    const r = await ctx.backend.logs(input.sandbox_id, { since: input.since, limit: input.limit, level: input.level });
+    return {
+      structured: { entries: r.entries.map((e) => toSnake(e) as z.infer<typeof SandboxLogOutput>), cursor: r.cursor },
+      text: r.entries.length ? r.entries.map((e) => `${e.at} ${e.level} ${e.message}`).join('\n') : 'No entries.',
     };
   },
 });
@@ -634,6 +654,7 @@ export const TOOLS: readonly ToolDef[] = [
   sandboxSetNetwork,
   sandboxNetworkLog,
   sandboxPortUrl,
+  sandboxLogs,
 ] as unknown as readonly ToolDef[];
 
 /** At most `max` UTF-16 units of `s`, never ending in half of a surrogate pair (an emoji cut in two). */

@@ -6,7 +6,9 @@
  *   host-routed  http://<port>-<id>.localhost:<daemon port>/path   (browsers resolve *.localhost to loopback)
  *   path-routed  http://<daemon>/v1/sandboxes/<id>/ports/<port>/path
  *
- * A request needs the sandbox's port token (X-Capsule-Port-Token header), a
+ * A request needs the sandbox's port token (X-Capsule-Port-Token header; on the
+ * host-routed form also under E2B's name, E2B-Traffic-Access-Token, since the E2B
+ * front door hands the same token out as `trafficAccessToken`), a
  * signed `capsule_token` query parameter (then, for browsers, a cookie scoped to
  * that origin or path carries it on), or a public port. The token, the signed
  * parameter and the cookie never reach the sandbox. API keys are not accepted
@@ -24,6 +26,8 @@ import { PORT_TOKEN_HEADER, PORT_TOKEN_PARAM, type NetworkService } from './serv
 const PATH_RE = /^\/v1\/sandboxes\/(sbx-[a-z0-9]{12})\/ports\/(\d{1,5})(\/.*)?$/;
 const HOST_RE = /^(\d{1,5})-(sbx-[a-z0-9]{12})\.localhost(?::\d+)?$/i;
 const COOKIE = 'capsule_port_token';
+/** E2B's header for the same token (`sandbox.getHost(port)` URLs are host-routed); see src/e2b, ADR 0014. */
+export const E2B_TRAFFIC_HEADER = 'e2b-traffic-access-token';
 
 export interface PortTarget {
   id: string;
@@ -87,6 +91,7 @@ function cookieValues(header: string | undefined, name: string): string[] {
 /** Request headers the sandbox must not see: our token and cookie. */
 function scrub(req: http.IncomingMessage, t: PortTarget): void {
   delete req.headers[PORT_TOKEN_HEADER];
+  if (t.hostRouted) delete req.headers[E2B_TRAFFIC_HEADER];
   const cookies = (req.headers.cookie ?? '')
     .split(';')
     .map((c) => c.trim())
@@ -123,7 +128,7 @@ export class PortForwarder {
   }
 
   private check(req: http.IncomingMessage, t: PortTarget): void {
-    const header = req.headers[PORT_TOKEN_HEADER];
+    const header = req.headers[PORT_TOKEN_HEADER] ?? (t.hostRouted ? req.headers[E2B_TRAFFIC_HEADER] : undefined);
     if (!this.network.authorizePort(t.id, t.port, { header: typeof header === 'string' ? header : undefined, signed: t.signed })) {
       throw new UnauthenticatedError(
         `port ${t.port} of sandbox ${t.id} needs its token: the ${PORT_TOKEN_HEADER} header, a signed ${PORT_TOKEN_PARAM} parameter (GET /v1/sandboxes/${t.id}/network/ports/${t.port}), or a public port`,

@@ -19,7 +19,7 @@ import type { AgentConnection } from '../agent/types.js';
 import type { NetworkSpec, RuntimeDriver } from '../runtime/types.js';
 import { backendOf } from '../runtime/backends.js';
 import type { SandboxRecord } from '../sandboxes/store.js';
-import type { EgressPolicy, NetworkConfig, NetworkLogEntry, PortAccess, SandboxNetwork } from '../schemas/network.js';
+import type { EgressPolicy, NetworkConfig, NetworkLogEntry, PortAccess, PublicPorts, SandboxNetwork } from '../schemas/network.js';
 import { compilePolicy, type CompiledPolicy, type HostFacts } from './policy.js';
 import { RESOLVER_ADDRESS, StandIns } from './names.js';
 import { EgressLedger, type LedgerEntry } from './ledger.js';
@@ -66,7 +66,7 @@ interface Row {
 
 interface State extends SandboxNet {
   egress: EgressPolicy;
-  publicPorts: number[];
+  publicPorts: PublicPorts;
   token: string;
   gateway: boolean;
 }
@@ -78,6 +78,15 @@ export const PORT_TOKEN_PARAM = 'capsule_token';
 
 function needsGateway(egress: EgressPolicy): boolean {
   return egress !== 'none';
+}
+
+/** Whether any port is public (a list with ports, or every port). */
+function anyPublic(p: PublicPorts | undefined): boolean {
+  return p === 'all' || (p?.length ?? 0) > 0;
+}
+
+function isPublic(p: PublicPorts, port: number): boolean {
+  return p === 'all' || p.includes(port);
 }
 
 export class NetworkService implements SandboxNetworking {
@@ -141,7 +150,7 @@ export class NetworkService implements SandboxNetworking {
   specFor(cfg: NetworkConfig | undefined, backend: RuntimeDriver = this.runtime): NetworkSpec {
     const egress = cfg?.egress ?? 'none';
     compilePolicy(egress);
-    if ((cfg?.publicPorts?.length ?? 0) > 0 && (!backend.connectPort || !backend.capabilities.network.includes('gateway'))) {
+    if (anyPublic(cfg?.publicPorts) && (!backend.connectPort || !backend.capabilities.network.includes('gateway'))) {
       throw new UnsupportedError(`the ${backend.kind} backend cannot expose sandbox ports here, so it has no public ports`, {
         backend: backend.kind,
         isolation: backend.capabilities.isolation,
@@ -209,7 +218,7 @@ export class NetworkService implements SandboxNetworking {
   /** Change the policy and/or public ports of a running sandbox: effective for new connections at once, and open ones it no longer allows are closed. */
   async set(ctx: RequestContext, id: string, patch: NetworkConfig): Promise<SandboxNetwork> {
     const { conn } = await this.sandboxes.use(ctx, id, 'change its network');
-    if ((patch.egress !== undefined && needsGateway(patch.egress)) || (patch.publicPorts?.length ?? 0) > 0) this.specFor(patch, backendOf(this.runtime, id));
+    if ((patch.egress !== undefined && needsGateway(patch.egress)) || anyPublic(patch.publicPorts)) this.specFor(patch, backendOf(this.runtime, id));
     if (patch.egress !== undefined) compilePolicy(patch.egress);
     let st = this.load(id);
     if (!st) {
@@ -221,10 +230,10 @@ export class NetworkService implements SandboxNetworking {
     if (needsGateway(egress) && !st.gateway) await this.ensureGateway(id, st, conn);
     this.sql('UPDATE sandbox_network SET egress = ?, public_ports = ? WHERE sandbox_id = ?').run(JSON.stringify(egress), JSON.stringify(publicPorts), id);
     st.egress = egress;
-    st.publicPorts = [...publicPorts];
+    st.publicPorts = publicPorts === 'all' ? 'all' : [...publicPorts];
     st.policy = compilePolicy(egress);
     for (const f of [...st.flows]) f.recheck(st.policy, this.hostFacts());
-    this.logger.info({ id, egress: typeof egress === 'string' ? egress : 'rules' }, 'sandbox network changed');
+    this.logger.info({ id, egress: typeof egress === 'string' ? egress : 'rules', publicPorts }, 'sandbox network changed');
     return this.view(st);
   }
 
@@ -242,24 +251,40 @@ export class NetworkService implements SandboxNetworking {
 
   /** The URLs of a port (host-routed and path-routed), its token and a signed URL. Needs no running sandbox. */
   portAccess(ctx: RequestContext, id: string, port: number, ttlMs = DEFAULT_URL_TTL_MS): PortAccess {
+    const token = this.portToken(ctx, id);
+    const st = this.load(id, false)!;
+    const u = new URL(this.daemonUrl);
+    const url = `${u.protocol}//${port}-${id}.localhost:${u.port || 80}/`;
+    const exp = Math.floor((Date.now() + ttlMs) / 1000);
+    return {
+      port,
+      public: isPublic(st.publicPorts, port),
+      url,
+      pathUrl: `${this.daemonUrl}/v1/sandboxes/${id}/ports/${port}/`,
+      token,
+      signedUrl: `${url}?${PORT_TOKEN_PARAM}=${signPort(token, id, port, exp)}`,
+      expiresAt: new Date(exp * 1000).toISOString(),
+    };
+  }
+
+  /**
+   * The sandbox's port token (what `portAccess` also answers): the E2B front door hands it out as
+   * E2B's `trafficAccessToken`, so one secret opens a sandbox's ports in both vocabularies.
+   */
+  portToken(ctx: RequestContext, id: string): string {
     this.sandboxes.get(ctx, id);
     let st = this.load(id, false);
     if (!st) {
       this.register(id, {}, false);
       st = this.load(id, false)!;
     }
-    const u = new URL(this.daemonUrl);
-    const url = `${u.protocol}//${port}-${id}.localhost:${u.port || 80}/`;
-    const exp = Math.floor((Date.now() + ttlMs) / 1000);
-    return {
-      port,
-      public: st.publicPorts.includes(port),
-      url,
-      pathUrl: `${this.daemonUrl}/v1/sandboxes/${id}/ports/${port}/`,
-      token: st.token,
-      signedUrl: `${url}?${PORT_TOKEN_PARAM}=${signPort(st.token, id, port, exp)}`,
-      expiresAt: new Date(exp * 1000).toISOString(),
-    };
+    return st.token;
+  }
+
+  /** Whether `presented` is the port token of sandbox `id` (the code interpreter's E2B calls present it). */
+  checkPortToken(id: string, presented: string | undefined): boolean {
+    const st = this.load(id, false);
+    return st !== undefined && presented !== undefined && safeEqual(presented, st.token);
   }
 
   // --- port forwarding (the proxy in src/network/ports.ts) ---------------------------------
@@ -271,7 +296,7 @@ export class NetworkService implements SandboxNetworking {
   authorizePort(id: string, port: number, presented: { header?: string | undefined; signed?: string[] }): boolean {
     const st = this.load(id, false);
     if (!st) return false;
-    if (st.publicPorts.includes(port)) return true;
+    if (isPublic(st.publicPorts, port)) return true;
     if (presented.header && safeEqual(presented.header, st.token)) return true;
     return (presented.signed ?? []).some((s) => verifyPort(st.token, id, port, s));
   }
@@ -333,7 +358,7 @@ export class NetworkService implements SandboxNetworking {
     const st: State = {
       id,
       egress,
-      publicPorts: JSON.parse(row.public_ports) as number[],
+      publicPorts: JSON.parse(row.public_ports) as PublicPorts,
       token: row.token,
       gateway: row.gateway === 1,
       policy: compilePolicy(egress),
@@ -359,7 +384,7 @@ export class NetworkService implements SandboxNetworking {
 
   private view(st: State | undefined): SandboxNetwork {
     if (!st) return { egress: 'none', publicPorts: [], gateway: false };
-    return { egress: st.egress, publicPorts: [...st.publicPorts], gateway: st.gateway, ...(st.gateway ? { resolver: RESOLVER_ADDRESS } : {}) };
+    return { egress: st.egress, publicPorts: st.publicPorts === 'all' ? 'all' : [...st.publicPorts], gateway: st.gateway, ...(st.gateway ? { resolver: RESOLVER_ADDRESS } : {}) };
   }
 }
 

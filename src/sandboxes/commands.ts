@@ -18,6 +18,7 @@ import { BoundedOutput, TailBuffer, type OutputEncoding, type ProcessEvent } fro
 import { NO_TELEMETRY, type Telemetry } from './telemetry.js';
 import type { SandboxManager, SandboxEvents } from './manager.js';
 import type { ProcessJournal } from './process-journal.js';
+import type { SandboxEventSink } from './events.js';
 import { buildEnv, resolveSandboxPath } from './paths.js';
 
 /**
@@ -93,6 +94,8 @@ export class CommandService implements SandboxEvents {
     private readonly sandboxes: SandboxManager,
     private readonly journal: ProcessJournal,
     private readonly telemetry: Telemetry = NO_TELEMETRY,
+    /** The sandbox log (src/sandboxes/events.ts): commands started and ended. */
+    private readonly log?: SandboxEventSink,
   ) {
     sandboxes.setEvents(this);
   }
@@ -349,11 +352,11 @@ export class CommandService implements SandboxEvents {
       try {
         // Attaching replays the output the agent kept (its last 64 KiB), then the exit.
         const proc = await conn.attach(p.pid);
-        const t = this.track(id, p.pid, rec?.argv ?? p.argv, rec?.cwd ?? undefined, LIMITS.defaultOutputBytes, true, rec?.startedAt, { tag: rec?.tag ?? undefined });
+        const t = this.track(id, p.pid, rec?.argv ?? p.argv, rec?.cwd ?? undefined, LIMITS.defaultOutputBytes, true, rec?.startedAt, { tag: rec?.tag ?? undefined, adopted: true });
         this.bind(t, proc);
       } catch {
         if (p.exited) {
-          const t = this.track(id, p.pid, rec?.argv ?? p.argv, rec?.cwd ?? undefined, LIMITS.defaultOutputBytes, true, rec?.startedAt);
+          const t = this.track(id, p.pid, rec?.argv ?? p.argv, rec?.cwd ?? undefined, LIMITS.defaultOutputBytes, true, rec?.startedAt, { adopted: true });
           t.finish({ exitCode: p.exitCode ?? -1 });
         }
       }
@@ -380,7 +383,7 @@ export class CommandService implements SandboxEvents {
     limit: number,
     durable: boolean,
     startedAt = Date.now(),
-    extra: { tag?: string | undefined } = {},
+    extra: { tag?: string | undefined; adopted?: boolean } = {},
   ): Tracked {
     let finish!: (s: ExitStatus) => void;
     const done = new Promise<ExitStatus>((resolve) => {
@@ -418,6 +421,7 @@ export class CommandService implements SandboxEvents {
           table.finished++;
         }
         this.journal.ended(sandboxId, pid, startedAt, s.exitCode, Date.now());
+        this.logEnd(t, s);
         this.forgetOldFinished(sandboxId);
       },
       followers: new Set(),
@@ -435,7 +439,37 @@ export class CommandService implements SandboxEvents {
     table.procs.set(pid, t);
     table.running++;
     this.journal.started({ sandboxId, pid, argv, cwd: cwd ?? null, tag: extra.tag ?? null, startedAt, endedAt: null, exitCode: null }, durable);
+    this.log?.record(sandboxId, {
+      level: 'info',
+      event: 'command.start',
+      message: `${extra.adopted ? 'following' : 'started'} pid ${pid}: ${commandLine(argv)}`,
+      fields: { pid, cmd: commandLine(argv), tag: extra.tag, background: durable, adopted: extra.adopted },
+    });
     return t;
+  }
+
+  private logEnd(t: Tracked, s: ExitStatus): void {
+    if (!this.log) return;
+    const how = t.oomKilled
+      ? `killed by ${s.signal ?? 'SIGKILL'}: out of memory (the OOM killer)`
+      : t.timedOut
+        ? `timed out and was killed${s.signal ? ` (${s.signal})` : ''}`
+        : s.signal
+          ? `killed by ${s.signal}`
+          : `exited with code ${s.exitCode}`;
+    this.log.record(t.sandboxId, {
+      level: t.oomKilled || t.timedOut || s.signal !== undefined ? 'warn' : 'info',
+      event: 'command.end',
+      message: `pid ${t.pid} ${how}`,
+      fields: {
+        pid: t.pid,
+        exitCode: s.exitCode,
+        signal: s.signal,
+        oomKilled: t.oomKilled || undefined,
+        timedOut: t.timedOut || undefined,
+        durationMs: Date.now() - t.startedAt,
+      },
+    });
   }
 
   private bind(t: Tracked, proc: AgentProcess): void {
@@ -571,4 +605,10 @@ function exitEvent(t: Tracked): ProcessEvent {
     ...(t.timedOut ? { timedOut: true } : {}),
     ...(t.oomKilled ? { oomKilled: true } : {}),
   };
+}
+
+/** A command as one short line for the sandbox log (`sh -c <script>` shows the script). */
+function commandLine(argv: string[]): string {
+  const shown = argv.length === 3 && /(^|\/)(ba)?sh$/.test(argv[0]!) && argv[1] === '-c' ? argv[2]! : argv.join(' ');
+  return shown.length > 200 ? `${shown.slice(0, 199)}…` : shown;
 }

@@ -55,6 +55,12 @@ export interface SandboxVolume {
   readOnly: boolean;
 }
 
+/** What changed in a sandbox's row, for observers (the sandbox log, src/sandboxes/events.ts). */
+export type StoreChange =
+  | { type: 'inserted'; rec: SandboxRecord }
+  | { type: 'state'; id: string; from: SandboxStateName; to: SandboxStateName; at: number; reason: string | null }
+  | { type: 'expiry'; id: string; state: SandboxStateName; expiresAt: number };
+
 /** The outcome of a compare-and-set transition. */
 export type TransitionResult = { ok: true; from: SandboxState } | { ok: false; current: SandboxState | undefined };
 
@@ -128,9 +134,25 @@ export class SandboxStore {
    * updates the cache in the same call, so it never disagrees with the file.
    */
   private readonly live = new Map<string, Readonly<SandboxRecord>>();
+  private readonly watchers: Array<(c: StoreChange) => void> = [];
 
   constructor(private readonly db: Db) {
     this.sql = statementCache(db);
+  }
+
+  /** `fn` hears of every insert, state change and new expiry, after it is written (synchronously: keep it cheap). */
+  onChange(fn: (c: StoreChange) => void): void {
+    this.watchers.push(fn);
+  }
+
+  private emit(c: StoreChange): void {
+    for (const w of this.watchers) {
+      try {
+        w(c);
+      } catch {
+        // An observer's failure never undoes or blocks a write.
+      }
+    }
   }
 
   /** Runs `fn` as one write transaction: one WAL commit for all its statements. */
@@ -157,6 +179,7 @@ export class SandboxStore {
         layers: JSON.stringify(s.layers),
       });
     this.remember(s);
+    this.emit({ type: 'inserted', rec: s });
   }
 
   get(id: string): SandboxRecord | undefined {
@@ -240,6 +263,7 @@ export class SandboxStore {
         ...(end ? { endReason: opts.reason ?? null, endedAt: at } : {}),
       });
     }
+    this.emit({ type: 'state', id, from: current, to, at, reason: opts.reason ?? null });
     return { ok: true, from: current };
   }
 
@@ -255,6 +279,7 @@ export class SandboxStore {
     const cached = this.live.get(id);
     if (ok && cached) this.remember({ ...cached, expiresAt, ...(timeoutMs !== undefined ? { timeoutMs } : {}) });
     else if (!ok) this.live.delete(id);
+    if (ok) this.emit({ type: 'expiry', id, state, expiresAt });
     return ok;
   }
 

@@ -13,3 +13,4 @@ export * from './pty.js';
 export * from './watch.js';
 export * from './metrics.js';
 export * from './code.js';
+export * from './logs.js';

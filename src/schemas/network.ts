@@ -38,14 +38,17 @@ export type EgressPolicy = z.infer<typeof EgressPolicy>;
 
 export const Port = z.coerce.number().int().min(1).max(65535).describe('TCP port inside the sandbox');
 
+export const PublicPorts = z
+  .union([z.literal('all'), z.array(z.number().int().min(1).max(65535)).max(64)])
+  .describe(
+    "Ports whose URLs need no token (anyone who can reach the daemon can use them): a list, or 'all' for every port of the sandbox (E2B's allowPublicTraffic: true); default none ([])",
+  );
+export type PublicPorts = z.infer<typeof PublicPorts>;
+
 export const NetworkConfig = z
   .object({
     egress: EgressPolicy.optional(),
-    publicPorts: z
-      .array(z.number().int().min(1).max(65535))
-      .max(64)
-      .optional()
-      .describe('Ports whose URLs need no token (anyone who can reach the daemon can use them); default none'),
+    publicPorts: PublicPorts.optional(),
   })
   .strict()
   .describe("The sandbox's network: egress policy and public ports");
@@ -53,7 +56,7 @@ export type NetworkConfig = z.infer<typeof NetworkConfig>;
 
 export const SandboxNetwork = z.object({
   egress: EgressPolicy,
-  publicPorts: z.array(z.number()).describe('Ports reachable without a token'),
+  publicPorts: z.union([z.literal('all'), z.array(z.number())]).describe("Ports reachable without a token ('all': every port)"),
   gateway: z.boolean().describe("Whether the sandbox's traffic already goes through the daemon's gateway (made on first need)"),
   resolver: z.string().optional().describe('The DNS server address inside the sandbox (when the gateway is set up)'),
 });

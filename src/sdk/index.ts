@@ -16,7 +16,7 @@ export type { DirectoryListing, FilesystemEvent, ListOptions as ListFilesOptions
 export { Pty, PtyHandle } from './pty.js';
 export type { PtyConnectOptions, PtyCreateOptions, PtyExit } from './pty.js';
 export { Network } from './network.js';
-export type { EgressPolicy, LogOptions as NetworkLogOptions, NetworkConfig, NetworkLogEntry, PortAccess, SandboxNetwork } from './network.js';
+export type { EgressPolicy, LogOptions as NetworkLogOptions, NetworkConfig, NetworkLogEntry, PortAccess, PublicPorts, SandboxNetwork } from './network.js';
 export type { CodeContext, CodeLanguage, CodeResult, CreateCodeContextOptions, Execution, ExecutionError, RunCodeOptions } from './code.js';
 export { Template } from './templates.js';
 export { getDaemonInfo } from './info.js';
@@ -64,6 +64,8 @@ export type {
   RunCommandRequest,
   Sandbox as SandboxInfo,
   SandboxMetric,
+  SandboxLogEntry,
+  SandboxLogLevel,
   WatchEvent,
 } from '../schemas/index.js';
 export type SandboxState = import('../schemas/index.js').Sandbox['state'];

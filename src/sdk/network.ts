@@ -5,10 +5,10 @@
  */
 import type { z } from 'zod';
 import { NetworkLogResponse, PortAccess as PortAccessSchema, SandboxNetwork as SandboxNetworkSchema } from '../schemas/index.js';
-import type { EgressPolicy, NetworkConfig, NetworkLogEntry, PortAccess, SandboxNetwork } from '../schemas/index.js';
+import type { EgressPolicy, NetworkConfig, NetworkLogEntry, PortAccess, PublicPorts, SandboxNetwork } from '../schemas/index.js';
 import type { HttpClient } from './http.js';
 
-export type { EgressPolicy, NetworkConfig, NetworkLogEntry, PortAccess, SandboxNetwork };
+export type { EgressPolicy, NetworkConfig, NetworkLogEntry, PortAccess, PublicPorts, SandboxNetwork };
 
 export interface LogOptions {
   /** Cursor: only entries after it (the `cursor` of an earlier answer); default 0. */

@@ -2,9 +2,12 @@
  * The Sandbox class: create, connect to, list and kill sandboxes. Commands
  * and files hang off an instance as `sandbox.commands` and `sandbox.files`.
  */
+import type { z } from 'zod';
 import { NotFoundError } from '../errors/index.js';
 import {
   MetricsResponse,
+  SandboxLogResponse,
+  type SandboxLogLevel,
   type SandboxMetric,
   ListSandboxesResponse,
   Sandbox as SandboxSchema,
@@ -54,7 +57,8 @@ export interface CreateOptions extends ConnectionOptions {
   /** Named volumes (see `Volume.create`) to attach: `[{ name: 'data', path: '/data', readOnly: false }]`. */
   volumes?: Array<{ name: string; path: string; readOnly?: boolean }>;
   /**
-   * Egress policy and public ports: `{ egress: 'none' | 'all' | { allow: [...], deny: [...] }, publicPorts: [3000] }`.
+   * Egress policy and public ports: `{ egress: 'none' | 'all' | { allow: [...], deny: [...] }, publicPorts: [3000] }`
+   * (`publicPorts: 'all'`: every port's URL needs no token).
    * Default: no egress (loopback only).
    */
   network?: NetworkConfig;
@@ -268,6 +272,17 @@ export class Sandbox {
       query: { start: opts.start?.toISOString(), end: opts.end?.toISOString() },
     });
     return res.metrics;
+  }
+
+  /**
+   * The sandbox's log, oldest first: lifecycle events (created, paused, resumed, stopped, killed, expired,
+   * failed, timeouts) and commands (started, ended with exit code or signal, OOM kills). Pass the answer's
+   * `cursor` as `since` for what comes next; `level` keeps that level and above. Works after it ended.
+   */
+  async logs(opts: { since?: number; limit?: number; level?: SandboxLogLevel } = {}): Promise<z.infer<typeof SandboxLogResponse>> {
+    return this.http.json('GET', `${sandboxPath(this.id)}/logs`, SandboxLogResponse, {
+      query: { since: opts.since, limit: opts.limit, level: opts.level },
+    });
   }
 
   /** True while the sandbox runs; false once it ended or no longer exists. */

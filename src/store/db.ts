@@ -163,6 +163,17 @@ const MIGRATIONS: string[] = [
      created_at INTEGER NOT NULL
    );
    CREATE UNIQUE INDEX snapshots_owner_name ON snapshots(COALESCE(owner, ''), name) WHERE name IS NOT NULL;`,
+  // Sandbox logs (src/sandboxes/events.ts): lifecycle and command events, at most a bounded number per sandbox.
+  `CREATE TABLE sandbox_events (
+     seq INTEGER PRIMARY KEY AUTOINCREMENT,
+     sandbox_id TEXT NOT NULL,
+     at INTEGER NOT NULL,
+     level INTEGER NOT NULL,
+     event TEXT NOT NULL,
+     message TEXT NOT NULL,
+     fields TEXT NOT NULL
+   );
+   CREATE INDEX sandbox_events_sandbox_seq ON sandbox_events(sandbox_id, seq);`,
 ];
 
 export function openDb(file: string): Db {

@@ -1,7 +1,7 @@
-/** Per-sandbox metrics (JSON) and the daemon's Prometheus text. */
+/** Per-sandbox metrics (JSON) and log, and the daemon's Prometheus text. */
 import type { RouteTable } from '../route.js';
 import type { Services } from '../services.js';
-import { MetricsQuery, MetricsResponse, SandboxParams } from '../../schemas/index.js';
+import { MetricsQuery, MetricsResponse, SandboxLogQuery, SandboxLogResponse, SandboxParams } from '../../schemas/index.js';
 import { PermissionDeniedError, UnsupportedError } from '../../errors/index.js';
 import { z } from 'zod';
 
@@ -22,6 +22,18 @@ export function metricsRoutes(t: RouteTable, s: Services): void {
         start: query.start !== undefined ? new Date(query.start) : undefined,
         end: query.end !== undefined ? new Date(query.end) : undefined,
       }),
+  });
+
+  t.add({
+    method: 'GET',
+    url: '/v1/sandboxes/:id/logs',
+    summary:
+      "A sandbox's log, oldest first: its lifecycle (created, running, paused, resumed, stopped, killed, expired, failed, timeouts) and its commands (started, ended with exit code or signal, OOM kills, timeouts); at most 1000 entries per sandbox, kept after it ends",
+    tag: 'sandboxes',
+    params: SandboxParams,
+    query: SandboxLogQuery,
+    responses: { 200: { description: 'Entries after `since`', schema: SandboxLogResponse } },
+    handler: async ({ params, query, ctx }) => s.logs.list(ctx, params.id, query),
   });
 
   t.add({

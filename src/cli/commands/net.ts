@@ -3,7 +3,7 @@
  * The policy flags are shared with `capsule create` (egressFrom).
  */
 import type { Command } from 'commander';
-import { Sandbox, type EgressPolicy, type NetworkConfig, type NetworkLogEntry } from '../../sdk/index.js';
+import { Sandbox, type EgressPolicy, type NetworkConfig, type NetworkLogEntry, type PublicPorts } from '../../sdk/index.js';
 import { collect, connection, parseNumber, printJson, shortTime, UsageError } from '../util.js';
 
 export interface EgressFlags {
@@ -19,7 +19,7 @@ export function egressOptions(c: Command): Command {
     .option('--egress <mode>', 'none (loopback only) or all (any public address)')
     .option('--allow <rule>', 'allow a destination: example.com, *.example.com, 10.0.0.0/8, *, with optional :ports (repeatable)', collect)
     .option('--deny <rule>', 'refuse a destination even when allowed (repeatable)', collect)
-    .option('--public-port <port>', 'a port whose URL needs no token (repeatable)', collect);
+    .option('--public-port <port>', "a port whose URL needs no token (repeatable); 'all' for every port, 'none' for no port", collect);
 }
 
 /** The network settings the flags ask for, or undefined when none was given. */
@@ -34,9 +34,24 @@ export function networkFrom(f: EgressFlags): NetworkConfig | undefined {
     if (!f.allow?.length) throw new UsageError('--deny needs at least one --allow (or use --allow "*" for all public addresses)');
     egress = { allow: f.allow, ...(f.deny?.length ? { deny: f.deny } : {}) };
   }
-  const publicPorts = f.publicPort?.map((p) => parseNumber(p, '--public-port')!);
+  const publicPorts = publicPortsFrom(f.publicPort);
   if (egress === undefined && publicPorts === undefined) return undefined;
   return { ...(egress !== undefined ? { egress } : {}), ...(publicPorts ? { publicPorts } : {}) };
+}
+
+/** `--public-port 3000 --public-port 8080`, `--public-port all` (every port) or `--public-port none`. */
+function publicPortsFrom(values: string[] | undefined): PublicPorts | undefined {
+  if (values === undefined) return undefined;
+  const words = values.filter((v) => v === 'all' || v === 'none');
+  if (words.length > 0) {
+    if (values.length > 1) throw new UsageError(`--public-port ${words[0]} cannot be combined with other --public-port values`);
+    return words[0] === 'all' ? 'all' : [];
+  }
+  return values.map((p) => parseNumber(p, '--public-port')!);
+}
+
+export function describePublic(p: PublicPorts): string {
+  return p === 'all' ? 'all ports' : p.join(' ') || '-';
 }
 
 function describeEgress(e: EgressPolicy): string {
@@ -62,7 +77,7 @@ export function registerNetCommands(program: Command): void {
     .action(async (id: string, opts: { json?: boolean }, cmd: Command) => {
       const n = await (await Sandbox.connect(id, connection(cmd))).network.get();
       if (opts.json) return printJson(n);
-      process.stdout.write(`egress   ${describeEgress(n.egress)}\npublic   ${n.publicPorts.join(' ') || '-'}\ngateway  ${n.gateway ? `yes (DNS ${n.resolver})` : 'no'}\n`);
+      process.stdout.write(`egress   ${describeEgress(n.egress)}\npublic   ${describePublic(n.publicPorts)}\ngateway  ${n.gateway ? `yes (DNS ${n.resolver})` : 'no'}\n`);
     });
 
   egressOptions(
@@ -77,7 +92,7 @@ export function registerNetCommands(program: Command): void {
       if (!cfg) throw new UsageError('say what to change: --egress none|all, --allow/--deny rules or --public-port');
       const n = await (await Sandbox.connect(id, connection(cmd))).network.set(cfg);
       if (opts.json) return printJson(n);
-      process.stdout.write(`egress   ${describeEgress(n.egress)}\npublic   ${n.publicPorts.join(' ') || '-'}\n`);
+      process.stdout.write(`egress   ${describeEgress(n.egress)}\npublic   ${describePublic(n.publicPorts)}\n`);
     });
 
   net

@@ -9,13 +9,17 @@ import { EgressRule } from '../network.js';
 import { VolumeName } from '../volumes.js';
 import { SandboxPath } from '../common.js';
 import { CreateSnapshotRequest } from '../snapshots.js';
+import { SandboxLogLevel } from '../logs.js';
 
 /** Seconds, as E2B counts a sandbox's lifetime. */
 const Seconds = z.number().int().min(0).max(365 * 24 * 3600);
 
 export const E2bNetwork = z
   .object({
-    allowPublicTraffic: z.boolean().optional().describe('Ignored: ports need a port token or a public port (see README, Coming from E2B)'),
+    allowPublicTraffic: z
+      .boolean()
+      .optional()
+      .describe("true (the default): every port's URL is public (publicPorts: 'all'); false: each needs the trafficAccessToken in the E2B-Traffic-Access-Token header"),
     allowOut: z.array(EgressRule).max(256).optional().describe('Destinations allowed out: domains, *.domains, addresses, CIDRs'),
     denyOut: z.array(EgressRule).max(256).optional().describe('Destinations refused; 0.0.0.0/0 refuses everything allowOut does not name'),
   })
@@ -48,6 +52,25 @@ export const ResumeSandbox = z.object({ timeout: Seconds.optional(), autoPause: 
 export const TimeoutRequest = z.object({ timeout: Seconds }).passthrough();
 export const RefreshRequest = z.object({ duration: Seconds.max(3600).optional() }).passthrough();
 export const PauseRequest = z.object({ memory: z.boolean().optional() }).passthrough();
+
+/** GET /sandboxes/:id/logs (deprecated in E2B): from a time on, oldest first. */
+export const LogsQuery = z
+  .object({
+    start: z.coerce.number().int().min(0).optional().describe('Only entries at or after this time (ms since the epoch)'),
+    limit: z.coerce.number().int().min(0).max(1000).optional().describe('Most entries; default 1000'),
+  })
+  .passthrough();
+
+/** GET /v2/sandboxes/:id/logs. */
+export const LogsV2Query = z
+  .object({
+    cursor: z.coerce.number().int().min(0).optional().describe('A time (ms since the epoch): entries from it on (forward) or up to it (backward)'),
+    limit: z.coerce.number().int().min(0).max(1000).optional().describe('Most entries; default 1000'),
+    direction: z.enum(['forward', 'backward']).optional().describe('forward (default): oldest first; backward: newest first'),
+    level: SandboxLogLevel.optional().describe('This level and above'),
+    search: z.string().max(256).optional().describe('Entries whose message contains this (case-sensitive)'),
+  })
+  .passthrough();
 
 export const E2bState = z.enum(['running', 'paused']);
 export type E2bState = z.infer<typeof E2bState>;
@@ -106,6 +129,10 @@ export type ListedSandbox = z.infer<typeof ListedSandbox>;
 
 export const SandboxDetail = ListedSandbox.extend({
   envdAccessToken: z.string().optional(),
+  allowInternetAccess: z.boolean().optional(),
+  network: z
+    .object({ allowPublicTraffic: z.boolean(), allowOut: z.array(z.string()).optional(), denyOut: z.array(z.string()).optional() })
+    .optional(),
   domain: z.string().nullable().optional(),
   lifecycle: z.object({ autoResume: z.boolean(), onTimeout: z.enum(['kill', 'pause']) }),
 });

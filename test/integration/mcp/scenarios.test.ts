@@ -21,6 +21,7 @@ const EXPECTED_TOOLS = [
   'sandbox_create',
   'sandbox_kill',
   'sandbox_list',
+  'sandbox_logs',
   'sandbox_network_log',
   'sandbox_pause',
   'sandbox_port_url',
@@ -114,6 +115,11 @@ for (const kind of TRANSPORTS) {
         assert.deepEqual(set.structuredContent, { sandbox_id: id, egress: 'none', public_ports: [8000], gateway: true, resolver: '198.18.0.53' });
         const bad = await call('sandbox_set_network', { sandbox_id: id, egress: { allow: ['not a rule'] } });
         assert.equal(bad.isError, true);
+        const events = await call('sandbox_logs', { sandbox_id: id, level: 'info' });
+        assert.notEqual(events.isError, true, text(events));
+        const entries = (events.structuredContent as { entries: Array<{ event: string; fields: Record<string, string> }> }).entries;
+        assert.deepEqual(entries.map((e) => e.event).slice(0, 2), ['state.creating', 'state.running'], text(events));
+        assert.match(text(events), /running/);
         const log = await call('sandbox_network_log', { sandbox_id: id });
         assert.notEqual(log.isError, true, text(log));
         assert.deepEqual((log.structuredContent as { entries: unknown[] }).entries, []);

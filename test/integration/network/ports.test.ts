@@ -218,6 +218,12 @@ describe('network: ports and egress in a debian sandbox', { timeout: 300_000 }, 
     assert.equal(viaHost.status, 200, viaHost.body);
     assert.deepEqual([JSON.parse(viaHost.body).path, JSON.parse(viaHost.body).body], ['/v1/sandboxes/inside?x=2', '{"a":1}'], 'the whole path and the raw body go to the sandbox');
 
+    // E2B's header name for the same token (E2B's getHost URLs are host-routed): accepted there, never forwarded.
+    const viaE2b = await request('/e2b', { host: hostRouted, headers: { 'e2b-traffic-access-token': a.token } });
+    assert.equal(viaE2b.status, 200, viaE2b.body);
+    assert.equal(JSON.parse(viaE2b.body).headers['e2b-traffic-access-token'], undefined, 'the E2B header never reaches the sandbox');
+    assert.equal((await request('/e2b', { host: hostRouted, headers: { 'e2b-traffic-access-token': 'nope' } })).status, 401);
+
     // The signed URL works alone, sets a cookie for the page's assets, and only for this port.
     const signed = new URL(a.signedUrl);
     const s1 = await request(`/page${signed.search}`, { host: hostRouted });

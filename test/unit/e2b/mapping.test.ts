@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import type http from 'node:http';
 import { describe, it } from 'node:test';
 import { e2bRoutedUrl, isEnvdPath } from '../../../src/e2b/routing.js';
-import { capsuleTemplate, domainOf, e2bState, networkOf, snapshotInfo } from '../../../src/e2b/mapping.js';
+import { capsuleTemplate, domainOf, e2bState, networkInfo, networkOf, snapshotInfo } from '../../../src/e2b/mapping.js';
 import { decodeCursor, encodeCursor, pageOf, parseMetadataQuery } from '../../../src/e2b/paging.js';
 import { E2bTokens, signFile } from '../../../src/e2b/tokens.js';
 import { resultLine } from '../../../src/e2b/interpreter.js';
@@ -48,12 +48,38 @@ describe('E2B mapping', () => {
 
   it('maps the internet switch and allow/deny lists onto an egress policy', () => {
     const t = 'busybox';
+    const egress = (b: Parameters<typeof networkOf>[0]) => networkOf(b, true)?.egress;
     assert.equal(networkOf({ templateID: t }, false), undefined, 'no gateway and nothing asked: no network');
-    assert.deepEqual(networkOf({ templateID: t }, true), { egress: 'all' }, "E2B's default is internet on");
-    assert.deepEqual(networkOf({ templateID: t, allow_internet_access: false }, true), { egress: 'none' });
-    assert.deepEqual(networkOf({ templateID: t, allow_internet_access: false, network: { allowOut: ['a.com'] } }, true), { egress: { allow: ['a.com'] } });
-    assert.deepEqual(networkOf({ templateID: t, network: { denyOut: ['0.0.0.0/0'], allowOut: ['1.2.3.4'] } }, true), { egress: { allow: ['1.2.3.4'] } });
-    assert.deepEqual(networkOf({ templateID: t, network: { denyOut: ['10.0.0.0/8'] } }, true), { egress: { allow: ['*'], deny: ['10.0.0.0/8'] } });
+    assert.equal(egress({ templateID: t }), 'all', "E2B's default is internet on");
+    assert.equal(egress({ templateID: t, allow_internet_access: false }), 'none');
+    assert.deepEqual(egress({ templateID: t, allow_internet_access: false, network: { allowOut: ['a.com'] } }), { allow: ['a.com'] });
+    assert.deepEqual(egress({ templateID: t, network: { denyOut: ['0.0.0.0/0'], allowOut: ['1.2.3.4'] } }), { allow: ['1.2.3.4'] });
+    assert.deepEqual(egress({ templateID: t, network: { denyOut: ['10.0.0.0/8'] } }), { allow: ['*'], deny: ['10.0.0.0/8'] });
+  });
+
+  it('maps allowPublicTraffic onto the public ports: every port by default, none when false', () => {
+    const t = 'busybox';
+    assert.equal(networkOf({ templateID: t }, true)?.publicPorts, 'all', "E2B's default is public traffic");
+    assert.deepEqual(networkOf({ templateID: t, network: { allowPublicTraffic: false } }, true)?.publicPorts, []);
+    assert.equal(networkOf({ templateID: t, network: { allowPublicTraffic: true } }, false)?.publicPorts, 'all', 'an explicit ask goes to the service (which refuses it without a gateway)');
+    assert.deepEqual(networkOf({ templateID: t, network: { allowPublicTraffic: false } }, false), { publicPorts: [] });
+  });
+
+  it("reports a sandbox's network as E2B's getInfo() does: internet switch, lists, public traffic", () => {
+    assert.deepEqual(networkInfo({ egress: 'all', publicPorts: 'all', gateway: true }), { allowInternetAccess: true, network: { allowPublicTraffic: true } });
+    assert.deepEqual(networkInfo({ egress: 'none', publicPorts: [], gateway: false }), {
+      allowInternetAccess: false,
+      network: { allowPublicTraffic: false, denyOut: ['0.0.0.0/0'] },
+    });
+    assert.deepEqual(networkInfo({ egress: { allow: ['a.com'] }, publicPorts: [8000], gateway: true }).network, {
+      allowPublicTraffic: false,
+      allowOut: ['a.com'],
+      denyOut: ['0.0.0.0/0'],
+    });
+    assert.deepEqual(networkInfo({ egress: { allow: ['*'], deny: ['10.0.0.0/8'] }, publicPorts: 'all', gateway: true }).network, {
+      allowPublicTraffic: true,
+      denyOut: ['10.0.0.0/8'],
+    });
   });
 
   it('drops only single quotes around a result text, as E2B does', () => {
@@ -126,11 +152,9 @@ describe('E2B tokens', () => {
   it('derives per-sandbox tokens from the data directory key', () => {
     assert.notEqual(tokens.envdToken(ID), tokens.envdToken('sbx-bbbbbbbbbbbb'));
     assert.notEqual(tokens.envdToken(ID), other.envdToken(ID));
-    assert.notEqual(tokens.envdToken(ID), tokens.trafficToken(ID));
     assert.equal(tokens.checkEnvd(ID, tokens.envdToken(ID)), true);
     assert.equal(tokens.checkEnvd(ID, other.envdToken(ID)), false);
     assert.equal(tokens.checkEnvd(ID, undefined), false);
-    assert.equal(tokens.checkTraffic(ID, tokens.envdToken(ID)), false);
   });
 
   it('checks signed file URLs: path, operation, user and expiry', () => {
