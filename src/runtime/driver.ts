@@ -87,7 +87,8 @@ export const MIN_DISK_MB = 16;
 /** Sandbox ids become paths, hostnames, cgroup and container names: keep them boring. */
 export const SANDBOX_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
 
-function checkId(id: string): void {
+/** Refuse an id that could name anything but one sandbox's files, cgroup and container (every backend uses it). */
+export function checkId(id: string): void {
   if (!SANDBOX_ID_RE.test(id) || id.includes('..')) {
     throw new InvalidArgumentError(`invalid sandbox id ${JSON.stringify(id)}: use 1-63 of [A-Za-z0-9_.-], starting with a letter or digit`);
   }

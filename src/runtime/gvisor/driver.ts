@@ -34,7 +34,7 @@ import { ConflictError, InvalidArgumentError, isCapsuleError, RuntimeError, Unsu
 import { ensurePrivateDir } from '../agent-socket.js';
 import { cgroupsPathFor, SANDBOX_CAPABILITIES } from '../bundle.js';
 import { cgroupMounts, killCgroupProcs, readCgroupStats, readOomKills, removeCgroupDirs } from '../cgroups.js';
-import { MAX_LAYERS, MIN_DISK_MB, SANDBOX_ID_RE, type RuntimeLogger } from '../driver.js';
+import { checkId, MAX_LAYERS, MIN_DISK_MB, SANDBOX_ID_RE, type RuntimeLogger } from '../driver.js';
 import { Launcher, LAUNCHER_PATH } from '../launcher.js';
 import { writeLowerIds } from '../lower-ids.js';
 import { setupSandboxMounts, teardownSandboxMounts, type MountHelperOptions } from '../mounts.js';
@@ -77,12 +77,6 @@ export const TMP_KEEP_FILE = '.capsule-tmp-on-disk';
 
 const NOT_FOUND_RE = /does not exist|not exist|no such file|not found/i;
 const noopLogger: RuntimeLogger = { info() {}, warn() {}, error() {} };
-
-function checkId(id: string): void {
-  if (!SANDBOX_ID_RE.test(id) || id.includes('..')) {
-    throw new InvalidArgumentError(`invalid sandbox id ${JSON.stringify(id)}: use 1-63 of [A-Za-z0-9_.-], starting with a letter or digit`);
-  }
-}
 
 export class GvisorDriver implements RuntimeDriver {
   readonly kind = 'runsc';
