@@ -5,14 +5,13 @@
  * through the interpreter service the native API uses; commands and files through envd.
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { NotFoundError, Sandbox, TimeoutError } from '@e2b/code-interpreter';
 import { removeDataDir, startTestDaemon, tempDataDir, type TestDaemon } from '../../helpers/daemon.js';
+import { debootstrapSkip } from '../../helpers/debootstrap.js';
 
-const haveDebootstrap = spawnSync('sh', ['-c', 'command -v debootstrap'], { env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' } }).status === 0;
-const skip = process.getuid?.() !== 0 ? 'needs root' : !haveDebootstrap ? 'needs debootstrap (the python template)' : false;
+const skip = debootstrapSkip('needs debootstrap (the python template)');
 
 let d: TestDaemon;
 let sbx: Sandbox | undefined;

@@ -5,7 +5,7 @@
  * four languages, a thousand cells, REST streaming, the CLI and MCP.
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -13,9 +13,9 @@ import { after, before, describe, it } from 'node:test';
 import { CLI, api, authHeaders, removeDataDir, startTestDaemon, tempDataDir, type TestDaemon } from '../../helpers/daemon.js';
 import { Sandbox, type Execution } from '../../../src/sdk/index.js';
 import { connectClient } from '../mcp/fixture.js';
+import { debootstrapSkip } from '../../helpers/debootstrap.js';
 
-const haveDebootstrap = spawnSync('sh', ['-c', 'command -v debootstrap'], { env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' } }).status === 0;
-const skip = process.getuid?.() !== 0 ? 'needs root' : !haveDebootstrap ? 'needs debootstrap' : false;
+const skip = debootstrapSkip();
 
 let d: TestDaemon;
 let sbx: Sandbox;

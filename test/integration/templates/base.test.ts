@@ -9,9 +9,9 @@ import fs from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { api, removeDataDir, startTestDaemon, tempDataDir, type TestDaemon } from '../../helpers/daemon.js';
 import { connectClient } from '../mcp/fixture.js';
+import { debootstrapSkip } from '../../helpers/debootstrap.js';
 
-const haveDebootstrap = spawnSync('sh', ['-c', 'command -v debootstrap'], { env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' } }).status === 0;
-const skip = process.getuid?.() !== 0 ? 'needs root' : !haveDebootstrap ? 'needs debootstrap' : false;
+const skip = debootstrapSkip();
 const runscMissing = () => (spawnSync('runsc', ['--version'], { stdio: 'ignore' }).status === 0 ? false : 'needs runsc (apt-get install runsc)');
 
 let d: TestDaemon;

@@ -5,13 +5,12 @@
  * of a user template.
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { api, removeDataDir, startTestDaemon, tempDataDir, type TestDaemon } from '../../helpers/daemon.js';
+import { debootstrapSkip } from '../../helpers/debootstrap.js';
 
-const haveDebootstrap = spawnSync('sh', ['-c', 'command -v debootstrap'], { env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' } }).status === 0;
-const skip = process.getuid?.() !== 0 ? 'needs root' : !haveDebootstrap ? 'needs debootstrap' : false;
+const skip = debootstrapSkip();
 
 let d: TestDaemon;
 
