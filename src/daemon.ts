@@ -20,6 +20,7 @@ import { WarmPool } from './sandboxes/pool.js';
 import { CommandService } from './sandboxes/commands.js';
 import { CodeInterpreterService } from './interpreter/service.js';
 import { ProcessJournal } from './sandboxes/process-journal.js';
+import { SandboxHistory } from './sandboxes/history.js';
 import { SandboxEventLog } from './sandboxes/events.js';
 import { FileService } from './sandboxes/files.js';
 import { PtyService } from './sandboxes/pty.js';
@@ -179,6 +180,13 @@ export async function startDaemon(config: DaemonConfig, opts: StartOptions = {})
     const journal = new ProcessJournal(store, { onError: (err) => log.error({ err }, 'writing process rows failed') });
     const logs = new SandboxEventLog(db, sandboxes, { onError: (err) => log.error({ err }, 'writing sandbox log entries failed') });
     logs.attach(store);
+    // Looked at every tenth of the retention (between a second and ten minutes), so a short one holds.
+    const history = new SandboxHistory(db, {
+      retentionMs: config.historyRetentionMs,
+      everyMs: Math.min(10 * 60_000, Math.max(1000, config.historyRetentionMs / 10)),
+    });
+    history.onPurged((ids) => network.ledger.forget(ids));
+    sandboxes.setHistory(history);
     const commands = new CommandService(sandboxes, journal, prometheus, logs);
     const metrics = new MetricsService(sandboxes, store, runtime, config.metricsIntervalMs ?? DEFAULT_METRICS_INTERVAL_MS, METRICS_HISTORY, (err, id) =>
       log.debug({ err, id }, 'sampling sandbox metrics failed'),

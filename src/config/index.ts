@@ -47,6 +47,8 @@ export interface DaemonConfig {
   reapIntervalMs: number;
   /** How long a paused or stopped sandbox is kept when its create names no lifecycle.deleteAfterMs. */
   defaultDeleteAfterMs: number;
+  /** How long an ended sandbox's row, log, egress ledger and process journal are kept; 0 = forever (src/sandboxes/history.ts). */
+  historyRetentionMs: number;
   logLevel: string;
   /**
    * Require API keys (default). Off only with an explicit `--no-auth`: then
@@ -230,6 +232,11 @@ export const SETTINGS = {
     schema: wholeNumber(1000, MAX_SETTING_TIMEOUT_MS, 'milliseconds').default(7 * 24 * 60 * 60_000),
     describe: 'retention: a paused or stopped sandbox whose create names no lifecycle.deleteAfterMs is deleted this long after it was paused or stopped (default 7 days)',
   },
+  historyRetentionMs: {
+    env: 'CAPSULE_HISTORY_RETENTION_MS',
+    schema: wholeNumber(0, MAX_SETTING_TIMEOUT_MS, 'milliseconds').default(7 * 24 * 60 * 60_000),
+    describe: "history: an ended sandbox's record, log and egress ledger are deleted this long after it ended (default 7 days; 0 keeps them forever)",
+  },
   noAuth: { env: 'CAPSULE_NO_AUTH', schema: Flag.default(false), describe: 'accept requests without an API key (same as --no-auth)' },
   metricsOpen: {
     env: 'CAPSULE_METRICS_OPEN',
@@ -375,6 +382,7 @@ export function loadConfig(
     idMapSize: 65536,
     reapIntervalMs: 1000,
     defaultDeleteAfterMs: s.defaultDeleteAfterMs,
+    historyRetentionMs: s.historyRetentionMs,
     logLevel: s.logLevel,
     auth: !s.noAuth,
     // Unset: the default pool; set (even empty): exactly the pools it lists.

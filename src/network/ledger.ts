@@ -145,6 +145,11 @@ export class EgressLedger {
     });
   }
 
+  /** Drop what is kept in memory for sandboxes whose history is gone (src/sandboxes/history.ts). */
+  forget(sandboxIds: readonly string[]): void {
+    for (const id of sandboxIds) this.sincePrune.delete(id);
+  }
+
   /** Every so many writes, drop a sandbox's entries beyond the newest MAX_ENTRIES_PER_SANDBOX. */
   private prune(sandboxId: string): void {
     const n = (this.sincePrune.get(sandboxId) ?? 0) + 1;

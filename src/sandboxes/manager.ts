@@ -18,6 +18,7 @@
  * and use() wakes a sandbox whose policy says autoResume.
  */
 import type { DaemonConfig, ResourceLimits } from '../config/index.js';
+import type { SandboxHistory } from './history.js';
 import type { LayerRef, RuntimeCapabilities, RuntimeDriver } from '../runtime/types.js';
 import type { AgentConnection, AgentEndpoint } from '../agent/types.js';
 import type { TemplateConfig } from '../schemas/templates.js';
@@ -136,6 +137,7 @@ export class SandboxManager {
   private readonly lifecycle: SandboxLifecycle;
   private volumes: VolumeResolver | undefined;
   private snapshots: SnapshotResolver | undefined;
+  private history: SandboxHistory | undefined;
   private telemetry: Telemetry = NO_TELEMETRY;
   private networking: SandboxNetworking | undefined;
 
@@ -182,6 +184,11 @@ export class SandboxManager {
   /** The network service: policies hold from a sandbox's first packet, and go with it. */
   setNetworking(n: SandboxNetworking): void {
     this.networking = n;
+  }
+
+  /** Ended sandboxes' rows, logs and ledgers are deleted once past retention, from the reaper's tick. */
+  setHistory(h: SandboxHistory): void {
+    this.history = h;
   }
 
   /** Called after each sandbox's container and writable layer are gone (e.g. to prune replaced template trees). */
@@ -655,6 +662,11 @@ export class SandboxManager {
   /** Timeouts and idleness (lifecycle.onTimeout: kill, pause or stop), and retention of paused and stopped sandboxes. */
   async reapExpired(now = Date.now()): Promise<void> {
     await this.lifecycle.tick(now);
+    try {
+      this.history?.maybePurge(now);
+    } catch (err) {
+      this.log.error({ err }, 'deleting the history of ended sandboxes failed');
+    }
   }
 
   /**
