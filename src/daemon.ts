@@ -186,6 +186,7 @@ export async function startDaemon(config: DaemonConfig, opts: StartOptions = {})
       everyMs: Math.min(10 * 60_000, Math.max(1000, config.historyRetentionMs / 10)),
     });
     history.onPurged((ids) => network.ledger.forget(ids));
+    history.onPass((before) => jobs.purgeFinished(before));
     sandboxes.setHistory(history);
     const commands = new CommandService(sandboxes, journal, prometheus, logs);
     const metrics = new MetricsService(sandboxes, store, runtime, config.metricsIntervalMs ?? DEFAULT_METRICS_INTERVAL_MS, METRICS_HISTORY, (err, id) =>

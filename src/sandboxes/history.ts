@@ -6,6 +6,9 @@
  * ended sandbox's history is deleted `retentionMs` after it ended (CAPSULE_HISTORY_RETENTION_MS, 7 days
  * by default; 0 keeps it forever). After that, the sandbox answers 404 like an id that never existed.
  *
+ * Finished template builds (row and log file) follow the same retention through `onPass`, except each
+ * template's latest build.
+ *
  * What is not history stays: snapshots taken from the sandbox (they belong to their owner and are
  * deleted explicitly), templates, volumes. Live sandboxes (running, paused, stopped, transitional) are
  * never touched here; their own retention is lifecycle.deleteAfterMs (src/sandboxes/lifecycle-service.ts).
@@ -40,6 +43,7 @@ export class SandboxHistory {
   private readonly batch: number;
   private lastPass = Number.NEGATIVE_INFINITY;
   private readonly purgedListeners: Array<(ids: readonly string[]) => void> = [];
+  private readonly passListeners: Array<(before: number) => void> = [];
 
   constructor(
     private readonly db: Db,
@@ -55,11 +59,19 @@ export class SandboxHistory {
     this.purgedListeners.push(fn);
   }
 
+  /** `fn` runs on each pass of `maybePurge` with the same cut-off: other rooms' history (template builds). */
+  onPass(fn: (before: number) => void): void {
+    this.passListeners.push(fn);
+  }
+
   /** A purge, unless one ran less than `everyMs` ago. Returns how many sandboxes' history went. */
   maybePurge(now = Date.now()): number {
     if (now - this.lastPass < this.everyMs) return 0;
     this.lastPass = now;
-    return this.purge(now);
+    const n = this.purge(now);
+    // After the sandboxes' own purge, so a listener that throws (the caller logs it) never holds that up.
+    if (this.opts.retentionMs > 0) for (const fn of this.passListeners) fn(now - this.opts.retentionMs);
+    return n;
   }
 
   /** Delete the history of every sandbox that ended more than `retentionMs` before `now`. */

@@ -269,6 +269,23 @@ export class BuildJobs {
     ).run(Date.now()).changes;
   }
 
+  /**
+   * History retention (src/sandboxes/history.ts runs it): finished builds that ended before `before` go
+   * with their log files, except each template's latest build (its info names it). Returns how many went.
+   */
+  purgeFinished(before: number): number {
+    const rows = this.sql(
+      `SELECT id FROM template_builds WHERE status != 'running' AND ended_at IS NOT NULL AND ended_at < ?
+         AND id NOT IN (SELECT build_id FROM user_templates WHERE build_id IS NOT NULL)`,
+    ).all(before) as Array<{ id: string }>;
+    for (const { id } of rows) {
+      this.sql('DELETE FROM template_builds WHERE id = ?').run(id);
+      this.jobs.delete(id);
+      fs.rmSync(path.join(this.logDir, `${id}.log`), { force: true });
+    }
+    return rows.length;
+  }
+
   private save(j: Job): void {
     this.sql('UPDATE template_builds SET status = ?, step = ?, steps = ?, phase = ?, ended_at = ?, error = ? WHERE id = ?').run(
       j.status,
