@@ -7,15 +7,11 @@
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import WebSocket from 'ws';
-import { authHeaders, removeDataDir, startTestDaemon, tempDataDir, type TestDaemon } from '../../helpers/daemon.js';
-import { NotFoundError, Sandbox, type ConnectionOptions, type FilesystemEvent } from '../../../src/sdk/index.js';
-
-let d: TestDaemon;
-let dataDir: string;
-let conn: ConnectionOptions;
-let sbx: Sandbox;
+import { authHeaders } from '../../helpers/daemon.js';
+import { sandboxFixture } from '../../helpers/sandbox-fixture.js';
+import { NotFoundError, Sandbox, type FilesystemEvent } from '../../../src/sdk/index.js';
 
 function recorder() {
   const events: FilesystemEvent[] = [];
@@ -40,24 +36,13 @@ function rssKb(pid: number): number {
 }
 
 describe('file watches', () => {
-  before(async () => {
-    dataDir = tempDataDir();
-    fs.chmodSync(dataDir, 0o755);
-    d = await startTestDaemon({ dataDir });
-    conn = { apiUrl: d.url };
-    sbx = await Sandbox.create({ ...conn, template: 'busybox' });
-  });
-  after(async () => {
-    await sbx?.kill().catch(() => {});
-    await d?.stop();
-    if (dataDir) await removeDataDir(dataDir);
-  });
+  const f = sandboxFixture();
 
   it('sees create, write, rename, chmod and remove in nested directories, including ones made later', async () => {
-    await sbx.commands.run('mkdir -p /work/a/b');
+    await f.sbx.commands.run('mkdir -p /work/a/b');
     const r = recorder();
-    const w = await sbx.files.watchDir('/work', r.on, { recursive: true });
-    await sbx.commands.run('echo 1 > /work/a/b/f.txt; echo 2 >> /work/a/b/f.txt; chmod 600 /work/a/b/f.txt; mv /work/a/b/f.txt /work/a/b/g.txt; rm /work/a/b/g.txt');
+    const w = await f.sbx.files.watchDir('/work', r.on, { recursive: true });
+    await f.sbx.commands.run('echo 1 > /work/a/b/f.txt; echo 2 >> /work/a/b/f.txt; chmod 600 /work/a/b/f.txt; mv /work/a/b/f.txt /work/a/b/g.txt; rm /work/a/b/g.txt');
     await r.until(is('remove', 'a/b/g.txt'));
     const seq = r.events.map((e) => ('path' in e ? `${e.type} ${e.path}` : e.type));
     assert.deepEqual(
@@ -65,10 +50,10 @@ describe('file watches', () => {
       ['create a/b/f.txt', 'write a/b/f.txt', 'chmod a/b/f.txt', 'rename a/b/f.txt', 'create a/b/g.txt', 'remove a/b/g.txt'],
     );
     // Made after the watch started, in one go: the new directories are watched too.
-    await sbx.commands.run('mkdir -p /work/new/deeper/deepest && echo x > /work/new/deeper/deepest/late.txt');
+    await f.sbx.commands.run('mkdir -p /work/new/deeper/deepest && echo x > /work/new/deeper/deepest/late.txt');
     await r.until(is('create', 'new/deeper/deepest'));
     await r.until((e) => 'path' in e && e.path === 'new/deeper/deepest/late.txt');
-    await sbx.commands.run('echo again >> /work/new/deeper/deepest/late.txt');
+    await f.sbx.commands.run('echo again >> /work/new/deeper/deepest/late.txt');
     await r.until(is('write', 'new/deeper/deepest/late.txt'));
     assert.ok(r.events.find(is('create', 'new'))?.type === 'create' && (r.events.find(is('create', 'new')) as { isDir: boolean }).isDir);
     w.stop();
@@ -76,12 +61,12 @@ describe('file watches', () => {
   });
 
   it("reports a file written through the files API as create + write of that file, not the agent's temporary file", async () => {
-    await sbx.commands.run('mkdir -p /api');
+    await f.sbx.commands.run('mkdir -p /api');
     const r = recorder();
-    const w = await sbx.files.watchDir('/api', r.on);
-    await sbx.files.write('/api/a.txt', 'one');
-    await sbx.files.write('/api/a.txt', 'two');
-    await sbx.commands.run('touch /api/done');
+    const w = await f.sbx.files.watchDir('/api', r.on);
+    await f.sbx.files.write('/api/a.txt', 'one');
+    await f.sbx.files.write('/api/a.txt', 'two');
+    await f.sbx.commands.run('touch /api/done');
     await r.until(is('create', 'done'));
     assert.deepEqual(
       r.events.flatMap((e) => ('path' in e ? [`${e.type} ${e.path}`] : [])),
@@ -91,34 +76,34 @@ describe('file watches', () => {
   });
 
   it('a missing directory is not found; a non-recursive watch ignores subdirectories', async () => {
-    await assert.rejects(sbx.files.watchDir('/no/such/dir', () => undefined), NotFoundError);
-    await sbx.commands.run('mkdir -p /flat/sub');
+    await assert.rejects(f.sbx.files.watchDir('/no/such/dir', () => undefined), NotFoundError);
+    await f.sbx.commands.run('mkdir -p /flat/sub');
     const r = recorder();
-    const w = await sbx.files.watchDir('/flat', r.on);
-    await sbx.commands.run('touch /flat/sub/inner /flat/top');
+    const w = await f.sbx.files.watchDir('/flat', r.on);
+    await f.sbx.commands.run('touch /flat/sub/inner /flat/top');
     await r.until(is('create', 'top'));
     assert.equal(r.events.some((e) => 'path' in e && e.path.includes('inner')), false);
     w.stop();
   });
 
   it('100,000 events with a consumer that falls behind: one overflow, bounded daemon memory, later events still arrive', async () => {
-    await sbx.commands.run('mkdir -p /flood');
+    await f.sbx.commands.run('mkdir -p /flood');
     const r = recorder();
     let floodDone!: () => void;
     const flooded = new Promise<void>((res) => (floodDone = res));
-    const w = await sbx.files.watchDir('/flood', async (e) => {
+    const w = await f.sbx.files.watchDir('/flood', async (e) => {
       r.on(e);
       // A consumer that stops reading during the flood: the daemon must hold back, not buffer.
       if (r.events.length === 1) await flooded;
     });
-    const before = rssKb(d.child.pid!);
+    const before = rssKb(f.d.child.pid!);
     let peak = before;
-    const sampler = setInterval(() => (peak = Math.max(peak, rssKb(d.child.pid!))), 100);
+    const sampler = setInterval(() => (peak = Math.max(peak, rssKb(f.d.child.pid!))), 100);
     // 100,000 new files: 100,000 create events. Names of ~200 bytes make them ~25 MB of NDJSON, more than
     // every buffer on the way (the kernel's inotify queue, the agent's, one credit window, the loopback
     // socket buffers of a few MB) can hold, so the stalled consumer must cost events, not memory.
     const pad = 'x'.repeat(190);
-    const t = await sbx.commands.run(`cd /flood && seq 1 100000 | sed 's/$/${pad}/' | xargs touch && echo done`, { timeoutMs: 180_000 });
+    const t = await f.sbx.commands.run(`cd /flood && seq 1 100000 | sed 's/$/${pad}/' | xargs touch && echo done`, { timeoutMs: 180_000 });
     clearInterval(sampler);
     assert.equal(t.stdout, 'done\n', t.stderr);
     floodDone();
@@ -131,7 +116,7 @@ describe('file watches', () => {
     const deadline = Date.now() + 60_000;
     for (let n = 1; !r.events.some(later); n++) {
       assert.ok(Date.now() < deadline, `no event after the flood; last events: ${JSON.stringify(r.events.slice(-5)).slice(0, 2000)}`);
-      await sbx.commands.run(`touch /flood/after-the-flood-${n}`);
+      await f.sbx.commands.run(`touch /flood/after-the-flood-${n}`);
       await new Promise((res) => setTimeout(res, 250));
     }
     // Kept in order: nothing after the gap is reported before the overflow event that reports it.
@@ -141,15 +126,15 @@ describe('file watches', () => {
     assert.ok(r.events.length < 100_000, `events were dropped rather than buffered (${r.events.length} delivered)`);
     assert.ok(peak - before < 64 * 1024, `daemon memory grew by ${peak - before} KiB`);
     w.stop();
-    await sbx.commands.run('rm -rf /flood');
+    await f.sbx.commands.run('rm -rf /flood');
   });
 
   it('streams as NDJSON and over a WebSocket, and ends with the sandbox', async () => {
-    const other = await Sandbox.create({ ...conn, template: 'busybox' });
-    const res = await fetch(`${d.url}/v1/sandboxes/${other.id}/files/watch?path=/tmp`, { headers: authHeaders(d.url) });
+    const other = await Sandbox.create({ ...f.conn, template: 'busybox' });
+    const res = await fetch(`${f.d.url}/v1/sandboxes/${other.id}/files/watch?path=/tmp`, { headers: authHeaders(f.d.url) });
     assert.equal(res.status, 200);
     assert.match(res.headers.get('content-type') ?? '', /ndjson/);
-    const ws = new WebSocket(`${d.url.replace('http', 'ws')}/v1/sandboxes/${other.id}/files/watch?path=/tmp&recursive=true`, { headers: authHeaders(d.url) });
+    const ws = new WebSocket(`${f.d.url.replace('http', 'ws')}/v1/sandboxes/${other.id}/files/watch?path=/tmp&recursive=true`, { headers: authHeaders(f.d.url) });
     const frames: unknown[] = [];
     ws.on('message', (m) => frames.push(JSON.parse(String(m))));
     const closed = new Promise<number>((r) => ws.on('close', (code) => r(code)));
