@@ -25,6 +25,33 @@ function rssMiB(pid: number): number {
   return m ? Number(m[1]) / 1024 : NaN;
 }
 
+/** CPU time of all of a process's threads so far, in ms (/proc/<pid>/task/<tid>/schedstat, ns resolution); NaN if gone. */
+export function cpuMs(pid: number): number {
+  try {
+    let ns = 0;
+    for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+      try {
+        ns += Number(fs.readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]);
+      } catch {
+        // the thread ended meanwhile
+      }
+    }
+    return ns / 1e6;
+  } catch {
+    return NaN;
+  }
+}
+
+/** The CPU each process spent on fn: the daemon, the sandbox's agent, and this process (the SDK client). */
+async function withCpu<T>(pids: { daemon: number; agent: number }, fn: () => Promise<T>): Promise<{ value: T; daemon: number; agent: number; client: number }> {
+  const d0 = cpuMs(pids.daemon);
+  const a0 = cpuMs(pids.agent);
+  const c0 = process.cpuUsage();
+  const value = await fn();
+  const c = process.cpuUsage(c0);
+  return { value, daemon: cpuMs(pids.daemon) - d0, agent: cpuMs(pids.agent) - a0, client: (c.user + c.system) / 1000 };
+}
+
 /** Runs fn while sampling the process's RSS every 2 ms; returns fn's result and the peak growth over the RSS at the start. */
 async function withRss<T>(pid: number, fn: () => Promise<T>): Promise<{ value: T; growthMiB: number }> {
   const start = rssMiB(pid);
@@ -55,6 +82,17 @@ export const files: Scenario = async (ctx) => {
   const rate = (ms: number) => mb / (ms / 1000);
   const sbx = await Sandbox.create({ ...ctx.conn, template: 'busybox' });
   const cid = await ctx.crun.start(0);
+  // The sandbox's agent (its init): crun's state names it.
+  const state = await run('crun', ['--root', path.join(ctx.daemon.dataDir, 'runtime'), 'state', sbx.id], { capture: true });
+  const agentPid = Number((JSON.parse(state.stdout || '{}') as { pid?: unknown }).pid ?? NaN);
+  const pids = { daemon: ctx.daemon.pid, agent: agentPid };
+  /** CPU ms per transfer of the SDK rows, by process (scaled to 100 MB below). */
+  const cpu = { write: { daemon: [] as number[], agent: [] as number[], client: [] as number[] }, read: { daemon: [] as number[], agent: [] as number[], client: [] as number[] } };
+  const keepCpu = (dir: 'write' | 'read', r: { daemon: number; agent: number; client: number }) => {
+    cpu[dir].daemon.push(r.daemon);
+    cpu[dir].agent.push(r.agent);
+    cpu[dir].client.push(r.client);
+  };
   const hostFile = path.join(ctx.daemon.dataDir, '..', 'bench-file.bin');
   try {
     const w = new Map<string, number[]>([
@@ -78,13 +116,25 @@ export const files: Scenario = async (ctx) => {
           const p = `/tmp/bench-${i}.bin`;
           // Timed transfers run alone; the daemon's memory is sampled on a second, untimed pair (sampling
           // every 2 ms in this process, which is also the SDK's sender, slowed the timed upload).
-          let t0 = now();
-          const written = await sbx.files.write(p, data);
-          w.get('sdk write')!.push(rate(now() - t0));
+          // Reading the CPU counters (a few /proc reads) happens outside the timed span.
+          let t0 = 0;
+          const wr0 = await withCpu(pids, async () => {
+            t0 = now();
+            const r = await sbx.files.write(p, data);
+            w.get('sdk write')!.push(rate(now() - t0));
+            return r;
+          });
+          keepCpu('write', wr0);
+          const written = wr0.value;
           if (written.size !== size) throw new Error(`write reported ${written.size} bytes`);
-          t0 = now();
-          const back = await sbx.files.read(p, { format: 'bytes' });
-          w.get('sdk read')!.push(rate(now() - t0));
+          const rd0 = await withCpu(pids, async () => {
+            t0 = now();
+            const r = await sbx.files.read(p, { format: 'bytes' });
+            w.get('sdk read')!.push(rate(now() - t0));
+            return r;
+          });
+          keepCpu('read', rd0);
+          const back = rd0.value;
           check('sdk', back);
           await sbx.files.remove(p);
           const wr = await withRss(ctx.daemon.pid, () => sbx.files.write(p, data));
@@ -161,9 +211,17 @@ export const files: Scenario = async (ctx) => {
       return { value: Math.round(v), better: 'higher' as const, label: `≥ ${VS_CRUN}× ${baseline} (${Math.round(v)} MB/s)`, on: 'p50' as const };
     };
     const rss = { value: RSS_GROWTH_MIB, better: 'lower' as const, label: `≤ ${RSS_GROWTH_MIB} MiB`, on: 'p99' as const };
+    // CPU per 100 MB by process: what the ratio rows cannot show on a shared machine (the SDK path needs
+    // several processes' CPU per byte, the baseline's two; ADR 0016).
+    const per100 = (xs: number[]) => Math.round((p50(xs) * 100) / mb);
+    const cpuExtra = (dir: 'write' | 'read') => ({
+      'daemon CPU ms per 100 MB (p50)': per100(cpu[dir].daemon),
+      'agent CPU ms per 100 MB (p50)': per100(cpu[dir].agent),
+      'client (SDK) CPU ms per 100 MB (p50)': per100(cpu[dir].client),
+    });
     const rows = [
-      row('sdk write', 'capsule', 'MB/s', w.get('sdk write')!, { vs: 'crun exec write, same sandbox', target: vsCrun('crun exec write, same sandbox') }),
-      row('sdk read', 'capsule', 'MB/s', w.get('sdk read')!, { vs: 'crun exec read, same sandbox', target: vsCrun('crun exec read, same sandbox') }),
+      row('sdk write', 'capsule', 'MB/s', w.get('sdk write')!, { vs: 'crun exec write, same sandbox', target: vsCrun('crun exec write, same sandbox'), extra: cpuExtra('write') }),
+      row('sdk read', 'capsule', 'MB/s', w.get('sdk read')!, { vs: 'crun exec read, same sandbox', target: vsCrun('crun exec read, same sandbox'), extra: cpuExtra('read') }),
       row('daemon RSS growth, sdk write', 'capsule', 'MiB', w.get('daemon RSS growth, sdk write')!, { target: rss }),
       row('daemon RSS growth, sdk read', 'capsule', 'MiB', w.get('daemon RSS growth, sdk read')!, { target: rss }),
       row('crun exec write, same sandbox', 'baseline', 'MB/s', w.get('crun exec write, same sandbox')!, { vs: 'crun exec write' }),
@@ -187,6 +245,7 @@ export const files: Scenario = async (ctx) => {
         'crun exec …, same sandbox: crun exec into the sandbox itself (its bundle, its quota disk), the baseline the targets use; crun exec write/read: the plain baseline container, whose writable layer is on the host filesystem rather than a loop-mounted quota disk.',
         `sdk write vs the plain baseline container: ${(p50(w.get('sdk write')!) / p50(w.get('crun exec write')!)).toFixed(2)}×; sdk read: ${(p50(w.get('sdk read')!) / p50(w.get('crun exec read')!)).toFixed(2)}×.`,
         `Daemon RSS growth: peak VmRSS sampled every 2 ms during one SDK transfer, minus VmRSS at its start (${mb} MB moved each time).`,
+        `CPU per 100 MB of the timed SDK transfers (p50; daemon and agent from /proc schedstat, the client from process.cpuUsage): write daemon ${per100(cpu.write.daemon)} ms, agent ${per100(cpu.write.agent)} ms, client ${per100(cpu.write.client)} ms; read daemon ${per100(cpu.read.daemon)} ms, agent ${per100(cpu.read.agent)} ms, client ${per100(cpu.read.client)} ms.`,
         `crun exec read without the join, as measured before issue 9: p50 ${Math.round(p50(crunReadChunksOnly))} MB/s (sdk read ${(p50(w.get('sdk read')!) / p50(crunReadChunksOnly)).toFixed(2)}× of it).`,
       ],
       errors,

@@ -47,6 +47,7 @@ import { SnapshotStore } from './snapshots/store.js';
 import { SnapshotService } from './snapshots/service.js';
 import { NetworkService } from './network/service.js';
 import { hostEnvironment, simulatedEnvironment } from './network/environment.js';
+import { tuneHeap } from './heap.js';
 
 export interface Daemon {
   url: string;
@@ -79,6 +80,7 @@ export interface StartOptions {
 }
 
 export async function startDaemon(config: DaemonConfig, opts: StartOptions = {}): Promise<Daemon> {
+  tuneHeap();
   const log = opts.logger ?? pino({ level: config.logLevel, base: undefined }, pino.destination(2));
   const paths = dataPaths(config.dataDir);
   for (const dir of [config.dataDir, paths.templates, paths.sandboxes, paths.bin]) fs.mkdirSync(dir, { recursive: true });

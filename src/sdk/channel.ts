@@ -18,6 +18,7 @@
 import type net from 'node:net';
 import type WebSocket from 'ws';
 import { UnavailableError, errorFromWire } from '../errors/index.js';
+import { fastChannelAnswer } from '../schemas/fast.js';
 import { ChannelServerMessage, CommandResult } from '../schemas/index.js';
 import { abortError, clientTimeout, validateResponse, type HttpClient } from './http.js';
 import { openSocket } from './socket.js';
@@ -177,7 +178,9 @@ export class CommandChannel {
     let msg: ChannelServerMessage;
     try {
       if (isBinary) throw new Error('binary');
-      msg = validateResponse(ChannelServerMessage, JSON.parse(data.toString('utf8')), 'a command channel message');
+      const value: unknown = JSON.parse(data.toString('utf8'));
+      // The common answer (a result) is checked by hand, anything else by the schema (schemas/fast.ts).
+      msg = fastChannelAnswer(value) ?? validateResponse(ChannelServerMessage, value, 'a command channel message');
     } catch {
       // A daemon that speaks something else: stop using the channel, fail what waits.
       this.failAll('the daemon sent a command channel message this SDK cannot read (is it the same version?)');

@@ -20,6 +20,7 @@ import type WebSocket from 'ws';
 import { abortError, isAbortError, type HttpClient, type StreamedBody } from './http.js';
 import { readNdjson } from './ndjson.js';
 import { openSocket, sendOn, socketLines } from './socket.js';
+import { fastCommandResult } from '../schemas/fast.js';
 import { CommandChannel } from './channel.js';
 
 export type Signal = (typeof SIGNALS)[number];
@@ -351,7 +352,7 @@ export class Commands {
       const timeoutMs = commandRequestTimeout(this.http, opts.timeoutMs);
       const viaChannel = await this.channel?.run(this.sandboxId, body, timeoutMs);
       if (viaChannel) return viaChannel;
-      return this.http.json('POST', this.base, CommandResult, { json: body, timeoutMs });
+      return this.http.json('POST', this.base, CommandResult, { json: body, timeoutMs }, fastCommandResult);
     }
     return this.runStreaming(body, opts);
   }

@@ -19,6 +19,7 @@ import type { FastifyBaseLogger } from 'fastify';
 import { requestContext } from '../../auth/context.js';
 import { HTTP_STATUS, InternalError, InvalidArgumentError, RateLimitedError, isCapsuleError } from '../../errors/index.js';
 import { ChannelClientMessage, ChannelServerMessage, RunCommandRequest, SandboxParams, type CommandResult } from '../../schemas/index.js';
+import { fastChannelRun, fastRunCommandRequest, fastSandboxParams } from '../../schemas/fast.js';
 import { presentedSecret, principalOf } from '../auth.js';
 import { parse, type RouteTable } from '../route.js';
 import type { SocketChannel } from '../socket.js';
@@ -94,8 +95,9 @@ function serveChannel(ch: SocketChannel, s: Services, secret: string | undefined
     let result: CommandResult;
     try {
       const principal = principalOf(secret, { keys: s.keyStore, limiter: s.limiter });
-      const params = parse(SandboxParams, { id: sandboxId }, 'path parameter');
-      const req = parse(RunCommandRequest, body, 'body');
+      // Common shapes are checked by hand, anything else (and every error) by the schemas (schemas/fast.ts).
+      const params = fastSandboxParams(sandboxId) ?? parse(SandboxParams, { id: sandboxId }, 'path parameter');
+      const req = fastRunCommandRequest(body) ?? parse(RunCommandRequest, body, 'body');
       if (req.background || req.stream) {
         throw new InvalidArgumentError('the command channel runs buffered foreground commands; start background or streamed ones with POST /v1/sandboxes/:id/commands');
       }
@@ -112,7 +114,8 @@ function serveChannel(ch: SocketChannel, s: Services, secret: string | undefined
 
   ch.onMessage((msg) => {
     if ('bytes' in msg) return ch.fail(new InvalidArgumentError('the command channel takes JSON text frames, not binary ones'));
-    const m = ChannelClientMessage.safeParse(msg.text);
+    const fast = fastChannelRun(msg.text);
+    const m = fast ? ({ success: true, data: fast } as const) : ChannelClientMessage.safeParse(msg.text);
     if (!m.success) {
       // A message that names its id gets an answer; one that does not is a broken client.
       const id = (msg.text as { id?: unknown } | undefined)?.id;
