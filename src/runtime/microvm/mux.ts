@@ -44,8 +44,10 @@ interface Stream {
   credit: number;
   /** Bytes written to the client since the last CREDIT. */
   written: number;
-  /** Writes to the client not yet flushed: the guest must not have more in flight than the window. */
+  /** Writes to the client not yet flushed. */
   pending: number;
+  /** Bytes the guest sent that we have not credited back yet: never more than the window. */
+  outstanding: number;
   /** Read from the client beyond the credit (the socket is paused meanwhile): at most one read's worth. */
   backlog: Buffer[];
   /** The client ended its side: CLOSE once the backlog is sent. */
@@ -157,7 +159,7 @@ export class MuxRelay {
     let id = this.nextStream;
     while (this.streams.has(id) || id === 0) id = (id + 1) >>> 0;
     this.nextStream = (id + 1) >>> 0 || 1;
-    const st: Stream = { sock, credit: MUX_WINDOW, written: 0, pending: 0, backlog: [], ending: false };
+    const st: Stream = { sock, credit: MUX_WINDOW, written: 0, pending: 0, outstanding: 0, backlog: [], ending: false };
     this.streams.set(id, st);
     this.port!.write(frame(T.OPEN, id));
     sock.on('data', (chunk: Buffer) => {
@@ -236,7 +238,8 @@ export class MuxRelay {
       case T.DATA: {
         if (!st) return true;
         st.pending += payload.length;
-        if (st.pending > MUX_WINDOW) {
+        st.outstanding += payload.length;
+        if (st.outstanding > MUX_WINDOW) {
           this.violation(`stream ${sid} overran its window`);
           return false;
         }
@@ -246,6 +249,7 @@ export class MuxRelay {
           if (this.streams.get(sid) === st && (st.pending === 0 || st.written >= MUX_WINDOW / 4)) {
             const b = Buffer.allocUnsafe(4);
             b.writeUInt32BE(st.written, 0);
+            st.outstanding -= st.written;
             st.written = 0;
             this.port?.write(frame(T.CREDIT, sid, b));
           }

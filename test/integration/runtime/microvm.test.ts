@@ -14,6 +14,7 @@ import { after, before, describe, it } from 'node:test';
 import { removeDataDir, startTestDaemon, tempDataDir, type TestDaemon } from '../../helpers/daemon.js';
 import { leftovers, settledLeftovers } from '../../helpers/leftovers.js';
 import { Sandbox, UnsupportedError, type ConnectionOptions } from '../../../src/sdk/index.js';
+import { checkMicrovm } from '../../../src/runtime/microvm/doctor.js';
 import { DEFAULT_KERNEL, findQemu } from '../../../src/runtime/microvm/kernel.js';
 
 function microvmSkip(): string | false {
@@ -52,6 +53,13 @@ describe('microVM sandboxes (QEMU -M microvm)', { skip: microvmSkip(), timeout: 
     assert.match(vm.name!, /^qemu \S+ microvm \((tcg|kvm)\)$/);
     assert.deepEqual([vm.capabilities!.pause, vm.capabilities!.stop, vm.capabilities!.exportChanges, vm.capabilities!.network], [false, false, false, ['none']]);
     assert.equal((await sbx.getInfo()).isolation, 'microvm');
+  });
+
+  it('capsule doctor reports QEMU, the kernel and the accelerator', async () => {
+    const c = await checkMicrovm(false, { ...process.env, CAPSULE_MICROVM_ALLOW_TCG: '' });
+    assert.equal(c.ok, true, JSON.stringify(c));
+    assert.match(c.message, /qemu-system-x86_64, kernel \S+/);
+    assert.match(c.message, /KVM|no hardware virtualization here .* "microvm" is off/);
   });
 
   it('runs commands in its own kernel: foreground, and background with streamed output and stdin', async () => {
@@ -99,6 +107,23 @@ describe('microVM sandboxes (QEMU -M microvm)', { skip: microvmSkip(), timeout: 
   it('answers unsupported for pause, as its capabilities say', async () => {
     await assert.rejects(sbx.pause(), (e: unknown) => e instanceof UnsupportedError);
     assert.equal((await sbx.commands.run('echo still here')).stdout, 'still here\n');
+  });
+
+  it('survives a daemon SIGKILL: re-adopted (its agent port relayed again), files and a background command kept', async () => {
+    await sbx.files.write('/root/state', 'kept\n');
+    const bg = await sbx.commands.run('sleep 1; echo bg-done > /root/bg', { background: true });
+    assert.ok(bg.pid > 0);
+    await d.kill();
+    d = await startTestDaemon({ dataDir, env: { CAPSULE_MICROVM_ALLOW_TCG: '1' } });
+    conn = { apiUrl: d.url };
+    sbx = await Sandbox.connect(sbx.id, conn);
+    assert.equal((await sbx.getInfo()).state, 'running');
+    assert.equal(await sbx.files.read('/root/state'), 'kept\n');
+    // The console's reader (the old daemon) is gone: QEMU must survive the guest writing to it.
+    assert.equal((await sbx.commands.run('echo to-the-console > /dev/console; echo ok')).stdout, 'ok\n');
+    const deadline = Date.now() + 10_000;
+    while (!(await sbx.files.exists('/root/bg')) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    assert.equal(await sbx.files.read('/root/bg'), 'bg-done\n');
   });
 
   it('is killed with nothing left: no QEMU, disks, sockets or cgroups', async () => {
