@@ -60,10 +60,12 @@ export interface MicrovmDriverOptions {
 
 /** QEMU's own memory on top of the guest's (its code, device state, TCG's translation cache of TB_SIZE_MB). */
 const QEMU_OVERHEAD_MB = 256;
-const TB_SIZE_MB = 128;
+const TB_SIZE_MB = 64;
 /** Host tasks of one QEMU: vCPU threads, the main loop, and its block I/O thread pool (up to 64). */
 const QEMU_HOST_TASKS = 256;
 const PORT_NAME = 'capsule-agent';
+/** First of the 2^20 host uids QEMU processes run as (qemuUid); far above any sandbox's mapped range. */
+const QEMU_UID_BASE = 0x50000000;
 /** Keep this much of QEMU's console output (the guest's serial console) for error messages. */
 const CONSOLE_TAIL = 16 * 1024;
 
@@ -124,6 +126,8 @@ export class MicrovmDriver implements RuntimeDriver {
       pid: path.join(dir, 'qemu.pid'),
       serial: path.join(dir, 'serial.sock'),
       agent: path.join(dir, 'agent.sock'),
+      /** An empty dir QEMU chroots into once started. */
+      chroot: path.join(dir, 'empty'),
     };
   }
 
@@ -182,6 +186,7 @@ export class MicrovmDriver implements RuntimeDriver {
         makeWritableDisk(f.disk, diskMb),
       ]);
       signal?.throwIfAborted();
+      await fsp.mkdir(f.chroot, { mode: 0o555 });
       const procsFiles = await this.makeCgroup(id, spec.resources);
       const timeoutMs = this.opts.createTimeoutMs ?? 60_000;
       const deadline = Date.now() + timeoutMs;
@@ -272,8 +277,16 @@ export class MicrovmDriver implements RuntimeDriver {
       '-serial',
       'stdio',
       '-no-reboot',
+      // QEMU's own seccomp filter, then (after opening its disks and sockets) an unprivileged uid of its
+      // own and an empty root: an escape from the guest lands in neither root's files nor a sandbox's.
+      // (elevateprivileges=allow: its filter comes first, and `deny` would kill the -runas setuid itself;
+      // after that, QEMU has no capabilities left to elevate with.)
       '-sandbox',
-      'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny',
+      'on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny',
+      '-runas',
+      `${qemuUid(id)}:${qemuUid(id)}`,
+      '-chroot',
+      f.chroot,
       '-kernel',
       this.opts.kernel.kernel,
       '-initrd',
@@ -487,6 +500,16 @@ export class MicrovmDriver implements RuntimeDriver {
     this.swapAccounting = mem ? fs.existsSync(path.join(mem.mountPoint, 'memory.memsw.limit_in_bytes')) : true;
     return this.swapAccounting;
   }
+}
+
+/**
+ * The host uid (and gid) a sandbox's QEMU runs as once started: one per sandbox, outside the range
+ * container sandboxes map to (idMapBase..+idMapSize), derived from the id (FNV-1a into 2^20 values).
+ */
+export function qemuUid(id: string): number {
+  let h = 0x811c9dc5;
+  for (const ch of Buffer.from(id)) h = Math.imul(h ^ ch, 0x01000193) >>> 0;
+  return QEMU_UID_BASE + (h & 0xfffff);
 }
 
 /** Whether pid is a live QEMU (not a recycled pid, not a zombie). */

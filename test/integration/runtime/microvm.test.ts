@@ -25,6 +25,14 @@ function microvmSkip(): string | false {
   return false;
 }
 
+function readOr(p: string): string {
+  try {
+    return fs.readFileSync(p, 'utf8');
+  } catch {
+    return '';
+  }
+}
+
 let d: TestDaemon;
 let dataDir: string;
 let conn: ConnectionOptions;
@@ -129,6 +137,11 @@ describe('microVM sandboxes (QEMU -M microvm)', { skip: microvmSkip(), timeout: 
   it('is killed with nothing left: no QEMU, disks, sockets or cgroups', async () => {
     const id = sbx.id;
     assert.ok(leftovers(id, dataDir).some((l) => l.startsWith('QEMU process') || l.startsWith('process')), 'QEMU runs while the sandbox does');
+    // QEMU dropped root once started (-runas): a uid of its own, outside the containers' mapped range.
+    const qemu = fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p) && readOr(`/proc/${p}/cmdline`).includes(`/microvm/sb/${id}/`) && readOr(`/proc/${p}/comm`).startsWith('qemu'));
+    assert.equal(qemu.length, 1, 'one QEMU');
+    const uid = Number(readOr(`/proc/${qemu[0]}/status`).match(/^Uid:\s+(\d+)/m)?.[1]);
+    assert.ok(uid >= 0x50000000, `QEMU runs as uid ${uid}`);
     await sbx.kill();
     assert.deepEqual(await settledLeftovers(id, dataDir), []);
   });
