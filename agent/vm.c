@@ -103,20 +103,52 @@ static int find_port(const char *name, char *out, size_t outlen) {
   return found;
 }
 
-/* capsule.id=ID from the kernel command line (the sandbox id: the hostname). */
-static void set_hostname(void) {
+/* The value of `key` (e.g. "capsule.id=") on the kernel command line, into out; 0 when found. */
+static int cmdline_param(const char *key, char *out, size_t outlen) {
   char buf[4096];
   int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return;
+  if (fd < 0) return -1;
   ssize_t n = read(fd, buf, sizeof buf - 1);
   close(fd);
-  if (n <= 0) return;
+  if (n <= 0) return -1;
   buf[n] = 0;
-  char *p = strstr(buf, "capsule.id=");
-  if (!p) return;
-  p += strlen("capsule.id=");
+  char *p = strstr(buf, key);
+  if (!p) return -1;
+  p += strlen(key);
   size_t len = strcspn(p, " \n");
-  if (len > 0 && len < 64) sethostname(p, len);
+  if (len == 0 || len >= outlen) return -1;
+  memcpy(out, p, len);
+  out[len] = 0;
+  return 0;
+}
+
+/* capsule.id=ID: the sandbox id, as the hostname. */
+static void set_hostname(void) {
+  char id[64];
+  if (cmdline_param("capsule.id=", id, sizeof id) == 0) sethostname(id, strlen(id));
+}
+
+static int write_file(const char *p, const char *v) {
+  int fd = open(p, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  ssize_t n = write(fd, v, strlen(v));
+  close(fd);
+  return n == (ssize_t)strlen(v) ? 0 : -1;
+}
+
+/* capsule.pids=N: the sandbox's process limit, as a cgroup v2 pids.max around the agent (and so every
+ * command). Inside the guest only: the VM's own size is what bounds the host. */
+static void limit_pids(void) {
+  char pids[24];
+  if (cmdline_param("capsule.pids=", pids, sizeof pids)) return;
+  if (mount("cgroup2", "/sys/fs/cgroup", "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL)) {
+    fprintf(stderr, "capsule-vm-init: cgroup2: %s (no pids limit)\n", strerror(errno));
+    return;
+  }
+  mkdir("/sys/fs/cgroup/sandbox", 0755);
+  if (write_file("/sys/fs/cgroup/cgroup.subtree_control", "+pids") || write_file("/sys/fs/cgroup/sandbox/pids.max", pids) ||
+      write_file("/sys/fs/cgroup/sandbox/cgroup.procs", "1"))
+    fprintf(stderr, "capsule-vm-init: pids limit: %s\n", strerror(errno));
 }
 
 static void loopback_up(void) {
@@ -186,6 +218,7 @@ int vm_init(void) {
   if (chroot(".")) die("chroot");
   if (chdir("/")) die("chdir /");
   set_hostname();
+  limit_pids();
   loopback_up();
 
   wait_for(find_port, "capsule-agent", port, sizeof port);

@@ -257,6 +257,7 @@ export class MicrovmDriver implements RuntimeDriver {
       'tsc_early_khz=2000000',
       'i8042.noaux',
       `capsule.id=${id}`,
+      `capsule.pids=${Math.max(8, Math.floor(r.pids))}`,
       '--',
       '--vm-init',
     ].join(' ');

@@ -44,7 +44,7 @@ describe('microVM sandboxes (QEMU -M microvm)', { skip: microvmSkip(), timeout: 
     fs.chmodSync(dataDir, 0o755);
     d = await startTestDaemon({ dataDir, env: { CAPSULE_MICROVM_ALLOW_TCG: '1' } });
     conn = { apiUrl: d.url };
-    sbx = await Sandbox.create({ ...conn, template: 'busybox', isolation: 'microvm', resources: { cpus: 1, memoryMb: 256 } });
+    sbx = await Sandbox.create({ ...conn, template: 'busybox', isolation: 'microvm', resources: { cpus: 1, memoryMb: 256, pids: 48 } });
   });
   after(async () => {
     await sbx?.kill().catch(() => {});
@@ -102,6 +102,15 @@ describe('microVM sandboxes (QEMU -M microvm)', { skip: microvmSkip(), timeout: 
     assert.equal((await sbx.commands.run('wc -c < /work/big.bin')).stdout.trim(), String(big.length));
     // The writable layer is the sandbox's own disk: root is on an overlay.
     assert.match((await sbx.commands.run('grep " / " /proc/mounts')).stdout, /^overlay \/ overlay /);
+  });
+
+  it('holds processes to the pids limit inside the guest (a cgroup around the agent); memory is the VM size', async () => {
+    assert.equal((await sbx.commands.run('cat /sys/fs/cgroup/sandbox/pids.max')).stdout, '48\n');
+    const r = await sbx.commands.run('i=0; while [ $i -lt 60 ]; do sleep 5 </dev/null >/dev/null 2>&1 & i=$((i+1)); done 2>&1 | grep -c "can.t fork"; true');
+    assert.ok(Number(r.stdout.trim()) > 0, `some forks were refused: ${r.stdout}`);
+    await sbx.commands.run('kill -9 $(pidof sleep) 2>/dev/null; true');
+    const mem = Number((await sbx.commands.run("grep MemTotal /proc/meminfo | tr -s ' ' | cut -d' ' -f2")).stdout) / 1024;
+    assert.ok(mem > 180 && mem <= 256, `guest memory ${mem} MiB for memoryMb 256`);
   });
 
   it('serves several agent connections at once over the one port', async () => {
