@@ -180,6 +180,9 @@ export class MicrovmDriver implements RuntimeDriver {
       }
       made = true;
       const topFirst = [...spec.layers].reverse().map((l) => l.path);
+      for (const l of topFirst) {
+        if (!fs.existsSync(l)) throw new RuntimeError(`layer ${l} does not exist: build the template first (capsule template build)`, { id });
+      }
       const [image, initrd] = await Promise.all([
         templateImage(path.join(this.root, 'images'), topFirst, { base: this.opts.idMapBase, size: this.opts.idMapSize }, signal),
         initramfs(path.join(this.root, 'boot'), this.opts.agentBinary, this.opts.kernel.modulesDir),
@@ -195,8 +198,14 @@ export class MicrovmDriver implements RuntimeDriver {
       const exited = new Promise<string>((resolve) => child.once('exit', (code, sig) => resolve(`QEMU exited (${code ?? sig}) while the VM booted`)));
       const relay = new MuxRelay(f.serial, f.agent, this.log);
       this.relays.set(id, relay);
-      const timer = new Promise<string>((resolve) => setTimeout(() => resolve(`the VM's agent did not answer within ${timeoutMs} ms`), timeoutMs).unref());
-      const aborted = new Promise<string>((resolve) => signal?.addEventListener('abort', () => resolve('aborted'), { once: true }));
+      let timeout: NodeJS.Timeout | undefined;
+      let onAbort: (() => void) | undefined;
+      const timer = new Promise<string>((resolve) => (timeout = setTimeout(() => resolve(`the VM's agent did not answer within ${timeoutMs} ms`), timeoutMs)));
+      const aborted = new Promise<string>((resolve) => {
+        onAbort = () => resolve('aborted');
+        if (signal?.aborted) onAbort();
+        else signal?.addEventListener('abort', onAbort, { once: true });
+      });
       const failure = await Promise.race([
         relay
           .start(deadline, signal)
@@ -205,7 +214,12 @@ export class MicrovmDriver implements RuntimeDriver {
         exited,
         timer,
         aborted,
-      ]).catch((e: unknown) => (e as Error).message);
+      ])
+        .catch((e: unknown) => (e as Error).message)
+        .finally(() => {
+          clearTimeout(timeout);
+          if (onAbort) signal?.removeEventListener('abort', onAbort);
+        });
       if (failure !== null) {
         this.log.warn({ id, console: consoleTail().slice(-4000) }, 'microVM boot failed; its console');
         const tail = consoleTail().trim().split('\n').slice(-6).join(' | ');
