@@ -13,7 +13,8 @@ import os from 'node:os';
 import { after, before, describe, it } from 'node:test';
 import { removeDataDir, startTestDaemon, tempDataDir, type TestDaemon } from '../../helpers/daemon.js';
 import { leftovers, settledLeftovers } from '../../helpers/leftovers.js';
-import { Sandbox, UnsupportedError, type ConnectionOptions } from '../../../src/sdk/index.js';
+import { Sandbox, UnsupportedError, type ConnectionOptions, type FilesystemEvent } from '../../../src/sdk/index.js';
+import { Screen } from '../interactive/terminal.js';
 import { checkMicrovm } from '../../../src/runtime/microvm/doctor.js';
 import { DEFAULT_KERNEL, findQemu } from '../../../src/runtime/microvm/kernel.js';
 
@@ -111,6 +112,32 @@ describe('microVM sandboxes (QEMU -M microvm)', { skip: microvmSkip(), timeout: 
     await sbx.commands.run('kill -9 $(pidof sleep) 2>/dev/null; true');
     const mem = Number((await sbx.commands.run("grep MemTotal /proc/meminfo | tr -s ' ' | cut -d' ' -f2")).stdout) / 1024;
     assert.ok(mem > 180 && mem <= 256, `guest memory ${mem} MiB for memoryMb 256`);
+  });
+
+  it('a terminal (size, ^C from the guest kernel\'s line discipline) and a file watch work through the mux', async () => {
+    const sc = new Screen();
+    const term = await sbx.pty.create({ cols: 101, rows: 33, onData: sc.onData });
+    await term.sendInput('stty size\n');
+    await sc.until(/33 101\r\n/);
+    await term.sendInput('sleep 100\n');
+    await new Promise((r) => setTimeout(r, 500));
+    const m = sc.mark();
+    await term.sendInput('\x03');
+    await term.sendInput('echo "after=$?"; exit 3\n');
+    await sc.until(/after=130/, m);
+    assert.deepEqual(await term.wait(), { exitCode: 3 });
+    await sbx.commands.run('mkdir -p /watched');
+    const events: FilesystemEvent[] = [];
+    const w = await sbx.files.watchDir('/watched', (e) => void events.push(e));
+    try {
+      await sbx.commands.run('echo 1 > /watched/f.txt; rm /watched/f.txt');
+      const has = (type: string) => events.some((e) => e.type === type && 'path' in e && e.path === 'f.txt');
+      const deadline = Date.now() + 15_000;
+      while (!(has('create') && has('remove')) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      assert.ok(has('create') && has('remove'), JSON.stringify(events));
+    } finally {
+      await w.stop();
+    }
   });
 
   it('serves several agent connections at once over the one port', async () => {
