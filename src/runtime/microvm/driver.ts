@@ -95,6 +95,8 @@ export class MicrovmDriver implements RuntimeDriver {
   private readonly relays = new Map<string, MuxRelay>();
   private readonly relayStarts = new Map<string, Promise<void>>();
   private readonly children = new Map<string, ChildProcess>();
+  /** Template images being built, by key (images.ts). */
+  private readonly imageBuilds = new Map<string, Promise<string>>();
   private version: string | null = null;
   private swapAccounting: boolean | null = null;
   readonly root: string;
@@ -161,6 +163,7 @@ export class MicrovmDriver implements RuntimeDriver {
     const started = performance.now();
     const f = this.files(id);
     let made = false;
+    let writing: Promise<unknown> | null = null;
     try {
       signal?.throwIfAborted();
       const { diskMb } = spec.writable;
@@ -183,11 +186,12 @@ export class MicrovmDriver implements RuntimeDriver {
       for (const l of topFirst) {
         if (!fs.existsSync(l)) throw new RuntimeError(`layer ${l} does not exist: build the template first (capsule template build)`, { id });
       }
-      const [image, initrd] = await Promise.all([
-        templateImage(path.join(this.root, 'images'), topFirst, { base: this.opts.idMapBase, size: this.opts.idMapSize }, signal),
-        initramfs(path.join(this.root, 'boot'), this.opts.agentBinary, this.opts.kernel.modulesDir),
-        makeWritableDisk(f.disk, diskMb),
-      ]);
+      const initrdP = initramfs(path.join(this.root, 'boot'), this.opts.agentBinary, this.opts.kernel.modulesDir);
+      const diskP = makeWritableDisk(f.disk, diskMb);
+      // What writes into the sandbox dir must be over before a cleanup removes it (the image build is not).
+      writing = Promise.allSettled([initrdP, diskP]);
+      const imageP = templateImage(path.join(this.root, 'images'), topFirst, { base: this.opts.idMapBase, size: this.opts.idMapSize }, this.imageBuilds);
+      const [image, initrd] = await untilAborted(Promise.all([imageP, initrdP, diskP]), signal);
       signal?.throwIfAborted();
       await fsp.mkdir(f.chroot, { mode: 0o555 });
       const procsFiles = await this.makeCgroup(id, spec.resources);
@@ -195,7 +199,10 @@ export class MicrovmDriver implements RuntimeDriver {
       const deadline = Date.now() + timeoutMs;
       const child = this.spawnQemu(id, spec.resources, image, initrd, procsFiles);
       const consoleTail = collectTail(child);
-      const exited = new Promise<string>((resolve) => child.once('exit', (code, sig) => resolve(`QEMU exited (${code ?? sig}) while the VM booted`)));
+      const exited = new Promise<string>((resolve) => {
+        child.once('exit', (code, sig) => resolve(`QEMU exited (${code === 97 ? 'could not join the sandbox cgroup' : (code ?? sig)}) while the VM booted`));
+        child.once('error', (e) => resolve(`QEMU could not be started: ${e.message}`));
+      });
       const relay = new MuxRelay(f.serial, f.agent, this.log);
       this.relays.set(id, relay);
       let timeout: NodeJS.Timeout | undefined;
@@ -229,6 +236,7 @@ export class MicrovmDriver implements RuntimeDriver {
       return { id, status: 'running', ...(child.pid ? { pid: child.pid } : {}) };
     } catch (e) {
       if (made) {
+        await writing;
         await this.destroyUnlocked(id).catch((cleanupErr: unknown) => this.log.error({ id, err: String(cleanupErr) }, 'cleanup after failed create failed'));
       }
       if (signal?.aborted && !isCapsuleError(e)) {
@@ -336,6 +344,7 @@ export class MicrovmDriver implements RuntimeDriver {
       env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', CAPSULE_CGROUP_PROCS: procsFiles.join(' ') },
     });
     child.unref();
+    child.on('error', (e) => this.log.warn({ id, err: e.message }, 'QEMU could not be started'));
     if (child.pid) fs.writeFileSync(f.pid, `${child.pid}\n`, { mode: 0o600 });
     this.children.set(id, child);
     child.once('exit', () => {
@@ -536,6 +545,17 @@ function isQemu(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/** p, or a rejection as soon as signal aborts (p goes on: a template image build is cached for the next create). */
+function untilAborted<T>(p: Promise<T>, signal?: AbortSignal): Promise<T> {
+  if (!signal) return p;
+  signal.throwIfAborted();
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason instanceof Error ? signal.reason : new Error(String(signal.reason)));
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+  });
 }
 
 /** Keep draining QEMU's output (the guest console and QEMU's errors); return a reader of its tail. */

@@ -25,9 +25,6 @@ export const GUEST_MODULES = ['virtio_ring', 'virtio', 'virtio_mmio', 'virtio_bl
 const NOBODY = 65534;
 const SPECIAL_BITS = 0o6000;
 
-/** Builds of one key at a time (two creates from a new template wait for one build). */
-const building = new Map<string, Promise<string>>();
-
 /** A key for a set of layers: their identities (dev, inode, change time) and the id base. */
 export async function imageKey(layersTopFirst: readonly string[], idMapBase: number): Promise<string> {
   const h = createHash('sha256');
@@ -44,19 +41,26 @@ export async function imageKey(layersTopFirst: readonly string[], idMapBase: num
  * Layers are merged through a read-only overlay mount (whiteouts and opaque dirs applied by the kernel),
  * copied, shifted back to guest ids, and written into a fresh ext4 by mkfs.ext4 -d.
  */
-export async function templateImage(imagesDir: string, layersTopFirst: readonly string[], ids: { base: number; size: number }, signal?: AbortSignal): Promise<string> {
+export async function templateImage(
+  imagesDir: string,
+  layersTopFirst: readonly string[],
+  ids: { base: number; size: number },
+  /** Builds under way, by key (the driver's own): two creates from a new template wait for one build. */
+  building: Map<string, Promise<string>>,
+): Promise<string> {
   const key = await imageKey(layersTopFirst, ids.base);
   const out = path.join(imagesDir, `${key}.ext4`);
   if (fs.existsSync(out)) return out;
   let p = building.get(key);
   if (!p) {
-    p = buildImage(imagesDir, out, layersTopFirst, ids, signal).finally(() => building.delete(key));
+    p = buildImage(imagesDir, out, layersTopFirst, ids).finally(() => building.delete(key));
     building.set(key, p);
   }
   return p;
 }
 
-async function buildImage(imagesDir: string, out: string, layersTopFirst: readonly string[], ids: { base: number; size: number }, signal?: AbortSignal): Promise<string> {
+/** Not abortable: an aborted create leaves the build to finish for the next one (it is a cache). */
+async function buildImage(imagesDir: string, out: string, layersTopFirst: readonly string[], ids: { base: number; size: number }): Promise<string> {
   await fsp.mkdir(imagesDir, { recursive: true, mode: 0o700 });
   const work = await fsp.mkdtemp(path.join(imagesDir, '.build-'));
   const merged = path.join(work, 'merged');
@@ -71,13 +75,11 @@ async function buildImage(imagesDir: string, out: string, layersTopFirst: readon
       mounted = true;
       source = merged;
     }
-    signal?.throwIfAborted();
     await tool('cp', ['-a', '--no-preserve=context', `${source}/.`, tree], 'copy the layers');
     if (mounted) {
       await tool('umount', [merged], 'unmount the layers');
       mounted = false;
     }
-    signal?.throwIfAborted();
     const { entries, bytes } = await unshift(tree, ids.base, ids.size);
     // Room for ext4's metadata and a margin: the image is read-only, so it only needs to hold the tree.
     const sizeMb = Math.ceil((bytes * 1.15) / 2 ** 20) + 32 + Math.ceil(entries / 2000);
