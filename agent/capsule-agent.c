@@ -30,6 +30,7 @@
 #include "files.h"
 #include "process.h"
 #include "spawn.h"
+#include "vm.h"
 #include "watch.h"
 
 static struct conn *conns;
@@ -210,16 +211,21 @@ static void conn_free(struct conn *c) {
   free(c);
 }
 
+int conn_adopt(int fd) {
+  struct conn *c = nconns < MAX_CONNS ? calloc(1, sizeof *c) : NULL;
+  if (!c) { close(fd); return -1; }
+  c->fd = fd;
+  c->next = conns;
+  conns = c;
+  nconns++;
+  return 0;
+}
+
 static void do_accept(void) {
   for (;;) {
     int fd = accept4(listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) return;
-    struct conn *c = nconns < MAX_CONNS ? calloc(1, sizeof *c) : NULL;
-    if (!c) { close(fd); continue; }
-    c->fd = fd;
-    c->next = conns;
-    conns = c;
-    nconns++;
+    conn_adopt(fd);
   }
 }
 
@@ -251,27 +257,35 @@ static void sweep(void) {
   proc_sweep();
 }
 
-enum { R_LISTEN, R_SIG, R_CONN, R_POUT, R_PIN, R_PTY, R_WATCH };
+enum { R_LISTEN, R_SIG, R_CONN, R_POUT, R_PIN, R_PTY, R_WATCH, R_VM };
 /* What a pollfd belongs to. R_WATCH: ptr is the connection, s the channel id (channels are freed at once,
  * connections only in sweep, so the channel is looked up again). */
 struct ref { int kind; void *ptr; int s; };
 
 static void usage(void) {
-  fprintf(stderr, "usage: capsule-agent --listen-fd N | --listen PATH\n");
+  fprintf(stderr, "usage: capsule-agent --listen-fd N | --listen PATH | --vm-init\n");
   exit(2);
 }
 
 int main(int argc, char **argv) {
   const char *lpath = NULL;
-  int lfd = -1;
+  int lfd = -1, vm = 0;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--listen-fd") && i + 1 < argc) lfd = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--vm-init")) vm = 1;
     else if (!strcmp(argv[i], "--listen") && i + 1 < argc) lpath = argv[++i];
     else if (!strcmp(argv[i], "--version")) { puts(AGENT_VERSION); return 0; }
+    else if (getpid() == 1) continue; /* a VM's init also gets the boot parameters the kernel did not know */
     else usage();
   }
-  if ((lfd < 0) == !lpath) usage();
+  if (vm ? (lfd >= 0 || lpath) : (lfd < 0) == !lpath) usage();
   is_pid1 = getpid() == 1;
+  /* A microVM's init (src/runtime/microvm): make the guest's root, then serve the daemon over the port. */
+  int port_fd = -1;
+  if (vm) {
+    if (!is_pid1) { fprintf(stderr, "capsule-agent: --vm-init runs only as a VM's init\n"); return 2; }
+    port_fd = vm_init();
+  }
 
   /* fds 0-2 must exist so pipes never land on them */
   for (int fd = 0; fd < 3; fd++)
@@ -291,7 +305,8 @@ int main(int argc, char **argv) {
       return 1;
     }
   }
-  if (set_nonblock_cloexec(lfd)) { fprintf(stderr, "capsule-agent: bad listen fd %d: %s\n", lfd, strerror(errno)); return 1; }
+  if (vm) vm_mux_start(port_fd);
+  else if (set_nonblock_cloexec(lfd)) { fprintf(stderr, "capsule-agent: bad listen fd %d: %s\n", lfd, strerror(errno)); return 1; }
   listen_fd = lfd;
 
   signal(SIGPIPE, SIG_IGN);
@@ -313,9 +328,12 @@ int main(int argc, char **argv) {
   struct pollfd *pfd = NULL;
   struct ref *refs = NULL;
   size_t cap = 0;
+  int *vmtags = NULL;
+  if (vm && !(vmtags = calloc(vm_nfds(), sizeof *vmtags))) return 1;
   for (;;) {
     int64_t now = now_ms();
     int busy = 0;
+    vm_tick(now);
     for (struct conn *c = conns; c; c = c->next) {
       for (struct chan *ch = c->chans, *next; ch; ch = next) {
         next = ch->next;
@@ -343,8 +361,10 @@ int main(int argc, char **argv) {
     for (struct conn *c = conns; c; c = c->next) conn_flush(c);
     sweep();
     if (busy) timeout = 0;
+    int64_t vt = vm_timeout_ms(now);
+    if (vt >= 0 && (timeout < 0 || vt * 1000 < timeout)) timeout = vt * 1000;
 
-    size_t need = 2 + (size_t)nconns;
+    size_t need = 2 + (size_t)nconns + vm_nfds();
     for (struct proc *p = procs; p; p = p->next) need += (size_t)p->nstreams;
     for (struct conn *c = conns; c; c = c->next) need += (size_t)c->nchans;
     if (need > cap) {
@@ -359,8 +379,13 @@ int main(int argc, char **argv) {
     size_t n = 0;
 #define ADD(fd_, ev_, k_, p_, s_) do { pfd[n].fd = (fd_); pfd[n].events = (ev_); pfd[n].revents = 0; \
       refs[n].kind = (k_); refs[n].ptr = (p_); refs[n].s = (s_); n++; } while (0)
-    ADD(listen_fd, POLLIN, R_LISTEN, NULL, 0);
+    if (listen_fd >= 0) ADD(listen_fd, POLLIN, R_LISTEN, NULL, 0);
     ADD(sig_fd, POLLIN, R_SIG, NULL, 0);
+    if (vm) {
+      size_t k = vm_fill(pfd + n, vmtags);
+      for (size_t j = 0; j < k; j++) { refs[n + j].kind = R_VM; refs[n + j].ptr = NULL; refs[n + j].s = vmtags[j]; pfd[n + j].revents = 0; }
+      n += k;
+    }
     for (struct conn *c = conns; c; c = c->next) {
       short ev = 0;
       if (c->out.len < OUT_HIGH) ev |= POLLIN;
@@ -397,6 +422,7 @@ int main(int argc, char **argv) {
       struct ref *rf = &refs[i];
       switch (rf->kind) {
         case R_LISTEN: do_accept(); break;
+        case R_VM: vm_event(rf->s, pfd[i].revents); break;
         case R_SIG: handle_signals(); break;
         case R_CONN: {
           struct conn *c = rf->ptr;

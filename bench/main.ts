@@ -23,6 +23,7 @@ import { e2b } from './e2b.js';
 import { exec } from './exec.js';
 import { files } from './files.js';
 import { gvisor } from './gvisor.js';
+import { microvm } from './microvm.js';
 import { lifecycle } from './lifecycle.js';
 import { interactive } from './interactive.js';
 import { network } from './network.js';
@@ -49,6 +50,7 @@ export const SCENARIOS: ReadonlyArray<[string, Scenario]> = [
   ['code', code],
   ['e2b', e2b],
   ['gvisor', gvisor],
+  ['microvm', microvm],
 ];
 
 const USAGE = `usage: node dist/bench/main.js [--quick] [--out DIR] [--only NAME[,NAME...]] [--debian]
@@ -140,7 +142,9 @@ async function main(): Promise<number> {
     const v = await run('crun', ['--version'], { capture: true });
     crunVersion = v.stdout.split('\n')[0]?.trim() ?? crunVersion;
     say(`starting daemon (data dir ${dataDir})`);
-    daemon = await startDaemon(dataDir);
+    // The microvm scenario measures QEMU under software emulation where the host has no hardware
+    // virtualization: a test-only setting, allowed for the bench's own daemon (ADR 0017).
+    daemon = await startDaemon(dataDir, { env: { CAPSULE_MICROVM_ALLOW_TCG: '1' } });
     const conn = { apiUrl: daemon.url, ...(daemon.apiKey ? { apiKey: daemon.apiKey } : {}) };
     // Build the template(s) and warm the code paths; none of this is timed.
     for (const template of opts.debian ? ['busybox', 'debian'] : ['busybox']) {

@@ -13,6 +13,9 @@ need=()
 command -v crun >/dev/null || need+=(crun)
 command -v runc >/dev/null || need+=(runc)
 command -v runsc >/dev/null || need+=(runsc) # gVisor: isolation "gvisor" (optional for the daemon, tested by the suite)
+# QEMU: isolation "microvm" (optional for the daemon, tested by the suite under emulation). Its guest kernel,
+# Debian's cloud kernel, is unpacked into /var/cache/capsule/microvm/kernel by `capsule doctor --fix` below.
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 command -v bwrap >/dev/null || need+=(bubblewrap)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v debootstrap >/dev/null || need+=(debootstrap)
@@ -53,7 +56,8 @@ elif ! command -v capsule >/dev/null; then
   echo "capsule setup: capsule is not on PATH; as root this links /usr/local/bin/capsule, or add $(pwd -P)/bin to PATH" >&2
 fi
 
-# Host preflight: fixes what it safely can (e.g. the cgroup v2 hugetlb conflict with crun).
+# Host preflight: fixes what it safely can (e.g. the cgroup v2 hugetlb conflict with crun), and fetches
+# the microVMs' guest kernel when it is missing.
 if [ "$(id -u)" -eq 0 ]; then
   node bin/capsule.js doctor --fix >&2 || { echo "capsule setup: host preflight failed (see above)" >&2; exit 1; }
 fi

@@ -69,6 +69,13 @@ export interface DaemonConfig {
   buildPoolTemplates: boolean;
   /** Serve Prometheus text at /metrics without an API key (default: admin keys only). */
   metricsOpen?: boolean;
+  /**
+   * TESTS ONLY: serve the microvm isolation under software emulation (TCG), where the emulator is the
+   * only boundary. Without hardware virtualization the backend is otherwise unavailable (src/runtime/microvm).
+   */
+  microvmAllowTcg?: boolean;
+  /** The microVMs' guest kernel (bzImage or vmlinux; modules in a `modules/` dir beside it); default Debian's cloud kernel in /var/cache/capsule/microvm/kernel. */
+  microvmKernel?: string | null;
   /** How often each running sandbox's cgroups and disk are sampled (GET /v1/sandboxes/:id/metrics). */
   metricsIntervalMs?: number;
   /**
@@ -243,6 +250,16 @@ export const SETTINGS = {
     schema: Flag.default(false),
     describe: 'serve Prometheus text at /metrics without an API key (same as --metrics-open; default: admin keys only)',
   },
+  microvmAllowTcg: {
+    env: 'CAPSULE_MICROVM_ALLOW_TCG',
+    schema: Flag.default(false),
+    describe: 'TESTS ONLY: let microvm sandboxes run under software emulation (TCG) on a host without hardware virtualization; the emulator is then the only boundary',
+  },
+  microvmKernel: {
+    env: 'CAPSULE_MICROVM_KERNEL',
+    schema: DataDir.optional(),
+    describe: 'guest kernel of microvm sandboxes (bzImage or vmlinux, modules in a modules/ dir beside it; default /var/cache/capsule/microvm/kernel/vmlinuz, Debian\'s cloud kernel, from capsule doctor --fix)',
+  },
   metricsIntervalMs: {
     env: 'CAPSULE_METRICS_INTERVAL_MS',
     schema: wholeNumber(100, 3_600_000, 'milliseconds').default(DEFAULT_METRICS_INTERVAL_MS),
@@ -389,6 +406,8 @@ export function loadConfig(
     pools: s.pools ?? { ...DEFAULT_POOLS },
     buildPoolTemplates: s.pools !== undefined,
     metricsOpen: s.metricsOpen,
+    microvmAllowTcg: s.microvmAllowTcg,
+    microvmKernel: s.microvmKernel ?? null,
     metricsIntervalMs: s.metricsIntervalMs,
     netTestInternet: s.netTestInternet ?? null,
     ...overrides,

@@ -1,8 +1,8 @@
 /**
  * Isolation kinds a sandbox can ask for, one per kind of backend. The names
  * are the API's (`isolation` in create, GET /v1/info); which driver serves
- * each is decided in backends.ts. `microvm` is named so the API, the schema
- * and the settings already have room for it; no driver serves it yet.
+ * each is decided in open-backends.ts: crun/runc, runsc (src/runtime/gvisor)
+ * and QEMU microVMs (src/runtime/microvm).
  */
 export const ISOLATIONS = ['container', 'gvisor', 'microvm'] as const;
 export type Isolation = (typeof ISOLATIONS)[number];

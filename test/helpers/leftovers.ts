@@ -19,6 +19,8 @@ export function leftovers(id: string, dataDir: string): string[] {
   if (fs.existsSync(`${dataDir}/run/${id}.sock`)) found.push('socket');
   if (fs.existsSync(`${dataDir}/runtime/${id}`)) found.push('runtime state');
   if (fs.existsSync(`${dataDir}/gvisor/sock/${id}`)) found.push('gvisor socket dir');
+  // A microVM's dir: its disk, QEMU's pid file and serial socket, the agent relay's socket.
+  if (fs.existsSync(`${dataDir}/microvm/sb/${id}`)) found.push('microvm dir');
   // runsc keeps "<sandbox>_sandbox:<container>.state" (and .lock) files per container.
   const gvisorState = fs.existsSync(`${dataDir}/gvisor/state`) ? fs.readdirSync(`${dataDir}/gvisor/state`) : [];
   if (gvisorState.some((f) => f.startsWith(`${id}_sandbox:`))) found.push('gvisor state');
@@ -42,8 +44,17 @@ export function leftovers(id: string, dataDir: string): string[] {
       continue; // exited meanwhile
     }
     if (cg.includes(`/capsule/${id}\n`) || cg.includes(`/capsule/${id}/`)) found.push(`process ${pid}`);
+    else if (readCmdline(pid).includes(`/microvm/sb/${id}/`)) found.push(`QEMU process ${pid}`);
   }
   return found;
+}
+
+function readCmdline(pid: string): string {
+  try {
+    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+  } catch {
+    return '';
+  }
 }
 
 /** Pids of live network relays (native/capsule-netrelay.c) of sandbox `id`, or of every sandbox when id is omitted. */

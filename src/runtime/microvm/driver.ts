@@ -1,0 +1,570 @@
+/**
+ * RuntimeDriver on QEMU microVMs (`-M microvm`): each sandbox is a VM with
+ * its own guest kernel, so its code never talks to the host's kernel; the
+ * emulator (QEMU, and KVM where the host has it) is the boundary.
+ *
+ * One sandbox = one QEMU process booting the guest kernel with an initramfs
+ * whose init is the agent (`--vm-init`, agent/vm.c), two virtio-blk disks and
+ * one virtio-serial port:
+ * - `capsule-lower`: the template's layers merged into a read-only ext4,
+ *   built once per set of layers (images.ts) and shared by every VM of it;
+ * - `capsule-rw`: the sandbox's own sparse ext4 of `diskMb` (its writable
+ *   layer and quota); inside, an overlay of the two is the guest's root;
+ * - `capsule-agent`: the agent's transport, multiplexed (mux.ts): the daemon
+ *   connects to the sandbox's agent socket like for a container.
+ * No network device. CPUs and memory are the VM's size, and the QEMU process
+ * runs in the sandbox's host cgroup (/capsule/<id>) with the memory of the
+ * VM plus QEMU's own overhead, the CPU quota, and a pids cap for its threads.
+ *
+ * Without hardware virtualization (this kind of host: PVM's /dev/kvm runs
+ * only PVM guests) QEMU emulates the CPU (TCG): the emulator is then the only
+ * boundary, so open-backends.ts serves microvm under TCG only when a
+ * test-only setting allows it (CAPSULE_MICROVM_ALLOW_TCG).
+ *
+ * Files: `<data>/microvm/sb/<id>/` holds disk.img, qemu.pid, serial.sock
+ * (QEMU's end of the port) and agent.sock (the relay's listener); it is made
+ * first and removed last, so it marks this backend's sandboxes and leftovers.
+ * After a daemon restart the relay is started again on first use (inspect,
+ * list): the guest drops its old streams at the new SYNC.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import type { DataPaths } from '../../config/index.js';
+import type { AgentEndpoint } from '../../agent/types.js';
+import { ConflictError, InvalidArgumentError, isCapsuleError, RuntimeError, UnsupportedError } from '../../errors/index.js';
+import { cgroupsPathFor, cpuQuotaUs } from '../bundle.js';
+import { cgroupMounts, killCgroupProcs, readCgroupStats, readOomKills, removeCgroupDirs, writeCgroupV1Limits } from '../cgroups.js';
+import { checkId, MAX_LAYERS, MIN_DISK_MB, SANDBOX_ID_RE, type RuntimeLogger } from '../driver.js';
+import type { CapabilityName, CgroupLimits, ContainerInfo, ContainerSpec, RuntimeCapabilities, RuntimeDriver, SandboxStats } from '../types.js';
+import { initramfs, makeWritableDisk, templateImage } from './images.js';
+import { type Accel, type GuestKernel, QEMU_BINARY } from './kernel.js';
+import { MuxRelay } from './mux.js';
+
+export interface MicrovmDriverOptions {
+  paths: DataPaths;
+  /** Host uid/gid of container root: the layers are stored shifted by it, and the image shifts them back. */
+  idMapBase: number;
+  idMapSize: number;
+  /** The static agent: the guest's init. */
+  agentBinary: string;
+  kernel: GuestKernel;
+  accel: Accel;
+  /** QEMU binary (default qemu-system-x86_64 on PATH). */
+  qemu?: string;
+  logger?: RuntimeLogger & { warn(obj: unknown, msg?: string): void };
+  /** Boot until the agent answers (ms); TCG boots take seconds. */
+  createTimeoutMs?: number;
+}
+
+/** QEMU's own memory on top of the guest's (its code, device state, TCG's translation cache of TB_SIZE_MB). */
+const QEMU_OVERHEAD_MB = 256;
+const TB_SIZE_MB = 64;
+/** Host tasks of one QEMU: vCPU threads, the main loop, and its block I/O thread pool (up to 64). */
+const QEMU_HOST_TASKS = 256;
+const PORT_NAME = 'capsule-agent';
+/** First of the 2^20 host uids QEMU processes run as (qemuUid); far above any sandbox's mapped range. */
+const QEMU_UID_BASE = 0x50000000;
+/** Keep this much of QEMU's console output (the guest's serial console) for error messages. */
+const CONSOLE_TAIL = 16 * 1024;
+
+const noopLogger = { info() {}, warn() {}, error() {} };
+
+export class MicrovmDriver implements RuntimeDriver {
+  readonly kind = 'microvm';
+  readonly capabilities: RuntimeCapabilities = {
+    isolation: 'microvm',
+    pause: false,
+    stop: false,
+    volumes: false,
+    snapshot: false,
+    memorySnapshot: false,
+    updateResources: false,
+    exportChanges: false,
+    network: ['none'],
+    maxLayers: MAX_LAYERS,
+    reasons: {
+      snapshot: "a microVM's files live on its own disks inside the guest: no change export or snapshot yet (ADR 0017)",
+      memorySnapshot: 'not implemented for microVMs (QEMU savevm/migration is not wired in; ADR 0017)',
+    },
+  };
+  private readonly opts: MicrovmDriverOptions;
+  private readonly log: RuntimeLogger & { warn(obj: unknown, msg?: string): void };
+  private readonly inFlight = new Set<string>();
+  private readonly relays = new Map<string, MuxRelay>();
+  private readonly relayStarts = new Map<string, Promise<void>>();
+  private readonly children = new Map<string, ChildProcess>();
+  /** Template images being built, by key (images.ts). */
+  private readonly imageBuilds = new Map<string, Promise<string>>();
+  private version: string | null = null;
+  private swapAccounting: boolean | null = null;
+  readonly root: string;
+
+  constructor(opts: MicrovmDriverOptions) {
+    if (!path.isAbsolute(opts.agentBinary)) throw new InvalidArgumentError(`agentBinary must be an absolute path, got ${opts.agentBinary}`);
+    this.opts = opts;
+    this.log = opts.logger ?? noopLogger;
+    this.root = path.join(path.dirname(opts.paths.sandboxes), 'microvm');
+  }
+
+  get name(): string {
+    return `${this.version ?? 'qemu'} microvm (${this.opts.accel})`;
+  }
+
+  get accel(): Accel {
+    return this.opts.accel;
+  }
+
+  private sandboxDir(id: string): string {
+    return path.join(this.root, 'sb', id);
+  }
+
+  private files(id: string) {
+    const dir = this.sandboxDir(id);
+    return {
+      dir,
+      disk: path.join(dir, 'disk.img'),
+      pid: path.join(dir, 'qemu.pid'),
+      serial: path.join(dir, 'serial.sock'),
+      agent: path.join(dir, 'agent.sock'),
+      /** An empty dir QEMU chroots into once started. */
+      chroot: path.join(dir, 'empty'),
+    };
+  }
+
+  /** Ask QEMU for its version (sets `name`); throws when it does not run. */
+  async probe(): Promise<string> {
+    const bin = this.opts.qemu ?? QEMU_BINARY;
+    const out = await new Promise<string>((resolve, reject) => {
+      const c = spawn(bin, ['--version'], { stdio: ['ignore', 'pipe', 'ignore'] });
+      let s = '';
+      c.stdout.on('data', (b: Buffer) => (s += b.toString()));
+      c.on('error', reject);
+      c.on('close', (code) => (code === 0 ? resolve(s) : reject(new Error(`${bin} --version exited with ${code}`))));
+    });
+    const m = out.match(/version (\S+)/);
+    this.version = m ? `qemu ${m[1]}` : 'qemu';
+    return this.version;
+  }
+
+  agentEndpoint(id: string): AgentEndpoint {
+    return { kind: 'unix', path: this.files(id).agent };
+  }
+
+  async create(spec: ContainerSpec, signal?: AbortSignal): Promise<ContainerInfo> {
+    const { id } = spec;
+    checkId(id);
+    if (spec.isolation !== undefined && spec.isolation !== 'microvm') {
+      throw new InvalidArgumentError(`the microVM backend cannot make a sandbox with isolation ${spec.isolation}`, { id });
+    }
+    if (this.inFlight.has(id)) throw new ConflictError(`sandbox ${id} is already being created or destroyed`);
+    this.inFlight.add(id);
+    const started = performance.now();
+    const f = this.files(id);
+    let made = false;
+    let writing: Promise<unknown> | null = null;
+    try {
+      signal?.throwIfAborted();
+      const { diskMb } = spec.writable;
+      if (!Number.isInteger(diskMb) || diskMb < MIN_DISK_MB) throw new InvalidArgumentError(`diskMb must be an integer of at least ${MIN_DISK_MB}, got ${diskMb}`, { id });
+      if (spec.layers.length === 0 || spec.layers.length > MAX_LAYERS) throw new InvalidArgumentError(`a sandbox stacks 1 to ${MAX_LAYERS} layers, got ${spec.layers.length}`, { id });
+      if (spec.network.mode !== 'none') {
+        throw new UnsupportedError(`network mode ${spec.network.mode} is not supported by the microVM backend (its VMs have no network device)`, { id, backend: this.kind });
+      }
+      if ((spec.volumes?.length ?? 0) > 0) throw new UnsupportedError('the microVM backend cannot attach volumes', { id, backend: this.kind, capability: 'volumes' });
+      if (Buffer.byteLength(f.serial) > 100) throw new InvalidArgumentError(`the data dir path is too long for the VM's unix sockets (${f.serial})`, { id });
+      await fsp.mkdir(path.join(this.root, 'sb'), { recursive: true, mode: 0o700 });
+      try {
+        await fsp.mkdir(f.dir, { mode: 0o700 });
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'EEXIST') throw new ConflictError(`sandbox ${id} already has leftovers in ${f.dir}: destroy it first`);
+        throw e;
+      }
+      made = true;
+      const topFirst = [...spec.layers].reverse().map((l) => l.path);
+      for (const l of topFirst) {
+        if (!fs.existsSync(l)) throw new RuntimeError(`layer ${l} does not exist: build the template first (capsule template build)`, { id });
+      }
+      const initrdP = initramfs(path.join(this.root, 'boot'), this.opts.agentBinary, this.opts.kernel.modulesDir);
+      const diskP = makeWritableDisk(f.disk, diskMb);
+      // What writes into the sandbox dir must be over before a cleanup removes it (the image build is not).
+      writing = Promise.allSettled([initrdP, diskP]);
+      const imageP = templateImage(path.join(this.root, 'images'), topFirst, { base: this.opts.idMapBase, size: this.opts.idMapSize }, this.imageBuilds);
+      const [image, initrd] = await untilAborted(Promise.all([imageP, initrdP, diskP]), signal);
+      signal?.throwIfAborted();
+      await fsp.mkdir(f.chroot, { mode: 0o555 });
+      const procsFiles = await this.makeCgroup(id, spec.resources);
+      const timeoutMs = this.opts.createTimeoutMs ?? 60_000;
+      const deadline = Date.now() + timeoutMs;
+      const child = this.spawnQemu(id, spec.resources, image, initrd, procsFiles);
+      const consoleTail = collectTail(child);
+      const exited = new Promise<string>((resolve) => {
+        child.once('exit', (code, sig) => resolve(`QEMU exited (${code === 97 ? 'could not join the sandbox cgroup' : (code ?? sig)}) while the VM booted`));
+        child.once('error', (e) => resolve(`QEMU could not be started: ${e.message}`));
+      });
+      const relay = new MuxRelay(f.serial, f.agent, this.log);
+      this.relays.set(id, relay);
+      let timeout: NodeJS.Timeout | undefined;
+      let onAbort: (() => void) | undefined;
+      const timer = new Promise<string>((resolve) => (timeout = setTimeout(() => resolve(`the VM's agent did not answer within ${timeoutMs} ms`), timeoutMs)));
+      const aborted = new Promise<string>((resolve) => {
+        onAbort = () => resolve('aborted');
+        if (signal?.aborted) onAbort();
+        else signal?.addEventListener('abort', onAbort, { once: true });
+      });
+      const failure = await Promise.race([
+        relay
+          .start(deadline, signal)
+          .then(() => relay.ready())
+          .then(() => null),
+        exited,
+        timer,
+        aborted,
+      ])
+        .catch((e: unknown) => (e as Error).message)
+        .finally(() => {
+          clearTimeout(timeout);
+          if (onAbort) signal?.removeEventListener('abort', onAbort);
+        });
+      if (failure !== null) {
+        this.log.warn({ id, console: consoleTail().slice(-4000) }, 'microVM boot failed; its console');
+        const tail = consoleTail().trim().split('\n').slice(-6).join(' | ');
+        throw new RuntimeError(`microVM ${id} did not boot: ${failure}${tail ? `; console: ${tail}` : ''}`, { id });
+      }
+      this.log.info({ id, ms: Math.round(performance.now() - started), pid: child.pid, accel: this.opts.accel }, 'microVM sandbox created');
+      return { id, status: 'running', ...(child.pid ? { pid: child.pid } : {}) };
+    } catch (e) {
+      if (made) {
+        await writing;
+        await this.destroyUnlocked(id).catch((cleanupErr: unknown) => this.log.error({ id, err: String(cleanupErr) }, 'cleanup after failed create failed'));
+      }
+      if (signal?.aborted && !isCapsuleError(e)) {
+        const why = signal.reason instanceof Error ? signal.reason.message : String(signal.reason);
+        throw new RuntimeError(`creating sandbox ${id} was aborted (${why}); nothing was left behind`, { id }, { cause: e });
+      }
+      throw e;
+    } finally {
+      this.inFlight.delete(id);
+    }
+  }
+
+  /** The sandbox's v1 cgroups with its limits; returns the cgroup.procs files QEMU joins before it runs. */
+  private async makeCgroup(id: string, r: CgroupLimits): Promise<string[]> {
+    const rel = cgroupsPathFor(id).replace(/^\/+/, '');
+    const procs: string[] = [];
+    const seen = new Set<string>();
+    for (const m of await cgroupMounts()) {
+      if (m.version !== 1 || !m.controllers.some((c) => ['memory', 'cpu', 'cpuacct', 'pids'].includes(c)) || seen.has(m.mountPoint)) continue;
+      seen.add(m.mountPoint);
+      const dir = path.join(m.mountPoint, rel);
+      await fsp.mkdir(dir, { recursive: true });
+      procs.push(path.join(dir, 'cgroup.procs'));
+    }
+    const memoryBytes = (r.memoryMb + QEMU_OVERHEAD_MB) * 2 ** 20;
+    await writeCgroupV1Limits(cgroupsPathFor(id), { memoryBytes, swapAccounting: await this.hasSwapAccounting(), cpuQuotaUs: cpuQuotaUs(r.cpus), pids: QEMU_HOST_TASKS });
+    return procs;
+  }
+
+  private qemuArgs(id: string, r: CgroupLimits, image: string, initrd: string): string[] {
+    const f = this.files(id);
+    const kvm = this.opts.accel === 'kvm';
+    const vcpus = Math.max(1, Math.min(16, Math.ceil(r.cpus)));
+    const append = [
+      'console=ttyS0',
+      'quiet',
+      'loglevel=3',
+      'reboot=t',
+      'panic=-1',
+      'tsc_early_khz=2000000',
+      'i8042.noaux',
+      `capsule.id=${id}`,
+      `capsule.pids=${Math.max(8, Math.floor(r.pids))}`,
+      '--',
+      '--vm-init',
+    ].join(' ');
+    return [
+      '-M',
+      'microvm,pit=on,pic=on,rtc=on',
+      ...(kvm ? ['-accel', 'kvm', '-cpu', 'host,-arch-capabilities'] : ['-accel', `tcg,tb-size=${TB_SIZE_MB}`, '-cpu', 'qemu64']),
+      '-m',
+      `${Math.max(64, Math.round(r.memoryMb))}M`,
+      '-smp',
+      String(vcpus),
+      '-nodefaults',
+      '-no-user-config',
+      '-display',
+      'none',
+      '-nic',
+      'none',
+      '-serial',
+      'stdio',
+      '-no-reboot',
+      // QEMU's own seccomp filter, then (after opening its disks and sockets) an unprivileged uid of its
+      // own and an empty root: an escape from the guest lands in neither root's files nor a sandbox's.
+      // (elevateprivileges=allow: its filter comes first, and `deny` would kill the -runas setuid itself;
+      // after that, QEMU has no capabilities left to elevate with.)
+      '-sandbox',
+      'on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny',
+      '-runas',
+      `${qemuUid(id)}:${qemuUid(id)}`,
+      '-chroot',
+      f.chroot,
+      '-kernel',
+      this.opts.kernel.kernel,
+      '-initrd',
+      initrd,
+      '-append',
+      append,
+      '-device',
+      'virtio-serial-device,id=vs0,max_ports=2',
+      '-chardev',
+      `socket,id=agent,path=${f.serial},server=on,wait=off`,
+      '-device',
+      `virtserialport,bus=vs0.0,chardev=agent,name=${PORT_NAME}`,
+      '-drive',
+      `id=lower,file=${image},format=raw,if=none,readonly=on,aio=threads`,
+      '-device',
+      'virtio-blk-device,drive=lower,serial=capsule-lower',
+      '-drive',
+      `id=rw,file=${f.disk},format=raw,if=none,aio=threads,discard=unmap`,
+      '-device',
+      'virtio-blk-device,drive=rw,serial=capsule-rw',
+    ];
+  }
+
+  /** QEMU joins the sandbox's cgroups before it execs (a tiny sh wrapper), detached so a daemon restart leaves it running. */
+  private spawnQemu(id: string, r: CgroupLimits, image: string, initrd: string, procsFiles: string[]): ChildProcess {
+    const f = this.files(id);
+    const bin = this.opts.qemu ?? QEMU_BINARY;
+    const script = 'for f in $CAPSULE_CGROUP_PROCS; do echo $$ > "$f" || exit 97; done; exec "$@"';
+    const child = spawn('/bin/sh', ['-c', script, 'capsule-qemu', bin, ...this.qemuArgs(id, r, image, initrd)], {
+      detached: true,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', CAPSULE_CGROUP_PROCS: procsFiles.join(' ') },
+    });
+    child.unref();
+    child.on('error', (e) => this.log.warn({ id, err: e.message }, 'QEMU could not be started'));
+    if (child.pid) fs.writeFileSync(f.pid, `${child.pid}\n`, { mode: 0o600 });
+    this.children.set(id, child);
+    child.once('exit', () => {
+      if (this.children.get(id) === child) this.children.delete(id);
+      this.relays.get(id)?.close();
+    });
+    return child;
+  }
+
+  async destroy(id: string): Promise<void> {
+    checkId(id);
+    if (this.inFlight.has(id)) throw new ConflictError(`sandbox ${id} is being created or destroyed`);
+    this.inFlight.add(id);
+    try {
+      await this.destroyUnlocked(id);
+    } finally {
+      this.inFlight.delete(id);
+    }
+  }
+
+  private async destroyUnlocked(id: string): Promise<void> {
+    const started = performance.now();
+    const f = this.files(id);
+    const problems: string[] = [];
+    this.relays.get(id)?.close();
+    this.relays.delete(id);
+    const pid = this.qemuPid(id);
+    if (pid !== null) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        /* gone already */
+      }
+    }
+    const cgroups = cgroupsPathFor(id);
+    const stray = await killCgroupProcs(cgroups);
+    if (stray.length > 0) problems.push(`processes ${stray.join(', ')} survive SIGKILL in cgroup ${cgroups}`);
+    if (pid !== null) {
+      for (let i = 0; i < 200 && isQemu(pid); i++) await new Promise((r) => setTimeout(r, 10));
+      if (isQemu(pid)) problems.push(`QEMU (pid ${pid}) survives SIGKILL`);
+    }
+    const leftCgroups = await removeCgroupDirs(cgroups);
+    if (leftCgroups.length > 0) problems.push(`cgroup dirs still busy: ${leftCgroups.join(', ')}`);
+    if (problems.length > 0) throw new RuntimeError(`destroying microVM ${id} left things behind: ${problems.join('; ')}`, { id });
+    await fsp.rm(f.dir, { recursive: true, force: true });
+    this.log.info({ id, ms: Math.round(performance.now() - started) }, 'microVM sandbox destroyed');
+  }
+
+  private qemuPid(id: string): number | null {
+    const child = this.children.get(id);
+    if (child?.pid && child.exitCode === null && child.signalCode === null) return child.pid;
+    try {
+      const pid = Number(fs.readFileSync(this.files(id).pid, 'utf8').trim());
+      return Number.isInteger(pid) && pid > 0 && isQemu(pid) ? pid : null;
+    } catch {
+      return null;
+    }
+  }
+
+  async inspect(id: string): Promise<ContainerInfo> {
+    checkId(id);
+    if (!fs.existsSync(this.sandboxDir(id))) return { id, status: 'missing' };
+    const pid = this.qemuPid(id);
+    if (pid === null) return { id, status: 'stopped' };
+    if (!this.inFlight.has(id)) await this.ensureRelay(id);
+    return { id, status: 'running', pid };
+  }
+
+  /** After a daemon restart nobody listens on a running VM's agent socket: start its relay again. */
+  private async ensureRelay(id: string): Promise<void> {
+    const have = this.relays.get(id);
+    if (have && have.endReason === null) return;
+    let p = this.relayStarts.get(id);
+    if (!p) {
+      const f = this.files(id);
+      const relay = new MuxRelay(f.serial, f.agent, this.log);
+      this.relays.set(id, relay);
+      p = relay
+        .start(Date.now() + 5000)
+        .catch((e: unknown) => {
+          relay.close();
+          this.log.warn({ id, err: String(e) }, "could not reconnect to a microVM's agent port");
+        })
+        .finally(() => this.relayStarts.delete(id));
+      this.relayStarts.set(id, p);
+    }
+    await p;
+  }
+
+  async list(): Promise<string[]> {
+    const ids = await this.listLeftovers();
+    const out: string[] = [];
+    for (const id of ids) if ((await this.inspect(id)).status !== 'missing') out.push(id);
+    return out;
+  }
+
+  async listLeftovers(): Promise<string[]> {
+    try {
+      return (await fsp.readdir(path.join(this.root, 'sb'))).filter((e) => SANDBOX_ID_RE.test(e)).sort();
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw e;
+    }
+  }
+
+  oomKills(id: string): Promise<number> {
+    return readOomKills(cgroupsPathFor(id));
+  }
+
+  /** The QEMU process's cgroup (the whole VM's cost to the host), and the sandbox disk's allocated blocks. */
+  async stats(id: string): Promise<SandboxStats> {
+    checkId(id);
+    const cg = await readCgroupStats(cgroupsPathFor(id));
+    let diskUsedBytes = 0;
+    let diskTotalBytes = 0;
+    try {
+      const st = await fsp.stat(this.files(id).disk);
+      diskTotalBytes = st.size;
+      diskUsedBytes = st.blocks * 512;
+    } catch {
+      /* being destroyed */
+    }
+    return { ...cg, diskUsedBytes, diskTotalBytes };
+  }
+
+  update(id: string, _resources: Partial<CgroupLimits>): Promise<void> {
+    return this.unsupported(id, 'updateResources', 'change the limits of a running sandbox (a VM is sized at boot)');
+  }
+
+  pause(id: string): Promise<void> {
+    return this.unsupported(id, 'pause', 'pause a sandbox');
+  }
+
+  resume(id: string): Promise<void> {
+    return this.unsupported(id, 'pause', 'resume a sandbox');
+  }
+
+  exportChanges(id: string, _dest: string, _signal?: AbortSignal): Promise<void> {
+    return this.unsupported(id, 'exportChanges', "export a sandbox's file changes");
+  }
+
+  stop(id: string): Promise<void> {
+    return this.unsupported(id, 'stop', 'stop a sandbox');
+  }
+
+  start(id: string, _signal?: AbortSignal): Promise<ContainerInfo> {
+    return this.unsupported(id, 'stop', 'start a sandbox');
+  }
+
+  prepareVolume(volumeId: string, _sizeMb: number): Promise<void> {
+    return this.unsupported(volumeId, 'volumes', 'make a volume');
+  }
+
+  removeVolume(volumeId: string): Promise<void> {
+    return this.unsupported(volumeId, 'volumes', 'remove a volume');
+  }
+
+  private unsupported(id: string, capability: CapabilityName, what: string): Promise<never> {
+    return Promise.reject(
+      new UnsupportedError(`cannot ${what}: the microVM backend does not support ${capability}; use isolation "container" for that`, {
+        id,
+        backend: this.kind,
+        capability,
+      }),
+    );
+  }
+
+  /** Close the relays (VMs keep running; a restarted daemon reconnects). */
+  async close(): Promise<void> {
+    for (const r of this.relays.values()) r.close();
+    this.relays.clear();
+  }
+
+  private async hasSwapAccounting(): Promise<boolean> {
+    if (this.swapAccounting !== null) return this.swapAccounting;
+    const mem = (await cgroupMounts()).find((m) => m.version === 1 && m.controllers.includes('memory'));
+    this.swapAccounting = mem ? fs.existsSync(path.join(mem.mountPoint, 'memory.memsw.limit_in_bytes')) : true;
+    return this.swapAccounting;
+  }
+}
+
+/**
+ * The host uid (and gid) a sandbox's QEMU runs as once started: one per sandbox, outside the range
+ * container sandboxes map to (idMapBase..+idMapSize), derived from the id (FNV-1a into 2^20 values).
+ */
+export function qemuUid(id: string): number {
+  let h = 0x811c9dc5;
+  for (const ch of Buffer.from(id)) h = Math.imul(h ^ ch, 0x01000193) >>> 0;
+  return QEMU_UID_BASE + (h & 0xfffff);
+}
+
+/** Whether pid is a live QEMU (not a recycled pid, not a zombie). */
+function isQemu(pid: number): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    if (/\) Z /.test(stat)) return false;
+    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('qemu');
+  } catch {
+    return false;
+  }
+}
+
+/** p, or a rejection as soon as signal aborts (p goes on: a template image build is cached for the next create). */
+function untilAborted<T>(p: Promise<T>, signal?: AbortSignal): Promise<T> {
+  if (!signal) return p;
+  signal.throwIfAborted();
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason instanceof Error ? signal.reason : new Error(String(signal.reason)));
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+  });
+}
+
+/** Keep draining QEMU's output (the guest console and QEMU's errors); return a reader of its tail. */
+function collectTail(child: ChildProcess): () => string {
+  let tail = '';
+  const add = (b: Buffer) => {
+    tail = (tail + b.toString('utf8')).slice(-CONSOLE_TAIL);
+  };
+  child.stdout?.on('data', add);
+  child.stderr?.on('data', add);
+  return () => tail;
+}
