@@ -80,8 +80,8 @@ export interface McpBackend {
   listSandboxes(filter: { state?: SandboxState | 'all' | undefined; metadata?: Record<string, string> | undefined }): Promise<SandboxInfo[]>;
   killSandbox(id: string): Promise<SandboxInfo>;
   setSandboxTimeout(id: string, timeoutMs: number): Promise<SandboxInfo>;
-  /** Pause, resume, stop or start; `timeoutMs` only for resume and start. */
-  lifecycle(id: string, verb: LifecycleVerb, opts: { timeoutMs?: number }): Promise<SandboxInfo>;
+  /** Pause, resume, stop or start; `timeoutMs` only for resume and start, `memory` only for pause ('disk': hibernate). */
+  lifecycle(id: string, verb: LifecycleVerb, opts: { timeoutMs?: number; memory?: 'keep' | 'disk' }): Promise<SandboxInfo>;
   /** A filesystem snapshot of the sandbox (src/snapshots). */
   snapshot(id: string, opts: { name?: string | undefined; metadata?: Record<string, string> | undefined }): Promise<SnapshotInfo>;
   listSnapshots(filter: { sandboxId?: string | undefined }): Promise<SnapshotInfo[]>;
@@ -137,7 +137,7 @@ export function servicesBackend(services: Services, principal: Principal = ANONY
     async lifecycle(id, verb, opts) {
       const s = services.sandboxes;
       const rec =
-        verb === 'pause' ? await s.pause(ctx, id) : verb === 'resume' ? await s.resume(ctx, id, opts) : verb === 'stop' ? await s.stop(ctx, id) : await s.start(ctx, id, opts);
+        verb === 'pause' ? (opts.memory === 'disk' ? await s.hibernate(ctx, id) : await s.pause(ctx, id)) : verb === 'resume' ? await s.resume(ctx, id, opts) : verb === 'stop' ? await s.stop(ctx, id) : await s.start(ctx, id, opts);
       return toApiSandbox(rec);
     },
     async snapshot(id, opts) {
@@ -267,7 +267,7 @@ export function sdkBackend(conn: ConnectionOptions = {}): McpBackend {
     },
     async lifecycle(id, verb, opts) {
       const s = await sandbox(id);
-      return verb === 'pause' ? s.pause() : verb === 'resume' ? s.resume(opts) : verb === 'stop' ? s.stop() : s.start(opts);
+      return verb === 'pause' ? s.pause(opts.memory !== undefined ? { memory: opts.memory } : {}) : verb === 'resume' ? s.resume(opts) : verb === 'stop' ? s.stop() : s.start(opts);
     },
     async snapshot(id, opts) {
       return (await sandbox(id)).snapshot({ ...(opts.name !== undefined ? { name: opts.name } : {}), ...(opts.metadata !== undefined ? { metadata: opts.metadata } : {}) });

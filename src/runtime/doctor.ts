@@ -16,6 +16,7 @@ import { SANDBOX_CAPABILITIES } from './bundle.js';
 import { DEFAULT_SECCOMP_PROFILE, loadDefaultSeccomp } from './seccomp.js';
 import { SeccompBpfCompiler } from './seccomp-bpf.js';
 import { checkGvisor } from './gvisor/doctor.js';
+import { checkMemorySnapshots } from './doctor-criu.js';
 
 export interface DoctorCheck {
   name: string;
@@ -48,10 +49,12 @@ export interface DoctorOptions {
   idMapBase?: number;
   /** Check gVisor (runsc) too, with a trial sandbox; `fix` then installs it. Default true; daemon start skips it. */
   gvisor?: boolean;
+  /** Check CRIU 4 (memory snapshots); `fix` then builds it (about a minute, once). Default true; daemon start skips it. */
+  criu?: boolean;
 }
 
 /** Checks whose failure makes sandboxes slower or templates unbuildable, but not unsafe: they never block the daemon. */
-const ADVISORY = new Set(['busybox-static', 'seccomp precompiled', 'egress (nftables)', 'gvisor']);
+const ADVISORY = new Set(['busybox-static', 'seccomp precompiled', 'egress (nftables)', 'gvisor', 'memory snapshots (criu)']);
 
 /** v1 controllers a sandbox's limits and lifecycle need. */
 const REQUIRED_V1 = ['memory', 'pids', 'cpu', 'devices', 'freezer'];
@@ -273,6 +276,7 @@ export async function runDoctor(opts: DoctorOptions): Promise<DoctorCheck[]> {
   checks.push(checkBusybox(opts.busybox ?? '/bin/busybox'));
   checks.push(checkNft());
   if (opts.gvisor !== false) checks.push(await checkGvisor(opts.fix && root));
+  if (opts.criu !== false) checks.push(await checkMemorySnapshots(opts.fix && root, opts.runtime));
   return checks;
 }
 
@@ -290,7 +294,7 @@ export function formatDoctor(checks: DoctorCheck[]): string {
  */
 export async function ensureHostReady(runtime: string, opts: Omit<DoctorOptions, 'runtime' | 'fix'> = {}): Promise<DoctorCheck[]> {
   // gVisor is optional (the daemon probes runsc itself) and its check installs packages with fix: not at every start.
-  const checks = await runDoctor({ runtime, fix: true, gvisor: false, ...opts });
+  const checks = await runDoctor({ runtime, fix: true, gvisor: false, criu: false, ...opts });
   // busybox is only needed to build templates and the precompiled filter only saves time; everything else blocks sandboxes.
   const blocking = checks.filter((c) => !c.ok && !ADVISORY.has(c.name));
   if (blocking.length > 0) {

@@ -118,6 +118,8 @@ export interface SandboxEvents {
   /** Every process of the sandbox is gone: it ended, or it was stopped. */
   onEnded(id: string): void;
   onAdopted(id: string, conn: AgentConnection): Promise<void>;
+  /** The agent connection closes with every process kept (hibernate); onAdopted follows them again. */
+  onDetached?(id: string): void;
 }
 
 interface InFlightCreate {
@@ -157,6 +159,7 @@ export class SandboxManager {
       dropConnection: (id) => this.dropConnection(id),
       processesGone: (id) => this.events?.onEnded(id),
       adopt: async (id, conn) => this.events?.onAdopted(id, conn),
+      detach: (id) => this.events?.onDetached?.(id),
       end: (id, state, reason) => this.end(id, state, reason),
       networkBack: async (id, conn) => this.networking?.adopt(id, conn),
     });
@@ -322,6 +325,17 @@ export class SandboxManager {
   async pause(ctx: RequestContext, id: string): Promise<SandboxRecord> {
     this.get(ctx, id);
     await this.lifecycle.pause(id);
+    return this.get(ctx, id);
+  }
+
+  /**
+   * Hibernate (pause with memory: 'disk'): every process and its memory go to disk and the sandbox's
+   * memory is freed; resume restores them. Needs the memorySnapshot capability (runc with CRIU 4).
+   * Hibernating a hibernated sandbox does nothing.
+   */
+  async hibernate(ctx: RequestContext, id: string): Promise<SandboxRecord> {
+    this.get(ctx, id);
+    await this.lifecycle.hibernate(id);
     return this.get(ctx, id);
   }
 
@@ -734,7 +748,7 @@ export class SandboxManager {
     if (admin || limits.maxMemoryMb === null) return;
     const owner = ownerFor(ctx);
     const live = owned ?? this.store.listByStates(LIVE_STATES).filter((r) => r.owner === owner);
-    const used = live.filter((r) => r.state !== 'stopped').reduce((sum, r) => sum + r.resources.memoryMb, 0);
+    const used = live.filter((r) => r.state !== 'stopped' && r.state !== 'hibernated').reduce((sum, r) => sum + r.resources.memoryMb, 0);
     if (used + memoryMb > limits.maxMemoryMb) {
       throw new RateLimitedError(`quota reached: ${used} MiB of ${limits.maxMemoryMb} MiB in use, ${memoryMb} MiB more asked`, {
         maxMemoryMb: limits.maxMemoryMb,

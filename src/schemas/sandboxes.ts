@@ -156,4 +156,17 @@ export const WakeSandboxRequest = z
   .describe('Resume or start: an empty body is fine');
 export type WakeSandboxRequest = z.infer<typeof WakeSandboxRequest>;
 
+export const PauseSandboxRequest = z
+  .object({
+    memory: z
+      .enum(['keep', 'disk'])
+      .optional()
+      .describe(
+        "keep (default): freeze every process, memory stays resident. disk: hibernate: every process and its memory are written to disk (CRIU) and the sandbox's memory is freed; resume restores them, also after a daemon restart. Needs capabilities.memorySnapshot (GET /v1/info)",
+      ),
+  })
+  .strict()
+  .describe('Pause: an empty body is fine');
+export type PauseSandboxRequest = z.infer<typeof PauseSandboxRequest>;
+
 export const SandboxParams = z.object({ id: SandboxId });

@@ -182,15 +182,24 @@ export class Sandbox {
    * Freeze every process (memory is kept, no CPU is used); the timeout clock
    * stops until resume. Commands and file calls then fail with ConflictError,
    * unless the sandbox was created with `lifecycle.autoResume`.
+   *
+   * `memory: 'disk'` hibernates instead: every process and its memory are written to disk and the
+   * sandbox's memory is freed (state `hibernated`); `resume()` restores them, also after a daemon
+   * restart. Needs `capabilities.memorySnapshot` (runc with CRIU 4 on the daemon's host).
    */
-  async pause(): Promise<SandboxInfo> {
-    this.info = await this.http.json('POST', `${sandboxPath(this.id)}/pause`, SandboxSchema);
+  async pause(opts: { memory?: 'keep' | 'disk' } = {}): Promise<SandboxInfo> {
+    const disk = opts.memory === 'disk';
+    this.info = await this.http.json('POST', `${sandboxPath(this.id)}/pause`, SandboxSchema, {
+      ...(opts.memory !== undefined ? { json: { memory: opts.memory } } : {}),
+      // Dumping and unmounting can outlast an ordinary request on a busy host.
+      ...(disk ? { timeoutMs: this.longTimeout() } : {}),
+    });
     return this.info;
   }
 
-  /** Thaw a paused sandbox: its processes continue where they were. */
+  /** Thaw a paused sandbox (restore a hibernated one): its processes continue where they were. */
   async resume(opts: WakeOptions = {}): Promise<SandboxInfo> {
-    this.info = await this.http.json('POST', `${sandboxPath(this.id)}/resume`, SandboxSchema, { json: wakeBody(opts) });
+    this.info = await this.http.json('POST', `${sandboxPath(this.id)}/resume`, SandboxSchema, { json: wakeBody(opts), timeoutMs: this.longTimeout() });
     return this.info;
   }
 

@@ -9,7 +9,7 @@ function report(info: SandboxInfo, json: boolean | undefined): void {
   const when =
     info.state === 'running'
       ? ` (expires ${shortTime(info.expiresAt)}, ${relativeTime(info.expiresAt)})`
-      : info.state === 'paused' || info.state === 'stopped'
+      : info.state === 'paused' || info.state === 'stopped' || info.state === 'hibernated'
         ? ` (deleted ${shortTime(info.expiresAt)} unless woken${left})`
         : '';
   process.stdout.write(`${info.id} ${info.state}${when}\n`);
@@ -17,19 +17,21 @@ function report(info: SandboxInfo, json: boolean | undefined): void {
 
 export function registerLifecycleCommands(program: Command): void {
   const verbs: Array<{ name: 'pause' | 'resume' | 'stop' | 'start'; description: string; wakes: boolean }> = [
-    { name: 'pause', description: 'freeze every process of a sandbox (memory kept); its timeout clock stops', wakes: false },
-    { name: 'resume', description: 'thaw a paused sandbox: its processes continue where they were', wakes: true },
+    { name: 'pause', description: 'freeze every process of a sandbox (memory kept; --memory disk: hibernate, memory to disk and freed); its timeout clock stops', wakes: false },
+    { name: 'resume', description: 'thaw a paused sandbox (restore a hibernated one): its processes continue where they were', wakes: true },
     { name: 'stop', description: 'end every process and free the memory of a sandbox, keeping its files', wakes: false },
     { name: 'start', description: 'boot a stopped sandbox again with the same id and files', wakes: true },
   ];
   for (const v of verbs) {
     const c = program.command(v.name).description(v.description).argument('<id>', 'sandbox id').option('--json', 'print the sandbox as JSON');
     if (v.wakes) c.option('--timeout <seconds>', 'lifetime from now (default: what it had left)');
-    c.action(async (id: string, opts: { json?: boolean; timeout?: string }, cmd: Command) => {
+    if (v.name === 'pause') c.option('--memory <where>', "keep (default: memory stays resident) or disk (hibernate: needs runc and CRIU 4, see `capsule doctor`)");
+    c.action(async (id: string, opts: { json?: boolean; timeout?: string; memory?: string }, cmd: Command) => {
+      if (opts.memory !== undefined && opts.memory !== 'keep' && opts.memory !== 'disk') throw new Error(`--memory must be keep or disk, got ${opts.memory}`);
       const sbx = await Sandbox.connect(id, connection(cmd));
       const timeoutMs = secondsToMs(opts.timeout, '--timeout');
       const wake = timeoutMs !== undefined ? { timeoutMs } : {};
-      const info = v.name === 'pause' ? await sbx.pause() : v.name === 'resume' ? await sbx.resume(wake) : v.name === 'stop' ? await sbx.stop() : await sbx.start(wake);
+      const info = v.name === 'pause' ? await sbx.pause(opts.memory !== undefined ? { memory: opts.memory as 'keep' | 'disk' } : {}) : v.name === 'resume' ? await sbx.resume(wake) : v.name === 'stop' ? await sbx.stop() : await sbx.start(wake);
       report(info, opts.json);
     });
   }
