@@ -24,6 +24,7 @@ import { exec } from './exec.js';
 import { files } from './files.js';
 import { gvisor } from './gvisor.js';
 import { lifecycle } from './lifecycle.js';
+import { hibernate } from './hibernate.js';
 import { interactive } from './interactive.js';
 import { network } from './network.js';
 import { renderSvg } from './plot.js';
@@ -44,6 +45,7 @@ export const SCENARIOS: ReadonlyArray<[string, Scenario]> = [
   ['files', files],
   ['templates', templates],
   ['lifecycle', lifecycle],
+  ['hibernate', hibernate],
   ['interactive', interactive],
   ['network', network],
   ['code', code],
