@@ -417,8 +417,8 @@ export class SandboxLifecycle {
     const action = rec.lifecycle.onTimeout;
     if (action === 'kill') return this.host.end(id, 'expired', reason);
     try {
-      await (action === 'pause' ? this.pause(id) : this.stop(id));
-      this.host.log.info({ id, why, action }, `sandbox ${action === 'pause' ? 'paused' : 'stopped'} by its lifecycle policy`);
+      await (action === 'pause' ? this.pause(id) : action === 'hibernate' ? this.hibernate(id) : this.stop(id));
+      this.host.log.info({ id, why, action }, `sandbox ${action === 'pause' ? 'paused' : action === 'hibernate' ? 'hibernated' : 'stopped'} by its lifecycle policy`);
     } catch (err) {
       this.host.log.warn({ id, err: String(err) }, `${reason}, and ${action} failed: ending the sandbox`);
       if (this.host.store.get(id)?.state === 'running') await this.host.end(id, 'expired', `${reason}; ${action} failed: ${(err as Error).message}`.slice(0, 2000));

@@ -223,6 +223,7 @@ export class SandboxManager {
     const onTimeout = opts.lifecycle?.onTimeout;
     if (onTimeout === 'pause') requireCapability(backend, 'pause', 'pause this sandbox when it times out');
     if (onTimeout === 'stop') requireCapability(backend, 'stop', 'stop this sandbox when it times out');
+    if (onTimeout === 'hibernate') requireCapability(backend, 'memorySnapshot', 'hibernate this sandbox when it times out');
     const mounts = (opts.volumes ?? []).map((v) => ({ name: v.name, path: v.path, readOnly: v.readOnly ?? false }));
     if (mounts.length > 0 && !this.volumes) throw new UnsupportedError('this daemon has no volume service');
     if (mounts.length > 0) requireCapability(backend, 'volumes', 'attach volumes to this sandbox');

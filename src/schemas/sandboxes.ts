@@ -26,7 +26,9 @@ const MAX_LIFECYCLE_MS = 365 * 24 * 60 * 60_000;
 
 export const OnTimeout = z
   .enum(ON_TIMEOUT)
-  .describe('What the timeout (or idleMs without API activity) does to a running sandbox: kill it (default), pause it (frozen, memory kept) or stop it (processes end, files kept)');
+  .describe(
+    'What the timeout (or idleMs without API activity) does to a running sandbox: kill it (default), pause it (frozen, memory kept), stop it (processes end, files kept) or hibernate it (processes and memory to disk, memory freed; needs capabilities.memorySnapshot)',
+  );
 
 export const Lifecycle = z
   .object({

@@ -7,10 +7,11 @@
  * and after. Skipped only when this host has no working CRIU 4 (or no root).
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { api, removeDataDir, startTestDaemon, tempDataDir, type TestDaemon } from '../../helpers/daemon.js';
+import { api, CLI, removeDataDir, startTestDaemon, tempDataDir, type TestDaemon } from '../../helpers/daemon.js';
 import { settledLeftovers } from '../../helpers/leftovers.js';
 import { ConflictError, Sandbox, type ConnectionOptions } from '../../../src/sdk/index.js';
 import { checkCriu } from '../../../src/runtime/criu.js';
@@ -196,6 +197,29 @@ describe(`hibernate and restore (runc + CRIU, ${template} template)`, { skip, ti
     assert.equal((await api(d.url, 'GET', `/v1/sandboxes/${s.id}`)).json.state, 'killed');
   });
 
+  it('idleness hibernates a sandbox whose policy says so, and the next command restores it', async () => {
+    const s = await create({ lifecycle: { onTimeout: 'hibernate', autoResume: true, idleMs: 1500 } });
+    const first = await startStateful(s, d);
+    await waitFor('the idle policy to hibernate it', async () => ((await s.getInfo()).state === 'hibernated' ? true : undefined), 20_000);
+    assert.equal(cgroupMemory(s.id), null);
+    assert.equal((await s.commands.run('echo awake')).stdout.trim(), 'awake');
+    const st = await waitFor('the process state', () => readState(d, s.id));
+    assert.equal(st.token, first.token, 'the same process after the restore');
+  });
+
+  it('the CLI hibernates with `capsule pause --memory disk` and restores with `capsule resume`', async () => {
+    const s = await create();
+    const cli = (...args: string[]) => spawnSync(process.execPath, [CLI, ...args], { env: { ...process.env, CAPSULE_URL: d.url }, encoding: 'utf8', timeout: 60_000 });
+    const p = cli('pause', '--memory', 'disk', s.id);
+    assert.equal(p.status, 0, p.stderr);
+    assert.match(p.stdout, new RegExp(`${s.id} hibernated`));
+    const bad = cli('pause', '--memory', 'swap', s.id);
+    assert.notEqual(bad.status, 0);
+    const r = cli('resume', s.id);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, new RegExp(`${s.id} running`));
+  });
+
   it('stop of a hibernated sandbox drops its memory image and keeps its files', async () => {
     const s = await create();
     assert.equal((await s.commands.run('echo kept > ~/f')).exitCode, 0);
@@ -233,5 +257,8 @@ describe('memorySnapshot without runc', { skip: process.getuid?.() !== 0 ? 'need
     } finally {
       await s.kill();
     }
+    const refused = await api(d.url, 'POST', '/v1/sandboxes', { template: 'busybox', lifecycle: { onTimeout: 'hibernate' } });
+    assert.equal(refused.status, 422, refused.text);
+    assert.match(refused.text, /memorySnapshot/);
   });
 });
