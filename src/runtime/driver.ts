@@ -677,6 +677,11 @@ export class OciRuntimeDriver implements RuntimeDriver {
         );
       }
       const dumpMs = Math.round(performance.now() - started);
+      // The agent the dump maps: restore mounts the disk with this copy, not the daemon's current agent, which an
+      // upgrade may have changed (CRIU refuses a mapped file that changed; the sandbox could never wake up).
+      const agentName = path.basename(this.opts.agentBinary);
+      await fsp.mkdir(path.join(images, 'agent'), { mode: 0o755 });
+      await fsp.copyFile(path.join(layout.agentDir, agentName), path.join(images, 'agent', agentName));
       // runc removed the container; what start makes again goes too (as a stop does).
       const problems: string[] = [];
       await this.deleteContainer(id, problems);
@@ -734,7 +739,9 @@ export class OciRuntimeDriver implements RuntimeDriver {
       for (const v of this.volumeDisks.recorded(layout.dir)) await this.volumeDisks.prepare(v.volumeId, v.sizeMb);
       await relinkMovedLayers(layout.dir);
       signal?.throwIfAborted();
-      await remountSandbox({ dir: layout.dir, agentBinary: this.opts.agentBinary, directIo: this.opts.directIo ?? false }, this.mountOpts());
+      const kept = path.join(images, 'agent', path.basename(this.opts.agentBinary));
+      const agentBinary = fs.existsSync(kept) ? kept : this.opts.agentBinary;
+      await remountSandbox({ dir: layout.dir, agentBinary, directIo: this.opts.directIo ?? false }, this.mountOpts());
       const pidFile = path.join(layout.bundle, 'init.pid');
       try {
         await fsp.rm(pidFile, { force: true });

@@ -184,6 +184,23 @@ describe(`hibernate and restore (runc + CRIU, ${template} template)`, { skip, ti
     assert.equal((await s2.commands.run('echo back')).stdout.trim(), 'back');
   });
 
+  it('restores with the agent it was hibernated with, though the daemon\'s agent changed meanwhile (an upgrade)', async () => {
+    const s = await create();
+    await s.pause({ memory: 'disk' });
+    const agent = path.join(d.dataDir, 'bin', 'capsule-agent');
+    const original = fs.readFileSync(agent);
+    try {
+      // Another build: one byte longer (CRIU refuses to map a file whose size changed).
+      fs.writeFileSync(agent + '.new', Buffer.concat([original, Buffer.from([0])]), { mode: 0o755 });
+      fs.renameSync(agent + '.new', agent);
+      await s.resume();
+      assert.equal((await s.commands.run('echo up')).stdout.trim(), 'up');
+    } finally {
+      fs.writeFileSync(agent + '.new', original, { mode: 0o755 });
+      fs.renameSync(agent + '.new', agent);
+    }
+  });
+
   it('kill of a hibernated sandbox leaves nothing: images, mounts, cgroups, files', async () => {
     const s = await create();
     await startStateful(s, d);
