@@ -20,7 +20,7 @@ import { relinkMovedLayers, writeLowerIds, LOWER_ID_FILE } from './lower-ids.js'
 import { checkTarget, VolumeDisks } from './volumes.js';
 import { Launcher, LAUNCHER_PATH } from './launcher.js';
 import { copyTree } from '../layers/native.js';
-import { readMountPoints, removeSandboxDir, sandboxLayout } from './overlay.js';
+import { readMountPoints, removeSandboxDir, runTool, sandboxLayout } from './overlay.js';
 import { loadDefaultSeccomp, type OciSeccomp } from './seccomp.js';
 import { SeccompBpfCompiler } from './seccomp-bpf.js';
 import type { CgroupLimits, ContainerInfo, ContainerSpec, ContainerStatus, NetworkMode, NetworkSpec, RuntimeCapabilities, RuntimeDriver, SandboxStats } from './types.js';
@@ -706,6 +706,117 @@ export class OciRuntimeDriver implements RuntimeDriver {
     } finally {
       this.inFlight.delete(id);
     }
+  }
+
+  /**
+   * Fork with memory, first half: with every process of the running sandbox frozen, CRIU dumps them and
+   * leaves them running (`checkpoint --leave-running`), and its writable layer is copied into `dest` (as
+   * exportChanges does): memory and files of the same instant. Returns the images' directory, which
+   * `restoreFork` restores into other sandboxes and `dropForkImages` removes. The caller has closed its
+   * agent connections first. Needs `capabilities.memorySnapshot`.
+   */
+  async exportChangesWithMemory(id: string, dest: string, signal?: AbortSignal): Promise<string> {
+    checkId(id);
+    const why = this.memorySnapshotReason();
+    if (why !== null) throw new RuntimeError(`cannot fork sandbox ${id} with its memory: ${why}`, { id });
+    if (!fs.existsSync(this.agentSocketDir(id))) throw new RuntimeError(`sandbox ${id} was made before memory snapshots: it cannot be forked with its memory`, { id });
+    const layout = sandboxLayout(this.opts.paths.sandboxDir(id));
+    const upper = path.join(layout.disk, 'upper');
+    const images = path.join(layout.dir, `fork-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`);
+    await fsp.mkdir(images, { mode: 0o755 });
+    await fsp.chown(images, this.opts.idMapBase, this.opts.idMapBase);
+    await fsp.chmod(images, 0o755);
+    const state = await freezerState(this.cgroupsPath(id));
+    const wasRunning = state === 'THAWED';
+    if (wasRunning) await this.pause(id);
+    try {
+      for (let attempt = 0; ; attempt++) {
+        const r = await this.cli.runCaptured(
+          ['--criu', this.criu!.bin!, 'checkpoint', '--leave-running', '--image-path', images, '--tcp-established', '--file-locks', id],
+          { timeoutMs: 120_000, env: criuEnv() },
+        );
+        if (r.code === 0) break;
+        const log = await criuLogTail(images, 'dump.log');
+        // The agent had not yet closed its end of a connection the daemon just closed (it was frozen first):
+        // let it run a moment and try again.
+        if (attempt < 4 && wasRunning && /Unix socket \d+ not found/.test(log)) {
+          await this.resume(id);
+          await new Promise((res) => setTimeout(res, 50 * (attempt + 1)));
+          await this.pause(id);
+          continue;
+        }
+        throw new RuntimeError(`checkpoint of sandbox ${id} for a fork failed: ${summarizeStderr(r.stderr)}${log ? `; criu: ${log}` : ''}`, { id });
+      }
+      const agentName = path.basename(this.opts.agentBinary);
+      await fsp.mkdir(path.join(images, 'agent'), { mode: 0o755 });
+      await fsp.copyFile(path.join(layout.agentDir, agentName), path.join(images, 'agent', agentName));
+      await copyTree(upper, dest, signal);
+      return images;
+    } catch (e) {
+      await fsp.rm(images, { recursive: true, force: true });
+      throw e;
+    } finally {
+      if (wasRunning) await this.resume(id).catch((e: unknown) => this.log.error({ id, err: String(e) }, 'could not thaw a sandbox after its fork checkpoint'));
+    }
+  }
+
+  /**
+   * Fork with memory, second half: the freshly made, running sandbox `id` (started from the snapshot of the
+   * same instant) gives up its own processes for those in `images`: its container goes, and CRIU restores the
+   * checkpoint into a new container of its own bundle (its own id, disk, overlay, cgroup, agent socket); its
+   * hostname is set to its id. Resolves once the restored agent listens. On failure the sandbox is left
+   * without a container (the caller ends it).
+   */
+  async restoreFork(id: string, images: string): Promise<ContainerInfo> {
+    checkId(id);
+    if (this.inFlight.has(id)) throw new ConflictError(`sandbox ${id} is being created, started, stopped or destroyed`);
+    this.inFlight.add(id);
+    const started = performance.now();
+    const layout = sandboxLayout(this.opts.paths.sandboxDir(id));
+    try {
+      const problems: string[] = [];
+      await this.deleteContainer(id, problems);
+      const stray = await killCgroupProcs(this.cgroupsPath(id));
+      if (stray.length > 0) problems.push(`processes ${stray.join(', ')} survive SIGKILL`);
+      await removeCgroupDirs(this.cgroupsPath(id));
+      if (problems.length > 0) throw new RuntimeError(`cannot restore a fork into sandbox ${id}: ${problems.join('; ')}`, { id });
+      // The agent the checkpoint maps, in place of the one the create copied (they differ after an upgrade).
+      const agentName = path.basename(this.opts.agentBinary);
+      const kept = path.join(images, 'agent', agentName);
+      if (fs.existsSync(kept)) await fsp.copyFile(kept, path.join(layout.agentDir, agentName));
+      const pidFile = path.join(layout.bundle, 'init.pid');
+      await fsp.rm(pidFile, { force: true });
+      await fsp.rm(path.join(this.agentSocketDir(id), AGENT_SOCKET_NAME), { force: true });
+      // Each restore writes its log in its own work dir: forks restore from the same images.
+      const work = path.join(layout.dir, 'restore-work');
+      await fsp.rm(work, { recursive: true, force: true });
+      await fsp.mkdir(work, { mode: 0o700 });
+      const r = await this.cli.runDetached(
+        ['--criu', this.criu!.bin!, 'restore', '--detach', '--image-path', images, '--work-path', work, '--tcp-established', '--file-locks', '--pid-file', pidFile, '--bundle', layout.bundle, id],
+        { timeoutMs: 120_000, env: criuEnv() },
+      );
+      if (r.code !== 0) {
+        const log = await criuLogTail(work, 'restore.log');
+        throw new RuntimeError(`restore of a fork into sandbox ${id} failed: ${summarizeStderr(r.stderr)}${log ? `; criu: ${log}` : ''}`, { id });
+      }
+      const info = await this.initFromPidFile(id, pidFile);
+      if (info.status !== 'running') throw new RuntimeError(`fork ${id} did not stay up after its restore (${info.status})`, { id });
+      // The images carry the source's hostname (its UTS namespace); the host's root may name it anew.
+      const h = await runTool('nsenter', ['--target', String(info.pid), '--uts', 'hostname', id], 10_000, 'apt-get install util-linux');
+      if (h.code !== 0) throw new RuntimeError(`could not set the hostname of fork ${id}: ${h.stderr}`, { id });
+      await this.waitForAgentSocket(id, info.pid!, 10_000);
+      await fsp.rm(work, { recursive: true, force: true });
+      this.log.info({ id, ms: Math.round(performance.now() - started), pid: info.pid }, 'fork restored');
+      return info;
+    } finally {
+      this.inFlight.delete(id);
+    }
+  }
+
+  /** Remove a fork's images (what exportChangesWithMemory returned). */
+  async dropForkImages(images: string): Promise<void> {
+    if (!images.startsWith(this.opts.paths.sandboxes + path.sep) || !/\/fork-[a-z0-9-]+$/.test(images)) return;
+    await fsp.rm(images, { recursive: true, force: true });
   }
 
   /** Whether `id` holds a complete checkpoint (a hibernated sandbox). */

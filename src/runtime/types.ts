@@ -239,6 +239,16 @@ export interface RuntimeDriver {
    * Needs `capabilities.memorySnapshot`.
    */
   restore?(id: string, signal?: AbortSignal): Promise<ContainerInfo>;
+  /**
+   * Fork with memory: exportChanges, plus a checkpoint of every process taken in the same frozen instant
+   * (they run on). Returns a handle (the images' directory) for restoreFork and dropForkImages.
+   * Needs `capabilities.memorySnapshot`.
+   */
+  exportChangesWithMemory?(id: string, dest: string, signal?: AbortSignal): Promise<string>;
+  /** Replace the processes of the new, running sandbox `id` with those of a fork checkpoint (own id and hostname). */
+  restoreFork?(id: string, images: string): Promise<ContainerInfo>;
+  /** Remove a fork checkpoint's images. */
+  dropForkImages?(images: string): Promise<void>;
   /** OOM kills so far inside the sandbox's memory cgroup (0 when the backend cannot tell). */
   oomKills(id: string): Promise<number>;
   /** What the sandbox uses now (per-sandbox metrics); absent when the backend cannot tell. */

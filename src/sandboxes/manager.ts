@@ -340,6 +340,35 @@ export class SandboxManager {
     return this.get(ctx, id);
   }
 
+  /**
+   * Run `fn` (a checkpoint that leaves the processes running: a fork with memory) with the daemon's agent
+   * connection closed, since a connection to the host cannot be dumped; its processes stay followed, and are
+   * re-attached on a new connection afterwards. Call it inside a lifecycle operation (snapshotFiles).
+   */
+  async withAgentDetached<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    this.events?.onDetached?.(id);
+    this.dropConnection(id);
+    try {
+      return await fn();
+    } finally {
+      try {
+        await this.events?.onAdopted(id, await this.connection(id));
+      } catch (err) {
+        this.log.warn({ id, err: String(err) }, 're-attaching the processes of a sandbox after its fork checkpoint failed');
+      }
+    }
+  }
+
+  /** A fork with memory, second half: the new sandbox's own processes give way to the checkpoint's, which it then follows. */
+  async restoreForkInto(id: string, images: string): Promise<void> {
+    if (!this.runtime.restoreFork) throw new UnsupportedError(`the ${this.runtime.kind} backend cannot restore forks`, { id });
+    this.dropConnection(id);
+    await this.runtime.restoreFork(id, images);
+    const conn = await this.connection(id);
+    await this.events?.onAdopted(id, conn);
+    await this.networking?.adopt(id, conn);
+  }
+
   /** Thaw a paused sandbox: it continues where it was, with the lifetime it had left (or `timeoutMs`). */
   async resume(ctx: RequestContext, id: string, opts: Pick<WakeOptions, 'timeoutMs'> = {}): Promise<SandboxRecord> {
     this.get(ctx, id);

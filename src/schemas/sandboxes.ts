@@ -6,7 +6,7 @@ import { ISOLATIONS } from '../runtime/isolation.js';
 import { ON_TIMEOUT } from '../sandboxes/policy.js';
 import { VolumeMountRequest, VolumeName } from './volumes.js';
 import { NetworkConfig } from './network.js';
-import { SnapshotRef } from './snapshots.js';
+import { Snapshot, SnapshotRef } from './snapshots.js';
 
 export { SANDBOX_STATES };
 export const SandboxState = z
@@ -171,4 +171,24 @@ export const PauseSandboxRequest = z
   .describe('Pause: an empty body is fine');
 export type PauseSandboxRequest = z.infer<typeof PauseSandboxRequest>;
 
+export const ForkSandboxRequest = z
+  .object({
+    count: z.number().int().min(1).max(16).optional().describe('How many forks; default 1'),
+    memory: z
+      .boolean()
+      .optional()
+      .describe(
+        'true: every fork continues from the same instant with the source\'s processes and memory (CRIU; needs capabilities.memorySnapshot), each with its own id, hostname and files. false (default): forks of its files only (a snapshot and a create from it)',
+      ),
+  })
+  .strict()
+  .describe('Fork a running sandbox: an empty body makes one filesystem fork');
+export type ForkSandboxRequest = z.infer<typeof ForkSandboxRequest>;
+
 export const SandboxParams = z.object({ id: SandboxId });
+
+export const ForkSandboxResponse = z.object({
+  snapshot: Snapshot.describe('The filesystem snapshot the forks start from (metadata forkOf: the source); kept until deleted'),
+  sandboxes: z.array(Sandbox).describe('The forks, running'),
+});
+export type ForkSandboxResponse = z.infer<typeof ForkSandboxResponse>;

@@ -10,6 +10,7 @@ import {
   type SandboxLogLevel,
   type SandboxMetric,
   ListSandboxesResponse,
+  ForkSandboxResponse,
   Sandbox as SandboxSchema,
   type Lifecycle,
   type Sandbox as SandboxInfo,
@@ -223,6 +224,21 @@ export class Sandbox {
    */
   async snapshot(opts: SnapshotOptions = {}): Promise<SnapshotInfo> {
     return takeSnapshot(this.http, this.id, opts, this.longTimeout());
+  }
+
+  /**
+   * Fork this running sandbox into `count` new ones (default 1), through a snapshot of its files. With
+   * `memory: true` every fork continues from the same instant with this sandbox's processes and memory
+   * (needs `capabilities.memorySnapshot`: a daemon on runc with CRIU 4), each with its own id, hostname and
+   * copy-on-write files; this sandbox runs on. The forks get its resources, timeout, policy and metadata.
+   */
+  async fork(opts: { count?: number; memory?: boolean } = {}): Promise<Sandbox[]> {
+    const count = opts.count ?? 1;
+    const r = await this.http.json('POST', `${sandboxPath(this.id)}/fork`, ForkSandboxResponse, {
+      json: { count, ...(opts.memory !== undefined ? { memory: opts.memory } : {}) },
+      timeoutMs: this.longTimeout() === 0 ? 0 : this.longTimeout() + count * 30_000,
+    });
+    return r.sandboxes.map((info) => new Sandbox(this.http, info));
   }
 
   private longTimeout(): number {

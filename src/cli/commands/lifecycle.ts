@@ -35,4 +35,19 @@ export function registerLifecycleCommands(program: Command): void {
       report(info, opts.json);
     });
   }
+  program
+    .command('fork')
+    .description("fork a running sandbox through a snapshot of its files; --memory: each fork continues its processes from the same instant (needs runc and CRIU 4)")
+    .argument('<id>', 'sandbox id')
+    .option('--count <n>', 'how many forks (1-16)', '1')
+    .option('--memory', "carry the processes and their memory over (capabilities.memorySnapshot)")
+    .option('--json', 'print the forks as JSON')
+    .action(async (id: string, opts: { count: string; memory?: boolean; json?: boolean }, cmd: Command) => {
+      const count = Number(opts.count);
+      if (!Number.isInteger(count) || count < 1 || count > 16) throw new Error(`--count must be an integer from 1 to 16, got ${opts.count}`);
+      const sbx = await Sandbox.connect(id, connection(cmd));
+      const forks = await sbx.fork({ count, memory: opts.memory === true });
+      if (opts.json) return printJson(await Promise.all(forks.map((f) => f.getInfo())));
+      for (const f of forks) process.stdout.write(`${f.id}\n`);
+    });
 }

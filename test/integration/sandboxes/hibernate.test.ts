@@ -237,6 +237,45 @@ describe(`hibernate and restore (runc + CRIU, ${template} template)`, { skip, ti
     assert.match(r.stdout, new RegExp(`${s.id} running`));
   });
 
+  it('fork with memory: N forks continue the same process from the same instant, each with its own id, hostname and files', async () => {
+    const s = await create();
+    const first = await startStateful(s, d);
+    const at = readState(d, s.id)!;
+    const t = performance.now();
+    const forks = await s.fork({ count: 3, memory: true });
+    const forkMs = performance.now() - t;
+    made.push(...forks);
+    assert.equal(forks.length, 3);
+    const ids = new Set(forks.map((f) => f.id));
+    assert.equal(ids.size, 3);
+    for (const f of forks) {
+      assert.notEqual(f.id, s.id);
+      const st = await waitFor(`fork ${f.id}'s process state`, () => {
+        const v = readState(d, f.id);
+        return v && v.n > at.n ? v : null;
+      });
+      assert.equal(st.token, first.token, 'the same process memory as the source');
+      assert.ok(st.n < at.n + 100, `fork ${f.id} continues from about ${at.n} (now ${st.n}), not from 1`);
+      assert.equal((await f.commands.run('hostname')).stdout.trim(), f.id);
+      const procs = await f.commands.list();
+      assert.ok(procs.some((p) => p.running && (p.cmd.join(' ').includes('python3') || p.cmd.join(' ').includes('/tmp/state'))), JSON.stringify(procs));
+    }
+    // Own copy-on-write files: a write in one fork is not seen by the others nor by the source.
+    assert.equal((await forks[0]!.commands.run('echo mine > /tmp/only0')).exitCode, 0);
+    assert.notEqual((await forks[1]!.commands.run('cat /tmp/only0')).exitCode, 0);
+    assert.notEqual((await s.commands.run('cat /tmp/only0')).exitCode, 0);
+    // The source runs on, its process too.
+    const later = await waitFor('the source to go on', () => {
+      const v = readState(d, s.id);
+      return v && v.n > at.n + 5 ? v : null;
+    });
+    assert.equal(later.token, first.token);
+    console.log(`# fork with memory: 3 forks in ${forkMs.toFixed(0)} ms`);
+    for (const f of forks) await f.kill();
+    for (const f of forks) assert.deepEqual(await settledLeftovers(f.id, d.dataDir), []);
+    assert.deepEqual(fs.readdirSync(path.join(d.dataDir, 'sandboxes', s.id)).filter((e) => e.startsWith('fork-')), [], 'fork images removed');
+  });
+
   it('stop of a hibernated sandbox drops its memory image and keeps its files', async () => {
     const s = await create();
     assert.equal((await s.commands.run('echo kept > ~/f')).exitCode, 0);
