@@ -10,7 +10,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { Sandbox } from '../src/sdk/index.js';
+import { Sandbox, Snapshot } from '../src/sdk/index.js';
 import { buildOciSpec, SANDBOX_CAPABILITIES } from '../src/runtime/bundle.js';
 import { checkCriu, criuEnv } from '../src/runtime/criu.js';
 import { loadDefaultSeccomp } from '../src/runtime/seccomp.js';
@@ -164,6 +164,32 @@ export const hibernate: Scenario = async (ctx) => {
       { name: 'runc checkpoint', run: async () => { const ms = await r0.checkpoint(); await r0.restore(); return ms; } },
       { name: 'runc restore', run: async () => { await r0.checkpoint(); return r0.restore(); } },
     ], errors);
+    // Fork with memory: one fork per sample (checkpoint --leave-running + files copy, a create from the snapshot,
+    // a restore into it), next to a cold create of the same template (what a fork without memory costs at least).
+    const nFork = ctx.quick ? 2 : 8;
+    const forks = await interleave(nFork, [
+      {
+        name: 'fork with memory (sdk, 1 fork)',
+        run: async () => {
+          const t0 = now();
+          const [f] = await sbx.fork({ count: 1, memory: true });
+          const ms = now() - t0;
+          await f!.kill();
+          return ms;
+        },
+      },
+      {
+        name: 'create (sdk, python)',
+        run: async () => {
+          const t0 = now();
+          const f = await Sandbox.create({ ...conn, template, timeoutMs: 600_000 });
+          const ms = now() - t0;
+          await f.kill();
+          return ms;
+        },
+      },
+    ], errors);
+    for (const s of await Snapshot.list(conn).catch(() => [])) await Snapshot.delete(s.id, conn).catch(() => undefined);
     const check = await sbx.commands.run('cat /tmp/state');
     if (!(Number(check.stdout) > 0)) errors.push(`after ${n} hibernate/restore pairs the sandbox answered ${JSON.stringify(check.stdout)}`);
     const rows = [
@@ -171,11 +197,14 @@ export const hibernate: Scenario = async (ctx) => {
       row('restore (sdk, 32 MiB)', 'capsule', 'ms', samples.get('restore (sdk, 32 MiB)')!, { vs: 'runc restore' }),
       row('runc checkpoint', 'baseline', 'ms', samples.get('runc checkpoint')!),
       row('runc restore', 'baseline', 'ms', samples.get('runc restore')!),
+      row('fork with memory (sdk, 1 fork)', 'capsule', 'ms', forks.get('fork with memory (sdk, 1 fork)')!, { vs: 'create (sdk, python)' }),
+      row('create (sdk, python)', 'baseline', 'ms', forks.get('create (sdk, python)')!),
     ];
     linkRatios(rows);
     notes.push(
       `A Python process holding 32 MiB of random bytes (sandbox memory cgroup ${(memBefore / 2 ** 20).toFixed(1)} MiB before; none while hibernated: its cgroup is gone), image ${(imageBytes / 2 ** 20).toFixed(1)} MiB. Daemon run with CAPSULE_RUNTIME=runc and CRIU ${criu.version} (CRIU_FAULT=130).`,
       'hibernate: SDK → HTTP → state machine → close the agent connection → `runc checkpoint` (CRIU dump, container ends) → unmount overlay and disk (fsync), remove cgroups → HTTP response. restore: mount disk and overlay (new loop device) → `runc restore -d` → agent socket answers → images deleted → daemon reconnects and re-attaches the process.',
+      'fork with memory: `sandbox.fork({ count: 1, memory: true })` of the same sandbox, until the fork runs the restored process: freeze, `runc checkpoint --leave-running` and a copy of its writable layer into a snapshot, thaw; a create from that snapshot; its container replaced by `runc restore` of the checkpoint; hostname set; agent reconnected. Baseline: a cold create of the python template in the same run (no pool). Each sample kills its fork untimed.',
       'Baselines: `runc checkpoint` / `runc restore -d` of a plain runc container running the same Python program on the same template layers (same userns, seccomp and cgroup spec; no agent, disk image or daemon), interleaved with Capsule\'s samples.',
     );
     return { name: 'hibernate', title: 'Hibernate and restore (memory snapshots, 32 MiB of state)', rows, notes, errors };

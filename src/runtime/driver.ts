@@ -615,6 +615,9 @@ export class OciRuntimeDriver implements RuntimeDriver {
       const relinked = await relinkMovedLayers(layout.dir);
       if (relinked.length > 0) this.log.info({ id, relinked }, 'layers of a stopped sandbox had moved; linked them again');
       signal?.throwIfAborted();
+      // Its last filesystem must be gone before a new one mounts the image (waitLoopReleased).
+      const held = await waitLoopReleased(layout.diskImage, 10_000);
+      if (held.length > 0) throw new RuntimeError(`cannot start sandbox ${id}: its disk is still held by ${held.join(', ')}`, { id });
       await remountSandbox({ dir: layout.dir, agentBinary: this.opts.agentBinary, directIo: this.opts.directIo ?? false }, this.mountOpts());
       try {
         const info = await this.runContainer(id, layout.bundle, signal);
@@ -684,12 +687,17 @@ export class OciRuntimeDriver implements RuntimeDriver {
       await fsp.copyFile(path.join(layout.agentDir, agentName), path.join(images, 'agent', agentName));
       // runc removed the container; what start makes again goes too (as a stop does).
       const problems: string[] = [];
+      let releaseMs = 0;
       await this.deleteContainer(id, problems);
       const stray = await killCgroupProcs(this.cgroupsPath(id));
       if (stray.length > 0) problems.push(`processes ${stray.join(', ')} survive SIGKILL in cgroup ${this.cgroupsPath(id)}`);
       if (problems.length === 0) {
         try {
           await unmountKeepingDisk(layout.dir, this.mountOpts());
+          const w0 = performance.now();
+          const held = await waitLoopReleased(layout.diskImage, 10_000);
+          releaseMs = Math.round(performance.now() - w0);
+          if (held.length > 0) problems.push(`its disk is still held by ${held.join(', ')} after the unmount`);
         } catch (e) {
           problems.push((e as Error).message);
         }
@@ -701,7 +709,7 @@ export class OciRuntimeDriver implements RuntimeDriver {
       const ms = Math.round(performance.now() - started);
       await fsp.writeFile(path.join(images, CHECKPOINT_MARKER), JSON.stringify({ at: new Date().toISOString(), dumpMs, ms, imageBytes }));
       if (problems.length > 0) throw new RuntimeError(`sandbox ${id} was checkpointed but its cleanup failed: ${problems.join('; ')}`, { id });
-      this.log.info({ id, dumpMs, ms, imageBytes }, 'sandbox hibernated');
+      this.log.info({ id, dumpMs, releaseMs, ms, imageBytes }, 'sandbox hibernated');
       return { ms, imageBytes };
     } finally {
       this.inFlight.delete(id);
@@ -850,6 +858,8 @@ export class OciRuntimeDriver implements RuntimeDriver {
       for (const v of this.volumeDisks.recorded(layout.dir)) await this.volumeDisks.prepare(v.volumeId, v.sizeMb);
       await relinkMovedLayers(layout.dir);
       signal?.throwIfAborted();
+      const held = await waitLoopReleased(layout.diskImage, 10_000);
+      if (held.length > 0) throw new RuntimeError(`cannot restore sandbox ${id}: its disk is still held by ${held.join(', ')}`, { id });
       const kept = path.join(images, 'agent', path.basename(this.opts.agentBinary));
       const agentBinary = fs.existsSync(kept) ? kept : this.opts.agentBinary;
       await remountSandbox({ dir: layout.dir, agentBinary, directIo: this.opts.directIo ?? false }, this.mountOpts());
@@ -1100,6 +1110,45 @@ export class OciRuntimeDriver implements RuntimeDriver {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
     }
     return [...ids].sort();
+  }
+}
+
+/** Loop devices whose backing file is `image` (sysfs; a detached device has no `loop/backing_file`). */
+function loopDevicesOf(image: string): string[] {
+  const out: string[] = [];
+  try {
+    image = fs.realpathSync(image); // the kernel shows the path it opened, without symlinks
+  } catch {
+    /* gone: compare as given */
+  }
+  let devs: string[] = [];
+  try {
+    devs = fs.readdirSync('/sys/block').filter((b) => b.startsWith('loop'));
+  } catch {
+    return out;
+  }
+  for (const dev of devs) {
+    try {
+      if (fs.readFileSync(`/sys/block/${dev}/loop/backing_file`, 'utf8').trim() === image) out.push(dev);
+    } catch {
+      /* free */
+    }
+  }
+  return out;
+}
+
+/**
+ * Wait until no loop device holds `image` any more. An unmount in the host's namespace returns while the
+ * filesystem can still live on in a mount namespace that is going away (a container CRIU just dumped): its
+ * loop device (AUTOCLEAR) is released only when that goes. Mounting the image again before then would make
+ * two filesystems on one image, and corrupt it (seen: "Corrupt inode bitmap" after quick hibernate/restore).
+ */
+async function waitLoopReleased(image: string, timeoutMs: number): Promise<string[]> {
+  const deadline = Date.now() + timeoutMs;
+  for (let delay = 2; ; delay = Math.min(delay * 2, 50)) {
+    const held = loopDevicesOf(image);
+    if (held.length === 0 || Date.now() > deadline) return held;
+    await new Promise((r) => setTimeout(r, delay));
   }
 }
 
