@@ -225,6 +225,10 @@ static void do_accept(void) {
   for (;;) {
     int fd = accept4(listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) return;
+    /* A CRIU restore (hibernate, then resume) can leave this process non-dumpable, with a memory map that
+     * belongs to the host's user namespace: CRIU then cannot dump it a second time. The daemon connects right
+     * after every restore: put the flag back as exec left it (spawn.c does the same after every clone). */
+    if (prctl(PR_GET_DUMPABLE) == 0) prctl(PR_SET_DUMPABLE, 1);
     conn_adopt(fd);
   }
 }
@@ -263,17 +267,18 @@ enum { R_LISTEN, R_SIG, R_CONN, R_POUT, R_PIN, R_PTY, R_WATCH, R_VM };
 struct ref { int kind; void *ptr; int s; };
 
 static void usage(void) {
-  fprintf(stderr, "usage: capsule-agent --listen-fd N | --listen PATH | --vm-init\n");
+  fprintf(stderr, "usage: capsule-agent --listen-fd N | --listen PATH [--null-stdio] | --vm-init\n");
   exit(2);
 }
 
 int main(int argc, char **argv) {
   const char *lpath = NULL;
-  int lfd = -1, vm = 0;
+  int lfd = -1, vm = 0, null_stdio = 0;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--listen-fd") && i + 1 < argc) lfd = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--vm-init")) vm = 1;
     else if (!strcmp(argv[i], "--listen") && i + 1 < argc) lpath = argv[++i];
+    else if (!strcmp(argv[i], "--null-stdio")) null_stdio = 1;
     else if (!strcmp(argv[i], "--version")) { puts(AGENT_VERSION); return 0; }
     else if (getpid() == 1) continue; /* a VM's init also gets the boot parameters the kernel did not know */
     else usage();
@@ -308,6 +313,16 @@ int main(int argc, char **argv) {
   if (vm) vm_mux_start(port_fd);
   else if (set_nonblock_cloexec(lfd)) { fprintf(stderr, "capsule-agent: bad listen fd %d: %s\n", lfd, strerror(errno)); return 1; }
   listen_fd = lfd;
+  /* --null-stdio: once listening, let go of the stdio the runtime handed over (host files: runc's /dev/null and
+   * the launcher's unlinked stderr file) for this container's own /dev/null, so that CRIU can dump the agent
+   * (it cannot dump a file outside the container's mounts). Errors from here on go nowhere; the daemon sees them
+   * as a failed connection. */
+  if (null_stdio) {
+    int n = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (n < 0) { fprintf(stderr, "capsule-agent: /dev/null: %s\n", strerror(errno)); return 1; }
+    for (int fd = 0; fd < 3; fd++) dup2(n, fd);
+    close(n);
+  }
 
   signal(SIGPIPE, SIG_IGN);
   struct sigaction sa = { .sa_handler = on_term };

@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -138,6 +139,10 @@ pid_t spawn_child(struct spawn *s) {
               sched_setaffinity(0, sizeof here, &here) == 0;
   pid_t pid = clone(child_main, child_stack + sizeof child_stack, CLONE_VM | CLONE_VFORK | SIGCHLD, s);
   int err = errno;
+  /* The child's setuid ran on our memory map (CLONE_VM) and made it non-dumpable. Harmless after our own execve
+   * (the map belongs to the sandbox's user namespace), but after a CRIU restore the map belongs to the host's, and
+   * a non-dumpable agent can then not be checkpointed again (hibernate after a resume). Exec left us dumpable. */
+  if (prctl(PR_GET_DUMPABLE) == 0) prctl(PR_SET_DUMPABLE, 1);
   if (s->pinned) sched_setaffinity(0, sizeof s->cpus, &s->cpus);
   sigprocmask(SIG_SETMASK, &old, NULL);
   errno = err;

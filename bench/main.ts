@@ -25,6 +25,7 @@ import { files } from './files.js';
 import { gvisor } from './gvisor.js';
 import { microvm } from './microvm.js';
 import { lifecycle } from './lifecycle.js';
+import { hibernate } from './hibernate.js';
 import { interactive } from './interactive.js';
 import { network } from './network.js';
 import { renderSvg } from './plot.js';
@@ -45,6 +46,7 @@ export const SCENARIOS: ReadonlyArray<[string, Scenario]> = [
   ['files', files],
   ['templates', templates],
   ['lifecycle', lifecycle],
+  ['hibernate', hibernate],
   ['interactive', interactive],
   ['network', network],
   ['code', code],

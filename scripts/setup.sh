@@ -56,6 +56,13 @@ elif ! command -v capsule >/dev/null; then
   echo "capsule setup: capsule is not on PATH; as root this links /usr/local/bin/capsule, or add $(pwd -P)/bin to PATH" >&2
 fi
 
+# CRIU 4 for memory snapshots (hibernate): built once from Debian trixie's source package and cached in
+# /var/cache/capsule/criu like the template cache (about a minute the first time, then a copy). Optional:
+# without it everything else works and hibernate says why not.
+if [ "$(id -u)" -eq 0 ]; then
+  bash scripts/build-criu.sh || echo "capsule setup: CRIU 4 could not be built; memory snapshots are unavailable (capsule doctor says why)" >&2
+fi
+
 # Host preflight: fixes what it safely can (e.g. the cgroup v2 hugetlb conflict with crun), and fetches
 # the microVMs' guest kernel when it is missing.
 if [ "$(id -u)" -eq 0 ]; then

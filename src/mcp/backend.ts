@@ -80,12 +80,14 @@ export interface McpBackend {
   listSandboxes(filter: { state?: SandboxState | 'all' | undefined; metadata?: Record<string, string> | undefined }): Promise<SandboxInfo[]>;
   killSandbox(id: string): Promise<SandboxInfo>;
   setSandboxTimeout(id: string, timeoutMs: number): Promise<SandboxInfo>;
-  /** Pause, resume, stop or start; `timeoutMs` only for resume and start. */
-  lifecycle(id: string, verb: LifecycleVerb, opts: { timeoutMs?: number }): Promise<SandboxInfo>;
+  /** Pause, resume, stop or start; `timeoutMs` only for resume and start, `memory` only for pause ('disk': hibernate). */
+  lifecycle(id: string, verb: LifecycleVerb, opts: { timeoutMs?: number; memory?: 'keep' | 'disk' }): Promise<SandboxInfo>;
   /** A filesystem snapshot of the sandbox (src/snapshots). */
   snapshot(id: string, opts: { name?: string | undefined; metadata?: Record<string, string> | undefined }): Promise<SnapshotInfo>;
   listSnapshots(filter: { sandboxId?: string | undefined }): Promise<SnapshotInfo[]>;
   deleteSnapshot(ref: string): Promise<void>;
+  /** Fork a running sandbox `count` times through a snapshot; `memory`: with its processes (capabilities.memorySnapshot). */
+  fork(id: string, opts: { count: number; memory: boolean }): Promise<{ snapshotId: string; sandboxIds: string[] }>;
   runCommand(id: string, input: CommandInput, hooks?: RunHooks): Promise<CommandResult>;
   startCommand(id: string, input: CommandInput): Promise<{ pid: number }>;
   /** A cell in a stateful code context (src/interpreter). */
@@ -137,11 +139,15 @@ export function servicesBackend(services: Services, principal: Principal = ANONY
     async lifecycle(id, verb, opts) {
       const s = services.sandboxes;
       const rec =
-        verb === 'pause' ? await s.pause(ctx, id) : verb === 'resume' ? await s.resume(ctx, id, opts) : verb === 'stop' ? await s.stop(ctx, id) : await s.start(ctx, id, opts);
+        verb === 'pause' ? (opts.memory === 'disk' ? await s.hibernate(ctx, id) : await s.pause(ctx, id)) : verb === 'resume' ? await s.resume(ctx, id, opts) : verb === 'stop' ? await s.stop(ctx, id) : await s.start(ctx, id, opts);
       return toApiSandbox(rec);
     },
     async snapshot(id, opts) {
       return services.snapshots.take(ctx, id, opts);
+    },
+    async fork(id, opts) {
+      const r = await services.snapshots.fork(ctx, id, opts);
+      return { snapshotId: r.snapshot.id, sandboxIds: r.sandboxes.map((x) => x.id) };
     },
     async listSnapshots(filter) {
       return services.snapshots.list(ctx, filter);
@@ -267,7 +273,14 @@ export function sdkBackend(conn: ConnectionOptions = {}): McpBackend {
     },
     async lifecycle(id, verb, opts) {
       const s = await sandbox(id);
-      return verb === 'pause' ? s.pause() : verb === 'resume' ? s.resume(opts) : verb === 'stop' ? s.stop() : s.start(opts);
+      return verb === 'pause' ? s.pause(opts.memory !== undefined ? { memory: opts.memory } : {}) : verb === 'resume' ? s.resume(opts) : verb === 'stop' ? s.stop() : s.start(opts);
+    },
+    async fork(id, opts) {
+      const forks = await (await sandbox(id)).fork(opts);
+      // The SDK hands back the forks; their snapshot is the newest of the source's marked forkOf.
+      const snaps = (await Snapshot.list({ ...conn, sandboxId: id })).filter((x) => x.metadata.forkOf === id);
+      snaps.sort((a, b) => Date.parse(a.createdAt) - Date.parse(b.createdAt));
+      return { snapshotId: snaps.at(-1)?.id ?? '', sandboxIds: forks.map((f) => f.id) };
     },
     async snapshot(id, opts) {
       return (await sandbox(id)).snapshot({ ...(opts.name !== undefined ? { name: opts.name } : {}), ...(opts.metadata !== undefined ? { metadata: opts.metadata } : {}) });

@@ -4,7 +4,7 @@
  * (src/schemas/snapshots.ts) through snakeObject, like every other tool's.
  */
 import { z } from 'zod';
-import { CreateSnapshotRequest, ListSnapshotsQuery, SandboxId, Snapshot as SnapshotSchema, SnapshotRef, snakeObject } from '../schemas/index.js';
+import { CreateSnapshotRequest, ForkSandboxRequest, ListSnapshotsQuery, SandboxId, Snapshot as SnapshotSchema, SnapshotRef, snakeObject } from '../schemas/index.js';
 import type { Snapshot as SnapshotInfo } from '../schemas/index.js';
 import type { ToolDef } from './tools.js';
 
@@ -67,4 +67,20 @@ const snapshotDelete = tool({
   },
 });
 
-export const SNAPSHOT_TOOLS = [sandboxSnapshot, snapshotList, snapshotDelete] as const;
+const sandboxFork = tool({
+  name: 'sandbox_fork',
+  description:
+    "Fork a running sandbox into count new ones through a snapshot of its files. With memory: true every fork continues from the same instant with the source's processes and memory (needs capabilities.memorySnapshot), each with its own id, hostname and copy-on-write files. The source runs on.",
+  input: snakeObject(ForkSandboxRequest).extend({ sandbox_id: SandboxId.describe('The sandbox to fork') }),
+  output: z.object({ snapshot_id: z.string().describe('The snapshot the forks start from'), sandbox_ids: z.array(SandboxId).describe('The forks, running') }),
+  annotations: { title: 'Fork sandbox', readOnlyHint: false, destructiveHint: false, idempotentHint: false, openWorldHint: false },
+  async handler(input, ctx) {
+    const r = await ctx.backend.fork(input.sandbox_id, { count: input.count ?? 1, memory: input.memory === true });
+    return {
+      structured: { snapshot_id: r.snapshotId, sandbox_ids: r.sandboxIds },
+      text: `Forked ${input.sandbox_id}${input.memory ? ' with its memory' : ''} into ${r.sandboxIds.join(', ')}.`,
+    };
+  },
+});
+
+export const SNAPSHOT_TOOLS = [sandboxSnapshot, snapshotList, snapshotDelete, sandboxFork] as const;

@@ -38,6 +38,7 @@ import {
   snakeObject,
   TemplateName,
   WakeSandboxRequest,
+  PauseSandboxRequest,
   WriteFileQuery,
   fromSnake,
   NetworkConfig,
@@ -251,12 +252,15 @@ function lifecycleTool(verb: 'pause' | 'resume' | 'stop' | 'start', description:
     description,
     input: wakes
       ? snakeObject(WakeSandboxRequest).extend({ sandbox_id: SandboxId.describe(`The sandbox to ${verb}`) })
-      : z.object({ sandbox_id: SandboxId.describe(`The sandbox to ${verb}`) }),
+      : verb === 'pause'
+        ? snakeObject(PauseSandboxRequest).extend({ sandbox_id: SandboxId.describe(`The sandbox to ${verb}`) })
+        : z.object({ sandbox_id: SandboxId.describe(`The sandbox to ${verb}`) }),
     output: SandboxSummary,
     annotations: { title: `${verb[0]!.toUpperCase()}${verb.slice(1)} sandbox`, readOnlyHint: false, destructiveHint: verb === 'stop', idempotentHint: true, openWorldHint: false },
     async handler(input, ctx) {
       const timeoutMs = 'timeout_ms' in input ? (input.timeout_ms as number | undefined) : undefined;
-      const info = await ctx.backend.lifecycle(input.sandbox_id, verb, timeoutMs !== undefined ? { timeoutMs } : {});
+      const memory = 'memory' in input ? (input.memory as 'keep' | 'disk' | undefined) : undefined;
+      const info = await ctx.backend.lifecycle(input.sandbox_id, verb, { ...(timeoutMs !== undefined ? { timeoutMs } : {}), ...(memory !== undefined ? { memory } : {}) });
       return { structured: summary(info), text: `Sandbox ${info.id} is ${info.state}${done}.` };
     },
   });
@@ -264,12 +268,12 @@ function lifecycleTool(verb: 'pause' | 'resume' | 'stop' | 'start', description:
 
 const sandboxPause = lifecycleTool(
   'pause',
-  'Pause a running sandbox: every process is frozen where it is (memory kept, no CPU) and its timeout clock stops. Commands and file calls then fail unless it was created with lifecycle.auto_resume. Resume with sandbox_resume.',
+  "Pause a running sandbox: every process is frozen where it is (memory kept, no CPU) and its timeout clock stops; memory 'disk' hibernates it instead (processes and memory written to disk, memory freed; needs capabilities.memorySnapshot). Commands and file calls then fail unless it was created with lifecycle.auto_resume. Resume with sandbox_resume.",
   '; sandbox_resume continues it',
 );
 const sandboxResume = lifecycleTool(
   'resume',
-  'Resume a paused sandbox: its processes continue exactly where they were, with the lifetime it had left (or timeout_ms).',
+  'Resume a paused or hibernated sandbox: its processes continue exactly where they were, with the lifetime it had left (or timeout_ms).',
   '',
 );
 const sandboxStop = lifecycleTool(

@@ -212,6 +212,38 @@ export class Backends implements RuntimeDriver {
     return this.of(id).start(id, signal);
   }
 
+  async checkpoint(id: string): Promise<{ ms: number; imageBytes: number }> {
+    const d = this.of(id);
+    if (!d.checkpoint || !d.capabilities.memorySnapshot) {
+      throw new UnsupportedError(`the ${d.kind} backend cannot hibernate sandboxes: ${d.capabilities.reasons?.memorySnapshot ?? 'no memory snapshots'}`, { id, backend: d.kind });
+    }
+    return d.checkpoint(id);
+  }
+
+  async exportChangesWithMemory(id: string, dest: string, signal?: AbortSignal): Promise<string> {
+    const d = this.of(id);
+    if (!d.exportChangesWithMemory || !d.capabilities.memorySnapshot) {
+      throw new UnsupportedError(`the ${d.kind} backend cannot fork sandboxes with their memory: ${d.capabilities.reasons?.memorySnapshot ?? 'no memory snapshots'}`, { id, backend: d.kind });
+    }
+    return d.exportChangesWithMemory(id, dest, signal);
+  }
+
+  async restoreFork(id: string, images: string): Promise<ContainerInfo> {
+    const d = this.of(id);
+    if (!d.restoreFork) throw new UnsupportedError(`the ${d.kind} backend cannot restore forks`, { id, backend: d.kind });
+    return d.restoreFork(id, images);
+  }
+
+  async dropForkImages(images: string): Promise<void> {
+    for (const d of this.allDrivers()) await d.dropForkImages?.(images);
+  }
+
+  async restore(id: string, signal?: AbortSignal): Promise<ContainerInfo> {
+    const d = this.of(id);
+    if (!d.restore) throw new UnsupportedError(`the ${d.kind} backend cannot restore sandboxes`, { id, backend: d.kind });
+    return d.restore(id, signal);
+  }
+
   exportChanges(id: string, dest: string, signal?: AbortSignal): Promise<void> {
     return this.of(id).exportChanges(id, dest, signal);
   }

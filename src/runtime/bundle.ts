@@ -13,6 +13,12 @@ export const AGENT_MOUNT_DIR = '/.capsule';
 /** The fd the agent's listening socket has inside the container (passed with --preserve-fds 1). */
 export const AGENT_LISTEN_FD = 3;
 export const CPU_PERIOD_US = 100_000;
+/**
+ * Where the agent's socket directory appears inside a sandbox whose agent binds its own socket
+ * (`agentSocketDir`: runc sandboxes, which CRIU can checkpoint), and the socket's name there and on the host.
+ */
+export const AGENT_SOCKET_MOUNT_DIR = '/.capsule-sock';
+export const AGENT_SOCKET_NAME = 'agent.sock';
 
 /** What an unprivileged container gets from podman by default. */
 export const SANDBOX_CAPABILITIES: readonly string[] = [
@@ -91,6 +97,13 @@ export interface BundleInput {
   env?: Record<string, string>;
   /** Leave no_new_privs off so setuid programs work (ContainerSpec.allowSetuid). */
   allowSetuid?: boolean;
+  /**
+   * Host directory (owned by the sandbox's root, 0700) bind-mounted at AGENT_SOCKET_MOUNT_DIR: the agent binds
+   * its socket there itself and swaps its stdio for the container's /dev/null, instead of inheriting a
+   * listening fd and host stdio. A process holding only its own container's files is what CRIU can dump
+   * and restore (memory snapshots, docs/adr/0018-memory-snapshots.md).
+   */
+  agentSocketDir?: string;
 }
 
 /** The subset of runtime-spec we write; kept loose where the spec is. */
@@ -214,7 +227,9 @@ export function buildOciSpec(input: BundleInput): OciSpec {
     process: {
       terminal: false,
       user: { uid: 0, gid: 0 },
-      args: [agentPathInSandbox(input.agentBinary), '--listen-fd', String(AGENT_LISTEN_FD)],
+      args: input.agentSocketDir
+        ? [agentPathInSandbox(input.agentBinary), '--listen', path.posix.join(AGENT_SOCKET_MOUNT_DIR, AGENT_SOCKET_NAME), '--null-stdio']
+        : [agentPathInSandbox(input.agentBinary), '--listen-fd', String(AGENT_LISTEN_FD)],
       env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
       cwd: '/',
       capabilities: {
@@ -257,6 +272,9 @@ export function buildOciSpec(input: BundleInput): OciSpec {
         source: input.agentDir ?? path.dirname(input.agentBinary),
         options: ['bind', 'ro', 'nosuid', 'nodev'],
       },
+      ...(input.agentSocketDir
+        ? [{ destination: AGENT_SOCKET_MOUNT_DIR, type: 'bind', source: input.agentSocketDir, options: ['bind', 'rw', 'nosuid', 'nodev', 'noexec'] }]
+        : []),
       ...(input.binds ?? []).map((b) => ({
         destination: b.destination,
         type: 'bind',

@@ -17,6 +17,7 @@ import { DEFAULT_SECCOMP_PROFILE, loadDefaultSeccomp } from './seccomp.js';
 import { SeccompBpfCompiler } from './seccomp-bpf.js';
 import { checkGvisor } from './gvisor/doctor.js';
 import { checkMicrovm } from './microvm/doctor.js';
+import { checkMemorySnapshots } from './doctor-criu.js';
 
 export interface DoctorCheck {
   name: string;
@@ -51,10 +52,12 @@ export interface DoctorOptions {
   gvisor?: boolean;
   /** Check microVMs (QEMU, guest kernel, accelerator); `fix` then installs QEMU and the kernel. Default true; daemon start skips it. */
   microvm?: boolean;
+  /** Check CRIU 4 (memory snapshots); `fix` then builds it (about a minute, once). Default true; daemon start skips it. */
+  criu?: boolean;
 }
 
 /** Checks whose failure makes sandboxes slower or templates unbuildable, but not unsafe: they never block the daemon. */
-const ADVISORY = new Set(['busybox-static', 'seccomp precompiled', 'egress (nftables)', 'gvisor', 'microvm']);
+const ADVISORY = new Set(['busybox-static', 'seccomp precompiled', 'egress (nftables)', 'gvisor', 'microvm', 'memory snapshots (criu)']);
 
 /** v1 controllers a sandbox's limits and lifecycle need. */
 const REQUIRED_V1 = ['memory', 'pids', 'cpu', 'devices', 'freezer'];
@@ -277,6 +280,7 @@ export async function runDoctor(opts: DoctorOptions): Promise<DoctorCheck[]> {
   checks.push(checkNft());
   if (opts.gvisor !== false) checks.push(await checkGvisor(opts.fix && root));
   if (opts.microvm !== false) checks.push(await checkMicrovm(opts.fix && root));
+  if (opts.criu !== false) checks.push(await checkMemorySnapshots(opts.fix && root, opts.runtime));
   return checks;
 }
 
@@ -294,7 +298,7 @@ export function formatDoctor(checks: DoctorCheck[]): string {
  */
 export async function ensureHostReady(runtime: string, opts: Omit<DoctorOptions, 'runtime' | 'fix'> = {}): Promise<DoctorCheck[]> {
   // gVisor is optional (the daemon probes runsc itself) and its check installs packages with fix: not at every start.
-  const checks = await runDoctor({ runtime, fix: true, gvisor: false, microvm: false, ...opts });
+  const checks = await runDoctor({ runtime, fix: true, gvisor: false, microvm: false, criu: false, ...opts });
   // busybox is only needed to build templates and the precompiled filter only saves time; everything else blocks sandboxes.
   const blocking = checks.filter((c) => !c.ok && !ADVISORY.has(c.name));
   if (blocking.length > 0) {

@@ -11,7 +11,8 @@ import path from 'node:path';
 import type { DataPaths, ResourceLimits } from '../config/index.js';
 import { ConflictError, InvalidArgumentError, isCapsuleError, RuntimeError } from '../errors/index.js';
 import { openAgentSocket, ensurePrivateDir, type PendingAgentSocket } from './agent-socket.js';
-import { buildOciSpec, cgroupsPathFor, cpuQuotaUs, memoryBytes, SANDBOX_CAPABILITIES } from './bundle.js';
+import { AGENT_SOCKET_NAME, buildOciSpec, cgroupsPathFor, cpuQuotaUs, memoryBytes, SANDBOX_CAPABILITIES } from './bundle.js';
+import { CHECKPOINT_DIR, CHECKPOINT_MARKER, checkCriu, criuEnv, criuLogTail, type CriuCheck } from './criu.js';
 import { cgroupMounts, freezerState, killCgroupProcs, readCgroupStats, readOomKills, removeCgroupDirs, setFreezerState, writeCgroupV1Limits, type CgroupMount } from './cgroups.js';
 import { OciCli, summarizeStderr, type OciResult } from './oci-cli.js';
 import { remountSandbox, setupSandboxMounts, teardownSandboxMounts, unmountKeepingDisk, type MountHelperOptions } from './mounts.js';
@@ -19,11 +20,12 @@ import { relinkMovedLayers, writeLowerIds, LOWER_ID_FILE } from './lower-ids.js'
 import { checkTarget, VolumeDisks } from './volumes.js';
 import { Launcher, LAUNCHER_PATH } from './launcher.js';
 import { copyTree } from '../layers/native.js';
-import { readMountPoints, removeSandboxDir, sandboxLayout } from './overlay.js';
+import { readMountPoints, removeSandboxDir, runTool, sandboxLayout } from './overlay.js';
 import { loadDefaultSeccomp, type OciSeccomp } from './seccomp.js';
 import { SeccompBpfCompiler } from './seccomp-bpf.js';
 import type { CgroupLimits, ContainerInfo, ContainerSpec, ContainerStatus, NetworkMode, NetworkSpec, RuntimeCapabilities, RuntimeDriver, SandboxStats } from './types.js';
 import type { Duplex } from 'node:stream';
+import net from 'node:net';
 import { connectThroughRelay, relayPid, RELAY_PATH, startRelay, stopRelay } from './netrelay.js';
 import type { AgentEndpoint } from '../agent/types.js';
 
@@ -73,6 +75,8 @@ export interface OciRuntimeDriverOptions {
   launcher?: Launcher | null;
   /** The network relay (gateway mode); default dist/native/capsule-netrelay. */
   netRelay?: string;
+  /** CRIU for memory snapshots (runc only); default $CAPSULE_CRIU, else /usr/local/sbin/criu, else /usr/sbin/criu. */
+  criu?: string;
 }
 
 /** Send buffer of the daemon's agent sockets (the kernel caps it at net.core.wmem_max, 4 MiB by default here). */
@@ -109,6 +113,8 @@ export class OciRuntimeDriver implements RuntimeDriver {
   private cgroupMountList: Promise<CgroupMount[]> | null = null;
   private readonly seccompBpf: SeccompBpfCompiler | null;
   private readonly volumeDisks: VolumeDisks;
+  /** What `probe` found of CRIU (runc only); null before the probe. */
+  private criu: CriuCheck | null = null;
 
   constructor(opts: OciRuntimeDriverOptions) {
     if (!path.isAbsolute(opts.agentBinary)) {
@@ -148,16 +154,31 @@ export class OciRuntimeDriver implements RuntimeDriver {
       stop: true,
       volumes: true,
       snapshot: true,
-      memorySnapshot: false,
+      memorySnapshot: this.memorySnapshotReason() === null,
       updateResources: true,
       exportChanges: true,
       network: this.networkModes(),
       maxLayers: MAX_LAYERS,
-      reasons: {
-        memorySnapshot:
-          'not implemented yet: hibernate and fork-with-memory need CRIU 4 (Debian 12 ships 3.17, which fails `criu check` on this kernel) and the runc backend (crun 1.8.1 has no CRIU support); see docs/adr/0013-snapshots-and-forks.md',
-      },
+      ...(this.memorySnapshotReason() !== null ? { reasons: { memorySnapshot: this.memorySnapshotReason()! } } : {}),
     };
+  }
+
+  /** Why this driver cannot hibernate sandboxes (null: it can). docs/adr/0018-memory-snapshots.md. */
+  private memorySnapshotReason(): string | null {
+    if (this.cli.flavor !== 'runc') {
+      return `hibernate needs the runc runtime with CRIU 4 (${this.cli.flavor === 'crun' ? 'crun 1.8.1 has no CRIU support' : `${this.kind} has no checkpoint here`}): run the daemon with CAPSULE_RUNTIME=runc (--runtime runc); see docs/adr/0018-memory-snapshots.md`;
+    }
+    if (!this.criu) return 'CRIU was not checked yet (the runtime was not probed)';
+    return this.criu.ok ? null : this.criu.reason;
+  }
+
+  /** runc sandboxes: the agent binds its own socket in a host directory bound into the sandbox, so CRIU can dump it. */
+  private get agentListensItself(): boolean {
+    return this.cli.flavor === 'runc';
+  }
+
+  private agentSocketDir(id: string): string {
+    return path.join(this.opts.paths.sandboxDir(id), 'sock');
   }
 
   private modes: NetworkMode[] | null = null;
@@ -216,10 +237,21 @@ export class OciRuntimeDriver implements RuntimeDriver {
     if (r.code !== 0) throw new RuntimeError(`${this.cli.bin} --version failed: ${summarizeStderr(r.stderr)}`);
     const m = r.stdout.match(/^(\S+) version (\S+)/m);
     this.version = m ? `${path.basename(m[1] ?? this.cli.flavor)} ${m[2]}` : r.stdout.split('\n')[0]?.trim() || this.cli.flavor;
+    if (this.cli.flavor === 'runc') this.criu = await checkCriu(this.opts.criu);
     return this.version;
   }
 
+  /** The CRIU found by `probe` (doctor, tests). */
+  get criuCheck(): CriuCheck | null {
+    return this.criu;
+  }
+
   agentEndpoint(id: string): AgentEndpoint {
+    // A sandbox made with its own socket directory keeps it (the daemon may have been restarted with another runtime).
+    const own = this.agentSocketDir(id);
+    if (this.agentListensItself || fs.existsSync(own)) {
+      if (fs.existsSync(own)) return { kind: 'unix', path: path.join(own, AGENT_SOCKET_NAME) };
+    }
     return { kind: 'unix', path: this.opts.paths.agentSocket(id) };
   }
 
@@ -381,6 +413,15 @@ export class OciRuntimeDriver implements RuntimeDriver {
         this.mountOpts(),
       );
       await writeLowerIds(layout.dir, topFirst);
+      let agentSocketDir: string | undefined;
+      if (this.agentListensItself) {
+        agentSocketDir = this.agentSocketDir(id);
+        if (Buffer.byteLength(path.join(agentSocketDir, AGENT_SOCKET_NAME)) >= 108) {
+          throw new InvalidArgumentError(`the agent socket path under ${agentSocketDir} is too long for a unix socket: use a shorter data directory or sandbox id`, { id });
+        }
+        await fsp.mkdir(agentSocketDir, { mode: 0o700 });
+        await fsp.chown(agentSocketDir, this.opts.idMapBase, this.opts.idMapBase);
+      }
       await this.volumeDisks.record(layout.dir, volumes);
       for (const v of volumes) await this.volumeDisks.prepare(v.volumeId, v.sizeMb);
       signal?.throwIfAborted();
@@ -399,6 +440,7 @@ export class OciRuntimeDriver implements RuntimeDriver {
         runtime: this.cli.flavor,
         swapAccounting: await this.hasSwapAccounting(),
         ...(spec.allowSetuid ? { allowSetuid: true } : {}),
+        ...(agentSocketDir ? { agentSocketDir } : {}),
       });
       await fsp.mkdir(layout.bundle, { mode: 0o700 });
       await fsp.writeFile(path.join(layout.bundle, 'config.json'), JSON.stringify(config), { mode: 0o600 });
@@ -434,12 +476,19 @@ export class OciRuntimeDriver implements RuntimeDriver {
     const paths = this.opts.paths;
     const pidFile = path.join(bundle, 'init.pid');
     await fsp.rm(pidFile, { force: true });
-    const runArgs = ['run', '--detach', '--preserve-fds', '1', '--pid-file', pidFile, '--bundle', bundle, id];
+    const ownSocket = fs.existsSync(this.agentSocketDir(id));
+    const runArgs = ownSocket
+      ? ['run', '--detach', '--pid-file', pidFile, '--bundle', bundle, id]
+      : ['run', '--detach', '--preserve-fds', '1', '--pid-file', pidFile, '--bundle', bundle, id];
     const timeoutMs = this.opts.createTimeoutMs ?? 60_000;
     let r: OciResult;
     let sock: PendingAgentSocket | null = null;
     try {
-      if (this.cli.launcher) {
+      if (ownSocket) {
+        // The agent binds its socket itself (buildOciSpec's agentSocketDir); an old one from an earlier run goes first.
+        await fsp.rm(path.join(this.agentSocketDir(id), AGENT_SOCKET_NAME), { force: true });
+        r = await this.cli.runDetached(runArgs, { timeoutMs, ...(signal ? { signal } : {}) });
+      } else if (this.cli.launcher) {
         // The launcher binds the agent's socket itself and hands it to the runtime as fd 3.
         await ensurePrivateDir(path.dirname(paths.agentSocket(id)));
         r = await this.cli.runDetached(runArgs, { listenPath: paths.agentSocket(id), timeoutMs, ...(signal ? { signal } : {}) });
@@ -466,7 +515,32 @@ export class OciRuntimeDriver implements RuntimeDriver {
         { id, status: info.status },
       );
     }
+    if (ownSocket) await this.waitForAgentSocket(id, info.pid!, timeoutMs);
     return info;
+  }
+
+  /** An agent that binds its own socket does so a moment after the runtime returns: connect until it accepts. */
+  private async waitForAgentSocket(id: string, pid: number, timeoutMs: number): Promise<void> {
+    const sockPath = path.join(this.agentSocketDir(id), AGENT_SOCKET_NAME);
+    const deadline = Date.now() + timeoutMs;
+    for (let delay = 1; ; delay = Math.min(delay * 2, 50)) {
+      const ok = await new Promise<boolean>((resolve) => {
+        const c = net.connect(sockPath);
+        c.once('connect', () => {
+          c.destroy();
+          resolve(true);
+        });
+        c.once('error', () => resolve(false));
+      });
+      if (ok) return;
+      try {
+        process.kill(pid, 0);
+      } catch {
+        throw new RuntimeError(`sandbox ${id} exited before its agent listened on ${sockPath}`, { id });
+      }
+      if (Date.now() > deadline) throw new RuntimeError(`the agent of sandbox ${id} did not listen on ${sockPath} in time`, { id });
+      await new Promise((res) => setTimeout(res, delay));
+    }
   }
 
   /**
@@ -482,6 +556,8 @@ export class OciRuntimeDriver implements RuntimeDriver {
     try {
       const started = performance.now();
       await this.stopUnlocked(id);
+      // A hibernated sandbox that is stopped loses its memory image: start boots it afresh.
+      await fsp.rm(path.join(this.opts.paths.sandboxDir(id), CHECKPOINT_DIR), { recursive: true, force: true });
       this.log.info({ id, ms: Math.round(performance.now() - started) }, 'sandbox container stopped');
     } finally {
       this.inFlight.delete(id);
@@ -508,6 +584,7 @@ export class OciRuntimeDriver implements RuntimeDriver {
       }
     }
     await fsp.rm(this.opts.paths.agentSocket(id), { force: true });
+    await fsp.rm(path.join(this.agentSocketDir(id), AGENT_SOCKET_NAME), { force: true });
     const leftCgroups = await removeCgroupDirs(this.cgroupsPath(id));
     if (leftCgroups.length > 0) problems.push(`cgroup dirs still busy: ${leftCgroups.join(', ')}`);
     if (problems.length > 0) throw new RuntimeError(`stopping sandbox ${id} failed: ${problems.join('; ')}`, { id });
@@ -538,6 +615,9 @@ export class OciRuntimeDriver implements RuntimeDriver {
       const relinked = await relinkMovedLayers(layout.dir);
       if (relinked.length > 0) this.log.info({ id, relinked }, 'layers of a stopped sandbox had moved; linked them again');
       signal?.throwIfAborted();
+      // Its last filesystem must be gone before a new one mounts the image (waitLoopReleased).
+      const held = await waitLoopReleased(layout.diskImage, 10_000);
+      if (held.length > 0) throw new RuntimeError(`cannot start sandbox ${id}: its disk is still held by ${held.join(', ')}`, { id });
       await remountSandbox({ dir: layout.dir, agentBinary: this.opts.agentBinary, directIo: this.opts.directIo ?? false }, this.mountOpts());
       try {
         const info = await this.runContainer(id, layout.bundle, signal);
@@ -549,6 +629,265 @@ export class OciRuntimeDriver implements RuntimeDriver {
           const why = signal.reason instanceof Error ? signal.reason.message : String(signal.reason);
           throw new RuntimeError(`starting sandbox ${id} was aborted (${why}); it is stopped`, { id }, { cause: e });
         }
+        throw e;
+      }
+    } finally {
+      this.inFlight.delete(id);
+    }
+  }
+
+  /**
+   * Hibernate: CRIU dumps every process of the running sandbox (memory, fds, its network namespace) into
+   * images under its sandbox dir and the container ends; then what `restore` makes again goes (the network
+   * relay, the overlay and the disk, unmounted and written through, the cgroups). The caller has closed its
+   * agent connections first (a connection to the host cannot be dumped). On failure the sandbox runs on
+   * (a dump that fails leaves the processes running) unless it is gone, which the error says.
+   * Needs `capabilities.memorySnapshot`.
+   */
+  async checkpoint(id: string): Promise<{ ms: number; imageBytes: number }> {
+    checkId(id);
+    const why = this.memorySnapshotReason();
+    if (why !== null) throw new RuntimeError(`cannot hibernate sandbox ${id}: ${why}`, { id });
+    if (this.inFlight.has(id)) throw new ConflictError(`sandbox ${id} is being created, started, stopped or destroyed`);
+    this.inFlight.add(id);
+    try {
+      const started = performance.now();
+      const layout = sandboxLayout(this.opts.paths.sandboxDir(id));
+      if (!fs.existsSync(this.agentSocketDir(id))) {
+        throw new RuntimeError(`sandbox ${id} was made before memory snapshots (its agent inherits its socket): it cannot be hibernated; stop it instead`, { id });
+      }
+      const images = path.join(layout.dir, CHECKPOINT_DIR);
+      await fsp.rm(images, { recursive: true, force: true });
+      // CRIU writes the images as the sandbox's mapped root: the dir is that root's, and others may read it (runc).
+      await fsp.mkdir(images, { mode: 0o755 });
+      await fsp.chown(images, this.opts.idMapBase, this.opts.idMapBase);
+      await fsp.chmod(images, 0o755);
+      const frozen = await freezerState(this.cgroupsPath(id));
+      if (frozen === 'FROZEN' || frozen === 'FREEZING') await setFreezerState(this.cgroupsPath(id), 'THAWED');
+      // The relay lives outside the container (a host process in its netns): it cannot be dumped; restore starts one.
+      await stopRelay(this.relayPaths(id)).catch((e: unknown) => this.log.warn({ id, err: String(e) }, 'stopping the network relay before a checkpoint failed'));
+      const r = await this.cli.runCaptured(
+        ['--criu', this.criu!.bin!, 'checkpoint', '--image-path', images, '--tcp-established', '--file-locks', id],
+        { timeoutMs: 120_000, env: criuEnv() },
+      );
+      if (r.code !== 0) {
+        const log = await criuLogTail(images, 'dump.log');
+        await fsp.rm(images, { recursive: true, force: true });
+        const still = await this.inspect(id).catch(() => ({ status: 'missing' as const }));
+        throw new RuntimeError(
+          `checkpoint of sandbox ${id} failed (it is ${still.status === 'running' ? 'still running' : still.status}): ${summarizeStderr(r.stderr)}${log ? `; criu: ${log}` : ''}`,
+          { id, status: still.status },
+        );
+      }
+      const dumpMs = Math.round(performance.now() - started);
+      // The agent the dump maps: restore mounts the disk with this copy, not the daemon's current agent, which an
+      // upgrade may have changed (CRIU refuses a mapped file that changed; the sandbox could never wake up).
+      const agentName = path.basename(this.opts.agentBinary);
+      await fsp.mkdir(path.join(images, 'agent'), { mode: 0o755 });
+      await fsp.copyFile(path.join(layout.agentDir, agentName), path.join(images, 'agent', agentName));
+      // runc removed the container; what start makes again goes too (as a stop does).
+      const problems: string[] = [];
+      let releaseMs = 0;
+      await this.deleteContainer(id, problems);
+      const stray = await killCgroupProcs(this.cgroupsPath(id));
+      if (stray.length > 0) problems.push(`processes ${stray.join(', ')} survive SIGKILL in cgroup ${this.cgroupsPath(id)}`);
+      if (problems.length === 0) {
+        try {
+          await unmountKeepingDisk(layout.dir, this.mountOpts());
+          const w0 = performance.now();
+          const held = await waitLoopReleased(layout.diskImage, 10_000);
+          releaseMs = Math.round(performance.now() - w0);
+          if (held.length > 0) problems.push(`its disk is still held by ${held.join(', ')} after the unmount`);
+        } catch (e) {
+          problems.push((e as Error).message);
+        }
+      }
+      await fsp.rm(path.join(this.agentSocketDir(id), AGENT_SOCKET_NAME), { force: true });
+      const leftCgroups = await removeCgroupDirs(this.cgroupsPath(id));
+      if (leftCgroups.length > 0) problems.push(`cgroup dirs still busy: ${leftCgroups.join(', ')}`);
+      const imageBytes = await dirBytes(images);
+      const ms = Math.round(performance.now() - started);
+      await fsp.writeFile(path.join(images, CHECKPOINT_MARKER), JSON.stringify({ at: new Date().toISOString(), dumpMs, ms, imageBytes }));
+      if (problems.length > 0) throw new RuntimeError(`sandbox ${id} was checkpointed but its cleanup failed: ${problems.join('; ')}`, { id });
+      this.log.info({ id, dumpMs, releaseMs, ms, imageBytes }, 'sandbox hibernated');
+      return { ms, imageBytes };
+    } finally {
+      this.inFlight.delete(id);
+    }
+  }
+
+  /**
+   * Fork with memory, first half: with every process of the running sandbox frozen, CRIU dumps them and
+   * leaves them running (`checkpoint --leave-running`), and its writable layer is copied into `dest` (as
+   * exportChanges does): memory and files of the same instant. Returns the images' directory, which
+   * `restoreFork` restores into other sandboxes and `dropForkImages` removes. The caller has closed its
+   * agent connections first. Needs `capabilities.memorySnapshot`.
+   */
+  async exportChangesWithMemory(id: string, dest: string, signal?: AbortSignal): Promise<string> {
+    checkId(id);
+    const why = this.memorySnapshotReason();
+    if (why !== null) throw new RuntimeError(`cannot fork sandbox ${id} with its memory: ${why}`, { id });
+    if (!fs.existsSync(this.agentSocketDir(id))) throw new RuntimeError(`sandbox ${id} was made before memory snapshots: it cannot be forked with its memory`, { id });
+    const layout = sandboxLayout(this.opts.paths.sandboxDir(id));
+    const upper = path.join(layout.disk, 'upper');
+    const images = path.join(layout.dir, `fork-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`);
+    await fsp.mkdir(images, { mode: 0o755 });
+    await fsp.chown(images, this.opts.idMapBase, this.opts.idMapBase);
+    await fsp.chmod(images, 0o755);
+    const state = await freezerState(this.cgroupsPath(id));
+    const wasRunning = state === 'THAWED';
+    if (wasRunning) await this.pause(id);
+    try {
+      for (let attempt = 0; ; attempt++) {
+        const r = await this.cli.runCaptured(
+          ['--criu', this.criu!.bin!, 'checkpoint', '--leave-running', '--image-path', images, '--tcp-established', '--file-locks', id],
+          { timeoutMs: 120_000, env: criuEnv() },
+        );
+        if (r.code === 0) break;
+        const log = await criuLogTail(images, 'dump.log');
+        // The agent had not yet closed its end of a connection the daemon just closed (it was frozen first):
+        // let it run a moment and try again.
+        if (attempt < 4 && wasRunning && /Unix socket \d+ not found/.test(log)) {
+          await this.resume(id);
+          await new Promise((res) => setTimeout(res, 50 * (attempt + 1)));
+          await this.pause(id);
+          continue;
+        }
+        throw new RuntimeError(`checkpoint of sandbox ${id} for a fork failed: ${summarizeStderr(r.stderr)}${log ? `; criu: ${log}` : ''}`, { id });
+      }
+      const agentName = path.basename(this.opts.agentBinary);
+      await fsp.mkdir(path.join(images, 'agent'), { mode: 0o755 });
+      await fsp.copyFile(path.join(layout.agentDir, agentName), path.join(images, 'agent', agentName));
+      await copyTree(upper, dest, signal);
+      return images;
+    } catch (e) {
+      await fsp.rm(images, { recursive: true, force: true });
+      throw e;
+    } finally {
+      if (wasRunning) await this.resume(id).catch((e: unknown) => this.log.error({ id, err: String(e) }, 'could not thaw a sandbox after its fork checkpoint'));
+    }
+  }
+
+  /**
+   * Fork with memory, second half: the freshly made, running sandbox `id` (started from the snapshot of the
+   * same instant) gives up its own processes for those in `images`: its container goes, and CRIU restores the
+   * checkpoint into a new container of its own bundle (its own id, disk, overlay, cgroup, agent socket); its
+   * hostname is set to its id. Resolves once the restored agent listens. On failure the sandbox is left
+   * without a container (the caller ends it).
+   */
+  async restoreFork(id: string, images: string): Promise<ContainerInfo> {
+    checkId(id);
+    if (this.inFlight.has(id)) throw new ConflictError(`sandbox ${id} is being created, started, stopped or destroyed`);
+    this.inFlight.add(id);
+    const started = performance.now();
+    const layout = sandboxLayout(this.opts.paths.sandboxDir(id));
+    try {
+      const problems: string[] = [];
+      await this.deleteContainer(id, problems);
+      const stray = await killCgroupProcs(this.cgroupsPath(id));
+      if (stray.length > 0) problems.push(`processes ${stray.join(', ')} survive SIGKILL`);
+      await removeCgroupDirs(this.cgroupsPath(id));
+      if (problems.length > 0) throw new RuntimeError(`cannot restore a fork into sandbox ${id}: ${problems.join('; ')}`, { id });
+      // The agent the checkpoint maps, in place of the one the create copied (they differ after an upgrade).
+      const agentName = path.basename(this.opts.agentBinary);
+      const kept = path.join(images, 'agent', agentName);
+      if (fs.existsSync(kept)) await fsp.copyFile(kept, path.join(layout.agentDir, agentName));
+      const pidFile = path.join(layout.bundle, 'init.pid');
+      await fsp.rm(pidFile, { force: true });
+      await fsp.rm(path.join(this.agentSocketDir(id), AGENT_SOCKET_NAME), { force: true });
+      // Each restore writes its log in its own work dir: forks restore from the same images.
+      const work = path.join(layout.dir, 'restore-work');
+      await fsp.rm(work, { recursive: true, force: true });
+      await fsp.mkdir(work, { mode: 0o700 });
+      const r = await this.cli.runDetached(
+        ['--criu', this.criu!.bin!, 'restore', '--detach', '--image-path', images, '--work-path', work, '--tcp-established', '--file-locks', '--pid-file', pidFile, '--bundle', layout.bundle, id],
+        { timeoutMs: 120_000, env: criuEnv() },
+      );
+      if (r.code !== 0) {
+        const log = await criuLogTail(work, 'restore.log');
+        throw new RuntimeError(`restore of a fork into sandbox ${id} failed: ${summarizeStderr(r.stderr)}${log ? `; criu: ${log}` : ''}`, { id });
+      }
+      const info = await this.initFromPidFile(id, pidFile);
+      if (info.status !== 'running') throw new RuntimeError(`fork ${id} did not stay up after its restore (${info.status})`, { id });
+      // The images carry the source's hostname (its UTS namespace); the host's root may name it anew.
+      const h = await runTool('nsenter', ['--target', String(info.pid), '--uts', 'hostname', id], 10_000, 'apt-get install util-linux');
+      if (h.code !== 0) throw new RuntimeError(`could not set the hostname of fork ${id}: ${h.stderr}`, { id });
+      await this.waitForAgentSocket(id, info.pid!, 10_000);
+      await fsp.rm(work, { recursive: true, force: true });
+      this.log.info({ id, ms: Math.round(performance.now() - started), pid: info.pid }, 'fork restored');
+      return info;
+    } finally {
+      this.inFlight.delete(id);
+    }
+  }
+
+  /** Remove a fork's images (what exportChangesWithMemory returned). */
+  async dropForkImages(images: string): Promise<void> {
+    if (!images.startsWith(this.opts.paths.sandboxes + path.sep) || !/\/fork-[a-z0-9-]+$/.test(images)) return;
+    await fsp.rm(images, { recursive: true, force: true });
+  }
+
+  /** Whether `id` holds a complete checkpoint (a hibernated sandbox). */
+  hasCheckpoint(id: string): boolean {
+    return fs.existsSync(path.join(this.opts.paths.sandboxDir(id), CHECKPOINT_DIR, CHECKPOINT_MARKER));
+  }
+
+  /**
+   * Wake a hibernated sandbox: its volumes, disk and overlay are mounted again (as start does), CRIU
+   * restores its processes into a new container of the same bundle, and the images are deleted once
+   * it runs. The caller connects to the agent again and re-attaches its processes. On failure the
+   * mounts go again and the images stay (it is still hibernated).
+   */
+  async restore(id: string, signal?: AbortSignal): Promise<ContainerInfo> {
+    checkId(id);
+    const why = this.memorySnapshotReason();
+    if (why !== null) throw new RuntimeError(`cannot restore sandbox ${id}: ${why}`, { id });
+    if (this.inFlight.has(id)) throw new ConflictError(`sandbox ${id} is being created, started, stopped or destroyed`);
+    this.inFlight.add(id);
+    const started = performance.now();
+    const layout = sandboxLayout(this.opts.paths.sandboxDir(id));
+    const images = path.join(layout.dir, CHECKPOINT_DIR);
+    try {
+      if (!this.hasCheckpoint(id)) throw new RuntimeError(`cannot restore sandbox ${id}: it has no complete checkpoint in ${images}`, { id });
+      if (!fs.existsSync(layout.diskImage) || !fs.existsSync(path.join(layout.bundle, 'config.json'))) {
+        throw new RuntimeError(`cannot restore sandbox ${id}: its disk or bundle is gone from ${layout.dir}`, { id });
+      }
+      if (fs.existsSync(path.join(this.opts.paths.runtimeState, id)) || mountedOn(layout.disk, layout.dir) || mountedOn(layout.rootfs, layout.dir)) {
+        await this.stopUnlocked(id);
+      }
+      for (const v of this.volumeDisks.recorded(layout.dir)) await this.volumeDisks.prepare(v.volumeId, v.sizeMb);
+      await relinkMovedLayers(layout.dir);
+      signal?.throwIfAborted();
+      const held = await waitLoopReleased(layout.diskImage, 10_000);
+      if (held.length > 0) throw new RuntimeError(`cannot restore sandbox ${id}: its disk is still held by ${held.join(', ')}`, { id });
+      const kept = path.join(images, 'agent', path.basename(this.opts.agentBinary));
+      const agentBinary = fs.existsSync(kept) ? kept : this.opts.agentBinary;
+      await remountSandbox({ dir: layout.dir, agentBinary, directIo: this.opts.directIo ?? false }, this.mountOpts());
+      const pidFile = path.join(layout.bundle, 'init.pid');
+      try {
+        await fsp.rm(pidFile, { force: true });
+        await fsp.rm(path.join(this.agentSocketDir(id), AGENT_SOCKET_NAME), { force: true });
+        const r = await this.cli.runDetached(
+          ['--criu', this.criu!.bin!, 'restore', '--detach', '--image-path', images, '--tcp-established', '--file-locks', '--pid-file', pidFile, '--bundle', layout.bundle, id],
+          { timeoutMs: 120_000, env: criuEnv() },
+        );
+        if (r.code !== 0) {
+          const log = await criuLogTail(images, 'restore.log');
+          throw new RuntimeError(`restore of sandbox ${id} failed: ${summarizeStderr(r.stderr)}${log ? `; criu: ${log}` : ''}`, { id });
+        }
+        const info = await this.initFromPidFile(id, pidFile);
+        if (info.status !== 'running') throw new RuntimeError(`sandbox ${id} did not stay up after its restore (${info.status})`, { id });
+        await this.waitForAgentSocket(id, info.pid!, 10_000);
+        await fsp.rm(images, { recursive: true, force: true });
+        this.log.info({ id, ms: Math.round(performance.now() - started), pid: info.pid }, 'sandbox restored');
+        return info;
+      } catch (e) {
+        // Keep the images: it is still hibernated, and a later restore may work.
+        const problems: string[] = [];
+        await this.deleteContainer(id, problems).catch(() => undefined);
+        await killCgroupProcs(this.cgroupsPath(id)).catch(() => undefined);
+        await unmountKeepingDisk(layout.dir, this.mountOpts()).catch((err: unknown) => this.log.error({ id, err: String(err) }, 'unmounting after a failed restore failed'));
+        await removeCgroupDirs(this.cgroupsPath(id)).catch(() => undefined);
         throw e;
       }
     } finally {
@@ -711,7 +1050,7 @@ export class OciRuntimeDriver implements RuntimeDriver {
           fs.existsSync(path.join(layout.bundle, 'config.json')) &&
           !mountedOn(layout.disk, layout.dir) &&
           !mountedOn(layout.rootfs, layout.dir);
-        return { id, status: kept ? 'stopped' : 'missing' };
+        return { id, status: kept ? (this.hasCheckpoint(id) ? 'hibernated' : 'stopped') : 'missing' };
       }
       throw new RuntimeError(`${this.cli.flavor} state ${id} failed: ${summarizeStderr(r.stderr)}`, { id });
     }
@@ -772,6 +1111,54 @@ export class OciRuntimeDriver implements RuntimeDriver {
     }
     return [...ids].sort();
   }
+}
+
+/** Loop devices whose backing file is `image` (sysfs; a detached device has no `loop/backing_file`). */
+function loopDevicesOf(image: string): string[] {
+  const out: string[] = [];
+  try {
+    image = fs.realpathSync(image); // the kernel shows the path it opened, without symlinks
+  } catch {
+    /* gone: compare as given */
+  }
+  let devs: string[] = [];
+  try {
+    devs = fs.readdirSync('/sys/block').filter((b) => b.startsWith('loop'));
+  } catch {
+    return out;
+  }
+  for (const dev of devs) {
+    try {
+      if (fs.readFileSync(`/sys/block/${dev}/loop/backing_file`, 'utf8').trim() === image) out.push(dev);
+    } catch {
+      /* free */
+    }
+  }
+  return out;
+}
+
+/**
+ * Wait until no loop device holds `image` any more. An unmount in the host's namespace returns while the
+ * filesystem can still live on in a mount namespace that is going away (a container CRIU just dumped): its
+ * loop device (AUTOCLEAR) is released only when that goes. Mounting the image again before then would make
+ * two filesystems on one image, and corrupt it (seen: "Corrupt inode bitmap" after quick hibernate/restore).
+ */
+async function waitLoopReleased(image: string, timeoutMs: number): Promise<string[]> {
+  const deadline = Date.now() + timeoutMs;
+  for (let delay = 2; ; delay = Math.min(delay * 2, 50)) {
+    const held = loopDevicesOf(image);
+    if (held.length === 0 || Date.now() > deadline) return held;
+    await new Promise((r) => setTimeout(r, delay));
+  }
+}
+
+/** Bytes of the files directly in `dir` (a checkpoint's images). */
+async function dirBytes(dir: string): Promise<number> {
+  let sum = 0;
+  for (const e of await fsp.readdir(dir, { withFileTypes: true })) {
+    if (e.isFile()) sum += (await fsp.stat(path.join(dir, e.name))).size;
+  }
+  return sum;
 }
 
 /** True when `p` is a mount point on top of `parent`'s filesystem (a different device). */

@@ -30,6 +30,8 @@ export interface OciResult {
 export interface OciRunOptions {
   timeoutMs?: number;
   signal?: AbortSignal;
+  /** Extra environment for the runtime (e.g. CRIU_FAULT for runc's checkpoint and restore). */
+  env?: Record<string, string>;
 }
 
 export type RuntimeFlavor = 'crun' | 'runc' | 'runsc' | 'other';
@@ -102,9 +104,11 @@ export class OciCli {
     this.flavor = runtimeFlavor(runtime);
   }
 
-  private async viaLauncher(l: Launcher, args: string[], opts: Parameters<Launcher['run']>[1]): Promise<OciResult> {
+  private async viaLauncher(l: Launcher, args: string[], opts: Parameters<Launcher['run']>[1], env?: Record<string, string>): Promise<OciResult> {
+    // The launcher passes its own environment on: extra variables go through env(1).
+    const pre = env && Object.keys(env).length > 0 ? ['/usr/bin/env', ...Object.entries(env).map(([k, v]) => `${k}=${v}`)] : [];
     try {
-      return await l.run([this.bin, ...this.argv(args)], opts);
+      return await l.run([...pre, this.bin, ...this.argv(args)], opts);
     } catch (e) {
       const err = e as Error;
       if (/not found \(ENOENT\)/.test(err.message)) throw this.spawnError(err);
@@ -127,7 +131,7 @@ export class OciCli {
   runCaptured(args: string[], opts: OciRunOptions = {}): Promise<OciResult> {
     const timeoutMs = opts.timeoutMs ?? 30_000;
     if (this.launcher) {
-      return this.viaLauncher(this.launcher, args, { captureStdout: true, timeoutMs, ...(opts.signal ? { signal: opts.signal } : {}) });
+      return this.viaLauncher(this.launcher, args, { captureStdout: true, timeoutMs, ...(opts.signal ? { signal: opts.signal } : {}) }, opts.env);
     }
     const started = performance.now();
     return new Promise<OciResult>((resolve, reject) => {
@@ -135,7 +139,7 @@ export class OciCli {
         reject(new RuntimeError(`${this.flavor} ${args[0]} aborted`));
         return;
       }
-      const child = spawn(this.bin, this.argv(args), { stdio: ['ignore', 'pipe', 'pipe'] });
+      const child = spawn(this.bin, this.argv(args), { stdio: ['ignore', 'pipe', 'pipe'], ...(opts.env ? { env: { ...process.env, ...opts.env } } : {}) });
       const out: Buffer[] = [];
       const err: Buffer[] = [];
       let failure: Error | null = null;
@@ -189,7 +193,7 @@ export class OciCli {
    */
   async runDetached(
     args: string[],
-    opts: { timeoutMs?: number; signal?: AbortSignal } & { extraFds?: number[]; onSpawned?: () => void; listenPath?: string } = {},
+    opts: { timeoutMs?: number; signal?: AbortSignal; env?: Record<string, string> } & { extraFds?: number[]; onSpawned?: () => void; listenPath?: string } = {},
   ): Promise<OciResult> {
     const timeoutMs = opts.timeoutMs ?? 60_000;
     if (opts.signal?.aborted) throw new RuntimeError(`${this.flavor} ${args[0]} aborted`);
@@ -198,7 +202,7 @@ export class OciCli {
         stderrToFile: true,
         timeoutMs,
         ...(opts.listenPath ? { listenPath: opts.listenPath } : {}),
-      });
+      }, opts.env);
     }
     const errFile = path.join(os.tmpdir(), `capsule-oci-${process.pid}-${Math.random().toString(36).slice(2)}.err`);
     const errFd = fs.openSync(errFile, 'w+', 0o600);
@@ -211,7 +215,7 @@ export class OciCli {
       }>((resolve) => {
         const stdio: (number | 'ignore')[] = ['ignore', 'ignore', errFd, ...(opts.extraFds ?? [])];
         let failure: Error | null = null;
-        const child = spawn(this.bin, this.argv(args), { stdio });
+        const child = spawn(this.bin, this.argv(args), { stdio, ...(opts.env ? { env: { ...process.env, ...opts.env } } : {}) });
         try {
           opts.onSpawned?.();
         } catch (e) {

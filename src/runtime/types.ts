@@ -103,9 +103,10 @@ export interface ContainerSpec {
 /**
  * `stopped`: nothing runs, and what the runtime kept (for an OCI runtime: the
  * sandbox's disk) is there; `start` can boot it again when the backend has the
- * `stop` capability. `missing`: the runtime knows nothing of it.
+ * `stop` capability. `hibernated`: stopped, with a complete memory checkpoint
+ * that `restore` brings back (`memorySnapshot`). `missing`: the runtime knows nothing of it.
  */
-export type ContainerStatus = 'running' | 'paused' | 'stopped' | 'missing';
+export type ContainerStatus = 'running' | 'paused' | 'stopped' | 'hibernated' | 'missing';
 
 export interface ContainerInfo {
   id: string;
@@ -226,6 +227,28 @@ export interface RuntimeDriver {
    * Needs `capabilities.exportChanges`.
    */
   exportChanges(id: string, dest: string, signal?: AbortSignal): Promise<void>;
+  /**
+   * Hibernate: dump every process and its memory to disk, end the container and release what `restore`
+   * makes again, keeping the writable layer; `inspect` then says `hibernated`, also after a daemon
+   * restart. The caller closes its agent connections first. Needs `capabilities.memorySnapshot`.
+   */
+  checkpoint?(id: string): Promise<{ ms: number; imageBytes: number }>;
+  /**
+   * Bring a hibernated sandbox back from its checkpoint (same id, agent endpoint, processes and memory);
+   * resolves once its agent listens, with the images deleted. On failure it stays hibernated.
+   * Needs `capabilities.memorySnapshot`.
+   */
+  restore?(id: string, signal?: AbortSignal): Promise<ContainerInfo>;
+  /**
+   * Fork with memory: exportChanges, plus a checkpoint of every process taken in the same frozen instant
+   * (they run on). Returns a handle (the images' directory) for restoreFork and dropForkImages.
+   * Needs `capabilities.memorySnapshot`.
+   */
+  exportChangesWithMemory?(id: string, dest: string, signal?: AbortSignal): Promise<string>;
+  /** Replace the processes of the new, running sandbox `id` with those of a fork checkpoint (own id and hostname). */
+  restoreFork?(id: string, images: string): Promise<ContainerInfo>;
+  /** Remove a fork checkpoint's images. */
+  dropForkImages?(images: string): Promise<void>;
   /** OOM kills so far inside the sandbox's memory cgroup (0 when the backend cannot tell). */
   oomKills(id: string): Promise<number>;
   /** What the sandbox uses now (per-sandbox metrics); absent when the backend cannot tell. */

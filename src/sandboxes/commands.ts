@@ -81,6 +81,8 @@ interface Tracked {
   /** Followers that asked to slow down; the process is paused while any is full. */
   throttledBy: Set<EventSink>;
   timer: NodeJS.Timeout | undefined;
+  /** Its agent connection was let go on purpose (hibernate): losing it is no exit; a restore re-attaches it. */
+  detached?: boolean;
 }
 
 /** Finished processes remembered per sandbox for list/wait; older ones are forgotten. */
@@ -343,11 +345,34 @@ export class CommandService implements SandboxEvents {
     this.journal.dropSandbox(id);
   }
 
+  /**
+   * The sandbox is about to hibernate: its agent connection closes but every process lives on (on disk,
+   * then restored). Keep following them; onAdopted re-attaches them after the restore (the agent replays
+   * its last 64 KiB of each output, so a follower may see some of it twice).
+   */
+  onDetached(id: string): void {
+    const table = this.bySandbox.get(id);
+    if (!table) return;
+    for (const t of table.procs.values()) if (!t.exit) t.detached = true;
+  }
+
   async onAdopted(id: string, conn: AgentConnection): Promise<void> {
     // Finished-but-uncollected processes too: one may have exited while the daemon was down.
     const known = await conn.listProcesses({ includeExited: true });
     for (const p of known) {
-      if (this.table(id).procs.has(p.pid)) continue;
+      const had = this.table(id).procs.get(p.pid);
+      if (had?.detached && !had.exit) {
+        try {
+          const proc = await conn.attach(p.pid);
+          had.detached = false;
+          this.bind(had, proc);
+        } catch {
+          had.detached = false;
+          had.finish({ exitCode: p.exitCode ?? -1 });
+        }
+        continue;
+      }
+      if (had) continue;
       const rec = this.journal.get(id, p.pid);
       try {
         // Attaching replays the output the agent kept (its last 64 KiB), then the exit.
@@ -496,8 +521,10 @@ export class CommandService implements SandboxEvents {
         if ((s.signal === 'SIGKILL' || s.exitCode === 137) && !t.timedOut) t.oomKilled = (await this.sandboxes.oomKills(t.sandboxId)) > t.oomBefore;
         t.finish(s);
       },
-      // The connection died under a running process: the sandbox is most likely gone.
-      () => t.finish({ exitCode: 137, signal: 'SIGKILL' }),
+      // The connection died under a running process: the sandbox is most likely gone (unless it hibernates).
+      () => {
+        if (t.proc === proc && !t.detached) t.finish({ exitCode: 137, signal: 'SIGKILL' });
+      },
     );
   }
 

@@ -201,6 +201,8 @@ function levelOf(to: SandboxState): SandboxLogLevel {
     case 'stopping':
     case 'starting':
     case 'snapshotting':
+    case 'hibernating':
+    case 'restoring':
       return 'debug';
     default:
       return 'info';
@@ -213,12 +215,15 @@ function describe(from: SandboxState, to: SandboxState): string {
       if (from === 'creating') return 'running';
       if (from === 'resuming' || from === 'paused') return 'resumed';
       if (from === 'starting' || from === 'stopped') return 'started again';
+      if (from === 'restoring' || from === 'hibernated') return 'restored from hibernation (memory kept)';
       if (from === 'snapshotting') return 'snapshot taken; running';
       return 'running';
     case 'paused':
       return from === 'snapshotting' ? 'snapshot taken; paused' : 'paused (memory kept)';
     case 'stopped':
       return 'stopped (files kept, processes ended)';
+    case 'hibernated':
+      return 'hibernated (processes and memory on disk, memory freed)';
     case 'killed':
       return 'killed';
     case 'expired':

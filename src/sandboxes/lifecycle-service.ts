@@ -45,8 +45,10 @@ export interface LifecycleHost {
   dropConnection(id: string): void;
   /** Every process of the sandbox is gone (it stops): commands end, process rows go. */
   processesGone(id: string): void;
-  /** Re-attach the processes an agent kept (a sandbox re-found paused after a restart, now resumed). */
+  /** Re-attach the processes an agent kept (a sandbox re-found paused after a restart, now resumed; a restored one). */
   adopt(id: string, conn: AgentConnection): Promise<void>;
+  /** The agent connection is about to close with every process kept (hibernate): keep following them, to re-attach later. */
+  detach?(id: string): void;
   /** Move to a terminal state and remove everything (waits for an operation in flight first). */
   end(id: string, state: TerminalState, reason: string): Promise<void>;
   /** The sandbox booted again (start): a new network namespace, so its egress relay is made anew. */
@@ -87,6 +89,11 @@ export class SandboxLifecycle {
     return this.serial(id, () => this.stopNow(id));
   }
 
+  /** Pause with memory: 'disk' (needs the memorySnapshot capability). Hibernating a hibernated sandbox does nothing. */
+  hibernate(id: string): Promise<void> {
+    return this.serial(id, () => this.hibernateNow(id));
+  }
+
   start(id: string, opts: WakeOptions = {}): Promise<void> {
     return this.serial(id, () => this.startNow(id, opts));
   }
@@ -111,7 +118,7 @@ export class SandboxLifecycle {
   wake(id: string, opts: WakeOptions = {}): Promise<void> {
     return this.serial(id, async () => {
       const state = this.host.store.get(id)?.state;
-      if (state === 'paused') await this.resumeNow(id, opts);
+      if (state === 'paused' || state === 'hibernated') await this.resumeNow(id, opts);
       else if (state === 'stopped') await this.startNow(id, opts);
     });
   }
@@ -163,6 +170,7 @@ export class SandboxLifecycle {
     const rec = this.record(id);
     if (rec.state === 'running') return;
     requireState(id, rec.state, 'resume', 'resume', rec.endReason);
+    if (rec.state === 'hibernated') return this.restoreNow(rec, opts);
     this.claim(id, ['paused'], 'resuming', 'resume');
     try {
       await this.host.runtime.resume(id);
@@ -184,9 +192,9 @@ export class SandboxLifecycle {
     if (rec.state === 'stopped') return;
     requireState(id, rec.state, 'stop', 'stop', rec.endReason);
     requireCapability(backendOf(this.host.runtime, id), 'stop', 'stop the sandbox');
-    // A paused sandbox's clock stopped at its pause.
+    // A paused or hibernated sandbox's clock stopped at its pause.
     const remainingMs = rec.state === 'running' ? remainingAt(rec.expiresAt, Date.now()) : (rec.remainingMs ?? 0);
-    this.claim(id, ['running', 'paused'], 'stopping', 'stop', { remainingMs });
+    this.claim(id, ['running', 'paused', 'hibernated'], 'stopping', 'stop', { remainingMs });
     this.unadopted.delete(id);
     this.host.dropConnection(id);
     this.host.processesGone(id);
@@ -203,6 +211,88 @@ export class SandboxLifecycle {
     }
     this.finish(id, 'stopping', 'stopped', { expiresAt: Date.now() + rec.lifecycle.deleteAfterMs });
     this.host.log.info({ id, remainingMs }, 'sandbox stopped');
+  }
+
+  /**
+   * Hibernate: every process and its memory go to disk (CRIU, through the driver's `checkpoint`) and the
+   * sandbox's memory is freed. The daemon lets go of the agent first (a connection to the host cannot be
+   * dumped) but keeps following its processes; the restore re-attaches them. A dump that fails leaves it
+   * running with the clock it had.
+   */
+  private async hibernateNow(id: string): Promise<void> {
+    const rec = this.record(id);
+    if (rec.state === 'hibernated') return;
+    requireState(id, rec.state, 'hibernate', 'hibernate', rec.endReason);
+    const backend = backendOf(this.host.runtime, id);
+    requireCapability(backend, 'memorySnapshot', 'hibernate the sandbox');
+    const remainingMs = remainingAt(rec.expiresAt, Date.now());
+    this.claim(id, ['running'], 'hibernating', 'hibernate', { remainingMs });
+    this.host.detach?.(id);
+    this.host.dropConnection(id);
+    let result: { ms: number; imageBytes: number };
+    try {
+      result = await this.checkpointWithRetry(id);
+    } catch (err) {
+      const info = await this.host.runtime.inspect(id).catch(() => ({ status: 'missing' as const }));
+      if (info.status === 'running') {
+        if (!this.host.store.transition(id, ['hibernating'], 'running', { expiresAt: Date.now() + remainingMs }).ok) throw this.lost(id, 'hibernated');
+        await this.adoptNow(id);
+      } else {
+        void this.host.end(id, 'failed', `hibernate failed: ${(err as Error).message}`.slice(0, 2000));
+      }
+      throw err;
+    }
+    this.finish(id, 'hibernating', 'hibernated', { expiresAt: Date.now() + rec.lifecycle.deleteAfterMs });
+    this.host.log.info({ id, remainingMs, ...result }, 'sandbox hibernated');
+  }
+
+  /**
+   * The agent sees the daemon's connections close a moment after we close them; a dump in that moment
+   * finds a socket whose peer is outside the sandbox and fails with the sandbox still running. Try again.
+   */
+  private async checkpointWithRetry(id: string): Promise<{ ms: number; imageBytes: number }> {
+    const runtime = this.host.runtime;
+    if (!runtime.checkpoint) throw new ConflictError(`the ${runtime.kind} backend cannot hibernate sandboxes`, { id });
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await runtime.checkpoint(id);
+      } catch (err) {
+        const info = await runtime.inspect(id).catch(() => ({ status: 'missing' as const }));
+        if (attempt >= 2 || info.status !== 'running') throw err;
+        this.host.log.warn({ id, err: String(err) }, 'checkpoint failed with the sandbox still running; trying again');
+        await new Promise((r) => setTimeout(r, 100 * (attempt + 1)));
+      }
+    }
+  }
+
+  /** Resume of a hibernated sandbox: restore its processes from disk, reconnect, re-attach them. */
+  private async restoreNow(rec: SandboxRecord, opts: WakeOptions): Promise<void> {
+    const id = rec.id;
+    const runtime = this.host.runtime;
+    if (!runtime.restore) throw new ConflictError(`the ${runtime.kind} backend cannot restore sandboxes`, { id });
+    opts.beforeStart?.(rec);
+    this.claim(id, ['hibernated'], 'restoring', 'resume');
+    let conn: AgentConnection;
+    try {
+      await runtime.restore(id);
+      conn = await this.host.connect(id);
+      await this.host.networkBack?.(id, conn);
+    } catch (err) {
+      this.host.dropConnection(id);
+      const info = await runtime.inspect(id).catch(() => ({ status: 'missing' as const }));
+      if (info.status === 'hibernated') this.host.store.transition(id, ['restoring'], 'hibernated');
+      else void this.host.end(id, 'failed', `restore failed: ${(err as Error).message}`.slice(0, 2000));
+      throw err;
+    }
+    this.finish(id, 'restoring', 'running', { expiresAt: Date.now() + lifetimeAtWake(rec.remainingMs, rec.timeoutMs, opts.timeoutMs) });
+    this.noteWake(rec);
+    this.unadopted.delete(id);
+    try {
+      await this.host.adopt(id, conn);
+    } catch (err) {
+      this.host.log.warn({ id, err: String(err) }, 're-attaching the processes of a restored sandbox failed');
+    }
+    this.host.log.info({ id }, 'sandbox restored');
   }
 
   private async startNow(id: string, opts: WakeOptions): Promise<void> {
@@ -327,8 +417,8 @@ export class SandboxLifecycle {
     const action = rec.lifecycle.onTimeout;
     if (action === 'kill') return this.host.end(id, 'expired', reason);
     try {
-      await (action === 'pause' ? this.pause(id) : this.stop(id));
-      this.host.log.info({ id, why, action }, `sandbox ${action === 'pause' ? 'paused' : 'stopped'} by its lifecycle policy`);
+      await (action === 'pause' ? this.pause(id) : action === 'hibernate' ? this.hibernate(id) : this.stop(id));
+      this.host.log.info({ id, why, action }, `sandbox ${action === 'pause' ? 'paused' : action === 'hibernate' ? 'hibernated' : 'stopped'} by its lifecycle policy`);
     } catch (err) {
       this.host.log.warn({ id, err: String(err) }, `${reason}, and ${action} failed: ending the sandbox`);
       if (this.host.store.get(id)?.state === 'running') await this.host.end(id, 'expired', `${reason}; ${action} failed: ${(err as Error).message}`.slice(0, 2000));
@@ -355,7 +445,7 @@ export class SandboxLifecycle {
     // What its own backend can do (runtime/backends.ts): a gVisor sandbox cannot be kept stopped.
     const backend = backendOf(runtime, id);
     const asleep = { expiresAt: Date.now() + rec.lifecycle.deleteAfterMs };
-    const toStopped = async (from: 'paused' | 'stopped' | 'stopping' | 'starting'): Promise<Recovered> => {
+    const toStopped = async (from: 'paused' | 'stopped' | 'stopping' | 'starting' | 'hibernated'): Promise<Recovered> => {
       if (!backend.capabilities.stop) return fail(`daemon restarted while the sandbox was ${rec.state}, and the ${backend.kind} backend cannot keep it stopped`);
       try {
         await runtime.stop(id);
@@ -363,7 +453,7 @@ export class SandboxLifecycle {
         return fail(`could not stop it after a daemon restart: ${(err as Error).message}`.slice(0, 2000));
       }
       // A half-made start goes back to the retention deadline it had; the others start theirs now.
-      const steps: SandboxState[] = from === 'paused' ? ['stopping', 'stopped'] : from === 'stopped' ? [] : ['stopped'];
+      const steps: SandboxState[] = from === 'paused' || from === 'hibernated' ? ['stopping', 'stopped'] : from === 'stopped' ? [] : ['stopped'];
       let at: SandboxState = from;
       for (const next of steps) {
         if (!store.transition(id, [at], next, next === 'stopped' && from !== 'starting' ? asleep : {}).ok) return 'ended';
@@ -409,6 +499,34 @@ export class SandboxLifecycle {
         return fail('daemon restarted while the sandbox was snapshotting, and its container was gone');
       case 'stopping':
         return toStopped('stopping');
+      // Hibernated mirrors stopped: its images and disk are kept, nothing runs, nothing is connected.
+      case 'hibernated':
+        if (info.status === 'hibernated') return 'kept';
+        if (info.status === 'stopped') {
+          log.warn({ id }, 'a hibernated sandbox lost its memory image; its disk is kept: it is stopped now');
+          return toStopped('hibernated');
+        }
+        return fail(`its memory image or disk was gone when the daemon started (${info.status})`);
+      case 'hibernating':
+        if (info.status === 'hibernated') {
+          store.transition(id, ['hibernating'], 'hibernated', asleep);
+          return 'kept';
+        }
+        if (info.status === 'running') {
+          store.transition(id, ['hibernating'], 'running', { expiresAt: Date.now() + lifetimeAtWake(rec.remainingMs, rec.timeoutMs) });
+          return 'running';
+        }
+        return fail(`daemon restarted while the sandbox was hibernating, and no complete image was left (${info.status})`);
+      case 'restoring':
+        if (info.status === 'running') {
+          store.transition(id, ['restoring'], 'running', { expiresAt: Date.now() + lifetimeAtWake(rec.remainingMs, rec.timeoutMs) });
+          return 'running';
+        }
+        if (info.status === 'hibernated') {
+          store.transition(id, ['restoring'], 'hibernated');
+          return 'kept';
+        }
+        return fail(`daemon restarted while the sandbox was restoring, and it was ${info.status}`);
       case 'starting':
         // Half started: back to stopped (the next start boots it cleanly).
         return toStopped('starting');

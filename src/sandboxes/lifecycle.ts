@@ -7,13 +7,18 @@
  *
  *   creating ─┬─> running ─┬─> pausing ──> paused ──> resuming ──> running
  *             │            ├─> stopping ─> stopped ─> starting ──> running
+ *             │            ├─> hibernating ─> hibernated ─> restoring ──> running
  *             │            └─> snapshotting ──> running
  *             └─> (any live state) ──> killed | expired | failed   (terminal)
  *
  * Pause/resume, stop/start and filesystem snapshots move through these
  * states in lifecycle-service.ts (docs/adr/0007-lifecycle-pause-stop-retention.md,
  * docs/adr/0013-snapshots-and-forks.md); a paused sandbox is snapshotted without
- * leaving `paused`.
+ * leaving `paused`. Hibernate (pause with `memory: 'disk'`) dumps every process
+ * to disk with CRIU and frees the sandbox's memory; `hibernated` is a resting
+ * state like `stopped` (it survives daemon restarts), and a hibernated sandbox
+ * may also be stopped (its memory image is dropped)
+ * (docs/adr/0018-memory-snapshots.md).
  */
 import { ConflictError } from '../errors/index.js';
 
@@ -27,6 +32,9 @@ export const SANDBOX_STATES = [
   'stopped',
   'starting',
   'snapshotting',
+  'hibernating',
+  'hibernated',
+  'restoring',
   'killed',
   'expired',
   'failed',
@@ -41,14 +49,14 @@ export type TerminalState = (typeof TERMINAL_STATES)[number];
 export const LIVE_STATES: readonly SandboxState[] = SANDBOX_STATES.filter((s) => !(TERMINAL_STATES as readonly string[]).includes(s));
 
 /** States whose work is in flight: a second operation must wait for it or be refused. */
-export const TRANSITIONAL_STATES = ['creating', 'pausing', 'resuming', 'stopping', 'starting', 'snapshotting'] as const satisfies readonly SandboxState[];
+export const TRANSITIONAL_STATES = ['creating', 'pausing', 'resuming', 'stopping', 'starting', 'snapshotting', 'hibernating', 'restoring'] as const satisfies readonly SandboxState[];
 
 const END: readonly SandboxState[] = TERMINAL_STATES;
 
 /** Allowed transitions: from → the states it may move to. Any live state may end. */
 export const TRANSITIONS: Readonly<Record<SandboxState, readonly SandboxState[]>> = {
   creating: ['running', ...END],
-  running: ['pausing', 'stopping', 'snapshotting', ...END],
+  running: ['pausing', 'stopping', 'snapshotting', 'hibernating', ...END],
   pausing: ['paused', 'running', ...END],
   paused: ['resuming', 'stopping', ...END],
   resuming: ['running', 'paused', ...END],
@@ -56,6 +64,11 @@ export const TRANSITIONS: Readonly<Record<SandboxState, readonly SandboxState[]>
   stopped: ['starting', ...END],
   starting: ['running', 'stopped', ...END],
   snapshotting: ['running', ...END],
+  /** A failed dump leaves it running. */
+  hibernating: ['hibernated', 'running', ...END],
+  hibernated: ['restoring', 'stopping', ...END],
+  /** A failed restore leaves it hibernated, its images kept. */
+  restoring: ['running', 'hibernated', ...END],
   killed: [],
   expired: [],
   failed: [],
@@ -83,8 +96,10 @@ export const OPERATION_STATES = {
   use: ['running'],
   setTimeout: ['running'],
   pause: ['running', 'paused'],
-  resume: ['paused', 'running'],
-  stop: ['running', 'paused', 'stopped'],
+  /** Pause with memory: 'disk'. */
+  hibernate: ['running', 'hibernated'],
+  resume: ['paused', 'hibernated', 'running'],
+  stop: ['running', 'paused', 'hibernated', 'stopped'],
   start: ['stopped', 'running'],
   /** A filesystem snapshot: of a running sandbox (frozen meanwhile) or a paused one (it stays paused). */
   snapshot: ['running', 'paused'],

@@ -119,6 +119,8 @@ export interface SandboxEvents {
   /** Every process of the sandbox is gone: it ended, or it was stopped. */
   onEnded(id: string): void;
   onAdopted(id: string, conn: AgentConnection): Promise<void>;
+  /** The agent connection closes with every process kept (hibernate); onAdopted follows them again. */
+  onDetached?(id: string): void;
 }
 
 interface InFlightCreate {
@@ -159,6 +161,7 @@ export class SandboxManager {
       dropConnection: (id) => this.dropConnection(id),
       processesGone: (id) => this.events?.onEnded(id),
       adopt: async (id, conn) => this.events?.onAdopted(id, conn),
+      detach: (id) => this.events?.onDetached?.(id),
       end: (id, state, reason) => this.end(id, state, reason),
       networkBack: async (id, conn) => this.networking?.adopt(id, conn),
     });
@@ -227,6 +230,7 @@ export class SandboxManager {
     const onTimeout = opts.lifecycle?.onTimeout;
     if (onTimeout === 'pause') requireCapability(backend, 'pause', 'pause this sandbox when it times out');
     if (onTimeout === 'stop') requireCapability(backend, 'stop', 'stop this sandbox when it times out');
+    if (onTimeout === 'hibernate') requireCapability(backend, 'memorySnapshot', 'hibernate this sandbox when it times out');
     const mounts = (opts.volumes ?? []).map((v) => ({ name: v.name, path: v.path, readOnly: v.readOnly ?? false }));
     if (mounts.length > 0 && !this.volumes) throw new UnsupportedError('this daemon has no volume service');
     if (mounts.length > 0) requireCapability(backend, 'volumes', 'attach volumes to this sandbox');
@@ -330,6 +334,46 @@ export class SandboxManager {
     this.get(ctx, id);
     await this.lifecycle.pause(id);
     return this.get(ctx, id);
+  }
+
+  /**
+   * Hibernate (pause with memory: 'disk'): every process and its memory go to disk and the sandbox's
+   * memory is freed; resume restores them. Needs the memorySnapshot capability (runc with CRIU 4).
+   * Hibernating a hibernated sandbox does nothing.
+   */
+  async hibernate(ctx: RequestContext, id: string): Promise<SandboxRecord> {
+    this.get(ctx, id);
+    await this.lifecycle.hibernate(id);
+    return this.get(ctx, id);
+  }
+
+  /**
+   * Run `fn` (a checkpoint that leaves the processes running: a fork with memory) with the daemon's agent
+   * connection closed, since a connection to the host cannot be dumped; its processes stay followed, and are
+   * re-attached on a new connection afterwards. Call it inside a lifecycle operation (snapshotFiles).
+   */
+  async withAgentDetached<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    this.events?.onDetached?.(id);
+    this.dropConnection(id);
+    try {
+      return await fn();
+    } finally {
+      try {
+        await this.events?.onAdopted(id, await this.connection(id));
+      } catch (err) {
+        this.log.warn({ id, err: String(err) }, 're-attaching the processes of a sandbox after its fork checkpoint failed');
+      }
+    }
+  }
+
+  /** A fork with memory, second half: the new sandbox's own processes give way to the checkpoint's, which it then follows. */
+  async restoreForkInto(id: string, images: string): Promise<void> {
+    if (!this.runtime.restoreFork) throw new UnsupportedError(`the ${this.runtime.kind} backend cannot restore forks`, { id });
+    this.dropConnection(id);
+    await this.runtime.restoreFork(id, images);
+    const conn = await this.connection(id);
+    await this.events?.onAdopted(id, conn);
+    await this.networking?.adopt(id, conn);
   }
 
   /** Thaw a paused sandbox: it continues where it was, with the lifetime it had left (or `timeoutMs`). */
@@ -746,7 +790,7 @@ export class SandboxManager {
     if (admin || limits.maxMemoryMb === null) return;
     const owner = ownerFor(ctx);
     const live = owned ?? this.store.listByStates(LIVE_STATES).filter((r) => r.owner === owner);
-    const used = live.filter((r) => r.state !== 'stopped').reduce((sum, r) => sum + r.resources.memoryMb, 0);
+    const used = live.filter((r) => r.state !== 'stopped' && r.state !== 'hibernated').reduce((sum, r) => sum + r.resources.memoryMb, 0);
     if (used + memoryMb > limits.maxMemoryMb) {
       throw new RateLimitedError(`quota reached: ${used} MiB of ${limits.maxMemoryMb} MiB in use, ${memoryMb} MiB more asked`, {
         maxMemoryMb: limits.maxMemoryMb,

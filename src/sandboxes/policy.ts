@@ -14,7 +14,8 @@
  * keeps what was left (`remainingMs`), and waking it gives that back.
  */
 
-export const ON_TIMEOUT = ['kill', 'pause', 'stop'] as const;
+/** `hibernate`: pause with memory on disk (needs the memorySnapshot capability, docs/adr/0018-memory-snapshots.md). */
+export const ON_TIMEOUT = ['kill', 'pause', 'stop', 'hibernate'] as const;
 export type OnTimeout = (typeof ON_TIMEOUT)[number];
 
 export interface LifecyclePolicy {

@@ -299,7 +299,7 @@ export class SandboxStore {
   /** Paused and stopped sandboxes whose retention (expires_at while they sleep) has passed. */
   expiredAsleep(now: number): string[] {
     const rows = this
-      .sql(`SELECT id FROM sandboxes WHERE state IN ('paused', 'stopped') AND expires_at <= ?`)
+      .sql(`SELECT id FROM sandboxes WHERE state IN ('paused', 'stopped', 'hibernated') AND expires_at <= ?`)
       .all(now) as Array<{ id: string }>;
     return rows.map((r) => r.id);
   }

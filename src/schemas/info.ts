@@ -31,7 +31,7 @@ export const RuntimeCapabilities = z
     reasons: z
       .record(z.string(), z.string())
       .optional()
-      .describe('Why a capability is false, and what it would take (e.g. memorySnapshot: not implemented yet, needs CRIU 4 and runc)'),
+      .describe('Why a capability is false, and what it would take (e.g. memorySnapshot: the daemon runs crun, hibernate needs runc with CRIU 4)'),
   })
   .describe('What a backend can do; an operation it cannot do answers 422 unsupported');
 

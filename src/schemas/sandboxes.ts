@@ -6,7 +6,7 @@ import { ISOLATIONS } from '../runtime/isolation.js';
 import { ON_TIMEOUT } from '../sandboxes/policy.js';
 import { VolumeMountRequest, VolumeName } from './volumes.js';
 import { NetworkConfig } from './network.js';
-import { SnapshotRef } from './snapshots.js';
+import { Snapshot, SnapshotRef } from './snapshots.js';
 
 export { SANDBOX_STATES };
 export const SandboxState = z
@@ -26,7 +26,9 @@ const MAX_LIFECYCLE_MS = 365 * 24 * 60 * 60_000;
 
 export const OnTimeout = z
   .enum(ON_TIMEOUT)
-  .describe('What the timeout (or idleMs without API activity) does to a running sandbox: kill it (default), pause it (frozen, memory kept) or stop it (processes end, files kept)');
+  .describe(
+    'What the timeout (or idleMs without API activity) does to a running sandbox: kill it (default), pause it (frozen, memory kept), stop it (processes end, files kept) or hibernate it (processes and memory to disk, memory freed; needs capabilities.memorySnapshot)',
+  );
 
 export const Lifecycle = z
   .object({
@@ -156,4 +158,37 @@ export const WakeSandboxRequest = z
   .describe('Resume or start: an empty body is fine');
 export type WakeSandboxRequest = z.infer<typeof WakeSandboxRequest>;
 
+export const PauseSandboxRequest = z
+  .object({
+    memory: z
+      .enum(['keep', 'disk'])
+      .optional()
+      .describe(
+        "keep (default): freeze every process, memory stays resident. disk: hibernate: every process and its memory are written to disk (CRIU) and the sandbox's memory is freed; resume restores them, also after a daemon restart. Needs capabilities.memorySnapshot (GET /v1/info)",
+      ),
+  })
+  .strict()
+  .describe('Pause: an empty body is fine');
+export type PauseSandboxRequest = z.infer<typeof PauseSandboxRequest>;
+
+export const ForkSandboxRequest = z
+  .object({
+    count: z.number().int().min(1).max(16).optional().describe('How many forks; default 1'),
+    memory: z
+      .boolean()
+      .optional()
+      .describe(
+        'true: every fork continues from the same instant with the source\'s processes and memory (CRIU; needs capabilities.memorySnapshot), each with its own id, hostname and files. false (default): forks of its files only (a snapshot and a create from it)',
+      ),
+  })
+  .strict()
+  .describe('Fork a running sandbox: an empty body makes one filesystem fork');
+export type ForkSandboxRequest = z.infer<typeof ForkSandboxRequest>;
+
 export const SandboxParams = z.object({ id: SandboxId });
+
+export const ForkSandboxResponse = z.object({
+  snapshot: Snapshot.describe('The filesystem snapshot the forks start from (metadata forkOf: the source); kept until deleted'),
+  sandboxes: z.array(Sandbox).describe('The forks, running'),
+});
+export type ForkSandboxResponse = z.infer<typeof ForkSandboxResponse>;

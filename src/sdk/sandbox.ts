@@ -10,6 +10,7 @@ import {
   type SandboxLogLevel,
   type SandboxMetric,
   ListSandboxesResponse,
+  ForkSandboxResponse,
   Sandbox as SandboxSchema,
   type Lifecycle,
   type Sandbox as SandboxInfo,
@@ -182,15 +183,24 @@ export class Sandbox {
    * Freeze every process (memory is kept, no CPU is used); the timeout clock
    * stops until resume. Commands and file calls then fail with ConflictError,
    * unless the sandbox was created with `lifecycle.autoResume`.
+   *
+   * `memory: 'disk'` hibernates instead: every process and its memory are written to disk and the
+   * sandbox's memory is freed (state `hibernated`); `resume()` restores them, also after a daemon
+   * restart. Needs `capabilities.memorySnapshot` (runc with CRIU 4 on the daemon's host).
    */
-  async pause(): Promise<SandboxInfo> {
-    this.info = await this.http.json('POST', `${sandboxPath(this.id)}/pause`, SandboxSchema);
+  async pause(opts: { memory?: 'keep' | 'disk' } = {}): Promise<SandboxInfo> {
+    const disk = opts.memory === 'disk';
+    this.info = await this.http.json('POST', `${sandboxPath(this.id)}/pause`, SandboxSchema, {
+      ...(opts.memory !== undefined ? { json: { memory: opts.memory } } : {}),
+      // Dumping and unmounting can outlast an ordinary request on a busy host.
+      ...(disk ? { timeoutMs: this.longTimeout() } : {}),
+    });
     return this.info;
   }
 
-  /** Thaw a paused sandbox: its processes continue where they were. */
+  /** Thaw a paused sandbox (restore a hibernated one): its processes continue where they were. */
   async resume(opts: WakeOptions = {}): Promise<SandboxInfo> {
-    this.info = await this.http.json('POST', `${sandboxPath(this.id)}/resume`, SandboxSchema, { json: wakeBody(opts) });
+    this.info = await this.http.json('POST', `${sandboxPath(this.id)}/resume`, SandboxSchema, { json: wakeBody(opts), timeoutMs: this.longTimeout() });
     return this.info;
   }
 
@@ -214,6 +224,21 @@ export class Sandbox {
    */
   async snapshot(opts: SnapshotOptions = {}): Promise<SnapshotInfo> {
     return takeSnapshot(this.http, this.id, opts, this.longTimeout());
+  }
+
+  /**
+   * Fork this running sandbox into `count` new ones (default 1), through a snapshot of its files. With
+   * `memory: true` every fork continues from the same instant with this sandbox's processes and memory
+   * (needs `capabilities.memorySnapshot`: a daemon on runc with CRIU 4), each with its own id, hostname and
+   * copy-on-write files; this sandbox runs on. The forks get its resources, timeout, policy and metadata.
+   */
+  async fork(opts: { count?: number; memory?: boolean } = {}): Promise<Sandbox[]> {
+    const count = opts.count ?? 1;
+    const r = await this.http.json('POST', `${sandboxPath(this.id)}/fork`, ForkSandboxResponse, {
+      json: { count, ...(opts.memory !== undefined ? { memory: opts.memory } : {}) },
+      timeoutMs: this.longTimeout() === 0 ? 0 : this.longTimeout() + count * 30_000,
+    });
+    return r.sandboxes.map((info) => new Sandbox(this.http, info));
   }
 
   private longTimeout(): number {

@@ -29,6 +29,8 @@ import type { LayerRef, RuntimeDriver } from '../runtime/types.js';
 import type { SandboxManager, ResolvedSnapshot, SnapshotResolver } from '../sandboxes/manager.js';
 import { newSnapshotId } from '../sandboxes/ids.js';
 import type { SandboxRecord, SandboxStore } from '../sandboxes/store.js';
+import { requireCapability } from '../sandboxes/spec.js';
+import { backendOf } from '../runtime/backends.js';
 import { SNAPSHOT_ID_RE, type Snapshot } from '../schemas/snapshots.js';
 import type { SnapshotRecord, SnapshotStore } from './store.js';
 
@@ -57,7 +59,13 @@ export class SnapshotService implements SnapshotResolver {
   constructor(private readonly d: SnapshotDeps) {}
 
   /** Take a snapshot of the sandbox's files. Its owner is the sandbox's owner. */
-  async take(ctx: RequestContext, sandboxId: string, req: { name?: string | undefined; metadata?: Record<string, string> | undefined }): Promise<Snapshot> {
+  async take(
+    ctx: RequestContext,
+    sandboxId: string,
+    req: { name?: string | undefined; metadata?: Record<string, string> | undefined },
+    /** What copies the files into the draft, with the sandbox held still; default the runtime's exportChanges. */
+    capture?: (dest: string) => Promise<void>,
+  ): Promise<Snapshot> {
     const rec = this.d.sandboxes.get(ctx, sandboxId);
     if (rec.layers.length === 0) {
       throw new UnsupportedError(`sandbox ${sandboxId} was created before snapshots existed (its layers are not recorded): snapshot a newer sandbox`, { id: sandboxId });
@@ -74,7 +82,8 @@ export class SnapshotService implements SnapshotResolver {
       let source: SandboxRecord;
       try {
         source = await this.d.sandboxes.snapshotFiles(ctx, sandboxId, async (live) => {
-          await this.d.runtime.exportChanges(sandboxId, draft.dir);
+          if (capture) await capture(draft.dir);
+          else await this.d.runtime.exportChanges(sandboxId, draft.dir);
           return live;
         });
       } catch (err) {
@@ -114,6 +123,60 @@ export class SnapshotService implements SnapshotResolver {
       this.making.delete(digest);
       // A layer made for a snapshot that was not recorded is nobody's: remove it now rather than at the next prune.
       if (!this.d.store.byId(id)) void this.pruneQuietly();
+    }
+  }
+
+  /**
+   * Fork a running sandbox into `count` new ones. Always through a filesystem snapshot of it (kept, listed,
+   * metadata `forkOf`), from which each fork starts with its own copy-on-write layer. With `memory`, the
+   * snapshot's files and a CRIU checkpoint of every process are taken in the same frozen instant (the source
+   * runs on), and each fork's own processes give way to that checkpoint: every fork continues from the same
+   * instant with its own id, hostname, files and cgroup (docs/adr/0018-memory-snapshots.md). Forks get the
+   * source's resources, timeout, lifecycle policy and metadata (plus `forkOf`); not its volumes or network.
+   * A fork that fails is killed, and so are those made before it.
+   */
+  async fork(ctx: RequestContext, sandboxId: string, req: { count: number; memory: boolean }): Promise<{ snapshot: Snapshot; sandboxes: SandboxRecord[] }> {
+    const source = this.d.sandboxes.get(ctx, sandboxId);
+    if (req.memory) {
+      requireCapability(backendOf(this.d.runtime, sandboxId), 'memorySnapshot', 'fork the sandbox with its memory');
+      if (source.state !== 'running') throw new ConflictError(`cannot fork sandbox ${sandboxId} with its memory: it is ${source.state} (resume it first)`, { id: sandboxId, state: source.state });
+    }
+    const exportWithMemory = this.d.runtime.exportChangesWithMemory?.bind(this.d.runtime);
+    let images: string | null = null;
+    const snapshot = await this.take(
+      ctx,
+      sandboxId,
+      { metadata: { forkOf: sandboxId } },
+      req.memory && exportWithMemory
+        ? async (dest) => {
+            images = await this.d.sandboxes.withAgentDetached(sandboxId, () => exportWithMemory(sandboxId, dest));
+          }
+        : undefined,
+    );
+    const made: SandboxRecord[] = [];
+    try {
+      for (let i = 0; i < req.count; i++) {
+        const rec = await this.d.sandboxes.create(ctx, {
+          snapshot: snapshot.id,
+          resources: source.resources,
+          timeoutMs: source.timeoutMs,
+          lifecycle: {
+            onTimeout: source.lifecycle.onTimeout,
+            autoResume: source.lifecycle.autoResume,
+            deleteAfterMs: source.lifecycle.deleteAfterMs,
+            ...(source.lifecycle.idleMs !== null ? { idleMs: source.lifecycle.idleMs } : {}),
+          },
+          metadata: { ...source.metadata, forkOf: sandboxId },
+        });
+        made.push(rec);
+        if (images) await this.d.sandboxes.restoreForkInto(rec.id, images);
+      }
+      return { snapshot, sandboxes: made.map((r) => this.d.sandboxes.get(ctx, r.id)) };
+    } catch (err) {
+      for (const r of made) await this.d.sandboxes.kill(ctx, r.id).catch(() => undefined);
+      throw err;
+    } finally {
+      if (images) await this.d.runtime.dropForkImages?.(images);
     }
   }
 

@@ -35,7 +35,7 @@ export function toApiSandbox(r: SandboxRecord): Sandbox {
     },
     ...(r.snapshot !== null ? { snapshot: r.snapshot } : {}),
     ...(r.volumes.length > 0 ? { volumes: r.volumes.map((v) => ({ name: v.name, path: v.path, readOnly: v.readOnly })) } : {}),
-    ...((r.state === 'paused' || r.state === 'stopped') && r.remainingMs !== null ? { timeoutRemainingMs: r.remainingMs } : {}),
+    ...((r.state === 'paused' || r.state === 'stopped' || r.state === 'hibernated') && r.remainingMs !== null ? { timeoutRemainingMs: r.remainingMs } : {}),
   };
 }
 

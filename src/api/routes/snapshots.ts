@@ -1,7 +1,8 @@
 /** Filesystem snapshots: thin routes over the snapshot service (src/snapshots/service.ts). */
 import type { RouteTable } from '../route.js';
 import type { Services } from '../services.js';
-import { CreateSnapshotRequest, ListSnapshotsQuery, ListSnapshotsResponse, SandboxParams, Snapshot, SnapshotParams } from '../../schemas/index.js';
+import { CreateSnapshotRequest, ForkSandboxRequest, ForkSandboxResponse, ListSnapshotsQuery, ListSnapshotsResponse, SandboxParams, Snapshot, SnapshotParams } from '../../schemas/index.js';
+import { toApiSandbox } from './sandboxes.js';
 
 export function snapshotRoutes(t: RouteTable, s: Services): void {
   t.add({
@@ -15,6 +16,22 @@ export function snapshotRoutes(t: RouteTable, s: Services): void {
     errors: ['conflict', 'unsupported', 'runtime_error'],
     responses: { 201: { description: 'The snapshot', schema: Snapshot } },
     handler: async ({ params, body, ctx }) => s.snapshots.take(ctx, params.id, body),
+  });
+
+  t.add({
+    method: 'POST',
+    url: '/v1/sandboxes/:id/fork',
+    summary:
+      "Fork a running sandbox into count new ones through a snapshot of its files; with memory: true each fork continues from the same instant with the source's processes and memory (CRIU: capabilities.memorySnapshot), with its own id, hostname and copy-on-write files. The source runs on",
+    tag: 'snapshots',
+    params: SandboxParams,
+    body: ForkSandboxRequest,
+    errors: ['conflict', 'unsupported', 'runtime_error'],
+    responses: { 201: { description: 'The snapshot and the forks', schema: ForkSandboxResponse } },
+    handler: async ({ params, body, ctx }) => {
+      const r = await s.snapshots.fork(ctx, params.id, { count: body?.count ?? 1, memory: body?.memory === true });
+      return { snapshot: r.snapshot, sandboxes: r.sandboxes.map(toApiSandbox) };
+    },
   });
 
   t.add({

@@ -76,7 +76,7 @@ describe('sandboxes', () => {
     assert.equal(info.json.runtime.kind, 'crun');
     assert.match(info.json.runtime.name, /^crun \d/);
     const { reasons, ...capabilities } = info.json.runtime.capabilities;
-    assert.match(reasons.memorySnapshot, /^not implemented yet: .*CRIU 4/);
+    assert.match(reasons.memorySnapshot, /^hibernate needs the runc runtime with CRIU 4 .*CAPSULE_RUNTIME=runc/);
     assert.deepEqual(capabilities, {
       isolation: 'container',
       pause: true,

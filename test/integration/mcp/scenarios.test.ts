@@ -19,6 +19,7 @@ const EXPECTED_TOOLS = [
   'run_code',
   'run_command',
   'sandbox_create',
+  'sandbox_fork',
   'sandbox_kill',
   'sandbox_list',
   'sandbox_logs',

@@ -13,6 +13,7 @@ import { ensureHostReady, runDoctor } from '../../../src/runtime/doctor.js';
 import { cgroupMounts } from '../../../src/runtime/cgroups.js';
 import { readMountPoints } from '../../../src/runtime/overlay.js';
 import { isCapsuleError } from '../../../src/errors/index.js';
+import { AGENT_BUILD_PATH } from '../../../src/daemon.js';
 import { assertProbeVerdicts, ID_BASE, ID_SIZE, makeFixture, skipReason, specFor, type Fixture } from './fixture.js';
 
 const skip = skipReason();
@@ -374,7 +375,8 @@ describe('OciRuntimeDriver (runc)', { skip: runcSkip ?? false }, () => {
   test('create, inspect, destroy', async () => {
     await ensureHostReady('runc');
     const fx = makeFixture();
-    const driver = new OciRuntimeDriver({ runtime: 'runc', paths: fx.paths, idMapBase: ID_BASE, idMapSize: ID_SIZE, agentBinary: fx.agentBinary });
+    // The real agent: under runc it binds its own socket (checkpointable, ADR 0018), and create waits until it listens.
+    const driver = new OciRuntimeDriver({ runtime: 'runc', paths: fx.paths, idMapBase: ID_BASE, idMapSize: ID_SIZE, agentBinary: AGENT_BUILD_PATH });
     const id = 'sbx-runc';
     try {
       const info = await driver.create(specFor(id, fx.templateRootfs, RESOURCES));

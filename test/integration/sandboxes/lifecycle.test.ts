@@ -218,7 +218,7 @@ describe('sandbox lifecycle (real sandboxes)', () => {
   });
 
   it('bad lifecycle input answers 400, an unknown sandbox 404', async () => {
-    const bad = await api(d.url, 'POST', '/v1/sandboxes', { template: 'busybox', lifecycle: { onTimeout: 'hibernate' } });
+    const bad = await api(d.url, 'POST', '/v1/sandboxes', { template: 'busybox', lifecycle: { onTimeout: 'freeze' } });
     assert.equal(bad.status, 400, bad.text);
     const short = await api(d.url, 'POST', '/v1/sandboxes', { template: 'busybox', lifecycle: { idleMs: 5 } });
     assert.equal(short.status, 400, short.text);

@@ -18,6 +18,17 @@ const input: BundleInput = {
 
 type AnyObj = Record<string, any>;
 
+describe('buildOciSpec with agentSocketDir (runc: checkpointable)', () => {
+  const spec = buildOciSpec({ ...input, runtime: 'runc', agentSocketDir: '/var/lib/capsule/sandboxes/sbx-1/sock' });
+  test('the agent binds its own socket in a bound host dir and drops the host stdio', () => {
+    assert.deepEqual((spec.process as AnyObj).args, ['/.capsule/agent', '--listen', '/.capsule-sock/agent.sock', '--null-stdio']);
+    const m = spec.mounts.find((x) => x.destination === '/.capsule-sock');
+    assert.ok(m, 'socket dir mounted');
+    assert.equal(m.source, '/var/lib/capsule/sandboxes/sbx-1/sock');
+    assert.ok(m.options!.includes('noexec') && m.options!.includes('nosuid'));
+  });
+});
+
 describe('buildOciSpec', () => {
   const spec = buildOciSpec(input);
   const linux = spec.linux as AnyObj;

@@ -42,7 +42,18 @@ describe('the sandbox state machine', () => {
   it('never goes back to creating, and running is reached only from creating and the return legs', () => {
     for (const s of SANDBOX_STATES) assert.equal(canTransition(s, 'creating'), false);
     const into = SANDBOX_STATES.filter((s) => canTransition(s, 'running')).sort();
-    assert.deepEqual(into, ['creating', 'pausing', 'resuming', 'snapshotting', 'starting']);
+    assert.deepEqual(into, ['creating', 'hibernating', 'pausing', 'restoring', 'resuming', 'snapshotting', 'starting']);
+  });
+  it('hibernated is a resting state like stopped: left only to restore, stop or an end', () => {
+    assert.ok(canTransition('running', 'hibernating'));
+    assert.equal(canTransition('paused', 'hibernating'), false);
+    assert.deepEqual([...TRANSITIONS.hibernated].sort(), ['expired', 'failed', 'killed', 'restoring', 'stopping']);
+    // A failed dump runs on; a failed restore stays hibernated.
+    assert.ok(canTransition('hibernating', 'running'));
+    assert.ok(canTransition('restoring', 'hibernated'));
+    assert.doesNotThrow(() => requireState('sbx-x', 'hibernated', 'resume', 'resume'));
+    assert.doesNotThrow(() => requireState('sbx-x', 'hibernated', 'stop', 'stop'));
+    assert.throws(() => requireState('sbx-x', 'hibernated', 'use', 'run a command'), /sandbox sbx-x is hibernated/);
   });
   it('refuses an operation in a state that does not admit it, naming the state', () => {
     assert.doesNotThrow(() => requireState('sbx-x', 'running', 'use', 'run a command'));
