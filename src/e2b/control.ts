@@ -1,8 +1,8 @@
 /**
  * E2B's control plane under /e2b, as the `e2b` SDK 2.x calls it: create, get, list (v1 and v2 with
  * state and metadata filters and paging), kill, timeout, refresh, pause, resume, connect, metrics,
- * logs, network, and snapshots (Capsule's filesystem snapshots; fork is refused, as it needs memory
- * snapshots). Each route parses E2B's request, calls the services with the caller's RequestContext
+ * logs, network, snapshots (Capsule's filesystem snapshots) and fork (Capsule's fork with memory, on
+ * backends that have memory snapshots). Each route parses E2B's request, calls the services with the caller's RequestContext
  * (from X-API-Key or Bearer, api/auth.ts), and answers in E2B's shape (mapping.ts).
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
@@ -12,6 +12,7 @@ import { ConflictError, NotFoundError, UnsupportedError } from '../errors/index.
 import type { SandboxRecord } from '../sandboxes/store.js';
 import {
   ConnectSandbox,
+  ForkRequest,
   ListQuery,
   MetricsQuery,
   NewSandbox,
@@ -272,16 +273,20 @@ export function controlRoutes(app: FastifyInstance, s: Services, tokens: E2bToke
     return reply.code(204).send();
   });
 
-  // E2B's fork carries the running sandbox's memory and processes into the forks. Capsule has no
-  // memory snapshots (ADR 0013), and a fork that silently lost its processes would not be one.
-  app.post('/sandboxes/:sandboxID/fork', async (req) => {
+  // E2B's fork carries the running sandbox's memory and processes into the forks: Capsule's fork with
+  // memory (src/snapshots/service.ts, ADR 0018), where the backend has memory snapshots (runc + CRIU 4);
+  // elsewhere 422 with the reason, since a fork that silently lost its processes would not be one. E2B
+  // reports each fork's outcome on its own; Capsule's fork is all or nothing (a failed fork kills the
+  // others and the request fails), so every entry here carries a sandbox.
+  app.post('/sandboxes/:sandboxID/fork', async (req, reply) => {
     const { sandboxID } = parse(SandboxIdParams, req.params, 'path parameter');
-    live(s, context(req), sandboxID);
-    throw new UnsupportedError(
-      'fork needs memory snapshots, which are not available in this Capsule (processes would not carry over): ' +
-        'take a filesystem snapshot with sandbox.createSnapshot() and start sandboxes from it with Sandbox.create(snapshotId)',
-      { memorySnapshot: false },
-    );
+    const body = parse(ForkRequest, req.body ?? {}, 'body');
+    const ctx = context(req);
+    live(s, ctx, sandboxID);
+    const timeoutMs = seconds(body.timeout ?? 15);
+    const { sandboxes } = await s.snapshots.fork(ctx, sandboxID, { count: body.count ?? 1, memory: true });
+    const domain = domainOf(req.headers.host);
+    return reply.code(201).send(sandboxes.map((rec) => ({ sandbox: answer(ctx, s.sandboxes.setTimeout(ctx, rec.id, timeoutMs), domain) })));
   });
 }
 

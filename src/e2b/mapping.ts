@@ -33,19 +33,25 @@ export function capsuleTemplate(e2bName: string): string {
 
 /** A Capsule state as E2B's two; undefined for ended sandboxes (E2B no longer knows them). */
 export function e2bState(state: SandboxState): E2bState | undefined {
+  // No default: a new state must be placed here, or it would vanish from E2B's views (a compile error instead).
   switch (state) {
     case 'creating':
     case 'running':
     case 'resuming':
     case 'starting':
     case 'snapshotting':
+    case 'restoring':
       return 'running';
     case 'pausing':
     case 'paused':
     case 'stopping':
     case 'stopped':
+    case 'hibernating':
+    case 'hibernated':
       return 'paused';
-    default:
+    case 'killed':
+    case 'expired':
+    case 'failed':
       return undefined;
   }
 }

@@ -52,6 +52,13 @@ export const ResumeSandbox = z.object({ timeout: Seconds.optional(), autoPause: 
 export const TimeoutRequest = z.object({ timeout: Seconds }).passthrough();
 export const RefreshRequest = z.object({ duration: Seconds.max(3600).optional() }).passthrough();
 export const PauseRequest = z.object({ memory: z.boolean().optional() }).passthrough();
+/** POST /sandboxes/:id/fork (E2B's SandboxForkRequest): the forks' lifetime in seconds and how many. */
+export const ForkRequest = z
+  .object({
+    timeout: Seconds.optional().describe("The forks' time to live in seconds (default 15, as E2B's)"),
+    count: z.number().int().min(1).max(100).optional().describe('How many forks (default 1)'),
+  })
+  .passthrough();
 
 /** GET /sandboxes/:id/logs (deprecated in E2B): from a time on, oldest first. */
 export const LogsQuery = z

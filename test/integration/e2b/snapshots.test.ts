@@ -1,15 +1,18 @@
 /**
  * E2B's snapshot API against a real daemon and real busybox sandboxes, driven only by E2B's own,
  * unmodified `e2b` SDK: `sandbox.createSnapshot`, `Sandbox.create(snapshotId)`, `Sandbox.listSnapshots`,
- * `Sandbox.deleteSnapshot`, on Capsule's filesystem snapshots (ADR 0013, ADR 0014). `Sandbox.fork`
- * needs memory snapshots and is refused.
+ * `Sandbox.deleteSnapshot`, on Capsule's filesystem snapshots (ADR 0013, ADR 0014). `Sandbox.fork` is
+ * Capsule's fork with memory (ADR 0018): refused with the reason on a crun daemon, and on a runc daemon with
+ * CRIU 4 the forks continue the source's process.
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { Sandbox, SandboxError, SandboxNotFoundError, type SnapshotInfo } from 'e2b';
+import path from 'node:path';
 import { CLI, removeDataDir, startTestDaemon, tempDataDir, type TestDaemon } from '../../helpers/daemon.js';
+import { checkCriu } from '../../../src/runtime/criu.js';
 
 const skip = process.getuid?.() !== 0 ? 'needs root (real crun sandboxes)' : false;
 
@@ -135,11 +138,11 @@ describe('E2B snapshots against Capsule', { skip, timeout: 5 * 60_000 }, () => {
     assert.equal((await Sandbox.listSnapshots({ name: 'e2b-snap' }).nextItems()).length, 1, 'still there for its owner');
   });
 
-  it('fork is refused: it needs memory snapshots', async () => {
+  it('fork is refused where the backend has no memory snapshots, with the reason', async () => {
     await assert.rejects(Sandbox.fork(src!.sandboxId), (e: unknown) => {
       assert.ok(status(422)(e), String(e));
-      assert.match((e as Error).message, /memory snapshots.*not available/);
-      assert.match((e as Error).message, /createSnapshot/);
+      assert.match((e as Error).message, /memorySnapshot/);
+      assert.match((e as Error).message, /runc/, 'the reason says what would make it work');
       return true;
     });
     await assert.rejects(Sandbox.fork('sbx-000000000000'), (e: unknown) => e instanceof SandboxNotFoundError);
@@ -159,5 +162,66 @@ describe('E2B snapshots against Capsule', { skip, timeout: 5 * 60_000 }, () => {
     assert.deepEqual(await Sandbox.listSnapshots().nextItems(), []);
     await assert.rejects(Sandbox.create(snap!.snapshotId, { allowInternetAccess: false }), status(404));
     assert.equal(await Sandbox.deleteSnapshot('busybox'), false, 'templates are not deleted through the E2B API');
+  });
+});
+
+const criu = process.getuid?.() === 0 ? await checkCriu() : null;
+const forkSkip = skip || (!criu?.ok ? `needs CRIU 4 (${criu?.reason})` : false);
+
+describe('E2B Sandbox.fork on a runc daemon with CRIU 4', { skip: forkSkip, timeout: 5 * 60_000 }, () => {
+  let rd: TestDaemon | undefined;
+  const mine: Sandbox[] = [];
+  before(async () => {
+    const dataDir = tempDataDir();
+    fs.chmodSync(dataDir, 0o755);
+    rd = await startTestDaemon({ dataDir, env: { CAPSULE_RUNTIME: 'runc' } });
+    d = rd;
+    process.env.E2B_API_KEY = e2bKey('e2b-fork');
+    process.env.E2B_API_URL = `${rd.url}/e2b`;
+    process.env.E2B_SANDBOX_URL = rd.url;
+  });
+  after(async () => {
+    for (const s of mine) await s.kill().catch(() => undefined);
+    delete process.env.E2B_API_KEY;
+    delete process.env.E2B_API_URL;
+    delete process.env.E2B_SANDBOX_URL;
+    await rd?.stop();
+    if (rd) await removeDataDir(rd.dataDir);
+  });
+
+  const counter = (id: string): number | null => {
+    try {
+      return Number(fs.readFileSync(path.join(rd!.dataDir, 'sandboxes', id, 'rootfs', 'tmp', 'n'), 'utf8').trim());
+    } catch {
+      return null;
+    }
+  };
+  const until = async (what: string, ok: () => boolean): Promise<void> => {
+    const deadline = Date.now() + 15_000;
+    while (!ok()) {
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  };
+
+  it('forks continue the source\'s process from the same value, each its own sandbox with the lifetime asked for', async () => {
+    const source = await Sandbox.create('busybox', { allowInternetAccess: false, timeoutMs: 5 * 60_000 });
+    mine.push(source);
+    await source.commands.run('n=0; while :; do n=$((n+1)); echo $n > /tmp/n.new; mv /tmp/n.new /tmp/n; sleep 0.1; done', { background: true });
+    await until('the source counter', () => (counter(source.sandboxId) ?? 0) >= 3);
+    const at = counter(source.sandboxId)!;
+    const forks = await Sandbox.fork(source.sandboxId, { count: 2, timeoutMs: 120_000 });
+    assert.equal(forks.length, 2);
+    for (const f of forks) {
+      assert.ok(f instanceof Sandbox, String(f));
+      mine.push(f);
+      assert.notEqual(f.sandboxId, source.sandboxId);
+      await until(`fork ${f.sandboxId}'s counter`, () => (counter(f.sandboxId) ?? 0) > at);
+      assert.ok(counter(f.sandboxId)! < at + 100, 'it continues from the source\'s value, not from 1');
+      const info = await f.getInfo();
+      const left = Date.parse(String(info.endAt)) - Date.now();
+      assert.ok(left > 60_000 && left <= 120_000, `the fork's lifetime is the one asked for (${left} ms left)`);
+    }
+    assert.equal(await source.isRunning(), true, 'the source runs on');
   });
 });
