@@ -143,7 +143,7 @@ async function useSandbox(id: string | undefined, ctx: ToolContext): Promise<{ s
   if (current !== undefined) {
     const info = await ctx.backend.getSandbox(current).catch(() => undefined);
     // A sleeping default with autoResume wakes at the call; without it the session gets a new one.
-    if (info?.state === 'running' || (info?.lifecycle.autoResume && (info.state === 'paused' || info.state === 'stopped'))) return { sandbox_id: current };
+    if (info?.state === 'running' || (info?.lifecycle.autoResume && (info.state === 'paused' || info.state === 'stopped' || info.state === 'hibernated'))) return { sandbox_id: current };
   }
   const info = await ctx.backend.createSandbox({ template: ctx.defaultTemplate }, ctx.signal);
   ctx.session.defaultSandboxId = info.id;

@@ -102,7 +102,7 @@ export function registerSandboxCommands(program: Command): void {
         ['isolation', info.isolation],
         ['created', shortTime(info.createdAt)],
         // Asleep, its expiry is its retention deadline.
-        info.state === 'paused' || info.state === 'stopped'
+        info.state === 'paused' || info.state === 'stopped' || info.state === 'hibernated'
           ? ['deleted', `${shortTime(info.expiresAt)} (${relativeTime(info.expiresAt)}) unless woken`]
           : ['expires', `${shortTime(info.expiresAt)} (${relativeTime(info.expiresAt)})`],
         [

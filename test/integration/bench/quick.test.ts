@@ -13,7 +13,7 @@ import { after, describe, it } from 'node:test';
 import { REPO_ROOT } from '../../helpers/daemon.js';
 
 const MAIN = path.join(REPO_ROOT, 'dist', 'bench', 'main.js');
-const SCENARIO_NAMES = ['ttfc', 'exec', 'sustained', 'density', 'files', 'templates', 'lifecycle', 'interactive', 'network', 'code', 'e2b', 'gvisor', 'microvm'];
+const SCENARIO_NAMES = ['ttfc', 'exec', 'sustained', 'density', 'files', 'templates', 'lifecycle', 'interactive', 'network', 'code', 'e2b', 'gvisor', 'microvm', 'hibernate'];
 
 describe('bench --quick', () => {
   const out = fs.mkdtempSync(path.join(os.tmpdir(), 'capsule-bench-test-'));
@@ -37,8 +37,9 @@ describe('bench --quick', () => {
     };
     assert.deepEqual(rep.scenarios.map((s) => s.name).sort(), [...SCENARIO_NAMES].sort());
     for (const s of rep.scenarios) {
-      // gvisor and microvm skip loudly (a "skipped:" note) on a host without runsc, or QEMU and a guest kernel.
-      const skipped = (s.name === 'gvisor' || s.name === 'microvm') && s.notes.some((n) => n.startsWith('skipped:'));
+      // gvisor, microvm and hibernate skip loudly (a "skipped:" note) on a host without runsc, QEMU and a guest
+      // kernel, or CRIU 4.
+      const skipped = ['gvisor', 'microvm', 'hibernate'].includes(s.name) && s.notes.some((n) => n.startsWith('skipped:'));
       assert.ok(s.rows.length > 0 || skipped, `scenario ${s.name} has no rows`);
       assert.deepEqual(s.errors, [], `scenario ${s.name} had errors`);
     }
