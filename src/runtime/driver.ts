@@ -5,6 +5,7 @@
  * the daemon created. Passes the driver contract suite
  * (test/integration/runtime/contract.ts) with crun and with runc.
  */
+import { BusyIds } from './busy-ids.js';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
@@ -106,7 +107,7 @@ export class OciRuntimeDriver implements RuntimeDriver {
   private readonly opts: OciRuntimeDriverOptions;
   private readonly cli: OciCli;
   private readonly log: RuntimeLogger;
-  private readonly inFlight = new Set<string>();
+  private readonly busy = new BusyIds();
   private version: string | null = null;
   private swapAccounting: boolean | null = null;
   /** The host's cgroup mounts, read once: pause and resume must not parse the mount table each time. */
@@ -370,8 +371,7 @@ export class OciRuntimeDriver implements RuntimeDriver {
   async create(spec: ContainerSpec, signal?: AbortSignal): Promise<ContainerInfo> {
     const { id } = spec;
     checkId(id);
-    if (this.inFlight.has(id)) throw new ConflictError(`sandbox ${id} is already being created or destroyed`);
-    this.inFlight.add(id);
+    this.busy.claim(id, `sandbox ${id} is already being created or destroyed`);
     const started = performance.now();
     const paths = this.opts.paths;
     const layout = sandboxLayout(paths.sandboxDir(id));
@@ -463,7 +463,7 @@ export class OciRuntimeDriver implements RuntimeDriver {
       }
       throw e;
     } finally {
-      this.inFlight.delete(id);
+      this.busy.release(id);
     }
   }
 
@@ -551,8 +551,7 @@ export class OciRuntimeDriver implements RuntimeDriver {
    */
   async stop(id: string): Promise<void> {
     checkId(id);
-    if (this.inFlight.has(id)) throw new ConflictError(`sandbox ${id} is being created, started, stopped or destroyed`);
-    this.inFlight.add(id);
+    this.busy.claim(id, `sandbox ${id} is being created, started, stopped or destroyed`);
     try {
       const started = performance.now();
       await this.stopUnlocked(id);
@@ -560,7 +559,7 @@ export class OciRuntimeDriver implements RuntimeDriver {
       await fsp.rm(path.join(this.opts.paths.sandboxDir(id), CHECKPOINT_DIR), { recursive: true, force: true });
       this.log.info({ id, ms: Math.round(performance.now() - started) }, 'sandbox container stopped');
     } finally {
-      this.inFlight.delete(id);
+      this.busy.release(id);
     }
   }
 
@@ -598,8 +597,7 @@ export class OciRuntimeDriver implements RuntimeDriver {
    */
   async start(id: string, signal?: AbortSignal): Promise<ContainerInfo> {
     checkId(id);
-    if (this.inFlight.has(id)) throw new ConflictError(`sandbox ${id} is being created, started, stopped or destroyed`);
-    this.inFlight.add(id);
+    this.busy.claim(id, `sandbox ${id} is being created, started, stopped or destroyed`);
     const started = performance.now();
     const layout = sandboxLayout(this.opts.paths.sandboxDir(id));
     try {
@@ -632,7 +630,7 @@ export class OciRuntimeDriver implements RuntimeDriver {
         throw e;
       }
     } finally {
-      this.inFlight.delete(id);
+      this.busy.release(id);
     }
   }
 
@@ -648,8 +646,7 @@ export class OciRuntimeDriver implements RuntimeDriver {
     checkId(id);
     const why = this.memorySnapshotReason();
     if (why !== null) throw new RuntimeError(`cannot hibernate sandbox ${id}: ${why}`, { id });
-    if (this.inFlight.has(id)) throw new ConflictError(`sandbox ${id} is being created, started, stopped or destroyed`);
-    this.inFlight.add(id);
+    this.busy.claim(id, `sandbox ${id} is being created, started, stopped or destroyed`);
     try {
       const started = performance.now();
       const layout = sandboxLayout(this.opts.paths.sandboxDir(id));
@@ -712,7 +709,7 @@ export class OciRuntimeDriver implements RuntimeDriver {
       this.log.info({ id, dumpMs, releaseMs, ms, imageBytes }, 'sandbox hibernated');
       return { ms, imageBytes };
     } finally {
-      this.inFlight.delete(id);
+      this.busy.release(id);
     }
   }
 
@@ -777,8 +774,7 @@ export class OciRuntimeDriver implements RuntimeDriver {
    */
   async restoreFork(id: string, images: string): Promise<ContainerInfo> {
     checkId(id);
-    if (this.inFlight.has(id)) throw new ConflictError(`sandbox ${id} is being created, started, stopped or destroyed`);
-    this.inFlight.add(id);
+    this.busy.claim(id, `sandbox ${id} is being created, started, stopped or destroyed`);
     const started = performance.now();
     const layout = sandboxLayout(this.opts.paths.sandboxDir(id));
     try {
@@ -817,7 +813,7 @@ export class OciRuntimeDriver implements RuntimeDriver {
       this.log.info({ id, ms: Math.round(performance.now() - started), pid: info.pid }, 'fork restored');
       return info;
     } finally {
-      this.inFlight.delete(id);
+      this.busy.release(id);
     }
   }
 
@@ -842,8 +838,7 @@ export class OciRuntimeDriver implements RuntimeDriver {
     checkId(id);
     const why = this.memorySnapshotReason();
     if (why !== null) throw new RuntimeError(`cannot restore sandbox ${id}: ${why}`, { id });
-    if (this.inFlight.has(id)) throw new ConflictError(`sandbox ${id} is being created, started, stopped or destroyed`);
-    this.inFlight.add(id);
+    this.busy.claim(id, `sandbox ${id} is being created, started, stopped or destroyed`);
     const started = performance.now();
     const layout = sandboxLayout(this.opts.paths.sandboxDir(id));
     const images = path.join(layout.dir, CHECKPOINT_DIR);
@@ -891,7 +886,7 @@ export class OciRuntimeDriver implements RuntimeDriver {
         throw e;
       }
     } finally {
-      this.inFlight.delete(id);
+      this.busy.release(id);
     }
   }
 
@@ -963,12 +958,11 @@ export class OciRuntimeDriver implements RuntimeDriver {
 
   async destroy(id: string): Promise<void> {
     checkId(id);
-    if (this.inFlight.has(id)) throw new ConflictError(`sandbox ${id} is being created or destroyed`);
-    this.inFlight.add(id);
+    this.busy.claim(id, `sandbox ${id} is being created or destroyed`);
     try {
       await this.destroyUnlocked(id);
     } finally {
-      this.inFlight.delete(id);
+      this.busy.release(id);
     }
   }
 

@@ -24,6 +24,7 @@
  * the socket dirs live under <data>/gvisor. The socket dir is made first and
  * removed last, so it marks a gVisor sandbox's leftovers.
  */
+import { BusyIds } from '../busy-ids.js';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import net from 'node:net';
@@ -99,7 +100,7 @@ export class GvisorDriver implements RuntimeDriver {
   private readonly opts: GvisorDriverOptions;
   private readonly cli: OciCli;
   private readonly log: RuntimeLogger;
-  private readonly inFlight = new Set<string>();
+  private readonly busy = new BusyIds();
   private version: string | null = null;
   private swapAccounting: boolean | null = null;
 
@@ -134,8 +135,7 @@ export class GvisorDriver implements RuntimeDriver {
     if (spec.isolation !== undefined && spec.isolation !== 'gvisor') {
       throw new InvalidArgumentError(`the gVisor backend cannot make a sandbox with isolation ${spec.isolation}`, { id });
     }
-    if (this.inFlight.has(id)) throw new ConflictError(`sandbox ${id} is already being created or destroyed`);
-    this.inFlight.add(id);
+    this.busy.claim(id, `sandbox ${id} is already being created or destroyed`);
     const started = performance.now();
     const paths = this.opts.paths;
     const layout = sandboxLayout(paths.sandboxDir(id));
@@ -229,7 +229,7 @@ export class GvisorDriver implements RuntimeDriver {
       }
       throw e;
     } finally {
-      this.inFlight.delete(id);
+      this.busy.release(id);
     }
   }
 
@@ -284,12 +284,11 @@ export class GvisorDriver implements RuntimeDriver {
 
   async destroy(id: string): Promise<void> {
     checkId(id);
-    if (this.inFlight.has(id)) throw new ConflictError(`sandbox ${id} is being created or destroyed`);
-    this.inFlight.add(id);
+    this.busy.claim(id, `sandbox ${id} is being created or destroyed`);
     try {
       await this.destroyUnlocked(id);
     } finally {
-      this.inFlight.delete(id);
+      this.busy.release(id);
     }
   }
 

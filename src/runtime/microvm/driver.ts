@@ -27,6 +27,7 @@
  * After a daemon restart the relay is started again on first use (inspect,
  * list): the guest drops its old streams at the new SYNC.
  */
+import { BusyIds } from '../busy-ids.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
@@ -91,7 +92,7 @@ export class MicrovmDriver implements RuntimeDriver {
   };
   private readonly opts: MicrovmDriverOptions;
   private readonly log: RuntimeLogger & { warn(obj: unknown, msg?: string): void };
-  private readonly inFlight = new Set<string>();
+  private readonly busy = new BusyIds();
   private readonly relays = new Map<string, MuxRelay>();
   private readonly relayStarts = new Map<string, Promise<void>>();
   private readonly children = new Map<string, ChildProcess>();
@@ -158,8 +159,7 @@ export class MicrovmDriver implements RuntimeDriver {
     if (spec.isolation !== undefined && spec.isolation !== 'microvm') {
       throw new InvalidArgumentError(`the microVM backend cannot make a sandbox with isolation ${spec.isolation}`, { id });
     }
-    if (this.inFlight.has(id)) throw new ConflictError(`sandbox ${id} is already being created or destroyed`);
-    this.inFlight.add(id);
+    this.busy.claim(id, `sandbox ${id} is already being created or destroyed`);
     const started = performance.now();
     const f = this.files(id);
     let made = false;
@@ -245,7 +245,7 @@ export class MicrovmDriver implements RuntimeDriver {
       }
       throw e;
     } finally {
-      this.inFlight.delete(id);
+      this.busy.release(id);
     }
   }
 
@@ -356,12 +356,11 @@ export class MicrovmDriver implements RuntimeDriver {
 
   async destroy(id: string): Promise<void> {
     checkId(id);
-    if (this.inFlight.has(id)) throw new ConflictError(`sandbox ${id} is being created or destroyed`);
-    this.inFlight.add(id);
+    this.busy.claim(id, `sandbox ${id} is being created or destroyed`);
     try {
       await this.destroyUnlocked(id);
     } finally {
-      this.inFlight.delete(id);
+      this.busy.release(id);
     }
   }
 
@@ -409,7 +408,7 @@ export class MicrovmDriver implements RuntimeDriver {
     if (!fs.existsSync(this.sandboxDir(id))) return { id, status: 'missing' };
     const pid = this.qemuPid(id);
     if (pid === null) return { id, status: 'stopped' };
-    if (!this.inFlight.has(id)) await this.ensureRelay(id);
+    if (!this.busy.has(id)) await this.ensureRelay(id);
     return { id, status: 'running', pid };
   }
 
