@@ -7,10 +7,12 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, execFileSync } from 'node:child_process';
+import fs from 'node:fs';
 import os from 'node:os';
 import { promisify } from 'node:util';
 import { api, CLI, removeDataDir, startTestDaemon, type TestDaemon } from '../../helpers/daemon.js';
 import { settledLeftovers } from '../../helpers/leftovers.js';
+import { microvmSkip } from '../../helpers/microvm.js';
 import { connectClient } from '../mcp/fixture.js';
 import { getDaemonInfo, Sandbox } from '../../../src/sdk/index.js';
 
@@ -195,6 +197,44 @@ describe('isolation per sandbox', { skip: gvisorSkip() }, () => {
     for (const s of [gv, ct]) {
       await api(d.url, 'DELETE', `/v1/sandboxes/${s.id}`);
       assert.deepEqual(await settledLeftovers(s.id, dataDir), []);
+    }
+  });
+});
+
+describe('all three kinds under one daemon (microVMs under TCG, test-only)', { skip: gvisorSkip() || microvmSkip(), timeout: 5 * 60_000 }, () => {
+  const env = { CAPSULE_MICROVM_ALLOW_TCG: '1' };
+  before(async () => {
+    d = await startTestDaemon({ env });
+  });
+  after(async () => {
+    const dir = d?.dataDir;
+    await d?.stop();
+    if (dir) await removeDataDir(dir);
+  });
+
+  it('a container, a gVisor and a microVM sandbox run side by side, survive a daemon SIGKILL, and are killed leaving nothing', async () => {
+    const made: Array<{ isolation: string; id: string }> = [];
+    for (const isolation of ['container', 'gvisor', 'microvm']) made.push({ isolation, id: (await create({ isolation, timeoutMs: 180_000 })).id as string });
+    // Each kind answers from its own kernel: the microVM's guest kernel is not the host's (its own boot id).
+    const hostBoot = fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+    for (const m of made) {
+      await sh(m.id, `echo kept-${m.id} > /root/state`);
+      const boot = (await sh(m.id, 'cat /proc/sys/kernel/random/boot_id 2>/dev/null || echo none')).stdout.trim();
+      if (m.isolation === 'microvm') assert.notEqual(boot, hostBoot, 'a microVM has its own kernel');
+      if (m.isolation === 'container') assert.equal(boot, hostBoot, 'a container shares the host kernel');
+    }
+    const dataDir = d.dataDir;
+    await d.kill();
+    d = await startTestDaemon({ dataDir, env });
+    for (const m of made) {
+      const got = await api(d.url, 'GET', `/v1/sandboxes/${m.id}`);
+      assert.equal(got.json.state, 'running', d.log());
+      assert.equal(got.json.isolation, m.isolation);
+      assert.equal((await sh(m.id, 'cat /root/state')).stdout, `kept-${m.id}\n`);
+    }
+    for (const m of made) {
+      assert.equal((await api(d.url, 'DELETE', `/v1/sandboxes/${m.id}`)).status, 200);
+      assert.deepEqual(await settledLeftovers(m.id, dataDir), [], `${m.isolation} sandbox left something`);
     }
   });
 });

@@ -3,21 +3,16 @@
  * Under software emulation (TCG) where the host has no hardware virtualization: each create boots a VM
  * (a few seconds), so this file adds a handful of boots to the suite.
  */
-import fs from 'node:fs';
 import { ensureHostReady } from '../../../src/runtime/doctor.js';
 import { AGENT_BUILD_PATH } from '../../../src/daemon.js';
 import { MicrovmDriver } from '../../../src/runtime/microvm/driver.js';
-import { DEFAULT_KERNEL, findKernel, findQemu, hostAccel } from '../../../src/runtime/microvm/kernel.js';
+import { findKernel, hostAccel } from '../../../src/runtime/microvm/kernel.js';
+import { microvmSkip } from '../../helpers/microvm.js';
 import { driverContract } from './contract.js';
 import { ID_BASE, ID_SIZE, skipReason } from './fixture.js';
 
-function microvmSkip(): string | null {
-  const base = skipReason();
-  if (base) return base;
-  if (!findQemu()) return 'needs QEMU (apt-get install qemu-system-x86, or scripts/setup.sh)';
-  const kernel = process.env.CAPSULE_MICROVM_KERNEL || DEFAULT_KERNEL;
-  if (!fs.existsSync(kernel)) return `needs a guest kernel at ${kernel} (capsule doctor --fix, or scripts/setup.sh)`;
-  return null;
+function contractSkip(): string | null {
+  return skipReason() ?? (microvmSkip() || null);
 }
 
 driverContract(
@@ -30,5 +25,5 @@ driverContract(
     await driver.probe();
     return { driver, dataDir: fx.paths.sandboxes.replace(/\/sandboxes$/, ''), close: () => driver.close() };
   },
-  microvmSkip(),
+  contractSkip(),
 );

@@ -16,15 +16,7 @@ import { leftovers, settledLeftovers } from '../../helpers/leftovers.js';
 import { Sandbox, UnsupportedError, type ConnectionOptions, type FilesystemEvent } from '../../../src/sdk/index.js';
 import { Screen } from '../interactive/terminal.js';
 import { checkMicrovm } from '../../../src/runtime/microvm/doctor.js';
-import { DEFAULT_KERNEL, findQemu } from '../../../src/runtime/microvm/kernel.js';
-
-function microvmSkip(): string | false {
-  if (process.getuid?.() !== 0) return 'needs root';
-  if (!findQemu()) return 'needs QEMU (apt-get install qemu-system-x86, or scripts/setup.sh)';
-  const kernel = process.env.CAPSULE_MICROVM_KERNEL || DEFAULT_KERNEL;
-  if (!fs.existsSync(kernel)) return `needs a guest kernel at ${kernel} (capsule doctor --fix, or scripts/setup.sh)`;
-  return false;
-}
+import { microvmSkip } from '../../helpers/microvm.js';
 
 function readOr(p: string): string {
   try {
