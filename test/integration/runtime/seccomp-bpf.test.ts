@@ -5,6 +5,7 @@
  * linux.seccomp: byte for byte, and call by call through a BPF interpreter.
  * Needs root, crun and busybox-static; skips loudly otherwise.
  */
+import { AGENT_BUILD_PATH } from '../../../src/daemon.js';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -236,9 +237,11 @@ describe('precompiled seccomp filter (crun)', { skip: skip ?? false }, () => {
   });
 
   test('runc gets the plain object only', { skip: spawnSync('runc', ['--version']).status === 0 ? false : 'needs runc' }, async () => {
-    const d = new OciRuntimeDriver({ runtime: 'runc', paths: fx.paths, idMapBase: ID_BASE, idMapSize: ID_SIZE, agentBinary: fx.agentBinary, logger });
+    // The real agent: under runc it binds its own socket (checkpointable, ADR 0018), and create waits until it listens.
+    const d = new OciRuntimeDriver({ runtime: 'runc', paths: fx.paths, idMapBase: ID_BASE, idMapSize: ID_SIZE, agentBinary: AGENT_BUILD_PATH, logger });
     const id = 'sbx-runc-bpf';
-    await create(d, id);
+    made.push([d, id]);
+    assert.equal((await d.create(specFor(id, fx.templateRootfs, RESOURCES))).status, 'running');
     const config = configOf(id);
     assert.equal(config.annotations, undefined);
     assert.ok(config.linux.seccomp);
