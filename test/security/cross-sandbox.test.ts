@@ -14,6 +14,7 @@ import {
   getFile,
   per,
   probe1,
+  sandboxHostPids,
   sandboxHostPidsMatching,
   sh,
   sleepMs,
@@ -44,11 +45,12 @@ forEachIsolation('security: sandbox to sandbox', (isolation) => {
     await sh(b, A, ['/probes/net', 'unix-listen', `capsule-a-${secret}`, '120'], { background: true, timeoutMs: 0 });
     await sh(b, A, ['/probes/procs', 'shm-create', '0x5ec2e7', secret]);
     // Under gVisor A's processes are not host processes: the host target is gVisor's kernel process that runs
-    // them (the pid runsc wrote for the driver).
+    // them (the pid runsc wrote for the driver). Under microvm it is A's QEMU (A's processes are the guest's).
     aSleepHostPid = 0; // set by the previous isolation's run of this file
     const sentry = () => Number(fs.readFileSync(path.join(b.d.dataDir, 'sandboxes', A, 'bundle', 'init.pid'), 'utf8').trim());
     for (let i = 0; i < 50 && aSleepHostPid === 0; i++) {
-      aSleepHostPid = b.isolation === 'gvisor' ? sentry() : (sandboxHostPidsMatching(A, 'sleep 600')[0] ?? 0);
+      aSleepHostPid =
+        b.isolation === 'gvisor' ? sentry() : b.isolation === 'microvm' ? (sandboxHostPids(A)[0] ?? 0) : (sandboxHostPidsMatching(A, 'sleep 600')[0] ?? 0);
       if (aSleepHostPid === 0) await sleepMs(20);
     }
     assert.ok(aSleepHostPid > 0, "found A's sleeper on the host");
@@ -138,4 +140,4 @@ forEachIsolation('security: sandbox to sandbox', (isolation) => {
     assert.equal((await sh(b, A, 'hostname')).stdout.trim(), A);
     assert.equal((await sh(b, Bx, 'hostname')).stdout.trim(), Bx);
   });
-});
+}, { microvm: true });
