@@ -14,6 +14,7 @@ import {
   getFile,
   per,
   probe1,
+  sandboxHostPids,
   sandboxHostPidsMatching,
   sh,
   sleepMs,
@@ -44,11 +45,12 @@ forEachIsolation('security: sandbox to sandbox', (isolation) => {
     await sh(b, A, ['/probes/net', 'unix-listen', `capsule-a-${secret}`, '120'], { background: true, timeoutMs: 0 });
     await sh(b, A, ['/probes/procs', 'shm-create', '0x5ec2e7', secret]);
     // Under gVisor A's processes are not host processes: the host target is gVisor's kernel process that runs
-    // them (the pid runsc wrote for the driver).
+    // them (the pid runsc wrote for the driver). Under microvm it is A's QEMU (A's processes are the guest's).
     aSleepHostPid = 0; // set by the previous isolation's run of this file
     const sentry = () => Number(fs.readFileSync(path.join(b.d.dataDir, 'sandboxes', A, 'bundle', 'init.pid'), 'utf8').trim());
     for (let i = 0; i < 50 && aSleepHostPid === 0; i++) {
-      aSleepHostPid = b.isolation === 'gvisor' ? sentry() : (sandboxHostPidsMatching(A, 'sleep 600')[0] ?? 0);
+      aSleepHostPid =
+        b.isolation === 'gvisor' ? sentry() : b.isolation === 'microvm' ? (sandboxHostPids(A)[0] ?? 0) : (sandboxHostPidsMatching(A, 'sleep 600')[0] ?? 0);
       if (aSleepHostPid === 0) await sleepMs(20);
     }
     assert.ok(aSleepHostPid > 0, "found A's sleeper on the host");
@@ -92,9 +94,9 @@ forEachIsolation('security: sandbox to sandbox', (isolation) => {
   attack(B, "B cannot ptrace or read the memory of A's processes or host processes (ESRCH)", async () => {
     for (const pid of [aSleepHostPid, b.guard.victimPid, process.pid]) {
       assert.equal(await probe1(b, Bx, 'procs', ['ptrace-attach', String(pid)]), 'ESRCH', `ptrace ${pid}`);
-      // gVisor's kernel has neither process_vm_readv nor pidfd_open.
-      assert.equal(await probe1(b, Bx, 'procs', ['vm-read', String(pid)]), per(b, { container: 'ESRCH', gvisor: 'ENOSYS' }), `process_vm_readv ${pid}`);
-      assert.equal(await probe1(b, Bx, 'procs', ['pidfd-open', String(pid)]), per(b, { container: 'ESRCH', gvisor: 'ENOSYS' }), `pidfd_open ${pid}`);
+      // gVisor's kernel has neither process_vm_readv nor pidfd_open. Under microvm the host pids do not exist in the guest.
+      assert.equal(await probe1(b, Bx, 'procs', ['vm-read', String(pid)]), per(b, { container: 'ESRCH', gvisor: 'ENOSYS', microvm: 'ESRCH' }), `process_vm_readv ${pid}`);
+      assert.equal(await probe1(b, Bx, 'procs', ['pidfd-open', String(pid)]), per(b, { container: 'ESRCH', gvisor: 'ENOSYS', microvm: 'ESRCH' }), `pidfd_open ${pid}`);
     }
   });
 
@@ -103,7 +105,7 @@ forEachIsolation('security: sandbox to sandbox', (isolation) => {
     assert.equal(await probe1(b, Bx, 'procs', ['ptrace-child']), 'OK');
     const bg = await sh(b, Bx, 'sleep 30', { background: true, timeoutMs: 10_000 });
     // gVisor's kernel is stricter (Yama-like): attaching to a process that is not a descendant is EPERM, even for root.
-    assert.equal(await probe1(b, Bx, 'procs', ['ptrace-attach', String(bg.pid)]), per(b, { container: 'OK', gvisor: 'EPERM' }));
+    assert.equal(await probe1(b, Bx, 'procs', ['ptrace-attach', String(bg.pid)]), per(b, { container: 'OK', gvisor: 'EPERM', microvm: 'OK' }));
     assert.equal(await probe1(b, Bx, 'procs', ['ptrace-attach', String(bg.pid)], { user: 'user' }), 'EPERM', 'user 1000 cannot trace root');
     assert.equal(await probe1(b, Bx, 'procs', ['ptrace-attach', '1'], { user: 'user' }), 'EPERM', 'nor the agent');
     await sh(b, Bx, `kill ${bg.pid}`);
@@ -138,4 +140,4 @@ forEachIsolation('security: sandbox to sandbox', (isolation) => {
     assert.equal((await sh(b, A, 'hostname')).stdout.trim(), A);
     assert.equal((await sh(b, Bx, 'hostname')).stdout.trim(), Bx);
   });
-});
+}, { microvm: true });

@@ -16,7 +16,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
-import { api, authHeaders, REPO_ROOT, startTestDaemon, type TestDaemon } from '../helpers/daemon.js';
+import { api, authHeaders, removeDataDir, REPO_ROOT, startTestDaemon, tempDataDir, type TestDaemon } from '../helpers/daemon.js';
+import { DEFAULT_KERNEL, findQemu } from '../../src/runtime/microvm/kernel.js';
 
 export const PROBES_SRC = path.join(REPO_ROOT, 'test', 'security', 'probes');
 export const PROBE_NAMES = ['kernel', 'procs', 'net', 'res'] as const;
@@ -51,14 +52,32 @@ export interface Battery {
 export async function startBattery(isolation: BatteryIsolation = 'container', opts: { env?: Record<string, string> } = {}): Promise<Battery> {
   const guard = new HostGuard();
   const daemonCanary = `canary-${crypto.randomBytes(8).toString('hex')}`;
-  const d = await startTestDaemon({ env: { CAPSULE_SECURITY_CANARY: daemonCanary, ...opts.env }, args: ['--isolation', isolation] });
+  const env: Record<string, string> = { CAPSULE_SECURITY_CANARY: daemonCanary, ...opts.env };
+  let dataDir: string | undefined;
+  if (isolation === 'microvm') {
+    // Software emulation is test-only (ADR 0017); QEMU drops to its own uid, so the data dir must be traversable.
+    env.CAPSULE_MICROVM_ALLOW_TCG = '1';
+    dataDir = tempDataDir();
+    fs.chmodSync(dataDir, 0o755);
+  }
+  const started = await startTestDaemon({ env, args: ['--isolation', isolation], ...(dataDir ? { dataDir } : {}) });
+  // startTestDaemon removes only data dirs it made itself: remove ours on stop too.
+  const d: TestDaemon = dataDir
+    ? {
+        ...started,
+        async stop(o = {}) {
+          await started.stop(o);
+          if (o.removeDataDir !== false) await removeDataDir(dataDir!);
+        },
+      }
+    : started;
   const port = Number(new URL(d.url).port);
   guard.snapshot();
   return { d, url: d.url, port, guard, sandboxes: [], daemonCanary, isolation };
 }
 
 /** The isolation kinds the battery attacks. */
-export const BATTERY_ISOLATIONS = ['container', 'gvisor'] as const;
+export const BATTERY_ISOLATIONS = ['container', 'gvisor', 'microvm'] as const;
 export type BatteryIsolation = (typeof BATTERY_ISOLATIONS)[number];
 
 function runscMissing(): string | false {
@@ -70,23 +89,50 @@ function runscMissing(): string | false {
   }
 }
 
+/** Why the microVM battery cannot run here (as test/integration/runtime/microvm.test.ts skips), or false. */
+export function microvmMissing(): string | false {
+  if (process.getuid?.() !== 0) return 'needs root';
+  if (!findQemu()) return 'needs QEMU (apt-get install qemu-system-x86, or scripts/setup.sh)';
+  const kernel = process.env.CAPSULE_MICROVM_KERNEL || DEFAULT_KERNEL;
+  if (!fs.existsSync(kernel)) return `needs a guest kernel at ${kernel} (capsule doctor --fix, or scripts/setup.sh)`;
+  return false;
+}
+
+export interface ForEachIsolationOptions {
+  /**
+   * Whether this file runs against microvm: true, or the reason it does not (a capability
+   * the microVM backend lacks). Files say so explicitly; the default is a skip.
+   */
+  microvm?: true | string;
+}
+
 /**
  * The same attacks against every isolation kind: `body` is a describe() body
  * that starts its battery with startBattery(isolation). CAPSULE_SECURITY_ISOLATION
- * (container or gvisor) narrows it to one kind.
+ * (container, gvisor or microvm) narrows it to one kind.
  */
-export function forEachIsolation(name: string, body: (isolation: BatteryIsolation) => void): void {
+export function forEachIsolation(name: string, body: (isolation: BatteryIsolation) => void, opts: ForEachIsolationOptions = {}): void {
   const only = process.env.CAPSULE_SECURITY_ISOLATION;
   for (const isolation of BATTERY_ISOLATIONS) {
     if (only && only !== isolation) continue;
-    const skip = isolation === 'gvisor' ? runscMissing() : false;
-    describe(`${name} [${isolation}]`, { skip }, () => body(isolation));
+    let skip: string | false = false;
+    if (isolation === 'gvisor') skip = runscMissing();
+    if (isolation === 'microvm') {
+      const m = opts.microvm ?? 'not ported to microvm yet';
+      skip = m === true ? microvmMissing() : `microvm: ${m}`;
+    }
+    // A microVM boots in 3-4 s under TCG and its CPU is emulated: give its hooks room.
+    describe(`${name} [${isolation}]`, { skip, ...(isolation === 'microvm' ? { timeout: 10 * 60_000 } : {}) }, () => body(isolation));
   }
 }
 
-/** The outcome an attack has under each isolation kind, where they differ (README/SECURITY.md list why). */
-export function per<T>(b: Battery, outcomes: Record<BatteryIsolation, T>): T {
-  return outcomes[b.isolation];
+/**
+ * The outcome an attack has under each isolation kind, where they differ (README/SECURITY.md list why).
+ * `microvm` is needed only in files that run against it; a missing one fails the test.
+ */
+export function per<T>(b: Battery, outcomes: { container: T; gvisor: T; microvm?: T }): T {
+  if (b.isolation === 'microvm' && !('microvm' in outcomes)) throw new Error('per(): no expectation for microvm');
+  return outcomes[b.isolation] as T;
 }
 
 export async function stopBattery(b: Battery | undefined): Promise<void> {

@@ -63,7 +63,7 @@ export interface MicrovmDriverOptions {
 const QEMU_OVERHEAD_MB = 256;
 const TB_SIZE_MB = 64;
 /** Host tasks of one QEMU: vCPU threads, the main loop, and its block I/O thread pool (up to 64). */
-const QEMU_HOST_TASKS = 256;
+export const QEMU_HOST_TASKS = 256;
 const PORT_NAME = 'capsule-agent';
 /** First of the 2^20 host uids QEMU processes run as (qemuUid); far above any sandbox's mapped range. */
 const QEMU_UID_BASE = 0x50000000;

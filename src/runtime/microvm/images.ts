@@ -12,7 +12,7 @@
  *   guest needs that the kernel does not have built in, and /dev/console.
  *   One per agent binary and module set, cached in `<data>/microvm/`.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
@@ -195,7 +195,9 @@ export async function initramfs(cacheDir: string, agentBinary: string, modulesDi
     ...mods.map((m, i) => ({ name: `modules/${m}.ko`, mode: 0o100644, data: modData[i]! })),
   ];
   await fsp.mkdir(cacheDir, { recursive: true, mode: 0o700 });
-  const tmp = `${out}.tmp-${process.pid}`;
+  // A tmp name of its own per call: two creates on a fresh daemon build it at once (each renames its own copy
+  // over the same content; with one shared tmp name the second rename failed with ENOENT, a 500).
+  const tmp = `${out}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`;
   await fsp.writeFile(tmp, cpio(entries), { mode: 0o600 });
   await fsp.rename(tmp, out);
   return out;
