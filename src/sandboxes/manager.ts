@@ -644,7 +644,7 @@ export class SandboxManager {
       if (!rec || rec.state !== 'running' || this.ending.has(id)) return;
       const info = await this.runtime.inspect(id).catch(() => ({ status: 'missing' as const }));
       if (info.status !== 'running') {
-        await this.end(id, 'failed', `the sandbox's init process died (container ${info.status})`);
+        await this.end(id, 'failed', `the sandbox's init process died (the runtime reports it ${info.status})`);
         return;
       }
       // 25 ms doubling: about 1.6 s in all. Unref'd: a pending check never holds a stopping daemon.
@@ -731,7 +731,7 @@ export class SandboxManager {
       }
       const info = await this.runtime.inspect(rec.id).catch(() => ({ status: 'missing' as const }));
       if (info.status !== 'running') {
-        await this.end(rec.id, 'failed', `container was ${info.status} when the daemon started`);
+        await this.end(rec.id, 'failed', `the sandbox was ${info.status} when the daemon started`);
         ended.push(rec.id);
         continue;
       }
