@@ -24,6 +24,7 @@
  * the socket dirs live under <data>/gvisor. The socket dir is made first and
  * removed last, so it marks a gVisor sandbox's leftovers.
  */
+import { WithoutLifecycleVerbs } from '../without-lifecycle.js';
 import { BusyIds } from '../busy-ids.js';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
@@ -42,7 +43,7 @@ import { setupSandboxMounts, teardownSandboxMounts, type MountHelperOptions } fr
 import { OciCli, summarizeStderr, type OciResult } from '../oci-cli.js';
 import { removeSandboxDir, sandboxLayout } from '../overlay.js';
 import { loadDefaultSeccomp, type OciSeccomp } from '../seccomp.js';
-import type { CapabilityName, CgroupLimits, ContainerInfo, ContainerSpec, ContainerStatus, RuntimeCapabilities, RuntimeDriver, SandboxStats } from '../types.js';
+import type { CgroupLimits, ContainerInfo, ContainerSpec, ContainerStatus, RuntimeCapabilities, RuntimeDriver, SandboxStats } from '../types.js';
 import { buildGvisorSpec, GVISOR_SOCKET_NAME, gvisorSeccomp } from './bundle.js';
 
 export interface GvisorDriverOptions {
@@ -79,8 +80,9 @@ export const TMP_KEEP_FILE = '.capsule-tmp-on-disk';
 const NOT_FOUND_RE = /does not exist|not exist|no such file|not found/i;
 const noopLogger: RuntimeLogger = { info() {}, warn() {}, error() {} };
 
-export class GvisorDriver implements RuntimeDriver {
+export class GvisorDriver extends WithoutLifecycleVerbs implements RuntimeDriver {
   readonly kind = 'runsc';
+  protected readonly backendLabel = 'the gVisor backend';
   readonly capabilities: RuntimeCapabilities = {
     isolation: 'gvisor',
     pause: false,
@@ -105,6 +107,7 @@ export class GvisorDriver implements RuntimeDriver {
   private swapAccounting: boolean | null = null;
 
   constructor(opts: GvisorDriverOptions) {
+    super();
     if (!path.isAbsolute(opts.agentBinary)) throw new InvalidArgumentError(`agentBinary must be an absolute path, got ${opts.agentBinary}`);
     this.opts = opts;
     const launcher = opts.launcher !== undefined ? opts.launcher : Launcher.available(LAUNCHER_PATH) ? new Launcher(LAUNCHER_PATH) : null;
@@ -380,33 +383,6 @@ export class GvisorDriver implements RuntimeDriver {
     return this.unsupported(id, 'updateResources', 'change the limits of a running sandbox (its pids limit is a limit inside gVisor, set at start)');
   }
 
-  pause(id: string): Promise<void> {
-    return this.unsupported(id, 'pause', 'pause a sandbox');
-  }
-
-  resume(id: string): Promise<void> {
-    return this.unsupported(id, 'pause', 'resume a sandbox');
-  }
-
-  exportChanges(id: string, _dest: string, _signal?: AbortSignal): Promise<void> {
-    return this.unsupported(id, 'exportChanges', "export a sandbox's file changes");
-  }
-
-  stop(id: string): Promise<void> {
-    return this.unsupported(id, 'stop', 'stop a sandbox');
-  }
-
-  start(id: string, _signal?: AbortSignal): Promise<ContainerInfo> {
-    return this.unsupported(id, 'stop', 'start a sandbox');
-  }
-
-  prepareVolume(volumeId: string, _sizeMb: number): Promise<void> {
-    return this.unsupported(volumeId, 'volumes', 'make a volume');
-  }
-
-  removeVolume(volumeId: string): Promise<void> {
-    return this.unsupported(volumeId, 'volumes', 'remove a volume');
-  }
 
   /**
    * The host's view: the sandbox's cgroup holds the sentry, the gofer and the ptrace stubs, so
@@ -429,15 +405,6 @@ export class GvisorDriver implements RuntimeDriver {
     return { ...cg, diskUsedBytes, diskTotalBytes };
   }
 
-  private unsupported(id: string, capability: CapabilityName, what: string): Promise<never> {
-    return Promise.reject(
-      new UnsupportedError(`cannot ${what}: the gVisor backend does not support ${capability}; use isolation "container" for that`, {
-        id,
-        backend: this.kind,
-        capability,
-      }),
-    );
-  }
 
   /** Stop the launcher process (sandboxes keep running). */
   async close(): Promise<void> {

@@ -27,6 +27,7 @@
  * After a daemon restart the relay is started again on first use (inspect,
  * list): the guest drops its old streams at the new SYNC.
  */
+import { WithoutLifecycleVerbs } from '../without-lifecycle.js';
 import { BusyIds } from '../busy-ids.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
@@ -38,7 +39,7 @@ import { ConflictError, InvalidArgumentError, isCapsuleError, RuntimeError, Unsu
 import { cgroupsPathFor, cpuQuotaUs } from '../bundle.js';
 import { cgroupMounts, killCgroupProcs, readCgroupStats, readOomKills, removeCgroupDirs, writeCgroupV1Limits } from '../cgroups.js';
 import { checkId, MAX_LAYERS, MIN_DISK_MB, SANDBOX_ID_RE, type RuntimeLogger } from '../driver.js';
-import type { CapabilityName, CgroupLimits, ContainerInfo, ContainerSpec, RuntimeCapabilities, RuntimeDriver, SandboxStats } from '../types.js';
+import type { CgroupLimits, ContainerInfo, ContainerSpec, RuntimeCapabilities, RuntimeDriver, SandboxStats } from '../types.js';
 import { initramfs, makeWritableDisk, templateImage } from './images.js';
 import { type Accel, type GuestKernel, QEMU_BINARY } from './kernel.js';
 import { MuxRelay } from './mux.js';
@@ -72,8 +73,9 @@ const CONSOLE_TAIL = 16 * 1024;
 
 const noopLogger = { info() {}, warn() {}, error() {} };
 
-export class MicrovmDriver implements RuntimeDriver {
+export class MicrovmDriver extends WithoutLifecycleVerbs implements RuntimeDriver {
   readonly kind = 'microvm';
+  protected readonly backendLabel = 'the microVM backend';
   readonly capabilities: RuntimeCapabilities = {
     isolation: 'microvm',
     pause: false,
@@ -103,6 +105,7 @@ export class MicrovmDriver implements RuntimeDriver {
   readonly root: string;
 
   constructor(opts: MicrovmDriverOptions) {
+    super();
     if (!path.isAbsolute(opts.agentBinary)) throw new InvalidArgumentError(`agentBinary must be an absolute path, got ${opts.agentBinary}`);
     this.opts = opts;
     this.log = opts.logger ?? noopLogger;
@@ -473,43 +476,7 @@ export class MicrovmDriver implements RuntimeDriver {
     return this.unsupported(id, 'updateResources', 'change the limits of a running sandbox (a VM is sized at boot)');
   }
 
-  pause(id: string): Promise<void> {
-    return this.unsupported(id, 'pause', 'pause a sandbox');
-  }
 
-  resume(id: string): Promise<void> {
-    return this.unsupported(id, 'pause', 'resume a sandbox');
-  }
-
-  exportChanges(id: string, _dest: string, _signal?: AbortSignal): Promise<void> {
-    return this.unsupported(id, 'exportChanges', "export a sandbox's file changes");
-  }
-
-  stop(id: string): Promise<void> {
-    return this.unsupported(id, 'stop', 'stop a sandbox');
-  }
-
-  start(id: string, _signal?: AbortSignal): Promise<ContainerInfo> {
-    return this.unsupported(id, 'stop', 'start a sandbox');
-  }
-
-  prepareVolume(volumeId: string, _sizeMb: number): Promise<void> {
-    return this.unsupported(volumeId, 'volumes', 'make a volume');
-  }
-
-  removeVolume(volumeId: string): Promise<void> {
-    return this.unsupported(volumeId, 'volumes', 'remove a volume');
-  }
-
-  private unsupported(id: string, capability: CapabilityName, what: string): Promise<never> {
-    return Promise.reject(
-      new UnsupportedError(`cannot ${what}: the microVM backend does not support ${capability}; use isolation "container" for that`, {
-        id,
-        backend: this.kind,
-        capability,
-      }),
-    );
-  }
 
   /** Close the relays (VMs keep running; a restarted daemon reconnects). */
   async close(): Promise<void> {
