@@ -11,37 +11,12 @@ import { after, before, describe, it } from 'node:test';
 
 import { openDb, type Db } from '../../../src/store/db.js';
 import { SandboxEventLog } from '../../../src/sandboxes/events.js';
-import { SandboxStore, type SandboxRecord } from '../../../src/sandboxes/store.js';
+import { SandboxStore } from '../../../src/sandboxes/store.js';
+import { record } from '../../helpers/sandbox-record.js';
 import { NotFoundError } from '../../../src/errors/index.js';
 import { SYSTEM_CONTEXT, type RequestContext } from '../../../src/auth/context.js';
 
 const OTHER = { ...SYSTEM_CONTEXT, principal: { ...SYSTEM_CONTEXT.principal, admin: false, owner: 'someone-else' } } as RequestContext;
-
-function record(id: string): SandboxRecord {
-  const now = Date.now();
-  return {
-    id,
-    template: 'busybox',
-    state: 'creating',
-    owner: null,
-    createdAt: now,
-    expiresAt: now + 60_000,
-    envs: {},
-    metadata: {},
-    resources: { cpus: 1, memoryMb: 256, diskMb: 512, pids: 256 } as SandboxRecord['resources'],
-    endedAt: null,
-    endReason: null,
-    stateChangedAt: now,
-    runtime: 'crun',
-    lifecycle: { onTimeout: 'kill', autoResume: false } as SandboxRecord['lifecycle'],
-    timeoutMs: 60_000,
-    remainingMs: null,
-    defaults: {},
-    volumes: [],
-    layers: [],
-    snapshot: null,
-  };
-}
 
 describe('SandboxEventLog', () => {
   let dir: string;

@@ -11,35 +11,10 @@ import { after, beforeEach, describe, it } from 'node:test';
 
 import { openDb, type Db } from '../../../src/store/db.js';
 import { SandboxHistory } from '../../../src/sandboxes/history.js';
-import { SandboxStore, type SandboxRecord } from '../../../src/sandboxes/store.js';
+import { SandboxStore } from '../../../src/sandboxes/store.js';
+import { record } from '../../helpers/sandbox-record.js';
 
 const HOUR = 60 * 60_000;
-
-function record(id: string): SandboxRecord {
-  const now = Date.now();
-  return {
-    id,
-    template: 'busybox',
-    state: 'creating',
-    owner: null,
-    createdAt: now,
-    expiresAt: now + 60_000,
-    envs: {},
-    metadata: {},
-    resources: { cpus: 1, memoryMb: 256, diskMb: 512, pids: 256 } as SandboxRecord['resources'],
-    endedAt: null,
-    endReason: null,
-    stateChangedAt: now,
-    runtime: 'crun',
-    lifecycle: { onTimeout: 'kill', autoResume: false } as SandboxRecord['lifecycle'],
-    timeoutMs: 60_000,
-    remainingMs: null,
-    defaults: {},
-    volumes: [],
-    layers: [],
-    snapshot: null,
-  };
-}
 
 const count = (db: Db, table: string, id: string): number =>
   (db.prepare(`SELECT COUNT(*) AS n FROM ${table} WHERE ${table === 'sandboxes' ? 'id' : 'sandbox_id'} = ?`).get(id) as { n: number }).n;
