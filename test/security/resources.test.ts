@@ -99,11 +99,12 @@ forEachIsolation('security: resource exhaustion', (isolation) => {
   });
 
   attack(B, 'fork bomb (shell): stops at the pids limit, is killed with its command, sandbox usable afterwards', async () => {
-    // The command's shell forks once (the first `bomb | bomb &`, while pids are free) and then execs
-    // `sleep`: a shell that still had to fork while the bomb holds every pid would die with "can't
-    // fork" (exit 2) before the timeout. So the timeout's SIGKILL to the command's process group is
-    // what ends whatever the bomb still has running.
-    const r = await sh(b, id, 'bomb() { bomb | bomb & }; bomb 2>/dev/null; exec sleep 30', { timeoutMs: 3000 });
+    // The command's shell forks exactly once (`bomb &`, before any bomb process exists) and then execs
+    // `sleep`. Calling `bomb` in the foreground would make the shell fork both sides of `bomb | bomb &`
+    // itself, and the second fork races the first side's bomb for the last pids: the shell then dies with
+    // "can't fork" (exit 2) before the timeout (seen in CI). So the timeout's SIGKILL to the command's
+    // process group is what ends whatever the bomb still has running.
+    const r = await sh(b, id, 'bomb() { bomb | bomb & }; bomb 2>/dev/null & exec sleep 30', { timeoutMs: 3000 });
     if (b.isolation === 'gvisor') {
       // gVisor's kernel lets a process forked while the group kill is being delivered escape it (Linux does not):
       // the bomb goes on, held to `pids` processes by RLIMIT_NPROC, until the sandbox is killed. Killing it
