@@ -571,13 +571,30 @@ export class OciRuntimeDriver implements RuntimeDriver {
     await stopRelay(this.relayPaths(id)).catch((e: unknown) => problems.push(`network relay: ${(e as Error).message}`));
     const frozen = await freezerState(this.cgroupsPath(id));
     if (frozen === 'FROZEN' || frozen === 'FREEZING') await setFreezerState(this.cgroupsPath(id), 'THAWED').catch(() => undefined);
+    await this.releaseKeepingDisk(id, layout, problems);
+    if (problems.length > 0) throw new RuntimeError(`stopping sandbox ${id} failed: ${problems.join('; ')}`, { id });
+  }
+
+  /**
+   * What stop and hibernate both end with, once the container's processes are gone or dumped: the
+   * container deleted, stray processes killed, the overlay and the disk unmounted (the disk kept), the
+   * loop device released, the agent's sockets and the cgroups removed. What went wrong goes to `problems`.
+   * Returns how long the loop device took to be released.
+   */
+  private async releaseKeepingDisk(id: string, layout: ReturnType<typeof sandboxLayout>, problems: string[]): Promise<number> {
+    let releaseMs = 0;
     await this.deleteContainer(id, problems);
     const stray = await killCgroupProcs(this.cgroupsPath(id));
     if (stray.length > 0) problems.push(`processes ${stray.join(', ')} survive SIGKILL in cgroup ${this.cgroupsPath(id)}`);
-    // Never lazily: a disk still mounted and mounted again by the next start would be two filesystems on one image.
+    // Never lazily: a disk still mounted and mounted again by the next start (or restore) would be two
+    // filesystems on one image; so the loop device must be released too before either mounts it again.
     if (problems.length === 0) {
       try {
         await unmountKeepingDisk(layout.dir, this.mountOpts());
+        const w0 = performance.now();
+        const held = await waitLoopReleased(layout.diskImage, 10_000);
+        releaseMs = Math.round(performance.now() - w0);
+        if (held.length > 0) problems.push(`its disk is still held by ${held.join(', ')} after the unmount`);
       } catch (e) {
         problems.push((e as Error).message);
       }
@@ -586,7 +603,7 @@ export class OciRuntimeDriver implements RuntimeDriver {
     await fsp.rm(path.join(this.agentSocketDir(id), AGENT_SOCKET_NAME), { force: true });
     const leftCgroups = await removeCgroupDirs(this.cgroupsPath(id));
     if (leftCgroups.length > 0) problems.push(`cgroup dirs still busy: ${leftCgroups.join(', ')}`);
-    if (problems.length > 0) throw new RuntimeError(`stopping sandbox ${id} failed: ${problems.join('; ')}`, { id });
+    return releaseMs;
   }
 
   /**
@@ -684,24 +701,7 @@ export class OciRuntimeDriver implements RuntimeDriver {
       await fsp.copyFile(path.join(layout.agentDir, agentName), path.join(images, 'agent', agentName));
       // runc removed the container; what start makes again goes too (as a stop does).
       const problems: string[] = [];
-      let releaseMs = 0;
-      await this.deleteContainer(id, problems);
-      const stray = await killCgroupProcs(this.cgroupsPath(id));
-      if (stray.length > 0) problems.push(`processes ${stray.join(', ')} survive SIGKILL in cgroup ${this.cgroupsPath(id)}`);
-      if (problems.length === 0) {
-        try {
-          await unmountKeepingDisk(layout.dir, this.mountOpts());
-          const w0 = performance.now();
-          const held = await waitLoopReleased(layout.diskImage, 10_000);
-          releaseMs = Math.round(performance.now() - w0);
-          if (held.length > 0) problems.push(`its disk is still held by ${held.join(', ')} after the unmount`);
-        } catch (e) {
-          problems.push((e as Error).message);
-        }
-      }
-      await fsp.rm(path.join(this.agentSocketDir(id), AGENT_SOCKET_NAME), { force: true });
-      const leftCgroups = await removeCgroupDirs(this.cgroupsPath(id));
-      if (leftCgroups.length > 0) problems.push(`cgroup dirs still busy: ${leftCgroups.join(', ')}`);
+      const releaseMs = await this.releaseKeepingDisk(id, layout, problems);
       const imageBytes = await dirBytes(images);
       const ms = Math.round(performance.now() - started);
       await fsp.writeFile(path.join(images, CHECKPOINT_MARKER), JSON.stringify({ at: new Date().toISOString(), dumpMs, ms, imageBytes }));
