@@ -120,7 +120,15 @@ export async function startInternet(names: string[], extraRoutes: Record<string,
   let udp = 0;
   const resolver = dgram.createSocket('udp4');
   resolver.on('message', () => udp++);
-  await new Promise<void>((r) => resolver.bind(53, '127.0.0.53', () => r()));
+  // A bind that fails (another test's resolver, or a local DNS cache on 127.0.0.53:53) must fail the test:
+  // without an error listener the socket never calls back, and the other servers keep the file alive forever.
+  await new Promise<void>((resolve, reject) => {
+    resolver.once('error', (e) => {
+      for (const srv of servers) srv.close();
+      reject(new Error(`the test resolver cannot bind 127.0.0.53:53: ${e.message}`));
+    });
+    resolver.bind(53, '127.0.0.53', () => resolve());
+  });
   const env = JSON.stringify({
     hosts: Object.fromEntries(Object.values(sites).map((s) => [s.name, s.address])),
     routes: {
