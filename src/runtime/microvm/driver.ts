@@ -141,7 +141,7 @@ export class MicrovmDriver extends WithoutLifecycleVerbs implements RuntimeDrive
   }
 
   /**
-   * `gateway` needs the relay binary, nftables and unshare on the host, and the guest kernel's
+   * `gateway` needs the relay binary, nftables, unshare and /dev/net/tun on the host, and the guest kernel's
    * virtio-net modules (or a kernel with them built in); without them only `none` is offered.
    */
   private networkModes(): NetworkMode[] {
@@ -151,6 +151,7 @@ export class MicrovmDriver extends WithoutLifecycleVerbs implements RuntimeDrive
       fs.existsSync(relay) &&
       NFT_PATHS.some((p) => fs.existsSync(p)) &&
       UNSHARE_PATHS.some((p) => fs.existsSync(p)) &&
+      fs.existsSync('/dev/net/tun') &&
       (mods === null || NET_MODULES.every((m) => fs.existsSync(path.join(mods, `${m}.ko`))));
     return ok ? ['none', 'gateway'] : ['none'];
   }
@@ -222,7 +223,7 @@ export class MicrovmDriver extends WithoutLifecycleVerbs implements RuntimeDrive
       if (spec.layers.length === 0 || spec.layers.length > MAX_LAYERS) throw new InvalidArgumentError(`a sandbox stacks 1 to ${MAX_LAYERS} layers, got ${spec.layers.length}`, { id });
       if (!this.capabilities.network.includes(spec.network.mode)) {
         throw new UnsupportedError(
-          `network mode ${spec.network.mode} needs dist/native/capsule-netrelay (npm run build), nftables, unshare and the guest kernel's virtio_net modules (capsule doctor --fix)`,
+          `network mode ${spec.network.mode} needs dist/native/capsule-netrelay (npm run build), nftables, unshare, /dev/net/tun and the guest kernel's virtio_net modules (capsule doctor --fix)`,
           { id, backend: this.kind },
         );
       }
