@@ -8,7 +8,11 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <arpa/inet.h>
 #include <net/if.h>
+#include <net/route.h>
+#include <netinet/in.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -164,6 +168,60 @@ static void loopback_up(void) {
   close(s);
 }
 
+/*
+ * capsule.net=GUEST_IP (gateway mode; absent: the VM has no network device): eth0 gets GUEST_IP/30 and a
+ * default route to the other usable address of that /30, the host's end of the tap. What leaves eth0 is
+ * decided on the host (its namespace and relay), so a guest root that changes any of this gains nothing.
+ */
+static void network_up(void) {
+  char ip[32];
+  if (cmdline_param("capsule.net=", ip, sizeof ip)) return;
+  struct in_addr g;
+  if (inet_pton(AF_INET, ip, &g) != 1) {
+    fprintf(stderr, "capsule-vm-init: bad capsule.net=%s\n", ip);
+    return;
+  }
+  uint32_t h = ntohl(g.s_addr);
+  struct in_addr gw = { htonl((h & 3) == 1 ? h + 1 : h - 1) };
+  int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s < 0) return;
+  struct ifreq ifr;
+  int found = 0;
+  for (int i = 0; i < 500 && !found; i++) { /* the driver binds as its module loads; wait up to 5 s anyway */
+    memset(&ifr, 0, sizeof ifr);
+    strcpy(ifr.ifr_name, "eth0");
+    found = ioctl(s, SIOCGIFFLAGS, &ifr) == 0;
+    if (!found) sleep_ms(10);
+  }
+  if (!found) {
+    fprintf(stderr, "capsule-vm-init: no eth0: %s\n", strerror(errno));
+    close(s);
+    return;
+  }
+  struct sockaddr_in *sin = (struct sockaddr_in *)&ifr.ifr_addr;
+  memset(&ifr.ifr_addr, 0, sizeof ifr.ifr_addr);
+  sin->sin_family = AF_INET;
+  sin->sin_addr = g;
+  if (ioctl(s, SIOCSIFADDR, &ifr)) fprintf(stderr, "capsule-vm-init: eth0 address: %s\n", strerror(errno));
+  memset(&ifr.ifr_addr, 0, sizeof ifr.ifr_addr);
+  sin->sin_family = AF_INET;
+  sin->sin_addr.s_addr = htonl(0xfffffffcu);
+  if (ioctl(s, SIOCSIFNETMASK, &ifr)) fprintf(stderr, "capsule-vm-init: eth0 netmask: %s\n", strerror(errno));
+  if (ioctl(s, SIOCGIFFLAGS, &ifr) == 0) {
+    ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+    if (ioctl(s, SIOCSIFFLAGS, &ifr)) fprintf(stderr, "capsule-vm-init: eth0 up: %s\n", strerror(errno));
+  }
+  struct rtentry rt;
+  memset(&rt, 0, sizeof rt);
+  ((struct sockaddr_in *)&rt.rt_dst)->sin_family = AF_INET;
+  ((struct sockaddr_in *)&rt.rt_genmask)->sin_family = AF_INET;
+  ((struct sockaddr_in *)&rt.rt_gateway)->sin_family = AF_INET;
+  ((struct sockaddr_in *)&rt.rt_gateway)->sin_addr = gw;
+  rt.rt_flags = RTF_UP | RTF_GATEWAY;
+  if (ioctl(s, SIOCADDRT, &rt)) fprintf(stderr, "capsule-vm-init: default route: %s\n", strerror(errno));
+  close(s);
+}
+
 static void wait_for(int (*find)(const char *, char *, size_t), const char *name, char *out, size_t outlen) {
   for (int i = 0; i < 1000; i++) { /* 10 s */
     if (find(name, out, outlen) == 0) return;
@@ -220,6 +278,7 @@ int vm_init(void) {
   set_hostname();
   limit_pids();
   loopback_up();
+  network_up();
 
   wait_for(find_port, "capsule-agent", port, sizeof port);
   int fd = open(port, O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);

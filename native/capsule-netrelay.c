@@ -26,8 +26,18 @@
  *    connect errno) and the stream.
  * It copies bytes and parses nothing the sandbox sends beyond framing.
  *
+ * MicroVMs (--tap IFNAME --guest IPV4): the namespace is not the sandbox's
+ * own but a host-side one made for its QEMU, holding only lo and the VM's tap.
+ * The guest's kernel is not trusted to route: every address stays non-local
+ * here, the tap gets TAP_ADDR/30 with the guest at --guest, and the resolver
+ * address is local (on lo). The same table then also redirects every TCP
+ * connection arriving from the tap to this process (prerouting), accepts from
+ * the tap only those, DNS to the resolver and replies to what this process
+ * opened, forwards nothing, and "PORT <n>" connects to the guest's address.
+ *
  * Usage: capsule-netrelay --id ID --pid INIT_PID --gateway SOCK --control SOCK
  *          --resolver IPV4 --procs CGROUP_PROCS_FILE [--pidfile F] [--nft PATH]
+ *          [--tap IFNAME --guest IPV4]
  * Prints "ready <tcp4-port> <tcp6-port>\n" once set up, then goes to the
  * background (the caller's process exits 0). Serves under a seccomp allowlist
  * (confine()). Exits when the sandbox's init exits, or on SIGTERM. Exit codes:
@@ -88,7 +98,9 @@
 #define MAX_DNS 4096
 #define LINE_MAX_LEN 512
 
-static const char *opt_id, *opt_gateway, *opt_control, *opt_resolver, *opt_procs, *opt_pidfile;
+static const char *opt_id, *opt_gateway, *opt_control, *opt_resolver, *opt_procs, *opt_pidfile, *opt_tap, *opt_guest;
+/* Tap mode: the host end of the VM's point-to-point /30 (the guest's address + or - 1, see main). */
+static struct in_addr tap_addr, guest_addr;
 static const char *opt_nft = "/usr/sbin/nft";
 static int opt_pid;
 
@@ -104,6 +116,7 @@ struct nlreq {
   union {
     struct rtmsg rt;
     struct ifinfomsg ifi;
+    struct ifaddrmsg ifa;
   } u;
   char attrs[128];
 };
@@ -139,23 +152,72 @@ static int nl_talk(int fd, struct nlreq *r) {
   }
 }
 
-/* lo up, and "local default dev lo table local" for both families: every address is this namespace's own. */
+static int link_up(int fd, int ifindex) {
+  struct nlreq r;
+  memset(&r, 0, sizeof r);
+  r.nh.nlmsg_len = NLMSG_LENGTH(sizeof(struct ifinfomsg));
+  r.nh.nlmsg_type = RTM_NEWLINK;
+  r.u.ifi.ifi_family = AF_UNSPEC;
+  r.u.ifi.ifi_index = ifindex;
+  r.u.ifi.ifi_flags = IFF_UP;
+  r.u.ifi.ifi_change = IFF_UP;
+  return nl_talk(fd, &r);
+}
+
+/* Tap mode: TAP_ADDR/30 on the tap, the tap up, and the resolver address local (on lo); no other route. */
+static int setup_tap(int fd, int lo) {
+  int tap = (int)if_nametoindex(opt_tap);
+  if (tap <= 0) return -ENODEV;
+  struct nlreq a;
+  memset(&a, 0, sizeof a);
+  a.nh.nlmsg_len = NLMSG_LENGTH(sizeof(struct ifaddrmsg));
+  a.nh.nlmsg_type = RTM_NEWADDR;
+  a.nh.nlmsg_flags = NLM_F_CREATE | NLM_F_EXCL;
+  a.u.ifa.ifa_family = AF_INET;
+  a.u.ifa.ifa_prefixlen = 30;
+  a.u.ifa.ifa_scope = RT_SCOPE_UNIVERSE;
+  a.u.ifa.ifa_index = (unsigned)tap;
+  nl_attr(&a, IFA_LOCAL, &tap_addr, 4);
+  nl_attr(&a, IFA_ADDRESS, &tap_addr, 4);
+  int e = nl_talk(fd, &a);
+  if (e < 0) return e;
+  e = link_up(fd, tap);
+  if (e < 0) return e;
+  struct nlreq r;
+  memset(&r, 0, sizeof r);
+  r.nh.nlmsg_len = NLMSG_LENGTH(sizeof(struct rtmsg));
+  r.nh.nlmsg_type = RTM_NEWROUTE;
+  r.nh.nlmsg_flags = NLM_F_CREATE | NLM_F_EXCL;
+  r.u.rt.rtm_family = AF_INET;
+  r.u.rt.rtm_dst_len = 32;
+  r.u.rt.rtm_table = RT_TABLE_LOCAL;
+  r.u.rt.rtm_protocol = RTPROT_STATIC;
+  r.u.rt.rtm_scope = RT_SCOPE_HOST;
+  r.u.rt.rtm_type = RTN_LOCAL;
+  struct in_addr res;
+  if (inet_pton(AF_INET, opt_resolver, &res) != 1) return -EINVAL;
+  nl_attr(&r, RTA_DST, &res, 4);
+  uint32_t oif = (uint32_t)lo;
+  nl_attr(&r, RTA_OIF, &oif, sizeof oif);
+  return nl_talk(fd, &r);
+}
+
+/* lo up, and "local default dev lo table local" for both families: every address is this namespace's own.
+ * Tap mode: lo up and setup_tap instead. */
 static int setup_routes(int *have_v6) {
   int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
   if (fd < 0) return -errno;
   int lo = (int)if_nametoindex("lo");
   if (lo <= 0) return -ENODEV;
   struct nlreq r;
-  memset(&r, 0, sizeof r);
-  r.nh.nlmsg_len = NLMSG_LENGTH(sizeof(struct ifinfomsg));
-  r.nh.nlmsg_type = RTM_NEWLINK;
-  r.u.ifi.ifi_family = AF_UNSPEC;
-  r.u.ifi.ifi_index = lo;
-  r.u.ifi.ifi_flags = IFF_UP;
-  r.u.ifi.ifi_change = IFF_UP;
-  int e = nl_talk(fd, &r);
+  int e = link_up(fd, lo);
   if (e < 0) return e;
   *have_v6 = 0;
+  if (opt_tap) {
+    e = setup_tap(fd, lo);
+    close(fd);
+    return e;
+  }
   for (int fam = 0; fam < 2; fam++) {
     memset(&r, 0, sizeof r);
     r.nh.nlmsg_len = NLMSG_LENGTH(sizeof(struct rtmsg));
@@ -180,9 +242,34 @@ static int setup_routes(int *have_v6) {
 /* ------------------------------------------------------------ nftables */
 
 static int load_rules(int port4, int port6, int have_v6) {
-  char rules[2048];
+  char rules[4096];
   char v6nat[128] = "";
   if (have_v6) snprintf(v6nat, sizeof v6nat, "    meta nfproto ipv6 meta l4proto tcp redirect to :%d\n", port6);
+  /* Tap mode: the guest's TCP arrives on the tap (prerouting); in from the tap only what the relay
+   * serves; this process's own connections to the guest (PORT) go out as they are; no forwarding. */
+  char guest_out[128] = "", guest_ok[128] = "", tap_chains[1024] = "";
+  if (opt_tap) {
+    char g[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &guest_addr, g, sizeof g);
+    snprintf(guest_out, sizeof guest_out, "    ip daddr %s meta l4proto tcp return\n", g);
+    snprintf(guest_ok, sizeof guest_ok, "    ip daddr %s meta l4proto tcp accept\n", g);
+    snprintf(tap_chains, sizeof tap_chains,
+             "  chain nat_pre {\n"
+             "    type nat hook prerouting priority -100; policy accept;\n"
+             "    iifname \"%s\" meta nfproto ipv4 meta l4proto tcp redirect to :%d\n"
+             "  }\n"
+             "  chain filter_in {\n"
+             "    type filter hook input priority 0; policy drop;\n"
+             "    iifname \"lo\" accept\n"
+             "    ct status dnat accept\n"
+             "    ip daddr %s udp dport 53 accept\n"
+             "    ip saddr %s meta l4proto tcp ct state established accept\n"
+             "  }\n"
+             "  chain filter_fwd {\n"
+             "    type filter hook forward priority 0; policy drop;\n"
+             "  }\n",
+             opt_tap, port4, opt_resolver, g);
+  }
   /* Redirected flows (ct status dnat) carry the sandbox's TCP to this process, both ways; everything
    * else that is not the sandbox's own loopback or DNS to the resolver is dropped. */
   snprintf(rules, sizeof rules,
@@ -194,6 +281,7 @@ static int load_rules(int port4, int port6, int have_v6) {
            "    type nat hook output priority -100; policy accept;\n"
            "    ip daddr 127.0.0.0/8 return\n"
            "    ip6 daddr ::1 return\n"
+           "%s"
            "    meta nfproto ipv4 meta l4proto tcp redirect to :%d\n"
            "%s"
            "  }\n"
@@ -204,9 +292,11 @@ static int load_rules(int port4, int port6, int have_v6) {
            "    ct status dnat accept\n"
            "    ip daddr %s udp dport 53 accept\n"
            "    ip saddr %s udp sport 53 accept\n"
+           "%s"
            "  }\n"
+           "%s"
            "}\n",
-           port4, v6nat, opt_resolver, opt_resolver);
+           guest_out, port4, v6nat, opt_resolver, opt_resolver, guest_ok, tap_chains);
   int p[2];
   if (pipe2(p, O_CLOEXEC) < 0) return -1;
   pid_t pid = fork();
@@ -249,7 +339,8 @@ static int listen_tcp(int fam, int *port) {
   if (fam == AF_INET) {
     struct sockaddr_in *s = (struct sockaddr_in *)&ss;
     s->sin_family = AF_INET;
-    s->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    /* Tap mode: flows redirected in prerouting arrive addressed to the tap's own address. */
+    s->sin_addr.s_addr = htonl(opt_tap ? INADDR_ANY : INADDR_LOOPBACK);
     len = sizeof *s;
   } else {
     int one = 1;
@@ -657,7 +748,7 @@ static int control_read(struct pair *p) {
   memset(&a, 0, sizeof a);
   a.sin_family = AF_INET;
   a.sin_port = htons((uint16_t)port);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_addr.s_addr = opt_tap ? guest_addr.s_addr : htonl(INADDR_LOOPBACK);
   p->fd[1] = s;
   if (connect(s, (struct sockaddr *)&a, sizeof a) == 0) {
     unsigned char ok = 0;
@@ -742,6 +833,8 @@ int main(int argc, char **argv) {
     else if (!strcmp(k, "--procs")) opt_procs = v;
     else if (!strcmp(k, "--pidfile")) opt_pidfile = v;
     else if (!strcmp(k, "--nft")) opt_nft = v;
+    else if (!strcmp(k, "--tap")) opt_tap = v;
+    else if (!strcmp(k, "--guest")) opt_guest = v;
     else {
       fprintf(stderr, "capsule-netrelay: unknown option %s\n", k);
       return 2;
@@ -750,6 +843,19 @@ int main(int argc, char **argv) {
   if (!opt_id || opt_pid <= 0 || !opt_gateway || !opt_control || !opt_resolver || strlen(opt_id) > 64) {
     fprintf(stderr, "capsule-netrelay: usage: --id ID --pid PID --gateway SOCK --control SOCK --resolver IP [--procs FILE]\n");
     return 2;
+  }
+  if ((opt_tap == NULL) != (opt_guest == NULL) || (opt_tap && (strlen(opt_tap) >= IFNAMSIZ || inet_pton(AF_INET, opt_guest, &guest_addr) != 1))) {
+    fprintf(stderr, "capsule-netrelay: --tap IFNAME and --guest IPV4 go together\n");
+    return 2;
+  }
+  if (opt_tap) {
+    /* The /30's two usable addresses: the guest is one, the tap the other. */
+    uint32_t g = ntohl(guest_addr.s_addr);
+    if ((g & 3) != 1 && (g & 3) != 2) {
+      fprintf(stderr, "capsule-netrelay: --guest must be a usable address of a /30\n");
+      return 2;
+    }
+    tap_addr.s_addr = htonl((g & 3) == 1 ? g + 1 : g - 1);
   }
   for (const char *p = opt_id; *p; p++)
     if (!isalnum((unsigned char)*p) && *p != '-' && *p != '_' && *p != '.') {

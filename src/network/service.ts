@@ -156,7 +156,8 @@ export class NetworkService implements SandboxNetworking {
         isolation: backend.capabilities.isolation,
       });
     }
-    if (!needsGateway(egress)) return { mode: 'none' };
+    // Public ports are reached through the gateway mode's relay: a backend that cannot add it later gets it now.
+    if (!needsGateway(egress) && !(anyPublic(cfg?.publicPorts) && backend.capabilities.networkAfterCreate === false)) return { mode: 'none' };
     if (!backend.capabilities.network.includes('gateway')) {
       throw new UnsupportedError(`the ${backend.kind} backend cannot give sandboxes egress here (no gateway network mode; see capsule doctor)`, {
         backend: backend.kind,

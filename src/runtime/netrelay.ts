@@ -43,6 +43,11 @@ export interface StartRelay extends RelayPaths {
   procsFile: string | null;
   launcher: Launcher | null;
   binary?: string;
+  /**
+   * A microVM: the namespace is its QEMU's (initPid), holding the VM's tap `name`; the guest is at
+   * `guest` on a /30 with the tap (see the relay's header comment).
+   */
+  tap?: { name: string; guest: string };
 }
 
 export async function startRelay(o: StartRelay): Promise<void> {
@@ -56,6 +61,7 @@ export async function startRelay(o: StartRelay): Promise<void> {
     '--resolver', o.gateway.resolver,
     '--pidfile', o.pidFile,
     ...(o.procsFile ? ['--procs', o.procsFile] : []),
+    ...(o.tap ? ['--tap', o.tap.name, '--guest', o.tap.guest] : []),
   ];
   let r: { code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string };
   try {

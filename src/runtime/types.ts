@@ -162,6 +162,12 @@ export interface RuntimeCapabilities {
   exportChanges: boolean;
   /** Network modes `create` accepts. */
   network: readonly NetworkMode[];
+  /**
+   * Whether a running sandbox made with network `none` can be given `gateway` later (`attachNetwork`: a
+   * pooled sandbox, a policy change, a port reached). Absent means it can. A microVM cannot (no NIC
+   * hotplug): it must be created with `gateway` to ever have a network.
+   */
+  networkAfterCreate?: boolean;
   /** Most read-only layers one sandbox may stack. */
   maxLayers: number;
   /** Why a capability is false, where this host could have it (what to install or run). */

@@ -237,7 +237,7 @@ export class SandboxManager {
     const volumes = this.volumes?.resolve(ctx, mounts) ?? [];
     const snapshot = opts.snapshot !== undefined ? this.snapshots!.resolve(ctx, opts.snapshot) : null;
     // A bad policy or an impossible mode is refused before anything is started.
-    this.networking?.specFor(opts.network, backend);
+    const netSpec = this.networking?.specFor(opts.network, backend);
     this.pool?.userCreateStarted();
     try {
       const template = snapshot ?? (await this.resolveTemplate(ctx, opts));
@@ -252,7 +252,9 @@ export class SandboxManager {
       // Pools are per template and isolation (README, warm pools), started on the template alone, without
       // volumes: a create claims from the pool of its own template and isolation, and one that attaches
       // volumes or starts from a snapshot is started cold.
-      const pooled = this.pool !== null && volumes.length === 0 && !snapshot;
+      // A pooled sandbox was started without a network: one whose backend cannot add it later is started cold.
+      const lateNetwork = netSpec?.mode === 'gateway' && backend.capabilities.networkAfterCreate === false;
+      const pooled = this.pool !== null && volumes.length === 0 && !snapshot && !lateNetwork;
       const claimed = pooled ? await this.pool!.claim(opts.template, resources, backend.capabilities.isolation) : null;
       how.pooled = claimed !== null;
       if (claimed) {

@@ -104,6 +104,8 @@ export interface ForEachIsolationOptions {
    * the microVM backend lacks). Files say so explicitly; the default is a skip.
    */
   microvm?: true | string;
+  /** A reason this file does not run against gVisor (a capability it lacks); default: it runs. */
+  gvisor?: string;
 }
 
 /**
@@ -116,7 +118,7 @@ export function forEachIsolation(name: string, body: (isolation: BatteryIsolatio
   for (const isolation of BATTERY_ISOLATIONS) {
     if (only && only !== isolation) continue;
     let skip: string | false = false;
-    if (isolation === 'gvisor') skip = runscMissing();
+    if (isolation === 'gvisor') skip = opts.gvisor ? `gvisor: ${opts.gvisor}` : runscMissing();
     if (isolation === 'microvm') {
       const m = opts.microvm ?? 'not ported to microvm yet';
       skip = m === true ? microvmMissing() : `microvm: ${m}`;

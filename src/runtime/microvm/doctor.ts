@@ -6,6 +6,9 @@
  * kernel into the default kernel dir (about 27 MB from the Debian mirror).
  */
 import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { NET_MODULES } from './images.js';
 import type { DoctorCheck } from '../doctor.js';
 import { DEFAULT_KERNEL_DIR, findKernel, findQemu, hostAccel, installKernel, installQemu, KERNEL_PACKAGE, QEMU_PACKAGE } from './kernel.js';
 
@@ -50,8 +53,20 @@ export async function checkMicrovm(fix: boolean, env: NodeJS.ProcessEnv = proces
   if (typeof kernel === 'string') {
     return { name: NAME, ok: false, message: kernel, fix: kernelSetting ? 'point CAPSULE_MICROVM_KERNEL at a kernel image' : `capsule doctor --fix (unpacks ${KERNEL_PACKAGE} into ${DEFAULT_KERNEL_DIR})` };
   }
+  // A kernel unpacked before microVMs had networking lacks the virtio-net modules: unpack it again.
+  const lacksNet = (k: { modulesDir: string | null }) => k.modulesDir !== null && !NET_MODULES.every((m) => fs.existsSync(path.join(k.modulesDir!, `${m}.ko`)));
+  if (lacksNet(kernel) && fix && !kernelSetting) {
+    try {
+      fixed.push(await installKernel());
+      const again = findKernel(kernelSetting);
+      if (typeof again !== 'string') kernel = again;
+    } catch (e) {
+      return { name: NAME, ok: false, message: `unpacking ${KERNEL_PACKAGE} failed: ${(e as Error).message}`, fix: 'apt-get update, then capsule doctor --fix again' };
+    }
+  }
   const accel = hostAccel();
-  const what = `${qemu}, kernel ${kernel.kernel}${kernel.modulesDir ? ' (+ modules)' : ''}`;
+  const noNet = lacksNet(kernel) ? `; its modules lack ${NET_MODULES.join(', ')}, so microVMs get network "none" only (capsule doctor --fix unpacks them)` : '';
+  const what = `${qemu}, kernel ${kernel.kernel}${kernel.modulesDir ? ' (+ modules)' : ''}${noNet}`;
   if (accel === 'tcg') {
     const allowed = /^(1|true)$/i.test(env.CAPSULE_MICROVM_ALLOW_TCG ?? '');
     // Not a failure of this host's setup (nothing here can fix it): ok, and the message says microvm is off.

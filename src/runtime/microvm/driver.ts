@@ -12,7 +12,8 @@
  *   layer and quota); inside, an overlay of the two is the guest's root;
  * - `capsule-agent`: the agent's transport, multiplexed (mux.ts): the daemon
  *   connects to the sandbox's agent socket like for a container.
- * No network device. CPUs and memory are the VM's size, and the QEMU process
+ * No network device unless the sandbox has the `gateway` network mode (below).
+ * CPUs and memory are the VM's size, and the QEMU process
  * runs in the sandbox's host cgroup (/capsule/<id>) with the memory of the
  * VM plus QEMU's own overhead, the CPU quota, and a pids cap for its threads.
  *
@@ -26,6 +27,21 @@
  * first and removed last, so it marks this backend's sandboxes and leftovers.
  * After a daemon restart the relay is started again on first use (inspect,
  * list): the guest drops its old streams at the new SYNC.
+ *
+ * Network (`gateway`, ADR 0017): QEMU is started in a network namespace of
+ * its own (`unshare --net`, so the namespace lives exactly as long as QEMU),
+ * where it makes the VM's tap (TAP_NAME) while still root; the guest's
+ * virtio-net eth0 gets GUEST_ADDR/30 from its init (`capsule.net=`). Once the
+ * agent answers, the same capsule-netrelay the containers use is started
+ * against QEMU's pid with `--tap`: in that namespace (only lo and the tap, no
+ * route anywhere else) it redirects every TCP connection from the tap to
+ * itself and hands it to the daemon's gateway, answers DNS to the resolver
+ * address through the daemon, drops the rest, and reaches ports inside at
+ * GUEST_ADDR (port exposure). Policy, ledger and ports are the daemon's one
+ * implementation; the guest kernel decides nothing. Files: `net` (this VM has
+ * a network device), `net.sock` (the relay's control socket), `relay.pid`.
+ * The relay exits with QEMU; destroy kills it anyway, and a restarted daemon
+ * starts it again (attachNetwork) when it died.
  */
 import { WithoutLifecycleVerbs } from '../without-lifecycle.js';
 import { BusyIds } from '../busy-ids.js';
@@ -39,8 +55,10 @@ import { ConflictError, InvalidArgumentError, isCapsuleError, RuntimeError, Unsu
 import { cgroupsPathFor, cpuQuotaUs } from '../bundle.js';
 import { cgroupMounts, killCgroupProcs, readCgroupStats, readOomKills, removeCgroupDirs, writeCgroupV1Limits } from '../cgroups.js';
 import { checkId, MAX_LAYERS, MIN_DISK_MB, SANDBOX_ID_RE, type RuntimeLogger } from '../driver.js';
-import type { CgroupLimits, ContainerInfo, ContainerSpec, RuntimeCapabilities, RuntimeDriver, SandboxStats } from '../types.js';
-import { initramfs, makeWritableDisk, templateImage } from './images.js';
+import type { Duplex } from 'node:stream';
+import type { CgroupLimits, ContainerInfo, ContainerSpec, NetworkMode, NetworkSpec, RuntimeCapabilities, RuntimeDriver, SandboxStats } from '../types.js';
+import { connectThroughRelay, relayPid, RELAY_PATH, startRelay, stopRelay } from '../netrelay.js';
+import { initramfs, makeWritableDisk, NET_MODULES, templateImage } from './images.js';
 import { type Accel, type GuestKernel, QEMU_BINARY } from './kernel.js';
 import { MuxRelay } from './mux.js';
 
@@ -58,7 +76,16 @@ export interface MicrovmDriverOptions {
   logger?: RuntimeLogger & { warn(obj: unknown, msg?: string): void };
   /** Boot until the agent answers (ms); TCG boots take seconds. */
   createTimeoutMs?: number;
+  /** The network relay (gateway mode); default dist/native/capsule-netrelay. */
+  netRelay?: string;
 }
+
+/** The VM's tap, inside QEMU's own network namespace (so one name serves every VM). */
+const TAP_NAME = 'cvm0';
+/** The guest's eth0 address; the tap is the other usable address of its /30 (169.254.200.1). */
+export const GUEST_ADDR = '169.254.200.2';
+const UNSHARE_PATHS = ['/usr/bin/unshare', '/bin/unshare'];
+const NFT_PATHS = ['/usr/sbin/nft', '/sbin/nft', '/usr/bin/nft'];
 
 /** QEMU's own memory on top of the guest's (its code, device state, TCG's translation cache of TB_SIZE_MB). */
 const QEMU_OVERHEAD_MB = 256;
@@ -76,8 +103,9 @@ const noopLogger = { info() {}, warn() {}, error() {} };
 export class MicrovmDriver extends WithoutLifecycleVerbs implements RuntimeDriver {
   readonly kind = 'microvm';
   protected readonly backendLabel = 'the microVM backend';
-  readonly capabilities: RuntimeCapabilities = {
-    isolation: 'microvm',
+  readonly capabilities: RuntimeCapabilities;
+  private readonly baseCapabilities = {
+    isolation: 'microvm' as const,
     pause: false,
     stop: false,
     volumes: false,
@@ -85,7 +113,6 @@ export class MicrovmDriver extends WithoutLifecycleVerbs implements RuntimeDrive
     memorySnapshot: false,
     updateResources: false,
     exportChanges: false,
-    network: ['none'],
     maxLayers: MAX_LAYERS,
     reasons: {
       snapshot: "a microVM's files live on its own disks inside the guest: no change export or snapshot yet (ADR 0017)",
@@ -110,6 +137,23 @@ export class MicrovmDriver extends WithoutLifecycleVerbs implements RuntimeDrive
     this.opts = opts;
     this.log = opts.logger ?? noopLogger;
     this.root = path.join(path.dirname(opts.paths.sandboxes), 'microvm');
+    this.capabilities = { ...this.baseCapabilities, network: this.networkModes(), networkAfterCreate: false };
+  }
+
+  /**
+   * `gateway` needs the relay binary, nftables, unshare and /dev/net/tun on the host, and the guest kernel's
+   * virtio-net modules (or a kernel with them built in); without them only `none` is offered.
+   */
+  private networkModes(): NetworkMode[] {
+    const relay = this.opts.netRelay ?? RELAY_PATH;
+    const mods = this.opts.kernel.modulesDir;
+    const ok =
+      fs.existsSync(relay) &&
+      NFT_PATHS.some((p) => fs.existsSync(p)) &&
+      UNSHARE_PATHS.some((p) => fs.existsSync(p)) &&
+      fs.existsSync('/dev/net/tun') &&
+      (mods === null || NET_MODULES.every((m) => fs.existsSync(path.join(mods, `${m}.ko`))));
+    return ok ? ['none', 'gateway'] : ['none'];
   }
 
   get name(): string {
@@ -134,6 +178,11 @@ export class MicrovmDriver extends WithoutLifecycleVerbs implements RuntimeDrive
       agent: path.join(dir, 'agent.sock'),
       /** An empty dir QEMU chroots into once started. */
       chroot: path.join(dir, 'empty'),
+      /** Present when the VM has a network device (gateway mode). */
+      net: path.join(dir, 'net'),
+      /** The network relay's control socket and pid file. */
+      control: path.join(dir, 'net.sock'),
+      relayPid: path.join(dir, 'relay.pid'),
     };
   }
 
@@ -172,9 +221,13 @@ export class MicrovmDriver extends WithoutLifecycleVerbs implements RuntimeDrive
       const { diskMb } = spec.writable;
       if (!Number.isInteger(diskMb) || diskMb < MIN_DISK_MB) throw new InvalidArgumentError(`diskMb must be an integer of at least ${MIN_DISK_MB}, got ${diskMb}`, { id });
       if (spec.layers.length === 0 || spec.layers.length > MAX_LAYERS) throw new InvalidArgumentError(`a sandbox stacks 1 to ${MAX_LAYERS} layers, got ${spec.layers.length}`, { id });
-      if (spec.network.mode !== 'none') {
-        throw new UnsupportedError(`network mode ${spec.network.mode} is not supported by the microVM backend (its VMs have no network device)`, { id, backend: this.kind });
+      if (!this.capabilities.network.includes(spec.network.mode)) {
+        throw new UnsupportedError(
+          `network mode ${spec.network.mode} needs dist/native/capsule-netrelay (npm run build), nftables, unshare, /dev/net/tun and the guest kernel's virtio_net modules (capsule doctor --fix)`,
+          { id, backend: this.kind },
+        );
       }
+      const net = spec.network.mode === 'gateway';
       if ((spec.volumes?.length ?? 0) > 0) throw new UnsupportedError('the microVM backend cannot attach volumes', { id, backend: this.kind, capability: 'volumes' });
       if (Buffer.byteLength(f.serial) > 100) throw new InvalidArgumentError(`the data dir path is too long for the VM's unix sockets (${f.serial})`, { id });
       await fsp.mkdir(path.join(this.root, 'sb'), { recursive: true, mode: 0o700 });
@@ -197,10 +250,11 @@ export class MicrovmDriver extends WithoutLifecycleVerbs implements RuntimeDrive
       const [image, initrd] = await untilAborted(Promise.all([imageP, initrdP, diskP]), signal);
       signal?.throwIfAborted();
       await fsp.mkdir(f.chroot, { mode: 0o555 });
+      if (net) await fsp.writeFile(f.net, `${GUEST_ADDR}\n`, { mode: 0o600 });
       const procsFiles = await this.makeCgroup(id, spec.resources);
       const timeoutMs = this.opts.createTimeoutMs ?? 60_000;
       const deadline = Date.now() + timeoutMs;
-      const child = this.spawnQemu(id, spec.resources, image, initrd, procsFiles);
+      const child = this.spawnQemu(id, spec.resources, image, initrd, procsFiles, net);
       const consoleTail = collectTail(child);
       const exited = new Promise<string>((resolve) => {
         child.once('exit', (code, sig) => resolve(`QEMU exited (${code === 97 ? 'could not join the sandbox cgroup' : (code ?? sig)}) while the VM booted`));
@@ -235,6 +289,7 @@ export class MicrovmDriver extends WithoutLifecycleVerbs implements RuntimeDrive
         const tail = consoleTail().trim().split('\n').slice(-6).join(' | ');
         throw new RuntimeError(`microVM ${id} did not boot: ${failure}${tail ? `; console: ${tail}` : ''}`, { id });
       }
+      if (spec.network.mode === 'gateway' && child.pid) await this.startNetwork(id, child.pid, spec.network);
       this.log.info({ id, ms: Math.round(performance.now() - started), pid: child.pid, accel: this.opts.accel }, 'microVM sandbox created');
       return { id, status: 'running', ...(child.pid ? { pid: child.pid } : {}) };
     } catch (e) {
@@ -269,7 +324,7 @@ export class MicrovmDriver extends WithoutLifecycleVerbs implements RuntimeDrive
     return procs;
   }
 
-  private qemuArgs(id: string, r: CgroupLimits, image: string, initrd: string): string[] {
+  private qemuArgs(id: string, r: CgroupLimits, image: string, initrd: string, net: boolean): string[] {
     const f = this.files(id);
     const kvm = this.opts.accel === 'kvm';
     const vcpus = Math.max(1, Math.min(16, Math.ceil(r.cpus)));
@@ -283,6 +338,7 @@ export class MicrovmDriver extends WithoutLifecycleVerbs implements RuntimeDrive
       'i8042.noaux',
       `capsule.id=${id}`,
       `capsule.pids=${Math.max(8, Math.floor(r.pids))}`,
+      ...(net ? [`capsule.net=${GUEST_ADDR}`] : []),
       '--',
       '--vm-init',
     ].join(' ');
@@ -298,8 +354,10 @@ export class MicrovmDriver extends WithoutLifecycleVerbs implements RuntimeDrive
       '-no-user-config',
       '-display',
       'none',
-      '-nic',
-      'none',
+      // A tap QEMU makes (and opens, as root, before -runas) in its own network namespace; or no NIC at all.
+      ...(net
+        ? ['-netdev', `tap,id=net0,ifname=${TAP_NAME},script=no,downscript=no`, '-device', 'virtio-net-device,netdev=net0']
+        : ['-nic', 'none']),
       '-serial',
       'stdio',
       '-no-reboot',
@@ -336,12 +394,17 @@ export class MicrovmDriver extends WithoutLifecycleVerbs implements RuntimeDrive
     ];
   }
 
-  /** QEMU joins the sandbox's cgroups before it execs (a tiny sh wrapper), detached so a daemon restart leaves it running. */
-  private spawnQemu(id: string, r: CgroupLimits, image: string, initrd: string, procsFiles: string[]): ChildProcess {
+  /**
+   * QEMU joins the sandbox's cgroups before it execs (a tiny sh wrapper), detached so a daemon restart leaves it
+   * running. With a network device it execs through `unshare --net` (same pid): a namespace of its own.
+   */
+  private spawnQemu(id: string, r: CgroupLimits, image: string, initrd: string, procsFiles: string[], net: boolean): ChildProcess {
     const f = this.files(id);
     const bin = this.opts.qemu ?? QEMU_BINARY;
     const script = 'for f in $CAPSULE_CGROUP_PROCS; do echo $$ > "$f" || exit 97; done; exec "$@"';
-    const child = spawn('/bin/sh', ['-c', script, 'capsule-qemu', bin, ...this.qemuArgs(id, r, image, initrd)], {
+    const unshare = UNSHARE_PATHS.find((p) => fs.existsSync(p)) ?? 'unshare';
+    const cmd = [...(net ? [unshare, '--net', '--'] : []), bin, ...this.qemuArgs(id, r, image, initrd, net)];
+    const child = spawn('/bin/sh', ['-c', script, 'capsule-qemu', ...cmd], {
       detached: true,
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', CAPSULE_CGROUP_PROCS: procsFiles.join(' ') },
@@ -388,6 +451,8 @@ export class MicrovmDriver extends WithoutLifecycleVerbs implements RuntimeDrive
       for (let i = 0; i < 200 && isQemu(pid); i++) await new Promise((r) => setTimeout(r, 10));
       if (isQemu(pid)) problems.push(`QEMU (pid ${pid}) survives SIGKILL`);
     }
+    // The relay ends with QEMU (and the namespace with both); kill it anyway, in case it outlived it.
+    await stopRelay({ control: f.control, pidFile: f.relayPid }).catch((e: unknown) => problems.push(`network relay: ${(e as Error).message}`));
     const leftCgroups = await removeCgroupDirs(cgroups);
     if (leftCgroups.length > 0) problems.push(`cgroup dirs still busy: ${leftCgroups.join(', ')}`);
     if (problems.length > 0) throw new RuntimeError(`destroying microVM ${id} left things behind: ${problems.join('; ')}`, { id });
@@ -470,6 +535,50 @@ export class MicrovmDriver extends WithoutLifecycleVerbs implements RuntimeDrive
       /* being destroyed */
     }
     return { ...cg, diskUsedBytes, diskTotalBytes };
+  }
+
+  private async startNetwork(id: string, qemuPid: number, spec: NetworkSpec): Promise<void> {
+    if (spec.mode !== 'gateway') return;
+    const f = this.files(id);
+    const started = performance.now();
+    await startRelay({
+      id,
+      initPid: qemuPid,
+      gateway: spec.gateway,
+      procsFile: null,
+      launcher: null,
+      control: f.control,
+      pidFile: f.relayPid,
+      tap: { name: TAP_NAME, guest: GUEST_ADDR },
+      ...(this.opts.netRelay ? { binary: this.opts.netRelay } : {}),
+    });
+    this.log.info({ id, ms: Math.round(performance.now() - started) }, 'microVM network relay started');
+  }
+
+  /**
+   * A VM booted with a network device: make sure its relay runs (started again after a daemon restart or
+   * when it died). A VM booted without one (network `none`) cannot get one later: no NIC hotplug on
+   * `-M microvm`, so this refuses; create the sandbox with egress instead.
+   */
+  async attachNetwork(id: string, spec: NetworkSpec): Promise<void> {
+    checkId(id);
+    if (spec.mode === 'none') return;
+    const f = this.files(id);
+    if (relayPid(f.relayPid) !== null) return;
+    if (!fs.existsSync(f.net)) {
+      throw new ConflictError(
+        `microVM ${id} was booted without a network device (network none), and a VM cannot get one later: create the sandbox with egress (or public ports) to use its network`,
+        { id, backend: this.kind },
+      );
+    }
+    const pid = this.qemuPid(id);
+    if (pid === null) throw new ConflictError(`sandbox ${id} is not running: cannot set up its network`, { id });
+    await this.startNetwork(id, pid, spec);
+  }
+
+  connectPort(id: string, port: number, signal?: AbortSignal): Promise<Duplex> {
+    checkId(id);
+    return connectThroughRelay(this.files(id).control, id, port, signal);
   }
 
   update(id: string, _resources: Partial<CgroupLimits>): Promise<void> {

@@ -20,7 +20,10 @@ import { RuntimeError } from '../../errors/index.js';
 import { runTool } from '../overlay.js';
 
 /** Kernel modules the guest init loads, in dependency order (those built into the kernel are simply absent). */
-export const GUEST_MODULES = ['virtio_ring', 'virtio', 'virtio_mmio', 'virtio_blk', 'virtio_console', 'overlay'] as const;
+export const GUEST_MODULES = ['virtio_ring', 'virtio', 'virtio_mmio', 'virtio_blk', 'virtio_console', 'overlay', 'failover', 'net_failover', 'virtio_net'] as const;
+
+/** The modules a guest needs for its network device (gateway mode): the backend offers `gateway` only with them. */
+export const NET_MODULES = ['failover', 'net_failover', 'virtio_net'] as const;
 
 const NOBODY = 65534;
 const SPECIAL_BITS = 0o6000;

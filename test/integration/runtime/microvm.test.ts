@@ -52,7 +52,7 @@ describe('microVM sandboxes (QEMU -M microvm)', { skip: microvmSkip(), timeout: 
     assert.equal(vm.available, true, JSON.stringify(vm));
     assert.equal(vm.kind, 'microvm');
     assert.match(vm.name!, /^qemu \S+ microvm \((tcg|kvm)\)$/);
-    assert.deepEqual([vm.capabilities!.pause, vm.capabilities!.stop, vm.capabilities!.exportChanges, vm.capabilities!.network], [false, false, false, ['none']]);
+    assert.deepEqual([vm.capabilities!.pause, vm.capabilities!.stop, vm.capabilities!.exportChanges, vm.capabilities!.network], [false, false, false, ['none', 'gateway']]);
     assert.equal((await sbx.getInfo()).isolation, 'microvm');
   });
 
