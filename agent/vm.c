@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/reboot.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -151,6 +152,15 @@ static void limit_pids(void) {
     fprintf(stderr, "capsule-vm-init: pids limit: %s\n", strerror(errno));
 }
 
+/* Every process the agent starts inherits no_new_privs from it, as in a container: a setuid file (one a command
+ * or the files API made) does not make the sandbox's user guest root. capsule.setuid=1 (a template that asks for
+ * setuid programs, e.g. sudo) leaves it off. PID 1 itself never execs, so the flag costs it nothing. */
+static void no_new_privs(void) {
+  char v[8];
+  if (cmdline_param("capsule.setuid=", v, sizeof v) == 0 && !strcmp(v, "1")) return;
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)) die("no_new_privs");
+}
+
 static void loopback_up(void) {
   int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   if (s < 0) return;
@@ -220,6 +230,7 @@ int vm_init(void) {
   set_hostname();
   limit_pids();
   loopback_up();
+  no_new_privs();
 
   wait_for(find_port, "capsule-agent", port, sizeof port);
   int fd = open(port, O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);

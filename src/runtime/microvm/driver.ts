@@ -200,7 +200,7 @@ export class MicrovmDriver extends WithoutLifecycleVerbs implements RuntimeDrive
       const procsFiles = await this.makeCgroup(id, spec.resources);
       const timeoutMs = this.opts.createTimeoutMs ?? 60_000;
       const deadline = Date.now() + timeoutMs;
-      const child = this.spawnQemu(id, spec.resources, image, initrd, procsFiles);
+      const child = this.spawnQemu(id, spec.resources, image, initrd, procsFiles, spec.allowSetuid === true);
       const consoleTail = collectTail(child);
       const exited = new Promise<string>((resolve) => {
         child.once('exit', (code, sig) => resolve(`QEMU exited (${code === 97 ? 'could not join the sandbox cgroup' : (code ?? sig)}) while the VM booted`));
@@ -269,7 +269,7 @@ export class MicrovmDriver extends WithoutLifecycleVerbs implements RuntimeDrive
     return procs;
   }
 
-  private qemuArgs(id: string, r: CgroupLimits, image: string, initrd: string): string[] {
+  private qemuArgs(id: string, r: CgroupLimits, image: string, initrd: string, allowSetuid: boolean): string[] {
     const f = this.files(id);
     const kvm = this.opts.accel === 'kvm';
     const vcpus = Math.max(1, Math.min(16, Math.ceil(r.cpus)));
@@ -283,6 +283,8 @@ export class MicrovmDriver extends WithoutLifecycleVerbs implements RuntimeDrive
       'i8042.noaux',
       `capsule.id=${id}`,
       `capsule.pids=${Math.max(8, Math.floor(r.pids))}`,
+      // The guest's init sets no_new_privs for every command unless the template asks for setuid programs (sudo).
+      ...(allowSetuid ? ['capsule.setuid=1'] : []),
       '--',
       '--vm-init',
     ].join(' ');
@@ -337,11 +339,11 @@ export class MicrovmDriver extends WithoutLifecycleVerbs implements RuntimeDrive
   }
 
   /** QEMU joins the sandbox's cgroups before it execs (a tiny sh wrapper), detached so a daemon restart leaves it running. */
-  private spawnQemu(id: string, r: CgroupLimits, image: string, initrd: string, procsFiles: string[]): ChildProcess {
+  private spawnQemu(id: string, r: CgroupLimits, image: string, initrd: string, procsFiles: string[], allowSetuid: boolean): ChildProcess {
     const f = this.files(id);
     const bin = this.opts.qemu ?? QEMU_BINARY;
     const script = 'for f in $CAPSULE_CGROUP_PROCS; do echo $$ > "$f" || exit 97; done; exec "$@"';
-    const child = spawn('/bin/sh', ['-c', script, 'capsule-qemu', bin, ...this.qemuArgs(id, r, image, initrd)], {
+    const child = spawn('/bin/sh', ['-c', script, 'capsule-qemu', bin, ...this.qemuArgs(id, r, image, initrd, allowSetuid)], {
       detached: true,
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', CAPSULE_CGROUP_PROCS: procsFiles.join(' ') },
