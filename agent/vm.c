@@ -201,7 +201,8 @@ int vm_init(void) {
   mkdir("/mnt/rw", 0755);
   mkdir("/newroot", 0755);
   if (mount(lower, "/mnt/lower", "ext4", MS_RDONLY | MS_NODEV, "noload")) die("mount the template image");
-  if (mount(rw, "/mnt/rw", "ext4", MS_NODEV, NULL)) die("mount the sandbox disk");
+  /* discard: blocks the guest frees go back to the host (QEMU's discard=unmap punches holes in disk.img). */
+  if (mount(rw, "/mnt/rw", "ext4", MS_NODEV, "discard")) die("mount the sandbox disk");
   mkdir("/mnt/rw/upper", 0755);
   mkdir("/mnt/rw/work", 0700);
   if (mount("overlay", "/newroot", "overlay", 0, "lowerdir=/mnt/lower,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work")) die("mount the root overlay");
