@@ -257,9 +257,13 @@ export class MicrovmDriver extends WithoutLifecycleVerbs implements RuntimeDrive
     const rel = cgroupsPathFor(id).replace(/^\/+/, '');
     const procs: string[] = [];
     const seen = new Set<string>();
+    // One mount per hierarchy, the first (as writeCgroupV1Limits picks): the same hierarchy mounted again elsewhere,
+    // e.g. the transient cgroup yard CRIU mounts under /tmp while it dumps a container, is the same tree, and such a
+    // mount may be gone by the time QEMU's wrapper writes to it (the create then failed).
     for (const m of await cgroupMounts()) {
-      if (m.version !== 1 || !m.controllers.some((c) => ['memory', 'cpu', 'cpuacct', 'pids'].includes(c)) || seen.has(m.mountPoint)) continue;
-      seen.add(m.mountPoint);
+      const hierarchy = [...m.controllers].sort().join(',');
+      if (m.version !== 1 || !m.controllers.some((c) => ['memory', 'cpu', 'cpuacct', 'pids'].includes(c)) || seen.has(hierarchy)) continue;
+      seen.add(hierarchy);
       const dir = path.join(m.mountPoint, rel);
       await fsp.mkdir(dir, { recursive: true });
       procs.push(path.join(dir, 'cgroup.procs'));
