@@ -135,6 +135,9 @@ describe('microVM sandboxes (QEMU -M microvm)', { skip: microvmSkip(), timeout: 
     const term = await sbx.pty.create({ cols: 101, rows: 33, onData: sc.onData });
     await term.sendInput('stty size\n');
     await sc.until(/33 101\r\n/);
+    // A terminal's shell, like every process the guest's init starts, runs with no_new_privs.
+    await term.sendInput('grep NoNewPrivs /proc/self/status\n');
+    await sc.until(/NoNewPrivs:\s+1\r\n/);
     await term.sendInput('sleep 100\n');
     await new Promise((r) => setTimeout(r, 500));
     const m = sc.mark();
