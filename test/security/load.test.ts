@@ -150,9 +150,10 @@ forEachIsolation('security: load on the daemon', (isolation) => {
     const flooder = await createSandbox(b, { probes: [] });
     const limit = 1024 * 1024;
     // The daemon keeps maxOutputBytes and drops the rest, so the whole flood crosses the agent transport. It drains at
-    // 250 MiB/s from a container, but at 14 MiB/s from gVisor and 4-9 MiB/s from a microVM here (the guest's emulated
-    // CPU and its virtio-serial port: 1 GiB did not finish within the command's 120 s). 256 MiB there is still 256
-    // times what is kept, and passes through the daemon's relay (microvm) the same way.
+    // 250 MiB/s from a container, but at 14 MiB/s from gVisor and 4-9 MiB/s from a microVM here: 1 GiB did not finish
+    // within the command's 120 s. In the VM the writer sets the pace: busybox head writes small blocks, each an
+    // emulated syscall (64 MiB of it into `cat` alone took 4.8 s in the guest), while dd with 64 KiB blocks crossed
+    // the port and the relay at ~49 MiB/s. 256 MiB is still 256 times what is kept.
     const floodMiB = per(b, { container: 1024, gvisor: 256, microvm: 256 });
     const rssBefore = daemonRss();
     let peak = rssBefore;
