@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/reboot.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -155,6 +156,15 @@ static void limit_pids(void) {
     fprintf(stderr, "capsule-vm-init: pids limit: %s\n", strerror(errno));
 }
 
+/* Every process the agent starts inherits no_new_privs from it, as in a container: a setuid file (one a command
+ * or the files API made) does not make the sandbox's user guest root. capsule.setuid=1 (a template that asks for
+ * setuid programs, e.g. sudo) leaves it off. PID 1 itself never execs, so the flag costs it nothing. */
+static void no_new_privs(void) {
+  char v[8];
+  if (cmdline_param("capsule.setuid=", v, sizeof v) == 0 && !strcmp(v, "1")) return;
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)) die("no_new_privs");
+}
+
 static void loopback_up(void) {
   int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   if (s < 0) return;
@@ -249,7 +259,8 @@ int vm_init(void) {
   mkdir("/mnt/rw", 0755);
   mkdir("/newroot", 0755);
   if (mount(lower, "/mnt/lower", "ext4", MS_RDONLY | MS_NODEV, "noload")) die("mount the template image");
-  if (mount(rw, "/mnt/rw", "ext4", MS_NODEV, NULL)) die("mount the sandbox disk");
+  /* discard: blocks the guest frees go back to the host (QEMU's discard=unmap punches holes in disk.img). */
+  if (mount(rw, "/mnt/rw", "ext4", MS_NODEV, "discard")) die("mount the sandbox disk");
   mkdir("/mnt/rw/upper", 0755);
   mkdir("/mnt/rw/work", 0700);
   if (mount("overlay", "/newroot", "overlay", 0, "lowerdir=/mnt/lower,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work")) die("mount the root overlay");
@@ -279,6 +290,7 @@ int vm_init(void) {
   limit_pids();
   loopback_up();
   network_up();
+  no_new_privs();
 
   wait_for(find_port, "capsule-agent", port, sizeof port);
   int fd = open(port, O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);

@@ -3,7 +3,8 @@
  * host paths, hard links, races between the API and the sandbox, the daemon's
  * data directory, SQLite file and agent socket, the agent binary.
  * The agent resolves every path inside the sandbox's own mount namespace, so
- * all of these must land in the sandbox or fail.
+ * all of these must land in the sandbox or fail. Under microvm the agent runs
+ * in the guest (its init), so the host's paths do not exist there at all.
  */
 import { after, before, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -81,18 +82,18 @@ forEachIsolation('security: files API and filesystem', (isolation) => {
     assert.equal((await putFile(b, id, '/tmp/write-link', 'PWNED via symlink')).status, 200);
     assert.equal((await putFile(b, id, `/../../..${marker}`, 'PWNED via dotdot')).status, 200);
     // gVisor (runsc 20221219) resolves "<symlink to />/anything" as "/" itself: the write names a directory (400).
-    assert.equal((await putFile(b, id, '/tmp/rootlink/tmp/capsule-escape-probe', 'x')).status, per(b, { container: 200, gvisor: 400 }));
+    assert.equal((await putFile(b, id, '/tmp/rootlink/tmp/capsule-escape-probe', 'x')).status, per(b, { container: 200, gvisor: 400, microvm: 200 }));
     assert.equal(fs.readFileSync(marker, 'utf8'), b.guard.markerContent, 'host marker untouched');
     assert.ok(!fs.existsSync('/tmp/capsule-escape-probe'), 'nothing created in the host /tmp');
     const inside = await sh(b, id, `cat ${marker}; echo; cat /tmp/capsule-escape-probe`);
-    assert.equal(inside.stdout, per(b, { container: 'PWNED via dotdot\nx', gvisor: 'PWNED via dotdot\n' }), "the writes went to the sandbox's own files");
+    assert.equal(inside.stdout, per(b, { container: 'PWNED via dotdot\nx', gvisor: 'PWNED via dotdot\n', microvm: 'PWNED via dotdot\nx' }), "the writes went to the sandbox's own files");
   });
 
   attack(B, 'API mkdir, rename and delete through symlinks to / never touch the host', async () => {
     const hostDir = `/tmp/capsule-sec-mkdir-${process.pid}`;
     // Under gVisor the path resolves to "/" (its symlink bug, above): mkdir fails with EINVAL (400).
     const mk = await api(b.url, 'POST', `/v1/sandboxes/${id}/files/mkdir`, { path: `/tmp/rootlink${hostDir}/sub` });
-    assert.equal(mk.status, per(b, { container: 204, gvisor: 400 }), mk.text);
+    assert.equal(mk.status, per(b, { container: 204, gvisor: 400, microvm: 204 }), mk.text);
     assert.ok(!fs.existsSync(hostDir), 'mkdir did not reach the host');
     await putFile(b, id, '/tmp/to-move', 'm');
     const mv = await api(b.url, 'POST', `/v1/sandboxes/${id}/files/rename`, { from: '/tmp/to-move', to: `/tmp/rootlink/../../..${b.guard.markerPath}` });
@@ -118,7 +119,11 @@ forEachIsolation('security: files API and filesystem', (isolation) => {
     assert.equal(r.status, 200, r.text);
     const names: string[] = r.json.entries.map((e: { name: string }) => e.name);
     assert.ok(names.includes('.capsule') && names.includes('probes'), `got ${names.join(',')}`);
-    const hostOnly = fs.readdirSync('/').filter((n) => !fs.existsSync(path.join(b.d.dataDir, 'templates', 'busybox', 'rootfs', n)) && n !== 'probes');
+    // Under microvm the template is an ext4 image (mkfs.ext4 -d), whose root has a lost+found of its own.
+    const guestOwn = per(b, { container: [] as string[], gvisor: [] as string[], microvm: ['lost+found'] });
+    const hostOnly = fs
+      .readdirSync('/')
+      .filter((n) => !fs.existsSync(path.join(b.d.dataDir, 'templates', 'busybox', 'rootfs', n)) && n !== 'probes' && !guestOwn.includes(n));
     assert.ok(hostOnly.length > 0, 'the host root has entries the template lacks');
     for (const n of hostOnly) assert.ok(!names.includes(n), `host entry /${n} listed`);
   });
@@ -133,15 +138,32 @@ forEachIsolation('security: files API and filesystem', (isolation) => {
     // A host file cannot be named at all, so it cannot be linked.
     const hl = await sh(b, id, `ln ${b.guard.markerPath} /tmp/marker-hl; echo rc=$?`);
     assert.doesNotMatch(hl.stdout, /rc=0/);
-    // The agent's directory is a separate read-only bind mount: no cross-mount link.
+    // The agent's directory is a separate read-only bind mount: no cross-mount link. A microVM has no such dir.
     const ag = await sh(b, id, 'ln /.capsule/capsule-agent /tmp/agent-hl; echo rc=$?');
     assert.doesNotMatch(ag.stdout, /rc=0/);
-    assert.match(ag.stderr, /cross-device|Invalid cross/i);
+    assert.match(ag.stderr, per(b, { container: /cross-device|Invalid cross/i, gvisor: /cross-device|Invalid cross/i, microvm: /No such file/i }));
   });
 
   attack(B, 'the agent binary (/.capsule) is read-only inside: writes, truncates and API uploads fail; host copy unchanged', async () => {
     const hostAgent = path.join(b.d.dataDir, 'bin', 'capsule-agent');
     const before = sha(hostAgent);
+    if (b.isolation === 'microvm') {
+      // The guest's init is the agent, from the initramfs QEMU loaded at boot (a cached cpio in <data>/microvm/boot):
+      // beneath the guest's root, not in it: /.capsule is the template's empty mount point. A write there makes the
+      // guest's own file; nothing on the host changes.
+      const bootDir = path.join(b.d.dataDir, 'microvm', 'boot');
+      const boot = () => Object.fromEntries(fs.readdirSync(bootDir).map((f) => [f, sha(path.join(bootDir, f))]));
+      const bootBefore = boot();
+      assert.ok(Object.keys(bootBefore).some((f) => f.endsWith('.cpio')), 'the initramfs is cached on the host');
+      assert.equal((await sh(b, id, 'ls -A /.capsule')).stdout, '', 'no agent in the guest\'s root');
+      const put = await putFile(b, id, '/.capsule/capsule-agent', 'PWNED');
+      assert.equal(put.status, 200, put.text);
+      assert.equal((await sh(b, id, 'cat /.capsule/capsule-agent')).stdout, 'PWNED', "the guest's own file");
+      assert.equal(sha(hostAgent), before);
+      assert.deepEqual(boot(), bootBefore, 'the cached initramfs is unchanged');
+      assert.equal((await sh(b, id, 'echo alive')).stdout, 'alive\n', 'the agent still serves');
+      return;
+    }
     // EACCES (owned by an unmapped host uid) or EROFS (read-only bind), whichever the kernel checks first.
     assert.ok(['EROFS', 'EACCES'].includes(await probe1(b, id, 'kernel', ['write', '/.capsule/capsule-agent', 'PWNED'])));
     const sh1 = await sh(b, id, 'echo x > /.capsule/capsule-agent; echo rc=$?; rm -f /.capsule/capsule-agent; echo rc=$?; touch /.capsule/new; echo rc=$?');
@@ -159,7 +181,12 @@ forEachIsolation('security: files API and filesystem', (isolation) => {
     assert.ok(fs.existsSync(db), 'the daemon has its database');
     const dbHead = fs.readFileSync(db).subarray(0, 16).toString('latin1');
     const adminKey = path.join(dataDir, 'admin.key');
-    const sock = per(b, { container: path.join(dataDir, 'run', `${id}.sock`), gvisor: path.join(dataDir, 'gvisor', 'sock', id, 'agent.sock') });
+    const sock = per(b, {
+      container: path.join(dataDir, 'run', `${id}.sock`),
+      gvisor: path.join(dataDir, 'gvisor', 'sock', id, 'agent.sock'),
+      // The relay's socket on the host; the guest's agent has only its virtio-serial port.
+      microvm: path.join(dataDir, 'microvm', 'sb', id, 'agent.sock'),
+    });
     assert.ok(fs.existsSync(sock), 'the agent socket exists on the host');
 
     const r = await sh(b, id, `ls ${dataDir}; echo rc=$?; ls ${path.dirname(sock)}; echo rc=$?; find / -path /proc -prune -o -path /sys -prune -o \\( -name '*.db' -o -name '*.db-wal' -o -name '*.sqlite*' -o -type s \\) -print`);
@@ -245,4 +272,4 @@ forEachIsolation('security: files API and filesystem', (isolation) => {
     const alive = await sh(b, id, 'echo ok');
     assert.equal(alive.stdout, 'ok\n');
   });
-});
+}, { microvm: true });

@@ -3,12 +3,16 @@
  * (wrong types, huge values, deep JSON, invalid UTF-8, path tricks, unknown
  * fields, missing or bad auth). Every answer must be a 4xx JSON error with a
  * code, never a 5xx; the daemon must still answer and a sandbox still work.
+ * Against each isolation kind: the requests that reach a sandbox go through
+ * that backend's driver and agent transport (a microVM's mux relay).
  */
-import { after, before, describe, it } from 'node:test';
+import { after, before, it } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { api, authHeaders, startTestDaemon, type TestDaemon } from '../helpers/daemon.js';
+import { api, authHeaders, type TestDaemon } from '../helpers/daemon.js';
+import { forEachIsolation, startBattery, stopBattery, type Battery } from './helpers.js';
 
+let b: Battery | undefined;
 let d: TestDaemon;
 let id: string;
 
@@ -62,15 +66,16 @@ const hostileQuery = fc.oneof(
 const hostileId = fc.oneof(fc.constant('ID'), fc.constantFrom('sbx-000000000000', '..', '%2e%2e', 'sbx-' + 'a'.repeat(500), '%00'));
 const auth = fc.constantFrom<'admin' | 'none' | 'bad' | 'malformed'>('admin', 'admin', 'admin', 'none', 'bad', 'malformed');
 
-describe('fuzzing every endpoint', () => {
+forEachIsolation('fuzzing every endpoint', (isolation) => {
   before(async () => {
-    d = await startTestDaemon();
+    b = await startBattery(isolation);
+    d = b.d;
     const r = await api(d.url, 'POST', '/v1/sandboxes', { template: 'busybox' });
     assert.equal(r.status, 201, r.text);
     id = r.json.id;
   });
   after(async () => {
-    await d?.stop();
+    await stopBattery(b);
   });
 
   it('answers 1,200 hostile requests with 4xx JSON errors, never 5xx', { timeout: 240_000 }, async () => {
@@ -107,4 +112,4 @@ describe('fuzzing every endpoint', () => {
     const r = await api(d.url, 'POST', `/v1/sandboxes/${sb.json.id}/commands`, { cmd: 'echo alive' });
     assert.equal(r.json.stdout, 'alive\n');
   });
-});
+}, { microvm: true });

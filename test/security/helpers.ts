@@ -328,12 +328,14 @@ export function hostMounts(): MountEntry[] {
 /**
  * Mounts other processes legitimately add or remove while the battery runs
  * (other test files, other daemons on this host): sandbox overlays in capsule
- * data dirs, network-namespace files, crun's transient /tmp/crun.* mounts, and
+ * data dirs (and in any data dir's sandboxes/sbx-* dirs), network-namespace files, crun's transient /tmp/crun.* mounts, and
  * anything inside a temporary directory created after the snapshot.
  * Everything else (/, /proc, /sys, /etc, /tmp itself, pre-existing dirs) must stay put.
  */
 function isForeignMount(m: MountEntry, tmpEntriesAtSnapshot: Set<string>): boolean {
   if (/capsule/i.test(m.mountPoint)) return true;
+  // A sandbox's disk and root of any daemon on this host, wherever its data dir is (e.g. /tmp/prof/data).
+  if (/\/sandboxes\/sbx-[a-z0-9]+(\/|$)/.test(m.mountPoint)) return true;
   if (m.fsType === 'nsfs' && m.mountPoint.startsWith('/run/')) return true;
   const tmp = os.tmpdir();
   if (m.mountPoint.startsWith(`${tmp}/`)) {

@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { api } from '../helpers/daemon.js';
 import { SANDBOX_CAPABILITIES } from '../../src/runtime/bundle.js';
 import {
   attack,
@@ -318,6 +319,26 @@ function guestRootAttacks(): void {
     assert.match(st.stdout, /^Seccomp:\s+0$/m);
     assert.match(st.stdout, /^\s*0\s+0\s+4294967295$/m, 'no user namespace: guest uid 0 is the guest kernel\'s root');
     assert.notEqual((await sh(b, id, 'uname -r')).stdout.trim(), os.release());
+  });
+
+  attack(B, 'setuid-root binary gains nothing in the guest either: the agent (its init) and every command run with no_new_privs', async () => {
+    // The agent sets no_new_privs on itself as the guest's init, so every process it starts inherits it: commands
+    // as root or user, background ones, terminals. Without it `user` would become guest root through any setuid file.
+    assert.match((await sh(b, id, 'grep NoNewPrivs /proc/1/status')).stdout, /^NoNewPrivs:\s+1$/m, 'the agent itself');
+    for (const user of [undefined, 'user']) {
+      assert.match((await sh(b, id, 'grep NoNewPrivs /proc/self/status', user ? { user } : {})).stdout, /^NoNewPrivs:\s+1$/m, `as ${user ?? 'root'}`);
+    }
+    await sh(b, id, 'cp /probes/procs /tmp/suid-procs && chown 0:0 /tmp/suid-procs && chmod 4755 /tmp/suid-procs');
+    assert.match((await sh(b, id, 'stat -c %A /tmp/suid-procs')).stdout, /^-rwsr-xr-x/);
+    const out = (await sh(b, id, '/tmp/suid-procs creds', { user: 'user' })).stdout;
+    assert.match(out, /^uid=1000 euid=1000$/m, 'the setuid bit is ignored');
+    assert.match(out, /^CapEff:\s+0+$/m);
+    assert.match(out, /^NoNewPrivs:\s+1$/m);
+    assert.match(out, /^setuid0=EPERM$/m);
+    // A background command is started the same way.
+    const bg = await sh(b, id, 'grep NoNewPrivs /proc/self/status > /tmp/bg-nnp', { user: 'user', background: true });
+    await api(b.url, 'GET', `/v1/sandboxes/${id}/commands/${bg.pid}/wait`);
+    assert.match((await sh(b, id, 'cat /tmp/bg-nnp')).stdout, /^NoNewPrivs:\s+1$/m, 'a background command');
   });
 
   attack(B, "mounts and namespaces are the guest kernel's: they succeed and change only the VM", async () => {

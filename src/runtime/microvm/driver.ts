@@ -254,7 +254,7 @@ export class MicrovmDriver extends WithoutLifecycleVerbs implements RuntimeDrive
       const procsFiles = await this.makeCgroup(id, spec.resources);
       const timeoutMs = this.opts.createTimeoutMs ?? 60_000;
       const deadline = Date.now() + timeoutMs;
-      const child = this.spawnQemu(id, spec.resources, image, initrd, procsFiles, net);
+      const child = this.spawnQemu(id, spec.resources, image, initrd, procsFiles, net, spec.allowSetuid === true);
       const consoleTail = collectTail(child);
       const exited = new Promise<string>((resolve) => {
         child.once('exit', (code, sig) => resolve(`QEMU exited (${code === 97 ? 'could not join the sandbox cgroup' : (code ?? sig)}) while the VM booted`));
@@ -312,9 +312,13 @@ export class MicrovmDriver extends WithoutLifecycleVerbs implements RuntimeDrive
     const rel = cgroupsPathFor(id).replace(/^\/+/, '');
     const procs: string[] = [];
     const seen = new Set<string>();
+    // One mount per hierarchy, the first (as writeCgroupV1Limits picks): the same hierarchy mounted again elsewhere,
+    // e.g. the transient cgroup yard CRIU mounts under /tmp while it dumps a container, is the same tree, and such a
+    // mount may be gone by the time QEMU's wrapper writes to it (the create then failed).
     for (const m of await cgroupMounts()) {
-      if (m.version !== 1 || !m.controllers.some((c) => ['memory', 'cpu', 'cpuacct', 'pids'].includes(c)) || seen.has(m.mountPoint)) continue;
-      seen.add(m.mountPoint);
+      const hierarchy = [...m.controllers].sort().join(',');
+      if (m.version !== 1 || !m.controllers.some((c) => ['memory', 'cpu', 'cpuacct', 'pids'].includes(c)) || seen.has(hierarchy)) continue;
+      seen.add(hierarchy);
       const dir = path.join(m.mountPoint, rel);
       await fsp.mkdir(dir, { recursive: true });
       procs.push(path.join(dir, 'cgroup.procs'));
@@ -324,7 +328,7 @@ export class MicrovmDriver extends WithoutLifecycleVerbs implements RuntimeDrive
     return procs;
   }
 
-  private qemuArgs(id: string, r: CgroupLimits, image: string, initrd: string, net: boolean): string[] {
+  private qemuArgs(id: string, r: CgroupLimits, image: string, initrd: string, net: boolean, allowSetuid: boolean): string[] {
     const f = this.files(id);
     const kvm = this.opts.accel === 'kvm';
     const vcpus = Math.max(1, Math.min(16, Math.ceil(r.cpus)));
@@ -339,6 +343,8 @@ export class MicrovmDriver extends WithoutLifecycleVerbs implements RuntimeDrive
       `capsule.id=${id}`,
       `capsule.pids=${Math.max(8, Math.floor(r.pids))}`,
       ...(net ? [`capsule.net=${GUEST_ADDR}`] : []),
+      // The guest's init sets no_new_privs for every command unless the template asks for setuid programs (sudo).
+      ...(allowSetuid ? ['capsule.setuid=1'] : []),
       '--',
       '--vm-init',
     ].join(' ');
@@ -398,12 +404,12 @@ export class MicrovmDriver extends WithoutLifecycleVerbs implements RuntimeDrive
    * QEMU joins the sandbox's cgroups before it execs (a tiny sh wrapper), detached so a daemon restart leaves it
    * running. With a network device it execs through `unshare --net` (same pid): a namespace of its own.
    */
-  private spawnQemu(id: string, r: CgroupLimits, image: string, initrd: string, procsFiles: string[], net: boolean): ChildProcess {
+  private spawnQemu(id: string, r: CgroupLimits, image: string, initrd: string, procsFiles: string[], net: boolean, allowSetuid: boolean): ChildProcess {
     const f = this.files(id);
     const bin = this.opts.qemu ?? QEMU_BINARY;
     const script = 'for f in $CAPSULE_CGROUP_PROCS; do echo $$ > "$f" || exit 97; done; exec "$@"';
     const unshare = UNSHARE_PATHS.find((p) => fs.existsSync(p)) ?? 'unshare';
-    const cmd = [...(net ? [unshare, '--net', '--'] : []), bin, ...this.qemuArgs(id, r, image, initrd, net)];
+    const cmd = [...(net ? [unshare, '--net', '--'] : []), bin, ...this.qemuArgs(id, r, image, initrd, net, allowSetuid)];
     const child = spawn('/bin/sh', ['-c', script, 'capsule-qemu', ...cmd], {
       detached: true,
       stdio: ['ignore', 'pipe', 'pipe'],

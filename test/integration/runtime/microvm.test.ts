@@ -97,6 +97,30 @@ describe('microVM sandboxes (QEMU -M microvm)', { skip: microvmSkip(), timeout: 
     assert.match((await sbx.commands.run('grep " / " /proc/mounts')).stdout, /^overlay \/ overlay /);
   });
 
+  it('gives blocks the guest frees back to the host (discard through virtio-blk punches holes in disk.img)', async () => {
+    const disk = `${dataDir}/microvm/sb/${sbx.id}/disk.img`;
+    const allocated = () => fs.statSync(disk).blocks * 512;
+    const MiB = 2 ** 20;
+    await sbx.commands.run('sync');
+    const base = allocated();
+    // Random bytes: QEMU's detect-zeroes could otherwise store zeros as holes and prove nothing.
+    const w = await sbx.commands.run('head -c 67108864 /dev/urandom > /work/fill.bin && sync && wc -c < /work/fill.bin', { timeoutMs: 120_000 });
+    assert.equal(w.stdout.trim(), String(64 * MiB), w.stderr);
+    const full = allocated();
+    assert.ok(full - base >= 60 * MiB, `64 MiB written in the guest allocated only ${((full - base) / MiB).toFixed(1)} MiB on the host`);
+    await sbx.commands.run('rm /work/fill.bin && sync');
+    // ext4's online discard goes out when the guest's journal commits the free (its commit interval is 5 s).
+    let now = allocated();
+    const deadline = Date.now() + 30_000;
+    while (now - base > 8 * MiB && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 500));
+      await sbx.commands.run('sync');
+      now = allocated();
+    }
+    console.log(`disk.img allocated: ${(base / MiB).toFixed(1)} MiB before, ${(full / MiB).toFixed(1)} MiB with 64 MiB written, ${(now / MiB).toFixed(1)} MiB after the delete`);
+    assert.ok(now - base <= 8 * MiB, `after the delete the host still holds ${((now - base) / MiB).toFixed(1)} MiB more than before`);
+  });
+
   it('holds processes to the pids limit inside the guest (a cgroup around the agent); memory is the VM size', async () => {
     assert.equal((await sbx.commands.run('cat /sys/fs/cgroup/sandbox/pids.max')).stdout, '48\n');
     const r = await sbx.commands.run('i=0; while [ $i -lt 60 ]; do sleep 5 </dev/null >/dev/null 2>&1 & i=$((i+1)); done 2>&1 | grep -c "can.t fork"; true');
@@ -111,6 +135,9 @@ describe('microVM sandboxes (QEMU -M microvm)', { skip: microvmSkip(), timeout: 
     const term = await sbx.pty.create({ cols: 101, rows: 33, onData: sc.onData });
     await term.sendInput('stty size\n');
     await sc.until(/33 101\r\n/);
+    // A terminal's shell, like every process the guest's init starts, runs with no_new_privs.
+    await term.sendInput('grep NoNewPrivs /proc/self/status\n');
+    await sc.until(/NoNewPrivs:\s+1\r\n/);
     await term.sendInput('sleep 100\n');
     await new Promise((r) => setTimeout(r, 500));
     const m = sc.mark();

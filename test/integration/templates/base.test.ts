@@ -10,6 +10,7 @@ import { after, before, describe, it } from 'node:test';
 import { api, removeDataDir, startTestDaemon, tempDataDir, type TestDaemon } from '../../helpers/daemon.js';
 import { connectClient } from '../mcp/fixture.js';
 import { debootstrapSkip } from '../../helpers/debootstrap.js';
+import { microvmSkip } from '../../helpers/microvm.js';
 
 const skip = debootstrapSkip();
 const runscMissing = () => (spawnSync('runsc', ['--version'], { stdio: 'ignore' }).status === 0 ? false : 'needs runsc (apt-get install runsc)');
@@ -26,7 +27,8 @@ describe('the base template', { skip, timeout: 15 * 60_000 }, () => {
   before(async () => {
     const dataDir = tempDataDir();
     fs.chmodSync(dataDir, 0o755);
-    d = await startTestDaemon({ dataDir });
+    // TCG is test-only for microVMs (ADR 0017): only the microvm case below makes one.
+    d = await startTestDaemon({ dataDir, env: { CAPSULE_MICROVM_ALLOW_TCG: '1' } });
   });
   after(async () => {
     await d?.stop();
@@ -77,6 +79,22 @@ describe('the base template', { skip, timeout: 15 * 60_000 }, () => {
       const sudo = await exec(id, 'sudo -n id -u');
       assert.notEqual(sudo.exitCode, 0, `sudo cannot raise privileges under gVisor: ${JSON.stringify(sudo)}`);
       assert.doesNotMatch(sudo.stdout, /^0$/m);
+    } finally {
+      await api(d.url, 'DELETE', `/v1/sandboxes/${id}`);
+    }
+  });
+
+  it('in a microVM sudo works too: the guest init leaves no_new_privs off for a template that asks for it (capsule.setuid=1)', { skip: microvmSkip() }, async () => {
+    const r = await api(d.url, 'POST', '/v1/sandboxes', { template: 'base', isolation: 'microvm' });
+    assert.equal(r.status, 201, r.text);
+    const id = r.json.id as string;
+    try {
+      assert.equal(r.json.isolation, 'microvm');
+      const who = await exec(id, 'id -un; grep NoNewPrivs /proc/self/status');
+      assert.match(who.stdout, /^user\nNoNewPrivs:\s+0\n$/);
+      const sudo = await exec(id, 'sudo -n id -u');
+      assert.equal(sudo.exitCode, 0, JSON.stringify(sudo));
+      assert.equal(sudo.stdout, '0\n');
     } finally {
       await api(d.url, 'DELETE', `/v1/sandboxes/${id}`);
     }
