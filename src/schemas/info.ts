@@ -27,6 +27,13 @@ export const RuntimeCapabilities = z
     updateResources: z.boolean().describe('Can change cpu, memory and pids limits of a running sandbox'),
     exportChanges: z.boolean().describe("Can copy a sandbox's file changes out as a layer (template builds, snapshots)"),
     network: z.array(z.string()).describe('Network modes a sandbox can be given'),
+    networkAfterCreate: z
+      .boolean()
+      .optional()
+      .describe(
+        'false where a sandbox created without a network can never be given one (a microVM has no network device ' +
+          'hot-plug: ask for egress or public ports at create); absent where a policy or a port can add it later',
+      ),
     maxLayers: z.number().int().describe('Most read-only filesystem layers one sandbox stacks'),
     reasons: z
       .record(z.string(), z.string())

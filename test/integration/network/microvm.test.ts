@@ -74,8 +74,14 @@ describe('network: gateway mode in a microVM', { skip: microvmSkip(), timeout: 5
   });
 
   it('lists gateway among the microvm backend network modes', async () => {
-    const info = (await api(d.url, 'GET', '/v1/info')).json as { backends: Array<{ isolation: string; capabilities?: { network: string[] } }> };
-    assert.deepEqual(info.backends.find((b) => b.isolation === 'microvm')?.capabilities?.network, ['none', 'gateway']);
+    const info = (await api(d.url, 'GET', '/v1/info')).json as {
+      backends: Array<{ isolation: string; capabilities?: { network: string[]; networkAfterCreate?: boolean } }>;
+    };
+    const vmCaps = info.backends.find((b) => b.isolation === 'microvm')?.capabilities;
+    assert.deepEqual(vmCaps?.network, ['none', 'gateway']);
+    // Clients can tell beforehand that a VM made without a network never gets one; containers can (absent).
+    assert.equal(vmCaps?.networkAfterCreate, false);
+    assert.equal(info.backends.find((b) => b.isolation === 'container')?.capabilities?.networkAfterCreate, undefined);
   });
 
   it('reaches the allowed name, with DNS from the daemon and a ledger entry', async () => {
