@@ -149,18 +149,19 @@ forEachIsolation('security: load on the daemon', (isolation) => {
   attack(B, 'stdout flood (1 GiB, 256 MiB under gvisor and microvm) to a buffered result: bounded result with a truncation flag, daemon memory flat, others answer', async () => {
     const flooder = await createSandbox(b, { probes: [] });
     const limit = 1024 * 1024;
-    // The daemon keeps maxOutputBytes and drops the rest, so the whole flood crosses the agent transport. It drains at
-    // 250 MiB/s from a container, but at 14 MiB/s from gVisor and 4-9 MiB/s from a microVM here: 1 GiB did not finish
-    // within the command's 120 s. In the VM the writer sets the pace: busybox head writes small blocks, each an
-    // emulated syscall (64 MiB of it into `cat` alone took 4.8 s in the guest), while dd with 64 KiB blocks crossed
-    // the port and the relay at ~49 MiB/s. 256 MiB is still 256 times what is kept.
+    // The daemon keeps maxOutputBytes and drops the rest, so the whole flood crosses the agent transport. The writer
+    // is dd with 64 KiB blocks: busybox head writes small blocks, each an emulated syscall in a microVM, and drained
+    // there at 4-9 MiB/s (64 MiB of it into `cat` alone took 4.8 s in the guest) against ~49 MiB/s for dd, so the
+    // flood measured the guest's CPU rather than the transport, and took most of a minute. From gVisor a flood drains
+    // at ~14 MiB/s (with head): 1 GiB did not finish within the command's 120 s there. 256 MiB is still 256 times
+    // what is kept.
     const floodMiB = per(b, { container: 1024, gvisor: 256, microvm: 256 });
     const rssBefore = daemonRss();
     let peak = rssBefore;
     const sampler = setInterval(() => (peak = Math.max(peak, daemonRss())), 50);
     const t0 = performance.now();
     const flood = api(b.url, 'POST', `/v1/sandboxes/${flooder}/commands`, {
-      cmd: `head -c ${floodMiB * 1024 * 1024} /dev/zero; echo done >&2`,
+      cmd: `dd if=/dev/zero bs=65536 count=${floodMiB * 16} 2>/dev/null; echo done >&2`,
       maxOutputBytes: limit,
       timeoutMs: 120_000,
     });
