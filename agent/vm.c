@@ -62,16 +62,17 @@ static void load_modules(void) {
   fclose(f);
 }
 
-/* The block device whose virtio serial is `serial` (the daemon names its disks), as /dev/vdX. */
-static int find_disk(const char *serial, char *out, size_t outlen) {
-  DIR *d = opendir("/sys/block");
+/* The entry of sysfs dir `dir` (names starting with `prefix`, or any but dot entries) whose attribute file
+ * `attr` reads `want`, as /dev/<entry>; 0 when found. */
+static int find_sysfs(const char *dir, const char *prefix, const char *attr, const char *want, char *out, size_t outlen) {
+  DIR *d = opendir(dir);
   if (!d) return -1;
   struct dirent *e;
   int found = -1;
   while ((e = readdir(d))) {
-    if (strncmp(e->d_name, "vd", 2)) continue;
+    if (prefix ? strncmp(e->d_name, prefix, strlen(prefix)) != 0 : e->d_name[0] == '.') continue;
     char p[300], buf[64] = "";
-    snprintf(p, sizeof p, "/sys/block/%s/serial", e->d_name);
+    snprintf(p, sizeof p, "%s/%s/%s", dir, e->d_name, attr);
     int fd = open(p, O_RDONLY | O_CLOEXEC);
     if (fd < 0) continue;
     ssize_t n = read(fd, buf, sizeof buf - 1);
@@ -79,33 +80,20 @@ static int find_disk(const char *serial, char *out, size_t outlen) {
     if (n <= 0) continue;
     buf[n] = 0;
     buf[strcspn(buf, "\n")] = 0;
-    if (!strcmp(buf, serial)) { snprintf(out, outlen, "/dev/%s", e->d_name); found = 0; break; }
+    if (!strcmp(buf, want)) { snprintf(out, outlen, "/dev/%s", e->d_name); found = 0; break; }
   }
   closedir(d);
   return found;
 }
 
+/* The block device whose virtio serial is `serial` (the daemon names its disks), as /dev/vdX. */
+static int find_disk(const char *serial, char *out, size_t outlen) {
+  return find_sysfs("/sys/block", "vd", "serial", serial, out, outlen);
+}
+
 /* The virtio-serial port named `name`, as /dev/vportNpM. */
 static int find_port(const char *name, char *out, size_t outlen) {
-  DIR *d = opendir("/sys/class/virtio-ports");
-  if (!d) return -1;
-  struct dirent *e;
-  int found = -1;
-  while ((e = readdir(d))) {
-    if (e->d_name[0] == '.') continue;
-    char p[300], buf[64] = "";
-    snprintf(p, sizeof p, "/sys/class/virtio-ports/%s/name", e->d_name);
-    int fd = open(p, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) continue;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0) continue;
-    buf[n] = 0;
-    buf[strcspn(buf, "\n")] = 0;
-    if (!strcmp(buf, name)) { snprintf(out, outlen, "/dev/%s", e->d_name); found = 0; break; }
-  }
-  closedir(d);
-  return found;
+  return find_sysfs("/sys/class/virtio-ports", NULL, "name", name, out, outlen);
 }
 
 /* The value of `key` (e.g. "capsule.id=") on the kernel command line, into out; 0 when found. */

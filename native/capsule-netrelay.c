@@ -164,6 +164,25 @@ static int link_up(int fd, int ifindex) {
   return nl_talk(fd, &r);
 }
 
+/* "local <dst>/<dst_len> dev lo table local": that destination is this namespace's own (dst NULL: default). */
+static int local_route(int fd, int lo, int family, const void *dst, int dst_len) {
+  struct nlreq r;
+  memset(&r, 0, sizeof r);
+  r.nh.nlmsg_len = NLMSG_LENGTH(sizeof(struct rtmsg));
+  r.nh.nlmsg_type = RTM_NEWROUTE;
+  r.nh.nlmsg_flags = NLM_F_CREATE | NLM_F_EXCL;
+  r.u.rt.rtm_family = (unsigned char)family;
+  r.u.rt.rtm_dst_len = (unsigned char)dst_len;
+  r.u.rt.rtm_table = RT_TABLE_LOCAL;
+  r.u.rt.rtm_protocol = RTPROT_STATIC;
+  r.u.rt.rtm_scope = RT_SCOPE_HOST;
+  r.u.rt.rtm_type = RTN_LOCAL;
+  if (dst) nl_attr(&r, RTA_DST, dst, family == AF_INET ? 4 : 16);
+  uint32_t oif = (uint32_t)lo;
+  nl_attr(&r, RTA_OIF, &oif, sizeof oif);
+  return nl_talk(fd, &r);
+}
+
 /* Tap mode: TAP_ADDR/30 on the tap, the tap up, and the resolver address local (on lo); no other route. */
 static int setup_tap(int fd, int lo) {
   int tap = (int)if_nametoindex(opt_tap);
@@ -183,23 +202,9 @@ static int setup_tap(int fd, int lo) {
   if (e < 0) return e;
   e = link_up(fd, tap);
   if (e < 0) return e;
-  struct nlreq r;
-  memset(&r, 0, sizeof r);
-  r.nh.nlmsg_len = NLMSG_LENGTH(sizeof(struct rtmsg));
-  r.nh.nlmsg_type = RTM_NEWROUTE;
-  r.nh.nlmsg_flags = NLM_F_CREATE | NLM_F_EXCL;
-  r.u.rt.rtm_family = AF_INET;
-  r.u.rt.rtm_dst_len = 32;
-  r.u.rt.rtm_table = RT_TABLE_LOCAL;
-  r.u.rt.rtm_protocol = RTPROT_STATIC;
-  r.u.rt.rtm_scope = RT_SCOPE_HOST;
-  r.u.rt.rtm_type = RTN_LOCAL;
   struct in_addr res;
   if (inet_pton(AF_INET, opt_resolver, &res) != 1) return -EINVAL;
-  nl_attr(&r, RTA_DST, &res, 4);
-  uint32_t oif = (uint32_t)lo;
-  nl_attr(&r, RTA_OIF, &oif, sizeof oif);
-  return nl_talk(fd, &r);
+  return local_route(fd, lo, AF_INET, &res, 32);
 }
 
 /* lo up, and "local default dev lo table local" for both families: every address is this namespace's own.
@@ -209,7 +214,6 @@ static int setup_routes(int *have_v6) {
   if (fd < 0) return -errno;
   int lo = (int)if_nametoindex("lo");
   if (lo <= 0) return -ENODEV;
-  struct nlreq r;
   int e = link_up(fd, lo);
   if (e < 0) return e;
   *have_v6 = 0;
@@ -219,19 +223,7 @@ static int setup_routes(int *have_v6) {
     return e;
   }
   for (int fam = 0; fam < 2; fam++) {
-    memset(&r, 0, sizeof r);
-    r.nh.nlmsg_len = NLMSG_LENGTH(sizeof(struct rtmsg));
-    r.nh.nlmsg_type = RTM_NEWROUTE;
-    r.nh.nlmsg_flags = NLM_F_CREATE | NLM_F_EXCL;
-    r.u.rt.rtm_family = fam == 0 ? AF_INET : AF_INET6;
-    r.u.rt.rtm_dst_len = 0;
-    r.u.rt.rtm_table = RT_TABLE_LOCAL;
-    r.u.rt.rtm_protocol = RTPROT_STATIC;
-    r.u.rt.rtm_scope = RT_SCOPE_HOST;
-    r.u.rt.rtm_type = RTN_LOCAL;
-    uint32_t oif = (uint32_t)lo;
-    nl_attr(&r, RTA_OIF, &oif, sizeof oif);
-    e = nl_talk(fd, &r);
+    e = local_route(fd, lo, fam == 0 ? AF_INET : AF_INET6, NULL, 0);
     if (fam == 0 && e < 0) return e;
     if (fam == 1) *have_v6 = e == 0; /* IPv6 off in this kernel or namespace: IPv6 is simply unreachable */
   }

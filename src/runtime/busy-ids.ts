@@ -16,6 +16,16 @@ export class BusyIds {
     this.ids.add(id);
   }
 
+  /** Run `fn` holding `id` (claimed as `claim` does), released however it ends. */
+  async hold<T>(id: string, message: string, fn: () => Promise<T>): Promise<T> {
+    this.claim(id, message);
+    try {
+      return await fn();
+    } finally {
+      this.release(id);
+    }
+  }
+
   release(id: string): void {
     this.ids.delete(id);
   }

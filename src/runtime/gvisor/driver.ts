@@ -287,12 +287,7 @@ export class GvisorDriver extends WithoutLifecycleVerbs implements RuntimeDriver
 
   async destroy(id: string): Promise<void> {
     checkId(id);
-    this.busy.claim(id, `sandbox ${id} is being created or destroyed`);
-    try {
-      await this.destroyUnlocked(id);
-    } finally {
-      this.busy.release(id);
-    }
+    await this.busy.hold(id, `sandbox ${id} is being created or destroyed`, () => this.destroyUnlocked(id));
   }
 
   private async destroyUnlocked(id: string): Promise<void> {
