@@ -9,11 +9,11 @@
  *
  * Skipped (with a note) when runsc is not installed.
  */
-import fs from 'node:fs';
 import path from 'node:path';
 import { connectAgent } from '../src/agent/client.js';
 import { Sandbox } from '../src/sdk/index.js';
 import { hasBinary } from './baselines.js';
+import { idleMemoryMiB, checkTrue as check, timed, transferRows } from './backend-rows.js';
 import { interleave, linkRatios, row, type Scenario } from './context.js';
 import { RunscBaseline } from './runsc-baseline.js';
 import { now } from './stats.js';
@@ -92,7 +92,6 @@ export const gvisor: Scenario = async (ctx) => {
     const rid = await runsc.start();
     // The gVisor driver's socket layout (config paths.gvisorSocketDir).
     const agent = await connectAgent(path.join(ctx.daemon.dataDir, 'gvisor', 'sock', gv.id, 'agent.sock'));
-    const idle: number[] = [];
     try {
       for (let i = 0; i < 3; i++) {
         await gv.commands.run(['true']);
@@ -119,35 +118,9 @@ export const gvisor: Scenario = async (ctx) => {
       const heavy = await interleave(ctx.quick ? 5 : 40, [{ name: 'runsc exec true', run: async () => timed(() => runsc.exec(rid, ['true'])) }], errors);
       for (const [k, v] of heavy) ex.set(k, v);
       // Host memory of the idle gVisor sandbox: its cgroup's usage (gVisor's kernel, gofer and the guest).
-      for (let i = 0; i < 5; i++) {
-        const u = readNumber(`/sys/fs/cgroup/memory/capsule/${gv.id}/memory.usage_in_bytes`);
-        if (u !== null) idle.push(u / 1048576);
-        await new Promise((r) => setTimeout(r, 100));
-      }
+      const idle = await idleMemoryMiB(gv.id);
       // A file written and read back through the SDK in each kind (MB/s, 1 MB = 10^6 bytes), interleaved.
       const mb = ctx.quick ? 20 : 100;
-      const data = new Uint8Array(mb * 1_000_000).fill(7);
-      const kinds = [['gvisor', gv], ['container', ct]] as const;
-      const xfer = new Map<string, number[]>(kinds.flatMap(([k]) => [[`sdk write ${mb} MB (${k})`, []], [`sdk read ${mb} MB (${k})`, []]] as const));
-      await interleave(
-        ctx.quick ? 2 : 5,
-        kinds.map(([kind, sbx]) => ({
-          name: `files ${kind}`,
-          run: async (i: number) => {
-            const p = `/tmp/bench-${i}.bin`;
-            let t0 = now();
-            await sbx.files.write(p, data);
-            xfer.get(`sdk write ${mb} MB (${kind})`)!.push((mb * 1000) / (now() - t0));
-            t0 = now();
-            const back = await sbx.files.read(p, { format: 'bytes' });
-            xfer.get(`sdk read ${mb} MB (${kind})`)!.push((mb * 1000) / (now() - t0));
-            if (back.length !== data.length) throw new Error(`${kind}: read ${back.length} bytes of ${data.length}`);
-            await sbx.files.remove(p);
-            return 0;
-          },
-        })),
-        errors,
-      );
       const rows = [
         row('ttfc.gvisor', 'capsule', 'ms', got.get('ttfc.gvisor')!, { vs: 'runsc run -d + exec echo' }),
         row('runsc run -d + exec echo', 'baseline', 'ms', got.get('runsc run -d + exec echo')!, { vs: 'crun run -d + exec echo' }),
@@ -158,11 +131,7 @@ export const gvisor: Scenario = async (ctx) => {
         row('exec true (sdk, container)', 'capsule', 'ms', ex.get('exec true (sdk, container)')!),
         row('runsc exec true', 'baseline', 'ms', ex.get('runsc exec true')!, { vs: 'exec true (sdk, gvisor)' }),
       ];
-      for (const dir of ['write', 'read']) {
-        const [g, c] = [`sdk ${dir} ${mb} MB (gvisor)`, `sdk ${dir} ${mb} MB (container)`];
-        if (xfer.get(g)!.length > 0) rows.push(row(g, 'capsule', 'MB/s', xfer.get(g)!, { vs: c }));
-        if (xfer.get(c)!.length > 0) rows.push(row(c, 'capsule', 'MB/s', xfer.get(c)!));
-      }
+      rows.push(...(await transferRows('gvisor', gv, ct, mb, ctx.quick ? 2 : 5, errors)));
       if (idle.length > 0) rows.push(row('idle memory (gvisor, cgroup)', 'capsule', 'MiB', idle));
       linkRatios(rows);
       notes.push(
@@ -183,21 +152,3 @@ export const gvisor: Scenario = async (ctx) => {
     if (left.length > 0) errors.push(...left);
   }
 };
-
-async function timed(fn: () => Promise<unknown>): Promise<number> {
-  const t0 = now();
-  await fn();
-  return now() - t0;
-}
-
-function check(r: { exitCode: number }): void {
-  if (r.exitCode !== 0) throw new Error(`true exited ${r.exitCode}`);
-}
-
-function readNumber(file: string): number | null {
-  try {
-    return Number(fs.readFileSync(file, 'utf8').trim());
-  } catch {
-    return null;
-  }
-}

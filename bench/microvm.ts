@@ -15,12 +15,12 @@
  * Skipped (with a note) when QEMU or the guest kernel is missing.
  */
 import { spawn } from 'node:child_process';
-import fs from 'node:fs';
 import path from 'node:path';
 import { connectAgent } from '../src/agent/client.js';
 import { initramfs } from '../src/runtime/microvm/images.js';
 import { findKernel, findQemu, hostAccel } from '../src/runtime/microvm/kernel.js';
 import { Sandbox } from '../src/sdk/index.js';
+import { idleMemoryMiB, checkTrue as check, timed, transferRows } from './backend-rows.js';
 import { interleave, linkRatios, row, type Scenario } from './context.js';
 import { now } from './stats.js';
 
@@ -125,38 +125,8 @@ export const microvm: Scenario = async (ctx) => {
       ],
       errors,
     );
-    const idle: number[] = [];
-    for (let i = 0; i < 5; i++) {
-      try {
-        idle.push(Number(fs.readFileSync(`/sys/fs/cgroup/memory/capsule/${vm.id}/memory.usage_in_bytes`, 'utf8').trim()) / 1048576);
-      } catch {
-        /* no v1 memory cgroup */
-      }
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    const idle = await idleMemoryMiB(vm.id);
     const mb = ctx.quick ? 20 : 100;
-    const data = new Uint8Array(mb * 1_000_000).fill(7);
-    const kinds = [['microvm', vm], ['container', ct]] as const;
-    const xfer = new Map<string, number[]>(kinds.flatMap(([k]) => [[`sdk write ${mb} MB (${k})`, []], [`sdk read ${mb} MB (${k})`, []]] as const));
-    await interleave(
-      ctx.quick ? 1 : 3,
-      kinds.map(([kind, sbx]) => ({
-        name: `files ${kind}`,
-        run: async (i: number) => {
-          const p = `/tmp/bench-${i}.bin`;
-          let t0 = now();
-          await sbx.files.write(p, data);
-          xfer.get(`sdk write ${mb} MB (${kind})`)!.push((mb * 1000) / (now() - t0));
-          t0 = now();
-          const back = await sbx.files.read(p, { format: 'bytes' });
-          xfer.get(`sdk read ${mb} MB (${kind})`)!.push((mb * 1000) / (now() - t0));
-          if (back.length !== data.length) throw new Error(`${kind}: read ${back.length} bytes of ${data.length}`);
-          await sbx.files.remove(p);
-          return 0;
-        },
-      })),
-      errors,
-    );
     const rows = [
       row('ttfc.microvm', 'capsule', 'ms', got.get('ttfc.microvm')!, { vs: 'qemu boot to init (raw)' }),
       row('qemu boot to init (raw)', 'baseline', 'ms', got.get('qemu boot to init (raw)')!, { vs: 'ttfc.container' }),
@@ -165,11 +135,7 @@ export const microvm: Scenario = async (ctx) => {
       row('agent exec true (microvm relay socket)', 'baseline', 'ms', ex.get('agent exec true (microvm relay socket)')!, { vs: 'exec true (sdk, container)' }),
       row('exec true (sdk, container)', 'capsule', 'ms', ex.get('exec true (sdk, container)')!),
     ];
-    for (const dir of ['write', 'read']) {
-      const [v, c] = [`sdk ${dir} ${mb} MB (microvm)`, `sdk ${dir} ${mb} MB (container)`];
-      if (xfer.get(v)!.length > 0) rows.push(row(v, 'capsule', 'MB/s', xfer.get(v)!, { vs: c }));
-      if (xfer.get(c)!.length > 0) rows.push(row(c, 'capsule', 'MB/s', xfer.get(c)!));
-    }
+    rows.push(...(await transferRows('microvm', vm, ct, mb, ctx.quick ? 1 : 3, errors)));
     if (idle.length > 0) rows.push(row('idle memory (microvm, QEMU cgroup)', 'capsule', 'MiB', idle));
     linkRatios(rows);
     notes.push(
@@ -185,13 +151,3 @@ export const microvm: Scenario = async (ctx) => {
     await ct.kill().catch(() => undefined);
   }
 };
-
-async function timed(fn: () => Promise<unknown>): Promise<number> {
-  const t0 = now();
-  await fn();
-  return now() - t0;
-}
-
-function check(r: { exitCode: number }): void {
-  if (r.exitCode !== 0) throw new Error(`true exited ${r.exitCode}`);
-}
