@@ -289,7 +289,7 @@ export class MicrovmDriver extends WithoutLifecycleVerbs implements RuntimeDrive
         const tail = consoleTail().trim().split('\n').slice(-6).join(' | ');
         throw new RuntimeError(`microVM ${id} did not boot: ${failure}${tail ? `; console: ${tail}` : ''}`, { id });
       }
-      if (spec.network.mode === 'gateway' && child.pid) await this.startNetwork(id, child.pid, spec.network);
+      if (net && child.pid) await this.startNetwork(id, child.pid, spec.network);
       this.log.info({ id, ms: Math.round(performance.now() - started), pid: child.pid, accel: this.opts.accel }, 'microVM sandbox created');
       return { id, status: 'running', ...(child.pid ? { pid: child.pid } : {}) };
     } catch (e) {
