@@ -28,6 +28,7 @@
 
 #include "agent.h"
 #include "files.h"
+#include "hosts.h"
 #include "process.h"
 #include "spawn.h"
 #include "vm.h"
@@ -212,6 +213,8 @@ static void conn_free(struct conn *c) {
 }
 
 int conn_adopt(int fd) {
+  /* Cheap unless the hostname changed: a fork with memory is renamed after its restore, then connected to. */
+  hosts_sync();
   struct conn *c = nconns < MAX_CONNS ? calloc(1, sizeof *c) : NULL;
   if (!c) { close(fd); return -1; }
   c->fd = fd;
@@ -324,6 +327,8 @@ int main(int argc, char **argv) {
     close(n);
   }
 
+  /* Listening already: the daemon's connect waits in the backlog meanwhile. */
+  hosts_sync();
   signal(SIGPIPE, SIG_IGN);
   struct sigaction sa = { .sa_handler = on_term };
   sigaction(SIGTERM, &sa, NULL);

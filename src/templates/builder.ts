@@ -39,6 +39,7 @@ import { copyTree } from '../layers/native.js';
 import { layerDigest, type LayerStore } from '../layers/store.js';
 import type { TemplateConfig, TemplateDefinition, TemplateStep } from '../schemas/templates.js';
 import type { BlobStore } from './blobs.js';
+import { removeBuildTraces } from './build-traces.js';
 
 const execFileP = promisify(execFile);
 
@@ -326,8 +327,9 @@ export class TemplateBuilder {
         if (timedOut) throw new BuildStepError(n, what, `ran past its ${Math.round(limit / 1000)} s limit and was killed`, tail.lines(20));
         if (status.exitCode !== 0) throw new BuildStepError(n, what, `exited with ${status.exitCode}${status.signal ? ` (${status.signal})` : ''}`, tail.lines(20));
         await runtime.exportChanges(id, dest, signal);
-        // The resolver the network service wrote for the build is not part of the template.
-        if (network) await fsp.rm(path.join(dest, 'etc', 'resolv.conf'), { force: true });
+        // The resolver the network service wrote for the build, and the build sandbox's name in /etc/hosts,
+        // are not part of the template.
+        await removeBuildTraces(dest, { resolver: network !== undefined });
       } finally {
         conn.close();
       }

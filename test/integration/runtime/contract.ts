@@ -119,6 +119,30 @@ export function driverContract(name: string, make: (fx: Fixture) => Promise<Cont
       await assertGone(id);
     });
 
+    it("lets the agent name the sandbox in /etc/hosts, keeping the template's entries and replacing a stale name", async () => {
+      // A template built in another sandbox (or a snapshot of one) carries that sandbox's line; no localhost.
+      const tpl = layer(fx, 'hosts', { 'etc/hosts': '10.9.8.7\tdb.internal # the template\'s\n127.0.1.1\tsbx-old\t# capsule: this sandbox\n' });
+      const id = newId();
+      const conn = await start(spec(id, { layers: [{ path: fx.templateRootfs }, tpl] }));
+      const want = `10.9.8.7\tdb.internal # the template's\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t${id}\t# capsule: this sandbox\n`;
+      try {
+        const r = await run(conn, ['sh', '-c', 'cat /etc/hosts; echo "10.1.1.1 mine" >> /etc/hosts; ls -a /etc | grep -c capsule-hosts']);
+        assert.equal(r.out, `${want}0\n`, 'no temp file left behind');
+        assert.equal(fs.readFileSync(path.join(tpl.path, 'etc/hosts'), 'utf8').includes('sbx-old'), true, 'the layer is untouched');
+      } finally {
+        conn.close();
+      }
+      // A later connection (the daemon reconnecting) leaves the user's edit alone.
+      const again = await connectAgent(t.driver.agentEndpoint(id), { timeoutMs: 5000 });
+      try {
+        assert.equal((await run(again, ['cat', '/etc/hosts'])).out, `${want}10.1.1.1 mine\n`);
+      } finally {
+        again.close();
+      }
+      await t.driver.destroy(id);
+      await assertGone(id);
+    });
+
     it('stacks layers lowest first, with the writable layer on top, and leaves the layers untouched', async (tc) => {
       if (t.driver.capabilities.maxLayers < 3) return tc.skip(`${name} stacks fewer than 3 layers`);
       const base = layer(fx, 'base', { 'etc/which': 'base\n', 'etc/base-only': 'b\n' });

@@ -257,6 +257,10 @@ describe(`hibernate and restore (runc + CRIU, ${template} template)`, { skip, ti
       assert.equal(st.token, first.token, 'the same process memory as the source');
       assert.ok(st.n < at.n + 100, `fork ${f.id} continues from about ${at.n} (now ${st.n}), not from 1`);
       assert.equal((await f.commands.run('hostname')).stdout.trim(), f.id);
+      // Renamed after its restore: the agent names it anew in /etc/hosts when the daemon connects (agent/hosts.c).
+      const hosts = (await f.commands.run('cat /etc/hosts')).stdout;
+      assert.match(hosts, new RegExp(`^127\\.0\\.1\\.1\\t${f.id}\\t# capsule: this sandbox$`, 'm'));
+      assert.ok(!hosts.includes(s.id), hosts);
       const procs = await f.commands.list();
       assert.ok(procs.some((p) => p.running && (p.cmd.join(' ').includes('python3') || p.cmd.join(' ').includes('/tmp/state'))), JSON.stringify(procs));
     }

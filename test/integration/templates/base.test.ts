@@ -53,6 +53,12 @@ describe('the base template', { skip, timeout: 15 * 60_000 }, () => {
       const sudo = await exec(id, 'sudo -n id -u && sudo -n touch /root-made && ls -l /root-made | cut -d" " -f3');
       assert.equal(sudo.exitCode, 0, sudo.stderr);
       assert.deepEqual(sudo.stdout.trim().split('\n'), ['0', 'root']);
+      // debootstrap leaves no /etc/hosts: the agent's one names localhost and the sandbox, so sudo has nothing to say.
+      assert.equal(sudo.stderr, '', 'sudo resolves the sandbox\'s hostname');
+      const names = await exec(id, 'getent hosts localhost; getent hosts "$(hostname)"; python3 -c "import socket; print(socket.gethostbyname(\'localhost\'))"');
+      assert.equal(names.exitCode, 0, names.stderr);
+      assert.match(names.stdout, new RegExp(`^127\\.0\\.1\\.1\\s+${id}$`, 'm'));
+      assert.match(names.stdout, /^127\.0\.0\.1$/m);
       // Root through sudo is the sandbox's root: no mounts, no kernel knobs, no more capabilities than the sandbox set.
       const confined = await exec(id, 'sudo -n mount -t tmpfs none /mnt; echo mount=$?; sudo -n sh -c "echo 1 > /proc/sys/kernel/sysrq" 2>/dev/null; echo sysrq=$?; sudo -n grep CapBnd /proc/self/status');
       assert.match(confined.stdout, /mount=[1-9]/);

@@ -101,6 +101,13 @@ describe('user templates', () => {
       const r = await sh(id, 'pwd; id -u; echo "$GREETING"; cat /built.txt; stat -c %u /opt/app/data.txt');
       assert.equal(r.exitCode, 0, r.stderr);
       assert.deepEqual(r.stdout.trim().split('\n'), ['/opt/app', '1000', 'hello', 'main says hello', '1000']);
+      // The build sandboxes' names stay out of the layers (each agent named its own in /etc/hosts); this one is named.
+      for (const l of fs.readdirSync(path.join(d.dataDir, 'layers'))) {
+        const hosts = path.join(d.dataDir, 'layers', l, 'etc', 'hosts');
+        if (fs.existsSync(hosts)) assert.ok(!fs.readFileSync(hosts, 'utf8').includes('# capsule: this sandbox'), `layer ${l}: ${fs.readFileSync(hosts, 'utf8')}`);
+      }
+      const named = await sh(id, 'grep "# capsule: this sandbox" /etc/hosts');
+      assert.equal(named.stdout, `127.0.1.1\t${id}\t# capsule: this sandbox\n`);
       // The template's env is a default: the command's own wins.
       const own = await api(d.url, 'POST', `/v1/sandboxes/${id}/commands`, { cmd: 'echo $GREETING', envs: { GREETING: 'mine' } });
       assert.equal(own.json.stdout, 'mine\n');
@@ -135,6 +142,26 @@ describe('user templates', () => {
     assert.equal((await api(d.url, 'DELETE', '/v1/templates/app-env')).status, 204);
     assert.equal((await api(d.url, 'GET', '/v1/templates/app-env')).status, 404);
     assert.ok(fs.readdirSync(path.join(d.dataDir, 'layers')).length < before, 'unreferenced layers are pruned');
+  });
+
+  it("never follows a link the build made of /etc when it cleans the step's changes (host files stay untouched)", async () => {
+    // A host directory that the build's /etc points at once exported: the builder must not edit its hosts or resolv.conf.
+    const trap = fs.mkdtempSync('/tmp/capsule-trap-');
+    const bait = '127.0.1.1\tbait\t# capsule: this sandbox\n';
+    fs.writeFileSync(path.join(trap, 'hosts'), bait);
+    fs.writeFileSync(path.join(trap, 'resolv.conf'), 'nameserver 192.0.2.1\n');
+    try {
+      const { build: b, events } = await build({
+        name: 'etc-link',
+        definition: { from: 'busybox', steps: [{ type: 'run', command: `rm -rf /etc && ln -s ${trap} /etc` }] },
+      });
+      assert.equal(b.status, 'succeeded', JSON.stringify(events.slice(-3)));
+      assert.equal(fs.readFileSync(path.join(trap, 'hosts'), 'utf8'), bait);
+      assert.equal(fs.readFileSync(path.join(trap, 'resolv.conf'), 'utf8'), 'nameserver 192.0.2.1\n');
+      assert.equal((await api(d.url, 'DELETE', '/v1/templates/etc-link')).status, 204);
+    } finally {
+      fs.rmSync(trap, { recursive: true, force: true });
+    }
   });
 
   it('reports a failing step with its exit code and output, keeps nothing of it, and leaves no build sandbox', async () => {
