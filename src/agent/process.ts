@@ -90,6 +90,8 @@ export class ProcessChannel extends ReplyChannel implements AgentProcess {
     /** EXEC: the layout requested. ATTACH: learnt from the reply. */
     streams: StreamInfo[] | undefined,
     private readonly onOpen: (err: Error | null, p?: ProcessChannel) => void,
+    /** ExecRequest.onStart: attaches the caller's listeners inside the reply, so nothing is held back. */
+    private readonly onStart?: (p: AgentProcess) => void,
   ) {
     super(host, id, kind);
     if (streams) this.setStreams(streams);
@@ -140,6 +142,18 @@ export class ProcessChannel extends ReplyChannel implements AgentProcess {
       const flags = r.u8();
       this.outputTruncated = (flags & 1) !== 0;
       this.setStreams(this.host.supports('exec-streams') ? readStreamTable(r) : classicStreams((flags & 4) !== 0));
+    }
+    if (this.onStart) {
+      try {
+        this.onStart(this);
+      } catch (e) {
+        // The caller's bug: surfaced like a throwing listener's, outside our socket handler.
+        process.nextTick(() => {
+          throw e;
+        });
+      }
+      this.onOpen(null, this);
+      return;
     }
     this.held = [];
     this.onOpen(null, this);
@@ -405,14 +419,21 @@ function encodeExec(host: ChannelHost, req: ExecRequest): Buffer {
   return w.finish();
 }
 
-function openProcess(host: ChannelHost, type: number, build: () => Buffer, kind: 'EXEC' | 'ATTACH', streams?: StreamInfo[]): Promise<AgentProcess> {
+function openProcess(
+  host: ChannelHost,
+  type: number,
+  build: () => Buffer,
+  kind: 'EXEC' | 'ATTACH',
+  streams?: StreamInfo[],
+  onStart?: (p: AgentProcess) => void,
+): Promise<AgentProcess> {
   return openChannel<AgentProcess>(host, type, build, (id, resolve, reject) =>
-    new ProcessChannel(host, id, kind, streams, (err, p) => (err ? reject(err) : resolve(p!))));
+    new ProcessChannel(host, id, kind, streams, (err, p) => (err ? reject(err) : resolve(p!)), onStart));
 }
 
 export function execProcess(host: ChannelHost, req: ExecRequest): Promise<AgentProcess> {
   const streams = req.streams ? req.streams.map((s) => ({ id: s.id, kind: s.kind })) : classicStreams(req.stdin);
-  return openProcess(host, FT.EXEC, () => encodeExec(host, req), 'EXEC', streams);
+  return openProcess(host, FT.EXEC, () => encodeExec(host, req), 'EXEC', streams, req.onStart);
 }
 
 export function attachProcess(host: ChannelHost, pid: number): Promise<AgentProcess> {

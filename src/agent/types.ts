@@ -72,6 +72,13 @@ export interface ExecRequest {
    * Needs an agent with `exec-streams`; fds 0-2 that no stream names get /dev/null.
    */
   streams?: StreamSpec[];
+  /**
+   * Called with the process as soon as the agent's reply arrives, before any of its output or its exit
+   * is delivered: listeners added here see everything, and a short command's reply, output and exit,
+   * which come in one read, are delivered in that same turn. Without it they wait one turn of the event
+   * loop (setImmediate) for the caller to attach after the returned promise resolves.
+   */
+  onStart?: (p: AgentProcess) => void;
 }
 
 export interface ExitStatus {

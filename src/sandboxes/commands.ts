@@ -71,8 +71,8 @@ interface Tracked {
   recent: { stdout: TailBuffer; stderr: TailBuffer };
   proc: AgentProcess | undefined;
   timedOut: boolean;
-  /** OOM kills in the sandbox's cgroup when the command started; more at a SIGKILL exit means it was OOM-killed. */
-  oomBefore: number;
+  /** OOM kills in the sandbox's cgroup when the command started (read while it starts); more at a SIGKILL exit means it was OOM-killed. */
+  oomBefore: number | Promise<number>;
   oomKilled: boolean;
   exit: ExitStatus | undefined;
   done: Promise<ExitStatus>;
@@ -130,7 +130,7 @@ export class CommandService implements SandboxEvents {
   ): Promise<CommandResult | { pid: number }> {
     const t0 = performance.now();
     const argv = typeof req.cmd === 'string' ? ['/bin/sh', '-c', req.cmd] : req.cmd;
-    const { rec: sb, conn } = await this.sandboxes.use(ctx, sandboxId, 'run a command');
+    const { rec: sb, conn } = this.sandboxes.useNow(ctx, sandboxId) ?? (await this.sandboxes.use(ctx, sandboxId, 'run a command'));
     // The template's workdir and user apply to commands that name none.
     const cwdAsked = req.cwd ?? sb.defaults.cwd;
     const cwd = cwdAsked === undefined ? undefined : resolveSandboxPath(cwdAsked);
@@ -140,35 +140,38 @@ export class CommandService implements SandboxEvents {
       throw new RateLimitedError(`sandbox ${sandboxId} already runs ${MAX_LIVE_PER_SANDBOX} commands`);
     }
     const releaseTag = this.reserveTag(sandboxId, table, req.tag);
+    // Made before the EXEC leaves and attached inside the agent's reply (onStart): a short command's
+    // reply, output and exit come in one read and are handled in that turn, with as little as possible
+    // left to do between the reply and the answer (ADR 0016).
+    const background = req.background === true;
+    const t = this.tracked(sandboxId, argv, cwd, req.maxOutputBytes ?? LIMITS.defaultOutputBytes, Date.now(), { tag: req.tag });
     const started = conn.exec({
       argv,
       env: buildEnv(sb.envs, req.envs, user),
       ...(cwd !== undefined ? { cwd } : {}),
       ...(user !== undefined ? { user } : {}),
-      stdin: req.background === true || req.stdin !== undefined,
+      stdin: background || req.stdin !== undefined,
       // A foreground run waits for the exit anyway; a streamed one may see its start up to 2 ms later.
-      holdReply: req.background !== true,
+      holdReply: !background,
+      onStart: (p) => {
+        this.register(t, p.pid, background);
+        if (opts.sink) t.followers.add(opts.sink);
+        opts.sink?.write({ type: 'start', pid: p.pid });
+        this.bind(t, p);
+      },
     });
-    // The EXEC frame is on its way: the OOM counter is read while the agent forks, not before.
-    const oomRead = this.sandboxes.oomKills(sandboxId);
+    // The EXEC frame is on its way: the OOM counter is read while the agent forks (needed only at a SIGKILL).
+    t.oomBefore = this.sandboxes.oomKills(sandboxId);
     let proc: AgentProcess;
     try {
       proc = await started;
     } finally {
       releaseTag();
     }
-    // Listeners go on before anything else is awaited: output that came with the reply is delivered
-    // right after this turn (see AgentProcess), and would be missed otherwise.
-    const limit = req.maxOutputBytes ?? LIMITS.defaultOutputBytes;
-    const t = this.track(sandboxId, proc.pid, argv, cwd, limit, req.background === true, undefined, { tag: req.tag });
-    if (opts.sink) t.followers.add(opts.sink);
-    opts.sink?.write({ type: 'start', pid: proc.pid });
-    this.bind(t, proc);
-    // Already read (a microtask, before any reply could arrive); needed only when the command is SIGKILLed.
-    t.oomBefore = await oomRead;
 
     const timeoutMs = req.timeoutMs ?? (req.background ? 0 : LIMITS.defaultCommandTimeoutMs);
-    if (timeoutMs > 0) {
+    // A short command may have ended already, inside the reply: no timer, no cancel hook.
+    if (timeoutMs > 0 && !t.exit) {
       t.timer = setTimeout(() => {
         t.timedOut = true;
         void proc.signal('SIGKILL').catch(() => undefined);
@@ -185,14 +188,16 @@ export class CommandService implements SandboxEvents {
       return { pid: proc.pid };
     }
 
-    const onAbort = () => void proc.signal('SIGKILL').catch(() => undefined);
-    opts.signal?.addEventListener('abort', onAbort, { once: true });
-    try {
-      await t.done;
-    } finally {
-      opts.signal?.removeEventListener('abort', onAbort);
-      if (opts.sink) this.unfollow(t, opts.sink);
+    if (!t.exit) {
+      const onAbort = () => void proc.signal('SIGKILL').catch(() => undefined);
+      opts.signal?.addEventListener('abort', onAbort, { once: true });
+      try {
+        await t.done;
+      } finally {
+        opts.signal?.removeEventListener('abort', onAbort);
+      }
     }
+    if (opts.sink) this.unfollow(t, opts.sink);
     // Recorded after the answer is on its way: not part of the round trip it measures.
     const seconds = (performance.now() - t0) / 1000;
     setImmediate(() => this.telemetry.commandRan(seconds, 'foreground'));
@@ -410,13 +415,27 @@ export class CommandService implements SandboxEvents {
     startedAt = Date.now(),
     extra: { tag?: string | undefined; adopted?: boolean } = {},
   ): Tracked {
+    const t = this.tracked(sandboxId, argv, cwd, limit, startedAt, extra);
+    this.register(t, pid, durable, extra.adopted);
+    return t;
+  }
+
+  /** A process's record before its pid is known (nothing is listed, journaled or logged yet: see register). */
+  private tracked(
+    sandboxId: string,
+    argv: string[],
+    cwd: string | undefined,
+    limit: number,
+    startedAt: number,
+    extra: { tag?: string | undefined },
+  ): Tracked {
     let finish!: (s: ExitStatus) => void;
     const done = new Promise<ExitStatus>((resolve) => {
       finish = resolve;
     });
     const t: Tracked = {
       sandboxId,
-      pid,
+      pid: 0,
       argv,
       cwd,
       tag: extra.tag,
@@ -441,11 +460,11 @@ export class CommandService implements SandboxEvents {
         t.throttledBy.clear();
         finish(s);
         const table = this.bySandbox.get(sandboxId);
-        if (table?.procs.get(pid) === t) {
+        if (table?.procs.get(t.pid) === t) {
           table.running--;
           table.finished++;
         }
-        this.journal.ended(sandboxId, pid, startedAt, s.exitCode, Date.now());
+        this.journal.ended(sandboxId, t.pid, startedAt, s.exitCode, Date.now());
         this.logEnd(t, s);
         this.forgetOldFinished(sandboxId);
       },
@@ -453,6 +472,13 @@ export class CommandService implements SandboxEvents {
       throttledBy: new Set(),
       timer: undefined,
     };
+    return t;
+  }
+
+  /** The process started as `pid`: listed in its sandbox's table, journaled and logged. */
+  private register(t: Tracked, pid: number, durable: boolean, adopted?: boolean): void {
+    t.pid = pid;
+    const { sandboxId, argv, cwd, tag, startedAt } = t;
     const table = this.table(sandboxId);
     const old = table.procs.get(pid);
     if (old) {
@@ -463,14 +489,13 @@ export class CommandService implements SandboxEvents {
     }
     table.procs.set(pid, t);
     table.running++;
-    this.journal.started({ sandboxId, pid, argv, cwd: cwd ?? null, tag: extra.tag ?? null, startedAt, endedAt: null, exitCode: null }, durable);
+    this.journal.started({ sandboxId, pid, argv, cwd: cwd ?? null, tag: tag ?? null, startedAt, endedAt: null, exitCode: null }, durable);
     this.log?.record(sandboxId, {
       level: 'info',
       event: 'command.start',
-      message: `${extra.adopted ? 'following' : 'started'} pid ${pid}: ${commandLine(argv)}`,
-      fields: { pid, cmd: commandLine(argv), tag: extra.tag, background: durable, adopted: extra.adopted },
+      message: `${adopted ? 'following' : 'started'} pid ${pid}: ${commandLine(argv)}`,
+      fields: { pid, cmd: commandLine(argv), tag, background: durable, adopted },
     });
-    return t;
   }
 
   private logEnd(t: Tracked, s: ExitStatus): void {
@@ -518,7 +543,7 @@ export class CommandService implements SandboxEvents {
     proc.on('stderr', (chunk) => deliver('stderr', chunk));
     proc.exited.then(
       async (s) => {
-        if ((s.signal === 'SIGKILL' || s.exitCode === 137) && !t.timedOut) t.oomKilled = (await this.sandboxes.oomKills(t.sandboxId)) > t.oomBefore;
+        if ((s.signal === 'SIGKILL' || s.exitCode === 137) && !t.timedOut) t.oomKilled = (await this.sandboxes.oomKills(t.sandboxId)) > (await t.oomBefore);
         t.finish(s);
       },
       // The connection died under a running process: the sandbox is most likely gone (unless it hibernates).

@@ -64,9 +64,30 @@ interface Row {
   fields: string;
 }
 
-type Pending = Omit<Row, 'seq'>;
+interface Pending {
+  sandboxId: string;
+  at: number;
+  e: SandboxEvent;
+}
 
 const cut = (s: string, n: number): string => (s.length > n ? `${s.slice(0, n - 1)}…` : s);
+
+/** An entry as stored: level as its rank, text cut to the bounds, fields as JSON. */
+function toRow(p: Pending): Omit<Row, 'seq'> {
+  const fields: Record<string, string> = {};
+  for (const [k, v] of Object.entries(p.e.fields ?? {}).slice(0, MAX_FIELDS)) {
+    if (v === undefined || v === null) continue;
+    fields[cut(k, 40)] = cut(String(v), MAX_FIELD);
+  }
+  return {
+    sandbox_id: p.sandboxId,
+    at: p.at,
+    level: LOG_LEVELS.indexOf(p.e.level),
+    event: cut(p.e.event, 40),
+    message: cut(p.e.message, MAX_MESSAGE),
+    fields: JSON.stringify(fields),
+  };
+}
 
 export class SandboxEventLog implements SandboxEventSink {
   private readonly sql: Statements;
@@ -93,19 +114,8 @@ export class SandboxEventLog implements SandboxEventSink {
   }
 
   record(sandboxId: string, e: SandboxEvent): void {
-    const fields: Record<string, string> = {};
-    for (const [k, v] of Object.entries(e.fields ?? {}).slice(0, MAX_FIELDS)) {
-      if (v === undefined || v === null) continue;
-      fields[cut(k, 40)] = cut(String(v), MAX_FIELD);
-    }
-    this.pending.push({
-      sandbox_id: sandboxId,
-      at: Date.now(),
-      level: LOG_LEVELS.indexOf(e.level),
-      event: cut(e.event, 40),
-      message: cut(e.message, MAX_MESSAGE),
-      fields: JSON.stringify(fields),
-    });
+    // Kept as given and cut to size when written: a command records two entries, on its hot path.
+    this.pending.push({ sandboxId, at: Date.now(), e });
     if (this.pending.length >= MAX_PENDING) this.flush();
     else this.timer ??= setTimeout(() => this.flush(), this.flushMs).unref();
   }
@@ -120,12 +130,12 @@ export class SandboxEventLog implements SandboxEventSink {
     try {
       this.db.transaction(() => {
         const insert = this.sql('INSERT INTO sandbox_events (sandbox_id, at, level, event, message, fields) VALUES (@sandbox_id, @at, @level, @event, @message, @fields)');
-        for (const r of batch) insert.run(r);
+        for (const p of batch) insert.run(toRow(p));
         const prune = this.sql(
           `DELETE FROM sandbox_events WHERE sandbox_id = @id AND seq <=
              (SELECT seq FROM sandbox_events WHERE sandbox_id = @id ORDER BY seq DESC LIMIT 1 OFFSET @keep)`,
         );
-        for (const id of new Set(batch.map((r) => r.sandbox_id))) prune.run({ id, keep: this.max });
+        for (const id of new Set(batch.map((p) => p.sandboxId))) prune.run({ id, keep: this.max });
       })();
     } catch (err) {
       this.onError(err);

@@ -80,6 +80,31 @@ describe('agent exec with a held reply', () => {
     assert.equal(c.stderr(), 'err\n');
   });
 
+  it('with onStart, hands over the process inside the reply: its listeners see the output and the exit before the next turn', async () => {
+    for (let i = 0; i < 5; i++) {
+      let seen = '';
+      let nextTurn = false;
+      let exitedInTurn: boolean | undefined;
+      const p = await conn.exec({
+        argv: ['sh', '-c', 'echo out; echo err >&2; exit 3'],
+        env: ENV,
+        stdin: false,
+        holdReply: true,
+        onStart: (proc) => {
+          setImmediate(() => (nextTurn = true));
+          proc.on('stdout', (c) => (seen += `o:${c.toString()}`));
+          proc.on('stderr', (c) => (seen += `e:${c.toString()}`));
+          void proc.exited.then(() => (exitedInTurn = !nextTurn));
+        },
+      });
+      assert.deepEqual(await p.exited, { exitCode: 3 });
+      assert.equal(seen, 'o:out\ne:err\n');
+      // On a loaded machine the command may outlast the 2 ms hold: then its exit comes in a later read.
+      if (exitedInTurn) return;
+    }
+    assert.fail("the exit never came with the reply in five runs");
+  });
+
   it('answers promptly for a command that keeps running', async () => {
     const t0 = Date.now();
     const p = await conn.exec({ argv: ['sleep', '5'], env: ENV, stdin: false, holdReply: true });
