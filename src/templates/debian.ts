@@ -381,6 +381,11 @@ async function finish(root: string, sudo: boolean): Promise<void> {
   }
   await fs.mkdir(path.join(root, '.capsule'), { recursive: true });
   await fs.chmod(path.join(root, '.capsule'), 0o755);
+  // A sandbox is disposable: `pip install` may go next to Debian's packages (to ~/.local for `user`) instead of
+  // refusing with PEP 668's "externally-managed-environment", as it does on a Debian host.
+  for (const dir of await fs.readdir(path.join(root, 'usr/lib')).catch(() => [] as string[])) {
+    if (/^python3\.\d+$/.test(dir)) await fs.rm(path.join(root, 'usr/lib', dir, 'EXTERNALLY-MANAGED'), { force: true });
+  }
   // debootstrap copies the build host's name and resolver; neither belongs in a template.
   await fs.writeFile(path.join(root, 'etc/hostname'), 'capsule\n');
   await fs.writeFile(path.join(root, 'etc/resolv.conf'), '');
@@ -510,8 +515,11 @@ export const debianTemplate: TemplateDefinition = createDebianTemplate();
  */
 export const debianTrixieTemplate: TemplateDefinition = createDebianTemplate({ name: 'debian-trixie', suite: 'trixie' });
 
-/** Packages of the `base` template: what an agent's code usually reaches for (E2B's base has the same set). */
-export const BASE_PACKAGES = ['bash', 'coreutils', 'python3', 'python-is-python3', 'git', 'curl', 'ca-certificates', 'sudo', 'procps'];
+/**
+ * Packages of the `base` template: what an agent's code usually reaches for (E2B's base has the same set),
+ * with pip and venv, since `pip install` is the first thing most agents run once they have a network.
+ */
+export const BASE_PACKAGES = ['bash', 'coreutils', 'python3', 'python-is-python3', 'python3-pip', 'python3-venv', 'git', 'curl', 'ca-certificates', 'sudo', 'procps'];
 
 /**
  * `base`: debian with the usual tools and a user `user` (1000, /home/user)

@@ -59,6 +59,17 @@ describe('the base template', { skip, timeout: 15 * 60_000 }, () => {
       assert.equal(names.exitCode, 0, names.stderr);
       assert.match(names.stdout, new RegExp(`^127\\.0\\.1\\.1\\s+${id}$`, 'm'));
       assert.match(names.stdout, /^127\.0\.0\.1$/m);
+      // pip and venv are there, and pip installs (as user, to ~/.local) rather than refusing with PEP 668.
+      const project = '[project]\\nname = \\"hello\\"\\nversion = \\"1.0\\"\\n[build-system]\\nrequires = [\\"setuptools\\"]\\nbuild-backend = \\"setuptools.build_meta\\"\\n';
+      const pip = await exec(
+        id,
+        `pip --version && python3 -m venv /tmp/venv && /tmp/venv/bin/python -m pip --version && mkdir -p /tmp/pkg/hello && ` +
+          `printf 'def hi():\\n    return 42\\n' > /tmp/pkg/hello/__init__.py && printf "${project}" > /tmp/pkg/pyproject.toml && ` +
+          `pip install --no-index --no-build-isolation /tmp/pkg && cd / && python3 -c 'import hello; print(hello.hi())'`,
+      );
+      assert.equal(pip.exitCode, 0, `${pip.stdout}\n${pip.stderr}`);
+      assert.match(pip.stdout, /^pip \d+/m);
+      assert.match(pip.stdout, /\n42\n$/);
       // Root through sudo is the sandbox's root: no mounts, no kernel knobs, no more capabilities than the sandbox set.
       const confined = await exec(id, 'sudo -n mount -t tmpfs none /mnt; echo mount=$?; sudo -n sh -c "echo 1 > /proc/sys/kernel/sysrq" 2>/dev/null; echo sysrq=$?; sudo -n grep CapBnd /proc/self/status');
       assert.match(confined.stdout, /mount=[1-9]/);
