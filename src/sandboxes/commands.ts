@@ -177,11 +177,14 @@ export class CommandService implements SandboxEvents {
         void proc.signal('SIGKILL').catch(() => undefined);
       }, timeoutMs);
     }
-    if (req.stdin !== undefined && !req.background) {
-      await proc.writeStdin(Buffer.from(req.stdin, 'utf8'));
-      await proc.closeStdin();
-    } else if (req.stdin !== undefined) {
-      await proc.writeStdin(Buffer.from(req.stdin, 'utf8'));
+    if (req.stdin !== undefined) {
+      try {
+        await proc.writeStdin(Buffer.from(req.stdin, 'utf8'));
+        if (!req.background) await proc.closeStdin();
+      } catch (err) {
+        // Ended before it read its input (its exit may come with the reply, see onStart): its result stands.
+        if (!(await hasSettled(proc.exited))) throw err;
+      }
     }
     if (req.background) {
       this.telemetry.commandRan((performance.now() - t0) / 1000, 'background');
@@ -657,6 +660,11 @@ function exitEvent(t: Tracked): ProcessEvent {
     ...(t.timedOut ? { timedOut: true } : {}),
     ...(t.oomKilled ? { oomKilled: true } : {}),
   };
+}
+
+/** Whether `p` is already settled: its callbacks are queued ahead of one queued after them. */
+function hasSettled(p: Promise<unknown>): Promise<boolean> {
+  return Promise.race([p.then(() => true, () => true), Promise.resolve().then(() => false)]);
 }
 
 /** A command as one short line for the sandbox log (`sh -c <script>` shows the script). */

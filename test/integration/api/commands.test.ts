@@ -79,6 +79,15 @@ describe('commands', () => {
     assert.equal(r.stdout, 'SHOUT\n');
   });
 
+  it('answers a command that ends without reading its stdin with its result, not an error', async () => {
+    // Its exit can come before the input is written: the input is dropped, the result stands.
+    const runs = await Promise.all(Array.from({ length: 20 }, (_, i) => run({ cmd: `exit ${i % 3}`, stdin: 'x'.repeat(100_000) })));
+    assert.deepEqual(
+      runs.map((r) => r.exitCode),
+      Array.from({ length: 20 }, (_, i) => i % 3),
+    );
+  });
+
   it('streams output in order as NDJSON', async () => {
     const events = await stream({ cmd: 'for i in 1 2 3 4 5; do echo $i; sleep 0.05; done; echo done >&2; exit 3' });
     assert.equal(events[0].type, 'start');
