@@ -504,6 +504,11 @@ export function createDebianTemplate(opts: DebianTemplateOptions = {}): Template
         await saveToCache(cacheDir, rootfsDir, recipe).catch(() => undefined);
       }
     },
+    async cached(): Promise<boolean> {
+      const cacheDir = opts.cacheDir === undefined ? cacheFromEnv() : opts.cacheDir || undefined;
+      if (!cacheDir || !(await cacheMatches(cacheDir, recipe))) return false;
+      return (await exists(path.join(cacheDir, `${recipe.name}-rootfs.tar`))) || exists(path.join(cacheDir, `${recipe.name}-rootfs`, 'usr/bin'));
+    },
   };
 }
 

@@ -37,4 +37,6 @@ export interface TemplateDefinition {
   config?: BuiltinConfig;
   /** Fill `rootfsDir` (empty, exists) with a root filesystem owned by host root. */
   build(rootfsDir: string, onProgress: (p: BuildProgress) => void, signal?: AbortSignal): Promise<void>;
+  /** Templates built once per machine into a cache: whether a build would now restore it from there. */
+  cached?(): Promise<boolean>;
 }
