@@ -19,7 +19,7 @@
 #endif
 #define PROTO_VERSION PROTO_MAJOR
 #ifndef AGENT_VERSION
-#define AGENT_VERSION "capsule-agent/0.4.0"
+#define AGENT_VERSION "capsule-agent/0.4.1"
 #endif
 
 /* Feature bits (u64 in HELLO). Protocol 1.0 has none of them. */

@@ -92,7 +92,7 @@ describe('daemon upgrade with sandboxes of older agents', () => {
     // A sandbox created now gets the new agent.
     const fresh = await api(d.url, 'POST', '/v1/sandboxes', { template: 'busybox' });
     assert.equal(fresh.status, 201, fresh.text);
-    assert.equal(await agentVersion(d, fresh.json.id), 'capsule-agent/0.4.0');
+    assert.equal(await agentVersion(d, fresh.json.id), 'capsule-agent/0.4.1');
     await api(d.url, 'DELETE', `/v1/sandboxes/${fresh.json.id}`);
     await api(d.url, 'DELETE', `/v1/sandboxes/${id}`);
   });
