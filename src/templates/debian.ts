@@ -413,7 +413,7 @@ interface Recipe {
   suite: string;
   variant: string;
   include: string[];
-  /** Bumped when finish() changes what ends up in the tree. */
+  /** Bumped when finish() changes what ends up in the tree (2: no PEP 668 marker). */
   version: number;
   /** The template's own last step (DebianTemplateOptions.postInstallId), when it has one. */
   postInstall?: string;
@@ -464,7 +464,7 @@ export function createDebianTemplate(opts: DebianTemplateOptions = {}): Template
   const include = opts.include ?? ['python3'];
   const name = opts.name ?? 'debian';
   const sudo = opts.sudo === true;
-  const recipe: Recipe = { name, sudo, suite, variant: 'minbase', include, version: 1, ...(opts.postInstall ? { postInstall: opts.postInstallId ?? 'unnamed' } : {}) };
+  const recipe: Recipe = { name, sudo, suite, variant: 'minbase', include, version: 2, ...(opts.postInstall ? { postInstall: opts.postInstallId ?? 'unnamed' } : {}) };
   return {
     name,
     description: opts.description ?? `Debian ${suite} (minbase) with ${include.join(', ')}; first build runs debootstrap (~1 min, ~260 MB)`,
