@@ -25,12 +25,16 @@ if (!cache) {
 }
 // Only what the cache lacks, or holds from another recipe: a warm cache costs nothing.
 const { BUILTIN_TEMPLATES } = await import(path.join(root, 'dist', 'src', 'templates', 'index.js'));
-const stale = [];
-for (const n of names.split(',')) {
-  const def = BUILTIN_TEMPLATES.find((t) => t.name === n);
-  if (!def) console.error(`prebuild-templates: no built-in template ${n}`);
-  else if (!(await def.cached?.())) stale.push(n);
+async function uncached(list) {
+  const out = [];
+  for (const n of list) {
+    const def = BUILTIN_TEMPLATES.find((t) => t.name === n);
+    if (!def) console.error(`prebuild-templates: no built-in template ${n}`);
+    else if (!(await def.cached?.())) out.push(n);
+  }
+  return out;
 }
+const stale = await uncached(names.split(','));
 if (stale.length === 0) process.exit(0);
 console.error(`prebuild-templates: building ${stale.join(', ')} into ${cache} (minutes the first time on a machine)`);
 // The sandboxes' mapped uid must be able to traverse the data dir (os.tmpdir() is /tmp here).
@@ -58,7 +62,7 @@ if (listening) {
   await new Promise((r) => child.once('exit', r));
 }
 fs.rmSync(dataDir, { recursive: true, force: true });
-const missing = stale.filter((n) => !fs.existsSync(path.join(cache, `${n}-rootfs.tar`)));
+const missing = await uncached(stale);
 const took = ((Date.now() - t0) / 1000).toFixed(1);
 if (!listening || missing.length > 0) {
   console.error(`prebuild-templates: not cached after ${took} s: ${missing.join(', ') || stale.join(', ')}; the tests that need them will build them. Daemon log:\n${log.slice(-4000)}`);

@@ -169,7 +169,7 @@ export class CommandService implements SandboxEvents {
       releaseTag();
     }
 
-    const timeoutMs = req.timeoutMs ?? (req.background ? 0 : LIMITS.defaultCommandTimeoutMs);
+    const timeoutMs = req.timeoutMs ?? (background ? 0 : LIMITS.defaultCommandTimeoutMs);
     // A short command may have ended already, inside the reply: no timer, no cancel hook.
     if (timeoutMs > 0 && !t.exit) {
       t.timer = setTimeout(() => {
@@ -180,13 +180,13 @@ export class CommandService implements SandboxEvents {
     if (req.stdin !== undefined) {
       try {
         await proc.writeStdin(Buffer.from(req.stdin, 'utf8'));
-        if (!req.background) await proc.closeStdin();
+        if (!background) await proc.closeStdin();
       } catch (err) {
         // Ended before it read its input (its exit may come with the reply, see onStart): its result stands.
         if (!(await hasSettled(proc.exited))) throw err;
       }
     }
-    if (req.background) {
+    if (background) {
       this.telemetry.commandRan((performance.now() - t0) / 1000, 'background');
       return { pid: proc.pid };
     }

@@ -428,19 +428,25 @@ async function cacheMatches(cacheDir: string, recipe: Recipe): Promise<boolean> 
   }
 }
 
+/** The cache's copy of this recipe's tree, as a tar or a directory; null when there is none usable. */
+async function cachedCopy(cacheDir: string, recipe: Recipe): Promise<{ tar: string } | { dir: string } | null> {
+  if (!(await cacheMatches(cacheDir, recipe))) return null;
+  const tar = path.join(cacheDir, `${recipe.name}-rootfs.tar`);
+  if (await exists(tar)) return { tar };
+  const dir = path.join(cacheDir, `${recipe.name}-rootfs`);
+  return (await exists(path.join(dir, 'usr/bin'))) ? { dir } : null;
+}
+
 /** Fill `target` from the cache; false when there is nothing usable. */
 async function restoreFromCache(cacheDir: string, target: string, recipe: Recipe, onProgress: (p: BuildProgress) => void): Promise<boolean> {
-  if (!(await cacheMatches(cacheDir, recipe))) return false;
-  const tar = path.join(cacheDir, `${recipe.name}-rootfs.tar`);
-  const dir = path.join(cacheDir, `${recipe.name}-rootfs`);
-  if (await exists(tar)) {
-    onProgress({ phase: 'restoring from cache', fraction: 0.1, message: tar });
-    await execFileP('tar', ['--numeric-owner', '-xpf', tar, '-C', target], { maxBuffer: 16 * 1024 * 1024 });
-  } else if (await exists(path.join(dir, 'usr/bin'))) {
-    onProgress({ phase: 'restoring from cache', fraction: 0.1, message: dir });
-    await execFileP('cp', ['-a', '--reflink=auto', `${dir}/.`, target], { maxBuffer: 16 * 1024 * 1024 });
+  const copy = await cachedCopy(cacheDir, recipe);
+  if (!copy) return false;
+  if ('tar' in copy) {
+    onProgress({ phase: 'restoring from cache', fraction: 0.1, message: copy.tar });
+    await execFileP('tar', ['--numeric-owner', '-xpf', copy.tar, '-C', target], { maxBuffer: 16 * 1024 * 1024 });
   } else {
-    return false;
+    onProgress({ phase: 'restoring from cache', fraction: 0.1, message: copy.dir });
+    await execFileP('cp', ['-a', '--reflink=auto', `${copy.dir}/.`, target], { maxBuffer: 16 * 1024 * 1024 });
   }
   return exists(path.join(target, 'usr/bin/python3'));
 }
@@ -465,6 +471,8 @@ export function createDebianTemplate(opts: DebianTemplateOptions = {}): Template
   const name = opts.name ?? 'debian';
   const sudo = opts.sudo === true;
   const recipe: Recipe = { name, sudo, suite, variant: 'minbase', include, version: 2, ...(opts.postInstall ? { postInstall: opts.postInstallId ?? 'unnamed' } : {}) };
+  // Read when used: tests and the prebuild script set CAPSULE_TEMPLATE_CACHE after this module loads.
+  const cacheDirOf = (): string | undefined => (opts.cacheDir === undefined ? cacheFromEnv() : opts.cacheDir || undefined);
   return {
     name,
     description: opts.description ?? `Debian ${suite} (minbase) with ${include.join(', ')}; first build runs debootstrap (~1 min, ~260 MB)`,
@@ -474,7 +482,7 @@ export function createDebianTemplate(opts: DebianTemplateOptions = {}): Template
       if (process.getuid?.() !== 0) {
         throw new RuntimeError('building the debian template needs root (debootstrap creates device nodes and chroots): run the daemon as root');
       }
-      const cacheDir = opts.cacheDir === undefined ? cacheFromEnv() : opts.cacheDir || undefined;
+      const cacheDir = cacheDirOf();
       if (cacheDir && (await restoreFromCache(cacheDir, rootfsDir, recipe, onProgress).catch(() => false))) {
         onProgress({ phase: 'restored from cache', fraction: 0.95 });
         return;
@@ -505,9 +513,8 @@ export function createDebianTemplate(opts: DebianTemplateOptions = {}): Template
       }
     },
     async cached(): Promise<boolean> {
-      const cacheDir = opts.cacheDir === undefined ? cacheFromEnv() : opts.cacheDir || undefined;
-      if (!cacheDir || !(await cacheMatches(cacheDir, recipe))) return false;
-      return (await exists(path.join(cacheDir, `${recipe.name}-rootfs.tar`))) || exists(path.join(cacheDir, `${recipe.name}-rootfs`, 'usr/bin'));
+      const cacheDir = cacheDirOf();
+      return cacheDir !== undefined && (await cachedCopy(cacheDir, recipe)) !== null;
     },
   };
 }
