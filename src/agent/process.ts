@@ -116,7 +116,8 @@ export class ProcessChannel extends ReplyChannel implements AgentProcess {
 
   on(event: 'stdout' | 'stderr', listener: (chunk: Buffer) => void): this;
   on(event: 'data', listener: (stream: number, chunk: Buffer) => void): this;
-  on(event: string, listener: ((chunk: Buffer) => void) | ((stream: number, chunk: Buffer) => void)): this {
+  on(event: 'exit', listener: (status: ExitStatus) => void): this;
+  on(event: string, listener: ((chunk: Buffer) => void) | ((stream: number, chunk: Buffer) => void) | ((status: ExitStatus) => void)): this {
     this.emitter.on(event, listener as (...args: unknown[]) => void);
     return this;
   }
@@ -198,6 +199,7 @@ export class ProcessChannel extends ReplyChannel implements AgentProcess {
         for (const s of this.ins.values()) if (s.credit.waiting) s.credit.fail(new SandboxError('process has exited', { pid: this.pid }));
         const status: ExitStatus = { exitCode };
         if (sig) status.signal = signalName(sig) ?? `SIG${sig}`;
+        this.safeEmit('exit', status);
         this.resolveExit(status);
         return;
       }

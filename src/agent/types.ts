@@ -95,6 +95,11 @@ export interface AgentProcess {
   on(event: 'stdout' | 'stderr', listener: (chunk: Buffer) => void): this;
   /** Output of every output stream, with its id (streams 1 and 2 also fire stdout / stderr). */
   on(event: 'data', listener: (stream: number, chunk: Buffer) => void): this;
+  /**
+   * The exit, after all output was delivered: called in the turn the agent's EXIT arrives, before `exited`
+   * resolves, so a caller can finish its bookkeeping without a promise hop (not called when the connection is lost).
+   */
+  on(event: 'exit', listener: (status: ExitStatus) => void): this;
   /** The process's streams: as requested, or as the agent reported them on ATTACH (1.0: the classic three). */
   readonly streams: ReadonlyArray<{ id: number; kind: StreamKind }>;
   /** Write to an input stream (`pipe-in`); stream 0 is what writeStdin writes. */

@@ -18,7 +18,7 @@ import { BoundedOutput, TailBuffer, type OutputEncoding, type ProcessEvent } fro
 import { NO_TELEMETRY, type Telemetry } from './telemetry.js';
 import type { SandboxManager, SandboxEvents } from './manager.js';
 import type { ProcessJournal } from './process-journal.js';
-import type { SandboxEventSink } from './events.js';
+import type { SandboxEvent, SandboxEventSink } from './events.js';
 import { buildEnv, resolveSandboxPath } from './paths.js';
 
 /**
@@ -107,19 +107,16 @@ export class CommandService implements SandboxEvents {
    * Background: resolves with the pid at once. `sink` receives every event as
    * it happens (used for streamed responses).
    */
-  async run(
+  run(
     ctx: RequestContext,
     sandboxId: string,
     req: RunCommandRequest,
     opts: { sink?: EventSink; signal?: CancelSignal } = {},
   ): Promise<CommandResult | { pid: number }> {
     // A caller waiting on a foreground command is not idle: its sandbox's idle policy must not pause it meanwhile.
+    // Released by runHeld itself: one async function between the exit and the caller, not two (ADR 0016).
     const release = req.background === true ? undefined : this.sandboxes.hold(sandboxId);
-    try {
-      return await this.runHeld(ctx, sandboxId, req, opts);
-    } finally {
-      release?.();
-    }
+    return this.runHeld(ctx, sandboxId, req, opts, release);
   }
 
   private async runHeld(
@@ -127,84 +124,89 @@ export class CommandService implements SandboxEvents {
     sandboxId: string,
     req: RunCommandRequest,
     opts: { sink?: EventSink; signal?: CancelSignal },
+    release: (() => void) | undefined,
   ): Promise<CommandResult | { pid: number }> {
-    const t0 = performance.now();
-    const argv = typeof req.cmd === 'string' ? ['/bin/sh', '-c', req.cmd] : req.cmd;
-    const { rec: sb, conn } = this.sandboxes.useNow(ctx, sandboxId) ?? (await this.sandboxes.use(ctx, sandboxId, 'run a command'));
-    // The template's workdir and user apply to commands that name none.
-    const cwdAsked = req.cwd ?? sb.defaults.cwd;
-    const cwd = cwdAsked === undefined ? undefined : resolveSandboxPath(cwdAsked);
-    const user = req.user ?? sb.defaults.user;
-    const table = this.table(sandboxId);
-    if (table.running >= MAX_LIVE_PER_SANDBOX) {
-      throw new RateLimitedError(`sandbox ${sandboxId} already runs ${MAX_LIVE_PER_SANDBOX} commands`);
-    }
-    const releaseTag = this.reserveTag(sandboxId, table, req.tag);
-    // Made before the EXEC leaves and attached inside the agent's reply (onStart): a short command's
-    // reply, output and exit come in one read and are handled in that turn, with as little as possible
-    // left to do between the reply and the answer (ADR 0016).
-    const background = req.background === true;
-    const t = this.tracked(sandboxId, argv, cwd, req.maxOutputBytes ?? LIMITS.defaultOutputBytes, Date.now(), { tag: req.tag });
-    const started = conn.exec({
-      argv,
-      env: buildEnv(sb.envs, req.envs, user),
-      ...(cwd !== undefined ? { cwd } : {}),
-      ...(user !== undefined ? { user } : {}),
-      stdin: background || req.stdin !== undefined,
-      // A foreground run waits for the exit anyway; a streamed one may see its start up to 2 ms later.
-      holdReply: !background,
-      onStart: (p) => {
-        this.register(t, p.pid, background);
-        if (opts.sink) t.followers.add(opts.sink);
-        opts.sink?.write({ type: 'start', pid: p.pid });
-        this.bind(t, p);
-      },
-    });
-    // The EXEC frame is on its way: the OOM counter is read while the agent forks (needed only at a SIGKILL).
-    t.oomBefore = this.sandboxes.oomKills(sandboxId);
-    let proc: AgentProcess;
     try {
-      proc = await started;
-    } finally {
-      releaseTag();
-    }
-
-    const timeoutMs = req.timeoutMs ?? (background ? 0 : LIMITS.defaultCommandTimeoutMs);
-    // A short command may have ended already, inside the reply: no timer, no cancel hook.
-    if (timeoutMs > 0 && !t.exit) {
-      t.timer = setTimeout(() => {
-        t.timedOut = true;
-        void proc.signal('SIGKILL').catch(() => undefined);
-      }, timeoutMs);
-    }
-    if (req.stdin !== undefined) {
-      try {
-        await proc.writeStdin(Buffer.from(req.stdin, 'utf8'));
-        if (!background) await proc.closeStdin();
-      } catch (err) {
-        // Ended before it read its input (its exit may come with the reply, see onStart): its result stands.
-        if (!(await hasSettled(proc.exited))) throw err;
+      const t0 = performance.now();
+      const argv = typeof req.cmd === 'string' ? ['/bin/sh', '-c', req.cmd] : req.cmd;
+      const { rec: sb, conn } = this.sandboxes.useNow(ctx, sandboxId) ?? (await this.sandboxes.use(ctx, sandboxId, 'run a command'));
+      // The template's workdir and user apply to commands that name none.
+      const cwdAsked = req.cwd ?? sb.defaults.cwd;
+      const cwd = cwdAsked === undefined ? undefined : resolveSandboxPath(cwdAsked);
+      const user = req.user ?? sb.defaults.user;
+      const table = this.table(sandboxId);
+      if (table.running >= MAX_LIVE_PER_SANDBOX) {
+        throw new RateLimitedError(`sandbox ${sandboxId} already runs ${MAX_LIVE_PER_SANDBOX} commands`);
       }
-    }
-    if (background) {
-      this.telemetry.commandRan((performance.now() - t0) / 1000, 'background');
-      return { pid: proc.pid };
-    }
-
-    if (!t.exit) {
-      const onAbort = () => void proc.signal('SIGKILL').catch(() => undefined);
-      opts.signal?.addEventListener('abort', onAbort, { once: true });
+      const releaseTag = this.reserveTag(sandboxId, table, req.tag);
+      // Made before the EXEC leaves and attached inside the agent's reply (onStart): a short command's
+      // reply, output and exit come in one read and are handled in that turn, with as little as possible
+      // left to do between the reply and the answer (ADR 0016).
+      const background = req.background === true;
+      const t = this.tracked(sandboxId, argv, cwd, req.maxOutputBytes ?? LIMITS.defaultOutputBytes, Date.now(), { tag: req.tag });
+      const started = conn.exec({
+        argv,
+        env: buildEnv(sb.envs, req.envs, user),
+        ...(cwd !== undefined ? { cwd } : {}),
+        ...(user !== undefined ? { user } : {}),
+        stdin: background || req.stdin !== undefined,
+        // A foreground run waits for the exit anyway; a streamed one may see its start up to 2 ms later.
+        holdReply: !background,
+        onStart: (p) => {
+          this.register(t, p.pid, background);
+          if (opts.sink) t.followers.add(opts.sink);
+          opts.sink?.write({ type: 'start', pid: p.pid });
+          this.bind(t, p);
+        },
+      });
+      // The EXEC frame is on its way: the OOM counter is read while the agent forks (needed only at a SIGKILL).
+      t.oomBefore = this.sandboxes.oomKills(sandboxId);
+      let proc: AgentProcess;
       try {
-        await t.done;
+        proc = await started;
       } finally {
-        opts.signal?.removeEventListener('abort', onAbort);
+        releaseTag();
       }
+
+      const timeoutMs = req.timeoutMs ?? (background ? 0 : LIMITS.defaultCommandTimeoutMs);
+      // A short command may have ended already, inside the reply: no timer, no cancel hook.
+      if (timeoutMs > 0 && !t.exit) {
+        t.timer = setTimeout(() => {
+          t.timedOut = true;
+          void proc.signal('SIGKILL').catch(() => undefined);
+        }, timeoutMs);
+      }
+      if (req.stdin !== undefined) {
+        try {
+          await proc.writeStdin(Buffer.from(req.stdin, 'utf8'));
+          if (!background) await proc.closeStdin();
+        } catch (err) {
+          // Ended before it read its input (its exit may come with the reply, see onStart): its result stands.
+          if (!(await hasSettled(proc.exited))) throw err;
+        }
+      }
+      if (background) {
+        this.telemetry.commandRan((performance.now() - t0) / 1000, 'background');
+        return { pid: proc.pid };
+      }
+
+      if (!t.exit) {
+        const onAbort = () => void proc.signal('SIGKILL').catch(() => undefined);
+        opts.signal?.addEventListener('abort', onAbort, { once: true });
+        try {
+          await t.done;
+        } finally {
+          opts.signal?.removeEventListener('abort', onAbort);
+        }
+      }
+      if (opts.sink) this.unfollow(t, opts.sink);
+      // Recorded after the answer is on its way: not part of the round trip it measures.
+      const seconds = (performance.now() - t0) / 1000;
+      setImmediate(() => this.telemetry.commandRan(seconds, 'foreground'));
+      return this.result(t, req.encoding ?? 'utf8');
+    } finally {
+      release?.();
     }
-    if (opts.sink) this.unfollow(t, opts.sink);
-    // Recorded after the answer is on its way: not part of the round trip it measures.
-    const seconds = (performance.now() - t0) / 1000;
-    setImmediate(() => this.telemetry.commandRan(seconds, 'foreground'));
-    return this.result(t, req.encoding ?? 'utf8');
   }
 
   /**
@@ -493,36 +495,23 @@ export class CommandService implements SandboxEvents {
     table.procs.set(pid, t);
     table.running++;
     this.journal.started({ sandboxId, pid, argv, cwd: cwd ?? null, tag: tag ?? null, startedAt, endedAt: null, exitCode: null }, durable);
-    this.log?.record(sandboxId, {
-      level: 'info',
-      event: 'command.start',
-      message: `${adopted ? 'following' : 'started'} pid ${pid}: ${commandLine(argv)}`,
-      fields: { pid, cmd: commandLine(argv), tag, background: durable, adopted },
+    this.log?.record(sandboxId, () => {
+      const cmd = commandLine(argv);
+      return {
+        level: 'info',
+        event: 'command.start',
+        message: `${adopted ? 'following' : 'started'} pid ${pid}: ${cmd}`,
+        fields: { pid, cmd, tag, background: durable, adopted },
+      };
     });
   }
 
   private logEnd(t: Tracked, s: ExitStatus): void {
     if (!this.log) return;
-    const how = t.oomKilled
-      ? `killed by ${s.signal ?? 'SIGKILL'}: out of memory (the OOM killer)`
-      : t.timedOut
-        ? `timed out and was killed${s.signal ? ` (${s.signal})` : ''}`
-        : s.signal
-          ? `killed by ${s.signal}`
-          : `exited with code ${s.exitCode}`;
-    this.log.record(t.sandboxId, {
-      level: t.oomKilled || t.timedOut || s.signal !== undefined ? 'warn' : 'info',
-      event: 'command.end',
-      message: `pid ${t.pid} ${how}`,
-      fields: {
-        pid: t.pid,
-        exitCode: s.exitCode,
-        signal: s.signal,
-        oomKilled: t.oomKilled || undefined,
-        timedOut: t.timedOut || undefined,
-        durationMs: Date.now() - t.startedAt,
-      },
-    });
+    // What the entry says is taken now; its text is made when the log writes its batch.
+    const { pid, oomKilled, timedOut } = t;
+    const durationMs = Date.now() - t.startedAt;
+    this.log.record(t.sandboxId, () => endEntry(pid, s, oomKilled, timedOut, durationMs));
   }
 
   private bind(t: Tracked, proc: AgentProcess): void {
@@ -544,16 +533,23 @@ export class CommandService implements SandboxEvents {
     }
     proc.on('stdout', (chunk) => deliver('stdout', chunk));
     proc.on('stderr', (chunk) => deliver('stderr', chunk));
-    proc.exited.then(
-      async (s) => {
-        if ((s.signal === 'SIGKILL' || s.exitCode === 137) && !t.timedOut) t.oomKilled = (await this.sandboxes.oomKills(t.sandboxId)) > (await t.oomBefore);
-        t.finish(s);
-      },
-      // The connection died under a running process: the sandbox is most likely gone (unless it hibernates).
-      () => {
-        if (t.proc === proc && !t.detached) t.finish({ exitCode: 137, signal: 'SIGKILL' });
-      },
-    );
+    // Finished in the turn the exit arrives (no promise hop): a short command's reply, output and exit come in
+    // one read, so its run answers from that turn, with no timeout timer made and cleared (ADR 0016).
+    proc.on('exit', (s) => {
+      if ((s.signal !== 'SIGKILL' && s.exitCode !== 137) || t.timedOut) return t.finish(s);
+      // Killed: by the OOM killer if the sandbox's OOM count rose while it ran.
+      void Promise.all([this.sandboxes.oomKills(t.sandboxId), t.oomBefore]).then(
+        ([after, before]) => {
+          t.oomKilled = after > before;
+          t.finish(s);
+        },
+        () => t.finish(s),
+      );
+    });
+    // The connection died under a running process: the sandbox is most likely gone (unless it hibernates).
+    proc.exited.catch(() => {
+      if (t.proc === proc && !t.detached) t.finish({ exitCode: 137, signal: 'SIGKILL' });
+    });
   }
 
   /** A follower is full: hold the process's output in the agent (its pipe fills, it blocks) until it drains. */
@@ -668,6 +664,23 @@ function hasSettled(p: Promise<unknown>): Promise<boolean> {
 }
 
 /** A command as one short line for the sandbox log (`sh -c <script>` shows the script). */
+/** The sandbox log's `command.end` entry. */
+function endEntry(pid: number, s: ExitStatus, oomKilled: boolean, timedOut: boolean, durationMs: number): SandboxEvent {
+  const how = oomKilled
+    ? `killed by ${s.signal ?? 'SIGKILL'}: out of memory (the OOM killer)`
+    : timedOut
+      ? `timed out and was killed${s.signal ? ` (${s.signal})` : ''}`
+      : s.signal
+        ? `killed by ${s.signal}`
+        : `exited with code ${s.exitCode}`;
+  return {
+    level: oomKilled || timedOut || s.signal !== undefined ? 'warn' : 'info',
+    event: 'command.end',
+    message: `pid ${pid} ${how}`,
+    fields: { pid, exitCode: s.exitCode, signal: s.signal, oomKilled: oomKilled || undefined, timedOut: timedOut || undefined, durationMs },
+  };
+}
+
 function commandLine(argv: string[]): string {
   const shown = argv.length === 3 && /(^|\/)(ba)?sh$/.test(argv[0]!) && argv[1] === '-c' ? argv[2]! : argv.join(' ');
   return shown.length > 200 ? `${shown.slice(0, 199)}…` : shown;

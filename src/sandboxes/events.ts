@@ -35,9 +35,13 @@ export interface SandboxEvent {
   fields?: Record<string, string | number | boolean | null | undefined>;
 }
 
-/** What the command service (and anything else) needs to write to the log. */
+/**
+ * What the command service (and anything else) needs to write to the log. An entry may be given as a
+ * function that builds it, called when the batch is written: a command records two entries on its hot
+ * path, and their text is not needed before then (the time is taken at the call).
+ */
 export interface SandboxEventSink {
-  record(sandboxId: string, e: SandboxEvent): void;
+  record(sandboxId: string, e: SandboxEvent | (() => SandboxEvent)): void;
 }
 
 export interface LogQuery {
@@ -67,24 +71,25 @@ interface Row {
 interface Pending {
   sandboxId: string;
   at: number;
-  e: SandboxEvent;
+  e: SandboxEvent | (() => SandboxEvent);
 }
 
 const cut = (s: string, n: number): string => (s.length > n ? `${s.slice(0, n - 1)}…` : s);
 
 /** An entry as stored: level as its rank, text cut to the bounds, fields as JSON. */
 function toRow(p: Pending): Omit<Row, 'seq'> {
+  const e = typeof p.e === 'function' ? p.e() : p.e;
   const fields: Record<string, string> = {};
-  for (const [k, v] of Object.entries(p.e.fields ?? {}).slice(0, MAX_FIELDS)) {
+  for (const [k, v] of Object.entries(e.fields ?? {}).slice(0, MAX_FIELDS)) {
     if (v === undefined || v === null) continue;
     fields[cut(k, 40)] = cut(String(v), MAX_FIELD);
   }
   return {
     sandbox_id: p.sandboxId,
     at: p.at,
-    level: LOG_LEVELS.indexOf(p.e.level),
-    event: cut(p.e.event, 40),
-    message: cut(p.e.message, MAX_MESSAGE),
+    level: LOG_LEVELS.indexOf(e.level),
+    event: cut(e.event, 40),
+    message: cut(e.message, MAX_MESSAGE),
     fields: JSON.stringify(fields),
   };
 }
@@ -113,8 +118,8 @@ export class SandboxEventLog implements SandboxEventSink {
     store.onChange((c) => this.fromStore(c));
   }
 
-  record(sandboxId: string, e: SandboxEvent): void {
-    // Kept as given and cut to size when written: a command records two entries, on its hot path.
+  record(sandboxId: string, e: SandboxEvent | (() => SandboxEvent)): void {
+    // Kept as given (built, if a function) and cut to size when written: a command records two entries, on its hot path.
     this.pending.push({ sandboxId, at: Date.now(), e });
     if (this.pending.length >= MAX_PENDING) this.flush();
     else this.timer ??= setTimeout(() => this.flush(), this.flushMs).unref();

@@ -88,15 +88,23 @@ export class CommandChannel {
    * Run a buffered foreground command (`body`: POST .../commands's body) over the channel. undefined:
    * nothing was sent (no channel now, or the request is too large for one message); use HTTP.
    */
-  async run(sandboxId: string, body: Record<string, unknown>, timeoutMs: number): Promise<CommandResult | undefined> {
-    if (this.closed || Date.now() < this.downUntil) return undefined;
+  run(sandboxId: string, body: Record<string, unknown>, timeoutMs: number): Promise<CommandResult | undefined> {
+    if (this.closed || Date.now() < this.downUntil) return Promise.resolve(undefined);
     const signal = this.http.conn.signal;
-    if (signal?.aborted) throw abortError(signal);
+    if (signal?.aborted) return Promise.reject(abortError(signal));
     const id = this.nextId++;
     const text = JSON.stringify({ op: 'run', id, sandboxId, body });
-    if (text.length > MAX_REQUEST_CHARS) return undefined;
-    const open = this.open ?? (await (this.opening ??= this.connect()));
-    if (!open || open.ws.readyState !== open.ws.OPEN) return undefined;
+    if (text.length > MAX_REQUEST_CHARS) return Promise.resolve(undefined);
+    // Not an async function: on an open channel the caller awaits the answer's own promise, with no
+    // extra turns for an async function resolving with another promise (ADR 0016).
+    if (this.open) return this.send(this.open, id, text, sandboxId, timeoutMs);
+    return (this.opening ??= this.connect()).then((open) => (open ? this.send(open, id, text, sandboxId, timeoutMs) : undefined));
+  }
+
+  /** Sends one run on an open channel; undefined when the socket is no longer open (nothing was sent). */
+  private send(open: Open, id: number, text: string, sandboxId: string, timeoutMs: number): Promise<CommandResult | undefined> {
+    if (open.ws.readyState !== open.ws.OPEN) return Promise.resolve(undefined);
+    const signal = this.http.conn.signal;
     const what = `POST /sandboxes/${sandboxId}/commands (command channel)`;
     return new Promise<CommandResult>((resolve, reject) => {
       const settle = (): void => {

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
-import { encodeFrame, FrameDecoder, MAX_PAYLOAD, ProtocolError, type Frame } from '../../../src/agent/frames.js';
+import { encodeFrame, FrameDecoder, MAX_PAYLOAD, PayloadReader, PayloadWriter, ProtocolError, type Frame } from '../../../src/agent/frames.js';
 
 /** Deterministic pseudo-random numbers (xorshift), so a failure can be replayed. */
 function rng(seed: number): () => number {
@@ -67,5 +67,70 @@ describe('frame decoder', () => {
     const dec = new FrameDecoder();
     assert.deepEqual(dec.push(hdr.subarray(0, 5)), []);
     assert.throws(() => dec.push(hdr.subarray(5)), ProtocolError);
+  });
+});
+
+describe('payload writer', () => {
+  /** The same fields, encoded the plain way: a buffer per field, joined. */
+  function reference(fields: Array<['u8' | 'u16' | 'u32', number] | ['bytes', string | Buffer]>): Buffer {
+    const parts: Buffer[] = [];
+    for (const [kind, v] of fields) {
+      if (kind === 'bytes') {
+        const b = typeof v === 'string' ? Buffer.from(v, 'utf8') : v;
+        const n = Buffer.alloc(4);
+        n.writeUInt32BE(b.length);
+        parts.push(n, b);
+        continue;
+      }
+      const size = kind === 'u8' ? 1 : kind === 'u16' ? 2 : 4;
+      const b = Buffer.alloc(size);
+      if (kind === 'u8') b.writeUInt8(v as number);
+      else if (kind === 'u16') b.writeUInt16BE(v as number);
+      else b.writeUInt32BE(v as number);
+      parts.push(b);
+    }
+    return Buffer.concat(parts);
+  }
+
+  it('writes the same bytes as one buffer per field, across growth, for any text (multi-byte, astral, lone surrogates)', () => {
+    const texts = ['', 'a', 'é€😀'.repeat(50), '\ud800x', 'x\udfff', 'k='.padEnd(300, 'v'), '€'.repeat(1000)];
+    for (let seed = 0; seed < 40; seed++) {
+      const fields: Array<['u8' | 'u16' | 'u32', number] | ['bytes', string | Buffer]> = [];
+      const w = new PayloadWriter(seed % 3 === 0 ? 1 : 256);
+      for (let i = 0; i < 1 + (seed % 17); i++) {
+        const pick = (seed * 7 + i * 13) % 5;
+        if (pick === 0) {
+          fields.push(['u8', (seed + i) & 0xff]);
+          w.u8((seed + i) & 0xff);
+        } else if (pick === 1) {
+          fields.push(['u16', (seed * 31 + i) & 0xffff]);
+          w.u16((seed * 31 + i) & 0xffff);
+        } else if (pick === 2) {
+          fields.push(['u32', (seed * 2654435761 + i) >>> 0]);
+          w.u32((seed * 2654435761 + i) >>> 0);
+        } else if (pick === 3) {
+          const t = texts[(seed + i) % texts.length]!;
+          fields.push(['bytes', t]);
+          w.bytes(t);
+        } else {
+          const b = Buffer.alloc((seed * 97 + i) % 700, seed);
+          fields.push(['bytes', b]);
+          w.bytes(b);
+        }
+      }
+      const want = reference(fields);
+      assert.equal(w.length, want.length);
+      assert.deepEqual(w.finish(), want, `seed ${seed}`);
+    }
+  });
+
+  it('reads back what it wrote', () => {
+    const text = 'PATH=/usr/bin 😀 €';
+    const r = new PayloadReader(new PayloadWriter(2).u8(7).bytes(text).u32(0xfffffffe).u8(9).finish(), 'test');
+    assert.equal(r.u8(), 7);
+    assert.equal(r.bytes(1000).toString('utf8'), text);
+    assert.equal(r.u32(), 0xfffffffe);
+    assert.equal(r.u8(), 9);
+    assert.equal(r.remaining, 0);
   });
 });

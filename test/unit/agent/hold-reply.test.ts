@@ -105,6 +105,33 @@ describe('agent exec with a held reply', () => {
     assert.fail("the exit never came with the reply in five runs");
   });
 
+  it("calls 'exit' listeners in the turn the exit arrives, after the output and before `exited` resolves", async () => {
+    for (let i = 0; i < 5; i++) {
+      const order: string[] = [];
+      let nextTurn = false;
+      let exitInTurn: boolean | undefined;
+      const p = await conn.exec({
+        argv: ['sh', '-c', 'echo out; exit 5'],
+        env: ENV,
+        stdin: false,
+        holdReply: true,
+        onStart: (proc) => {
+          setImmediate(() => (nextTurn = true));
+          proc.on('stdout', () => order.push('stdout'));
+          proc.on('exit', (s) => {
+            order.push(`exit ${s.exitCode}`);
+            exitInTurn = !nextTurn;
+          });
+          void proc.exited.then(() => order.push('exited'));
+        },
+      });
+      await p.exited;
+      assert.deepEqual(order, ['stdout', 'exit 5', 'exited']);
+      if (exitInTurn) return;
+    }
+    assert.fail('the exit never came with the reply in five runs');
+  });
+
   it('answers promptly for a command that keeps running', async () => {
     const t0 = Date.now();
     const p = await conn.exec({ argv: ['sleep', '5'], env: ENV, stdin: false, holdReply: true });

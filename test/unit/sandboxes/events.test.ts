@@ -92,6 +92,26 @@ describe('SandboxEventLog', () => {
     );
   });
 
+  it('builds an entry given as a function when it writes the batch, in order, with the time of the call', () => {
+    const id = 'sbx-aaaaaaaaaaa6';
+    store.insert(record(id));
+    let built = 0;
+    const before = Date.now();
+    log.record(id, () => {
+      built++;
+      return { level: 'info', event: 'command.start', message: 'started pid 7: true', fields: { pid: 7 } };
+    });
+    log.record(id, { level: 'info', event: 'command.end', message: 'pid 7 exited with code 0' });
+    assert.equal(built, 0, 'not built on the hot path');
+    const entries = log.list(SYSTEM_CONTEXT, id, { limit: 100 }).entries.filter((e) => e.event.startsWith('command.'));
+    assert.equal(built, 1);
+    assert.deepEqual(entries.map((e) => [e.event, e.message, e.fields]), [
+      ['command.start', 'started pid 7: true', { pid: '7' }],
+      ['command.end', 'pid 7 exited with code 0', {}],
+    ]);
+    assert.ok(Date.parse(entries[0]!.at) >= before && Date.parse(entries[0]!.at) <= Date.now());
+  });
+
   it('cuts long messages and fields, and drops fields beyond the bound', () => {
     const id = 'sbx-aaaaaaaaaaa4';
     store.insert(record(id));
