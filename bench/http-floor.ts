@@ -11,6 +11,7 @@ import { fork, type ChildProcess } from 'node:child_process';
 import http from 'node:http';
 import { fileURLToPath } from 'node:url';
 import { connectAgent } from '../src/agent/client.js';
+import { tuneJit } from '../src/jit.js';
 import { plainOrigin, plainRequest } from '../src/sdk/transport.js';
 
 export interface HttpFloor {
@@ -46,6 +47,8 @@ export async function startHttpFloor(socketPath: string): Promise<HttpFloor> {
 }
 
 async function serve(socketPath: string): Promise<void> {
+  // The daemon's V8 setting (src/jit.ts), so that the floor stays a floor for the same code tier.
+  tuneJit();
   const conn = await connectAgent(socketPath);
   const server = http.createServer((req, res) => {
     const parts: Buffer[] = [];

@@ -8,6 +8,7 @@ import http from 'node:http';
 import { fileURLToPath } from 'node:url';
 import WebSocket, { WebSocketServer } from 'ws';
 import { connectAgent } from '../src/agent/client.js';
+import { tuneJit } from '../src/jit.js';
 
 export interface WsFloor {
   exec(argv: string[]): Promise<number>;
@@ -49,6 +50,8 @@ export async function startWsFloor(socketPath: string): Promise<WsFloor> {
 }
 
 async function serve(socketPath: string): Promise<void> {
+  // The daemon's V8 setting (src/jit.ts), so that the floor stays a floor for the same code tier.
+  tuneJit();
   const conn = await connectAgent(socketPath);
   const server = http.createServer((_req, res) => res.end());
   const wss = new WebSocketServer({ server, perMessageDeflate: false });

@@ -48,6 +48,7 @@ import { SnapshotService } from './snapshots/service.js';
 import { NetworkService } from './network/service.js';
 import { hostEnvironment, simulatedEnvironment } from './network/environment.js';
 import { tuneHeap } from './heap.js';
+import { tuneJit } from './jit.js';
 
 export interface Daemon {
   url: string;
@@ -81,6 +82,7 @@ export interface StartOptions {
 
 export async function startDaemon(config: DaemonConfig, opts: StartOptions = {}): Promise<Daemon> {
   tuneHeap();
+  tuneJit();
   const log = opts.logger ?? pino({ level: config.logLevel, base: undefined }, pino.destination(2));
   const paths = dataPaths(config.dataDir);
   for (const dir of [config.dataDir, paths.templates, paths.sandboxes, paths.bin]) fs.mkdirSync(dir, { recursive: true });
