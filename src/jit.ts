@@ -7,15 +7,17 @@
  * running a few hundred bytes of bytecode per command, so with the default budget they stay unoptimized
  * for the first several hundred commands of a daemon's life: the bench's 300 runs after 5 warm-ups measured
  * the SDK's exec at 1.55-1.62x the agent alone, against 1.35-1.40x after 1,000 warm-up runs (ADR 0016).
- * A budget of 2 KiB optimizes them after some tens of calls instead: 1.39-1.46x in the same bench, GET
- * latency with 1,000 sandboxes 0.19 against 0.41 ms, and no row of ttfc, sustained, density, files or
- * interactive worse beyond the noise. What it costs: more functions reach the optimizing compiler (on a
- * background thread) early in the daemon's life, and a few more of them deoptimize once.
+ * A budget of 8 KiB optimizes them after some tens of calls instead: 1.40-1.45x in the same bench. Lower
+ * budgets buy little more and cost the first requests of a young daemon: at 2 KiB exec reached 1.37-1.42x,
+ * but sandbox creates from a warm pool took 7.6-9.0 ms instead of 6.2-6.8 (compiling while they ran), which
+ * 8 KiB leaves at 6.5-6.8. GET latency with 1,000 sandboxes fell (0.41 to 0.19 ms at 2 KiB), and no row of
+ * sustained, density, files or interactive moved beyond the noise. What it costs: more functions reach the
+ * optimizing compiler (on a background thread) early in the daemon's life, and a few deoptimize once.
  */
 import v8 from 'node:v8';
 
 /** Bytecode a function runs through (times V8's tick count, 3) before it is considered for optimization. */
-export const INTERRUPT_BUDGET = 2048;
+export const INTERRUPT_BUDGET = 8192;
 
 let tuned = false;
 
