@@ -115,7 +115,12 @@ export class CommandService implements SandboxEvents {
   ): Promise<CommandResult | { pid: number }> {
     // A caller waiting on a foreground command is not idle: its sandbox's idle policy must not pause it meanwhile.
     // Released by runHeld itself: one async function between the exit and the caller, not two (ADR 0016).
-    const release = req.background === true ? undefined : this.sandboxes.hold(sandboxId);
+    let release: (() => void) | undefined;
+    try {
+      release = req.background === true ? undefined : this.sandboxes.hold(sandboxId);
+    } catch (err) {
+      return Promise.reject(err as Error); // a promise either way, as when run was async
+    }
     return this.runHeld(ctx, sandboxId, req, opts, release);
   }
 
