@@ -107,30 +107,15 @@ export class CommandService implements SandboxEvents {
    * Background: resolves with the pid at once. `sink` receives every event as
    * it happens (used for streamed responses).
    */
-  run(
+  async run(
     ctx: RequestContext,
     sandboxId: string,
     req: RunCommandRequest,
     opts: { sink?: EventSink; signal?: CancelSignal } = {},
   ): Promise<CommandResult | { pid: number }> {
     // A caller waiting on a foreground command is not idle: its sandbox's idle policy must not pause it meanwhile.
-    // Released by runHeld itself: one async function between the exit and the caller, not two (ADR 0016).
-    let release: (() => void) | undefined;
-    try {
-      release = req.background === true ? undefined : this.sandboxes.hold(sandboxId);
-    } catch (err) {
-      return Promise.reject(err as Error); // a promise either way, as when run was async
-    }
-    return this.runHeld(ctx, sandboxId, req, opts, release);
-  }
-
-  private async runHeld(
-    ctx: RequestContext,
-    sandboxId: string,
-    req: RunCommandRequest,
-    opts: { sink?: EventSink; signal?: CancelSignal },
-    release: (() => void) | undefined,
-  ): Promise<CommandResult | { pid: number }> {
+    // One async function between the exit and the caller, not two (ADR 0016).
+    const release = req.background === true ? undefined : this.sandboxes.hold(sandboxId);
     try {
       const t0 = performance.now();
       const argv = typeof req.cmd === 'string' ? ['/bin/sh', '-c', req.cmd] : req.cmd;
@@ -668,7 +653,6 @@ function hasSettled(p: Promise<unknown>): Promise<boolean> {
   return Promise.race([p.then(() => true, () => true), Promise.resolve().then(() => false)]);
 }
 
-/** A command as one short line for the sandbox log (`sh -c <script>` shows the script). */
 /** The sandbox log's `command.end` entry. */
 function endEntry(pid: number, s: ExitStatus, oomKilled: boolean, timedOut: boolean, durationMs: number): SandboxEvent {
   const how = oomKilled
@@ -686,6 +670,7 @@ function endEntry(pid: number, s: ExitStatus, oomKilled: boolean, timedOut: bool
   };
 }
 
+/** A command as one short line for the sandbox log (`sh -c <script>` shows the script). */
 function commandLine(argv: string[]): string {
   const shown = argv.length === 3 && /(^|\/)(ba)?sh$/.test(argv[0]!) && argv[1] === '-c' ? argv[2]! : argv.join(' ');
   return shown.length > 200 ? `${shown.slice(0, 199)}…` : shown;
