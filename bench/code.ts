@@ -18,7 +18,8 @@ export const code: Scenario = async (ctx) => {
   const nStart = ctx.quick ? 3 : 15;
   const nBig = ctx.quick ? 5 : 30;
   ctx.say('code: starting a python sandbox (builds the python template on first use)');
-  const sbx = await Sandbox.create({ ...ctx.conn, template: 'python', timeoutMs: 3600_000 });
+  // On a fresh machine that build (Debian packages, IPython) takes minutes: wait for it, untimed.
+  const sbx = await Sandbox.create({ ...ctx.conn, template: 'python', timeoutMs: 3600_000, requestTimeoutMs: 30 * 60_000 });
   const timed = async (fn: () => Promise<unknown>) => {
     const t0 = now();
     await fn();

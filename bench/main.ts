@@ -151,7 +151,7 @@ async function main(): Promise<number> {
     // Build the template(s) and warm the code paths; none of this is timed.
     for (const template of opts.debian ? ['busybox', 'debian'] : ['busybox']) {
       say(`preparing template ${template}`);
-      const s = await Sandbox.create({ ...conn, template });
+      const s = await Sandbox.create({ ...conn, template, requestTimeoutMs: 30 * 60_000 }); // a first build takes minutes
       await s.commands.run('true');
       await s.kill();
     }
@@ -176,6 +176,8 @@ async function main(): Promise<number> {
         failures.push(`${name}: ${msg.split('\n').slice(0, 3).join(' ')}`);
         results.push({ name, title: `${name} (failed)`, rows: [], notes: [], errors: [String((e as Error).message)], wallMs: now() - s0 });
         say(`scenario ${name} FAILED: ${(e as Error).message}`);
+        const ended = daemon.ended();
+        if (ended) say(`the bench daemon ${ended}; its log ends:\n${daemon.log().slice(-3000)}`);
       }
     }
   } catch (e) {

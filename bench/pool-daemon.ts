@@ -52,6 +52,11 @@ export async function withPoolDaemon<T>(
   };
   try {
     return await fn(pd);
+  } catch (e) {
+    // A daemon that died takes its reason with it unless its log is kept: say how it ended.
+    const ended = d.ended();
+    if (ended && e instanceof Error) e.message += ` (the ${name} daemon ${ended}; its log ends:\n${d.log().slice(-3000)})`;
+    throw e;
   } finally {
     await d.stop();
   }

@@ -258,7 +258,7 @@ class RawConnection {
         callback: (n: number, buf: Uint8Array): boolean => {
           const chunk = Buffer.from(buf.buffer, buf.byteOffset, n);
           if (this.onBytes) this.onBytes(chunk);
-          else this.socket.destroy(); // nothing may arrive on an idle connection
+          else this.drop(); // nothing may arrive on an idle connection
           return true;
         },
       },
@@ -266,19 +266,26 @@ class RawConnection {
     this.socket.setNoDelay(true);
     this.socket.on('error', () => undefined); // reported through close to whoever waits
     this.socket.on('timeout', () => {
-      if (!this.onBytes) this.socket.destroy(); // idle past IDLE_MS
+      if (!this.onBytes) this.drop(); // idle past IDLE_MS
     });
-    this.socket.once('close', () => {
-      this.closed = true;
-      const list = idleConnections.get(this.origin);
-      const i = list ? list.indexOf(this) : -1;
-      if (i >= 0) list!.splice(i, 1);
-    });
+    this.socket.once('close', () => this.drop());
+  }
+
+  /**
+   * Out of the idle list and closed, at once: 'close' is emitted a turn after destroy(), and a request
+   * that took the connection in between would be written to a dead socket.
+   */
+  drop(): void {
+    this.closed = true;
+    const list = idleConnections.get(this.origin);
+    const i = list ? list.indexOf(this) : -1;
+    if (i >= 0) list!.splice(i, 1);
+    this.socket.destroy();
   }
 
   park(): void {
     const list = idleConnections.get(this.origin) ?? [];
-    if (this.closed || list.length >= MAX_IDLE_PER_ORIGIN) {
+    if (this.closed || this.socket.destroyed || list.length >= MAX_IDLE_PER_ORIGIN) {
       this.socket.destroy();
       return;
     }
@@ -291,11 +298,17 @@ class RawConnection {
 
   static take(origin: string): RawConnection | undefined {
     const list = idleConnections.get(origin);
-    const c = list?.pop();
-    if (!c) return undefined;
-    c.socket.setTimeout(0);
-    c.socket.ref();
-    return c;
+    for (let c = list?.pop(); c; c = list!.pop()) {
+      // Destroyed by someone else (or half-closed by the server) and not yet told: never hand it out.
+      if (c.closed || c.socket.destroyed || !c.socket.writable) {
+        c.drop();
+        continue;
+      }
+      c.socket.setTimeout(0);
+      c.socket.ref();
+      return c;
+    }
+    return undefined;
   }
 }
 
