@@ -290,6 +290,8 @@ export class TemplateService {
     const started = performance.now();
     this.log.info({ template: name, tmp }, 'template build started');
     try {
+      // Cancelled while the directories were made (close(), the last waiter gone): do not start the build.
+      signal.throwIfAborted();
       // The definition's own 0..1 maps to 0..0.97; shifting and installing take the rest.
       await def.build(
         tmp,

@@ -25,6 +25,7 @@ function fakeDef(name: string, opts: { delayMs?: number; fail?: string } = {}) {
       fs.mkdirSync(path.join(dir, 'etc'));
       if (opts.delayMs) {
         await new Promise<void>((resolve, reject) => {
+          if (signal?.aborted) return reject(signal.reason);
           const timer = setTimeout(resolve, opts.delayMs);
           signal?.addEventListener('abort', () => {
             clearTimeout(timer);
@@ -194,6 +195,19 @@ test('close() cancels running builds and cleans up', { skip }, async () => {
   assert.equal(info.status, 'failed');
   assert.match(info.error ?? '', /cancelled|shutting down/);
   assert.deepEqual(fs.readdirSync(path.join(t.paths.templates, 'closing')), []);
+});
+
+// Under load close() could land while the build was still making its directories: the build then started
+// with a cancelled signal and ran to its end (5 s here) before close() returned.
+test('close() while the build is still being set up never starts it', { skip }, async () => {
+  const def = fakeDef('early', { delayMs: 5000 });
+  const svc = new TemplateService({ db: t.db, paths: t.paths, idMapBase: BASE, definitions: [def] });
+  const p = svc.ensure('early');
+  await svc.close();
+  await assert.rejects(p);
+  assert.equal(def.builds, 0);
+  assert.equal(svc.get('early').status, 'failed');
+  assert.deepEqual(fs.readdirSync(path.join(t.paths.templates, 'early')), []);
 });
 
 test('aborting one of two waiters does not cancel the shared build', { skip }, async () => {
