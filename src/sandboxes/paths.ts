@@ -18,6 +18,9 @@ export function buildEnv(
     PATH: DEFAULT_PATH,
     HOME: isRoot ? '/root' : /^\d+$/.test(user) ? '/' : `/home/${user}`,
     USER: isRoot ? 'root' : user,
+    LOGNAME: isRoot ? 'root' : user,
+    // The shell a string command runs in (commands.ts); tools that spawn "$SHELL" found it empty before.
+    SHELL: '/bin/sh',
     LANG: 'C.UTF-8',
     ...sandboxEnvs,
     ...(commandEnvs ?? {}),

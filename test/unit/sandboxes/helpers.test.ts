@@ -98,6 +98,10 @@ describe('paths and env', () => {
     assert.equal(e.HOME, '/root');
     assert.ok(e.PATH!.includes('/usr/bin'));
     assert.equal(buildEnv({}, undefined, 'user').HOME, '/home/user');
+    // The shell string commands run in, and the login name, as a login would set them; both overridable.
+    assert.equal(e.SHELL, '/bin/sh');
+    assert.equal(buildEnv({}, undefined, 'user').LOGNAME, 'user');
+    assert.equal(buildEnv({}, { SHELL: '/bin/bash' }, undefined).SHELL, '/bin/bash');
   });
   it('makes ids that match the public id pattern', () => {
     const ids = new Set(Array.from({ length: 1000 }, newSandboxId));
