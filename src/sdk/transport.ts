@@ -248,6 +248,8 @@ class RawConnection {
   /** Bytes of the current response were seen (a reused socket that dies before that is retried, for a GET). */
   used = false;
   closed = false;
+  /** The socket's last error, if any: why it closed. */
+  error: Error | undefined;
 
   constructor(readonly origin: string, host: string, port: number) {
     this.socket = net.connect({
@@ -264,7 +266,8 @@ class RawConnection {
       },
     });
     this.socket.setNoDelay(true);
-    this.socket.on('error', () => undefined); // reported through close to whoever waits
+    // Reported through close to whoever waits, with this as the cause (a refused connect says so).
+    this.socket.on('error', (e) => (this.error = e));
     this.socket.on('timeout', () => {
       if (!this.onBytes) this.drop(); // idle past IDLE_MS
     });
@@ -425,8 +428,10 @@ function exchange(conn: RawConnection, payload: string | Buffer, req: PlainReque
       resolve(out!);
     };
     const onAbort = (): void => finish(signal!.reason instanceof Error ? signal!.reason : new Error('aborted'));
-    const onClose = (): void =>
-      finish(new Error(body ? `response body ended after ${off} of ${body.length} bytes` : 'connection closed before a response'));
+    const onClose = (): void => {
+      const why = conn.error ? ` (${conn.error.message})` : '';
+      finish(new Error(body ? `response body ended after ${off} of ${body.length} bytes${why}` : `connection closed before a response${why}`));
+    };
     signal?.addEventListener('abort', onAbort, { once: true });
     sock.once('close', onClose);
     if (req.timeoutMs && req.timeoutMs > 0) {

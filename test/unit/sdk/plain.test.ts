@@ -178,6 +178,17 @@ describe('sdk plain request path', () => {
     await assert.rejects(client.json('GET', '/echo', z.object({ nope: z.string() })), (e: unknown) => e instanceof InternalError);
   });
 
+  it('says why a connection failed: a refused connect names itself', async () => {
+    const closed = net.createServer();
+    await new Promise<void>((r) => closed.listen(0, '127.0.0.1', r));
+    const port = (closed.address() as AddressInfo).port;
+    await new Promise<void>((r) => closed.close(() => r()));
+    const origin = plainOrigin(new URL(`http://127.0.0.1:${port}`))!;
+    await assert.rejects(plainRequest(origin, { method: 'POST', target: '/v1/x', headers: {}, body: Buffer.from('{}'), maxBody: 100 }), /closed before a response \(connect ECONNREFUSED/);
+    const client = new HttpClient(resolveConnection({ apiUrl: `http://127.0.0.1:${port}` }));
+    await assert.rejects(client.json('POST', '/x', Echo, { json: {} }), (e: unknown) => e instanceof UnavailableError && /ECONNREFUSED/.test(e.message));
+  });
+
   it('takes neither https nor URLs with credentials', () => {
     assert.equal(plainOrigin(new URL('https://127.0.0.1:1')), undefined);
     assert.equal(plainOrigin(new URL('http://u:p@127.0.0.1:1')), undefined);
