@@ -27,13 +27,27 @@ function kernelXattrs(file: string): Record<string, string> {
 }
 
 /** Sets raw attribute bytes (hex name, hex value) as a sandbox process could. Returns false when the file system refuses. */
-function setRaw(file: string, nameHex: string, valueHex: string): boolean {
+/** Sets raw attributes (hex name, hex value) as a process in the sandbox could; how many it could set. One python3 for all. */
+function setRawMany(file: string, pairs: Array<[string, string]>): number {
+  const script = [
+    'import os, sys, json',
+    'n = 0',
+    'for k, v in json.loads(sys.stdin.read()):',
+    '    try:',
+    '        os.setxattr(sys.argv[1], bytes.fromhex(k), bytes.fromhex(v)); n += 1',
+    '    except OSError:',
+    '        pass',
+    'print(n)',
+  ].join('\n');
   try {
-    execFileSync('python3', ['-c', 'import os,sys; os.setxattr(sys.argv[1], bytes.fromhex(sys.argv[2]), bytes.fromhex(sys.argv[3]))', file, nameHex, valueHex], { stdio: 'pipe' });
-    return true;
+    return Number(execFileSync('python3', ['-c', script, file], { input: JSON.stringify(pairs), stdio: 'pipe' }).toString().trim());
   } catch {
-    return false;
+    return 0;
   }
+}
+
+function setRaw(file: string, nameHex: string, valueHex: string): boolean {
+  return setRawMany(file, [[nameHex, valueHex]]) === 1;
 }
 
 describe('agent xattr', () => {
@@ -125,8 +139,8 @@ describe('agent xattr', () => {
     try {
       const many = path.join(shm, 'many');
       fs.writeFileSync(many, '');
-      let made = 0;
-      for (let i = 0; i < XATTR_LIMITS.maxCount + 20; i++) if (setRaw(many, Buffer.from(`${P}k${i}`).toString('hex'), '76')) made++;
+      // One process for all of them: a python3 per attribute took ~55 s where python3 is a pyenv shim.
+      const made = setRawMany(many, Array.from({ length: XATTR_LIMITS.maxCount + 20 }, (_, i): [string, string] => [Buffer.from(`${P}k${i}`).toString('hex'), '76']));
       const big = path.join(shm, 'big');
       fs.writeFileSync(big, '');
       const bigOk = setRaw(big, Buffer.from(`${P}big`).toString('hex'), Buffer.alloc(XATTR_LIMITS.maxTotal + 100, 0x61).toString('hex'));
