@@ -9,7 +9,7 @@
  *    (the same bytes over the same daemon and HTTP path).
  */
 import { Sandbox } from '../src/sdk/index.js';
-import { interleave, linkRatios, row, type Scenario } from './context.js';
+import { FIRST_BUILD_TIMEOUT_MS, interleave, linkRatios, row, type Scenario } from './context.js';
 import { now } from './stats.js';
 
 export const code: Scenario = async (ctx) => {
@@ -18,8 +18,7 @@ export const code: Scenario = async (ctx) => {
   const nStart = ctx.quick ? 3 : 15;
   const nBig = ctx.quick ? 5 : 30;
   ctx.say('code: starting a python sandbox (builds the python template on first use)');
-  // On a fresh machine that build (Debian packages, IPython) takes minutes: wait for it, untimed.
-  const sbx = await Sandbox.create({ ...ctx.conn, template: 'python', timeoutMs: 3600_000, requestTimeoutMs: 30 * 60_000 });
+  const sbx = await Sandbox.create({ ...ctx.conn, template: 'python', timeoutMs: 3600_000, requestTimeoutMs: FIRST_BUILD_TIMEOUT_MS });
   const timed = async (fn: () => Promise<unknown>) => {
     const t0 = now();
     await fn();

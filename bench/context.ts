@@ -19,6 +19,9 @@ export interface BenchContext {
   say(msg: string): void;
 }
 
+/** Request timeout for a create that may build its template first (minutes on a fresh machine; never timed). */
+export const FIRST_BUILD_TIMEOUT_MS = 30 * 60_000;
+
 export type Scenario = (ctx: BenchContext) => Promise<Omit<ScenarioResult, 'wallMs'>>;
 
 export function row(name: string, kind: RowKind, unit: Row['unit'], samples: number[], more: Partial<Row> = {}): Row {

@@ -18,8 +18,8 @@ export interface BenchDaemon {
   stop(): Promise<void>;
   /** The last part of the daemon's stderr (its log). */
   log(): string;
-  /** undefined while the daemon runs; how it ended once it has exited (code or signal). */
-  ended(): string | undefined;
+  /** undefined while the daemon runs; once it has exited, how (code or signal) and the end of its log. */
+  death(): string | undefined;
 }
 
 /** `args` are extra `capsule serve` flags, e.g. ['--pool', 'busybox=4'] for the warm-pool rows. */
@@ -45,7 +45,10 @@ export async function startDaemon(dataDir: string, opts: { args?: string[]; env?
     apiKey,
     pid: child.pid ?? -1,
     log,
-    ended: () => (child.exitCode !== null ? `exited with code ${child.exitCode}` : child.signalCode !== null ? `killed by ${child.signalCode}` : undefined),
+    death: () => {
+      const how = child.exitCode !== null ? `exited with code ${child.exitCode}` : child.signalCode !== null ? `killed by ${child.signalCode}` : undefined;
+      return how && `${how}; its log ends:\n${log().slice(-3000)}`;
+    },
     async stop() {
       if (stopped) return;
       stopped = true;

@@ -15,7 +15,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Sandbox } from '../src/sdk/index.js';
 import { CrunBaseline, hasBinary } from './baselines.js';
-import type { BenchContext, Scenario } from './context.js';
+import { FIRST_BUILD_TIMEOUT_MS, type BenchContext, type Scenario } from './context.js';
 import { REPO_ROOT, startDaemon, type BenchDaemon } from './daemon.js';
 import { code } from './code.js';
 import { density } from './density.js';
@@ -151,7 +151,7 @@ async function main(): Promise<number> {
     // Build the template(s) and warm the code paths; none of this is timed.
     for (const template of opts.debian ? ['busybox', 'debian'] : ['busybox']) {
       say(`preparing template ${template}`);
-      const s = await Sandbox.create({ ...conn, template, requestTimeoutMs: 30 * 60_000 }); // a first build takes minutes
+      const s = await Sandbox.create({ ...conn, template, requestTimeoutMs: FIRST_BUILD_TIMEOUT_MS });
       await s.commands.run('true');
       await s.kill();
     }
@@ -176,8 +176,8 @@ async function main(): Promise<number> {
         failures.push(`${name}: ${msg.split('\n').slice(0, 3).join(' ')}`);
         results.push({ name, title: `${name} (failed)`, rows: [], notes: [], errors: [String((e as Error).message)], wallMs: now() - s0 });
         say(`scenario ${name} FAILED: ${(e as Error).message}`);
-        const ended = daemon.ended();
-        if (ended) say(`the bench daemon ${ended}; its log ends:\n${daemon.log().slice(-3000)}`);
+        const death = daemon.death();
+        if (death) say(`the bench daemon ${death}`);
       }
     }
   } catch (e) {

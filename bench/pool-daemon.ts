@@ -54,8 +54,8 @@ export async function withPoolDaemon<T>(
     return await fn(pd);
   } catch (e) {
     // A daemon that died takes its reason with it unless its log is kept: say how it ended.
-    const ended = d.ended();
-    if (ended && e instanceof Error) e.message += ` (the ${name} daemon ${ended}; its log ends:\n${d.log().slice(-3000)})`;
+    const death = d.death();
+    if (death && e instanceof Error) e.message += ` (the ${name} daemon ${death})`;
     throw e;
   } finally {
     await d.stop();

@@ -26,7 +26,6 @@ function kernelXattrs(file: string): Record<string, string> {
   return JSON.parse(out) as Record<string, string>;
 }
 
-/** Sets raw attribute bytes (hex name, hex value) as a sandbox process could. Returns false when the file system refuses. */
 /** Sets raw attributes (hex name, hex value) as a process in the sandbox could; how many it could set. One python3 for all. */
 function setRawMany(file: string, pairs: Array<[string, string]>): number {
   const script = [
@@ -46,6 +45,7 @@ function setRawMany(file: string, pairs: Array<[string, string]>): number {
   }
 }
 
+/** Sets raw attribute bytes (hex name, hex value) as a sandbox process could. Returns false when the file system refuses. */
 function setRaw(file: string, nameHex: string, valueHex: string): boolean {
   return setRawMany(file, [[nameHex, valueHex]]) === 1;
 }
