@@ -68,6 +68,7 @@ struct chan {
   int64_t rwin;                   /* WRITE: daemon's remaining credit */
   char *tmp, *dst;
   uint64_t written;
+  int handoff;                    /* WRITE: the daemon was given the temp file's descriptor (F_FILE_HANDOFF) */
   DIR *dir;
   char *dpath;
   uint32_t limit, count;

@@ -190,7 +190,9 @@ void handle_mkdir(struct conn *c, uint32_t id, struct rd *r) {
 }
 
 void handle_write(struct conn *c, uint32_t id, struct rd *r) {
-  uint32_t mode = rd_u32(r) & 07777;
+  uint32_t raw_mode = rd_u32(r);
+  uint32_t mode = raw_mode & 07777;
+  int handoff = (raw_mode & WRITE_HANDOFF) && (c->features & F_FILE_HANDOFF);
   char *path = get_path(c, id, r);
   if (!path) return;
   struct xattrs *xa;
@@ -232,7 +234,19 @@ void handle_write(struct conn *c, uint32_t id, struct rd *r) {
   ch->tmp = tmp;
   ch->dst = path;
   ch->rwin = INIT_WINDOW;
-  send_simple(c, id, FT_OK, 0, NULL, 0);
+  /* The handoff names the temp file by descriptor and inode: the daemon opens it through /proc (it checks
+   * what it opened is this empty file on the sandbox's root), fills it, and says at EOF how much it wrote.
+   * It may also decline and send DATA as usual. */
+  struct stat tst;
+  if (handoff && fstat(fd, &tst) == 0) {
+    uint8_t b[12];
+    wr_u32(b, (uint32_t)fd);
+    wr_u64(b + 4, (uint64_t)tst.st_ino);
+    ch->handoff = 1;
+    send_simple(c, id, FT_OK, 0, b, 12);
+  } else {
+    send_simple(c, id, FT_OK, 0, NULL, 0);
+  }
   if (c->features & F_LARGE_DATA) {
     ch->rwin += WRITE_WINDOW - INIT_WINDOW;
     send_window(c, id, S_IN, WRITE_WINDOW - INIT_WINDOW);
@@ -263,7 +277,27 @@ static void write_data(struct conn *c, struct chan *ch, const uint8_t *d, size_t
   send_window(c, ch->id, S_IN, (uint32_t)n);
 }
 
-static void write_finish(struct conn *c, struct chan *ch) {
+/* EOF of an upload. After a handoff its payload is the u64 count of bytes the daemon wrote into the file
+ * itself (then no DATA came): the file must hold exactly that many. */
+static void write_finish(struct conn *c, struct chan *ch, const uint8_t *d, uint32_t len) {
+  if (len >= 8 && ch->handoff) {
+    struct rd r = { d, len, 0, 0 };
+    uint64_t direct = rd_u64(&r);
+    struct stat st;
+    if (ch->written > 0 && direct > 0) {
+      send_error(c, ch->id, EPROTO, "upload of %.300s came both as data and through its descriptor", ch->dst);
+      chan_free(c, ch);
+      return;
+    }
+    if (fstat(ch->fd, &st)) { send_error(c, ch->id, errno, "write %.300s: %s", ch->dst, strerror(errno)); chan_free(c, ch); return; }
+    if ((uint64_t)st.st_size != ch->written + direct) {
+      send_error(c, ch->id, EIO, "write %.300s: the file holds %llu bytes, %llu were sent", ch->dst,
+                 (unsigned long long)st.st_size, (unsigned long long)(ch->written + direct));
+      chan_free(c, ch);
+      return;
+    }
+    ch->written += direct;
+  }
   int fd = ch->fd;
   ch->fd = -1;
   if (close(fd)) { send_error(c, ch->id, errno, "write %.300s: %s", ch->dst, strerror(errno)); chan_free(c, ch); return; }
@@ -457,7 +491,7 @@ void file_frame(struct conn *c, struct chan *ch, uint8_t type, uint8_t stream, c
       write_data(c, ch, d, len);
       return;
     case FT_EOF:
-      if (ch->kind == CH_WRITE) write_finish(c, ch);
+      if (ch->kind == CH_WRITE) write_finish(c, ch, d, len);
       return;
     default:
       return; /* unknown frame types on a channel are ignored */

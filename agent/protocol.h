@@ -15,11 +15,11 @@
 #define PROTO_MAJOR 1
 #endif
 #ifndef PROTO_MINOR
-#define PROTO_MINOR 3
+#define PROTO_MINOR 4
 #endif
 #define PROTO_VERSION PROTO_MAJOR
 #ifndef AGENT_VERSION
-#define AGENT_VERSION "capsule-agent/0.4.1"
+#define AGENT_VERSION "capsule-agent/0.5.0"
 #endif
 
 /* Feature bits (u64 in HELLO). Protocol 1.0 has none of them. */
@@ -29,8 +29,9 @@
 #define F_PTY (1ull << 3)          /* 1.2: stream kind SK_PTY (a terminal), resized with CONTROL RESIZE */
 #define F_WATCH (1ull << 4)        /* 1.2: WATCH requests (inotify), events in EVENTS frames */
 #define F_XATTR (1ull << 5)        /* 1.3: WRITE sets user.* attributes; STAT/LIST entries carry them (xattr.c) */
+#define F_FILE_HANDOFF (1ull << 6) /* 1.4: WRITE may name its temp file's descriptor, which the daemon fills itself */
 #ifndef AGENT_FEATURES
-#define AGENT_FEATURES (F_EXEC_STREAMS | F_LARGE_DATA | F_READ_TO_SIZE | F_PTY | F_WATCH | F_XATTR)
+#define AGENT_FEATURES (F_EXEC_STREAMS | F_LARGE_DATA | F_READ_TO_SIZE | F_PTY | F_WATCH | F_XATTR | F_FILE_HANDOFF)
 #endif
 
 /* Header: u32 payload length, u32 channel, u8 type, u8 stream, u16 flags (big-endian). */
@@ -73,6 +74,10 @@
 
 /* CONTROL kinds. */
 #define CTL_RESIZE 1    /* u16 rows, u16 cols: a PTY stream's window size (F_PTY) */
+
+/* WRITE's u32 mode: the low 12 bits are the file's mode; with F_FILE_HANDOFF, this bit asks for the handoff
+ * (OK then carries u32 descriptor, u64 inode of the temp file; EOF may carry u64 bytes the daemon wrote). */
+#define WRITE_HANDOFF (1u << 16)
 
 /* WATCH flags (u8). */
 #define WATCH_RECURSIVE 1 /* watch every directory below, including ones made later */

@@ -6,6 +6,8 @@
  * baseline container, and the host-filesystem floor (write + read of a file next to the daemon's data). The daemon's
  * memory is sampled while the SDK transfers run: its RSS may grow only by
  * a bounded amount whatever the file size (the transfer streams).
+ * Two upload floors (upload-floor.ts) share the run: a bare node:http relay
+ * into the same agent, and the same server dropping the bytes (the TCP hop alone).
  */
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -14,6 +16,7 @@ import { Sandbox } from '../src/sdk/index.js';
 import { interleave, linkRatios, row, type Scenario } from './context.js';
 import { run } from './proc.js';
 import { now } from './stats.js';
+import { startUploadFloor } from './upload-floor.js';
 
 /** Target: at least this fraction of `crun exec cat` on the same machine, in the same run (issue 9). */
 const VS_CRUN = 0.8;
@@ -94,6 +97,10 @@ export const files: Scenario = async (ctx) => {
     cpu[dir].client.push(r.client);
   };
   const hostFile = path.join(ctx.daemon.dataDir, '..', 'bench-file.bin');
+  // The daemon's socket layout (config paths.agentSocket); the agent accepts more than one connection.
+  const agentSocket = path.join(ctx.daemon.dataDir, 'run', `${sbx.id}.sock`);
+  const relayFloor = await startUploadFloor('relay', agentSocket);
+  const tcpFloor = await startUploadFloor('discard', agentSocket);
   try {
     const w = new Map<string, number[]>([
       ['sdk write', []],
@@ -102,6 +109,8 @@ export const files: Scenario = async (ctx) => {
       ['crun exec read', []],
       ['crun exec write, same sandbox', []],
       ['crun exec read, same sandbox', []],
+      ['upload floor: bare relay', []],
+      ['upload floor: TCP only', []],
       ['host fs write', []],
       ['host fs read', []],
       ['daemon RSS growth, sdk write', []],
@@ -189,6 +198,24 @@ export const files: Scenario = async (ctx) => {
         },
       },
       {
+        // What an upload costs before Capsule's own work: the same relay into the agent behind a bare
+        // node:http server, and the TCP hop into a Node process alone (upload-floor.ts).
+        name: 'floors',
+        run: async (i) => {
+          const p = `/tmp/bench-floor-${i}.bin`;
+          let t0 = now();
+          const relayed = await relayFloor.put(p, data);
+          w.get('upload floor: bare relay')!.push(rate(now() - t0));
+          if (relayed !== size) throw new Error(`upload floor (relay) wrote ${relayed} bytes`);
+          await sbx.files.remove(p);
+          t0 = now();
+          const taken = await tcpFloor.put(p, data);
+          w.get('upload floor: TCP only')!.push(rate(now() - t0));
+          if (taken !== size) throw new Error(`upload floor (TCP only) took ${taken} bytes`);
+          return 0;
+        },
+      },
+      {
         name: 'host',
         run: async () => {
           let t0 = now();
@@ -231,6 +258,8 @@ export const files: Scenario = async (ctx) => {
         vs: 'host fs read',
         extra: { p50WithoutJoin: Math.round(p50(crunReadChunksOnly)) },
       }),
+      row('upload floor: bare relay', 'floor', 'MB/s', w.get('upload floor: bare relay')!, { vs: 'crun exec write, same sandbox' }),
+      row('upload floor: TCP only', 'floor', 'MB/s', w.get('upload floor: TCP only')!, { vs: 'crun exec write, same sandbox' }),
       row('host fs write', 'floor', 'MB/s', w.get('host fs write')!),
       row('host fs read', 'floor', 'MB/s', w.get('host fs read')!),
     ];
@@ -244,6 +273,7 @@ export const files: Scenario = async (ctx) => {
         'Write = PUT with an in-memory Uint8Array body; read = files.read({format:"bytes"}). crun exec read ends with the bytes in one buffer, as the SDK read does (until issue 9 it stopped at the list of pipe chunks, which left out the join).',
         'crun exec …, same sandbox: crun exec into the sandbox itself (its bundle, its quota disk), the baseline the targets use; crun exec write/read: the plain baseline container, whose writable layer is on the host filesystem rather than a loop-mounted quota disk.',
         `sdk write vs the plain baseline container: ${(p50(w.get('sdk write')!) / p50(w.get('crun exec write')!)).toFixed(2)}×; sdk read: ${(p50(w.get('sdk read')!) / p50(w.get('crun exec read')!)).toFixed(2)}×.`,
+        `Upload floors (bare node:http server in its own process, the SDK's transport as client): relaying into the same agent, ${(p50(w.get('upload floor: bare relay')!) / p50(w.get('crun exec write, same sandbox')!)).toFixed(2)}× crun exec; taking the bytes and dropping them (the TCP hop alone), ${(p50(w.get('upload floor: TCP only')!) / p50(w.get('crun exec write, same sandbox')!)).toFixed(2)}×. sdk write is ${(p50(w.get('sdk write')!) / p50(w.get('upload floor: bare relay')!)).toFixed(2)}× the bare relay (above 1: the raw upload path and the file handoff, ADR 0016, beat relaying node:http's body).`,
         `Daemon RSS growth: peak VmRSS sampled every 2 ms during one SDK transfer, minus VmRSS at its start (${mb} MB moved each time).`,
         `CPU per 100 MB of the timed SDK transfers (p50; daemon and agent from /proc schedstat, the client from process.cpuUsage): write daemon ${per100(cpu.write.daemon)} ms, agent ${per100(cpu.write.agent)} ms, client ${per100(cpu.write.client)} ms; read daemon ${per100(cpu.read.daemon)} ms, agent ${per100(cpu.read.agent)} ms, client ${per100(cpu.read.client)} ms.`,
         `crun exec read without the join, as measured before issue 9: p50 ${Math.round(p50(crunReadChunksOnly))} MB/s (sdk read ${(p50(w.get('sdk read')!) / p50(crunReadChunksOnly)).toFixed(2)}× of it).`,
@@ -251,6 +281,8 @@ export const files: Scenario = async (ctx) => {
       errors,
     };
   } finally {
+    relayFloor.close();
+    tcpFloor.close();
     await sbx.kill().catch(() => undefined);
     await ctx.crun.delete(cid).catch(() => undefined);
     fs.rmSync(hostFile, { force: true });

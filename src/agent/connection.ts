@@ -21,7 +21,7 @@ import { ALL_FEATURES, decodeHello, encodeHello, versionString, type AgentFeatur
 import { listDir, type Listing } from './list.js';
 import { attachProcess, execProcess } from './process.js';
 import * as req from './request.js';
-import { describeEndpoint, type AgentConnection, type AgentEndpoint, type AgentProcess, type AgentWatch, type ExecRequest, type FileEntry, type XattrSet } from './types.js';
+import { describeEndpoint, type AgentConnection, type AgentEndpoint, type AgentProcess, type AgentWatch, type ExecRequest, type FileEntry, type WriteFileOptions } from './types.js';
 import { watchDir } from './watch.js';
 
 export interface ConnectOptions {
@@ -245,7 +245,7 @@ class Connection implements AgentConnection, ChannelHost {
     return readFile(this, path, opts);
   }
 
-  writeFile(path: string, data: Readable | Buffer, opts?: { mode?: number; xattrs?: XattrSet }): Promise<{ size: number }> {
+  writeFile(path: string, data: Readable | Buffer, opts?: WriteFileOptions): Promise<{ size: number }> {
     return writeFile(this, path, data, opts);
   }
 

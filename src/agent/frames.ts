@@ -5,7 +5,7 @@
 
 /** Protocol version this daemon speaks (docs/agent-protocol.md): it works with any agent of the same major. */
 export const PROTO_MAJOR = 1;
-export const PROTO_MINOR = 3;
+export const PROTO_MINOR = 4;
 /** The major version, as HELLO's first field has always carried it. */
 export const PROTO_VERSION = PROTO_MAJOR;
 export const HDR_LEN = 12;
@@ -62,7 +62,15 @@ export const FEATURE_BITS = {
   watch: 1n << 4n,
   /** 1.3: WRITE sets user.* extended attributes; STAT and LIST entries carry them when asked. */
   xattr: 1n << 5n,
+  /**
+   * 1.4: a WRITE may ask (WRITE_HANDOFF) for its temp file's descriptor and inode in the OK; the daemon then
+   * opens that file through the host's /proc and writes the upload itself (ADR 0016), or declines and sends DATA.
+   */
+  'file-handoff': 1n << 6n,
 } as const;
+
+/** Bit of WRITE's u32 mode, above the file mode's 12 bits: the daemon asks for the handoff ('file-handoff'). */
+export const WRITE_HANDOFF = 1 << 16;
 
 /** CONTROL kinds (u8, first field of a CONTROL payload). */
 export const CTL_RESIZE = 1;

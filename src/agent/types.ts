@@ -175,6 +175,21 @@ export interface XattrSet {
   entries: ReadonlyArray<readonly [key: string, value: string]>;
 }
 
+/**
+ * Opens for writing the temp file an agent offered for an upload (feature `file-handoff`), named by its
+ * descriptor number inside the agent and its inode, and gives the daemon's own descriptor for it (the caller
+ * closes it). Undefined declines, and the upload goes to the agent as data. The runtime makes it
+ * (RuntimeDriver.openAgentFile); the agent's client knows nothing of /proc.
+ */
+export type FileHandoff = (fd: number, ino: bigint) => Promise<number | undefined>;
+
+export interface WriteFileOptions {
+  /** The new file's mode (default 0644). */
+  mode?: number;
+  xattrs?: XattrSet;
+  handoff?: FileHandoff;
+}
+
 export interface AgentConnection {
   /** The agent's version string from its HELLO, e.g. "capsule-agent/0.2.0". */
   readonly agentVersion: string;
@@ -199,7 +214,7 @@ export interface AgentConnection {
   /** Stream a regular file's bytes (refuses FIFOs, devices, directories). */
   readFile(path: string, opts?: { maxBytes?: number }): Promise<{ size: number; stream: Readable }>;
   /** Write a file from a stream; creates parent directories; replaces atomically-ish (write then rename). */
-  writeFile(path: string, data: Readable | Buffer, opts?: { mode?: number; xattrs?: XattrSet }): Promise<{ size: number }>;
+  writeFile(path: string, data: Readable | Buffer, opts?: WriteFileOptions): Promise<{ size: number }>;
   /** With `xattrPrefix` (feature `xattr`), entries carry the extended attributes under it. */
   list(path: string, opts?: { limit?: number; xattrPrefix?: string }): Promise<{ entries: FileEntry[]; truncated: boolean }>;
   stat(path: string, opts?: { xattrPrefix?: string }): Promise<FileEntry>;

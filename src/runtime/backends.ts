@@ -262,6 +262,12 @@ export class Backends implements RuntimeDriver {
     return this.of(id).agentEndpoint(id);
   }
 
+  async openAgentFile(id: string, fd: number, ino: bigint): Promise<number | undefined> {
+    const d = this.of(id);
+    if (!d.openAgentFile || !d.capabilities.fileHandoff) return undefined;
+    return d.openAgentFile(id, fd, ino);
+  }
+
   async attachNetwork(id: string, spec: NetworkSpec): Promise<void> {
     const d = this.of(id);
     if (spec.mode === 'none') return;

@@ -12,6 +12,7 @@ import path from 'node:path';
 import type { DataPaths, ResourceLimits } from '../config/index.js';
 import { ConflictError, InvalidArgumentError, isCapsuleError, RuntimeError } from '../errors/index.js';
 import { openAgentSocket, ensurePrivateDir, type PendingAgentSocket } from './agent-socket.js';
+import { openAgentFile } from './agent-file.js';
 import { AGENT_SOCKET_NAME, buildOciSpec, cgroupsPathFor, cpuQuotaUs, memoryBytes, SANDBOX_CAPABILITIES } from './bundle.js';
 import { CHECKPOINT_DIR, CHECKPOINT_MARKER, checkCriu, criuEnv, criuLogTail, type CriuCheck } from './criu.js';
 import { cgroupMounts, freezerState, killCgroupProcs, readCgroupStats, readOomKills, removeCgroupDirs, setFreezerState, writeCgroupV1Limits, type CgroupMount } from './cgroups.js';
@@ -31,6 +32,7 @@ import { connectThroughRelay, relayPid, RELAY_PATH, startRelay, stopRelay } from
 import type { AgentEndpoint } from '../agent/types.js';
 
 export interface RuntimeLogger {
+  debug?(obj: unknown, msg?: string): void;
   info(obj: unknown, msg?: string): void;
   warn(obj: unknown, msg?: string): void;
   error(obj: unknown, msg?: string): void;
@@ -158,6 +160,8 @@ export class OciRuntimeDriver implements RuntimeDriver {
       memorySnapshot: this.memorySnapshotReason() === null,
       updateResources: true,
       exportChanges: true,
+      // Under runsc the agent's descriptors live in the Sentry, not in the host kernel.
+      fileHandoff: this.cli.flavor !== 'runsc',
       network: this.networkModes(),
       maxLayers: MAX_LAYERS,
       ...(this.memorySnapshotReason() !== null ? { reasons: { memorySnapshot: this.memorySnapshotReason()! } } : {}),
@@ -254,6 +258,20 @@ export class OciRuntimeDriver implements RuntimeDriver {
       if (fs.existsSync(own)) return { kind: 'unix', path: path.join(own, AGENT_SOCKET_NAME) };
     }
     return { kind: 'unix', path: this.opts.paths.agentSocket(id) };
+  }
+
+  async openAgentFile(id: string, fd: number, ino: bigint): Promise<number | undefined> {
+    checkId(id);
+    if (!this.capabilities.fileHandoff) return undefined;
+    const layout = sandboxLayout(this.opts.paths.sandboxDir(id));
+    // The agent is the sandbox's init; the pid file is rewritten at every start and restore.
+    const pid = Number((await fsp.readFile(path.join(layout.bundle, 'init.pid'), 'utf8').catch(() => '')).trim());
+    const r = openAgentFile(pid, fd, ino, layout.rootfs);
+    if (typeof r === 'string') {
+      this.log.debug?.({ id, reason: r }, 'file handoff declined: the upload goes through the agent');
+      return undefined;
+    }
+    return r;
   }
 
   private async initFromPidFile(id: string, pidFile: string): Promise<ContainerInfo> {

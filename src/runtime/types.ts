@@ -160,6 +160,11 @@ export interface RuntimeCapabilities {
   updateResources: boolean;
   /** Copy a sandbox's writable-layer changes out as an overlay diff (`exportChanges`): template build steps, snapshots. */
   exportChanges: boolean;
+  /**
+   * The daemon can write an upload straight into the temp file the agent made for it (`openAgentFile`),
+   * rather than relay every byte to the agent: the agent shares the host kernel's files (crun, runc).
+   */
+  fileHandoff: boolean;
   /** Network modes `create` accepts. */
   network: readonly NetworkMode[];
   /**
@@ -261,6 +266,13 @@ export interface RuntimeDriver {
   stats?(id: string): Promise<SandboxStats>;
   /** Where the sandbox's agent listens (for an OCI runtime: a host-root-owned unix socket, never inside the sandbox). */
   agentEndpoint(id: string): AgentEndpoint;
+  /**
+   * Open for writing the file the sandbox's agent holds as descriptor `fd`, when it is the empty regular file
+   * `ino` on the sandbox's root filesystem (an upload's temp file the agent offered); otherwise resolve
+   * undefined, and the upload goes to the agent as data. The descriptor is the caller's to close. Needs
+   * `capabilities.fileHandoff`.
+   */
+  openAgentFile?(id: string, fd: number, ino: bigint): Promise<number | undefined>;
   /**
    * Give a running sandbox a network mode other than the one it was created with (today: `gateway`
    * for a sandbox made with `none`, e.g. a pooled one); when it has it already, make sure its

@@ -43,9 +43,11 @@ export class FileService {
     const metadata = opts.metadata === undefined ? undefined : normalizeMetadata(opts.metadata);
     const conn = await this.conn(ctx, id, 'write a file');
     const entries = metadata ? Object.entries(metadata) : [];
+    const handoff = this.sandboxes.fileHandoff(id);
     let r: { size: number };
     try {
       r = await conn.writeFile(path, data, {
+        ...(handoff ? { handoff } : {}),
         ...(opts.mode !== undefined ? { mode: opts.mode } : {}),
         ...(entries.length > 0 ? { xattrs: { prefix: FILE_METADATA.xattrPrefix, entries } } : {}),
       });

@@ -20,7 +20,7 @@
 import type { DaemonConfig, ResourceLimits } from '../config/index.js';
 import type { SandboxHistory } from './history.js';
 import type { LayerRef, RuntimeCapabilities, RuntimeDriver } from '../runtime/types.js';
-import type { AgentConnection, AgentEndpoint } from '../agent/types.js';
+import type { AgentConnection, AgentEndpoint, FileHandoff } from '../agent/types.js';
 import type { TemplateConfig } from '../schemas/templates.js';
 import { canSee, ownerFor, type RequestContext } from '../auth/context.js';
 import { ConflictError, InvalidArgumentError, NotFoundError, RateLimitedError, SandboxError, UnavailableError, UnsupportedError, isCapsuleError } from '../errors/index.js';
@@ -30,7 +30,7 @@ import { newSandboxId } from './ids.js';
 import { containerSpec, requireCapability } from './spec.js';
 import { SandboxLifecycle, type WakeOptions } from './lifecycle-service.js';
 import { resolvePolicy, type LifecycleInput } from './policy.js';
-import { backendFor, backendsInfo, type BackendInfo } from '../runtime/backends.js';
+import { backendFor, backendOf, backendsInfo, type BackendInfo } from '../runtime/backends.js';
 import type { Isolation } from '../runtime/isolation.js';
 import type { Claimed, PoolStats, WarmPool } from './pool.js';
 import { NO_TELEMETRY, type Telemetry } from './telemetry.js';
@@ -469,6 +469,16 @@ export class SandboxManager {
   /** Warm pool state, per template (empty when no pool is configured). */
   poolStats(): PoolStats[] {
     return this.pool?.stats() ?? [];
+  }
+
+  /**
+   * How the sandbox's runtime opens an upload's temp file for the daemon to fill (file handoff, ADR 0016);
+   * undefined where its backend cannot (gVisor, a microVM), and uploads are relayed through the agent.
+   */
+  fileHandoff(id: string): FileHandoff | undefined {
+    const runtime = this.runtime;
+    if (!runtime.openAgentFile || !backendOf(runtime, id).capabilities.fileHandoff) return undefined;
+    return (fd, ino) => runtime.openAgentFile!(id, fd, ino);
   }
 
   /** OOM kills so far in the sandbox's memory cgroup, to tell an OOM death from other SIGKILLs. */

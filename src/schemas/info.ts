@@ -26,6 +26,7 @@ export const RuntimeCapabilities = z
     memorySnapshot: z.boolean().describe("Can dump a sandbox's processes and memory to disk and restore them (hibernate; fork with memory)"),
     updateResources: z.boolean().describe('Can change cpu, memory and pids limits of a running sandbox'),
     exportChanges: z.boolean().describe("Can copy a sandbox's file changes out as a layer (template builds, snapshots)"),
+    fileHandoff: z.boolean().describe('Uploads are written by the daemon straight into the file the agent made for them, not relayed to the agent'),
     network: z.array(z.string()).describe('Network modes a sandbox can be given'),
     networkAfterCreate: z
       .boolean()

@@ -4,7 +4,7 @@
  * memory on either side.
  */
 import { Readable } from 'node:stream';
-import { NotFoundError, UnavailableError, errorFromWire } from '../errors/index.js';
+import { InvalidArgumentError, NotFoundError, UnavailableError, errorFromWire } from '../errors/index.js';
 import { FileEntry, ListFilesResponse, WatchEvent, WriteFileResponse } from '../schemas/index.js';
 import { isAbortError, type HttpClient } from './http.js';
 import { readNdjson } from './ndjson.js';
@@ -85,6 +85,23 @@ function modeString(mode: number | string | undefined): string | undefined {
   return typeof mode === 'number' ? mode.toString(8) : mode;
 }
 
+/** Uploads from this size on ask for the raw path (Upgrade: capsule-upload), which reads them without node:http's per-chunk buffers. */
+export const RAW_UPLOAD_MIN_BYTES = 1024 * 1024;
+const RAW_UPLOAD_HEADERS = { connection: 'Upgrade', upgrade: 'capsule-upload' };
+
+/** Bytes of a body whose size is known up front (all but streams). */
+function knownSize(body: RequestBody): number {
+  if (typeof body === 'string') return Buffer.byteLength(body, 'utf8');
+  if (body instanceof Uint8Array || body instanceof ArrayBuffer) return body.byteLength;
+  if (body instanceof Blob) return body.size;
+  return 0;
+}
+
+/** The raw upload was not taken (a daemon before it, or something in between that will not pass it): not the upload's own error. */
+function rawRefused(e: unknown): boolean {
+  return (e instanceof InvalidArgumentError && e.message.includes('capsule-upload')) || e instanceof UnavailableError;
+}
+
 export class Files {
   private readonly base: string;
 
@@ -160,12 +177,23 @@ export class Files {
       throw new TypeError('files.write: data must be a string, Uint8Array, ArrayBuffer, Blob or a readable stream');
     }
     const timeoutMs = opts.timeoutMs ?? (streamed ? 0 : undefined);
-    return this.http.json('PUT', this.base, WriteFileResponse, {
-      query: { path, mode: modeString(opts.mode), metadata: opts.metadata !== undefined ? JSON.stringify(opts.metadata) : undefined },
-      body,
-      signal: opts.signal,
-      ...(timeoutMs !== undefined ? { timeoutMs } : {}),
-    });
+    const put = (raw: boolean) =>
+      this.http.json('PUT', this.base, WriteFileResponse, {
+        query: { path, mode: modeString(opts.mode), metadata: opts.metadata !== undefined ? JSON.stringify(opts.metadata) : undefined },
+        body,
+        signal: opts.signal,
+        ...(raw ? { headers: RAW_UPLOAD_HEADERS } : {}),
+        ...(timeoutMs !== undefined ? { timeoutMs } : {}),
+      });
+    // A large body of known length takes the daemon's raw upload path (ADR 0016); a daemon or a proxy
+    // that cannot take it gets the same bytes again as a plain PUT.
+    if (streamed || knownSize(body) < RAW_UPLOAD_MIN_BYTES) return put(false);
+    try {
+      return await put(true);
+    } catch (e) {
+      if (opts.signal?.aborted || !rawRefused(e)) throw e;
+      return put(false);
+    }
   }
 
   /** Entries of a directory (see listDetailed for whether the limit cut it short). */

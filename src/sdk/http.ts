@@ -39,6 +39,8 @@ export interface RequestOptions {
   /** Sent as is (raw upload); a ReadableStream or Blob is streamed. */
   body?: RequestBody;
   contentType?: string;
+  /** More request headers (the raw upload's Upgrade pair). */
+  headers?: Record<string, string>;
   signal?: AbortSignal | undefined;
   /**
    * Limit for this request in ms (0: none); default: the connection's
@@ -202,6 +204,7 @@ export class HttpClient {
       headers['content-type'] = opts.contentType ?? 'application/octet-stream';
       body = opts.body;
     }
+    if (opts.headers) Object.assign(headers, opts.headers);
 
     const fail = (e: unknown) => this.translate(e, what, url, userSignals, timedOut, timeoutMs);
     let res: TransportResponse;

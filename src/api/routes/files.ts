@@ -15,6 +15,7 @@ import {
   WriteFileResponse,
 } from '../../schemas/index.js';
 import { InvalidArgumentError } from '../../errors/index.js';
+import { rawUploadBody } from '../raw-upload.js';
 
 /** The `metadata` query parameter: a JSON object of strings (its rules are checked by the file service). */
 function metadataParam(raw: string): Record<string, string> {
@@ -62,7 +63,9 @@ export function fileRoutes(t: RouteTable, s: Services): void {
     body: 'binary',
     responses: { 200: { description: 'Written', schema: WriteFileResponse } },
     handler: async ({ params, query, req, reply, ctx }) => {
-      const body = req.body as Readable | Buffer | string | undefined;
+      // A raw upload (Upgrade: capsule-upload, api/raw-upload.ts) brings its body off node:http's path.
+      const raw = rawUploadBody(req.raw);
+      const body = raw ?? (req.body as Readable | Buffer | string | undefined);
       const data =
         body === undefined || body === null
           ? Buffer.alloc(0)
@@ -78,8 +81,9 @@ export function fileRoutes(t: RouteTable, s: Services): void {
           ...(query.metadata !== undefined ? { metadata: metadataParam(query.metadata) } : {}),
         });
       } catch (err) {
-        // The upload may still be arriving: answer, then close rather than read the rest.
-        if (!Buffer.isBuffer(data) && !data.readableEnded) {
+        // The upload may still be arriving: answer, then close rather than read the rest (a raw upload's
+        // connection closes after its answer anyway).
+        if (!raw && !Buffer.isBuffer(data) && !data.readableEnded) {
           reply.header('connection', 'close');
           data.resume();
         }

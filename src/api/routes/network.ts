@@ -20,6 +20,7 @@ import {
 } from '../../schemas/index.js';
 import { PortForwarder, portTarget } from '../../network/ports.js';
 import { InvalidArgumentError } from '../../errors/index.js';
+import { isRawUpload, takeRawUpload } from '../raw-upload.js';
 
 export function networkRoutes(t: RouteTable, s: Services): void {
   t.add({
@@ -75,7 +76,8 @@ export function networkRoutes(t: RouteTable, s: Services): void {
  * The port proxy. It answers in onRequest, before fastify reads a body, so the
  * request body streams to the sandbox untouched. Upgrades (WebSocket) come
  * through the server's 'upgrade' event; other upgrade listeners (a future
- * WebSocket API) keep the requests that are not port requests.
+ * WebSocket API) keep the requests that are not port requests. The same
+ * dispatcher sends raw uploads (Upgrade: capsule-upload) to raw-upload.ts.
  */
 export function registerPortProxy(app: FastifyInstance, s: Services): void {
   const forwarder = new PortForwarder(s.network);
@@ -104,6 +106,10 @@ export function registerPortProxy(app: FastifyInstance, s: Services): void {
       const target = portTarget(req);
       if (target) {
         forwarder.upgrade(req, socket, head, target);
+        return;
+      }
+      if (isRawUpload(req)) {
+        takeRawUpload(app, req, socket, head);
         return;
       }
       // Nobody else wants upgrades: answer instead of leaving the client hanging.

@@ -92,6 +92,7 @@ export class GvisorDriver extends WithoutLifecycleVerbs implements RuntimeDriver
     memorySnapshot: false,
     updateResources: false,
     exportChanges: false,
+    fileHandoff: false,
     network: ['none'],
     maxLayers: MAX_LAYERS,
     reasons: {

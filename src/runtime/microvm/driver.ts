@@ -113,6 +113,7 @@ export class MicrovmDriver extends WithoutLifecycleVerbs implements RuntimeDrive
     memorySnapshot: false,
     updateResources: false,
     exportChanges: false,
+    fileHandoff: false,
     maxLayers: MAX_LAYERS,
     reasons: {
       snapshot: "a microVM's files live on its own disks inside the guest: no change export or snapshot yet (ADR 0017)",

@@ -11,6 +11,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
+import { Sandbox } from '../../../src/sdk/index.js';
 import { api, removeDataDir, startTestDaemon, tempDataDir, type TestDaemon } from '../../helpers/daemon.js';
 import { AGENT_BINARY, buildAgentVariant } from '../../unit/agent/helpers.js';
 
@@ -88,11 +89,15 @@ describe('daemon upgrade with sandboxes of older agents', () => {
     assert.ok(Buffer.from(await res.arrayBuffer()).equals(data));
     const list = await api(d.url, 'GET', `/v1/sandboxes/${id}/files/list?path=/tmp`);
     assert.deepEqual(list.json.entries.map((e: { name: string }) => e.name).sort(), ['big.bin', 'state']);
+    // The SDK's raw upload (Upgrade: capsule-upload) to an agent without file-handoff: relayed as DATA frames.
+    const viaSdk = await Sandbox.connect(id, { apiUrl: d.url });
+    assert.deepEqual(await viaSdk.files.write('/tmp/raw.bin', data), { path: '/tmp/raw.bin', size: data.length });
+    assert.ok(Buffer.from(await viaSdk.files.read('/tmp/raw.bin', { format: 'bytes' })).equals(data));
 
     // A sandbox created now gets the new agent.
     const fresh = await api(d.url, 'POST', '/v1/sandboxes', { template: 'busybox' });
     assert.equal(fresh.status, 201, fresh.text);
-    assert.equal(await agentVersion(d, fresh.json.id), 'capsule-agent/0.4.1');
+    assert.equal(await agentVersion(d, fresh.json.id), 'capsule-agent/0.5.0');
     await api(d.url, 'DELETE', `/v1/sandboxes/${fresh.json.id}`);
     await api(d.url, 'DELETE', `/v1/sandboxes/${id}`);
   });
@@ -106,7 +111,7 @@ describe('daemon upgrade with sandboxes of older agents', () => {
       assert.ok(Date.now() - t0 < 15_000, 'the create failed at the handshake, not by a timeout');
       assert.equal(r.status, 422, r.text);
       assert.equal(r.json.error.code, 'sandbox_error');
-      assert.match(r.json.error.message, /\(capsule-agent\/2\.0\.0, protocol 2\.0\) is not compatible with this daemon \(protocol 1\.3\)/);
+      assert.match(r.json.error.message, /\(capsule-agent\/2\.0\.0, protocol 2\.0\) is not compatible with this daemon \(protocol 1\.4\)/);
       const failed = await api(d.url, 'GET', '/v1/sandboxes?state=failed');
       const rec = (failed.json.sandboxes as Array<{ id: string; state: string; endReason?: string }>).find((s) => /capsule-agent\/2\.0\.0/.test(s.endReason ?? ''));
       assert.ok(rec, `a failed record with the reason: ${failed.text}`);

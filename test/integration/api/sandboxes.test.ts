@@ -86,6 +86,7 @@ describe('sandboxes', () => {
       memorySnapshot: false,
       updateResources: true,
       exportChanges: true,
+      fileHandoff: true,
       network: ['none', 'gateway'], // gateway: the relay is built and nft installed (ADR 0012)
       maxLayers: 128,
     });

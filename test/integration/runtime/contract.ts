@@ -8,6 +8,8 @@
  * (contract-crun.test.ts, contract-runc.test.ts).
  */
 import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import { Readable } from 'node:stream';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -168,6 +170,34 @@ export function driverContract(name: string, make: (fx: Fixture) => Promise<Cont
         const r = await run(conn, ['sh', '-c', 'dd if=/dev/zero of=/big bs=1M count=64 2>&1; echo rc=$?']);
         assert.match(r.out, /No space left on device/);
         assert.match(r.out, /rc=1/);
+      } finally {
+        conn.close();
+      }
+      await t.driver.destroy(id);
+      await assertGone(id);
+    });
+
+    it('opens the upload file its agent offers, and nothing else, when it declares fileHandoff', async (tc) => {
+      if (!t.driver.capabilities.fileHandoff || !t.driver.openAgentFile) return tc.skip(`${name} does not declare fileHandoff`);
+      const id = newId();
+      const conn = await start(spec(id));
+      try {
+        const data = crypto.randomBytes(3 << 20);
+        const refused: Array<number | undefined> = [];
+        const res = await conn.writeFile('/tmp/handoff.bin', Readable.from([data]), {
+          mode: 0o640,
+          handoff: async (fd, ino) => {
+            refused.push(await t.driver.openAgentFile!(id, fd, ino + 1n)); // another inode than announced
+            refused.push(await t.driver.openAgentFile!(id, 0, ino)); // another of the agent's descriptors
+            return t.driver.openAgentFile!(id, fd, ino);
+          },
+        });
+        assert.deepEqual(refused, [undefined, undefined]);
+        assert.deepEqual(res, { size: data.length });
+        const r = await run(conn, ['sh', '-c', 'sha256sum /tmp/handoff.bin; stat -c %u:%a /tmp/handoff.bin']);
+        const [sum, owner] = r.out.trim().split('\n');
+        assert.equal(sum!.split(' ')[0], crypto.createHash('sha256').update(data).digest('hex'));
+        assert.equal(owner, '0:640', "the agent's file: root inside the sandbox, the asked mode");
       } finally {
         conn.close();
       }

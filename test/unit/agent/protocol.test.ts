@@ -81,8 +81,8 @@ describe('agent protocol negotiation', () => {
       const r = new PayloadReader(hello.payload, 'HELLO');
       assert.equal(r.u32(), 1); // what a 1.0 agent reads; it ignores the rest
       assert.equal(r.bytes(256).toString(), 'capsule-daemon');
-      assert.equal(r.u32(), 3); // minor
-      assert.equal(r.u64big(), 0b111111n); // every feature this daemon knows
+      assert.equal(r.u32(), 4); // minor
+      assert.equal(r.u64big(), 0b1111111n); // every feature this daemon knows
       r.done();
     } finally {
       await fake.close();
@@ -114,7 +114,7 @@ describe('agent protocol negotiation', () => {
       assert.ok(err instanceof SandboxError);
       assert.equal(err.code, 'sandbox_error');
       assert.match(err.message, /agent in sandbox sbx_test \(capsule-agent\/2\.0\.0, protocol 2\.3\)/);
-      assert.match(err.message, /this daemon \(protocol 1\.3\)/);
+      assert.match(err.message, /this daemon \(protocol 1\.4\)/);
       assert.match(err.message, /protocol 1\.x only/);
       // Nothing but the HELLO went to it.
       assert.deepEqual(fake.received.map((f) => f.type), [FT.HELLO]);
@@ -155,11 +155,11 @@ describe('agent protocol with real agents of each version', () => {
   });
   after(() => fs.rmSync(dir, { recursive: true, force: true }));
 
-  it('negotiates 1.3 and every feature with the current agent; an older daemon gets none', async () => {
+  it('negotiates 1.4 and every feature with the current agent; an older daemon gets none', async () => {
     const agent = await startAgent();
     try {
       const conn = await connectAgent(agent.socketPath, { timeoutMs: 3000 });
-      assert.deepEqual({ major: conn.protocol.major, minor: conn.protocol.minor }, { major: PROTO_MAJOR, minor: 3 });
+      assert.deepEqual({ major: conn.protocol.major, minor: conn.protocol.minor }, { major: PROTO_MAJOR, minor: 4 });
       assert.deepEqual([...conn.protocol.features].sort(), [...ALL_FEATURES].sort());
       conn.close();
       // A daemon that offers nothing (as a 1.0 daemon) gets the 1.0 behaviour.
@@ -188,7 +188,7 @@ describe('agent protocol with real agents of each version', () => {
       assert.match(r.bytes(256).toString(), /^capsule-agent\//);
       assert.equal(r.u32(), 1 << 20);
       assert.equal(r.u32(), 256 * 1024);
-      assert.equal(r.u32(), 3); // minor
+      assert.equal(r.u32(), 4); // minor
       assert.equal(r.u64big(), 0n); // nothing offered, nothing in effect
       sock.destroy();
     } finally {
@@ -233,7 +233,7 @@ describe('agent protocol with real agents of each version', () => {
       const t0 = Date.now();
       await assert.rejects(connectAgent(agent.socketPath, { timeoutMs: 3000, sandboxId: 'sbx_v2' }), (e: unknown) => {
         assert.ok(e instanceof AgentVersionError, String(e));
-        assert.match(e.message, /sandbox sbx_v2 \(capsule-agent\/2\.0\.0, protocol 2\.0\) is not compatible with this daemon \(protocol 1\.3\)/);
+        assert.match(e.message, /sandbox sbx_v2 \(capsule-agent\/2\.0\.0, protocol 2\.0\) is not compatible with this daemon \(protocol 1\.4\)/);
         return true;
       });
       assert.ok(Date.now() - t0 < 2000, 'refused at the handshake, not by the timeout');

@@ -25,6 +25,7 @@ class FakeDriver implements RuntimeDriver {
       memorySnapshot: false,
       updateResources: true,
       exportChanges: true,
+      fileHandoff: false,
       network: container ? ['none', 'gateway'] : ['none'],
       maxLayers: 8,
     };

@@ -31,7 +31,7 @@ class Gate {
 class FakeRuntime implements RuntimeDriver {
   kind = 'fake';
   name = 'fake 1';
-  capabilities = { isolation: 'container' as const, pause: true, stop: true, volumes: false, snapshot: false, memorySnapshot: false, updateResources: false, exportChanges: false, network: ['none' as const], maxLayers: 4 };
+  capabilities = { isolation: 'container' as const, pause: true, stop: true, volumes: false, snapshot: false, memorySnapshot: false, updateResources: false, exportChanges: false, fileHandoff: false, network: ['none' as const], maxLayers: 4 };
   status = new Map<string, ContainerStatus>();
   calls: string[] = [];
   destroyed: string[] = [];

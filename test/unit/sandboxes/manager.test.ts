@@ -29,7 +29,7 @@ class Gate {
 class FakeRuntime implements RuntimeDriver {
   kind = 'fake';
   name = 'fake 1';
-  capabilities = { isolation: 'container' as const, pause: false, stop: false, volumes: false, snapshot: false, memorySnapshot: false, updateResources: false, network: ['none' as const], exportChanges: false, maxLayers: 4 };
+  capabilities = { isolation: 'container' as const, pause: false, stop: false, volumes: false, snapshot: false, memorySnapshot: false, updateResources: false, network: ['none' as const], exportChanges: false, fileHandoff: false, maxLayers: 4 };
   running = new Set<string>();
   destroyed: string[] = [];
   createGate: Gate | undefined;

@@ -67,7 +67,7 @@ describe('parsePools', () => {
 /** A runtime that makes nothing: records calls, and can be told to fail or be slow. */
 class FakeRuntime implements Pick<RuntimeDriver, 'kind' | 'capabilities' | 'create' | 'destroy' | 'update' | 'agentEndpoint'> {
   kind = 'fake';
-  capabilities = { isolation: 'container' as const, pause: false, stop: false, volumes: false, snapshot: false, memorySnapshot: false, updateResources: true, network: ['none' as const], exportChanges: false, maxLayers: 1 };
+  capabilities = { isolation: 'container' as const, pause: false, stop: false, volumes: false, snapshot: false, memorySnapshot: false, updateResources: true, network: ['none' as const], exportChanges: false, fileHandoff: false, maxLayers: 1 };
   created: string[] = [];
   destroyed: string[] = [];
   updates: Array<{ id: string; resources: object }> = [];
