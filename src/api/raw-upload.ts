@@ -20,7 +20,9 @@
  * Moving the socket's handle into a socket that reads with `onread` relies on net's `handle` and
  * `pauseOnCreate` constructor options and `_handle`, which Node does not document; where they are
  * missing (another Node, a TLS socket) the request is refused with a clear error before anything is
- * read, and the SDK falls back to a plain upload (test/unit/api/raw-upload.test.ts pins the behaviour).
+ * read, and the SDK sends it again as a plain upload (test/integration/api/raw-upload.test.ts and
+ * test/unit/sdk/raw-upload.test.ts pin both sides). The taken-over socket is no longer one of the server's
+ * connections: a daemon shutting down does not wait for it.
  */
 import fs from 'node:fs';
 import http, { type IncomingMessage } from 'node:http';
