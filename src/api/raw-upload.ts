@@ -46,6 +46,9 @@ const MAX_WRITES = 3;
 /** A raw upload's connection that moves no byte for this long is closed (its temp file then goes too). */
 const IDLE_MS = 5 * 60_000;
 
+/** The one route that takes a raw body. */
+const UPLOAD_PATH = /^\/v1\/sandboxes\/[^/]+\/files$/;
+
 const RAW_BODY = Symbol('capsule.rawUploadBody');
 type WithRawBody = IncomingMessage & { [RAW_BODY]?: UploadBody };
 
@@ -73,7 +76,8 @@ export function takeRawUpload(app: FastifyInstance, req: IncomingMessage, old: n
     refuse(old, 400, 'invalid_argument', `an ${RAW_UPLOAD_PROTOCOL} request needs a Content-Length and no Transfer-Encoding`);
     return;
   }
-  if (req.method !== 'PUT') {
+  // Only the upload route reads the raw body; any other route would wait for a body node:http no longer gives.
+  if (req.method !== 'PUT' || !UPLOAD_PATH.test((req.url ?? '').split('?')[0]!)) {
     refuse(old, 400, 'invalid_argument', `${RAW_UPLOAD_PROTOCOL} is for PUT /v1/sandboxes/{id}/files only`);
     return;
   }
