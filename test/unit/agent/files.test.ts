@@ -10,7 +10,7 @@ import { after, before, describe, it } from 'node:test';
 import { connectAgent, READ_WINDOW, READ_WINDOW_LARGE } from '../../../src/agent/client.js';
 import { encodeFrame, FrameDecoder, FT, PayloadReader, PayloadWriter, PROTO_VERSION } from '../../../src/agent/frames.js';
 import type { AgentConnection } from '../../../src/agent/types.js';
-import { collect, startAgent, type RunningAgent } from './helpers.js';
+import { collect, startAgent, startAgentWithRoot, stopAgentWithRoot, type RunningAgent } from './helpers.js';
 
 /** What a READ channel may have in flight (and so buffered for a consumer that stopped): the window. */
 function readWindow(c: AgentConnection): number {
@@ -42,15 +42,9 @@ describe('agent files', () => {
   let root: string;
 
   before(async () => {
-    agent = await startAgent();
-    conn = await connectAgent(agent.socketPath);
-    root = path.join(agent.dir, 'root');
-    fs.mkdirSync(root);
+    ({ agent, conn, root } = await startAgentWithRoot());
   });
-  after(async () => {
-    conn.close();
-    await agent.stop();
-  });
+  after(() => stopAgentWithRoot({ agent, conn, root }));
 
   it('writes and reads back binary data, creating parents', async () => {
     const data = randomBytes(300_000);

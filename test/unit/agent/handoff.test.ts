@@ -10,12 +10,11 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 
-import { connectAgent } from '../../../src/agent/client.js';
 import { DIRECT_FILL, fillFile, type Fill } from '../../../src/agent/file-fill.js';
 import { HANDOFF_MIN_BYTES } from '../../../src/agent/file-write.js';
 import type { AgentConnection, FileHandoff } from '../../../src/agent/types.js';
 import { isCapsuleError } from '../../../src/errors/index.js';
-import { startAgent, type RunningAgent } from './helpers.js';
+import { startAgentWithRoot, stopAgentWithRoot, type RunningAgent } from './helpers.js';
 
 /**
  * Bytes the agent process has written with write(2) and friends so far (/proc/<pid>/io wchar): its file
@@ -39,15 +38,9 @@ describe('file handoff', () => {
   };
 
   before(async () => {
-    agent = await startAgent();
-    conn = await connectAgent(agent.socketPath);
-    root = path.join(agent.dir, 'root');
-    fs.mkdirSync(root);
+    ({ agent, conn, root } = await startAgentWithRoot());
   });
-  after(async () => {
-    conn.close();
-    await agent.stop();
-  });
+  after(() => stopAgentWithRoot({ agent, conn, root }));
 
   it('is negotiated with this agent', () => {
     assert.ok(conn.supports('file-handoff'));

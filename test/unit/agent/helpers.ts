@@ -5,6 +5,8 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { connectAgent } from '../../../src/agent/client.js';
+import type { AgentConnection } from '../../../src/agent/types.js';
 
 /** dist/test/unit/agent/helpers.js -> dist/agent/capsule-agent */
 export const AGENT_BINARY = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../agent/capsule-agent');
@@ -69,6 +71,26 @@ export async function startAgent(opts: { binary?: string } = {}): Promise<Runnin
       fs.rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** The agent, one connection to it, and an empty directory `root` for a test's files (in the agent's temp dir). */
+export interface AgentWithRoot {
+  agent: RunningAgent;
+  conn: AgentConnection;
+  root: string;
+}
+
+export async function startAgentWithRoot(): Promise<AgentWithRoot> {
+  const agent = await startAgent();
+  const conn = await connectAgent(agent.socketPath);
+  const root = path.join(agent.dir, 'root');
+  fs.mkdirSync(root);
+  return { agent, conn, root };
+}
+
+export async function stopAgentWithRoot(a: AgentWithRoot): Promise<void> {
+  a.conn.close();
+  await a.agent.stop();
 }
 
 function accepts(socketPath: string): Promise<boolean> {

@@ -16,7 +16,7 @@ import { encodeHello, ALL_FEATURES } from '../../../src/agent/protocol.js';
 import type { AgentConnection } from '../../../src/agent/types.js';
 import { XATTR_LIMITS } from '../../../src/agent/xattr.js';
 import { InvalidArgumentError } from '../../../src/errors/index.js';
-import { buildAgentVariant, startAgent, type RunningAgent } from './helpers.js';
+import { buildAgentVariant, startAgent, startAgentWithRoot, stopAgentWithRoot, type RunningAgent } from './helpers.js';
 
 const P = 'user.e2b.';
 
@@ -56,15 +56,9 @@ describe('agent xattr', () => {
   let root: string;
 
   before(async () => {
-    agent = await startAgent();
-    conn = await connectAgent(agent.socketPath);
-    root = path.join(agent.dir, 'root');
-    fs.mkdirSync(root);
+    ({ agent, conn, root } = await startAgentWithRoot());
   });
-  after(async () => {
-    conn.close();
-    await agent.stop();
-  });
+  after(() => stopAgentWithRoot({ agent, conn, root }));
 
   it('is negotiated from protocol 1.3 on', () => {
     assert.ok(conn.protocol.minor >= 3);
