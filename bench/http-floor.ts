@@ -7,9 +7,8 @@
  * The SDK's row next to it shows what Capsule's own HTTP, daemon and SDK work
  * costs on top of that floor.
  */
-import { fork, type ChildProcess } from 'node:child_process';
 import http from 'node:http';
-import { fileURLToPath } from 'node:url';
+import { forkFloor, serveFloor } from './floor-process.js';
 import { connectAgent } from '../src/agent/client.js';
 import { tuneJit } from '../src/jit.js';
 import { plainOrigin, plainRequest } from '../src/sdk/transport.js';
@@ -22,11 +21,7 @@ export interface HttpFloor {
 
 /** Start the bare proxy in front of the agent listening at `socketPath`. */
 export async function startHttpFloor(socketPath: string): Promise<HttpFloor> {
-  const child: ChildProcess = fork(fileURLToPath(import.meta.url), ['serve', socketPath], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
-  const port = await new Promise<number>((resolve, reject) => {
-    child.once('message', (m) => resolve(Number(m)));
-    child.once('exit', (code) => reject(new Error(`http floor proxy exited with ${code}`)));
-  });
+  const { child, port } = await forkFloor(import.meta.url, ['serve', socketPath], 'http floor proxy');
   const origin = plainOrigin(new URL(`http://127.0.0.1:${port}`))!;
   return {
     async exec(argv) {
@@ -69,8 +64,7 @@ async function serve(socketPath: string): Promise<void> {
       });
     });
   });
-  server.listen(0, '127.0.0.1', () => process.send?.((server.address() as { port: number }).port));
-  process.on('disconnect', () => process.exit(0));
+  serveFloor(server);
 }
 
 if (process.argv[2] === 'serve' && process.argv[3]) void serve(process.argv[3]);

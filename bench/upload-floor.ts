@@ -13,9 +13,8 @@
  * the agent (relay against discard), and how much the TCP hop itself (discard
  * against the pipe into cat).
  */
-import { fork, type ChildProcess } from 'node:child_process';
 import http from 'node:http';
-import { fileURLToPath } from 'node:url';
+import { forkFloor, serveFloor } from './floor-process.js';
 import { connectAgent } from '../src/agent/client.js';
 import { tuneJit } from '../src/jit.js';
 import { readAll, sendRequest } from '../src/sdk/transport.js';
@@ -28,11 +27,7 @@ export interface UploadFloor {
 
 /** Start the bare server; `socketPath` is the sandbox agent's, for the relay. */
 export async function startUploadFloor(mode: 'relay' | 'discard', socketPath: string): Promise<UploadFloor> {
-  const child: ChildProcess = fork(fileURLToPath(import.meta.url), ['serve', mode, socketPath], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
-  const port = await new Promise<number>((resolve, reject) => {
-    child.once('message', (m) => resolve(Number(m)));
-    child.once('exit', (code) => reject(new Error(`upload floor (${mode}) exited with ${code}`)));
-  });
+  const { child, port } = await forkFloor(import.meta.url, ['serve', mode, socketPath], `upload floor (${mode})`);
   return {
     async put(path, data) {
       const url = new URL(`http://127.0.0.1:${port}/?path=${encodeURIComponent(path)}`);
@@ -68,8 +63,7 @@ async function serve(mode: string, socketPath: string): Promise<void> {
       (e: unknown) => answer(500, JSON.stringify({ error: String(e) })),
     );
   });
-  server.listen(0, '127.0.0.1', () => process.send?.((server.address() as { port: number }).port));
-  process.on('disconnect', () => process.exit(0));
+  serveFloor(server);
 }
 
 if (process.argv[2] === 'serve' && process.argv[3] && process.argv[4]) void serve(process.argv[3], process.argv[4]);

@@ -3,9 +3,8 @@
  * forwards each message straight to the sandbox's agent, but over one long-lived WebSocket carrying
  * small JSON messages with ids (no HTTP request per exec).
  */
-import { fork, type ChildProcess } from 'node:child_process';
 import http from 'node:http';
-import { fileURLToPath } from 'node:url';
+import { forkFloor, serveFloor } from './floor-process.js';
 import WebSocket, { WebSocketServer } from 'ws';
 import { connectAgent } from '../src/agent/client.js';
 import { tuneJit } from '../src/jit.js';
@@ -16,11 +15,7 @@ export interface WsFloor {
 }
 
 export async function startWsFloor(socketPath: string): Promise<WsFloor> {
-  const child: ChildProcess = fork(fileURLToPath(import.meta.url), ['serve', socketPath], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
-  const port = await new Promise<number>((resolve, reject) => {
-    child.once('message', (m) => resolve(Number(m)));
-    child.once('exit', (code) => reject(new Error(`ws floor proxy exited with ${code}`)));
-  });
+  const { child, port } = await forkFloor(import.meta.url, ['serve', socketPath], 'ws floor proxy');
   const ws = new WebSocket(`ws://127.0.0.1:${port}/`, { perMessageDeflate: false });
   await new Promise<void>((resolve, reject) => {
     ws.once('open', () => resolve());
@@ -67,8 +62,7 @@ async function serve(socketPath: string): Promise<void> {
       })();
     });
   });
-  server.listen(0, '127.0.0.1', () => process.send?.((server.address() as { port: number }).port));
-  process.on('disconnect', () => process.exit(0));
+  serveFloor(server);
 }
 
 if (process.argv[2] === 'serve' && process.argv[3]) void serve(process.argv[3]);

@@ -9,6 +9,7 @@ import type { Readable } from 'node:stream';
 
 import { SandboxError } from '../errors/index.js';
 import { agentError } from './errors.js';
+import { followUpload } from './upload-source.js';
 
 /**
  * A source that can put its bytes into a file descriptor itself, better than as a stream (an upload read
@@ -124,34 +125,19 @@ export function fillFile(fd: number, data: Readable | Buffer, path: string): Fil
       }),
     );
   };
-  const onData = (chunk: unknown): void => {
-    const buf = Buffer.isBuffer(chunk) ? chunk : typeof chunk === 'string' ? Buffer.from(chunk) : Buffer.from(chunk as Uint8Array);
-    if (buf.length === 0) return;
-    parts.push(buf);
-    queued += buf.length;
-    if (queued >= FILL_HIGH) data.pause();
-    kick();
-  };
-  const onEnd = (): void => {
-    ended = true;
-    kick();
-  };
-  const onError = (e: unknown): void => {
-    failWith(new SandboxError(`writing ${path} failed: ${e instanceof Error ? e.message : String(e)}`, { path }));
-  };
-  const onClose = (): void => {
-    if (!ended) onError(new Error('the upload was cut off before its end'));
-  };
-  data.on('data', onData);
-  data.once('end', onEnd);
-  data.once('error', onError);
-  data.once('close', onClose);
-  detach = () => {
-    data.off('data', onData);
-    data.off('end', onEnd);
-    data.off('error', onError);
-    data.off('close', onClose);
-  };
+  detach = followUpload(data, path, {
+    chunk: (buf) => {
+      parts.push(buf);
+      queued += buf.length;
+      if (queued >= FILL_HIGH) data.pause();
+      kick();
+    },
+    end: () => {
+      ended = true;
+      kick();
+    },
+    fail: failWith,
+  });
   return { done, cancel: failWith };
 }
 

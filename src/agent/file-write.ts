@@ -15,6 +15,7 @@ import { InvalidArgumentError, SandboxError, type CapsuleError } from '../errors
 import { checkPath, Credit, openChannel, readError, ReplyChannel, type ChannelHost } from './channel.js';
 import type { FileHandoff, WriteFileOptions } from './types.js';
 import { fillFile, type Fill } from './file-fill.js';
+import { followUpload } from './upload-source.js';
 import { encodeXattrSet } from './xattr.js';
 import { FT, INIT_WINDOW, PayloadReader, PayloadWriter, ProtocolError, STREAM_IN, WRITE_HANDOFF, type Frame } from './frames.js';
 import fs from 'node:fs';
@@ -88,13 +89,7 @@ class WriteChannel extends ReplyChannel {
     fill.done.then(
       (n) =>
         this.host.guard(() => {
-          if (this.finished) return;
-          this.sent = n;
-          this.resolveEnd = (size: number) => {
-            if (size !== n) this.fail(new SandboxError(`agent wrote ${size} bytes of ${n}`, { path: this.path }), false);
-            else this.resolve({ size });
-          };
-          this.host.send(this.id, FT.EOF, STREAM_IN, new PayloadWriter().u64(n).finish());
+          if (!this.finished) this.sendEof(n, new PayloadWriter().u64(n).finish());
         }),
       (err: Error) => this.host.guard(() => this.fail(err, true)),
     );
@@ -165,35 +160,20 @@ class WriteChannel extends ReplyChannel {
    */
   private follow(src: Readable): void {
     const high = 2 * this.host.maxData;
-    const onData = (chunk: unknown): void => {
-      const buf = Buffer.isBuffer(chunk) ? chunk : typeof chunk === 'string' ? Buffer.from(chunk) : Buffer.from(chunk as Uint8Array);
-      if (buf.length === 0) return;
-      this.parts.push(buf);
-      this.queued += buf.length;
-      if (this.queued >= this.host.maxData) this.flush();
-      else this.scheduleFlush();
-      if (this.queued >= high) src.pause();
-    };
-    const onEnd = (): void => {
-      this.ended = true;
-      this.flush();
-    };
-    const onError = (e: unknown): void => {
-      this.fail(new SandboxError(`writing ${this.path} failed: ${e instanceof Error ? e.message : String(e)}`, { path: this.path }), true);
-    };
-    const onClose = (): void => {
-      if (!this.ended) onError(new Error('the upload was cut off before its end'));
-    };
-    src.on('data', onData);
-    src.once('end', onEnd);
-    src.once('error', onError);
-    src.once('close', onClose);
-    this.detach = () => {
-      src.off('data', onData);
-      src.off('end', onEnd);
-      src.off('error', onError);
-      src.off('close', onClose);
-    };
+    this.detach = followUpload(src, this.path!, {
+      chunk: (buf) => {
+        this.parts.push(buf);
+        this.queued += buf.length;
+        if (this.queued >= this.host.maxData) this.flush();
+        else this.scheduleFlush();
+        if (this.queued >= high) src.pause();
+      },
+      end: () => {
+        this.ended = true;
+        this.flush();
+      },
+      fail: (err) => this.fail(err, true),
+    });
     this.resumeSource = () => {
       if (!this.finished && !this.ended && src.isPaused() && this.queued < this.host.maxData) src.resume();
     };
@@ -238,13 +218,17 @@ class WriteChannel extends ReplyChannel {
     this.resumeSource();
     if (this.ended && this.queued === 0 && !this.resolveEnd) {
       this.detach?.();
-      const sent = this.sent;
-      this.resolveEnd = (size: number) => {
-        if (size !== sent) this.fail(new SandboxError(`agent wrote ${size} bytes of ${sent}`, { path: this.path }), false);
-        else this.resolve({ size });
-      };
-      this.host.send(this.id, FT.EOF, STREAM_IN);
+      this.sendEof(this.sent);
     }
+  }
+
+  /** EOF after `total` bytes (a fill's EOF carries the count the daemon wrote): the agent's END must say the same. */
+  private sendEof(total: number, payload?: Buffer): void {
+    this.resolveEnd = (size: number) => {
+      if (size !== total) this.fail(new SandboxError(`agent wrote ${size} bytes of ${total}`, { path: this.path }), false);
+      else this.resolve({ size });
+    };
+    this.host.send(this.id, FT.EOF, STREAM_IN, payload);
   }
 }
 
