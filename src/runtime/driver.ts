@@ -105,6 +105,11 @@ const NOT_FOUND_RE = /does not exist|not exist|no such file|not found/i;
 
 const noopLogger: RuntimeLogger = { info() {}, warn() {}, error() {} };
 
+/** The pid a runtime wrote with --pid-file; NaN or 0 when there is none (yet). */
+async function readPidFile(file: string): Promise<number> {
+  return Number((await fsp.readFile(file, 'utf8').catch(() => '')).trim());
+}
+
 export class OciRuntimeDriver implements RuntimeDriver {
   private readonly opts: OciRuntimeDriverOptions;
   private readonly cli: OciCli;
@@ -265,7 +270,7 @@ export class OciRuntimeDriver implements RuntimeDriver {
     if (!this.capabilities.fileHandoff) return undefined;
     const layout = sandboxLayout(this.opts.paths.sandboxDir(id));
     // The agent is the sandbox's init; the pid file is rewritten at every start and restore.
-    const pid = Number((await fsp.readFile(path.join(layout.bundle, 'init.pid'), 'utf8').catch(() => '')).trim());
+    const pid = await readPidFile(path.join(layout.bundle, 'init.pid'));
     const r = openAgentFile(pid, fd, ino, layout.rootfs);
     if (typeof r === 'string') {
       this.log.debug?.({ id, reason: r }, 'file handoff declined: the upload goes through the agent');
@@ -275,7 +280,7 @@ export class OciRuntimeDriver implements RuntimeDriver {
   }
 
   private async initFromPidFile(id: string, pidFile: string): Promise<ContainerInfo> {
-    const pid = Number((await fsp.readFile(pidFile, 'utf8').catch(() => '')).trim());
+    const pid = await readPidFile(pidFile);
     if (!Number.isInteger(pid) || pid <= 0) return this.inspect(id);
     try {
       process.kill(pid, 0);
