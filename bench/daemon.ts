@@ -62,6 +62,14 @@ export async function startDaemon(dataDir: string, opts: { args?: string[]; env?
   };
 }
 
+/**
+ * Where a sandbox's agent listens, in the daemon's socket layout (config paths.agentSocket), for the rows that
+ * talk to the agent directly; it accepts more than one connection.
+ */
+export function agentSocketOf(d: BenchDaemon, sandboxId: string): string {
+  return path.join(d.dataDir, 'run', `${sandboxId}.sock`);
+}
+
 export async function killAllSandboxes(url: string, apiKey?: string): Promise<void> {
   const headers: Record<string, string> = apiKey ? { authorization: `Bearer ${apiKey}` } : {};
   const r = await fetch(`${url}/v1/sandboxes`, { headers });

@@ -4,11 +4,11 @@
  * A second connection straight to the sandbox's agent socket (no HTTP, no
  * daemon) shows how much of the round trip is the agent's own fork+exec.
  */
-import path from 'node:path';
 import { connectAgent } from '../src/agent/client.js';
 import { Sandbox } from '../src/sdk/index.js';
 import { spawnTrue } from './baselines.js';
 import { startHttpFloor } from './http-floor.js';
+import { agentSocketOf } from './daemon.js';
 import { startWsFloor } from './ws-floor.js';
 import { interleave, linkRatios, row, type Scenario } from './context.js';
 import { now } from './stats.js';
@@ -21,8 +21,7 @@ export const exec: Scenario = async (ctx) => {
   // The same sandbox through the SDK's HTTP path (one POST per run), for comparison.
   const overHttp = await Sandbox.connect(sbx.id, { ...ctx.conn, commandChannel: false });
   const cid = await ctx.crun.start(0);
-  // The daemon's socket layout (config paths.agentSocket); the agent accepts more than one connection.
-  const socketPath = path.join(ctx.daemon.dataDir, 'run', `${sbx.id}.sock`);
+  const socketPath = agentSocketOf(ctx.daemon, sbx.id);
   const agent = await connectAgent(socketPath);
   const floor = await startHttpFloor(socketPath);
   const wsFloor = await startWsFloor(socketPath);

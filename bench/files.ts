@@ -17,6 +17,7 @@ import { interleave, linkRatios, row, type Scenario } from './context.js';
 import { run } from './proc.js';
 import { now } from './stats.js';
 import { startUploadFloor } from './upload-floor.js';
+import { agentSocketOf } from './daemon.js';
 
 /** Target: at least this fraction of `crun exec cat` on the same machine, in the same run (issue 9). */
 const VS_CRUN = 0.8;
@@ -97,8 +98,7 @@ export const files: Scenario = async (ctx) => {
     cpu[dir].client.push(r.client);
   };
   const hostFile = path.join(ctx.daemon.dataDir, '..', 'bench-file.bin');
-  // The daemon's socket layout (config paths.agentSocket); the agent accepts more than one connection.
-  const agentSocket = path.join(ctx.daemon.dataDir, 'run', `${sbx.id}.sock`);
+  const agentSocket = agentSocketOf(ctx.daemon, sbx.id);
   const relayFloor = await startUploadFloor('relay', agentSocket);
   const tcpFloor = await startUploadFloor('discard', agentSocket);
   try {

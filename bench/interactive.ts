@@ -10,12 +10,12 @@
  * each line written to its stdin (straight to the agent, for both rows); the
  * clock runs from that write to the create event.
  */
-import path from 'node:path';
 import { connectAgent } from '../src/agent/client.js';
 import type { AgentProcess, WatchEvent } from '../src/agent/types.js';
 import { Sandbox, type FilesystemEvent } from '../src/sdk/index.js';
 import { interleave, linkRatios, row, type Scenario } from './context.js';
 import { now } from './stats.js';
+import { agentSocketOf } from './daemon.js';
 
 /** Resolves the next time `pred` holds for something pushed to `waiters`. */
 class Waiter<T> {
@@ -39,7 +39,7 @@ export const interactive: Scenario = async (ctx) => {
   const errors: string[] = [];
   const n = ctx.quick ? 30 : 300;
   const sbx = await Sandbox.create({ ...ctx.conn, template: 'busybox' });
-  const agent = await connectAgent(path.join(ctx.daemon.dataDir, 'run', `${sbx.id}.sock`));
+  const agent = await connectAgent(agentSocketOf(ctx.daemon, sbx.id));
   try {
     // Echo: through the SDK (WebSocket) and straight to the agent.
     const sdkOut = new Waiter<string>();
